@@ -1,0 +1,91 @@
+# forkd build. `make` builds everything into build/; `make test` runs the
+# unit tests (plain and ASan+UBSan builds) and the integration tests that
+# drive real KVM guests.
+
+BUILD    ?= build
+CC       ?= gcc
+CFLAGS_BASE := -std=gnu11 -Wall -Wextra -Werror -g -D_GNU_SOURCE -Isrc -Iinclude -MMD -MP
+OPTFLAGS ?= -O2
+SANFLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+LIBS     := -lpthread -ljansson -lxxhash
+TESTLIBS := -lcmocka
+
+LIB_SRCS   := $(sort $(filter-out src/vmm/main.c,$(wildcard src/*/*.c)))
+UNIT_SRCS  := $(sort $(wildcard tests/unit/test_*.c))
+ITEST_SRCS := $(sort $(wildcard tests/integration/test_*.c))
+ITEST_HELPERS := $(filter-out $(ITEST_SRCS),$(wildcard tests/integration/*.c))
+
+LIB_OBJS      := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+LIB_ASAN_OBJS := $(LIB_SRCS:%.c=$(BUILD)/asan/obj/%.o)
+UNIT_BINS      := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+UNIT_ASAN_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/asan/tests/%)
+ITEST_BINS     := $(ITEST_SRCS:tests/integration/test_%.c=$(BUILD)/tests/itest_%)
+ITEST_HELPER_OBJS := $(ITEST_HELPERS:%.c=$(BUILD)/obj/%.o)
+
+VMM      := $(BUILD)/forkd-vmm
+VMM_ASAN := $(BUILD)/asan/forkd-vmm
+
+.PHONY: all test unit-test integration-test demo format check-format clean
+all: $(VMM) $(VMM_ASAN) $(UNIT_BINS) $(UNIT_ASAN_BINS) $(ITEST_BINS) probe
+
+include guest/probe/probe.mk
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPTFLAGS) -c $< -o $@
+
+$(BUILD)/asan/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(SANFLAGS) -c $< -o $@
+
+$(BUILD)/libforkd.a: $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/asan/libforkd.a: $(LIB_ASAN_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(VMM): $(BUILD)/obj/src/vmm/main.o $(BUILD)/libforkd.a
+	$(CC) $(OPTFLAGS) -o $@ $^ $(LIBS)
+
+$(VMM_ASAN): $(BUILD)/asan/obj/src/vmm/main.o $(BUILD)/asan/libforkd.a
+	$(CC) $(SANFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(BUILD)/libforkd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(OPTFLAGS) -o $@ $^ $(LIBS) $(TESTLIBS)
+
+$(BUILD)/asan/tests/%: $(BUILD)/asan/obj/tests/unit/%.o $(BUILD)/asan/libforkd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(SANFLAGS) -o $@ $^ $(LIBS) $(TESTLIBS)
+
+$(BUILD)/tests/itest_%: $(BUILD)/obj/tests/integration/test_%.o $(ITEST_HELPER_OBJS) $(BUILD)/libforkd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(OPTFLAGS) -o $@ $^ $(LIBS) $(TESTLIBS)
+
+unit-test: $(UNIT_BINS) $(UNIT_ASAN_BINS)
+	@set -e; for t in $(UNIT_BINS) $(UNIT_ASAN_BINS); do echo "== $$t"; $$t; done
+
+integration-test: $(VMM) $(VMM_ASAN) $(ITEST_BINS) probe
+	@set -e; for t in $(ITEST_BINS); do echo "== $$t"; \
+	  FORKD_VMM=$(abspath $(VMM)) FORKD_VMM_ASAN=$(abspath $(VMM_ASAN)) \
+	  FORKD_PROBE=$(abspath $(PROBE_ELF)) FORKD_BUILD=$(abspath $(BUILD)) $$t; done
+
+test: all
+	@$(MAKE) --no-print-directory unit-test
+	@$(MAKE) --no-print-directory integration-test
+
+demo: $(VMM) probe
+	./scripts/demo.sh
+
+FORMAT_FILES = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
+format:
+	clang-format -i $(FORMAT_FILES)
+check-format:
+	clang-format --dry-run -Werror $(FORMAT_FILES)
+
+clean:
+	rm -rf $(BUILD)
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,224 @@
+/* SPDX-License-Identifier: MIT */
+#include "vmm/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int parse_size(const char *s, uint64_t *out)
+{
+	unsigned long long v;
+	uint64_t mult = 1;
+	char *end;
+
+	if (!s || !isdigit((unsigned char)s[0]))
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno)
+		return -EINVAL;
+	switch (toupper((unsigned char)*end)) {
+	case '\0':
+		break;
+	case 'K':
+		mult = 1ULL << 10;
+		end++;
+		break;
+	case 'M':
+		mult = 1ULL << 20;
+		end++;
+		break;
+	case 'G':
+		mult = 1ULL << 30;
+		end++;
+		break;
+	case 'T':
+		mult = 1ULL << 40;
+		end++;
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (mult > 1 && (strcasecmp(end, "iB") == 0 || strcasecmp(end, "B") == 0))
+		end += strlen(end);
+	if (*end != '\0')
+		return -EINVAL;
+	if (v > UINT64_MAX / mult)
+		return -EINVAL;
+	*out = v * mult;
+	return 0;
+}
+
+void vmm_config_usage(FILE *out)
+{
+	fputs("usage: forkd-vmm --kernel PATH [options]\n"
+	      "Boots one KVM virtual machine: a PVH ELF kernel (Linux vmlinux or the\n"
+	      "forkd probe guest) with ACPI tables, a COM1 UART and virtio-mmio disks.\n"
+	      "\n"
+	      "  --kernel PATH        ELF kernel with a PVH entry note (required)\n"
+	      "  --initrd PATH        initial ramdisk, passed as the first PVH module\n"
+	      "  --append STR         kernel command line (at most 4095 bytes)\n"
+	      "  --mem SIZE           guest RAM, e.g. 512M, 4G (32M..1T, multiple of 1M;\n"
+	      "                       default 256M); RAM above 3G is placed above 4G\n"
+	      "  --cpus N             vCPUs, 1..254 (default 1)\n"
+	      "  --disk PATH[,ro][,id=STR]\n"
+	      "                       virtio-blk disk on a raw file; repeatable (max 8)\n"
+	      "  --serial stdout|none|PATH\n"
+	      "                       where COM1 output goes (default stdout)\n"
+	      "  --serial-in stdin|none|PATH\n"
+	      "                       where COM1 input comes from (default stdin)\n"
+	      "  --kvm PATH           KVM device (default /dev/kvm)\n"
+	      "  -h, --help           this text\n"
+	      "\n"
+	      "Exit status: 0 guest powered off, 1 VMM error, 2 bad command line or\n"
+	      "input, 3 guest reset, 4 guest crashed (triple fault or emulation failure).\n",
+	      out);
+}
+
+static int parse_disk(struct vmm_config *cfg, const char *arg, struct fk_err *err)
+{
+	struct vmm_disk_config *d;
+	char *copy, *tok, *save = NULL;
+	int ret = 0;
+
+	if (cfg->nr_disks == VMM_MAX_DISKS)
+		return fk_fail(err, EINVAL, "--disk %s: at most %d disks are supported", arg,
+			       VMM_MAX_DISKS);
+	d = &cfg->disks[cfg->nr_disks];
+	memset(d, 0, sizeof(*d));
+	copy = strdup(arg);
+	if (!copy)
+		return fk_fail(err, ENOMEM, "--disk: out of memory");
+	tok = strtok_r(copy, ",", &save);
+	if (!tok || !*tok || arg[0] == ',') {
+		ret = fk_fail(err, EINVAL, "--disk '%s': expected PATH[,ro][,id=STR]", arg);
+		goto out;
+	}
+	if (strlen(tok) >= sizeof(d->path)) {
+		ret = fk_fail(err, ENAMETOOLONG, "--disk: path is longer than %zu bytes",
+			      sizeof(d->path) - 1);
+		goto out;
+	}
+	memcpy(d->path, tok, strlen(tok) + 1);
+	snprintf(d->id, sizeof(d->id), "forkd-disk%d", cfg->nr_disks);
+	while ((tok = strtok_r(NULL, ",", &save))) {
+		if (strcmp(tok, "ro") == 0) {
+			d->readonly = true;
+		} else if (strcmp(tok, "rw") == 0) {
+			d->readonly = false;
+		} else if (strncmp(tok, "id=", 3) == 0 && strlen(tok + 3) <= 20 && tok[3]) {
+			snprintf(d->id, sizeof(d->id), "%s", tok + 3);
+		} else {
+			ret = fk_fail(err, EINVAL,
+				      "--disk '%s': unknown option '%s' (expected ro, rw or "
+				      "id=STR of 1..20 bytes)",
+				      arg, tok);
+			goto out;
+		}
+	}
+	cfg->nr_disks++;
+out:
+	free(copy);
+	return ret;
+}
+
+int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_err *err)
+{
+	enum { OPT_KERNEL = 256, OPT_INITRD, OPT_APPEND, OPT_MEM, OPT_CPUS, OPT_DISK,
+	       OPT_SERIAL, OPT_SERIAL_IN, OPT_KVM };
+	static const struct option opts[] = {
+		{"kernel", required_argument, NULL, OPT_KERNEL},
+		{"initrd", required_argument, NULL, OPT_INITRD},
+		{"append", required_argument, NULL, OPT_APPEND},
+		{"mem", required_argument, NULL, OPT_MEM},
+		{"cpus", required_argument, NULL, OPT_CPUS},
+		{"disk", required_argument, NULL, OPT_DISK},
+		{"serial", required_argument, NULL, OPT_SERIAL},
+		{"serial-in", required_argument, NULL, OPT_SERIAL_IN},
+		{"kvm", required_argument, NULL, OPT_KVM},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	char *end;
+	long n;
+	int c, ret;
+
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->mem_size = VMM_DEFAULT_MEM;
+	cfg->nr_cpus = 1;
+	cfg->cmdline = "";
+	cfg->serial_out = "stdout";
+	cfg->serial_in = "stdin";
+	cfg->kvm_path = "/dev/kvm";
+
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (c) {
+		case OPT_KERNEL:
+			cfg->kernel = optarg;
+			break;
+		case OPT_INITRD:
+			cfg->initrd = optarg;
+			break;
+		case OPT_APPEND:
+			if (strlen(optarg) > VMM_MAX_CMDLINE)
+				return fk_fail(err, EINVAL,
+					       "--append: command line is %zu bytes, at most %d "
+					       "allowed",
+					       strlen(optarg), VMM_MAX_CMDLINE);
+			cfg->cmdline = optarg;
+			break;
+		case OPT_MEM:
+			if (parse_size(optarg, &cfg->mem_size) < 0 ||
+			    cfg->mem_size % (1ULL << 20) || cfg->mem_size < VMM_MIN_MEM ||
+			    cfg->mem_size > VMM_MAX_MEM)
+				return fk_fail(err, EINVAL,
+					       "--mem '%s': expected a size such as 512M or 4G, a "
+					       "multiple of 1M between 32M and 1T",
+					       optarg);
+			break;
+		case OPT_CPUS:
+			errno = 0;
+			n = strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end || n < 1 || n > VMM_MAX_CPUS)
+				return fk_fail(err, EINVAL,
+					       "--cpus '%s': expected a number of vCPUs from 1 to %d",
+					       optarg, VMM_MAX_CPUS);
+			cfg->nr_cpus = (int)n;
+			break;
+		case OPT_DISK:
+			ret = parse_disk(cfg, optarg, err);
+			if (ret < 0)
+				return ret;
+			break;
+		case OPT_SERIAL:
+			cfg->serial_out = optarg;
+			break;
+		case OPT_SERIAL_IN:
+			cfg->serial_in = optarg;
+			break;
+		case OPT_KVM:
+			cfg->kvm_path = optarg;
+			break;
+		case 'h':
+			cfg->help = true;
+			return 0;
+		case ':':
+			return fk_fail(err, EINVAL, "option '%s' needs a value", argv[optind - 1]);
+		default:
+			return fk_fail(err, EINVAL, "unknown option '%s' (see --help)",
+				       argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return fk_fail(err, EINVAL, "unexpected argument '%s' (see --help)", argv[optind]);
+	if (!cfg->kernel)
+		return fk_fail(err, EINVAL, "--kernel PATH is required (see --help)");
+	if (!*cfg->serial_out || !*cfg->serial_in)
+		return fk_fail(err, EINVAL, "--serial/--serial-in: expected a path, stdout/stdin or none");
+	return 0;
+}

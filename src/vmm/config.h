@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: MIT */
+/* forkd-vmm's command line: parsed and validated before any KVM work. */
+#ifndef FORKD_VMM_CONFIG_H
+#define FORKD_VMM_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "util/err.h"
+
+#define VMM_MAX_DISKS	 8
+#define VMM_MAX_CPUS	 254 /* xAPIC ids in the MADT are 8-bit; 255 is broadcast */
+#define VMM_MIN_MEM	 (32ULL << 20)
+#define VMM_MAX_MEM	 (1ULL << 40)
+#define VMM_DEFAULT_MEM	 (256ULL << 20)
+#define VMM_MAX_CMDLINE	 4095
+
+/* Exit statuses of forkd-vmm, documented in docs/vmm.md. */
+enum vmm_exit_status {
+	VMM_EXIT_POWEROFF = 0,	/* guest powered off (ACPI S5) */
+	VMM_EXIT_ERROR = 1,	/* the VMM failed at run time */
+	VMM_EXIT_USAGE = 2,	/* bad command line or input file */
+	VMM_EXIT_RESET = 3,	/* guest asked for a reset/reboot */
+	VMM_EXIT_GUEST_CRASH = 4, /* triple fault, emulation failure, bad guest state */
+};
+
+struct vmm_disk_config {
+	char path[4096];
+	bool readonly;
+	char id[21]; /* virtio-blk GET_ID string (20 bytes max) */
+};
+
+struct vmm_config {
+	const char *kernel;
+	const char *initrd;
+	const char *cmdline;
+	uint64_t mem_size;
+	int nr_cpus;
+	int nr_disks;
+	struct vmm_disk_config disks[VMM_MAX_DISKS];
+	const char *serial_out; /* "stdout", "none" or a file path */
+	const char *serial_in;	/* "stdin", "none" or a file/fifo path */
+	const char *kvm_path;	/* normally /dev/kvm */
+	bool help;
+};
+
+/* Parses "512M", "4G", "1T", "1048576", "64MiB". Returns 0 or -EINVAL. */
+int parse_size(const char *s, uint64_t *out);
+
+/* Fills cfg from argv; on error returns -errno with a one-line message in err. */
+int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_err *err);
+
+void vmm_config_usage(FILE *out);
+
+#endif

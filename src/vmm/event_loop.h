@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The VMM's device/control thread: an epoll loop over file descriptors
+ * (serial input, ioeventfds, timers, later the control socket). Handlers
+ * run on the loop thread, one at a time.
+ */
+#ifndef FORKD_VMM_EVENT_LOOP_H
+#define FORKD_VMM_EVENT_LOOP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "util/err.h"
+
+#define EVENT_LOOP_MAX_HANDLERS 64
+
+typedef void (*event_handler_fn)(void *opaque, uint32_t events);
+
+struct event_handler {
+	int fd;
+	event_handler_fn fn;
+	void *opaque;
+	bool in_use;
+};
+
+struct event_loop {
+	int epoll_fd;
+	bool stop;
+	struct event_handler handlers[EVENT_LOOP_MAX_HANDLERS];
+};
+
+int event_loop_init(struct event_loop *loop, struct fk_err *err);
+void event_loop_destroy(struct event_loop *loop);
+/* events: EPOLLIN etc. */
+int event_loop_add(struct event_loop *loop, int fd, uint32_t events, event_handler_fn fn,
+		   void *opaque, struct fk_err *err);
+/* Changes the events a handler waits for; 0 pauses it. */
+int event_loop_modify(struct event_loop *loop, int fd, uint32_t events);
+void event_loop_remove(struct event_loop *loop, int fd);
+/* Runs until event_loop_stop() is called from a handler. Returns 0 or -errno. */
+int event_loop_run(struct event_loop *loop);
+void event_loop_stop(struct event_loop *loop);
+
+#endif

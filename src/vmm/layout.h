@@ -1,0 +1,39 @@
+/* SPDX-License-Identifier: MIT */
+/* Where forkd-vmm puts things in guest physical memory and I/O space. */
+#ifndef FORKD_VMM_LAYOUT_H
+#define FORKD_VMM_LAYOUT_H
+
+/* Low memory: boot structures the guest reads once. */
+#define LAYOUT_PVH_START_INFO 0x6000ULL
+#define LAYOUT_PVH_MODLIST    0x6040ULL
+#define LAYOUT_PVH_MEMMAP     0x7000ULL /* up to 0x8000: 170 entries */
+#define LAYOUT_CMDLINE	      0x20000ULL
+#define LAYOUT_CMDLINE_MAX    0x1000ULL
+#define LAYOUT_EBDA_START     0x9FC00ULL /* reserved from here to 1 MiB */
+#define LAYOUT_ACPI_START     0xE0000ULL /* where a legacy RSDP scan looks */
+#define LAYOUT_ACPI_END	      0x100000ULL
+#define LAYOUT_HIGH_MEM_START 0x100000ULL /* kernels load at or above 1 MiB */
+
+/* MMIO hole (3..4 GiB): virtio-mmio windows, then the chipset. */
+#define LAYOUT_VIRTIO_MMIO_BASE 0xD0000000ULL
+#define LAYOUT_IOAPIC_ADDR	0xFEC00000ULL
+#define LAYOUT_LAPIC_ADDR	0xFEE00000ULL
+/* KVM needs three pages for the real-mode TSS and one for the identity map. */
+#define LAYOUT_KVM_IDENTITY_MAP 0xFEFFC000ULL
+#define LAYOUT_KVM_TSS		0xFEFFD000ULL
+
+/* Interrupts (IOAPIC inputs). */
+#define LAYOUT_COM1_GSI	       4
+#define LAYOUT_VIRTIO_GSI_BASE 5
+#define LAYOUT_IOAPIC_PINS     24
+
+/* I/O ports. */
+#define LAYOUT_COM1_PORT	0x3F8
+#define LAYOUT_PM_SLEEP_CONTROL 0x600
+#define LAYOUT_PM_SLEEP_STATUS	0x601
+#define LAYOUT_PM_RESET		0x602
+#define LAYOUT_PM_RESET_VALUE	0x0F
+#define LAYOUT_I8042_PORT	0x64
+#define LAYOUT_POST_PORT	0x80
+
+#endif

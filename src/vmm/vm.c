@@ -1,0 +1,474 @@
+/* SPDX-License-Identifier: MIT */
+/* Assembles a VM from its configuration, runs it, and tears it down. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "vmm/boot.h"
+#include "vmm/layout.h"
+#include "vmm/vm.h"
+
+#define SERIAL_FLUSH_INTERVAL_NS (20 * 1000 * 1000)
+
+/* Serial input that the guest's FIFO could not take yet. */
+struct serial_input {
+	int fd;
+	bool is_stream; /* watched by epoll (pipe, tty, socket) vs read once (regular file) */
+	int wake_fd;	/* the UART signals here when its FIFO has room again */
+	size_t pending_off, pending_len;
+	uint8_t pending[65536];
+};
+
+/*
+ * The only file-scope state: the serial input of the one VM this process
+ * runs. It lives here rather than in struct vm only because of its size.
+ */
+static struct serial_input serial_input = {.fd = -1, .wake_fd = -1};
+
+void vm_request_exit(struct vm *vm, int status, const char *fmt, ...)
+{
+	uint64_t one = 1;
+	va_list ap;
+
+	pthread_mutex_lock(&vm->exit_lock);
+	if (!atomic_load(&vm->stopping)) {
+		va_start(ap, fmt);
+		vsnprintf(vm->exit_reason, sizeof(vm->exit_reason), fmt, ap);
+		va_end(ap);
+		atomic_store(&vm->exit_status, status);
+		atomic_store(&vm->stopping, true);
+		if (write(vm->exit_eventfd, &one, sizeof(one)) < 0) {
+		}
+	}
+	pthread_mutex_unlock(&vm->exit_lock);
+}
+
+static void on_pm_event(void *opaque, enum acpi_pm_event ev)
+{
+	struct vm *vm = opaque;
+
+	if (ev == ACPI_PM_POWEROFF)
+		vm_request_exit(vm, VMM_EXIT_POWEROFF, "guest powered off");
+	else
+		vm_request_exit(vm, VMM_EXIT_RESET, "guest requested a reset");
+}
+
+static void on_exit_event(void *opaque, uint32_t events)
+{
+	struct vm *vm = opaque;
+
+	(void)events;
+	event_loop_stop(&vm->loop);
+}
+
+static void on_signal(void *opaque, uint32_t events)
+{
+	struct vm *vm = opaque;
+	struct signalfd_siginfo si;
+	int fd = -1;
+
+	(void)events;
+	for (int i = 0; i < EVENT_LOOP_MAX_HANDLERS; i++)
+		if (vm->loop.handlers[i].in_use && vm->loop.handlers[i].opaque == vm &&
+		    vm->loop.handlers[i].fn == on_signal)
+			fd = vm->loop.handlers[i].fd;
+	if (fd < 0 || read(fd, &si, sizeof(si)) != sizeof(si))
+		return;
+	vm_request_exit(vm, 128 + (int)si.ssi_signo, "stopped by signal %u", si.ssi_signo);
+}
+
+static void on_flush_timer(void *opaque, uint32_t events)
+{
+	struct vm *vm = opaque;
+	uint64_t ticks;
+	int fd = -1;
+
+	(void)events;
+	for (int i = 0; i < EVENT_LOOP_MAX_HANDLERS; i++)
+		if (vm->loop.handlers[i].in_use && vm->loop.handlers[i].fn == on_flush_timer)
+			fd = vm->loop.handlers[i].fd;
+	if (fd >= 0 && read(fd, &ticks, sizeof(ticks)) < 0) {
+	}
+	serial_flush(&vm->serial);
+}
+
+/* Hands pending input to the UART; pauses the input fd while the FIFO is full. */
+static void serial_input_push(struct vm *vm)
+{
+	struct serial_input *in = &serial_input;
+	size_t n;
+
+	n = serial_receive(&vm->serial, in->pending + in->pending_off, in->pending_len);
+	in->pending_off += n;
+	in->pending_len -= n;
+	if (in->is_stream && in->fd >= 0)
+		event_loop_modify(&vm->loop, in->fd, in->pending_len ? 0 : EPOLLIN);
+}
+
+static void on_serial_input(void *opaque, uint32_t events)
+{
+	struct vm *vm = opaque;
+	struct serial_input *in = &serial_input;
+	ssize_t n;
+
+	(void)events;
+	n = read(in->fd, in->pending, sizeof(in->pending));
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return;
+	if (n <= 0) {
+		/* End of input: the guest simply receives nothing more. */
+		event_loop_remove(&vm->loop, in->fd);
+		in->fd = -1;
+		return;
+	}
+	in->pending_off = 0;
+	in->pending_len = (size_t)n;
+	serial_input_push(vm);
+}
+
+static void on_serial_space(void *opaque, uint32_t events)
+{
+	struct vm *vm = opaque;
+	uint64_t v;
+
+	(void)events;
+	if (read(serial_input.wake_fd, &v, sizeof(v)) < 0) {
+	}
+	if (serial_input.pending_len)
+		serial_input_push(vm);
+}
+
+/* Called on a vCPU thread when the UART's FIFO drained: wake the loop thread. */
+static void serial_rx_space(void *opaque)
+{
+	uint64_t one = 1;
+
+	(void)opaque;
+	if (write(serial_input.wake_fd, &one, sizeof(one)) < 0) {
+	}
+}
+
+static int open_serial_output(const char *spec, int *fd, struct fk_err *err)
+{
+	if (strcmp(spec, "stdout") == 0) {
+		*fd = STDOUT_FILENO;
+		return 0;
+	}
+	if (strcmp(spec, "none") == 0) {
+		*fd = -1;
+		return 0;
+	}
+	*fd = open(spec, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (*fd < 0)
+		return fk_fail_errno(err, errno, "--serial %s: cannot open for writing", spec);
+	return 0;
+}
+
+static int setup_serial_input(struct vm *vm, struct fk_err *err)
+{
+	struct serial_input *in = &serial_input;
+	const char *spec = vm->cfg->serial_in;
+	struct stat st;
+	int ret;
+
+	if (strcmp(spec, "none") == 0)
+		return 0;
+	in->fd = strcmp(spec, "stdin") == 0 ? STDIN_FILENO : open(spec, O_RDONLY | O_CLOEXEC);
+	if (in->fd < 0)
+		return fk_fail_errno(err, errno, "--serial-in %s: cannot open for reading", spec);
+	if (fstat(in->fd, &st) < 0)
+		return fk_fail_errno(err, errno, "--serial-in %s: cannot stat", spec);
+	in->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (in->wake_fd < 0)
+		return fk_fail_errno(err, errno, "eventfd");
+	ret = event_loop_add(&vm->loop, in->wake_fd, EPOLLIN, on_serial_space, vm, err);
+	if (ret < 0)
+		return ret;
+	vm->serial.rx_space = serial_rx_space;
+	vm->serial.rx_space_opaque = vm;
+	if (S_ISDIR(st.st_mode))
+		return fk_fail(err, EISDIR, "--serial-in %s: is a directory", spec);
+	in->is_stream = true;
+	if (event_loop_add(&vm->loop, in->fd, EPOLLIN, on_serial_input, vm, err) == 0)
+		return 0;
+	if (err->code != EPERM)
+		return -err->code;
+	/* epoll cannot watch regular files or /dev/null: take the first 64 KiB up front. */
+	in->is_stream = false;
+	ssize_t n = read(in->fd, in->pending, sizeof(in->pending));
+	if (n < 0)
+		return fk_fail_errno(err, errno, "--serial-in %s: read", spec);
+	in->pending_len = (size_t)n;
+	serial_input_push(vm);
+	return 0;
+}
+
+static void on_disk_notify(void *opaque, uint32_t events)
+{
+	struct vm_disk *d = opaque;
+	uint64_t v;
+
+	(void)events;
+	if (read(d->notify_fd, &v, sizeof(v)) == sizeof(v))
+		virtio_mmio_notify(&d->transport, 0);
+}
+
+static int setup_disk(struct vm *vm, int i, struct fk_err *err)
+{
+	const struct vmm_disk_config *dc = &vm->cfg->disks[i];
+	struct vm_disk *d = &vm->disks[i];
+	uint64_t base = LAYOUT_VIRTIO_MMIO_BASE + (uint64_t)i * VIRTIO_MMIO_SIZE;
+	struct irq_line irq;
+	struct fk_err soft;
+	int ret;
+
+	d->notify_fd = d->irq_fd = -1;
+	ret = virtio_blk_open(&d->blk, dc->path, dc->readonly, dc->id, err);
+	if (ret < 0)
+		return fk_wrap(err, "--disk %s", dc->path);
+	d->irq_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (d->irq_fd < 0)
+		return fk_fail_errno(err, errno, "eventfd");
+	irq = (struct irq_line){
+		.gsi = LAYOUT_VIRTIO_GSI_BASE + (uint32_t)i, .eventfd = d->irq_fd};
+	ret = kvm_irqfd(vm, d->irq_fd, irq.gsi, err);
+	if (ret < 0)
+		return ret;
+	ret = virtio_mmio_init(&d->transport, &virtio_blk_ops, d->blk, &vm->mem, irq, base, err);
+	if (ret < 0)
+		return ret;
+	d->transport_ready = true;
+	ret = bus_register(&vm->mmio, base, VIRTIO_MMIO_SIZE, &virtio_mmio_bus_ops,
+			   &d->transport, err);
+	if (ret < 0)
+		return ret;
+
+	/*
+	 * An ioeventfd lets KVM complete the guest's queue notification without
+	 * waking a VMM thread; the request is handled on the loop thread. If KVM
+	 * refuses, notifications arrive as ordinary MMIO writes instead.
+	 */
+	d->notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (d->notify_fd < 0)
+		return fk_fail_errno(err, errno, "eventfd");
+	if (kvm_ioeventfd_mmio(vm, d->notify_fd, base + VIRTIO_MMIO_QUEUE_NOTIFY, 4, 0, &soft) <
+	    0) {
+		close(d->notify_fd);
+		d->notify_fd = -1;
+		return 0;
+	}
+	return event_loop_add(&vm->loop, d->notify_fd, EPOLLIN, on_disk_notify, d, err);
+}
+
+static int setup_pio_devices(struct vm *vm, struct fk_err *err)
+{
+	int ret;
+
+	ret = bus_register(&vm->pio, LAYOUT_COM1_PORT, SERIAL_NR_PORTS, &serial_bus_ops,
+			   &vm->serial, err);
+	if (!ret)
+		ret = bus_register(&vm->pio, LAYOUT_PM_SLEEP_CONTROL, 1, &acpi_pm_sleep_control_ops,
+				   &vm->pm, err);
+	if (!ret)
+		ret = bus_register(&vm->pio, LAYOUT_PM_SLEEP_STATUS, 1, &acpi_pm_sleep_status_ops,
+				   &vm->pm, err);
+	if (!ret)
+		ret = bus_register(&vm->pio, LAYOUT_PM_RESET, 1, &acpi_pm_reset_ops, &vm->pm, err);
+	if (!ret)
+		ret = bus_register(&vm->pio, LAYOUT_I8042_PORT, 1, &acpi_pm_i8042_ops, &vm->pm,
+				   err);
+	if (!ret)
+		ret = bus_register(&vm->pio, LAYOUT_POST_PORT, 1, &acpi_pm_post_ops, &vm->pm, err);
+	return ret;
+}
+
+static int setup_event_sources(struct vm *vm, struct fk_err *err)
+{
+	struct itimerspec its = {
+		.it_interval = {.tv_nsec = SERIAL_FLUSH_INTERVAL_NS},
+		.it_value = {.tv_nsec = SERIAL_FLUSH_INTERVAL_NS},
+	};
+	sigset_t sigs;
+	int fd, ret;
+
+	vm->exit_eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (vm->exit_eventfd < 0)
+		return fk_fail_errno(err, errno, "eventfd");
+	ret = event_loop_add(&vm->loop, vm->exit_eventfd, EPOLLIN, on_exit_event, vm, err);
+	if (ret < 0)
+		return ret;
+
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (fd < 0)
+		return fk_fail_errno(err, errno, "signalfd");
+	ret = event_loop_add(&vm->loop, fd, EPOLLIN, on_signal, vm, err);
+	if (ret < 0) {
+		close(fd);
+		return ret;
+	}
+
+	fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (fd < 0)
+		return fk_fail_errno(err, errno, "timerfd_create");
+	if (timerfd_settime(fd, 0, &its, NULL) < 0 ||
+	    event_loop_add(&vm->loop, fd, EPOLLIN, on_flush_timer, vm, err) < 0) {
+		close(fd);
+		return fk_fail_errno(err, errno, "serial flush timer");
+	}
+	return 0;
+}
+
+int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
+{
+	struct irq_line com1_irq;
+	int serial_fd, ret;
+
+	memset(vm, 0, sizeof(*vm));
+	vm->cfg = cfg;
+	vm->kvm_fd = vm->vm_fd = vm->exit_eventfd = -1;
+	vm->loop.epoll_fd = -1;
+	vm->nr_vcpus = cfg->nr_cpus;
+	pthread_mutex_init(&vm->exit_lock, NULL);
+	bus_init(&vm->pio, "pio");
+	bus_init(&vm->mmio, "mmio");
+	signal(SIGPIPE, SIG_IGN);
+	vcpu_install_kick_handler();
+
+	/* Validate the cheap inputs before asking KVM for anything. */
+	if (access(cfg->kernel, R_OK) < 0)
+		return fk_fail_errno(err, errno, "kernel %s: cannot read", cfg->kernel);
+	if (cfg->initrd && access(cfg->initrd, R_OK) < 0)
+		return fk_fail_errno(err, errno, "initrd %s: cannot read", cfg->initrd);
+
+	ret = event_loop_init(&vm->loop, err);
+	if (ret < 0)
+		return ret;
+	ret = setup_event_sources(vm, err);
+	if (ret < 0)
+		return ret;
+	ret = kvm_open(vm, cfg->kvm_path, err);
+	if (ret < 0)
+		return ret;
+	ret = kvm_create_vm(vm, err);
+	if (ret < 0)
+		return ret;
+	ret = guest_mem_init(&vm->mem, GUEST_MEM_ANON, cfg->mem_size, err);
+	if (ret < 0)
+		return ret;
+	ret = kvm_add_memslots(vm, err);
+	if (ret < 0)
+		return ret;
+
+	ret = open_serial_output(cfg->serial_out, &serial_fd, err);
+	if (ret < 0)
+		return ret;
+	com1_irq = (struct irq_line){.gsi = LAYOUT_COM1_GSI, .eventfd = -1,
+				     .set_level = kvm_set_irq_level, .opaque = vm};
+	serial_init(&vm->serial, serial_fd, com1_irq);
+	acpi_pm_init(&vm->pm, LAYOUT_PM_RESET_VALUE, on_pm_event, vm);
+	ret = setup_pio_devices(vm, err);
+	if (ret < 0)
+		return ret;
+	ret = setup_serial_input(vm, err);
+	if (ret < 0)
+		return ret;
+
+	for (int i = 0; i < cfg->nr_disks; i++) {
+		ret = setup_disk(vm, i, err);
+		vm->nr_disks = i + 1;
+		if (ret < 0)
+			return ret;
+	}
+
+	ret = boot_setup_pvh(vm, err);
+	if (ret < 0)
+		return ret;
+
+	vm->vcpus = calloc((size_t)vm->nr_vcpus, sizeof(*vm->vcpus));
+	if (!vm->vcpus)
+		return fk_fail(err, ENOMEM, "vcpus: out of memory");
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		vm->vcpus[i].fd = -1;
+		ret = vcpu_create(vm, i, err);
+		if (ret < 0)
+			return ret;
+	}
+	return vcpu_setup_pvh_bsp(&vm->vcpus[0], vm->kernel_entry, LAYOUT_PVH_START_INFO, err);
+}
+
+int vm_run(struct vm *vm)
+{
+	struct fk_err err;
+	int ret;
+
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		if (vcpu_start(&vm->vcpus[i], &err) < 0) {
+			vm_request_exit(vm, VMM_EXIT_ERROR, "%s", err.msg);
+			break;
+		}
+	}
+	ret = event_loop_run(&vm->loop);
+	if (ret < 0)
+		vm_request_exit(vm, VMM_EXIT_ERROR, "event loop: %s", strerror(-ret));
+
+	for (int i = 0; i < vm->nr_vcpus; i++)
+		if (vm->vcpus[i].thread_started)
+			vcpu_kick(&vm->vcpus[i]);
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		if (vm->vcpus[i].thread_started) {
+			pthread_join(vm->vcpus[i].thread, NULL);
+			vm->vcpus[i].thread_started = false;
+		}
+	}
+	serial_flush(&vm->serial);
+	return atomic_load(&vm->exit_status);
+}
+
+void vm_destroy(struct vm *vm)
+{
+	for (int i = 0; vm->vcpus && i < vm->nr_vcpus; i++) {
+		if (vm->vcpus[i].run)
+			munmap(vm->vcpus[i].run, vm->vcpu_mmap_size);
+		if (vm->vcpus[i].fd >= 0)
+			close(vm->vcpus[i].fd);
+	}
+	free(vm->vcpus);
+	for (int i = 0; i < vm->nr_disks; i++) {
+		struct vm_disk *d = &vm->disks[i];
+		if (d->transport_ready)
+			virtio_mmio_destroy(&d->transport);
+		if (d->blk)
+			virtio_blk_close(d->blk);
+		if (d->notify_fd >= 0)
+			close(d->notify_fd);
+		if (d->irq_fd >= 0)
+			close(d->irq_fd);
+	}
+	if (vm->serial.out_fd > STDERR_FILENO)
+		close(vm->serial.out_fd);
+	guest_mem_destroy(&vm->mem);
+	if (vm->vm_fd >= 0)
+		close(vm->vm_fd);
+	if (vm->kvm_fd >= 0)
+		close(vm->kvm_fd);
+	free(vm->supported_cpuid);
+	event_loop_destroy(&vm->loop);
+	if (vm->exit_eventfd >= 0)
+		close(vm->exit_eventfd);
+}

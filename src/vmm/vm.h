@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: MIT */
+/* One virtual machine: its KVM handles, memory, buses, devices and vCPUs. */
+#ifndef FORKD_VMM_VM_H
+#define FORKD_VMM_VM_H
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "devices/acpi_pm.h"
+#include "devices/serial.h"
+#include "devices/virtio_blk.h"
+#include "devices/virtio_mmio.h"
+#include "vmm/bus.h"
+#include "vmm/config.h"
+#include "vmm/event_loop.h"
+#include "vmm/guest_mem.h"
+
+struct vm;
+
+struct vcpu {
+	struct vm *vm;
+	int index;
+	int fd;
+	struct kvm_run *run;
+	pthread_t thread;
+	bool thread_started;
+};
+
+struct vm_disk {
+	struct virtio_blk *blk;
+	struct virtio_mmio transport;
+	bool transport_ready;
+	int notify_fd; /* ioeventfd on QueueNotify, -1 if KVM refused it */
+	int irq_fd;    /* irqfd for the device's GSI */
+};
+
+struct vm {
+	const struct vmm_config *cfg;
+	int kvm_fd;
+	int vm_fd;
+	size_t vcpu_mmap_size;
+	uint32_t tsc_khz;
+	struct kvm_cpuid2 *supported_cpuid;
+
+	struct guest_mem mem;
+	struct bus pio;
+	struct bus mmio;
+	struct event_loop loop;
+
+	struct serial serial;
+	struct acpi_pm pm;
+	int nr_disks;
+	struct vm_disk disks[VMM_MAX_DISKS];
+
+	int nr_vcpus;
+	struct vcpu *vcpus;
+
+	/* Set once by whoever ends the VM first; read by the main thread. */
+	atomic_bool stopping;
+	atomic_int exit_status;
+	int exit_eventfd;
+	char exit_reason[256];
+	pthread_mutex_t exit_lock;
+
+	uint64_t kernel_entry;
+	uint64_t rsdp_gpa;
+};
+
+/* kvm.c */
+int kvm_open(struct vm *vm, const char *path, struct fk_err *err);
+int kvm_create_vm(struct vm *vm, struct fk_err *err);
+int kvm_add_memslots(struct vm *vm, struct fk_err *err);
+int kvm_irqfd(struct vm *vm, int fd, uint32_t gsi, struct fk_err *err);
+int kvm_ioeventfd_mmio(struct vm *vm, int fd, uint64_t addr, uint32_t len, uint64_t datamatch,
+		       struct fk_err *err);
+void kvm_set_irq_level(void *vm, uint32_t gsi, int level);
+
+/* cpuid.c: the CPUID table of vCPU index `cpu`. Caller frees. */
+struct kvm_cpuid2 *cpuid_for_vcpu(const struct vm *vm, int cpu, struct fk_err *err);
+
+/* vcpu.c */
+int vcpu_create(struct vm *vm, int index, struct fk_err *err);
+int vcpu_setup_pvh_bsp(struct vcpu *vcpu, uint64_t entry, uint64_t start_info,
+		       struct fk_err *err);
+int vcpu_start(struct vcpu *vcpu, struct fk_err *err);
+void vcpu_kick(struct vcpu *vcpu);
+void vcpu_install_kick_handler(void);
+
+/* vm.c */
+int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err);
+int vm_run(struct vm *vm);
+void vm_destroy(struct vm *vm);
+/* Ask the VM to end with `status`; the first caller wins. Thread-safe. */
+void vm_request_exit(struct vm *vm, int status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+#endif

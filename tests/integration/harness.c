@@ -1,0 +1,267 @@
+/* SPDX-License-Identifier: MIT */
+#include "harness.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <grp.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+long long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char *env_or(const char *name, const char *fallback)
+{
+	const char *v = getenv(name);
+	return v && *v ? v : fallback;
+}
+
+const char *harness_vmm(void)
+{
+	return env_or("FORKD_VMM", "build/forkd-vmm");
+}
+
+const char *harness_vmm_asan(void)
+{
+	return env_or("FORKD_VMM_ASAN", "build/asan/forkd-vmm");
+}
+
+const char *harness_probe(void)
+{
+	return env_or("FORKD_PROBE", "build/guest/probe.elf");
+}
+
+const char *harness_tmpdir(void)
+{
+	return env_or("TMPDIR", "/tmp");
+}
+
+static int spawn(struct vmm_proc *p, char *const argv[], bool drop, uid_t uid, gid_t gid)
+{
+	int in[2], out[2], errp[2];
+
+	memset(p, 0, sizeof(*p));
+	p->pid = -1;
+	p->in_fd = p->out_fd = p->err_fd = -1;
+	if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(errp, O_CLOEXEC) < 0)
+		return -errno;
+	p->pid = fork();
+	if (p->pid < 0)
+		return -errno;
+	if (p->pid == 0) {
+		dup2(in[0], 0);
+		dup2(out[1], 1);
+		dup2(errp[1], 2);
+		if (drop && (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 ||
+			     setresuid(uid, uid, uid) < 0))
+			_exit(127);
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	close(in[0]);
+	close(out[1]);
+	close(errp[1]);
+	p->in_fd = in[1];
+	p->out_fd = out[0];
+	p->err_fd = errp[0];
+	fcntl(p->out_fd, F_SETFL, O_NONBLOCK);
+	fcntl(p->err_fd, F_SETFL, O_NONBLOCK);
+	return 0;
+}
+
+int vmm_start(struct vmm_proc *p, char *const argv[])
+{
+	return spawn(p, argv, false, 0, 0);
+}
+
+int vmm_start_as(struct vmm_proc *p, char *const argv[], uid_t uid, gid_t gid)
+{
+	return spawn(p, argv, true, uid, gid);
+}
+
+static void add_line(struct vmm_proc *p, const char *s, size_t n)
+{
+	if (n && s[n - 1] == '\r')
+		n--;
+	if (p->nr_lines < HARNESS_MAX_LINES)
+		p->lines[p->nr_lines++] = strndup(s, n);
+}
+
+/* Reads whatever is available; returns false at EOF on both pipes. */
+static bool pump(struct vmm_proc *p, int timeout_ms)
+{
+	struct pollfd fds[2] = {{.fd = p->out_fd, .events = POLLIN},
+				{.fd = p->err_fd, .events = POLLIN}};
+	char buf[4096];
+	ssize_t n;
+
+	if (p->out_fd < 0 && p->err_fd < 0)
+		return false;
+	if (poll(fds, 2, timeout_ms) <= 0)
+		return true;
+	if (p->out_fd >= 0 && (fds[0].revents & (POLLIN | POLLHUP))) {
+		n = read(p->out_fd, buf, sizeof(buf));
+		if (n == 0) {
+			close(p->out_fd);
+			p->out_fd = -1;
+		}
+		for (ssize_t i = 0; i < n; i++) {
+			if (buf[i] == '\n') {
+				add_line(p, p->partial, p->partial_len);
+				p->partial_len = 0;
+			} else if (p->partial_len < sizeof(p->partial) - 1) {
+				p->partial[p->partial_len++] = buf[i];
+			}
+		}
+	}
+	if (p->err_fd >= 0 && (fds[1].revents & (POLLIN | POLLHUP))) {
+		n = read(p->err_fd, buf, sizeof(buf));
+		if (n == 0) {
+			close(p->err_fd);
+			p->err_fd = -1;
+		}
+		if (n > 0) {
+			size_t room = sizeof(p->err_text) - 1 - p->err_len;
+			size_t take = (size_t)n < room ? (size_t)n : room;
+			memcpy(p->err_text + p->err_len, buf, take);
+			p->err_len += take;
+			p->err_text[p->err_len] = '\0';
+		}
+	}
+	return true;
+}
+
+const char *vmm_wait_line(struct vmm_proc *p, const char *prefix, int timeout_ms)
+{
+	long long deadline = now_ms() + timeout_ms;
+	int seen = 0;
+
+	for (;;) {
+		for (; seen < p->nr_lines; seen++)
+			if (strncmp(p->lines[seen], prefix, strlen(prefix)) == 0)
+				return p->lines[seen];
+		long long left = deadline - now_ms();
+		if (left <= 0)
+			return NULL;
+		if (!pump(p, (int)(left < 100 ? left : 100)))
+			return NULL;
+	}
+}
+
+const char *vmm_value(struct vmm_proc *p, const char *key, char *buf, size_t len)
+{
+	size_t klen = strlen(key);
+	const char *found = NULL;
+
+	while (p->out_fd >= 0 && pump(p, 0) && p->out_fd >= 0) {
+		struct pollfd fd = {.fd = p->out_fd, .events = POLLIN};
+		if (poll(&fd, 1, 0) <= 0)
+			break;
+	}
+	for (int i = 0; i < p->nr_lines; i++) {
+		/* key=value may stand at the start of a line or after a space. */
+		const char *s = p->lines[i];
+		while ((s = strstr(s, key))) {
+			if ((s == p->lines[i] || s[-1] == ' ') && s[klen] == '=') {
+				found = s + klen + 1;
+				break;
+			}
+			s += klen;
+		}
+	}
+	if (!found)
+		return NULL;
+	size_t n = strcspn(found, " ");
+	if (n >= len)
+		n = len - 1;
+	memcpy(buf, found, n);
+	buf[n] = '\0';
+	return buf;
+}
+
+int vmm_send(struct vmm_proc *p, const char *text)
+{
+	size_t len = strlen(text);
+
+	return write(p->in_fd, text, len) == (ssize_t)len ? 0 : -EIO;
+}
+
+int vmm_wait(struct vmm_proc *p, int timeout_ms)
+{
+	long long deadline = now_ms() + timeout_ms;
+	int status;
+
+	if (p->exited)
+		return p->exit_status;
+	for (;;) {
+		pid_t r = waitpid(p->pid, &status, WNOHANG);
+		if (r == p->pid) {
+			/* Drain what the VMM wrote before exiting. */
+			while (pump(p, 50) && (p->out_fd >= 0 || p->err_fd >= 0))
+				;
+			p->exited = true;
+			p->exit_status = WIFEXITED(status) ? WEXITSTATUS(status)
+							   : 128 + WTERMSIG(status);
+			return p->exit_status;
+		}
+		if (now_ms() >= deadline)
+			return -ETIMEDOUT;
+		pump(p, 20);
+	}
+}
+
+void vmm_kill(struct vmm_proc *p)
+{
+	if (p->pid > 0 && !p->exited) {
+		kill(p->pid, SIGKILL);
+		vmm_wait(p, 5000);
+	}
+}
+
+void vmm_free(struct vmm_proc *p)
+{
+	vmm_kill(p);
+	for (int i = 0; i < p->nr_lines; i++)
+		free(p->lines[i]);
+	p->nr_lines = 0;
+	if (p->in_fd >= 0)
+		close(p->in_fd);
+	if (p->out_fd >= 0)
+		close(p->out_fd);
+	if (p->err_fd >= 0)
+		close(p->err_fd);
+	p->in_fd = p->out_fd = p->err_fd = -1;
+}
+
+void vmm_dump(const struct vmm_proc *p)
+{
+	fprintf(stderr, "---- guest console (%d lines) ----\n", p->nr_lines);
+	for (int i = 0; i < p->nr_lines; i++)
+		fprintf(stderr, "| %s\n", p->lines[i]);
+	fprintf(stderr, "---- vmm stderr ----\n%s\n----\n", p->err_text);
+}
+
+int vmm_run_to_exit(struct vmm_proc *p, char *const argv[], int timeout_ms)
+{
+	int r = vmm_start(p, argv);
+
+	if (r < 0)
+		return r;
+	close(p->in_fd);
+	p->in_fd = -1;
+	r = vmm_wait(p, timeout_ms);
+	if (r < 0)
+		vmm_kill(p);
+	return r;
+}

@@ -1,0 +1,57 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Integration-test harness: runs forkd-vmm as a child process with the
+ * guest's serial console on pipes, and reads the console line by line.
+ */
+#ifndef FORKD_TESTS_HARNESS_H
+#define FORKD_TESTS_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#define HARNESS_MAX_LINES 4096
+
+struct vmm_proc {
+	pid_t pid;
+	int in_fd;  /* guest serial input */
+	int out_fd; /* guest serial output */
+	int err_fd; /* VMM's stderr */
+	char *lines[HARNESS_MAX_LINES];
+	int nr_lines;
+	char partial[8192];
+	size_t partial_len;
+	char err_text[8192];
+	size_t err_len;
+	int exit_status; /* valid after vmm_wait */
+	bool exited;
+};
+
+/* Paths from the environment the Makefile sets (FORKD_VMM, FORKD_PROBE, ...). */
+const char *harness_vmm(void);
+const char *harness_vmm_asan(void);
+const char *harness_probe(void);
+const char *harness_tmpdir(void);
+
+/* argv[0] is the VMM path; NULL-terminated. Returns 0 or -errno. */
+int vmm_start(struct vmm_proc *p, char *const argv[]);
+/* Starts with argv after switching to uid/gid (for permission tests). */
+int vmm_start_as(struct vmm_proc *p, char *const argv[], uid_t uid, gid_t gid);
+/* Waits up to timeout_ms for a console line starting with prefix; returns it or NULL. */
+const char *vmm_wait_line(struct vmm_proc *p, const char *prefix, int timeout_ms);
+/* The value of key=value from any console line seen so far (last one wins), or NULL. */
+const char *vmm_value(struct vmm_proc *p, const char *key, char *buf, size_t len);
+int vmm_send(struct vmm_proc *p, const char *text);
+/* Waits for exit; returns the exit status (128+sig if killed) or -ETIMEDOUT. */
+int vmm_wait(struct vmm_proc *p, int timeout_ms);
+void vmm_kill(struct vmm_proc *p);
+void vmm_free(struct vmm_proc *p);
+/* Prints the console and stderr captured so far, for failing tests. */
+void vmm_dump(const struct vmm_proc *p);
+
+/* Runs the VMM to completion with no console input; returns exit status, stderr in p. */
+int vmm_run_to_exit(struct vmm_proc *p, char *const argv[], int timeout_ms);
+
+long long now_ms(void);
+
+#endif
