@@ -25,8 +25,10 @@ ITEST_HELPER_OBJS := $(ITEST_HELPERS:%.c=$(BUILD)/obj/%.o)
 VMM      := $(BUILD)/forkd-vmm
 VMM_ASAN := $(BUILD)/asan/forkd-vmm
 
-.PHONY: all test unit-test integration-test demo format check-format clean
-all: $(VMM) $(VMM_ASAN) $(UNIT_BINS) $(UNIT_ASAN_BINS) $(ITEST_BINS) probe
+.PHONY: all bench-tools test unit-test integration-test demo format check-format clean
+BENCH_TOOLS := $(BUILD)/bench/readytime
+
+all: $(VMM) $(VMM_ASAN) $(UNIT_BINS) $(UNIT_ASAN_BINS) $(ITEST_BINS) probe $(BENCH_TOOLS)
 
 include guest/probe/probe.mk
 
@@ -64,6 +66,10 @@ $(BUILD)/tests/itest_%: $(BUILD)/obj/tests/integration/test_%.o $(ITEST_HELPER_O
 	@mkdir -p $(dir $@)
 	$(CC) $(OPTFLAGS) -o $@ $^ $(LIBS) $(TESTLIBS)
 
+$(BUILD)/bench/%: bench/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_BASE) $(OPTFLAGS) -o $@ $<
+
 unit-test: $(UNIT_BINS) $(UNIT_ASAN_BINS)
 	@set -e; for t in $(UNIT_BINS) $(UNIT_ASAN_BINS); do echo "== $$t"; $$t; done
 
@@ -75,6 +81,8 @@ integration-test: $(VMM) $(VMM_ASAN) $(ITEST_BINS) probe
 test: all
 	@$(MAKE) --no-print-directory unit-test
 	@$(MAKE) --no-print-directory integration-test
+
+bench-tools: $(BENCH_TOOLS)
 
 demo: $(VMM) probe
 	./scripts/demo.sh

@@ -19,30 +19,30 @@
 #define VIRTIO_MMIO_MAX_QUEUES 8
 
 /* Register offsets (virtio 1.x, 4.2.2). All are 32 bits wide. */
-#define VIRTIO_MMIO_MAGIC_VALUE	      0x000
-#define VIRTIO_MMIO_VERSION	      0x004
-#define VIRTIO_MMIO_DEVICE_ID	      0x008
-#define VIRTIO_MMIO_VENDOR_ID	      0x00c
-#define VIRTIO_MMIO_DEVICE_FEATURES     0x010
+#define VIRTIO_MMIO_MAGIC_VALUE		0x000
+#define VIRTIO_MMIO_VERSION		0x004
+#define VIRTIO_MMIO_DEVICE_ID		0x008
+#define VIRTIO_MMIO_VENDOR_ID		0x00c
+#define VIRTIO_MMIO_DEVICE_FEATURES	0x010
 #define VIRTIO_MMIO_DEVICE_FEATURES_SEL 0x014
-#define VIRTIO_MMIO_DRIVER_FEATURES     0x020
+#define VIRTIO_MMIO_DRIVER_FEATURES	0x020
 #define VIRTIO_MMIO_DRIVER_FEATURES_SEL 0x024
-#define VIRTIO_MMIO_QUEUE_SEL	      0x030
-#define VIRTIO_MMIO_QUEUE_NUM_MAX	      0x034
-#define VIRTIO_MMIO_QUEUE_NUM	      0x038
-#define VIRTIO_MMIO_QUEUE_READY	      0x044
-#define VIRTIO_MMIO_QUEUE_NOTIFY	      0x050 /* ioeventfd: 4 bytes, datamatch = queue index */
-#define VIRTIO_MMIO_INTERRUPT_STATUS    0x060
-#define VIRTIO_MMIO_INTERRUPT_ACK	      0x064
-#define VIRTIO_MMIO_STATUS	      0x070
-#define VIRTIO_MMIO_QUEUE_DESC_LOW      0x080
-#define VIRTIO_MMIO_QUEUE_DESC_HIGH     0x084
-#define VIRTIO_MMIO_QUEUE_DRIVER_LOW    0x090
-#define VIRTIO_MMIO_QUEUE_DRIVER_HIGH   0x094
-#define VIRTIO_MMIO_QUEUE_DEVICE_LOW    0x0a0
-#define VIRTIO_MMIO_QUEUE_DEVICE_HIGH   0x0a4
-#define VIRTIO_MMIO_CONFIG_GENERATION   0x0fc
-#define VIRTIO_MMIO_CONFIG	      0x100
+#define VIRTIO_MMIO_QUEUE_SEL		0x030
+#define VIRTIO_MMIO_QUEUE_NUM_MAX	0x034
+#define VIRTIO_MMIO_QUEUE_NUM		0x038
+#define VIRTIO_MMIO_QUEUE_READY		0x044
+#define VIRTIO_MMIO_QUEUE_NOTIFY	0x050 /* ioeventfd: 4 bytes, datamatch = queue index */
+#define VIRTIO_MMIO_INTERRUPT_STATUS	0x060
+#define VIRTIO_MMIO_INTERRUPT_ACK	0x064
+#define VIRTIO_MMIO_STATUS		0x070
+#define VIRTIO_MMIO_QUEUE_DESC_LOW	0x080
+#define VIRTIO_MMIO_QUEUE_DESC_HIGH	0x084
+#define VIRTIO_MMIO_QUEUE_DRIVER_LOW	0x090
+#define VIRTIO_MMIO_QUEUE_DRIVER_HIGH	0x094
+#define VIRTIO_MMIO_QUEUE_DEVICE_LOW	0x0a0
+#define VIRTIO_MMIO_QUEUE_DEVICE_HIGH	0x0a4
+#define VIRTIO_MMIO_CONFIG_GENERATION	0x0fc
+#define VIRTIO_MMIO_CONFIG		0x100
 
 #define VIRTIO_MMIO_MAGIC 0x74726976 /* "virt" */
 /* "FORK" read as little-endian bytes; Linux does not look at the vendor. */
@@ -51,7 +51,7 @@
 /* Device status bits (2.1). */
 #define VIRTIO_STATUS_ACKNOWLEDGE	 0x01
 #define VIRTIO_STATUS_DRIVER		 0x02
-#define VIRTIO_STATUS_DRIVER_OK	 0x04
+#define VIRTIO_STATUS_DRIVER_OK		 0x04
 #define VIRTIO_STATUS_FEATURES_OK	 0x08
 #define VIRTIO_STATUS_DEVICE_NEEDS_RESET 0x40
 #define VIRTIO_STATUS_FAILED		 0x80
@@ -101,7 +101,7 @@ struct virtio_mmio {
 	struct irq_line irq;
 	uint64_t base; /* guest physical base of the register window */
 	struct virtio_mmio_state state;
-	uint64_t errors; /* how many times the guest broke the device */
+	uint64_t errors;	   /* how many times the guest broke the device */
 	uint64_t ignored_notifies; /* notifications before DRIVER_OK / for a queue not ready */
 	char last_error[160];
 };
@@ -125,7 +125,7 @@ uint64_t virtio_mmio_notify_addr(const struct virtio_mmio *t);
  * error status, a bad register access): count it and keep the message. Lock held.
  */
 void virtio_mmio_record_error(struct virtio_mmio *t, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 
 /*
  * The guest broke the device contract: set DEVICE_NEEDS_RESET, raise a

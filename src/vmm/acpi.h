@@ -28,18 +28,18 @@ struct acpi_config {
 	uint64_t ioapic_addr;
 	uint8_t ioapic_id;
 	uint16_t com1_port; /* 0 = no COM1 node */
-	uint32_t com1_gsi;
+	uint32_t com1_gsi;  /* < 16: ISA IRQNoFlags; else Interrupt(Edge, ActiveHigh) */
 	/*
 	 * Hardware-reduced ACPI power management, all in I/O port space:
 	 * the guest writes (SLP_TYP << 2) | SLP_EN (bit 5) to the sleep control
 	 * register to enter \_S5 (SLP_TYP 5), and reset_value to reset_port
-	 * to reset.
+	 * to reset. A port of 0 leaves that register out of the FADT.
 	 */
 	uint16_t sleep_control_port;
 	uint16_t sleep_status_port;
 	uint16_t reset_port;
 	uint8_t reset_value;
-	int nr_virtio;
+	int nr_virtio; /* GSIs of the virtio devices and COM1 must all differ */
 	struct acpi_virtio_dev virtio[ACPI_MAX_VIRTIO];
 };
 

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages forkd needs to build, test and benchmark.
+set -euo pipefail
+packages=(
+	build-essential
+	libcmocka-dev
+	libjansson-dev
+	libxxhash-dev
+	acpica-tools
+	clang-format
+	qemu-system-x86
+)
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "install-deps: need root to install: ${missing[*]}" >&2
+		exit 1
+	fi
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
