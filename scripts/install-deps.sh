@@ -4,8 +4,6 @@ set -euo pipefail
 packages=(
 	build-essential
 	libcmocka-dev
-	libjansson-dev
-	libxxhash-dev
 	acpica-tools
 	clang-format
 	qemu-system-x86
