@@ -140,6 +140,7 @@ static void serial_write(void *opaque, uint64_t offset, const uint8_t *data, uin
 {
 	struct serial *s = opaque;
 	struct serial_state *st = &s->state;
+	bool wake_reader = false;
 	uint8_t v = data[0];
 
 	if (len != 1)
@@ -169,6 +170,11 @@ static void serial_write(void *opaque, uint64_t offset, const uint8_t *data, uin
 		if (v & FCR_CLEAR_RX) {
 			st->rx_count = 0;
 			st->lsr &= (uint8_t)~LSR_DR;
+			/* Input held back while the FIFO was full may flow again. */
+			if (s->rx_waiting_for_space) {
+				s->rx_waiting_for_space = false;
+				wake_reader = true;
+			}
 		}
 		st->iir_fifo = (v & FCR_ENABLE) ? IIR_FIFO_BITS : 0;
 		break;
@@ -186,6 +192,8 @@ static void serial_write(void *opaque, uint64_t offset, const uint8_t *data, uin
 	}
 	update_irq_locked(s);
 	pthread_mutex_unlock(&s->lock);
+	if (wake_reader && s->rx_space)
+		s->rx_space(s->rx_space_opaque);
 }
 
 static void serial_read(void *opaque, uint64_t offset, uint8_t *data, uint32_t len)

@@ -154,7 +154,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	cfg->serial_in = "stdin";
 	cfg->kvm_path = "/dev/kvm";
 
-	optind = 1;
+	optind = 0; /* 0, not 1: glibc then also forgets a half-parsed option cluster */
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
 		switch (c) {
@@ -210,6 +210,10 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		case ':':
 			return fk_fail(err, EINVAL, "option '%s' needs a value", argv[optind - 1]);
 		default:
+			/* optopt names the bad letter inside a cluster such as -xh. */
+			if (optopt > 0 && optopt < 256 && optopt != 'h')
+				return fk_fail(err, EINVAL, "unknown option '-%c' (see --help)",
+					       optopt);
 			return fk_fail(err, EINVAL, "unknown option '%s' (see --help)",
 				       argv[optind - 1]);
 		}

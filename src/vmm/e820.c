@@ -21,7 +21,8 @@ int e820_build(const struct guest_mem *mem, struct hvm_memmap_table_entry *out)
 	 * The conventional PC low-memory map: RAM up to the EBDA, the EBDA and
 	 * BIOS area reserved (our ACPI tables live there), RAM from 1 MiB.
 	 */
-	n = add(out, n, 0, LAYOUT_EBDA_START, XEN_HVM_MEMMAP_TYPE_RAM);
+	n = add(out, n, 0, low_end < LAYOUT_EBDA_START ? low_end : LAYOUT_EBDA_START,
+		XEN_HVM_MEMMAP_TYPE_RAM);
 	n = add(out, n, LAYOUT_EBDA_START, LAYOUT_HIGH_MEM_START - LAYOUT_EBDA_START,
 		XEN_HVM_MEMMAP_TYPE_RESERVED);
 	if (low_end > LAYOUT_HIGH_MEM_START)

@@ -135,11 +135,11 @@ int elf_load_pvh(const uint8_t *image, size_t size, const char *name, struct gue
 				have_entry = true;
 			continue;
 		}
-		if (ph.p_memsz == 0)
-			continue;
 		if (ph.p_filesz > ph.p_memsz)
 			return fk_fail(err, ENOEXEC, "kernel %s: segment %u: file size > memory size",
 				       name, i);
+		if (ph.p_memsz == 0)
+			continue;
 		if (ph.p_paddr < LAYOUT_HIGH_MEM_START)
 			return fk_fail(err, ENOEXEC,
 				       "kernel %s: segment %u loads at 0x%llx, below 1 MiB where the "

@@ -22,6 +22,9 @@ int guest_mem_init(struct guest_mem *mem, enum guest_mem_backend backend, uint64
 			       "guest memory: size %llu is not a positive multiple of 4 KiB",
 			       (unsigned long long)size);
 
+	if (size > SIZE_MAX - HUGE_2M)
+		return fk_fail(err, ENOMEM, "guest memory: size %llu is too large to map",
+			       (unsigned long long)size);
 	low = size < GUEST_MMIO_HOLE_START ? size : GUEST_MMIO_HOLE_START;
 	high = size - low;
 
