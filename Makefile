@@ -7,10 +7,10 @@ CC       ?= gcc
 CFLAGS_BASE := -std=gnu11 -Wall -Wextra -Werror -g -D_GNU_SOURCE -Isrc -Iinclude -MMD -MP
 OPTFLAGS ?= -O2
 SANFLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
-LIBS     := -lpthread
+LIBS     := -lpthread -ljansson -lxxhash
 TESTLIBS := -lcmocka
 
-LIB_SRCS   := $(sort $(filter-out src/vmm/main.c,$(wildcard src/*/*.c)))
+LIB_SRCS   := $(sort $(filter-out src/vmm/main.c src/cli/%.c,$(wildcard src/*/*.c)))
 UNIT_SRCS  := $(sort $(wildcard tests/unit/test_*.c))
 ITEST_SRCS := $(sort $(wildcard tests/integration/test_*.c))
 ITEST_HELPERS := $(filter-out $(ITEST_SRCS),$(wildcard tests/integration/*.c))
@@ -24,11 +24,12 @@ ITEST_HELPER_OBJS := $(ITEST_HELPERS:%.c=$(BUILD)/obj/%.o)
 
 VMM      := $(BUILD)/forkd-vmm
 VMM_ASAN := $(BUILD)/asan/forkd-vmm
+FORKD    := $(BUILD)/forkd
 
 .PHONY: all bench-tools test unit-test integration-test demo format check-format clean
 BENCH_TOOLS := $(BUILD)/bench/readytime
 
-all: $(VMM) $(VMM_ASAN) $(UNIT_BINS) $(UNIT_ASAN_BINS) $(ITEST_BINS) probe $(BENCH_TOOLS)
+all: $(VMM) $(VMM_ASAN) $(FORKD) $(UNIT_BINS) $(UNIT_ASAN_BINS) $(ITEST_BINS) probe $(BENCH_TOOLS)
 
 include guest/probe/probe.mk
 
@@ -53,6 +54,9 @@ $(VMM): $(BUILD)/obj/src/vmm/main.o $(BUILD)/libforkd.a
 
 $(VMM_ASAN): $(BUILD)/asan/obj/src/vmm/main.o $(BUILD)/asan/libforkd.a
 	$(CC) $(SANFLAGS) -o $@ $^ $(LIBS)
+
+$(FORKD): $(BUILD)/obj/src/cli/forkd.o $(BUILD)/libforkd.a
+	$(CC) $(OPTFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(BUILD)/libforkd.a
 	@mkdir -p $(dir $@)

@@ -4,6 +4,8 @@ set -euo pipefail
 packages=(
 	build-essential
 	libcmocka-dev
+	libxxhash-dev
+	libjansson-dev
 	acpica-tools
 	clang-format
 	qemu-system-x86

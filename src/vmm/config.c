@@ -71,6 +71,8 @@ void vmm_config_usage(FILE *out)
 	      "  --serial-in stdin|none|PATH\n"
 	      "                       where COM1 input comes from (default stdin)\n"
 	      "  --kvm PATH           KVM device (default /dev/kvm)\n"
+	      "  --control PATH       serve the JSON control protocol on this Unix socket\n"
+	      "                       (status, pause, resume, shutdown; see docs/control.md)\n"
 	      "  -h, --help           this text\n"
 	      "\n"
 	      "Exit status: 0 guest powered off, 1 VMM error, 2 bad command line or\n"
@@ -128,7 +130,7 @@ out:
 int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_err *err)
 {
 	enum { OPT_KERNEL = 256, OPT_INITRD, OPT_APPEND, OPT_MEM, OPT_CPUS, OPT_DISK,
-	       OPT_SERIAL, OPT_SERIAL_IN, OPT_KVM };
+	       OPT_SERIAL, OPT_SERIAL_IN, OPT_KVM, OPT_CONTROL };
 	static const struct option opts[] = {
 		{"kernel", required_argument, NULL, OPT_KERNEL},
 		{"initrd", required_argument, NULL, OPT_INITRD},
@@ -139,6 +141,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		{"serial", required_argument, NULL, OPT_SERIAL},
 		{"serial-in", required_argument, NULL, OPT_SERIAL_IN},
 		{"kvm", required_argument, NULL, OPT_KVM},
+		{"control", required_argument, NULL, OPT_CONTROL},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -203,6 +206,11 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			break;
 		case OPT_KVM:
 			cfg->kvm_path = optarg;
+			break;
+		case OPT_CONTROL:
+			if (!*optarg)
+				return fk_fail(err, EINVAL, "--control: expected a socket path");
+			cfg->control_path = optarg;
 			break;
 		case 'h':
 			cfg->help = true;

@@ -42,6 +42,7 @@ struct vmm_config {
 	const char *serial_out; /* "stdout", "none" or a file path */
 	const char *serial_in;	/* "stdin", "none" or a file/fifo path */
 	const char *kvm_path;	/* normally /dev/kvm */
+	const char *control_path; /* Unix socket for the control protocol, or NULL */
 	bool help;
 };
 

@@ -22,6 +22,8 @@ static int init_failure_status(int code)
 	case ENAMETOOLONG:
 	case E2BIG:
 	case ENODEV:
+	case EEXIST:
+	case EADDRINUSE:
 		return VMM_EXIT_USAGE;
 	default:
 		return VMM_EXIT_ERROR;

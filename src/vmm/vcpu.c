@@ -279,6 +279,7 @@ static void *vcpu_thread(void *arg)
 			/* EINTR: kicked. EAGAIN: an AP left wait-for-SIPI (PVM-NOTES). */
 			if (e == EINTR || e == EAGAIN) {
 				__atomic_store_n(&vcpu->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+				vcpu_park_if_requested(vcpu);
 				continue;
 			}
 			vm_request_exit(vm, VMM_EXIT_ERROR, "vcpu %d: KVM_RUN: %s", vcpu->index,

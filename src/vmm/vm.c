@@ -13,6 +13,7 @@
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vmm/boot.h"
@@ -50,8 +51,84 @@ void vm_request_exit(struct vm *vm, int status, const char *fmt, ...)
 		atomic_store(&vm->stopping, true);
 		if (write(vm->exit_eventfd, &one, sizeof(one)) < 0) {
 		}
+		/* A pause in progress must not wait for vCPUs that are leaving. */
+		pthread_mutex_lock(&vm->pause_lock);
+		pthread_cond_broadcast(&vm->pause_changed);
+		pthread_mutex_unlock(&vm->pause_lock);
 	}
 	pthread_mutex_unlock(&vm->exit_lock);
+}
+
+uint64_t monotonic_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+void vcpu_park_if_requested(struct vcpu *vcpu)
+{
+	struct vm *vm = vcpu->vm;
+
+	pthread_mutex_lock(&vm->pause_lock);
+	if (vm->pause_requested && !atomic_load(&vm->stopping)) {
+		vm->nr_parked++;
+		pthread_cond_broadcast(&vm->pause_changed);
+		while (vm->pause_requested && !atomic_load(&vm->stopping))
+			pthread_cond_wait(&vm->pause_changed, &vm->pause_lock);
+		vm->nr_parked--;
+		pthread_cond_broadcast(&vm->pause_changed);
+	}
+	pthread_mutex_unlock(&vm->pause_lock);
+}
+
+bool vm_is_paused(struct vm *vm)
+{
+	bool paused;
+
+	pthread_mutex_lock(&vm->pause_lock);
+	paused = vm->pause_requested && vm->nr_parked == vm->nr_vcpus;
+	pthread_mutex_unlock(&vm->pause_lock);
+	return paused;
+}
+
+int vm_pause(struct vm *vm, struct fk_err *err)
+{
+	uint64_t start = monotonic_us();
+
+	pthread_mutex_lock(&vm->pause_lock);
+	if (vm->pause_requested) {
+		pthread_mutex_unlock(&vm->pause_lock);
+		return fk_fail(err, EALREADY, "the VM is already paused");
+	}
+	vm->pause_requested = true;
+	pthread_mutex_unlock(&vm->pause_lock);
+
+	for (int i = 0; i < vm->nr_vcpus; i++)
+		vcpu_kick(&vm->vcpus[i]);
+
+	pthread_mutex_lock(&vm->pause_lock);
+	while (vm->nr_parked < vm->nr_vcpus && !atomic_load(&vm->stopping))
+		pthread_cond_wait(&vm->pause_changed, &vm->pause_lock);
+	vm->last_pause_us = monotonic_us() - start;
+	pthread_mutex_unlock(&vm->pause_lock);
+	if (atomic_load(&vm->stopping))
+		return fk_fail(err, ESHUTDOWN, "the VM is shutting down");
+	return 0;
+}
+
+int vm_resume(struct vm *vm, struct fk_err *err)
+{
+	pthread_mutex_lock(&vm->pause_lock);
+	if (!vm->pause_requested) {
+		pthread_mutex_unlock(&vm->pause_lock);
+		return fk_fail(err, EALREADY, "the VM is not paused");
+	}
+	vm->pause_requested = false;
+	pthread_cond_broadcast(&vm->pause_changed);
+	pthread_mutex_unlock(&vm->pause_lock);
+	return 0;
 }
 
 static void on_pm_event(void *opaque, enum acpi_pm_event ev)
@@ -345,6 +422,8 @@ int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 	vm->loop.epoll_fd = -1;
 	vm->nr_vcpus = cfg->nr_cpus;
 	pthread_mutex_init(&vm->exit_lock, NULL);
+	pthread_mutex_init(&vm->pause_lock, NULL);
+	pthread_cond_init(&vm->pause_changed, NULL);
 	bus_init(&vm->pio, "pio");
 	bus_init(&vm->mmio, "mmio");
 	signal(SIGPIPE, SIG_IGN);
@@ -389,6 +468,12 @@ int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 	if (ret < 0)
 		return ret;
 
+	if (cfg->control_path) {
+		ret = vm_control_init(vm, err);
+		if (ret < 0)
+			return ret;
+	}
+
 	for (int i = 0; i < cfg->nr_disks; i++) {
 		ret = setup_disk(vm, i, err);
 		vm->nr_disks = i + 1;
@@ -417,6 +502,7 @@ int vm_run(struct vm *vm)
 	struct fk_err err;
 	int ret;
 
+	vm->started_us = monotonic_us();
 	for (int i = 0; i < vm->nr_vcpus; i++) {
 		if (vcpu_start(&vm->vcpus[i], &err) < 0) {
 			vm_request_exit(vm, VMM_EXIT_ERROR, "%s", err.msg);
@@ -427,6 +513,10 @@ int vm_run(struct vm *vm)
 	if (ret < 0)
 		vm_request_exit(vm, VMM_EXIT_ERROR, "event loop: %s", strerror(-ret));
 
+	/* Parked vCPUs wake on the broadcast and see `stopping`. */
+	pthread_mutex_lock(&vm->pause_lock);
+	pthread_cond_broadcast(&vm->pause_changed);
+	pthread_mutex_unlock(&vm->pause_lock);
 	for (int i = 0; i < vm->nr_vcpus; i++)
 		if (vm->vcpus[i].thread_started)
 			vcpu_kick(&vm->vcpus[i]);
@@ -442,6 +532,8 @@ int vm_run(struct vm *vm)
 
 void vm_destroy(struct vm *vm)
 {
+	if (vm->control_ready)
+		control_server_destroy(&vm->control);
 	for (int i = 0; vm->vcpus && i < vm->nr_vcpus; i++) {
 		if (vm->vcpus[i].run)
 			munmap(vm->vcpus[i].run, vm->vcpu_mmap_size);

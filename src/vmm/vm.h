@@ -15,6 +15,7 @@
 #include "devices/virtio_mmio.h"
 #include "vmm/bus.h"
 #include "vmm/config.h"
+#include "vmm/control.h"
 #include "vmm/event_loop.h"
 #include "vmm/guest_mem.h"
 
@@ -67,6 +68,20 @@ struct vm {
 
 	uint64_t kernel_entry;
 	uint64_t rsdp_gpa;
+
+	/*
+	 * Pausing: vCPU threads park at a safe point (KVM_RUN returned EINTR,
+	 * so any pending I/O instruction has completed) until resumed.
+	 */
+	pthread_mutex_t pause_lock;
+	pthread_cond_t pause_changed;
+	bool pause_requested;
+	int nr_parked;
+	uint64_t last_pause_us; /* request to all vCPUs parked, of the latest pause */
+
+	uint64_t started_us;
+	struct control_server control;
+	bool control_ready;
 };
 
 /* kvm.c */
@@ -89,10 +104,24 @@ int vcpu_start(struct vcpu *vcpu, struct fk_err *err);
 void vcpu_kick(struct vcpu *vcpu);
 void vcpu_install_kick_handler(void);
 
+/* vm_control.c: the control socket's commands. */
+int vm_control_init(struct vm *vm, struct fk_err *err);
+uint64_t monotonic_us(void);
+
 /* vm.c */
 int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err);
 int vm_run(struct vm *vm);
 void vm_destroy(struct vm *vm);
+/*
+ * Stops every vCPU at a safe point and returns once all are parked; the
+ * devices and event loop keep running. Returns -EALREADY if already paused.
+ */
+int vm_pause(struct vm *vm, struct fk_err *err);
+int vm_resume(struct vm *vm, struct fk_err *err);
+bool vm_is_paused(struct vm *vm);
+/* Called by a vCPU thread after KVM_RUN returned EINTR. */
+void vcpu_park_if_requested(struct vcpu *vcpu);
+
 /* Ask the VM to end with `status`; the first caller wins. Thread-safe. */
 void vm_request_exit(struct vm *vm, int status, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));

@@ -1,0 +1,178 @@
+/* SPDX-License-Identifier: MIT */
+/* `forkd`: the command-line client. Today it talks to one forkd-vmm's control socket. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vmm/control.h"
+
+#define EXIT_NOT_OK 1
+#define EXIT_USAGE  2
+
+#define DEFAULT_TIMEOUT_MS 10000
+
+static const char usage_text[] =
+    "usage: forkd vm status|pause|resume|shutdown --socket PATH [--timeout MS]\n"
+    "       forkd vm call --socket PATH [--timeout MS] '<json request>'\n"
+    "\n"
+    "Sends one command to a forkd-vmm control socket and prints the reply as JSON.\n"
+    "Exit status: 0 ok, 1 the VMM answered with an error, 2 usage error or no answer.\n";
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("forkd: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\n%s", usage_text);
+	return EXIT_USAGE;
+}
+
+struct vm_args {
+	const char *action;
+	const char *socket;
+	const char *raw;
+	int timeout_ms;
+};
+
+static int parse_timeout(const char *s, int *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || end == s || *end || v < 0 || v > 3600 * 1000)
+		return -EINVAL;
+	*out = (int)v;
+	return 0;
+}
+
+/* Returns 0, or an exit status after printing the problem. */
+static int parse_vm_args(int argc, char **argv, struct vm_args *a)
+{
+	a->timeout_ms = DEFAULT_TIMEOUT_MS;
+	for (int i = 0; i < argc; i++) {
+		const char *arg = argv[i], *value = NULL;
+
+		if (strncmp(arg, "--socket=", 9) == 0) {
+			a->socket = arg + 9;
+		} else if (strcmp(arg, "--socket") == 0 || strcmp(arg, "--timeout") == 0) {
+			if (i + 1 == argc)
+				return usage_error("%s: expected a value after it", arg);
+			value = argv[++i];
+			if (arg[2] == 's')
+				a->socket = value;
+			else if (parse_timeout(value, &a->timeout_ms) < 0)
+				return usage_error(
+				    "--timeout '%s': expected milliseconds, 0 to 3600000", value);
+		} else if (strncmp(arg, "--timeout=", 10) == 0) {
+			if (parse_timeout(arg + 10, &a->timeout_ms) < 0)
+				return usage_error("'%s': expected milliseconds, 0 to 3600000",
+						   arg);
+		} else if (arg[0] == '-' && arg[1] == '-') {
+			return usage_error("unknown option '%s'", arg);
+		} else if (!a->action) {
+			a->action = arg;
+		} else if (strcmp(a->action, "call") == 0 && !a->raw) {
+			a->raw = arg;
+		} else {
+			return usage_error("unexpected argument '%s'", arg);
+		}
+	}
+	if (!a->action)
+		return usage_error(
+		    "%s", "vm: expected an action (status, pause, resume, shutdown, call)");
+	if (!a->socket || !a->socket[0])
+		return usage_error("vm %s: expected --socket PATH", a->action);
+	if (strcmp(a->action, "call") == 0 && !a->raw)
+		return usage_error("%s",
+				   "vm call: expected a JSON request such as '{\"cmd\":\"help\"}'");
+	return 0;
+}
+
+static json_t *build_request(const struct vm_args *a)
+{
+	static const char *const simple[] = {"status", "pause", "resume", "shutdown"};
+	json_error_t jerr;
+	json_t *req;
+
+	if (strcmp(a->action, "call") == 0) {
+		req = json_loads(a->raw, JSON_DECODE_ANY, &jerr);
+		if (!req) {
+			fprintf(stderr, "forkd: vm call '%s': invalid JSON at column %d: %s\n",
+				a->raw, jerr.column, jerr.text);
+			return NULL;
+		}
+		if (!json_is_object(req)) {
+			fprintf(stderr,
+				"forkd: vm call '%s': expected a JSON object such as "
+				"{\"cmd\":\"status\"}\n",
+				a->raw);
+			json_decref(req);
+			return NULL;
+		}
+		return req;
+	}
+	for (size_t i = 0; i < sizeof(simple) / sizeof(simple[0]); i++)
+		if (strcmp(a->action, simple[i]) == 0)
+			return json_pack("{s:s}", "cmd", simple[i]);
+	usage_error("vm '%s': unknown action (expected status, pause, resume, shutdown or call)",
+		    a->action);
+	return NULL;
+}
+
+static int vm_command(int argc, char **argv)
+{
+	struct fk_err err = {0};
+	struct vm_args a = {0};
+	json_t *req, *reply;
+	json_t *ok, *error;
+	int ret;
+
+	ret = parse_vm_args(argc, argv, &a);
+	if (ret)
+		return ret;
+	req = build_request(&a);
+	if (!req)
+		return EXIT_USAGE;
+	ret = control_call(a.socket, req, &reply, a.timeout_ms, &err);
+	json_decref(req);
+	if (ret < 0) {
+		fprintf(stderr, "forkd: vm %s: %s\n", a.action, err.msg);
+		return EXIT_USAGE;
+	}
+	ok = json_object_get(reply, "ok");
+	if (json_is_true(ok)) {
+		json_dumpf(reply, stdout, JSON_INDENT(2));
+		putchar('\n');
+		json_decref(reply);
+		return fflush(stdout) == 0 ? 0 : EXIT_NOT_OK;
+	}
+	error = json_object_get(reply, "error");
+	fprintf(stderr, "forkd: vm %s: %s\n", a.action,
+		json_is_string(error) ? json_string_value(error)
+				      : "the VMM replied without \"ok\":true and without an error");
+	json_decref(reply);
+	return EXIT_NOT_OK;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2)
+		return usage_error("%s", "expected a command (vm)");
+	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+	    strcmp(argv[1], "help") == 0) {
+		fputs(usage_text, stdout);
+		return 0;
+	}
+	if (strcmp(argv[1], "vm") == 0)
+		return vm_command(argc - 2, argv + 2);
+	return usage_error("unknown command '%s' (expected vm)", argv[1]);
+}

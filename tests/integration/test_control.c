@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The control socket of forkd-vmm against the probe guest: pause, resume,
+ * status and shutdown, checked from outside (replies, exit status) and from
+ * inside (the guest's stall probe sees the pause as a gap in time).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "vmm/control.h"
+
+#define TIMEOUT_MS 20000
+
+static char sock[300];
+
+static json_t *call(const char *cmd, bool want_ok)
+{
+	json_t *req = json_pack("{s:s}", "cmd", cmd), *reply = NULL;
+	struct fk_err err = {0};
+
+	if (control_call(sock, req, &reply, TIMEOUT_MS, &err) < 0)
+		fail_msg("control_call %s: %s", cmd, err.msg);
+	json_decref(req);
+	assert_non_null(reply);
+	assert_int_equal(json_is_true(json_object_get(reply, "ok")), want_ok);
+	return reply;
+}
+
+static const char *str_field(json_t *obj, const char *key)
+{
+	const char *s = json_string_value(json_object_get(obj, key));
+	assert_non_null(s);
+	return s;
+}
+
+static void test_pause_resume_seen_inside(void **state)
+{
+	char *argv[] = {(char *)harness_vmm(), "--kernel", (char *)harness_probe(), "--cpus", "2",
+			"--append", "work=stall,idle stall_us=1000", "--control", sock, NULL};
+	struct vmm_proc p;
+	char buf[64];
+	json_t *r;
+
+	(void)state;
+	snprintf(sock, sizeof(sock), "%s/forkd-ctl-%d.sock", harness_tmpdir(), getpid());
+	assert_int_equal(vmm_start(&p, argv), 0);
+	assert_non_null(vmm_wait_line(&p, "READY", TIMEOUT_MS));
+
+	r = call("status", true);
+	assert_string_equal(str_field(r, "state"), "running");
+	assert_int_equal(json_integer_value(json_object_get(r, "vcpus")), 2);
+	json_decref(r);
+
+	r = call("resume", false); /* not paused */
+	assert_non_null(strstr(str_field(r, "error"), "not paused"));
+	json_decref(r);
+
+	r = call("pause", true);
+	assert_true(json_integer_value(json_object_get(r, "pause_us")) > 0);
+	json_decref(r);
+	r = call("pause", false); /* already paused */
+	assert_non_null(strstr(str_field(r, "error"), "already paused"));
+	json_decref(r);
+	r = call("status", true);
+	assert_string_equal(str_field(r, "state"), "paused");
+	json_decref(r);
+
+	/* While paused the guest runs nothing: its console stays silent. */
+	vmm_send(&p, "ping\n");
+	assert_null(vmm_wait_line(&p, "pong", 500));
+
+	r = call("resume", true);
+	json_decref(r);
+	/* The queued command is answered once the vCPUs run again. */
+	assert_non_null(vmm_wait_line(&p, "pong", TIMEOUT_MS));
+	/* Inside, the stall probe saw a gap of at least the ~500 ms pause. */
+	vmm_send(&p, "report\n");
+	assert_non_null(vmm_wait_line(&p, "report.end", TIMEOUT_MS));
+	assert_non_null(vmm_value(&p, "cpu0.stall_max_us", buf, sizeof(buf)));
+	if (strtoull(buf, NULL, 10) < 400000)
+		vmm_dump(&p);
+	assert_true(strtoull(buf, NULL, 10) >= 400000);
+
+	r = call("shutdown", true);
+	json_decref(r);
+	assert_int_equal(vmm_wait(&p, TIMEOUT_MS), 0);
+	struct stat st;
+	assert_int_equal(stat(sock, &st), -1); /* the socket is removed on exit */
+	vmm_free(&p);
+}
+
+static void test_control_path_errors(void **state)
+{
+	char path[300];
+	struct vmm_proc p;
+	FILE *f;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/forkd-ctl-file-%d", harness_tmpdir(), getpid());
+	f = fopen(path, "w");
+	fclose(f);
+	char *argv[] = {(char *)harness_vmm(), "--kernel", (char *)harness_probe(), "--control",
+			path, NULL};
+	int status = vmm_run_to_exit(&p, argv, TIMEOUT_MS);
+	if (status != 2)
+		vmm_dump(&p);
+	assert_int_equal(status, 2);
+	assert_non_null(strstr(p.err_text, path));
+	vmm_free(&p);
+	unlink(path);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_pause_resume_seen_inside),
+		cmocka_unit_test(test_control_path_errors),
+	};
+	return cmocka_run_group_tests_name("forkd-vmm control socket", tests, NULL, NULL);
+}
