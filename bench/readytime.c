@@ -41,7 +41,8 @@ static void vmm_memory(pid_t pid, unsigned long long guest_bytes, double *rss_mi
 		return;
 	}
 	while (fgets(line, sizeof(line), f)) {
-		if (sscanf(line, "%llx-%llx ", &start, &end) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+		if (sscanf(line, "%llx-%llx ", &start, &end) == 2 &&
+		    strchr(line, '-') < strchr(line, ' ')) {
 			skip = end - start >= guest_bytes;
 			continue;
 		}
@@ -84,7 +85,8 @@ int main(int argc, char **argv)
 		}
 	}
 	if (i >= argc || mem_mib == 0) {
-		fprintf(stderr, "usage: readytime --prefix P --mem-mib N [--timeout-ms N] -- CMD...\n");
+		fprintf(stderr,
+			"usage: readytime --prefix P --mem-mib N [--timeout-ms N] -- CMD...\n");
 		return 2;
 	}
 	if (pipe(out) < 0)
@@ -104,7 +106,8 @@ int main(int argc, char **argv)
 		ssize_t n;
 
 		if (left <= 0 || poll(&p, 1, (int)left) <= 0) {
-			fprintf(stderr, "readytime: no '%s' line within %d ms\n", prefix, timeout_ms);
+			fprintf(stderr, "readytime: no '%s' line within %d ms\n", prefix,
+				timeout_ms);
 			kill(pid, SIGKILL);
 			waitpid(pid, NULL, 0);
 			return 1;
@@ -117,13 +120,15 @@ int main(int argc, char **argv)
 		}
 		have += (size_t)n;
 		buf[have] = '\0';
-		for (char *line = buf; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+		for (char *line = buf; line && *line;
+		     line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
 			if (!strncmp(line, prefix, strlen(prefix)) && strchr(line, '\n')) {
 				double ready = now_ms() - t0;
 				vmm_memory(pid, mem_mib << 20, &rss, &priv);
 				kill(pid, SIGKILL);
 				waitpid(pid, NULL, 0);
-				printf("\"ready_ms\":%.2f,\"vmm_rss_mib\":%.2f,\"vmm_private_mib\":%.2f\n",
+				printf("\"ready_ms\":%.2f,\"vmm_rss_mib\":%.2f,\"vmm_private_mib\":"
+				       "%.2f\n",
 				       ready, rss, priv);
 				return 0;
 			}

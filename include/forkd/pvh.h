@@ -25,10 +25,10 @@
 #define HVM_START_INFO_VERSION 1
 
 /* hvm_start_info.flags */
-#define SIF_PRIVILEGED	  (1u << 0)
-#define SIF_INITDOMAIN	  (1u << 1)
-#define SIF_MULTIBOOT_MOD (1u << 2)
-#define SIF_MOD_START_PFN (1u << 3)
+#define SIF_PRIVILEGED	    (1u << 0)
+#define SIF_INITDOMAIN	    (1u << 1)
+#define SIF_MULTIBOOT_MOD   (1u << 2)
+#define SIF_MOD_START_PFN   (1u << 3)
 #define SIF_VIRT_P2M_4TOOLS (1u << 4)
 
 /* hvm_memmap_table_entry.type, the e820 types */
@@ -41,13 +41,13 @@
 #define XEN_HVM_MEMMAP_TYPE_PMEM     7
 
 struct hvm_start_info {
-	uint32_t magic;		 /* XEN_HVM_START_MAGIC_VALUE */
-	uint32_t version;	 /* 0 or 1 */
-	uint32_t flags;		 /* SIF_* */
-	uint32_t nr_modules;	 /* entries at modlist_paddr */
-	uint64_t modlist_paddr;	 /* array of struct hvm_modlist_entry */
-	uint64_t cmdline_paddr;	 /* NUL-terminated ASCII, 0 if none */
-	uint64_t rsdp_paddr;	 /* ACPI RSDP, 0 if the guest must scan for it */
+	uint32_t magic;		/* XEN_HVM_START_MAGIC_VALUE */
+	uint32_t version;	/* 0 or 1 */
+	uint32_t flags;		/* SIF_* */
+	uint32_t nr_modules;	/* entries at modlist_paddr */
+	uint64_t modlist_paddr; /* array of struct hvm_modlist_entry */
+	uint64_t cmdline_paddr; /* NUL-terminated ASCII, 0 if none */
+	uint64_t rsdp_paddr;	/* ACPI RSDP, 0 if the guest must scan for it */
 	/* version >= 1 only */
 	uint64_t memmap_paddr;	 /* array of struct hvm_memmap_table_entry */
 	uint32_t memmap_entries; /* 0: no map given */

@@ -86,13 +86,13 @@ static void i8042_write(void *opaque, uint64_t offset, const uint8_t *data, uint
 }
 
 const struct bus_device_ops acpi_pm_sleep_control_ops = {
-	.name = "acpi-sleep-control", .read = read_zero, .write = sleep_control_write};
+    .name = "acpi-sleep-control", .read = read_zero, .write = sleep_control_write};
 const struct bus_device_ops acpi_pm_sleep_status_ops = {
-	.name = "acpi-sleep-status", .read = sleep_status_read, .write = sleep_status_write};
+    .name = "acpi-sleep-status", .read = sleep_status_read, .write = sleep_status_write};
 const struct bus_device_ops acpi_pm_reset_ops = {
-	.name = "acpi-reset", .read = read_zero, .write = reset_write};
+    .name = "acpi-reset", .read = read_zero, .write = reset_write};
 /* No keyboard controller: status reads all-ones, which Linux takes as "absent". */
 const struct bus_device_ops acpi_pm_i8042_ops = {
-	.name = "i8042", .read = read_all_ones, .write = i8042_write};
+    .name = "i8042", .read = read_all_ones, .write = i8042_write};
 const struct bus_device_ops acpi_pm_post_ops = {
-	.name = "post", .read = read_all_ones, .write = ignore_write};
+    .name = "post", .read = read_all_ones, .write = ignore_write};

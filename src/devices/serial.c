@@ -262,7 +262,7 @@ static void serial_read(void *opaque, uint64_t offset, uint8_t *data, uint32_t l
 }
 
 const struct bus_device_ops serial_bus_ops = {
-	.name = "serial",
-	.read = serial_read,
-	.write = serial_write,
+    .name = "serial",
+    .read = serial_read,
+    .write = serial_write,
 };

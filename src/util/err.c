@@ -12,7 +12,8 @@ void fk_err_clear(struct fk_err *err)
 	err->msg[0] = '\0';
 }
 
-/* dst = a + ": " + b, truncated to fit; a helper because snprintf("%s: %s") trips -Wformat-truncation. */
+/* dst = a + ": " + b, truncated to fit; a helper because snprintf("%s: %s") trips
+ * -Wformat-truncation. */
 static void join(char *dst, size_t size, const char *a, const char *b)
 {
 	size_t n = strnlen(a, size - 1);

@@ -19,11 +19,11 @@ struct fk_err {
 
 /* Sets the error (code is a positive errno) and returns -code. */
 int fk_fail(struct fk_err *err, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 /* Like fk_fail, appending ": strerror(code)". */
 int fk_fail_errno(struct fk_err *err, int code, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 /* Prepends "context: " to the message already in err; returns -err->code. */
 int fk_wrap(struct fk_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -49,8 +49,8 @@ static int load_initrd(struct vm *vm, uint64_t kernel_end, struct hvm_modlist_en
 		return fk_wrap(err, "initrd");
 	/* Highest page-aligned spot below the MMIO hole, as boot loaders do. */
 	if (size > top) {
-		ret = fk_fail(err, EFBIG, "initrd %s: %zu bytes do not fit in guest RAM", path,
-			      size);
+		ret =
+		    fk_fail(err, EFBIG, "initrd %s: %zu bytes do not fit in guest RAM", path, size);
 		goto out;
 	}
 	start = (top - size) & ~(PAGE_SIZE_4K - 1);

@@ -32,8 +32,8 @@ int bus_register(struct bus *bus, uint64_t base, uint64_t len, const struct bus_
 		;
 	memmove(&bus->ranges[pos + 1], &bus->ranges[pos],
 		(size_t)(bus->nr_ranges - pos) * sizeof(bus->ranges[0]));
-	bus->ranges[pos] = (struct bus_range){
-		.base = base, .len = len, .ops = ops, .opaque = opaque};
+	bus->ranges[pos] =
+	    (struct bus_range){.base = base, .len = len, .ops = ops, .opaque = opaque};
 	bus->nr_ranges++;
 	return 0;
 }

@@ -129,21 +129,31 @@ out:
 
 int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_err *err)
 {
-	enum { OPT_KERNEL = 256, OPT_INITRD, OPT_APPEND, OPT_MEM, OPT_CPUS, OPT_DISK,
-	       OPT_SERIAL, OPT_SERIAL_IN, OPT_KVM, OPT_CONTROL };
+	enum {
+		OPT_KERNEL = 256,
+		OPT_INITRD,
+		OPT_APPEND,
+		OPT_MEM,
+		OPT_CPUS,
+		OPT_DISK,
+		OPT_SERIAL,
+		OPT_SERIAL_IN,
+		OPT_KVM,
+		OPT_CONTROL
+	};
 	static const struct option opts[] = {
-		{"kernel", required_argument, NULL, OPT_KERNEL},
-		{"initrd", required_argument, NULL, OPT_INITRD},
-		{"append", required_argument, NULL, OPT_APPEND},
-		{"mem", required_argument, NULL, OPT_MEM},
-		{"cpus", required_argument, NULL, OPT_CPUS},
-		{"disk", required_argument, NULL, OPT_DISK},
-		{"serial", required_argument, NULL, OPT_SERIAL},
-		{"serial-in", required_argument, NULL, OPT_SERIAL_IN},
-		{"kvm", required_argument, NULL, OPT_KVM},
-		{"control", required_argument, NULL, OPT_CONTROL},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"kernel", required_argument, NULL, OPT_KERNEL},
+	    {"initrd", required_argument, NULL, OPT_INITRD},
+	    {"append", required_argument, NULL, OPT_APPEND},
+	    {"mem", required_argument, NULL, OPT_MEM},
+	    {"cpus", required_argument, NULL, OPT_CPUS},
+	    {"disk", required_argument, NULL, OPT_DISK},
+	    {"serial", required_argument, NULL, OPT_SERIAL},
+	    {"serial-in", required_argument, NULL, OPT_SERIAL_IN},
+	    {"kvm", required_argument, NULL, OPT_KVM},
+	    {"control", required_argument, NULL, OPT_CONTROL},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	char *end;
 	long n;
@@ -188,9 +198,10 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			errno = 0;
 			n = strtol(optarg, &end, 10);
 			if (errno || end == optarg || *end || n < 1 || n > VMM_MAX_CPUS)
-				return fk_fail(err, EINVAL,
-					       "--cpus '%s': expected a number of vCPUs from 1 to %d",
-					       optarg, VMM_MAX_CPUS);
+				return fk_fail(
+				    err, EINVAL,
+				    "--cpus '%s': expected a number of vCPUs from 1 to %d", optarg,
+				    VMM_MAX_CPUS);
 			cfg->nr_cpus = (int)n;
 			break;
 		case OPT_DISK:
@@ -231,6 +242,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	if (!cfg->kernel)
 		return fk_fail(err, EINVAL, "--kernel PATH is required (see --help)");
 	if (!*cfg->serial_out || !*cfg->serial_in)
-		return fk_fail(err, EINVAL, "--serial/--serial-in: expected a path, stdout/stdin or none");
+		return fk_fail(err, EINVAL,
+			       "--serial/--serial-in: expected a path, stdout/stdin or none");
 	return 0;
 }

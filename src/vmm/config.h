@@ -9,19 +9,19 @@
 
 #include "util/err.h"
 
-#define VMM_MAX_DISKS	 8
-#define VMM_MAX_CPUS	 254 /* xAPIC ids in the MADT are 8-bit; 255 is broadcast */
-#define VMM_MIN_MEM	 (32ULL << 20)
-#define VMM_MAX_MEM	 (1ULL << 40)
-#define VMM_DEFAULT_MEM	 (256ULL << 20)
-#define VMM_MAX_CMDLINE	 4095
+#define VMM_MAX_DISKS	8
+#define VMM_MAX_CPUS	254 /* xAPIC ids in the MADT are 8-bit; 255 is broadcast */
+#define VMM_MIN_MEM	(32ULL << 20)
+#define VMM_MAX_MEM	(1ULL << 40)
+#define VMM_DEFAULT_MEM (256ULL << 20)
+#define VMM_MAX_CMDLINE 4095
 
 /* Exit statuses of forkd-vmm, documented in docs/vmm.md. */
 enum vmm_exit_status {
-	VMM_EXIT_POWEROFF = 0,	/* guest powered off (ACPI S5) */
-	VMM_EXIT_ERROR = 1,	/* the VMM failed at run time */
-	VMM_EXIT_USAGE = 2,	/* bad command line or input file */
-	VMM_EXIT_RESET = 3,	/* guest asked for a reset/reboot */
+	VMM_EXIT_POWEROFF = 0,	  /* guest powered off (ACPI S5) */
+	VMM_EXIT_ERROR = 1,	  /* the VMM failed at run time */
+	VMM_EXIT_USAGE = 2,	  /* bad command line or input file */
+	VMM_EXIT_RESET = 3,	  /* guest asked for a reset/reboot */
 	VMM_EXIT_GUEST_CRASH = 4, /* triple fault, emulation failure, bad guest state */
 };
 
@@ -39,9 +39,9 @@ struct vmm_config {
 	int nr_cpus;
 	int nr_disks;
 	struct vmm_disk_config disks[VMM_MAX_DISKS];
-	const char *serial_out; /* "stdout", "none" or a file path */
-	const char *serial_in;	/* "stdin", "none" or a file/fifo path */
-	const char *kvm_path;	/* normally /dev/kvm */
+	const char *serial_out;	  /* "stdout", "none" or a file path */
+	const char *serial_in;	  /* "stdin", "none" or a file/fifo path */
+	const char *kvm_path;	  /* normally /dev/kvm */
 	const char *control_path; /* Unix socket for the control protocol, or NULL */
 	bool help;
 };

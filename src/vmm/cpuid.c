@@ -37,8 +37,7 @@ static struct kvm_cpuid_entry2 *find_entry(struct kvm_cpuid2 *c, uint32_t fn, ui
 	return NULL;
 }
 
-static void set_topology_leaf(struct kvm_cpuid2 *c, uint32_t fn, unsigned apic_id,
-			      unsigned nr_cpus)
+static void set_topology_leaf(struct kvm_cpuid2 *c, uint32_t fn, unsigned apic_id, unsigned nr_cpus)
 {
 	for (uint32_t i = 0; i < c->nent; i++) {
 		struct kvm_cpuid_entry2 *e = &c->entries[i];

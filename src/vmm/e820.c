@@ -29,7 +29,6 @@ int e820_build(const struct guest_mem *mem, struct hvm_memmap_table_entry *out)
 		n = add(out, n, LAYOUT_HIGH_MEM_START, low_end - LAYOUT_HIGH_MEM_START,
 			XEN_HVM_MEMMAP_TYPE_RAM);
 	for (int i = 1; i < mem->nr_regions; i++)
-		n = add(out, n, mem->regions[i].gpa, mem->regions[i].size,
-			XEN_HVM_MEMMAP_TYPE_RAM);
+		n = add(out, n, mem->regions[i].gpa, mem->regions[i].size, XEN_HVM_MEMMAP_TYPE_RAM);
 	return n;
 }

@@ -113,8 +113,8 @@ int elf_load_pvh(const uint8_t *image, size_t size, const char *name, struct gue
 			       "kernel %s: not a little-endian 64-bit x86-64 ELF (class %u, "
 			       "machine %u)",
 			       name, eh->e_ident[EI_CLASS], eh->e_machine);
-	if (eh->e_phentsize != sizeof(Elf64_Phdr) || eh->e_phnum == 0 ||
-	    eh->e_phoff > size || (uint64_t)eh->e_phnum * sizeof(Elf64_Phdr) > size - eh->e_phoff)
+	if (eh->e_phentsize != sizeof(Elf64_Phdr) || eh->e_phnum == 0 || eh->e_phoff > size ||
+	    (uint64_t)eh->e_phnum * sizeof(Elf64_Phdr) > size - eh->e_phoff)
 		return fk_fail(err, ENOEXEC, "kernel %s: program headers out of the file", name);
 
 	for (unsigned i = 0; i < eh->e_phnum; i++) {
@@ -136,23 +136,24 @@ int elf_load_pvh(const uint8_t *image, size_t size, const char *name, struct gue
 			continue;
 		}
 		if (ph.p_filesz > ph.p_memsz)
-			return fk_fail(err, ENOEXEC, "kernel %s: segment %u: file size > memory size",
-				       name, i);
+			return fk_fail(err, ENOEXEC,
+				       "kernel %s: segment %u: file size > memory size", name, i);
 		if (ph.p_memsz == 0)
 			continue;
 		if (ph.p_paddr < LAYOUT_HIGH_MEM_START)
-			return fk_fail(err, ENOEXEC,
-				       "kernel %s: segment %u loads at 0x%llx, below 1 MiB where the "
-				       "VMM keeps boot data; expected p_paddr >= 0x100000",
-				       name, i, (unsigned long long)ph.p_paddr);
+			return fk_fail(
+			    err, ENOEXEC,
+			    "kernel %s: segment %u loads at 0x%llx, below 1 MiB where the "
+			    "VMM keeps boot data; expected p_paddr >= 0x100000",
+			    name, i, (unsigned long long)ph.p_paddr);
 		uint8_t *dst = guest_mem_ptr(mem, ph.p_paddr, ph.p_memsz);
 		if (!dst)
-			return fk_fail(err, EFBIG,
-				       "kernel %s: segment %u at 0x%llx (%llu bytes) does not fit in "
-				       "guest RAM (%llu MiB)",
-				       name, i, (unsigned long long)ph.p_paddr,
-				       (unsigned long long)ph.p_memsz,
-				       (unsigned long long)(mem->total_size >> 20));
+			return fk_fail(
+			    err, EFBIG,
+			    "kernel %s: segment %u at 0x%llx (%llu bytes) does not fit in "
+			    "guest RAM (%llu MiB)",
+			    name, i, (unsigned long long)ph.p_paddr, (unsigned long long)ph.p_memsz,
+			    (unsigned long long)(mem->total_size >> 20));
 		memcpy(dst, image + ph.p_offset, ph.p_filesz);
 		memset(dst + ph.p_filesz, 0, ph.p_memsz - ph.p_filesz);
 		if (ph.p_paddr < out->load_start)

@@ -33,8 +33,8 @@ int event_loop_add(struct event_loop *loop, int fd, uint32_t events, event_handl
 	if (i == EVENT_LOOP_MAX_HANDLERS)
 		return fk_fail(err, ENOSPC, "event loop: more than %d handlers",
 			       EVENT_LOOP_MAX_HANDLERS);
-	loop->handlers[i] = (struct event_handler){.fd = fd, .fn = fn, .opaque = opaque,
-						   .in_use = true};
+	loop->handlers[i] =
+	    (struct event_handler){.fd = fd, .fn = fn, .opaque = opaque, .in_use = true};
 	ev.data.ptr = &loop->handlers[i];
 	if (epoll_ctl(loop->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 		loop->handlers[i].in_use = false;

@@ -55,7 +55,7 @@ int guest_mem_init(struct guest_mem *mem, enum guest_mem_backend backend, uint64
 	mem->nr_regions = 1;
 	if (high) {
 		mem->regions[1] = (struct guest_mem_region){
-			.gpa = GUEST_MMIO_HOLE_END, .size = high, .hva = aligned + low};
+		    .gpa = GUEST_MMIO_HOLE_END, .size = high, .hva = aligned + low};
 		mem->nr_regions = 2;
 	}
 	return 0;

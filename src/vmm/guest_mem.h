@@ -16,7 +16,7 @@
 #include "util/err.h"
 
 /* x86 layout: RAM below the MMIO hole, the hole, RAM above 4 GiB. */
-#define GUEST_MMIO_HOLE_START 0xC0000000ULL /* 3 GiB */
+#define GUEST_MMIO_HOLE_START 0xC0000000ULL  /* 3 GiB */
 #define GUEST_MMIO_HOLE_END   0x100000000ULL /* 4 GiB */
 #define GUEST_MEM_MAX_REGIONS 2
 

@@ -71,13 +71,13 @@ int kvm_create_vm(struct vm *vm, struct fk_err *err)
 		long cap;
 		const char *name;
 	} required[] = {
-		{KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"},
-		{KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"},
-		{KVM_CAP_SET_TSS_ADDR, "KVM_CAP_SET_TSS_ADDR"},
-		{KVM_CAP_PIT2, "KVM_CAP_PIT2"},
-		{KVM_CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID"},
-		{KVM_CAP_IRQFD, "KVM_CAP_IRQFD"},
-		{KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"},
+	    {KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"},
+	    {KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"},
+	    {KVM_CAP_SET_TSS_ADDR, "KVM_CAP_SET_TSS_ADDR"},
+	    {KVM_CAP_PIT2, "KVM_CAP_PIT2"},
+	    {KVM_CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID"},
+	    {KVM_CAP_IRQFD, "KVM_CAP_IRQFD"},
+	    {KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"},
 	};
 
 	for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++)
@@ -121,16 +121,15 @@ int kvm_add_memslots(struct vm *vm, struct fk_err *err)
 	for (int i = 0; i < vm->mem.nr_regions; i++) {
 		const struct guest_mem_region *r = &vm->mem.regions[i];
 		struct kvm_userspace_memory_region slot = {
-			.slot = (uint32_t)i,
-			.guest_phys_addr = r->gpa,
-			.memory_size = r->size,
-			.userspace_addr = (uintptr_t)r->hva,
+		    .slot = (uint32_t)i,
+		    .guest_phys_addr = r->gpa,
+		    .memory_size = r->size,
+		    .userspace_addr = (uintptr_t)r->hva,
 		};
 		if (ioctl(vm->vm_fd, KVM_SET_USER_MEMORY_REGION, &slot) < 0)
-			return fk_fail_errno(err, errno,
-					     "KVM_SET_USER_MEMORY_REGION slot %d (0x%llx+%llu MiB)",
-					     i, (unsigned long long)r->gpa,
-					     (unsigned long long)(r->size >> 20));
+			return fk_fail_errno(
+			    err, errno, "KVM_SET_USER_MEMORY_REGION slot %d (0x%llx+%llu MiB)", i,
+			    (unsigned long long)r->gpa, (unsigned long long)(r->size >> 20));
 	}
 	return 0;
 }
@@ -148,11 +147,11 @@ int kvm_ioeventfd_mmio(struct vm *vm, int fd, uint64_t addr, uint32_t len, uint6
 		       struct fk_err *err)
 {
 	struct kvm_ioeventfd ioe = {
-		.datamatch = datamatch,
-		.addr = addr,
-		.len = len,
-		.fd = fd,
-		.flags = KVM_IOEVENTFD_FLAG_DATAMATCH,
+	    .datamatch = datamatch,
+	    .addr = addr,
+	    .len = len,
+	    .fd = fd,
+	    .flags = KVM_IOEVENTFD_FLAG_DATAMATCH,
 	};
 
 	if (ioctl(vm->vm_fd, KVM_IOEVENTFD, &ioe) < 0)

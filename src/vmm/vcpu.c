@@ -62,12 +62,16 @@ static int set_initial_msrs(struct vcpu *vcpu, struct fk_err *err)
 		uint32_t index;
 		uint64_t value;
 	} init[] = {
-		{MSR_IA32_SYSENTER_CS, 0},	{MSR_IA32_SYSENTER_ESP, 0},
-		{MSR_IA32_SYSENTER_EIP, 0},	{MSR_STAR, 0},
-		{MSR_LSTAR, 0},			{MSR_CSTAR, 0},
-		{MSR_SYSCALL_MASK, 0},		{MSR_KERNEL_GS_BASE, 0},
-		{MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING},
-		{MSR_MTRR_DEF_TYPE, MTRR_DEF_ENABLE_WB},
+	    {MSR_IA32_SYSENTER_CS, 0},
+	    {MSR_IA32_SYSENTER_ESP, 0},
+	    {MSR_IA32_SYSENTER_EIP, 0},
+	    {MSR_STAR, 0},
+	    {MSR_LSTAR, 0},
+	    {MSR_CSTAR, 0},
+	    {MSR_SYSCALL_MASK, 0},
+	    {MSR_KERNEL_GS_BASE, 0},
+	    {MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING},
+	    {MSR_MTRR_DEF_TYPE, MTRR_DEF_ENABLE_WB},
 	};
 	enum { N = sizeof(init) / sizeof(init[0]) };
 	struct {
@@ -103,8 +107,7 @@ int vcpu_create(struct vm *vm, int index, struct fk_err *err)
 	vcpu->fd = ioctl(vm->vm_fd, KVM_CREATE_VCPU, (unsigned long)index);
 	if (vcpu->fd < 0)
 		return fk_fail_errno(err, errno, "KVM_CREATE_VCPU %d", index);
-	vcpu->run = mmap(NULL, vm->vcpu_mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu->fd,
-			 0);
+	vcpu->run = mmap(NULL, vm->vcpu_mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu->fd, 0);
 	if (vcpu->run == MAP_FAILED) {
 		vcpu->run = NULL;
 		return fk_fail_errno(err, errno, "vcpu %d: mmap kvm_run", index);
@@ -122,15 +125,15 @@ int vcpu_create(struct vm *vm, int index, struct fk_err *err)
 static void flat_segment(struct kvm_segment *s, uint16_t selector, uint8_t type)
 {
 	*s = (struct kvm_segment){
-		.base = 0,
-		.limit = 0xffffffff,
-		.selector = selector,
-		.type = type,
-		.present = 1,
-		.dpl = 0,
-		.db = 1,
-		.s = 1,
-		.g = 1,
+	    .base = 0,
+	    .limit = 0xffffffff,
+	    .selector = selector,
+	    .type = type,
+	    .present = 1,
+	    .dpl = 0,
+	    .db = 1,
+	    .s = 1,
+	    .g = 1,
 	};
 }
 
@@ -139,8 +142,7 @@ static void flat_segment(struct kvm_segment *s, uint16_t selector, uint8_t type)
  * protected mode, paging off, flat 4 GiB code and data segments, a 32-bit
  * TSS in TR, EBX holding the start info's physical address.
  */
-int vcpu_setup_pvh_bsp(struct vcpu *vcpu, uint64_t entry, uint64_t start_info,
-		       struct fk_err *err)
+int vcpu_setup_pvh_bsp(struct vcpu *vcpu, uint64_t entry, uint64_t start_info, struct fk_err *err)
 {
 	struct kvm_sregs sregs;
 	struct kvm_regs regs;
@@ -151,7 +153,7 @@ int vcpu_setup_pvh_bsp(struct vcpu *vcpu, uint64_t entry, uint64_t start_info,
 	flat_segment(&sregs.ds, 0x18, 0x3);
 	sregs.es = sregs.fs = sregs.gs = sregs.ss = sregs.ds;
 	sregs.tr = (struct kvm_segment){
-		.base = 0, .limit = 0x67, .selector = 0x20, .type = 0xb, .present = 1};
+	    .base = 0, .limit = 0x67, .selector = 0x20, .type = 0xb, .present = 1};
 	sregs.cr0 = 0x11; /* PE | ET */
 	sregs.cr4 = 0;
 	sregs.efer = 0;
@@ -248,8 +250,8 @@ static bool handle_exit(struct vcpu *vcpu)
 				"vcpu %d: KVM internal error (suberror %u%s) at rip=0x%llx",
 				vcpu->index, run->internal.suberror,
 				run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION
-					? ": instruction emulation failed"
-					: "",
+				    ? ": instruction emulation failed"
+				    : "",
 				(unsigned long long)guest_rip(vcpu));
 		return false;
 	case KVM_EXIT_FAIL_ENTRY:

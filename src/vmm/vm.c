@@ -317,8 +317,7 @@ static int setup_disk(struct vm *vm, int i, struct fk_err *err)
 	d->irq_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (d->irq_fd < 0)
 		return fk_fail_errno(err, errno, "eventfd");
-	irq = (struct irq_line){
-		.gsi = LAYOUT_VIRTIO_GSI_BASE + (uint32_t)i, .eventfd = d->irq_fd};
+	irq = (struct irq_line){.gsi = LAYOUT_VIRTIO_GSI_BASE + (uint32_t)i, .eventfd = d->irq_fd};
 	ret = kvm_irqfd(vm, d->irq_fd, irq.gsi, err);
 	if (ret < 0)
 		return ret;
@@ -326,8 +325,8 @@ static int setup_disk(struct vm *vm, int i, struct fk_err *err)
 	if (ret < 0)
 		return ret;
 	d->transport_ready = true;
-	ret = bus_register(&vm->mmio, base, VIRTIO_MMIO_SIZE, &virtio_mmio_bus_ops,
-			   &d->transport, err);
+	ret = bus_register(&vm->mmio, base, VIRTIO_MMIO_SIZE, &virtio_mmio_bus_ops, &d->transport,
+			   err);
 	if (ret < 0)
 		return ret;
 
@@ -363,8 +362,8 @@ static int setup_pio_devices(struct vm *vm, struct fk_err *err)
 	if (!ret)
 		ret = bus_register(&vm->pio, LAYOUT_PM_RESET, 1, &acpi_pm_reset_ops, &vm->pm, err);
 	if (!ret)
-		ret = bus_register(&vm->pio, LAYOUT_I8042_PORT, 1, &acpi_pm_i8042_ops, &vm->pm,
-				   err);
+		ret =
+		    bus_register(&vm->pio, LAYOUT_I8042_PORT, 1, &acpi_pm_i8042_ops, &vm->pm, err);
 	if (!ret)
 		ret = bus_register(&vm->pio, LAYOUT_POST_PORT, 1, &acpi_pm_post_ops, &vm->pm, err);
 	return ret;
@@ -373,8 +372,8 @@ static int setup_pio_devices(struct vm *vm, struct fk_err *err)
 static int setup_event_sources(struct vm *vm, struct fk_err *err)
 {
 	struct itimerspec its = {
-		.it_interval = {.tv_nsec = SERIAL_FLUSH_INTERVAL_NS},
-		.it_value = {.tv_nsec = SERIAL_FLUSH_INTERVAL_NS},
+	    .it_interval = {.tv_nsec = SERIAL_FLUSH_INTERVAL_NS},
+	    .it_value = {.tv_nsec = SERIAL_FLUSH_INTERVAL_NS},
 	};
 	sigset_t sigs;
 	int fd, ret;
@@ -457,8 +456,8 @@ int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 	ret = open_serial_output(cfg->serial_out, &serial_fd, err);
 	if (ret < 0)
 		return ret;
-	com1_irq = (struct irq_line){.gsi = LAYOUT_COM1_GSI, .eventfd = -1,
-				     .set_level = kvm_set_irq_level, .opaque = vm};
+	com1_irq = (struct irq_line){
+	    .gsi = LAYOUT_COM1_GSI, .eventfd = -1, .set_level = kvm_set_irq_level, .opaque = vm};
 	serial_init(&vm->serial, serial_fd, com1_irq);
 	acpi_pm_init(&vm->pm, LAYOUT_PM_RESET_VALUE, on_pm_event, vm);
 	ret = setup_pio_devices(vm, err);

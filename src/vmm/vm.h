@@ -98,8 +98,7 @@ struct kvm_cpuid2 *cpuid_for_vcpu(const struct vm *vm, int cpu, struct fk_err *e
 
 /* vcpu.c */
 int vcpu_create(struct vm *vm, int index, struct fk_err *err);
-int vcpu_setup_pvh_bsp(struct vcpu *vcpu, uint64_t entry, uint64_t start_info,
-		       struct fk_err *err);
+int vcpu_setup_pvh_bsp(struct vcpu *vcpu, uint64_t entry, uint64_t start_info, struct fk_err *err);
 int vcpu_start(struct vcpu *vcpu, struct fk_err *err);
 void vcpu_kick(struct vcpu *vcpu);
 void vcpu_install_kick_handler(void);
@@ -124,6 +123,6 @@ void vcpu_park_if_requested(struct vcpu *vcpu);
 
 /* Ask the VM to end with `status`; the first caller wins. Thread-safe. */
 void vm_request_exit(struct vm *vm, int status, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 #endif

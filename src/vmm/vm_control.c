@@ -59,11 +59,11 @@ static int cmd_shutdown(void *opaque, json_t *request, json_t *reply, struct fk_
 }
 
 static const struct control_command vm_commands[] = {
-	{"status", cmd_status, "state (running|paused), vcpus, mem_mib, disks, uptime_ms"},
-	{"pause", cmd_pause, "stop all vCPUs at a safe point; replies with pause_us"},
-	{"resume", cmd_resume, "run the vCPUs again"},
-	{"shutdown", cmd_shutdown, "stop the VM; forkd-vmm exits with status 0"},
-	{NULL, NULL, NULL},
+    {"status", cmd_status, "state (running|paused), vcpus, mem_mib, disks, uptime_ms"},
+    {"pause", cmd_pause, "stop all vCPUs at a safe point; replies with pause_us"},
+    {"resume", cmd_resume, "run the vCPUs again"},
+    {"shutdown", cmd_shutdown, "stop the VM; forkd-vmm exits with status 0"},
+    {NULL, NULL, NULL},
 };
 
 int vm_control_init(struct vm *vm, struct fk_err *err)

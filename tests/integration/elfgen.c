@@ -16,16 +16,50 @@
  */
 #define HELLO_MSG_OFF 26
 const uint8_t elfgen_code_hello_poweroff[] = {
-	0xBE, (LOAD_ADDR + HELLO_MSG_OFF) & 0xff, ((LOAD_ADDR + HELLO_MSG_OFF) >> 8) & 0xff,
-	(LOAD_ADDR + HELLO_MSG_OFF) >> 16, 0x00,
-	0xB9, sizeof(ELFGEN_HELLO_TEXT) - 1, 0, 0, 0,
-	0x66, 0xBA, 0xF8, 0x03,
-	0xF3, 0x6E,
-	0x66, 0xBA, 0x00, 0x06,
-	0xB0, 0x34,
-	0xEE,
-	0xF4, 0xEB, 0xFD,
-	'h', 'e', 'l', 'l', 'o', ' ', 'f', 'r', 'o', 'm', ' ', 'e', 'l', 'f', 'g', 'e', 'n', '\n',
+    0xBE,
+    (LOAD_ADDR + HELLO_MSG_OFF) & 0xff,
+    ((LOAD_ADDR + HELLO_MSG_OFF) >> 8) & 0xff,
+    (LOAD_ADDR + HELLO_MSG_OFF) >> 16,
+    0x00,
+    0xB9,
+    sizeof(ELFGEN_HELLO_TEXT) - 1,
+    0,
+    0,
+    0,
+    0x66,
+    0xBA,
+    0xF8,
+    0x03,
+    0xF3,
+    0x6E,
+    0x66,
+    0xBA,
+    0x00,
+    0x06,
+    0xB0,
+    0x34,
+    0xEE,
+    0xF4,
+    0xEB,
+    0xFD,
+    'h',
+    'e',
+    'l',
+    'l',
+    'o',
+    ' ',
+    'f',
+    'r',
+    'o',
+    'm',
+    ' ',
+    'e',
+    'l',
+    'f',
+    'g',
+    'e',
+    'n',
+    '\n',
 };
 const size_t elfgen_code_hello_poweroff_len = sizeof(elfgen_code_hello_poweroff);
 
@@ -34,8 +68,8 @@ const uint8_t elfgen_code_triple_fault[] = {0x0F, 0x0B};
 const size_t elfgen_code_triple_fault_len = sizeof(elfgen_code_triple_fault);
 
 /* mov dx, 0x602; mov al, 0x0f; out dx, al; 1: hlt; jmp 1b */
-const uint8_t elfgen_code_acpi_reset[] = {0x66, 0xBA, 0x02, 0x06, 0xB0, 0x0F, 0xEE,
-					  0xF4, 0xEB, 0xFD};
+const uint8_t elfgen_code_acpi_reset[] = {0x66, 0xBA, 0x02, 0x06, 0xB0,
+					  0x0F, 0xEE, 0xF4, 0xEB, 0xFD};
 const size_t elfgen_code_acpi_reset_len = sizeof(elfgen_code_acpi_reset);
 
 /* mov al, 0xfe; out 0x64, al; 1: hlt; jmp 1b */
@@ -76,11 +110,20 @@ int elfgen_write(const char *path, const uint8_t *code, size_t code_len, uint64_
 	eh.e_phentsize = sizeof(Elf64_Phdr);
 	eh.e_phnum = with_note ? 2 : 1;
 	memset(ph, 0, sizeof(ph));
-	ph[0] = (Elf64_Phdr){.p_type = PT_LOAD, .p_flags = PF_R | PF_X, .p_offset = CODE_OFFSET,
-			     .p_vaddr = paddr, .p_paddr = paddr, .p_filesz = code_len,
-			     .p_memsz = code_len, .p_align = 0x1000};
-	ph[1] = (Elf64_Phdr){.p_type = PT_NOTE, .p_flags = PF_R, .p_offset = note_off,
-			     .p_filesz = sizeof(note), .p_memsz = sizeof(note), .p_align = 4};
+	ph[0] = (Elf64_Phdr){.p_type = PT_LOAD,
+			     .p_flags = PF_R | PF_X,
+			     .p_offset = CODE_OFFSET,
+			     .p_vaddr = paddr,
+			     .p_paddr = paddr,
+			     .p_filesz = code_len,
+			     .p_memsz = code_len,
+			     .p_align = 0x1000};
+	ph[1] = (Elf64_Phdr){.p_type = PT_NOTE,
+			     .p_flags = PF_R,
+			     .p_offset = note_off,
+			     .p_filesz = sizeof(note),
+			     .p_memsz = sizeof(note),
+			     .p_align = 4};
 	memcpy(image, &eh, sizeof(eh));
 	memcpy(image + sizeof(eh), ph, sizeof(ph));
 	memcpy(image + CODE_OFFSET, code, code_len);

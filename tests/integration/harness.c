@@ -211,8 +211,8 @@ int vmm_wait(struct vmm_proc *p, int timeout_ms)
 			while (pump(p, 50) && (p->out_fd >= 0 || p->err_fd >= 0))
 				;
 			p->exited = true;
-			p->exit_status = WIFEXITED(status) ? WEXITSTATUS(status)
-							   : 128 + WTERMSIG(status);
+			p->exit_status =
+			    WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 			return p->exit_status;
 		}
 		if (now_ms() >= deadline)

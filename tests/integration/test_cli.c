@@ -44,8 +44,8 @@ static int setup(void **state)
 			 0x100000, true) < 0 ||
 	    elfgen_write(reset_elf, elfgen_code_acpi_reset, elfgen_code_acpi_reset_len, 0x100000,
 			 true) < 0 ||
-	    elfgen_write(i8042_elf, elfgen_code_i8042_reset, elfgen_code_i8042_reset_len,
-			 0x100000, true) < 0)
+	    elfgen_write(i8042_elf, elfgen_code_i8042_reset, elfgen_code_i8042_reset_len, 0x100000,
+			 true) < 0)
 		return -1;
 	return 0;
 }
@@ -207,9 +207,9 @@ static void test_initrd_errors(void **state)
 	struct vmm_proc p;
 
 	(void)state;
-	expect_usage_error(&p, run_vmm(&p, "--kernel", hello_elf, "--initrd", "/nonexistent/initrd",
-				       NULL),
-			   "/nonexistent/initrd", "No such file");
+	expect_usage_error(
+	    &p, run_vmm(&p, "--kernel", hello_elf, "--initrd", "/nonexistent/initrd", NULL),
+	    "/nonexistent/initrd", "No such file");
 	tmp_path(big, sizeof(big), "big.initrd");
 	{
 		int fd = open(big, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -217,9 +217,9 @@ static void test_initrd_errors(void **state)
 		assert_int_equal(ftruncate(fd, 100 << 20), 0);
 		close(fd);
 	}
-	expect_usage_error(&p, run_vmm(&p, "--kernel", hello_elf, "--mem", "64M", "--initrd", big,
-				       NULL),
-			   big, "do not fit");
+	expect_usage_error(
+	    &p, run_vmm(&p, "--kernel", hello_elf, "--mem", "64M", "--initrd", big, NULL), big,
+	    "do not fit");
 	/* The same initrd fits with more memory and the guest still boots. */
 	assert_int_equal(run_vmm(&p, "--kernel", hello_elf, "--mem", "256M", "--initrd", big, NULL),
 			 0);
@@ -234,7 +234,8 @@ static void test_bad_sizes_and_counts(void **state)
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(bad_mem) / sizeof(bad_mem[0]); i++)
-		expect_usage_error(&p, run_vmm(&p, "--kernel", hello_elf, "--mem", bad_mem[i], NULL),
+		expect_usage_error(&p,
+				   run_vmm(&p, "--kernel", hello_elf, "--mem", bad_mem[i], NULL),
 				   "--mem", "expected a size");
 	for (size_t i = 0; i < sizeof(bad_cpus) / sizeof(bad_cpus[0]); i++)
 		expect_usage_error(&p,
@@ -253,8 +254,8 @@ static void test_kvm_device_errors(void **state)
 	struct vmm_proc p;
 
 	(void)state;
-	expect_usage_error(&p, run_vmm(&p, "--kernel", hello_elf, "--kvm", "/nonexistent/kvm",
-				       NULL),
+	expect_usage_error(&p,
+			   run_vmm(&p, "--kernel", hello_elf, "--kvm", "/nonexistent/kvm", NULL),
 			   "/nonexistent/kvm", "KVM is not available");
 	/* As an unprivileged user /dev/kvm (mode 0600 root here) is not permitted. */
 	struct stat st;
@@ -276,9 +277,9 @@ static void test_disk_errors(void **state)
 	int fd;
 
 	(void)state;
-	expect_usage_error(&p, run_vmm(&p, "--kernel", hello_elf, "--disk", "/nonexistent/disk.img",
-				       NULL),
-			   "/nonexistent/disk.img", NULL);
+	expect_usage_error(
+	    &p, run_vmm(&p, "--kernel", hello_elf, "--disk", "/nonexistent/disk.img", NULL),
+	    "/nonexistent/disk.img", NULL);
 	expect_usage_error(&p, run_vmm(&p, "--kernel", hello_elf, "--disk", dir, NULL), dir, NULL);
 	tmp_path(tiny, sizeof(tiny), "tiny.img");
 	fd = open(tiny, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -294,16 +295,16 @@ static void test_disk_errors(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_help),
-		cmocka_unit_test(test_poweroff_exit_0_and_console),
-		cmocka_unit_test(test_serial_to_file),
-		cmocka_unit_test(test_guest_resets),
-		cmocka_unit_test(test_guest_triple_fault),
-		cmocka_unit_test(test_bad_kernels),
-		cmocka_unit_test(test_initrd_errors),
-		cmocka_unit_test(test_bad_sizes_and_counts),
-		cmocka_unit_test(test_kvm_device_errors),
-		cmocka_unit_test(test_disk_errors),
+	    cmocka_unit_test(test_help),
+	    cmocka_unit_test(test_poweroff_exit_0_and_console),
+	    cmocka_unit_test(test_serial_to_file),
+	    cmocka_unit_test(test_guest_resets),
+	    cmocka_unit_test(test_guest_triple_fault),
+	    cmocka_unit_test(test_bad_kernels),
+	    cmocka_unit_test(test_initrd_errors),
+	    cmocka_unit_test(test_bad_sizes_and_counts),
+	    cmocka_unit_test(test_kvm_device_errors),
+	    cmocka_unit_test(test_disk_errors),
 	};
 	return cmocka_run_group_tests_name("forkd-vmm command line", tests, setup, teardown);
 }

@@ -46,8 +46,16 @@ static const char *str_field(json_t *obj, const char *key)
 
 static void test_pause_resume_seen_inside(void **state)
 {
-	char *argv[] = {(char *)harness_vmm(), "--kernel", (char *)harness_probe(), "--cpus", "2",
-			"--append", "work=stall,idle stall_us=1000", "--control", sock, NULL};
+	char *argv[] = {(char *)harness_vmm(),
+			"--kernel",
+			(char *)harness_probe(),
+			"--cpus",
+			"2",
+			"--append",
+			"work=stall,idle stall_us=1000",
+			"--control",
+			sock,
+			NULL};
 	struct vmm_proc p;
 	char buf[64];
 	json_t *r;
@@ -110,8 +118,8 @@ static void test_control_path_errors(void **state)
 	snprintf(path, sizeof(path), "%s/forkd-ctl-file-%d", harness_tmpdir(), getpid());
 	f = fopen(path, "w");
 	fclose(f);
-	char *argv[] = {(char *)harness_vmm(), "--kernel", (char *)harness_probe(), "--control",
-			path, NULL};
+	char *argv[] = {(char *)harness_vmm(), "--kernel", (char *)harness_probe(),
+			"--control",	       path,	   NULL};
 	int status = vmm_run_to_exit(&p, argv, TIMEOUT_MS);
 	if (status != 2)
 		vmm_dump(&p);
@@ -124,8 +132,8 @@ static void test_control_path_errors(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_pause_resume_seen_inside),
-		cmocka_unit_test(test_control_path_errors),
+	    cmocka_unit_test(test_pause_resume_seen_inside),
+	    cmocka_unit_test(test_control_path_errors),
 	};
 	return cmocka_run_group_tests_name("forkd-vmm control socket", tests, NULL, NULL);
 }

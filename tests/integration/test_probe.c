@@ -264,8 +264,9 @@ static void test_virtio_blk_read_write(void **state)
 	snprintf(disk, sizeof(disk), "%s/disk.img", dir);
 	make_disk(disk, 4 << 20, first);
 	snprintf(diskarg, sizeof(diskarg), "%s,id=probe-disk-1", disk);
-	start_probe(&p, NULL, "256M", "1", "work=blk blk_read_sectors=8 blk_write_sector=100 then=poweroff",
-		    "--disk", diskarg, NULL);
+	start_probe(&p, NULL, "256M", "1",
+		    "work=blk blk_read_sectors=8 blk_write_sector=100 then=poweroff", "--disk",
+		    diskarg, NULL);
 	need_line(&p, "DONE", RUN_TIMEOUT_MS);
 	expect_exit(&p, 0, BOOT_TIMEOUT_MS);
 	/* Inside: the guest read what the host wrote. */
@@ -330,8 +331,8 @@ static void test_hostile_guest(void **state)
 	(void)state;
 	snprintf(disk, sizeof(disk), "%s/hostile.img", dir);
 	make_disk(disk, 1 << 20, first);
-	start_probe(&p, harness_vmm_asan(), "256M", "2", "work=hostile,idle then=poweroff", "--disk",
-		    disk, NULL);
+	start_probe(&p, harness_vmm_asan(), "256M", "2", "work=hostile,idle then=poweroff",
+		    "--disk", disk, NULL);
 	need_line(&p, "DONE", RUN_TIMEOUT_MS);
 	expect_exit(&p, 0, RUN_TIMEOUT_MS);
 	expect_kv(&p, "hostile.done", "1");
@@ -379,19 +380,20 @@ static void test_sigterm_stops_cleanly(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_1_vcpu),
-		cmocka_unit_test(test_2_vcpus),
-		cmocka_unit_test(test_4_vcpus),
-		cmocka_unit_test(test_memory_64m),
-		cmocka_unit_test(test_memory_1g),
-		cmocka_unit_test(test_memory_5g_above_hole),
-		cmocka_unit_test(test_touch_1g),
-		cmocka_unit_test(test_workloads_report_and_verify),
-		cmocka_unit_test(test_virtio_blk_read_write),
-		cmocka_unit_test(test_virtio_blk_read_only),
-		cmocka_unit_test(test_hostile_guest),
-		cmocka_unit_test(test_reboot_exit_status),
-		cmocka_unit_test(test_sigterm_stops_cleanly),
+	    cmocka_unit_test(test_1_vcpu),
+	    cmocka_unit_test(test_2_vcpus),
+	    cmocka_unit_test(test_4_vcpus),
+	    cmocka_unit_test(test_memory_64m),
+	    cmocka_unit_test(test_memory_1g),
+	    cmocka_unit_test(test_memory_5g_above_hole),
+	    cmocka_unit_test(test_touch_1g),
+	    cmocka_unit_test(test_workloads_report_and_verify),
+	    cmocka_unit_test(test_virtio_blk_read_write),
+	    cmocka_unit_test(test_virtio_blk_read_only),
+	    cmocka_unit_test(test_hostile_guest),
+	    cmocka_unit_test(test_reboot_exit_status),
+	    cmocka_unit_test(test_sigterm_stops_cleanly),
 	};
-	return cmocka_run_group_tests_name("forkd-vmm with the probe guest", tests, setup, teardown);
+	return cmocka_run_group_tests_name("forkd-vmm with the probe guest", tests, setup,
+					   teardown);
 }
