@@ -6,6 +6,12 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+/* Slot index in the low 8 bits, the slot's generation above. */
+static uint64_t event_tag(const struct event_loop *loop, int slot)
+{
+	return (loop->handlers[slot].generation << 8) | (uint64_t)slot;
+}
+
 int event_loop_init(struct event_loop *loop, struct fk_err *err)
 {
 	memset(loop, 0, sizeof(*loop));
@@ -33,9 +39,12 @@ int event_loop_add(struct event_loop *loop, int fd, uint32_t events, event_handl
 	if (i == EVENT_LOOP_MAX_HANDLERS)
 		return fk_fail(err, ENOSPC, "event loop: more than %d handlers",
 			       EVENT_LOOP_MAX_HANDLERS);
-	loop->handlers[i] =
-	    (struct event_handler){.fd = fd, .fn = fn, .opaque = opaque, .in_use = true};
-	ev.data.ptr = &loop->handlers[i];
+	loop->handlers[i] = (struct event_handler){.fd = fd,
+						   .fn = fn,
+						   .opaque = opaque,
+						   .in_use = true,
+						   .generation = loop->handlers[i].generation + 1};
+	ev.data.u64 = event_tag(loop, i);
 	if (epoll_ctl(loop->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 		loop->handlers[i].in_use = false;
 		return fk_fail_errno(err, errno, "event loop: watch fd %d", fd);
@@ -58,7 +67,7 @@ int event_loop_modify(struct event_loop *loop, int fd, uint32_t events)
 
 	if (!h)
 		return -ENOENT;
-	ev.data.ptr = h;
+	ev.data.u64 = event_tag(loop, (int)(h - loop->handlers));
 	return epoll_ctl(loop->epoll_fd, EPOLL_CTL_MOD, fd, &ev) < 0 ? -errno : 0;
 }
 
@@ -84,9 +93,11 @@ int event_loop_run(struct event_loop *loop)
 			return -errno;
 		}
 		for (int i = 0; i < n && !loop->stop; i++) {
-			struct event_handler *h = events[i].data.ptr;
-			/* A handler earlier in this batch may have removed this one. */
-			if (h->in_use)
+			uint64_t tag = events[i].data.u64;
+			struct event_handler *h = &loop->handlers[tag & 0xff];
+			/* A handler earlier in this batch may have removed (and reused) this slot.
+			 */
+			if (h->in_use && h->generation == tag >> 8)
 				h->fn(h->opaque, events[i].events);
 		}
 	}

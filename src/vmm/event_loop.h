@@ -12,7 +12,7 @@
 
 #include "util/err.h"
 
-#define EVENT_LOOP_MAX_HANDLERS 64
+#define EVENT_LOOP_MAX_HANDLERS 64 /* at most 256: the slot index is 8 bits of the epoll tag */
 
 typedef void (*event_handler_fn)(void *opaque, uint32_t events);
 
@@ -21,6 +21,12 @@ struct event_handler {
 	event_handler_fn fn;
 	void *opaque;
 	bool in_use;
+	/*
+	 * Bumped each time the slot is taken, and carried in the epoll event:
+	 * an event still queued for a removed handler is not delivered to a
+	 * new handler that reused the slot within the same batch.
+	 */
+	uint64_t generation;
 };
 
 struct event_loop {

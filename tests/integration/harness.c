@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <grp.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -47,6 +48,45 @@ const char *harness_tmpdir(void)
 	return env_or("TMPDIR", "/tmp");
 }
 
+/*
+ * Every VMM this test process started and has not yet reaped. A failing
+ * cmocka assertion leaves its test without running vmm_free, so these are
+ * killed at exit (and by PR_SET_PDEATHSIG if the test process dies).
+ */
+#define MAX_LIVE 64
+static pid_t live_pids[MAX_LIVE];
+
+static void kill_live_vmms(void)
+{
+	for (int i = 0; i < MAX_LIVE; i++) {
+		if (live_pids[i] > 0) {
+			kill(live_pids[i], SIGKILL);
+			waitpid(live_pids[i], NULL, 0);
+			live_pids[i] = 0;
+		}
+	}
+}
+
+static void track(pid_t pid, bool add)
+{
+	static bool registered;
+
+	if (!registered) {
+		atexit(kill_live_vmms);
+		registered = true;
+	}
+	for (int i = 0; i < MAX_LIVE; i++) {
+		if (add && live_pids[i] == 0) {
+			live_pids[i] = pid;
+			return;
+		}
+		if (!add && live_pids[i] == pid) {
+			live_pids[i] = 0;
+			return;
+		}
+	}
+}
+
 static int spawn(struct vmm_proc *p, char *const argv[], bool drop, uid_t uid, gid_t gid)
 {
 	int in[2], out[2], errp[2];
@@ -63,12 +103,14 @@ static int spawn(struct vmm_proc *p, char *const argv[], bool drop, uid_t uid, g
 		dup2(in[0], 0);
 		dup2(out[1], 1);
 		dup2(errp[1], 2);
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (drop && (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 ||
 			     setresuid(uid, uid, uid) < 0))
 			_exit(127);
 		execv(argv[0], argv);
 		_exit(127);
 	}
+	track(p->pid, true);
 	close(in[0]);
 	close(out[1]);
 	close(errp[1]);
@@ -207,6 +249,7 @@ int vmm_wait(struct vmm_proc *p, int timeout_ms)
 	for (;;) {
 		pid_t r = waitpid(p->pid, &status, WNOHANG);
 		if (r == p->pid) {
+			track(p->pid, false);
 			/* Drain what the VMM wrote before exiting. */
 			while (pump(p, 50) && (p->out_fd >= 0 || p->err_fd >= 0))
 				;

@@ -64,6 +64,9 @@ static void test_pause_resume_seen_inside(void **state)
 	snprintf(sock, sizeof(sock), "%s/forkd-ctl-%d.sock", harness_tmpdir(), getpid());
 	assert_int_equal(vmm_start(&p, argv), 0);
 	assert_non_null(vmm_wait_line(&p, "READY", TIMEOUT_MS));
+	/* DONE follows the start of the workloads; give the stall loop time to run. */
+	assert_non_null(vmm_wait_line(&p, "DONE", TIMEOUT_MS));
+	usleep(200 * 1000);
 
 	r = call("status", true);
 	assert_string_equal(str_field(r, "state"), "running");
