@@ -153,6 +153,11 @@ void virtio_blk_close(struct virtio_blk *blk)
 	free(blk);
 }
 
+int virtio_blk_fd(const struct virtio_blk *blk)
+{
+	return blk->fd;
+}
+
 uint64_t virtio_blk_capacity(const struct virtio_blk *blk)
 {
 	return blk->capacity;

@@ -66,6 +66,8 @@ void virtio_blk_close(struct virtio_blk *blk);
 extern const struct virtio_dev_ops virtio_blk_ops;
 
 uint64_t virtio_blk_capacity(const struct virtio_blk *blk); /* in 512-byte sectors */
+/* The backing file, for copying the image into a snapshot. */
+int virtio_blk_fd(const struct virtio_blk *blk);
 bool virtio_blk_readonly(const struct virtio_blk *blk);
 
 struct virtio_blk_stats {

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -128,6 +130,74 @@ void snap_writer_free(struct snap_writer *w)
 		free(w->sections[i].data);
 	free(w->sections);
 	memset(w, 0, sizeof(*w));
+}
+
+int snap_writer_add_file(struct snap_writer *w, const char *name, int src_fd, struct fk_err *err)
+{
+	size_t len = strlen(name);
+
+	if (len == 0 || len >= SNAP_FILE_NAME_LEN ||
+	    strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+			 "abcdefghijklmnopqrstuvwxyz"
+			 "0123456789._-") != len ||
+	    name[0] == '.' || !strcmp(name, SNAP_STATE_FILE) || !strcmp(name, SNAP_MEMORY_FILE))
+		return fk_fail(err, EINVAL,
+			       "snapshot file name '%s': expected 1..%d of [A-Za-z0-9._-], "
+			       "not starting with '.', not state or memory",
+			       name, SNAP_FILE_NAME_LEN - 1);
+	if (w->nr_files == SNAP_MAX_FILES)
+		return fk_fail(err, ENOSPC, "snapshot: more than %d extra files", SNAP_MAX_FILES);
+	for (int i = 0; i < w->nr_files; i++)
+		if (!strcmp(w->files[i].name, name))
+			return fk_fail(err, EEXIST, "snapshot file '%s' added twice", name);
+	memcpy(w->files[w->nr_files].name, name, len + 1);
+	w->files[w->nr_files].src_fd = src_fd;
+	w->nr_files++;
+	return 0;
+}
+
+int snap_copy_fd(int src_fd, int dst_fd, struct fk_err *err)
+{
+	struct stat st;
+	off_t in = 0, out = 0;
+
+	if (ioctl(dst_fd, FICLONE, src_fd) == 0)
+		return 0;
+	if (fstat(src_fd, &st) < 0)
+		return fk_fail_errno(err, errno, "copy: stat source");
+	if (ftruncate(dst_fd, 0) < 0)
+		return fk_fail_errno(err, errno, "copy: truncate destination");
+	while (in < st.st_size) {
+		ssize_t n =
+		    copy_file_range(src_fd, &in, dst_fd, &out, (size_t)(st.st_size - in), 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return fk_fail_errno(err, errno, "copy: copy_file_range");
+		if (n == 0)
+			return fk_fail(err, EIO, "copy: source shrank while copying");
+	}
+	return 0;
+}
+
+static int write_extra_files(int dirfd, const char *tmp, const struct snap_writer *w,
+			     struct fk_err *err)
+{
+	for (int i = 0; i < w->nr_files; i++) {
+		const char *name = w->files[i].name;
+		int fd = openat(dirfd, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		int rc;
+
+		if (fd < 0)
+			return fk_fail_errno(err, errno, "snapshot %s/%s: create", tmp, name);
+		rc = snap_copy_fd(w->files[i].src_fd, fd, err);
+		if (!rc && fsync(fd) < 0)
+			rc = fk_fail_errno(err, errno, "snapshot %s/%s: fsync", tmp, name);
+		close(fd);
+		if (rc)
+			return fk_wrap(err, "snapshot %s/%s", tmp, name);
+	}
+	return 0;
 }
 
 static int writer_append(struct snap_writer *w, uint32_t type, uint32_t instance,
@@ -474,6 +544,9 @@ int snap_writer_commit(struct snap_writer *w, const char *dir, const struct snap
 	rc = write_state(dirfd, tmp, state, state_len, err);
 	if (rc)
 		goto out;
+	rc = write_extra_files(dirfd, tmp, w, err);
+	if (rc)
+		goto out;
 	if (fsync(dirfd) < 0) {
 		rc = fk_fail_errno(err, errno, "snapshot %s: fsync temp directory %s", target, tmp);
 		goto out;
@@ -501,6 +574,8 @@ out:
 		if (dirfd >= 0) {
 			unlinkat(dirfd, SNAP_MEMORY_FILE, 0);
 			unlinkat(dirfd, SNAP_STATE_FILE, 0);
+			for (int i = 0; i < w->nr_files; i++)
+				unlinkat(dirfd, w->files[i].name, 0);
 		}
 		rmdir(tmp);
 	}

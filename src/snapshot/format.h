@@ -92,11 +92,22 @@ struct snap_vm_info {
 
 struct snap_writer_section;
 
+#define SNAP_MAX_FILES	   8
+#define SNAP_FILE_NAME_LEN 32
+
+/* A file copied into the snapshot directory at commit (e.g. a disk image). */
+struct snap_writer_file {
+	char name[SNAP_FILE_NAME_LEN];
+	int src_fd; /* owned by the caller; read from offset 0 at commit */
+};
+
 struct snap_writer {
 	struct snap_writer_section *sections;
 	size_t nr_sections;
 	size_t cap_sections;
 	uint32_t nr_vcpus;
+	int nr_files;
+	struct snap_writer_file files[SNAP_MAX_FILES];
 };
 
 void snap_writer_init(struct snap_writer *w, uint32_t nr_vcpus);
@@ -113,6 +124,17 @@ int snap_writer_add(struct snap_writer *w, uint32_t type, uint32_t instance, con
 /* A DEVICE section: payload is le32 device_type, le32 0, then `len` bytes. */
 int snap_writer_add_device(struct snap_writer *w, uint32_t instance, uint32_t device_type,
 			   const void *data, size_t len, struct fk_err *err);
+
+/*
+ * Adds a file that commit copies (reflink where the filesystem can, else
+ * copy_file_range) from src_fd into the snapshot directory as `name`
+ * ([A-Za-z0-9._-], not "state" or "memory"). src_fd must stay open until
+ * commit returns.
+ */
+int snap_writer_add_file(struct snap_writer *w, const char *name, int src_fd, struct fk_err *err);
+
+/* Copies all of src_fd to dst_fd: FICLONE where possible, else copy_file_range. */
+int snap_copy_fd(int src_fd, int dst_fd, struct fk_err *err);
 
 /*
  * Writes the snapshot directory `dir` atomically: builds `dir.tmp-XXXXXX`,

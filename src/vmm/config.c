@@ -55,6 +55,7 @@ int parse_size(const char *s, uint64_t *out)
 void vmm_config_usage(FILE *out)
 {
 	fputs("usage: forkd-vmm --kernel PATH [options]\n"
+	      "       forkd-vmm --restore DIR [options]\n"
 	      "Boots one KVM virtual machine: a PVH ELF kernel (Linux vmlinux or the\n"
 	      "forkd probe guest) with ACPI tables, a COM1 UART and virtio-mmio disks.\n"
 	      "\n"
@@ -71,6 +72,11 @@ void vmm_config_usage(FILE *out)
 	      "  --serial-in stdin|none|PATH\n"
 	      "                       where COM1 input comes from (default stdin)\n"
 	      "  --kvm PATH           KVM device (default /dev/kvm)\n"
+	      "  --restore DIR        start from the snapshot in DIR instead of booting (--mem\n"
+	      "                       and --cpus, if given, must match it)\n"
+	      "  --overlay-dir DIR    with --restore: where the VM's private copies of the\n"
+	      "                       snapshot's writable disks go (default: a new directory\n"
+	      "                       under $TMPDIR or /tmp)\n"
 	      "  --control PATH       serve the JSON control protocol on this Unix socket\n"
 	      "                       (status, pause, resume, shutdown; see docs/control.md)\n"
 	      "  -h, --help           this text\n"
@@ -139,7 +145,9 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_SERIAL,
 		OPT_SERIAL_IN,
 		OPT_KVM,
-		OPT_CONTROL
+		OPT_CONTROL,
+		OPT_RESTORE,
+		OPT_OVERLAY_DIR
 	};
 	static const struct option opts[] = {
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
@@ -152,6 +160,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"serial-in", required_argument, NULL, OPT_SERIAL_IN},
 	    {"kvm", required_argument, NULL, OPT_KVM},
 	    {"control", required_argument, NULL, OPT_CONTROL},
+	    {"restore", required_argument, NULL, OPT_RESTORE},
+	    {"overlay-dir", required_argument, NULL, OPT_OVERLAY_DIR},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -193,6 +203,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 					       "--mem '%s': expected a size such as 512M or 4G, a "
 					       "multiple of 1M between 32M and 1T",
 					       optarg);
+			cfg->mem_given = true;
 			break;
 		case OPT_CPUS:
 			errno = 0;
@@ -203,6 +214,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 				    "--cpus '%s': expected a number of vCPUs from 1 to %d", optarg,
 				    VMM_MAX_CPUS);
 			cfg->nr_cpus = (int)n;
+			cfg->cpus_given = true;
 			break;
 		case OPT_DISK:
 			ret = parse_disk(cfg, optarg, err);
@@ -217,6 +229,17 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			break;
 		case OPT_KVM:
 			cfg->kvm_path = optarg;
+			break;
+		case OPT_RESTORE:
+			if (!*optarg)
+				return fk_fail(err, EINVAL,
+					       "--restore: expected a snapshot directory");
+			cfg->restore_dir = optarg;
+			break;
+		case OPT_OVERLAY_DIR:
+			if (!*optarg)
+				return fk_fail(err, EINVAL, "--overlay-dir: expected a directory");
+			cfg->overlay_dir = optarg;
 			break;
 		case OPT_CONTROL:
 			if (!*optarg)
@@ -239,10 +262,20 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	}
 	if (optind < argc)
 		return fk_fail(err, EINVAL, "unexpected argument '%s' (see --help)", argv[optind]);
-	if (!cfg->kernel)
-		return fk_fail(err, EINVAL, "--kernel PATH is required (see --help)");
 	if (!*cfg->serial_out || !*cfg->serial_in)
 		return fk_fail(err, EINVAL,
 			       "--serial/--serial-in: expected a path, stdout/stdin or none");
+	if (cfg->restore_dir) {
+		if (cfg->kernel || cfg->initrd || cfg->nr_disks || *cfg->cmdline)
+			return fk_fail(
+			    err, EINVAL,
+			    "--restore: --kernel, --initrd, --append and --disk come from the "
+			    "snapshot and cannot be given");
+		return 0;
+	}
+	if (cfg->overlay_dir)
+		return fk_fail(err, EINVAL, "--overlay-dir only applies with --restore");
+	if (!cfg->kernel)
+		return fk_fail(err, EINVAL, "--kernel PATH is required (see --help)");
 	return 0;
 }

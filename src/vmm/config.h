@@ -43,6 +43,9 @@ struct vmm_config {
 	const char *serial_in;	  /* "stdin", "none" or a file/fifo path */
 	const char *kvm_path;	  /* normally /dev/kvm */
 	const char *control_path; /* Unix socket for the control protocol, or NULL */
+	const char *restore_dir;  /* --restore: start from this snapshot instead of booting */
+	const char *overlay_dir;  /* --overlay-dir: where a restored VM's private disk copies go */
+	bool mem_given, cpus_given;
 	bool help;
 };
 

@@ -61,6 +61,49 @@ int guest_mem_init(struct guest_mem *mem, enum guest_mem_backend backend, uint64
 	return 0;
 }
 
+int guest_mem_init_file(struct guest_mem *mem, int fd, uint64_t size, struct fk_err *err)
+{
+	uint8_t *raw, *aligned, *file_map;
+	size_t map_size;
+	uint64_t low, high;
+
+	memset(mem, 0, sizeof(*mem));
+	if (size == 0 || size % 4096 || size > SIZE_MAX - HUGE_2M)
+		return fk_fail(err, EINVAL, "guest memory: bad size %llu",
+			       (unsigned long long)size);
+	low = size < GUEST_MMIO_HOLE_START ? size : GUEST_MMIO_HOLE_START;
+	high = size - low;
+	/* Reserve an aligned range, then map the file over it. */
+	map_size = size + HUGE_2M;
+	raw = mmap(NULL, map_size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (raw == MAP_FAILED)
+		return fk_fail_errno(err, errno, "guest memory: cannot reserve %llu MiB",
+				     (unsigned long long)(size >> 20));
+	aligned = (uint8_t *)(((uintptr_t)raw + HUGE_2M - 1) & ~(uintptr_t)(HUGE_2M - 1));
+	file_map = mmap(aligned, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, 0);
+	if (file_map == MAP_FAILED) {
+		int e = errno;
+		munmap(raw, map_size);
+		return fk_fail_errno(err, e, "guest memory: cannot map the memory file");
+	}
+	if (aligned > raw)
+		munmap(raw, (size_t)(aligned - raw));
+	if (raw + map_size > aligned + size)
+		munmap(aligned + size, (size_t)(raw + map_size - (aligned + size)));
+	mem->backend = GUEST_MEM_FILE;
+	mem->total_size = size;
+	mem->mapping = aligned;
+	mem->mapping_size = size;
+	mem->regions[0] = (struct guest_mem_region){.gpa = 0, .size = low, .hva = aligned};
+	mem->nr_regions = 1;
+	if (high) {
+		mem->regions[1] = (struct guest_mem_region){
+		    .gpa = GUEST_MMIO_HOLE_END, .size = high, .hva = aligned + low};
+		mem->nr_regions = 2;
+	}
+	return 0;
+}
+
 void guest_mem_destroy(struct guest_mem *mem)
 {
 	if (mem->mapping)

@@ -22,6 +22,7 @@
 
 enum guest_mem_backend {
 	GUEST_MEM_ANON = 0,
+	GUEST_MEM_FILE = 1, /* MAP_PRIVATE of a snapshot's memory file: clean pages shared */
 };
 
 struct guest_mem_region {
@@ -42,6 +43,8 @@ struct guest_mem {
 /* Allocates size bytes of guest RAM laid out around the MMIO hole. */
 int guest_mem_init(struct guest_mem *mem, enum guest_mem_backend backend, uint64_t size,
 		   struct fk_err *err);
+/* The `file` backend: size bytes of fd (laid out like anon RAM) mapped copy-on-write. */
+int guest_mem_init_file(struct guest_mem *mem, int fd, uint64_t size, struct fk_err *err);
 void guest_mem_destroy(struct guest_mem *mem);
 
 /*

@@ -10,6 +10,7 @@
 #define LAYOUT_CMDLINE	      0x20000ULL
 #define LAYOUT_CMDLINE_MAX    0x1000ULL
 #define LAYOUT_EBDA_START     0x9FC00ULL /* reserved from here to 1 MiB */
+#define LAYOUT_VMGENID_ADDR   0xDFF00ULL /* 16-byte VM generation ID (reserved memory) */
 #define LAYOUT_ACPI_START     0xE0000ULL /* where a legacy RSDP scan looks */
 #define LAYOUT_ACPI_END	      0x100000ULL
 #define LAYOUT_HIGH_MEM_START 0x100000ULL /* kernels load at or above 1 MiB */
@@ -26,6 +27,7 @@
 #define LAYOUT_COM1_GSI	       4
 #define LAYOUT_VIRTIO_GSI_BASE 5
 #define LAYOUT_IOAPIC_PINS     24
+#define LAYOUT_GED_GSI	       23 /* ACPI generic event device: VM generation ID changed */
 
 /* I/O ports. */
 #define LAYOUT_COM1_PORT	0x3F8

@@ -24,6 +24,9 @@ static int init_failure_status(int code)
 	case ENODEV:
 	case EEXIST:
 	case EADDRINUSE:
+	case ENOTSUP:
+	case EBADMSG:
+	case EOVERFLOW:
 		return VMM_EXIT_USAGE;
 	default:
 		return VMM_EXIT_ERROR;

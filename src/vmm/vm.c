@@ -10,6 +10,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
@@ -19,6 +20,8 @@
 #include "vmm/boot.h"
 #include "vmm/layout.h"
 #include "vmm/vm.h"
+#include "vmm/vm_snapshot.h"
+#include "vmm/vm_state.h"
 
 #define SERIAL_FLUSH_INTERVAL_NS (20 * 1000 * 1000)
 
@@ -261,7 +264,16 @@ static int setup_serial_input(struct vm *vm, struct fk_err *err)
 
 	if (strcmp(spec, "none") == 0)
 		return 0;
-	in->fd = strcmp(spec, "stdin") == 0 ? STDIN_FILENO : open(spec, O_RDONLY | O_CLOEXEC);
+	if (strcmp(spec, "stdin") == 0) {
+		in->fd = STDIN_FILENO;
+	} else {
+		/*
+		 * A FIFO is opened read-write: open would otherwise wait for a
+		 * writer, and every writer closing would read as end of input.
+		 */
+		bool fifo = stat(spec, &st) == 0 && S_ISFIFO(st.st_mode);
+		in->fd = open(spec, (fifo ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+	}
 	if (in->fd < 0)
 		return fk_fail_errno(err, errno, "--serial-in %s: cannot open for reading", spec);
 	if (fstat(in->fd, &st) < 0)
@@ -410,10 +422,95 @@ static int setup_event_sources(struct vm *vm, struct fk_err *err)
 	return 0;
 }
 
-int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
+/* The parts every VM has, booted or restored: event loop, KVM VM, buses. */
+int vm_setup_host(struct vm *vm, struct fk_err *err)
+{
+	int ret;
+
+	ret = event_loop_init(&vm->loop, err);
+	if (ret < 0)
+		return ret;
+	ret = setup_event_sources(vm, err);
+	if (ret < 0)
+		return ret;
+	ret = kvm_open(vm, vm->cfg->kvm_path, err);
+	if (ret < 0)
+		return ret;
+	return kvm_create_vm(vm, err);
+}
+
+/* Serial, power management, serial input and the control socket. */
+int vm_setup_devices(struct vm *vm, struct fk_err *err)
 {
 	struct irq_line com1_irq;
 	int serial_fd, ret;
+
+	ret = open_serial_output(vm->cfg->serial_out, &serial_fd, err);
+	if (ret < 0)
+		return ret;
+	com1_irq = (struct irq_line){
+	    .gsi = LAYOUT_COM1_GSI, .eventfd = -1, .set_level = kvm_set_irq_level, .opaque = vm};
+	serial_init(&vm->serial, serial_fd, com1_irq);
+	acpi_pm_init(&vm->pm, LAYOUT_PM_RESET_VALUE, on_pm_event, vm);
+	ret = setup_pio_devices(vm, err);
+	if (ret < 0)
+		return ret;
+	ret = setup_serial_input(vm, err);
+	if (ret < 0)
+		return ret;
+	if (vm->cfg->control_path) {
+		ret = vm_control_init(vm, err);
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+int vm_setup_disks(struct vm *vm, struct fk_err *err)
+{
+	for (int i = 0; i < vm->cfg->nr_disks; i++) {
+		int ret = setup_disk(vm, i, err);
+		vm->nr_disks = i + 1;
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+int vm_create_vcpus(struct vm *vm, struct fk_err *err)
+{
+	int ret;
+
+	vm->vcpus = calloc((size_t)vm->nr_vcpus, sizeof(*vm->vcpus));
+	if (!vm->vcpus)
+		return fk_fail(err, ENOMEM, "vcpus: out of memory");
+	for (int i = 0; i < vm->nr_vcpus; i++)
+		vm->vcpus[i].fd = -1;
+	for (int i = 0; i < vm->nr_vcpus; i++) {
+		ret = vcpu_create(vm, i, err);
+		if (ret < 0)
+			return ret;
+	}
+	return vm_state_init_msr_list(vm, err);
+}
+
+/* A fresh 128-bit VM generation ID in guest memory (brief §7). */
+void vm_new_generation_id(struct vm *vm)
+{
+	ssize_t n = getrandom(vm->genid, sizeof(vm->genid), 0);
+
+	if (n != (ssize_t)sizeof(vm->genid)) {
+		/* getrandom on Linux >= 3.17 does not fail for 16 bytes; keep the IDs distinct
+		 * anyway. */
+		uint64_t t = monotonic_us() ^ ((uint64_t)getpid() << 32);
+		memcpy(vm->genid, &t, sizeof(t));
+	}
+	guest_mem_write(&vm->mem, LAYOUT_VMGENID_ADDR, vm->genid, sizeof(vm->genid));
+}
+
+int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
+{
+	int ret;
 
 	memset(vm, 0, sizeof(*vm));
 	vm->cfg = cfg;
@@ -428,22 +525,16 @@ int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 	signal(SIGPIPE, SIG_IGN);
 	vcpu_install_kick_handler();
 
+	if (cfg->restore_dir)
+		return vm_restore_init(vm, err);
+
 	/* Validate the cheap inputs before asking KVM for anything. */
 	if (access(cfg->kernel, R_OK) < 0)
 		return fk_fail_errno(err, errno, "kernel %s: cannot read", cfg->kernel);
 	if (cfg->initrd && access(cfg->initrd, R_OK) < 0)
 		return fk_fail_errno(err, errno, "initrd %s: cannot read", cfg->initrd);
 
-	ret = event_loop_init(&vm->loop, err);
-	if (ret < 0)
-		return ret;
-	ret = setup_event_sources(vm, err);
-	if (ret < 0)
-		return ret;
-	ret = kvm_open(vm, cfg->kvm_path, err);
-	if (ret < 0)
-		return ret;
-	ret = kvm_create_vm(vm, err);
+	ret = vm_setup_host(vm, err);
 	if (ret < 0)
 		return ret;
 	ret = guest_mem_init(&vm->mem, GUEST_MEM_ANON, cfg->mem_size, err);
@@ -452,47 +543,19 @@ int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 	ret = kvm_add_memslots(vm, err);
 	if (ret < 0)
 		return ret;
-
-	ret = open_serial_output(cfg->serial_out, &serial_fd, err);
+	ret = vm_setup_devices(vm, err);
 	if (ret < 0)
 		return ret;
-	com1_irq = (struct irq_line){
-	    .gsi = LAYOUT_COM1_GSI, .eventfd = -1, .set_level = kvm_set_irq_level, .opaque = vm};
-	serial_init(&vm->serial, serial_fd, com1_irq);
-	acpi_pm_init(&vm->pm, LAYOUT_PM_RESET_VALUE, on_pm_event, vm);
-	ret = setup_pio_devices(vm, err);
+	ret = vm_setup_disks(vm, err);
 	if (ret < 0)
 		return ret;
-	ret = setup_serial_input(vm, err);
-	if (ret < 0)
-		return ret;
-
-	if (cfg->control_path) {
-		ret = vm_control_init(vm, err);
-		if (ret < 0)
-			return ret;
-	}
-
-	for (int i = 0; i < cfg->nr_disks; i++) {
-		ret = setup_disk(vm, i, err);
-		vm->nr_disks = i + 1;
-		if (ret < 0)
-			return ret;
-	}
-
 	ret = boot_setup_pvh(vm, err);
 	if (ret < 0)
 		return ret;
-
-	vm->vcpus = calloc((size_t)vm->nr_vcpus, sizeof(*vm->vcpus));
-	if (!vm->vcpus)
-		return fk_fail(err, ENOMEM, "vcpus: out of memory");
-	for (int i = 0; i < vm->nr_vcpus; i++) {
-		vm->vcpus[i].fd = -1;
-		ret = vcpu_create(vm, i, err);
-		if (ret < 0)
-			return ret;
-	}
+	vm_new_generation_id(vm);
+	ret = vm_create_vcpus(vm, err);
+	if (ret < 0)
+		return ret;
 	return vcpu_setup_pvh_bsp(&vm->vcpus[0], vm->kernel_entry, LAYOUT_PVH_START_INFO, err);
 }
 
@@ -508,6 +571,8 @@ int vm_run(struct vm *vm)
 			break;
 		}
 	}
+	if (vm->restored)
+		vm_restore_started(vm);
 	ret = event_loop_run(&vm->loop);
 	if (ret < 0)
 		vm_request_exit(vm, VMM_EXIT_ERROR, "event loop: %s", strerror(-ret));
@@ -559,6 +624,7 @@ void vm_destroy(struct vm *vm)
 	if (vm->kvm_fd >= 0)
 		close(vm->kvm_fd);
 	free(vm->supported_cpuid);
+	free(vm->msr_indices);
 	event_loop_destroy(&vm->loop);
 	if (vm->exit_eventfd >= 0)
 		close(vm->exit_eventfd);

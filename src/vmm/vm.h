@@ -82,6 +82,18 @@ struct vm {
 	uint64_t started_us;
 	struct control_server control;
 	bool control_ready;
+
+	/* MSRs saved in snapshots: KVM's index list, less those it cannot read back. */
+	uint32_t *msr_indices;
+	uint32_t nr_msrs;
+	uint32_t msrs_skipped; /* MSRs this host refused at restore */
+
+	/* A restored VM runs from a configuration rebuilt from its snapshot. */
+	struct vmm_config restored_cfg;
+	bool restored;
+	uint8_t genid[16];
+	char overlay_dir[4096];
+	bool overlay_dir_created;
 };
 
 /* kvm.c */
@@ -108,6 +120,11 @@ int vm_control_init(struct vm *vm, struct fk_err *err);
 uint64_t monotonic_us(void);
 
 /* vm.c */
+int vm_setup_host(struct vm *vm, struct fk_err *err);
+int vm_setup_devices(struct vm *vm, struct fk_err *err);
+int vm_setup_disks(struct vm *vm, struct fk_err *err);
+int vm_create_vcpus(struct vm *vm, struct fk_err *err);
+void vm_new_generation_id(struct vm *vm);
 int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err);
 int vm_run(struct vm *vm);
 void vm_destroy(struct vm *vm);

@@ -3,6 +3,7 @@
 #include <errno.h>
 
 #include "vmm/vm.h"
+#include "vmm/vm_snapshot.h"
 
 static int cmd_status(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
 {
@@ -17,6 +18,9 @@ static int cmd_status(void *opaque, json_t *request, json_t *reply, struct fk_er
 	json_object_set_new(reply, "uptime_ms",
 			    json_integer((json_int_t)((monotonic_us() - vm->started_us) / 1000)));
 	json_object_set_new(reply, "last_pause_us", json_integer((json_int_t)vm->last_pause_us));
+	json_object_set_new(reply, "restored", json_boolean(vm->restored));
+	if (vm->overlay_dir[0])
+		json_object_set_new(reply, "overlay_dir", json_string(vm->overlay_dir));
 	return 0;
 }
 
@@ -58,11 +62,40 @@ static int cmd_shutdown(void *opaque, json_t *request, json_t *reply, struct fk_
 	return 0;
 }
 
+static int cmd_snapshot(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
+{
+	struct vm *vm = opaque;
+	struct vm_snapshot_result res;
+	const char *path;
+	bool resume = true;
+	int ret;
+
+	ret = control_arg_string(request, "path", true, &path, err);
+	if (ret < 0)
+		return ret;
+	ret = control_arg_bool(request, "resume", false, &resume, err);
+	if (ret < 0)
+		return ret;
+	ret = vm_snapshot_take(vm, path, resume, &res, err);
+	if (ret < 0)
+		return ret;
+	json_object_set_new(reply, "path", json_string(path));
+	json_object_set_new(reply, "pause_us", json_integer((json_int_t)res.pause_us));
+	json_object_set_new(reply, "capture_us", json_integer((json_int_t)res.capture_us));
+	json_object_set_new(reply, "write_us", json_integer((json_int_t)res.write_us));
+	json_object_set_new(reply, "mem_bytes", json_integer((json_int_t)res.mem_bytes));
+	json_object_set_new(reply, "inflight", json_integer(res.inflight));
+	json_object_set_new(reply, "state", json_string(vm_is_paused(vm) ? "paused" : "running"));
+	return 0;
+}
+
 static const struct control_command vm_commands[] = {
     {"status", cmd_status, "state (running|paused), vcpus, mem_mib, disks, uptime_ms"},
     {"pause", cmd_pause, "stop all vCPUs at a safe point; replies with pause_us"},
     {"resume", cmd_resume, "run the vCPUs again"},
     {"shutdown", cmd_shutdown, "stop the VM; forkd-vmm exits with status 0"},
+    {"snapshot", cmd_snapshot,
+     "path: new directory; resume (default true): write a snapshot of the whole VM"},
     {NULL, NULL, NULL},
 };
 

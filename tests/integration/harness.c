@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 #include "harness.h"
 
+#include "vmm/control.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -307,4 +309,23 @@ int vmm_run_to_exit(struct vmm_proc *p, char *const argv[], int timeout_ms)
 	if (r < 0)
 		vmm_kill(p);
 	return r;
+}
+
+json_t *harness_call(const char *socket_path, const char *request_json, char *err_buf,
+		     size_t err_len)
+{
+	struct fk_err err = {0};
+	json_error_t jerr;
+	json_t *req = json_loads(request_json, 0, &jerr), *reply = NULL;
+
+	if (!req) {
+		snprintf(err_buf, err_len, "bad request JSON: %s", jerr.text);
+		return NULL;
+	}
+	if (control_call(socket_path, req, &reply, 60000, &err) < 0) {
+		snprintf(err_buf, err_len, "%s", err.msg);
+		reply = NULL;
+	}
+	json_decref(req);
+	return reply;
 }

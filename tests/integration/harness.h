@@ -54,4 +54,10 @@ int vmm_run_to_exit(struct vmm_proc *p, char *const argv[], int timeout_ms);
 
 long long now_ms(void);
 
+#include <jansson.h>
+
+/* Sends one JSON request (text) to a control socket; returns the reply (caller decrefs) or NULL. */
+json_t *harness_call(const char *socket_path, const char *request_json, char *err_buf,
+		     size_t err_len);
+
 #endif

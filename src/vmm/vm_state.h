@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Capturing and restoring the complete state of a paused VM: every vCPU
+ * (regs, sregs, xsave, xcrs, LAPIC, all MSRs KVM lists, mp_state, events,
+ * debug regs), the in-kernel PIC/IOAPIC/PIT, kvmclock, and every device.
+ */
+#ifndef FORKD_VMM_VM_STATE_H
+#define FORKD_VMM_VM_STATE_H
+
+#include "snapshot/format.h"
+#include "vmm/vm.h"
+
+/* Device types in SNAP_SEC_DEVICE sections. */
+enum vm_device_type {
+	VM_DEVICE_SERIAL = 1,
+	VM_DEVICE_VIRTIO_BLK = 2,
+};
+
+/* Builds the list of MSRs this host lets us read back (KVM's index list, filtered). */
+int vm_state_init_msr_list(struct vm *vm, struct fk_err *err);
+
+/* Adds every state section of the paused VM to w (and its writable disks as files). */
+int vm_state_save(struct vm *vm, struct snap_writer *w, struct fk_err *err);
+
+/* Fills the host CPU identity of this VM (for the CPU_IDENTITY section and restore checks). */
+int vm_state_cpu_identity(struct vm *vm, struct snap_cpu_identity *id, struct fk_err *err);
+
+/* Restores vCPU and VM state from r into freshly created vCPUs/irqchip. */
+int vm_state_restore_cpus(struct vm *vm, const struct snap_reader *r, struct fk_err *err);
+
+#endif

@@ -1,0 +1,622 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Snapshots and restore with the probe guest: the restored VM continues
+ * (checked inside: its pattern verifies and its sequence continues, its clock
+ * moved on, its generation ID changed), a virtio-blk request queued at the
+ * snapshot completes after restore, eight children from one snapshot each
+ * keep their own disk, and damaged or mismatched snapshots are refused.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "harness.h"
+#include "snapshot/format.h"
+
+#define TIMEOUT_MS 30000
+
+static char dir[256];
+
+static int setup(void **state)
+{
+	(void)state;
+	snprintf(dir, sizeof(dir), "%s/forkd-snap-XXXXXX", harness_tmpdir());
+	return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+	char cmd[400];
+
+	(void)state;
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+static void path_in(char *out, size_t len, const char *name)
+{
+	snprintf(out, len, "%s/%s", dir, name);
+}
+
+static const char *need_line(struct vmm_proc *p, const char *prefix)
+{
+	const char *line = vmm_wait_line(p, prefix, TIMEOUT_MS);
+
+	if (!line) {
+		fprintf(stderr, "no console line starting with '%s'\n", prefix);
+		vmm_dump(p);
+	}
+	assert_non_null(line);
+	return line;
+}
+
+static unsigned long long value_u64(struct vmm_proc *p, const char *key)
+{
+	char buf[128];
+
+	if (!vmm_value(p, key, buf, sizeof(buf))) {
+		fprintf(stderr, "no value for %s\n", key);
+		vmm_dump(p);
+		fail();
+	}
+	return strtoull(buf, NULL, 10);
+}
+
+/* Sends a request and returns the reply, failing the test unless "ok" is as expected. */
+static json_t *call(const char *sock, const char *req, bool want_ok)
+{
+	char err[512];
+	json_t *reply = harness_call(sock, req, err, sizeof(err));
+
+	if (!reply)
+		fail_msg("%s: %s", req, err);
+	if (json_is_true(json_object_get(reply, "ok")) != want_ok) {
+		char *text = json_dumps(reply, 0);
+		fprintf(stderr, "%s -> %s\n", req, text);
+		free(text);
+		fail();
+	}
+	return reply;
+}
+
+static void take_snapshot(const char *sock, const char *snap, json_t **out)
+{
+	char req[600];
+	json_t *r;
+
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\"}", snap);
+	r = call(sock, req, true);
+	if (out)
+		*out = r;
+	else
+		json_decref(r);
+}
+
+static void start_restore(struct vmm_proc *p, const char *snap, const char *sock,
+			  const char *overlay)
+{
+	char *argv[12];
+	int n = 0;
+
+	argv[n++] = (char *)harness_vmm();
+	argv[n++] = "--restore";
+	argv[n++] = (char *)snap;
+	if (sock) {
+		argv[n++] = "--control";
+		argv[n++] = (char *)sock;
+	}
+	if (overlay) {
+		argv[n++] = "--overlay-dir";
+		argv[n++] = (char *)overlay;
+	}
+	argv[n] = NULL;
+	assert_int_equal(vmm_start(p, argv), 0);
+}
+
+static void test_restore_continues_the_guest(void **state)
+{
+	char sock[300], snap[300], genid_before[64] = "", genid_after[64] = "";
+	char *argv[] = {(char *)harness_vmm(),
+			"--kernel",
+			(char *)harness_probe(),
+			"--cpus",
+			"2",
+			"--mem",
+			"256M",
+			"--append",
+			"work=pattern,stall pattern_mib=8 stall_us=1000",
+			"--control",
+			sock,
+			NULL};
+	unsigned long long seq_before, seq_after;
+	struct vmm_proc parent, child;
+	long long snap_at;
+
+	(void)state;
+	path_in(sock, sizeof(sock), "parent.sock");
+	path_in(snap, sizeof(snap), "snap-pattern");
+	assert_int_equal(vmm_start(&parent, argv), 0);
+	need_line(&parent, "DONE");
+	usleep(300 * 1000);
+	vmm_send(&parent, "report\n");
+	need_line(&parent, "report.end");
+	seq_before = value_u64(&parent, "cpu0.pattern_seq");
+	vmm_value(&parent, "genid", genid_before, sizeof(genid_before));
+	take_snapshot(sock, snap, NULL);
+	snap_at = now_ms();
+	/* The source runs on after its snapshot. */
+	vmm_send(&parent, "ping\n");
+	need_line(&parent, "pong");
+	call(sock, "{\"cmd\":\"shutdown\"}", true);
+	assert_int_equal(vmm_wait(&parent, TIMEOUT_MS), 0);
+	vmm_free(&parent);
+
+	/* Let wall-clock time pass between the snapshot and the restore. */
+	while (now_ms() - snap_at < 1000)
+		usleep(50 * 1000);
+	start_restore(&child, snap, NULL, NULL);
+	/* The restored guest is past READY: it continues, it does not boot. */
+	vmm_send(&child, "report\n");
+	need_line(&child, "report.end");
+	assert_null(vmm_wait_line(&child, "READY", 0));
+	seq_after = value_u64(&child, "cpu0.pattern_seq");
+	assert_true(seq_after > seq_before);
+	/* The stall probe saw the time between snapshot and restore pass. */
+	assert_true(value_u64(&child, "cpu1.stall_max_us") >= 900000);
+	vmm_send(&child, "verify\n");
+	need_line(&child, "cpu0.verify=");
+	{
+		char buf[32];
+		assert_non_null(vmm_value(&child, "cpu0.verify", buf, sizeof(buf)));
+		assert_string_equal(buf, "ok");
+	}
+	if (genid_before[0] && strcmp(genid_before, "none") != 0) {
+		vmm_send(&child, "genid\n");
+		need_line(&child, "genid=");
+		vmm_value(&child, "genid", genid_after, sizeof(genid_after));
+		assert_string_not_equal(genid_after, genid_before);
+	}
+	vmm_send(&child, "poweroff\n");
+	assert_int_equal(vmm_wait(&child, TIMEOUT_MS), 0);
+	vmm_free(&child);
+}
+
+static void make_disk(const char *path, size_t size)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)size), 0);
+	close(fd);
+}
+
+static void test_inflight_request_completes_after_restore(void **state)
+{
+	char sock[300], snap[300], disk[300], diskarg[320];
+	char *argv[] = {(char *)harness_vmm(),
+			"--kernel",
+			(char *)harness_probe(),
+			"--mem",
+			"128M",
+			"--append",
+			"work=blkloop",
+			"--disk",
+			diskarg,
+			"--control",
+			sock,
+			NULL};
+	unsigned long long ok_before = 0;
+	struct vmm_proc parent, child;
+	bool caught = false;
+
+	(void)state;
+	path_in(sock, sizeof(sock), "inflight.sock");
+	path_in(disk, sizeof(disk), "inflight.img");
+	snprintf(diskarg, sizeof(diskarg), "%s", disk);
+	make_disk(disk, 1 << 20);
+	assert_int_equal(vmm_start(&parent, argv), 0);
+	need_line(&parent, "READY");
+	usleep(200 * 1000);
+	/*
+	 * The guest keeps one request queued or being served almost all the
+	 * time; a snapshot usually catches one the device has not taken yet.
+	 */
+	for (int i = 0; i < 40 && !caught; i++) {
+		json_t *r;
+		path_in(snap, sizeof(snap), "snap-inflight");
+		take_snapshot(sock, snap, &r);
+		caught = json_integer_value(json_object_get(r, "inflight")) > 0;
+		json_decref(r);
+		if (!caught) {
+			char cmd[400];
+			snprintf(cmd, sizeof(cmd), "rm -rf '%s'", snap);
+			assert_int_equal(system(cmd), 0);
+		}
+	}
+	if (!caught)
+		fail_msg("no snapshot out of 40 caught a virtio-blk request in flight");
+	vmm_send(&parent, "report\n");
+	need_line(&parent, "report.end");
+	assert_int_equal(value_u64(&parent, "cpu0.blkloop_bad"), 0);
+	call(sock, "{\"cmd\":\"shutdown\"}", true);
+	assert_int_equal(vmm_wait(&parent, TIMEOUT_MS), 0);
+	vmm_free(&parent);
+
+	start_restore(&child, snap, NULL, NULL);
+	vmm_send(&child, "report\n");
+	need_line(&child, "report.end");
+	ok_before = value_u64(&child, "cpu0.blkloop_ok");
+	usleep(500 * 1000);
+	vmm_send(&child, "report\n");
+	/* Wait for the second report. */
+	{
+		long long deadline = now_ms() + TIMEOUT_MS;
+		int ends = 0;
+		while (ends < 2 && now_ms() < deadline) {
+			ends = 0;
+			vmm_wait_line(&child, "no-such-line", 100);
+			for (int i = 0; i < child.nr_lines; i++)
+				ends += strcmp(child.lines[i], "report.end") == 0;
+		}
+		assert_int_equal(ends, 2);
+	}
+	assert_int_equal(value_u64(&child, "cpu0.blkloop_bad"), 0);
+	assert_true(value_u64(&child, "cpu0.blkloop_ok") > ok_before);
+	vmm_send(&child, "poweroff\n");
+	assert_int_equal(vmm_wait(&child, TIMEOUT_MS), 0);
+	vmm_free(&child);
+}
+
+#define NR_CHILDREN 8
+
+static void test_eight_children_keep_their_own_disks(void **state)
+{
+	char sock[300], snap[300], disk[300], overlay[NR_CHILDREN][300];
+	char *argv[] = {(char *)harness_vmm(),
+			"--kernel",
+			(char *)harness_probe(),
+			"--mem",
+			"64M",
+			"--append",
+			"work=idle",
+			"--disk",
+			disk,
+			"--control",
+			sock,
+			NULL};
+	struct vmm_proc parent, child[NR_CHILDREN];
+	char line[64], want[64], img[4096], buf[512];
+
+	(void)state;
+	path_in(sock, sizeof(sock), "fan.sock");
+	path_in(snap, sizeof(snap), "snap-fan");
+	path_in(disk, sizeof(disk), "fan.img");
+	make_disk(disk, 1 << 20);
+	assert_int_equal(vmm_start(&parent, argv), 0);
+	need_line(&parent, "DONE");
+	take_snapshot(sock, snap, NULL);
+
+	for (int i = 0; i < NR_CHILDREN; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "overlay-%d", i);
+		path_in(overlay[i], sizeof(overlay[i]), name);
+		start_restore(&child[i], snap, NULL, overlay[i]);
+	}
+	/* Each child writes its own sector ... */
+	for (int i = 0; i < NR_CHILDREN; i++) {
+		snprintf(line, sizeof(line), "blkw %d child%d\n", 100 + i, i);
+		vmm_send(&child[i], line);
+	}
+	for (int i = 0; i < NR_CHILDREN; i++) {
+		snprintf(want, sizeof(want), "blkw.sector=%d status=0", 100 + i);
+		need_line(&child[i], want);
+	}
+	/* ... and reads all eight: it sees only its own. */
+	for (int i = 0; i < NR_CHILDREN; i++)
+		for (int s = 0; s < NR_CHILDREN; s++) {
+			snprintf(line, sizeof(line), "blkr %d\n", 100 + s);
+			vmm_send(&child[i], line);
+		}
+	for (int i = 0; i < NR_CHILDREN; i++) {
+		for (int s = 0; s < NR_CHILDREN; s++) {
+			snprintf(want, sizeof(want), "blkr.sector=%d ", 100 + s);
+			const char *l = need_line(&child[i], want);
+			snprintf(want, sizeof(want), "text=forkd-blkw child%d", s);
+			if (s == i)
+				assert_non_null(strstr(l, want));
+			else
+				assert_null(strstr(l, "forkd-blkw"));
+		}
+		vmm_send(&child[i], "poweroff\n");
+	}
+	for (int i = 0; i < NR_CHILDREN; i++) {
+		assert_int_equal(vmm_wait(&child[i], TIMEOUT_MS), 0);
+		vmm_free(&child[i]);
+	}
+	/* Outside: each overlay holds its child's write only; the parent's image none. */
+	for (int i = 0; i < NR_CHILDREN; i++) {
+		snprintf(img, sizeof(img), "%s/disk0.img", overlay[i]);
+		int fd = open(img, O_RDONLY);
+		assert_true(fd >= 0);
+		for (int s = 0; s < NR_CHILDREN; s++) {
+			assert_int_equal(pread(fd, buf, 512, (100 + s) * 512), 512);
+			snprintf(want, sizeof(want), "forkd-blkw child%d", s);
+			assert_int_equal(memcmp(buf, want, strlen(want)) == 0, s == i);
+		}
+		close(fd);
+	}
+	{
+		int fd = open(disk, O_RDONLY);
+		for (int s = 0; s < NR_CHILDREN; s++) {
+			assert_int_equal(pread(fd, buf, 512, (100 + s) * 512), 512);
+			assert_int_equal(buf[0], 0);
+		}
+		close(fd);
+	}
+	call(sock, "{\"cmd\":\"shutdown\"}", true);
+	assert_int_equal(vmm_wait(&parent, TIMEOUT_MS), 0);
+	vmm_free(&parent);
+}
+
+/* ---- damaged and mismatched snapshots ---- */
+
+static char good_snap[300], ro_disk[300];
+
+static void copy_snapshot(const char *to)
+{
+	char cmd[2048];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -r --sparse=always '%s' '%s'", to, good_snap,
+		 to);
+	assert_int_equal(system(cmd), 0);
+}
+
+static void make_good_snapshot(void)
+{
+	char sock[300], rw[300], rodisk[320];
+	char *argv[] = {(char *)harness_vmm(),
+			"--kernel",
+			(char *)harness_probe(),
+			"--mem",
+			"64M",
+			"--append",
+			"work=idle",
+			"--disk",
+			rw,
+			"--disk",
+			rodisk,
+			"--control",
+			sock,
+			NULL};
+	struct vmm_proc p;
+
+	if (good_snap[0])
+		return;
+	path_in(sock, sizeof(sock), "good.sock");
+	path_in(rw, sizeof(rw), "good-rw.img");
+	path_in(ro_disk, sizeof(ro_disk), "good-ro.img");
+	snprintf(rodisk, sizeof(rodisk), "%s,ro", ro_disk);
+	make_disk(rw, 1 << 20);
+	make_disk(ro_disk, 1 << 20);
+	path_in(good_snap, sizeof(good_snap), "snap-good");
+	assert_int_equal(vmm_start(&p, argv), 0);
+	need_line(&p, "DONE");
+	take_snapshot(sock, good_snap, NULL);
+	call(sock, "{\"cmd\":\"shutdown\"}", true);
+	assert_int_equal(vmm_wait(&p, TIMEOUT_MS), 0);
+	vmm_free(&p);
+}
+
+/* Restores `snap` with extra args and expects exit 2, a message with both needles, no console. */
+static void expect_refused(const char *snap, const char *needle1, const char *needle2, ...)
+{
+	char overlay[300];
+	char *argv[16];
+	struct vmm_proc p;
+	struct stat st;
+	va_list ap;
+	int n = 0, status;
+
+	path_in(overlay, sizeof(overlay), "refused-overlay");
+	argv[n++] = (char *)harness_vmm();
+	argv[n++] = "--restore";
+	argv[n++] = (char *)snap;
+	argv[n++] = "--overlay-dir";
+	argv[n++] = overlay;
+	va_start(ap, needle2);
+	while (n < 15 && (argv[n] = va_arg(ap, char *)))
+		n++;
+	va_end(ap);
+	argv[n] = NULL;
+	status = vmm_run_to_exit(&p, argv, TIMEOUT_MS);
+	if (status != 2 || !strstr(p.err_text, needle1) ||
+	    (needle2 && !strstr(p.err_text, needle2)))
+		vmm_dump(&p);
+	assert_int_equal(status, 2);
+	assert_non_null(strstr(p.err_text, needle1));
+	if (needle2)
+		assert_non_null(strstr(p.err_text, needle2));
+	assert_int_equal(p.nr_lines, 0); /* the guest never ran */
+	vmm_free(&p);
+	/* Nothing partially started: no overlay left behind. */
+	if (stat(overlay, &st) == 0) {
+		char cmd[400];
+		snprintf(cmd, sizeof(cmd), "rmdir '%s'", overlay);
+		assert_int_equal(system(cmd), 0); /* fails unless it is empty */
+	}
+}
+
+static void patch_file(const char *path, off_t off, const void *bytes, size_t len)
+{
+	int fd = open(path, O_WRONLY);
+
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, bytes, len, off), (ssize_t)len);
+	close(fd);
+}
+
+/* Recomputes the state file's checksum so a deliberate field change is what gets checked. */
+static void reseal_state(const char *state_path)
+{
+	int fd = open(state_path, O_RDWR);
+	struct stat st;
+	uint8_t *buf;
+	uint64_t sum;
+
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	buf = malloc((size_t)st.st_size);
+	assert_int_equal(pread(fd, buf, (size_t)st.st_size, 0), st.st_size);
+	sum = XXH3_64bits(buf + SNAP_HDR_OFF_VERSION, (size_t)st.st_size - SNAP_HDR_OFF_VERSION);
+	assert_int_equal(pwrite(fd, &sum, 8, SNAP_HDR_OFF_CHECKSUM), 8);
+	free(buf);
+	close(fd);
+}
+
+static void test_damaged_snapshots_are_refused(void **state)
+{
+	char snap[300], file[400];
+	uint32_t v;
+
+	(void)state;
+	make_good_snapshot();
+	path_in(snap, sizeof(snap), "snap-bad");
+
+	copy_snapshot(snap);
+	snprintf(file, sizeof(file), "%s/state", snap);
+	patch_file(file, 0, "XXXXXXXX", 8);
+	expect_refused(snap, file, "magic", NULL);
+
+	copy_snapshot(snap);
+	v = 99;
+	patch_file(file, SNAP_HDR_OFF_VERSION, &v, 4);
+	reseal_state(file);
+	expect_refused(snap, file, "version 99", NULL);
+
+	copy_snapshot(snap);
+	{
+		struct stat st;
+		stat(file, &st);
+		patch_file(file, st.st_size - 100, "\xff\xfe\xfd", 3);
+	}
+	expect_refused(snap, file, "checksum", NULL);
+
+	copy_snapshot(snap);
+	assert_int_equal(truncate(file, 1000), 0);
+	expect_refused(snap, file, NULL, NULL);
+
+	copy_snapshot(snap);
+	snprintf(file, sizeof(file), "%s/memory", snap);
+	assert_int_equal(truncate(file, (64 << 20) - 4096), 0);
+	expect_refused(snap, file, NULL, NULL);
+
+	copy_snapshot(snap);
+	expect_refused(snap, "--mem 128 MiB does not match the snapshot's 64 MiB", NULL, "--mem",
+		       "128M", NULL);
+	expect_refused(snap, "--cpus 2 does not match", NULL, "--cpus", "2", NULL);
+
+	/* The writable disk's copy inside the snapshot is gone. */
+	copy_snapshot(snap);
+	snprintf(file, sizeof(file), "%s/disk0.img", snap);
+	assert_int_equal(unlink(file), 0);
+	expect_refused(snap, file, "No such file", NULL);
+
+	/* The read-only disk the snapshot refers to is gone. */
+	copy_snapshot(snap);
+	snprintf(file, sizeof(file), "%s.moved", ro_disk);
+	assert_int_equal(rename(ro_disk, file), 0);
+	expect_refused(snap, ro_disk, "No such file", NULL);
+	assert_int_equal(rename(file, ro_disk), 0);
+
+	expect_refused("/nonexistent/snapshot", "/nonexistent/snapshot", NULL, NULL);
+}
+
+/* Rewrites the snapshot with a CPU identity claiming a feature this host lacks. */
+static void test_snapshot_from_another_cpu_is_refused(void **state)
+{
+	char snap[300];
+	struct snap_reader *r;
+	struct snap_writer w;
+	struct fk_err err = {0};
+	const struct snap_vm_info *info;
+	struct snap_mem_region regions[2];
+	struct snap_memory_source src;
+	uint8_t *mem;
+
+	(void)state;
+	make_good_snapshot();
+	path_in(snap, sizeof(snap), "snap-othercpu");
+	assert_int_equal(snap_reader_open(good_snap, &r, &err), 0);
+	info = snap_reader_vm_info(r);
+	snap_writer_init(&w, info->nr_vcpus);
+	for (uint32_t i = 0; i < snap_reader_nr_sections(r); i++) {
+		uint32_t type, instance;
+		const void *data;
+		size_t len;
+		snap_reader_section(r, i, &type, &instance, &data, &len);
+		if (type == SNAP_SEC_VM_INFO)
+			continue;
+		if (type == SNAP_SEC_CPU_IDENTITY) {
+			struct snap_cpu_identity id;
+			uint8_t *buf;
+			size_t blen;
+			assert_int_equal(snap_cpu_identity_decode(data, len, &id, &err), 0);
+			id.host.leaf7_edx = 0xffffffff; /* every leaf-7 EDX feature */
+			id.host.leaf7_ecx = 0xffffffff;
+			assert_int_equal(snap_cpu_identity_encode(&id, &buf, &blen, &err), 0);
+			assert_int_equal(snap_writer_add(&w, type, instance, buf, blen, &err), 0);
+			free(buf);
+			snap_cpu_identity_free(&id);
+		} else if (type == SNAP_SEC_DEVICE) {
+			/* Raw re-add: the payload already carries the device type prefix. */
+			assert_int_equal(snap_writer_add(&w, type, instance, data, len, &err), 0);
+		} else {
+			assert_int_equal(snap_writer_add(&w, type, instance, data, len, &err), 0);
+		}
+	}
+	mem = mmap(NULL, info->mem_size, PROT_READ, MAP_PRIVATE, snap_reader_memory_fd(r), 0);
+	assert_true(mem != MAP_FAILED);
+	for (uint32_t i = 0; i < info->nr_regions; i++)
+		regions[i] = (struct snap_mem_region){.gpa = info->regions[i].gpa,
+						      .size = info->regions[i].size,
+						      .host = mem + info->regions[i].file_offset};
+	src = (struct snap_memory_source){.regions = regions, .nr_regions = info->nr_regions};
+	{
+		char disk_copy[400];
+		snprintf(disk_copy, sizeof(disk_copy), "%s/disk0.img", good_snap);
+		int dfd = open(disk_copy, O_RDONLY);
+		assert_true(dfd >= 0);
+		assert_int_equal(snap_writer_add_file(&w, "disk0.img", dfd, &err), 0);
+		if (snap_writer_commit(&w, snap, &src, &err) < 0)
+			fail_msg("%s", err.msg);
+		close(dfd);
+	}
+	snap_writer_free(&w);
+	munmap(mem, info->mem_size);
+	snap_reader_close(r);
+	expect_refused(snap, snap, "CPU", NULL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_restore_continues_the_guest),
+	    cmocka_unit_test(test_inflight_request_completes_after_restore),
+	    cmocka_unit_test(test_eight_children_keep_their_own_disks),
+	    cmocka_unit_test(test_damaged_snapshots_are_refused),
+	    cmocka_unit_test(test_snapshot_from_another_cpu_is_refused),
+	};
+	return cmocka_run_group_tests_name("snapshots and restore", tests, setup, teardown);
+}
