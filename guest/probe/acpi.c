@@ -79,7 +79,8 @@ static bool table_ok(uint64_t a, const char *sig)
 	return len >= SDT_HEADER_LEN && len <= MAX_TABLE_LEN;
 }
 
-static uint64_t find_table(uint64_t rsdp, const char *sig)
+/* The n-th (from 0) table with this signature listed in the XSDT (or RSDT), or 0. */
+static uint64_t find_table_nth(uint64_t rsdp, const char *sig, unsigned n)
 {
 	uint64_t root = 0;
 	unsigned entry_size = 4;
@@ -97,10 +98,20 @@ static uint64_t find_table(uint64_t rsdp, const char *sig)
 	for (uint32_t off = SDT_HEADER_LEN; off + entry_size <= len; off += entry_size) {
 		uint64_t t = entry_size == 8 ? rd64(root + off) : rd32(root + off);
 
-		if (table_ok(t, sig))
+		if (table_ok(t, sig) && n-- == 0)
 			return t;
 	}
 	return 0;
+}
+
+static uint64_t find_table(uint64_t rsdp, const char *sig)
+{
+	return find_table_nth(rsdp, sig, 0);
+}
+
+uint64_t acpi_table(const char *sig, unsigned n)
+{
+	return acpi.rsdp ? find_table_nth(acpi.rsdp, sig, n) : 0;
 }
 
 static void parse_madt(uint64_t madt)

@@ -8,7 +8,6 @@
 
 #define VIRTIO_BLK_F_RO	   5
 #define VIRTIO_BLK_F_FLUSH 9
-#define BLK_TIMEOUT_US	   5000000
 
 int blk_open(struct blk *b, unsigned dev, uint64_t mem, uint64_t mem_bytes, bool driver_ok)
 {
@@ -46,7 +45,7 @@ int blk_open(struct blk *b, unsigned dev, uint64_t mem, uint64_t mem_bytes, bool
 	return 0;
 }
 
-int blk_request(struct blk *b, uint32_t type, uint64_t sector, uint32_t len)
+static void blk_build(struct blk *b, uint32_t type, uint64_t sector, uint32_t len, bool notify)
 {
 	struct virtio_blk_req_header *h =
 	    (struct virtio_blk_req_header *)(uintptr_t)(b->mem + BLK_OFF_HEADER);
@@ -63,10 +62,33 @@ int blk_request(struct blk *b, uint32_t type, uint64_t sector, uint32_t len)
 		bufs[n++] = (struct vbuf){
 		    .addr = b->data, .len = len, .device_writes = type != VIRTIO_BLK_T_OUT};
 	bufs[n++] = (struct vbuf){.addr = b->mem + BLK_OFF_STATUS, .len = 1, .device_writes = true};
-	vq_submit(&b->dev, 0, bufs, n);
+	if (notify)
+		vq_submit(&b->dev, 0, bufs, n);
+	else
+		vq_post(&b->dev, bufs, n);
+}
+
+void blk_start(struct blk *b, uint32_t type, uint64_t sector, uint32_t len)
+{
+	blk_build(b, type, sector, len, true);
+}
+
+void blk_post_quiet(struct blk *b, uint32_t type, uint64_t sector, uint32_t len)
+{
+	blk_build(b, type, sector, len, false);
+}
+
+int blk_status(const struct blk *b)
+{
+	return *(volatile uint8_t *)(uintptr_t)(b->mem + BLK_OFF_STATUS);
+}
+
+int blk_request(struct blk *b, uint32_t type, uint64_t sector, uint32_t len)
+{
+	blk_start(b, type, sector, len);
 	if (vq_wait(&b->dev, NULL, BLK_TIMEOUT_US) < 0)
 		return -1;
-	return *status;
+	return blk_status(b);
 }
 
 static void blk_id(struct blk *b)

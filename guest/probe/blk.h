@@ -20,6 +20,7 @@
 #define BLK_OFF_HEADER 0x10000
 #define BLK_OFF_STATUS 0x10100
 #define BLK_OFF_DATA   0x11000
+#define BLK_TIMEOUT_US 5000000
 
 struct virtio_blk_req_header {
 	uint32_t type;
@@ -41,6 +42,12 @@ struct blk {
  * (2 MiB), up to DRIVER_OK if driver_ok; 0 or -1 (reported).
  */
 int blk_open(struct blk *b, unsigned dev, uint64_t mem, uint64_t mem_bytes, bool driver_ok);
+/* Puts one request with len bytes of b->data on the queue; vq_poll() sees it complete. */
+void blk_start(struct blk *b, uint32_t type, uint64_t sector, uint32_t len);
+/* Queues the request without notifying the device: it is "in flight" until a notify. */
+void blk_post_quiet(struct blk *b, uint32_t type, uint64_t sector, uint32_t len);
+/* The status byte of the last completed request. */
+int blk_status(const struct blk *b);
 /* One request with len bytes of b->data; the status byte, or -1 on timeout. */
 int blk_request(struct blk *b, uint32_t type, uint64_t sector, uint32_t len);
 

@@ -10,8 +10,9 @@ struct config cfg = {
 };
 
 static const char *const work_names[] = {
-    [WORK_IDLE] = "idle",   [WORK_TOUCH] = "touch", [WORK_PATTERN] = "pattern",
-    [WORK_STALL] = "stall", [WORK_BLK] = "blk",	    [WORK_HOSTILE] = "hostile",
+    [WORK_IDLE] = "idle",	[WORK_TOUCH] = "touch", [WORK_PATTERN] = "pattern",
+    [WORK_STALL] = "stall",	[WORK_BLK] = "blk",	[WORK_HOSTILE] = "hostile",
+    [WORK_BLKLOOP] = "blkloop",
 };
 
 const char *work_name(enum work w)
@@ -77,6 +78,7 @@ static void parse_option(const char *k, size_t klen, const char *v, size_t vlen)
 	    {"blk_write_sector", &cfg.blk_write_sector},
 	    {"tsc_khz", &cfg.tsc_khz},
 	    {"virtio_mmio", &cfg.virtio_mmio},
+	    {"vmgenid", &cfg.vmgenid},
 	    {"verbose", &cfg.verbose},
 	};
 

@@ -30,6 +30,7 @@ static bool all_finite_done(void)
 
 void service_slow(struct cpu *c)
 {
+	genid_poll();
 	console_poll();
 	if (!done_printed && all_finite_done()) {
 		done_printed = true;
@@ -69,6 +70,9 @@ static void report_cpu(struct cpu *c)
 	case WORK_STALL:
 		stall_report(c);
 		break;
+	case WORK_BLKLOOP:
+		blkloop_report(c);
+		break;
 	default:
 		break;
 	}
@@ -92,12 +96,23 @@ void run_command(char *line)
 	} else if (str_eq(cmd, "report")) {
 		for (unsigned i = 0; i < nr_cpus; i++)
 			report_cpu(&cpus[i]);
+		genid_say();
 		say("report.end");
 	} else if (str_eq(cmd, "verify") && (*arg == '\0' || str_eq(arg, "strict"))) {
 		pattern_verify(*arg != '\0');
 	} else if (str_eq(cmd, "fault")) {
 		/* Tests the FAULT path: 512 GiB and up is never mapped. */
 		(void)*(volatile uint64_t *)(uintptr_t)0x8000000000ULL;
+	} else if (str_eq(cmd, "genid")) {
+		genid_say();
+	} else if (str_eq(cmd, "blkw")) {
+		blk_cmd_write(arg);
+	} else if (str_eq(cmd, "blkq")) {
+		blk_cmd_queue(arg);
+	} else if (str_eq(cmd, "blkq-wait")) {
+		blk_cmd_queue_wait(arg);
+	} else if (str_eq(cmd, "blkr")) {
+		blk_cmd_read(arg);
 	} else if (str_eq(cmd, "costs")) {
 		costs_run();
 	} else if (str_eq(cmd, "poweroff")) {
@@ -142,6 +157,9 @@ static NORETURN void run_workload(struct cpu *c)
 	case WORK_HOSTILE:
 		hostile_run(c);
 		break;
+	case WORK_BLKLOOP:
+		blkloop_run(c);
+		break;
 	case WORK_IDLE:
 		idle_forever(c);
 	}
@@ -175,6 +193,7 @@ static void assign_workloads(void)
 			break;
 		case WORK_BLK:
 		case WORK_HOSTILE:
+		case WORK_BLKLOOP:
 			/* Two drivers on one device would trip over each other: one device each. */
 			c->blk_dev = blk_users++;
 			bytes = ALLOC_ALIGN;
@@ -221,9 +240,12 @@ static NORETURN void bsp_main(void)
 	for (unsigned i = 0; i < nr_cpus; i++)
 		say("cpu%u.apic_id=%u", i, cpus[i].apic_id);
 	assign_workloads();
+	genid_init();
 	say("boot.cpl3_us=%lu boot.smp_us=%lu boot.ready_us=%lu tsc.source=%s",
 	    tsc_to_us(t_cpl3 - boot_tsc0), tsc_to_us(smp_start_ticks),
 	    tsc_to_us(rdtsc() - boot_tsc0), tsc_source);
+	if (genid_present())
+		genid_say();
 	say("READY cpus=%u mem_mib=%lu tsc_khz=%lu", online, mem_mib(), tsc_khz);
 	WRITE_ONCE(workloads_go, 1);
 	bsp->next_service = rdtsc();

@@ -69,7 +69,7 @@ void say_urgent(const char *line, size_t n);
 void console_poll(void);
 
 /* cmdline.c */
-enum work { WORK_IDLE, WORK_TOUCH, WORK_PATTERN, WORK_STALL, WORK_BLK, WORK_HOSTILE };
+enum work { WORK_IDLE, WORK_TOUCH, WORK_PATTERN, WORK_STALL, WORK_BLK, WORK_HOSTILE, WORK_BLKLOOP };
 enum then { THEN_NOTHING, THEN_POWEROFF, THEN_REBOOT };
 #define CMDLINE_MAX 2048
 struct config {
@@ -83,6 +83,7 @@ struct config {
 	uint64_t blk_write_sector;
 	uint64_t tsc_khz;     /* 0: not given */
 	uint64_t virtio_mmio; /* 0: not given */
+	uint64_t vmgenid;     /* 0: not given */
 	uint64_t verbose;     /* extra diagnostic lines before READY (each byte is a VM exit) */
 	enum then then;
 };
@@ -100,6 +101,19 @@ void time_init(void);
 uint64_t tsc_to_us(uint64_t ticks);
 uint64_t us_to_tsc(uint64_t us);
 void delay_us(uint64_t us);
+/*
+ * Elapsed time for timeouts that must survive a snapshot restored on another
+ * VM or host, where the TSC may leap forward or back: each step between two
+ * reads counts at most STOPWATCH_STEP_MAX_US, so a leap cannot expire a
+ * timeout at once. Read it often (poll loops).
+ */
+#define STOPWATCH_STEP_MAX_US 10000
+struct stopwatch {
+	uint64_t last_tsc;
+	uint64_t elapsed_tsc;
+};
+void stopwatch_start(struct stopwatch *sw);
+uint64_t stopwatch_us(struct stopwatch *sw);
 
 /* mem.c */
 void mem_init(const struct hvm_start_info *si);
@@ -135,6 +149,8 @@ struct acpi_info {
 /* Written by the BSP before READY. */
 extern struct acpi_info acpi;
 void acpi_init(uint64_t rsdp_hint);
+/* The n-th (from 0) table with signature sig in the XSDT/RSDT, or 0. */
+uint64_t acpi_table(const char *sig, unsigned n);
 NORETURN void acpi_poweroff(void);
 NORETURN void acpi_reset(void);
 
@@ -165,7 +181,7 @@ struct cpu {
 	uint64_t next_service; /* BSP: tsc of the next console poll */
 	uint64_t mem_base;     /* workload RAM from mem_alloc */
 	uint64_t mem_bytes;
-	unsigned blk_dev; /* blk/hostile: which virtio-blk device (n-th such workload) */
+	unsigned blk_dev; /* blk/hostile/blkloop: which virtio-blk device (n-th such workload) */
 	/* touch */
 	uint64_t touch_us;
 	bool touch_ok;
@@ -178,6 +194,9 @@ struct cpu {
 	uint64_t stall_max_tsc;
 	uint64_t stall_total;
 	struct stall_gap stall_last[STALL_LAST];
+	/* blkloop */
+	uint64_t blkloop_ok;
+	uint64_t blkloop_bad;
 } __attribute__((aligned(64)));
 /* cpus[0..nr_cpus) from the MADT; entry i written by CPU i (and the BSP before READY). */
 extern struct cpu cpus[MAX_CPUS];
@@ -203,9 +222,24 @@ void pattern_report(struct cpu *c);
 NORETURN void stall_run(struct cpu *c);
 void stall_report(struct cpu *c);
 
-/* blk.c, hostile.c */
+/* blk.c, hostile.c, blk_loop.c, blk_cmd.c */
 void blk_run(struct cpu *c);
 void hostile_run(struct cpu *c);
+void blkloop_run(struct cpu *c);
+void blkloop_report(struct cpu *c);
+/* Console commands `blkw <sector> <tag>` and `blkr <sector>`; arg is the rest of the line. */
+void blk_cmd_write(char *arg);
+void blk_cmd_read(char *arg);
+void blk_cmd_queue(char *arg);
+void blk_cmd_queue_wait(char *arg);
+
+/* genid.c: the ACPI VM generation ID (VMGENID). */
+void genid_init(void);
+bool genid_present(void);
+/* Prints genid=<32 hex> (or genid=none). */
+void genid_say(void);
+/* BSP, from the console loop: prints genid.changed=... once per change. */
+void genid_poll(void);
 
 /* costs.c */
 void costs_run(void);

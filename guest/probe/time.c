@@ -108,3 +108,22 @@ void delay_us(uint64_t us)
 	while (rdtsc() < end)
 		cpu_relax();
 }
+
+void stopwatch_start(struct stopwatch *sw)
+{
+	sw->last_tsc = rdtsc();
+	sw->elapsed_tsc = 0;
+}
+
+uint64_t stopwatch_us(struct stopwatch *sw)
+{
+	uint64_t now = rdtsc();
+
+	if (now > sw->last_tsc) {
+		uint64_t step = now - sw->last_tsc, max = us_to_tsc(STOPWATCH_STEP_MAX_US);
+
+		sw->elapsed_tsc += step < max ? step : max;
+	}
+	sw->last_tsc = now;
+	return tsc_to_us(sw->elapsed_tsc);
+}

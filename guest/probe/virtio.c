@@ -92,6 +92,13 @@ int virtio_queue_setup(struct vdev *d, unsigned q, unsigned num, uint64_t mem)
 
 unsigned vq_submit(struct vdev *d, unsigned q, const struct vbuf *bufs, unsigned n)
 {
+	vq_post(d, bufs, n);
+	vreg_write(d, VIRTIO_MMIO_QUEUE_NOTIFY, q);
+	return 0;
+}
+
+void vq_post(struct vdev *d, const struct vbuf *bufs, unsigned n)
+{
 	struct vq *vq = &d->q;
 
 	/* One request in flight at a time: the chain always starts at descriptor 0. */
@@ -107,26 +114,33 @@ unsigned vq_submit(struct vdev *d, unsigned q, const struct vbuf *bufs, unsigned
 	vq->avail_idx++;
 	vq->avail->idx = vq->avail_idx;
 	barrier();
-	vreg_write(d, VIRTIO_MMIO_QUEUE_NOTIFY, q);
-	return 0;
 }
 
-int vq_wait(struct vdev *d, uint32_t *len, uint64_t timeout_us)
+bool vq_poll(struct vdev *d, uint32_t *len)
 {
 	struct vq *vq = &d->q;
-	uint64_t deadline = rdtsc() + us_to_tsc(timeout_us);
 
-	while (vq->used->idx == vq->used_idx) {
-		if (rdtsc() > deadline)
-			return -1;
-		cpu_relax();
-	}
+	if (vq->used->idx == vq->used_idx)
+		return false;
 	barrier();
 	if (len)
 		*len = vq->used->ring[vq->used_idx % vq->num].len;
 	vq->used_idx++;
 	/* Polling only; acknowledge so a level-triggered line drops. */
 	vreg_write(d, VIRTIO_MMIO_INTERRUPT_ACK, vreg_read(d, VIRTIO_MMIO_INTERRUPT_STATUS));
+	return true;
+}
+
+int vq_wait(struct vdev *d, uint32_t *len, uint64_t timeout_us)
+{
+	struct stopwatch sw;
+
+	stopwatch_start(&sw);
+	while (!vq_poll(d, len)) {
+		if (stopwatch_us(&sw) > timeout_us)
+			return -1;
+		cpu_relax();
+	}
 	return 0;
 }
 

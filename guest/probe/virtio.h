@@ -117,7 +117,11 @@ int virtio_queue_setup(struct vdev *d, unsigned q, unsigned num, uint64_t mem);
 uint64_t virtq_bytes(unsigned num);
 /* Puts a chain on the queue and notifies; returns the head descriptor index. */
 unsigned vq_submit(struct vdev *d, unsigned q, const struct vbuf *bufs, unsigned n);
-/* Waits for one used element; 0, or -1 after timeout_us. */
+/* Makes the chain available without notifying the device (it stays queued until a notify). */
+void vq_post(struct vdev *d, const struct vbuf *bufs, unsigned n);
+/* Takes one used element if the device returned one. */
+bool vq_poll(struct vdev *d, uint32_t *len);
+/* Waits for one used element; 0, or -1 after timeout_us (of stopwatch time). */
 int vq_wait(struct vdev *d, uint32_t *len, uint64_t timeout_us);
 uint32_t virtio_config_read32(const struct vdev *d, uint32_t off);
 

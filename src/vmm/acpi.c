@@ -23,6 +23,10 @@
 #define CREATOR_REVISION 1
 #define TABLE_ALIGN	 16
 
+#define ACPI_VMGENID_HID "FKVM0001"
+/* Device-specific notification value; Linux acts on any, QEMU and Firecracker send 0x80. */
+#define VMGENID_NOTIFY 0x80
+
 /* \_S5 SLP_TYP: what the VMM's sleep control register handler powers off on. */
 #define ACPI_S5_SLP_TYP 5
 
@@ -183,6 +187,34 @@ static struct gas io_port_reg(uint16_t port)
 	return g;
 }
 
+/* Overlap with the tables themselves is checked once their size is known. */
+static int check_vmgenid(const struct acpi_config *cfg, struct fk_err *err)
+{
+	if (cfg->vmgenid_gpa % 8 || cfg->vmgenid_gpa > UINT64_MAX - ACPI_VMGENID_LEN)
+		return fk_fail(err, EINVAL,
+			       "ACPI: VM generation ID address 0x%llx: expected 8-byte aligned "
+			       "with room for %d bytes",
+			       (unsigned long long)cfg->vmgenid_gpa, ACPI_VMGENID_LEN);
+	if (!cfg->ged_gsi)
+		return 0;
+	/* The GED exists only to notify \_SB.VGEN, which _EVT names. */
+	if (!cfg->vmgenid_gpa)
+		return fk_fail(
+		    err, EINVAL,
+		    "ACPI: GED on GSI %u needs the VM generation ID device (vmgenid_gpa)",
+		    cfg->ged_gsi);
+	if (cfg->ged_gsi >= ACPI_IOAPIC_PINS)
+		return fk_fail(err, EINVAL, "ACPI: GED GSI %u: expected 1..%d (IOAPIC pins)",
+			       cfg->ged_gsi, ACPI_IOAPIC_PINS - 1);
+	if (cfg->com1_port && cfg->ged_gsi == cfg->com1_gsi)
+		return fk_fail(err, EINVAL, "ACPI: GED uses GSI %u of COM1", cfg->ged_gsi);
+	for (int i = 0; i < cfg->nr_virtio; i++)
+		if (cfg->virtio[i].gsi == cfg->ged_gsi)
+			return fk_fail(err, EINVAL, "ACPI: GED uses GSI %u of virtio device %d",
+				       cfg->ged_gsi, i);
+	return 0;
+}
+
 static int check_config(const struct acpi_config *cfg, struct fk_err *err)
 {
 	if (cfg->nr_cpus < 1 || cfg->nr_cpus > ACPI_MAX_CPUS)
@@ -214,7 +246,7 @@ static int check_config(const struct acpi_config *cfg, struct fk_err *err)
 					       "ACPI: virtio devices %d and %d share GSI %u", j, i,
 					       d->gsi);
 	}
-	return 0;
+	return check_vmgenid(cfg, err);
 }
 
 /*
@@ -265,6 +297,60 @@ static void emit_virtio(struct aml_buf *b, int index, const struct acpi_virtio_d
 	aml_buf_free(&rt);
 }
 
+/*
+ * The VM generation ID device as Linux's drivers/virt/vmgenid.c finds it:
+ * it matches the _CID (ACPICA upper-cases _HID/_CID strings, giving
+ * "VM_GEN_COUNTER") and evaluates ADDR, a Package of the ID's address as
+ * low and high 32-bit halves. The _HID is ours, vendor part as our creator
+ * id: a well-formed "NNNN####" id, because iasl rejects a _HID whose suffix
+ * is not hex (Firecracker's "FCVMGID" shape).
+ */
+static void emit_vmgenid(struct aml_buf *b, uint64_t gpa)
+{
+	size_t dev, pkg;
+
+	aml_device_open(b, "VGEN", &dev);
+	aml_name_str(b, "_HID", ACPI_VMGENID_HID);
+	aml_name_str(b, "_CID", "VM_Gen_Counter");
+	aml_name_str(b, "_DDN", "VM_Gen_Counter");
+	aml_name(b, "ADDR");
+	aml_package_open(b, 2, &pkg);
+	aml_int(b, gpa & 0xFFFFFFFFu);
+	aml_int(b, gpa >> 32);
+	aml_close(b, pkg);
+	aml_close(b, dev);
+}
+
+/*
+ * Generic Event Device (ACPI 6.x, 5.6.9). Linux's evged requests the
+ * interrupt in _CRS and, with no _Exx method for it, runs _EVT(gsi); the
+ * VMM pulses the GSI after writing a new generation ID.
+ */
+static void emit_ged(struct aml_buf *b, uint32_t gsi)
+{
+	size_t dev, method, cond;
+	struct aml_buf rt;
+
+	aml_buf_init(&rt, 0);
+	aml_rt_interrupt(&rt, AML_IRQ_CONSUMER | AML_IRQ_EDGE, gsi);
+
+	aml_device_open(b, "GED", &dev);
+	aml_name_str(b, "_HID", "ACPI0013");
+	aml_name_int(b, "_UID", 0);
+	aml_name(b, "_CRS");
+	aml_resource_template(b, &rt);
+	aml_method_open(b, "_EVT", 1, true, &method);
+	aml_if_open(b, &cond);
+	aml_lequal(b);
+	aml_arg(b, 0);
+	aml_int(b, gsi);
+	aml_notify(b, "\\_SB.VGEN", VMGENID_NOTIFY);
+	aml_close(b, cond);
+	aml_close(b, method);
+	aml_close(b, dev);
+	aml_buf_free(&rt);
+}
+
 static int build_dsdt_aml(const struct acpi_config *cfg, struct aml_buf *b)
 {
 	size_t sb, pkg;
@@ -274,6 +360,10 @@ static int build_dsdt_aml(const struct acpi_config *cfg, struct aml_buf *b)
 		emit_com1(b, cfg);
 	for (int i = 0; i < cfg->nr_virtio; i++)
 		emit_virtio(b, i, &cfg->virtio[i]);
+	if (cfg->vmgenid_gpa)
+		emit_vmgenid(b, cfg->vmgenid_gpa);
+	if (cfg->ged_gsi)
+		emit_ged(b, cfg->ged_gsi);
 	aml_close(b, sb);
 
 	/* \_S5: SLP_TYPa, SLP_TYPb (unused when hardware-reduced), two reserved. */
@@ -420,6 +510,15 @@ int acpi_build(const struct acpi_config *cfg, uint8_t *buf, size_t buf_len, uint
 	madt_off = align_up(fadt_off + sizeof(struct fadt));
 	dsdt_off = align_up(madt_off + madt_len);
 	total = dsdt_off + dsdt_len;
+	if (cfg->vmgenid_gpa && cfg->vmgenid_gpa < base_gpa + total &&
+	    base_gpa < cfg->vmgenid_gpa + ACPI_VMGENID_LEN) {
+		ret = fk_fail(err, EINVAL,
+			      "ACPI: VM generation ID at 0x%llx overlaps the tables at "
+			      "0x%llx..0x%llx",
+			      (unsigned long long)cfg->vmgenid_gpa, (unsigned long long)base_gpa,
+			      (unsigned long long)(base_gpa + total - 1));
+		goto out;
+	}
 	if (total > buf_len) {
 		ret = fk_fail(err, ENOSPC,
 			      "ACPI: tables for %d vCPUs and %d virtio devices need %zu bytes at "

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * ACPI tables for the guest: RSDP, XSDT, FADT (hardware-reduced), MADT and a
- * DSDT describing COM1 and one LNRO0005 node per virtio-mmio device. Built
+ * DSDT describing COM1, one LNRO0005 node per virtio-mmio device and,
+ * optionally, the VM generation ID device with a Generic Event Device that
+ * tells the guest the ID changed. Built
  * into a host buffer that the caller copies to guest physical base_gpa; the
  * tables point at each other by guest physical address.
  */
@@ -15,6 +17,10 @@
 
 #define ACPI_MAX_VIRTIO 32
 #define ACPI_MAX_CPUS	254
+/* One IOAPIC at GSI base 0 with 24 pins: the GED's GSI must be below this. */
+#define ACPI_IOAPIC_PINS 24
+/* Bytes of the 128-bit generation ID the guest reads at vmgenid_gpa. */
+#define ACPI_VMGENID_LEN 16
 
 struct acpi_virtio_dev {
 	uint64_t base; /* MMIO base (guest physical) */
@@ -41,6 +47,19 @@ struct acpi_config {
 	uint8_t reset_value;
 	int nr_virtio; /* GSIs of the virtio devices and COM1 must all differ */
 	struct acpi_virtio_dev virtio[ACPI_MAX_VIRTIO];
+	/*
+	 * VM generation ID (\_SB.VGEN): guest physical address of the 16-byte
+	 * ID, 8-byte aligned, outside the tables; 0 = no device. The guest
+	 * (Linux drivers/virt/vmgenid.c) maps it and rereads it on Notify 0x80.
+	 */
+	uint64_t vmgenid_gpa;
+	/*
+	 * Generic Event Device (\_SB.GED, ACPI0013) on this GSI, edge-triggered,
+	 * active high: an interrupt makes the guest run _EVT, which notifies
+	 * \_SB.VGEN. 0 = no GED. Needs vmgenid_gpa; 1..ACPI_IOAPIC_PINS-1 and
+	 * distinct from the COM1 and virtio GSIs.
+	 */
+	uint32_t ged_gsi;
 };
 
 /* Where each table landed (guest physical addresses and lengths). */

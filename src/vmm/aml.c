@@ -27,6 +27,10 @@ enum {
 	AML_EXT_OP_PREFIX = 0x5B,
 	AML_ROOT_CHAR = 0x5C,
 	AML_PARENT_PREFIX_CHAR = 0x5E,
+	AML_ARG0_OP = 0x68,
+	AML_NOTIFY_OP = 0x86,
+	AML_LEQUAL_OP = 0x93,
+	AML_IF_OP = 0xA0,
 	AML_RETURN_OP = 0xA4,
 	AML_ONES_OP = 0xFF,
 	AML_EXT_DEVICE_OP = 0x82,
@@ -374,6 +378,32 @@ int aml_package_open(struct aml_buf *b, int count, size_t *mark)
 int aml_return(struct aml_buf *b)
 {
 	return aml_byte(b, AML_RETURN_OP);
+}
+
+int aml_if_open(struct aml_buf *b, size_t *mark)
+{
+	aml_byte(b, AML_IF_OP);
+	*mark = b->len;
+	return b->error;
+}
+
+int aml_lequal(struct aml_buf *b)
+{
+	return aml_byte(b, AML_LEQUAL_OP);
+}
+
+int aml_arg(struct aml_buf *b, int index)
+{
+	if (index < 0 || index > 6)
+		return fail(b, -EINVAL);
+	return aml_byte(b, (uint8_t)(AML_ARG0_OP + index));
+}
+
+int aml_notify(struct aml_buf *b, const char *path, uint64_t value)
+{
+	aml_byte(b, AML_NOTIFY_OP);
+	aml_namestring(b, path);
+	return aml_int(b, value);
 }
 
 int aml_rt_io(struct aml_buf *rt, uint16_t min, uint16_t max, uint8_t align, uint8_t len)

@@ -70,6 +70,14 @@ int aml_package_open(struct aml_buf *b, int count, size_t *mark);
 int aml_close(struct aml_buf *b, size_t mark);
 /* Return(...): the caller appends the value. */
 int aml_return(struct aml_buf *b);
+/* If (predicate) { ... }: the caller appends the predicate, the body, then aml_close(mark). */
+int aml_if_open(struct aml_buf *b, size_t *mark);
+/* LEqual(a, b): the caller appends both operands. */
+int aml_lequal(struct aml_buf *b);
+/* Arg0..Arg6, a method's arguments. */
+int aml_arg(struct aml_buf *b, int index);
+/* Notify(path, value), e.g. 0x80 for "device check / status changed". */
+int aml_notify(struct aml_buf *b, const char *path, uint64_t value);
 
 /*
  * Resource templates: descriptors are appended to a separate aml_buf, which

@@ -27,6 +27,8 @@ void boot_acpi_config(const struct vm *vm, struct acpi_config *acpi)
 	acpi->sleep_status_port = LAYOUT_PM_SLEEP_STATUS;
 	acpi->reset_port = LAYOUT_PM_RESET;
 	acpi->reset_value = LAYOUT_PM_RESET_VALUE;
+	acpi->vmgenid_gpa = LAYOUT_VMGENID_ADDR;
+	acpi->ged_gsi = LAYOUT_GED_GSI;
 	acpi->nr_virtio = vm->nr_disks;
 	for (int i = 0; i < vm->nr_disks; i++) {
 		acpi->virtio[i].base = vm->disks[i].transport.base;

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Test-only AML decoder for the subset src/vmm/aml.c emits: Scope, Device,
- * Method (whose body is a single Return), Name, integers, strings, buffers
- * and packages of integers; plus a resource template parser. It is strict:
+ * Method, Name, integers, strings, buffers and packages of integers; plus a
+ * resource template parser. A Method body that is a single Return is
+ * decoded; any other body is kept as raw bytes for the test to inspect. It is strict:
  * any PkgLength that overruns its parent, unknown opcode, bad NameSeg or
  * trailing byte is an error, so a test that decodes a table also checks that
  * the encoder's lengths are consistent. Header-only because the Makefile
@@ -42,6 +43,9 @@ struct amld_node {
 	char path[AMLD_PATH_MAX]; /* absolute: "\\_SB_.VR00._HID" */
 	struct amld_value value;  /* a Name's object, or what a Method returns */
 	uint8_t method_flags;
+	bool method_returns;	    /* the body is Return(value) */
+	const uint8_t *method_body; /* after MethodFlags, into the AML */
+	size_t method_body_len;
 };
 
 struct amld {
@@ -315,10 +319,14 @@ static inline int amld_termlist(struct amld_cursor *c, const char *scope)
 			if (sub.p >= sub.end)
 				return amld_fail(&sub);
 			n->method_flags = *sub.p++;
-			if (sub.p >= sub.end || *sub.p++ != 0xA4 || amld_data(&sub, &n->value))
-				return amld_fail(&sub);
-			if (sub.p != sub.end)
-				return amld_fail(&sub);
+			n->method_body = sub.p;
+			n->method_body_len = (size_t)(sub.end - sub.p);
+			if (sub.p < sub.end && *sub.p == 0xA4) {
+				sub.p++;
+				if (amld_data(&sub, &n->value) || sub.p != sub.end)
+					return amld_fail(&sub);
+				n->method_returns = true;
+			}
 		} else if (amld_termlist(&sub, path)) {
 			return -EINVAL;
 		}
@@ -343,6 +351,43 @@ static inline const struct amld_node *amld_find(const struct amld *d, const char
 		if (strcmp(d->nodes[i].path, path) == 0)
 			return &d->nodes[i];
 	return NULL;
+}
+
+/*
+ * Reads a NameString used as a reference from code in scope (a method's
+ * path) and resolves it against the decoded nodes d. A lone NameSeg follows
+ * the namespace search rules (scope, then each parent up to the root),
+ * because iasl shortens "\_SB.VGEN" to "VGEN" where that finds the same
+ * object. path is the resolved absolute path, or the unresolved one.
+ */
+static inline int amld_reference(struct amld_cursor *c, struct amld *d, const char *scope,
+				 char *path)
+{
+	const uint8_t *start = c->p;
+	char parent[AMLD_PATH_MAX];
+	bool lone_seg;
+
+	lone_seg = c->p < c->end && *c->p != '\\' && *c->p != '^' && *c->p != 0x00 &&
+		   *c->p != 0x2E && *c->p != 0x2F;
+	if (amld_namestring(c, scope, path))
+		return -EINVAL;
+	if (!lone_seg || amld_find(d, path))
+		return 0;
+	snprintf(parent, sizeof(parent), "%s", scope);
+	while (strcmp(parent, "\\") != 0) {
+		struct amld_cursor again = {c->base, start, c->end, d};
+		char *dot = strrchr(parent, '.');
+
+		if (dot)
+			*dot = '\0';
+		else
+			strcpy(parent, "\\");
+		if (amld_namestring(&again, parent, path))
+			return -EINVAL;
+		if (amld_find(d, path))
+			return 0;
+	}
+	return 0;
 }
 
 /* What a resource template holds; counts say how often each descriptor occurred. */

@@ -30,6 +30,8 @@
 #define SLEEP_STS  0x601
 #define RESET_PORT 0x604
 #define RESET_VAL  0x0F
+#define VMGENID	   0xDFF00ull /* where the VMM puts it, just below the tables */
+#define GED_GSI	   23
 
 static struct acpi_config make_config(int nr_cpus, int nr_virtio)
 {
@@ -52,6 +54,13 @@ static struct acpi_config make_config(int nr_cpus, int nr_virtio)
 		cfg.virtio[i].size = 0x200 + 0x10 * (uint32_t)i;
 		cfg.virtio[i].gsi = 5 + (uint32_t)i;
 	}
+	return cfg;
+}
+
+static struct acpi_config with_vmgenid(struct acpi_config cfg, uint64_t gpa, uint32_t ged_gsi)
+{
+	cfg.vmgenid_gpa = gpa;
+	cfg.ged_gsi = ged_gsi;
 	return cfg;
 }
 
@@ -178,6 +187,84 @@ static void crs_of(const struct amld *d, const char *dev, struct amld_res *res)
 	assert_true(res->sums_to_zero || res->end_checksum == 0);
 }
 
+static void check_string(const struct amld *d, const char *dev, const char *name, const char *want)
+{
+	const struct amld_value *v = named(d, dev, name);
+
+	assert_int_equal(v->type, AMLD_STR);
+	assert_string_equal(v->str, want);
+}
+
+static void check_vmgenid(const struct amld *d, uint64_t gpa)
+{
+	const struct amld_value *v;
+
+	assert_int_equal(amld_find(d, "\\_SB_.VGEN")->kind, AMLD_DEVICE);
+	check_string(d, "\\_SB_.VGEN", "_HID", "FKVM0001");
+	/* Linux matches this one, upper-cased by ACPICA, as "VM_GEN_COUNTER". */
+	check_string(d, "\\_SB_.VGEN", "_CID", "VM_Gen_Counter");
+	check_string(d, "\\_SB_.VGEN", "_DDN", "VM_Gen_Counter");
+	/* drivers/virt/vmgenid.c: Package of two integers, low then high half. */
+	v = named(d, "\\_SB_.VGEN", "ADDR");
+	assert_int_equal(v->type, AMLD_PKG);
+	assert_int_equal(v->pkg_count, 2);
+	assert_true(v->pkg[0] <= UINT32_MAX && v->pkg[1] <= UINT32_MAX);
+	assert_true((v->pkg[0] | v->pkg[1] << 32) == gpa);
+}
+
+/*
+ * _EVT must be If (LEqual (Arg0, gsi)) { Notify (\_SB.VGEN, 0x80) } and
+ * nothing else; the Notify target may be spelled any way that resolves to
+ * \_SB.VGEN from inside the method (iasl writes plain "VGEN").
+ */
+static void check_ged_evt(struct amld *d, uint32_t gsi)
+{
+	const struct amld_node *evt = amld_find(d, "\\_SB_.GED_._EVT");
+	const uint8_t *if_end;
+	char target[AMLD_PATH_MAX];
+	struct amld_value v;
+	struct amld_cursor c;
+
+	assert_non_null(evt);
+	assert_int_equal(evt->kind, AMLD_METHOD);
+	assert_int_equal(evt->method_flags, 0x09); /* one argument, Serialized */
+	c = (struct amld_cursor){evt->method_body, evt->method_body,
+				 evt->method_body + evt->method_body_len, d};
+	assert_true(c.end - c.p >= 3);
+	assert_int_equal(*c.p++, 0xA0); /* If */
+	assert_int_equal(amld_pkglen(&c, &if_end), 0);
+	assert_ptr_equal(if_end, c.end);
+	assert_int_equal(*c.p++, 0x93); /* LEqual */
+	assert_int_equal(*c.p++, 0x68); /* Arg0 */
+	assert_int_equal(amld_data(&c, &v), 0);
+	assert_int_equal(v.type, AMLD_INT);
+	assert_int_equal(v.integer, gsi);
+	assert_true(c.p < c.end);
+	assert_int_equal(*c.p++, 0x86); /* Notify */
+	assert_int_equal(amld_reference(&c, d, evt->path, target), 0);
+	assert_string_equal(target, "\\_SB_.VGEN");
+	assert_int_equal(amld_data(&c, &v), 0);
+	assert_int_equal(v.type, AMLD_INT);
+	assert_int_equal(v.integer, 0x80);
+	assert_ptr_equal(c.p, c.end);
+}
+
+static void check_ged(struct amld *d, uint32_t gsi)
+{
+	struct amld_res res;
+
+	assert_int_equal(amld_find(d, "\\_SB_.GED_")->kind, AMLD_DEVICE);
+	check_string(d, "\\_SB_.GED_", "_HID", "ACPI0013");
+	assert_int_equal(named(d, "\\_SB_.GED_", "_UID")->integer, 0);
+	crs_of(d, "\\_SB_.GED_", &res);
+	assert_int_equal(res.nr_ext_irq, 1);
+	assert_int_equal(res.ext_irq_count, 1);
+	assert_int_equal(res.ext_irq_flags, 0x03); /* consumer, edge, high, exclusive */
+	assert_int_equal(res.ext_irq[0], gsi);
+	assert_int_equal(res.nr_io + res.nr_irq + res.nr_mem32, 0);
+	check_ged_evt(d, gsi);
+}
+
 /* aml is the DSDT body; iasl's recompiled DSDT goes through here as well. */
 static void check_dsdt_aml(const uint8_t *aml, size_t len, const struct acpi_config *cfg)
 {
@@ -192,7 +279,8 @@ static void check_dsdt_aml(const uint8_t *aml, size_t len, const struct acpi_con
 		fail_msg("DSDT AML does not decode (stopped at byte %zu)", d->error_offset);
 	for (int i = 0; i < d->nr_nodes; i++)
 		nr_devices += d->nodes[i].kind == AMLD_DEVICE;
-	assert_int_equal(nr_devices, cfg->nr_virtio + (cfg->com1_port ? 1 : 0));
+	assert_int_equal(nr_devices, cfg->nr_virtio + (cfg->com1_port ? 1 : 0) +
+					 (cfg->vmgenid_gpa ? 1 : 0) + (cfg->ged_gsi ? 1 : 0));
 
 	if (cfg->com1_port) {
 		v = named(d, "\\_SB_.COM1", "_HID");
@@ -237,6 +325,15 @@ static void check_dsdt_aml(const uint8_t *aml, size_t len, const struct acpi_con
 		assert_int_equal(res.ext_irq[0], cfg->virtio[i].gsi);
 		assert_int_equal(res.nr_io + res.nr_irq, 0);
 	}
+
+	if (cfg->vmgenid_gpa)
+		check_vmgenid(d, cfg->vmgenid_gpa);
+	else
+		assert_null(amld_find(d, "\\_SB_.VGEN"));
+	if (cfg->ged_gsi)
+		check_ged(d, cfg->ged_gsi);
+	else
+		assert_null(amld_find(d, "\\_SB_.GED_"));
 
 	/* The VMM powers off on SLP_TYP 5, so \_S5 must say 5. */
 	assert_non_null(amld_find(d, "\\_S5_"));
@@ -308,6 +405,8 @@ static void test_cpu_counts(void **state)
 		struct acpi_config cfg = make_config(counts[i], 2);
 
 		build_and_check(&cfg, buf);
+		cfg = with_vmgenid(cfg, VMGENID, GED_GSI);
+		build_and_check(&cfg, buf);
 	}
 	free(buf);
 }
@@ -329,7 +428,9 @@ static void test_virtio_counts(void **state)
 /* The largest configuration still fits the legacy BIOS area E0000h-FFFFFh. */
 static void test_max_config_fits_bios_area(void **state)
 {
-	struct acpi_config cfg = make_config(ACPI_MAX_CPUS, ACPI_MAX_VIRTIO);
+	/* The virtio GSIs are 5..36, so the GED takes 3. */
+	struct acpi_config cfg =
+	    with_vmgenid(make_config(ACPI_MAX_CPUS, ACPI_MAX_VIRTIO), VMGENID, 3);
 	uint8_t *buf = malloc(0x20000);
 	struct acpi_layout l;
 	struct fk_err err;
@@ -361,6 +462,30 @@ static void test_optional_devices(void **state)
 	cfg = make_config(1, 0);
 	cfg.reset_port = 0;
 	build_and_check(&cfg, buf);
+
+	/* The ID without a notifier: the guest reads it at boot only. */
+	cfg = with_vmgenid(make_config(1, 2), VMGENID, 0);
+	build_and_check(&cfg, buf);
+	/* Both ADDR halves in use. */
+	cfg = with_vmgenid(make_config(2, 2), 0x123456780ull, GED_GSI);
+	build_and_check(&cfg, buf);
+	/* Without COM1 its GSI is free for the GED; GSI 1 is the lowest allowed. */
+	cfg = with_vmgenid(make_config(1, 2), VMGENID, COM1_GSI);
+	cfg.com1_port = 0;
+	build_and_check(&cfg, buf);
+	cfg = with_vmgenid(make_config(1, 2), VMGENID, 1);
+	build_and_check(&cfg, buf);
+	/* Right next to the tables on either side. */
+	cfg = with_vmgenid(make_config(1, 2), BASE_GPA - ACPI_VMGENID_LEN, GED_GSI);
+	build_and_check(&cfg, buf);
+	{
+		struct acpi_layout l;
+		struct fk_err err;
+
+		assert_int_equal(acpi_build(&cfg, buf, BIG_BUF, BASE_GPA, &l, &err), 0);
+		cfg.vmgenid_gpa = (BASE_GPA + l.total_len + 7) & ~7ull;
+		build_and_check(&cfg, buf);
+	}
 	free(buf);
 }
 
@@ -450,6 +575,26 @@ static void test_bad_configs(void **state)
 	expect_einval(&cfg, BASE_GPA, "IOAPIC above 4G");
 	cfg = make_config(1, 1);
 	expect_einval(&cfg, BASE_GPA + 8, "RSDP not 16-byte aligned");
+
+	cfg = with_vmgenid(make_config(1, 2), VMGENID + 4, GED_GSI);
+	expect_einval(&cfg, BASE_GPA, "vmgenid not 8-byte aligned");
+	cfg = with_vmgenid(make_config(1, 2), UINT64_MAX - 7, GED_GSI);
+	expect_einval(&cfg, BASE_GPA, "vmgenid wrapping around");
+	cfg = with_vmgenid(make_config(1, 2), BASE_GPA - 8, GED_GSI);
+	expect_einval(&cfg, BASE_GPA, "vmgenid overlapping the RSDP");
+	cfg = with_vmgenid(make_config(1, 2), BASE_GPA + 0x100, GED_GSI);
+	expect_einval(&cfg, BASE_GPA, "vmgenid inside the tables");
+	cfg = with_vmgenid(make_config(1, 2), 0, GED_GSI);
+	expect_einval(&cfg, BASE_GPA, "GED without vmgenid");
+	cfg = with_vmgenid(make_config(1, 2), VMGENID, ACPI_IOAPIC_PINS);
+	expect_einval(&cfg, BASE_GPA, "GED beyond the IOAPIC pins");
+	cfg = with_vmgenid(make_config(1, 2), VMGENID, UINT32_MAX);
+	expect_einval(&cfg, BASE_GPA, "GED GSI 2^32-1");
+	cfg = with_vmgenid(make_config(1, 2), VMGENID, COM1_GSI);
+	expect_einval(&cfg, BASE_GPA, "GED on the COM1 GSI");
+	cfg = make_config(1, 3);
+	cfg = with_vmgenid(cfg, VMGENID, cfg.virtio[2].gsi);
+	expect_einval(&cfg, BASE_GPA, "GED on a virtio GSI");
 
 	/* Without COM1 its GSI is free for virtio. */
 	cfg = make_config(1, 3);
@@ -653,6 +798,10 @@ static void iasl_check_config(struct iasl_scratch *s, const char *subdir,
 	text = iasl_disassemble(dir, "DSDT", s->out, s->out_cap);
 	if (cfg->nr_virtio)
 		assert_non_null(strstr(text, "Device (VR00)"));
+	if (cfg->vmgenid_gpa)
+		assert_non_null(strstr(text, "Device (VGEN)"));
+	if (cfg->ged_gsi)
+		assert_non_null(strstr(text, "Method (_EVT, 1, Serialized)"));
 	free(text);
 	aml = iasl_compile(dir, "DSDT", &aml_len, s->out, s->out_cap);
 	assert_true(aml_len > 36);
@@ -682,15 +831,17 @@ static void test_iasl_accepts_tables(void **state)
 		print_message("skipped: iasl not installed\n");
 		skip();
 	}
-	cfg = make_config(4, 3);
+	cfg = with_vmgenid(make_config(4, 3), VMGENID, GED_GSI);
 	iasl_check_config(s, "typical", &cfg);
-	cfg = make_config(ACPI_MAX_CPUS, ACPI_MAX_VIRTIO);
+	cfg = with_vmgenid(make_config(ACPI_MAX_CPUS, ACPI_MAX_VIRTIO), 0x123456780ull, 3);
 	cfg.com1_port = 0;
 	iasl_check_config(s, "largest", &cfg);
 	cfg = make_config(1, 0);
 	cfg.com1_gsi = 20;
 	cfg.reset_port = 0;
 	iasl_check_config(s, "minimal", &cfg);
+	cfg = with_vmgenid(make_config(1, 0), VMGENID, 0);
+	iasl_check_config(s, "vmgenid-only", &cfg);
 }
 
 int main(void)

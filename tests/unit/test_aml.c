@@ -312,6 +312,64 @@ static void test_methods_and_packages(void **state)
 	aml_buf_free(&b);
 }
 
+static void test_control_flow(void **state)
+{
+	struct aml_buf b;
+	size_t m, cond;
+
+	(void)state;
+	aml_buf_init(&b, 0);
+	aml_arg(&b, 0);
+	aml_arg(&b, 6);
+	aml_lequal(&b);
+	expect_bytes(&b, BYTES(0x68, 0x6E, 0x93));
+	aml_buf_free(&b);
+
+	aml_buf_init(&b, 0);
+	aml_notify(&b, "\\_SB.VGEN", 0x80);
+	expect_bytes(&b,
+		     BYTES(0x86, 0x5C, 0x2E, '_', 'S', 'B', '_', 'V', 'G', 'E', 'N', 0x0A, 0x80));
+	aml_buf_free(&b);
+
+	/*
+	 * Method(_EVT, 1, Serialized) { If (LEqual(Arg0, 23)) { Notify(\_SB.VGEN, 0x80) } }
+	 * If: 4 (LEqual) + 11 (Notify + name) + 2 (value) = 17, PkgLength 18.
+	 * Method: 4 (name) + 1 (flags) + 19 (If) = 24, PkgLength 25.
+	 */
+	aml_buf_init(&b, 0);
+	aml_method_open(&b, "_EVT", 1, true, &m);
+	aml_if_open(&b, &cond);
+	aml_lequal(&b);
+	aml_arg(&b, 0);
+	aml_int(&b, 23);
+	aml_notify(&b, "\\_SB.VGEN", 0x80);
+	aml_close(&b, cond);
+	aml_close(&b, m);
+	expect_bytes(&b,
+		     BYTES(0x14, 0x19, '_', 'E', 'V', 'T', 0x09, 0xA0, 0x12, 0x93, 0x68, 0x0A, 0x17,
+			   0x86, 0x5C, 0x2E, '_', 'S', 'B', '_', 'V', 'G', 'E', 'N', 0x0A, 0x80));
+	aml_buf_free(&b);
+
+	/* An empty If still carries its PkgLength. */
+	aml_buf_init(&b, 0);
+	aml_if_open(&b, &cond);
+	aml_int(&b, 1);
+	aml_close(&b, cond);
+	expect_bytes(&b, BYTES(0xA0, 0x02, 0x01));
+	aml_buf_free(&b);
+
+	aml_buf_init(&b, 0);
+	assert_int_equal(aml_arg(&b, 7), -EINVAL);
+	assert_int_equal(b.len, 0);
+	aml_buf_free(&b);
+	aml_buf_init(&b, 0);
+	assert_int_equal(aml_arg(&b, -1), -EINVAL);
+	aml_buf_free(&b);
+	aml_buf_init(&b, 0);
+	assert_int_equal(aml_notify(&b, "\\_SB.vgen", 0x80), -EINVAL);
+	aml_buf_free(&b);
+}
+
 static void test_resource_descriptors(void **state)
 {
 	struct aml_buf rt;
@@ -444,9 +502,11 @@ static void test_decoder_round_trip(void **state)
 {
 	const struct amld_node *n;
 	struct aml_buf b, rt;
-	size_t sb, dev, m, pkg;
+	size_t sb, dev, m, pkg, cond;
+	struct amld_cursor c;
 	struct amld_res res;
 	struct amld *d;
+	char path[AMLD_PATH_MAX];
 
 	(void)state;
 	d = calloc(1, sizeof(*d));
@@ -466,6 +526,14 @@ static void test_decoder_round_trip(void **state)
 	aml_name(&b, "_CRS");
 	aml_resource_template(&b, &rt);
 	aml_close(&b, dev);
+	aml_method_open(&b, "_EVT", 1, true, &m);
+	aml_if_open(&b, &cond);
+	aml_lequal(&b);
+	aml_arg(&b, 0);
+	aml_int(&b, 5);
+	aml_notify(&b, "DEV0", 0x80);
+	aml_close(&b, cond);
+	aml_close(&b, m);
 	aml_close(&b, sb);
 	aml_name(&b, "\\_SB.PKG");
 	aml_package_open(&b, 3, &pkg);
@@ -476,7 +544,7 @@ static void test_decoder_round_trip(void **state)
 	assert_int_equal(b.error, 0);
 
 	assert_int_equal(amld_decode(b.data, b.len, d), 0);
-	assert_int_equal(d->nr_nodes, 7);
+	assert_int_equal(d->nr_nodes, 8);
 	n = amld_find(d, "\\_SB_.DEV0");
 	assert_non_null(n);
 	assert_int_equal(n->kind, AMLD_DEVICE);
@@ -490,7 +558,26 @@ static void test_decoder_round_trip(void **state)
 	n = amld_find(d, "\\_SB_.DEV0._STA");
 	assert_non_null(n);
 	assert_int_equal(n->kind, AMLD_METHOD);
+	assert_true(n->method_returns);
 	assert_int_equal(n->value.integer, 0x0F);
+	n = amld_find(d, "\\_SB_._EVT");
+	assert_non_null(n);
+	assert_int_equal(n->kind, AMLD_METHOD);
+	assert_false(n->method_returns);
+	assert_int_equal(n->method_flags, 0x09);
+	assert_int_equal(n->method_body_len, 13);
+	assert_memory_equal(n->method_body,
+			    ((const uint8_t[]){0xA0, 0x0C, 0x93, 0x68, 0x0A, 0x05, 0x86, 'D', 'E',
+					       'V', '0', 0x0A, 0x80}),
+			    13);
+	/* "DEV0" from inside \_SB._EVT is found one level up, by the search rules. */
+	c = (struct amld_cursor){n->method_body, n->method_body + 7,
+				 n->method_body + n->method_body_len, d};
+	assert_int_equal(amld_reference(&c, d, "\\_SB_._EVT", path), 0);
+	assert_string_equal(path, "\\_SB_.DEV0");
+	c.p = n->method_body + 7;
+	assert_int_equal(amld_reference(&c, d, "\\", path), 0);
+	assert_string_equal(path, "\\DEV0"); /* the search never goes down: unresolved */
 	n = amld_find(d, "\\_SB_.PKG_");
 	assert_non_null(n);
 	assert_int_equal(n->value.type, AMLD_PKG);
@@ -535,6 +622,7 @@ int main(void)
 	    cmocka_unit_test(test_eisaid),
 	    cmocka_unit_test(test_names_scopes_devices),
 	    cmocka_unit_test(test_methods_and_packages),
+	    cmocka_unit_test(test_control_flow),
 	    cmocka_unit_test(test_resource_descriptors),
 	    cmocka_unit_test(test_resource_template_checksum),
 	    cmocka_unit_test(test_errors_are_sticky),
