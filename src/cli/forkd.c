@@ -1,28 +1,40 @@
 /* SPDX-License-Identifier: MIT */
-/* `forkd`: the command-line client. Today it talks to one forkd-vmm's control socket. */
+/* `forkd`: the command-line client: one forkd-vmm's control socket, and fan-out of snapshot
+ * children. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/cli.h"
 #include "vmm/control.h"
 
-#define EXIT_NOT_OK 1
-#define EXIT_USAGE  2
+#define EXIT_NOT_OK CLI_EXIT_NOT_OK
+#define EXIT_USAGE  CLI_EXIT_USAGE
 
 #define DEFAULT_TIMEOUT_MS 10000
 
 static const char usage_text[] =
     "usage: forkd vm status|pause|resume|shutdown --socket PATH [--timeout MS]\n"
     "       forkd vm call --socket PATH [--timeout MS] '<json request>'\n"
+    "       forkd spawn SNAPSHOT_DIR -n N --out DIR [--vmm PATH] [--timeout MS]\n"
+    "       forkd kill DIR\n"
     "\n"
-    "Sends one command to a forkd-vmm control socket and prints the reply as JSON.\n"
-    "Exit status: 0 ok, 1 the VMM answered with an error, 2 usage error or no answer.\n";
+    "vm: sends one command to a forkd-vmm control socket and prints the reply as JSON.\n"
+    "Exit status: 0 ok, 1 the VMM answered with an error, 2 usage error or no answer.\n"
+    "\n"
+    "spawn: restores N children of the snapshot concurrently, each in DIR/child-I/\n"
+    "(pid, control.sock, serial.log, serial.in FIFO, vmm.err, overlay/), and prints one\n"
+    "JSON line per child once its control socket answers, then a summary line.\n"
+    "--vmm defaults to forkd-vmm next to forkd; --timeout (default 30000) bounds the wait.\n"
+    "Exit status: 0 all running, 1 a child failed or the timeout passed (all children\n"
+    "are then killed), 2 usage error.\n"
+    "\n"
+    "kill: SIGTERM to every child recorded under DIR, SIGKILL after 2 s; one JSON line each.\n"
+    "Exit status: 0 all gone, 1 a child could not be killed or none was recorded, 2 usage.\n";
 
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static int usage_error(const char *fmt, ...)
+int cli_usage_error(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -41,7 +53,7 @@ struct vm_args {
 	int timeout_ms;
 };
 
-static int parse_timeout(const char *s, int *out)
+int cli_parse_timeout(const char *s, int *out)
 {
 	char *end;
 	long v;
@@ -65,35 +77,35 @@ static int parse_vm_args(int argc, char **argv, struct vm_args *a)
 			a->socket = arg + 9;
 		} else if (strcmp(arg, "--socket") == 0 || strcmp(arg, "--timeout") == 0) {
 			if (i + 1 == argc)
-				return usage_error("%s: expected a value after it", arg);
+				return cli_usage_error("%s: expected a value after it", arg);
 			value = argv[++i];
 			if (arg[2] == 's')
 				a->socket = value;
-			else if (parse_timeout(value, &a->timeout_ms) < 0)
-				return usage_error(
+			else if (cli_parse_timeout(value, &a->timeout_ms) < 0)
+				return cli_usage_error(
 				    "--timeout '%s': expected milliseconds, 0 to 3600000", value);
 		} else if (strncmp(arg, "--timeout=", 10) == 0) {
-			if (parse_timeout(arg + 10, &a->timeout_ms) < 0)
-				return usage_error("'%s': expected milliseconds, 0 to 3600000",
-						   arg);
+			if (cli_parse_timeout(arg + 10, &a->timeout_ms) < 0)
+				return cli_usage_error("'%s': expected milliseconds, 0 to 3600000",
+						       arg);
 		} else if (arg[0] == '-' && arg[1] == '-') {
-			return usage_error("unknown option '%s'", arg);
+			return cli_usage_error("unknown option '%s'", arg);
 		} else if (!a->action) {
 			a->action = arg;
 		} else if (strcmp(a->action, "call") == 0 && !a->raw) {
 			a->raw = arg;
 		} else {
-			return usage_error("unexpected argument '%s'", arg);
+			return cli_usage_error("unexpected argument '%s'", arg);
 		}
 	}
 	if (!a->action)
-		return usage_error(
+		return cli_usage_error(
 		    "%s", "vm: expected an action (status, pause, resume, shutdown, call)");
 	if (!a->socket || !a->socket[0])
-		return usage_error("vm %s: expected --socket PATH", a->action);
+		return cli_usage_error("vm %s: expected --socket PATH", a->action);
 	if (strcmp(a->action, "call") == 0 && !a->raw)
-		return usage_error("%s",
-				   "vm call: expected a JSON request such as '{\"cmd\":\"help\"}'");
+		return cli_usage_error(
+		    "%s", "vm call: expected a JSON request such as '{\"cmd\":\"help\"}'");
 	return 0;
 }
 
@@ -123,8 +135,9 @@ static json_t *build_request(const struct vm_args *a)
 	for (size_t i = 0; i < sizeof(simple) / sizeof(simple[0]); i++)
 		if (strcmp(a->action, simple[i]) == 0)
 			return json_pack("{s:s}", "cmd", simple[i]);
-	usage_error("vm '%s': unknown action (expected status, pause, resume, shutdown or call)",
-		    a->action);
+	cli_usage_error(
+	    "vm '%s': unknown action (expected status, pause, resume, shutdown or call)",
+	    a->action);
 	return NULL;
 }
 
@@ -166,7 +179,7 @@ static int vm_command(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	if (argc < 2)
-		return usage_error("%s", "expected a command (vm)");
+		return cli_usage_error("%s", "expected a command (vm, spawn, kill)");
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		fputs(usage_text, stdout);
@@ -174,5 +187,9 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "vm") == 0)
 		return vm_command(argc - 2, argv + 2);
-	return usage_error("unknown command '%s' (expected vm)", argv[1]);
+	if (strcmp(argv[1], "spawn") == 0)
+		return cli_spawn(argc - 2, argv + 2);
+	if (strcmp(argv[1], "kill") == 0)
+		return cli_kill(argc - 2, argv + 2);
+	return cli_usage_error("unknown command '%s' (expected vm, spawn or kill)", argv[1]);
 }

@@ -1018,6 +1018,35 @@ int snap_reader_find_device(const struct snap_reader *r, uint32_t instance, uint
 	return 0;
 }
 
+int snap_writer_find(const struct snap_writer *w, uint32_t type, uint32_t instance,
+		     const void **data, size_t *len)
+{
+	for (size_t i = 0; i < w->nr_sections; i++) {
+		const struct snap_writer_section *s = &w->sections[i];
+		if (s->type == type && s->instance == instance) {
+			*data = s->data;
+			*len = s->len;
+			return 0;
+		}
+	}
+	return -ENOENT;
+}
+
+int snap_writer_find_device(const struct snap_writer *w, uint32_t instance, uint32_t *device_type,
+			    const void **data, size_t *len)
+{
+	const uint8_t *raw;
+	size_t raw_len;
+
+	if (snap_writer_find(w, SNAP_SEC_DEVICE, instance, (const void **)&raw, &raw_len) < 0 ||
+	    raw_len < SNAP_DEV_PREFIX_LEN)
+		return -ENOENT;
+	*device_type = get_le32(raw);
+	*data = raw + SNAP_DEV_PREFIX_LEN;
+	*len = raw_len - SNAP_DEV_PREFIX_LEN;
+	return 0;
+}
+
 uint32_t snap_reader_nr_sections(const struct snap_reader *r)
 {
 	return r->nr_sections;

@@ -133,6 +133,12 @@ int snap_writer_add_device(struct snap_writer *w, uint32_t instance, uint32_t de
  */
 int snap_writer_add_file(struct snap_writer *w, const char *name, int src_fd, struct fk_err *err);
 
+/* Looks up a section added so far (the in-memory twin of snap_reader_find). */
+int snap_writer_find(const struct snap_writer *w, uint32_t type, uint32_t instance,
+		     const void **data, size_t *len);
+int snap_writer_find_device(const struct snap_writer *w, uint32_t instance, uint32_t *device_type,
+			    const void **data, size_t *len);
+
 /* Copies all of src_fd to dst_fd: FICLONE where possible, else copy_file_range. */
 int snap_copy_fd(int src_fd, int dst_fd, struct fk_err *err);
 

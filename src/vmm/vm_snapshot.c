@@ -220,17 +220,17 @@ static void remove_overlays(struct vm *vm, int nr_disks, bool dir_created)
 		rmdir(vm->overlay_dir);
 }
 
-static int restore_disk_config(struct vm *vm, const struct snap_reader *r, int i,
+static int restore_disk_config(struct vm *vm, const struct state_source *src, int i,
 			       struct disk_state *ds, struct fk_err *err)
 {
 	struct vmm_disk_config *dc = &vm->restored_cfg.disks[i];
-	char src[4200];
+	char from[4200];
 	uint32_t type;
 	const void *data;
 	size_t len;
 	int in, out, ret;
 
-	if (snap_reader_find_device(r, (uint32_t)(1 + i), &type, &data, &len) < 0 ||
+	if (state_find_device(src, (uint32_t)(1 + i), &type, &data, &len) < 0 ||
 	    type != VM_DEVICE_VIRTIO_BLK || len != sizeof(*ds))
 		return fk_fail(err, EINVAL, "disk %d: state missing or of the wrong size", i);
 	memcpy(ds, data, sizeof(*ds));
@@ -247,13 +247,13 @@ static int restore_disk_config(struct vm *vm, const struct snap_reader *r, int i
 	}
 	if (strchr(ds->file, '/') || ds->file[0] == '.' || !ds->file[0])
 		return fk_fail(err, EINVAL, "disk %d: bad image file name in the snapshot", i);
-	snprintf(src, sizeof(src), "%s/%s", vm->cfg->restore_dir, ds->file);
+	snprintf(from, sizeof(from), "%s/%s", src->disk_dir, ds->file);
 	if (strlen(vm->overlay_dir) > sizeof(dc->path) - 32)
 		return fk_fail(err, ENAMETOOLONG, "overlay directory path is too long");
 	snprintf(dc->path, sizeof(dc->path), "%.4000s/disk%d.img", vm->overlay_dir, i);
-	in = open(src, O_RDONLY | O_CLOEXEC);
+	in = open(from, O_RDONLY | O_CLOEXEC);
 	if (in < 0)
-		return fk_fail_errno(err, errno, "disk %d: image %s", i, src);
+		return fk_fail_errno(err, errno, "disk %d: image %s", i, from);
 	out = open(dc->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (out < 0) {
 		ret = fk_fail_errno(err, errno, "disk %d: overlay %s", i, dc->path);
@@ -263,10 +263,10 @@ static int restore_disk_config(struct vm *vm, const struct snap_reader *r, int i
 	ret = snap_copy_fd(in, out, err);
 	close(in);
 	close(out);
-	return ret < 0 ? fk_wrap(err, "disk %d: copy %s to %s", i, src, dc->path) : 0;
+	return ret < 0 ? fk_wrap(err, "disk %d: copy %s to %s", i, from, dc->path) : 0;
 }
 
-static int restore_devices(struct vm *vm, const struct snap_reader *r, uint32_t nr_disks,
+static int restore_devices(struct vm *vm, const struct state_source *src, uint32_t nr_disks,
 			   struct fk_err *err)
 {
 	struct disk_state *states = NULL;
@@ -277,7 +277,7 @@ static int restore_devices(struct vm *vm, const struct snap_reader *r, uint32_t 
 	size_t len;
 	int ret;
 
-	if (snap_reader_find_device(r, 0, &type, &data, &len) < 0 || type != VM_DEVICE_SERIAL ||
+	if (state_find_device(src, 0, &type, &data, &len) < 0 || type != VM_DEVICE_SERIAL ||
 	    len != sizeof(ss))
 		return fk_fail(err, EINVAL, "serial state missing or of the wrong size");
 	memcpy(&ss, data, sizeof(ss));
@@ -295,7 +295,7 @@ static int restore_devices(struct vm *vm, const struct snap_reader *r, uint32_t 
 			return fk_fail(err, ENOMEM, "restore: out of memory");
 		ret = prepare_overlay_dir(vm, &dir_created, err);
 		for (uint32_t i = 0; !ret && i < nr_disks; i++)
-			ret = restore_disk_config(vm, r, (int)i, &states[i], err);
+			ret = restore_disk_config(vm, src, (int)i, &states[i], err);
 		if (ret < 0)
 			goto out;
 	}
@@ -332,15 +332,55 @@ out:
 	return ret;
 }
 
+static int read_params(const struct state_source *src, struct vm_params *params,
+		       struct fk_err *err)
+{
+	const void *data;
+	size_t len;
+
+	if (state_find(src, SNAP_SEC_OPAQUE, 0, &data, &len) < 0 || len != sizeof(*params))
+		return fk_fail(err, EINVAL, "VM parameters missing or of the wrong size");
+	memcpy(params, data, sizeof(*params));
+	if (params->version != VM_PARAMS_VERSION)
+		return fk_fail(err, EINVAL, "VM parameters version %u, expected %u",
+			       params->version, VM_PARAMS_VERSION);
+	return 0;
+}
+
+int vm_rebuild(struct vm *vm, const struct state_source *src, struct fk_err *err)
+{
+	struct vm_params params;
+	int ret;
+
+	ret = read_params(src, &params, err);
+	if (ret < 0)
+		return ret;
+	ret = vm_setup_devices(vm, err);
+	if (ret < 0)
+		return ret;
+	ret = restore_devices(vm, src, params.nr_disks, err);
+	if (ret < 0)
+		return ret;
+	/* A restored or branched VM is a new VM: it must not share the generation ID (brief §7). */
+	vm_new_generation_id(vm);
+	ret = vm_create_vcpus(vm, err);
+	if (ret < 0)
+		return ret;
+	ret = vm_state_restore_cpus(vm, src, err);
+	if (ret < 0)
+		return ret;
+	vm->restored = true;
+	return 0;
+}
+
 int vm_restore_init(struct vm *vm, struct fk_err *err)
 {
 	const struct vmm_config *cfg = vm->cfg;
 	const char *dir = cfg->restore_dir;
 	const struct snap_vm_info *info;
 	struct snap_reader *r = NULL;
+	struct state_source src;
 	struct vm_params params;
-	const void *data;
-	size_t len;
 	int ret, fd;
 
 	ret = snap_reader_open(dir, &r, err);
@@ -365,16 +405,10 @@ int vm_restore_init(struct vm *vm, struct fk_err *err)
 		ret = fk_fail(err, EINVAL, "%u vCPUs is out of range", info->nr_vcpus);
 		goto out;
 	}
-	if (snap_reader_find(r, SNAP_SEC_OPAQUE, 0, &data, &len) < 0 || len != sizeof(params)) {
-		ret = fk_fail(err, EINVAL, "VM parameters missing or of the wrong size");
+	src = (struct state_source){.reader = r, .disk_dir = dir};
+	ret = read_params(&src, &params, err);
+	if (ret < 0)
 		goto out;
-	}
-	memcpy(&params, data, sizeof(params));
-	if (params.version != VM_PARAMS_VERSION) {
-		ret = fk_fail(err, EINVAL, "VM parameters version %u, expected %u", params.version,
-			      VM_PARAMS_VERSION);
-		goto out;
-	}
 
 	vm->restored_cfg = *cfg;
 	vm->restored_cfg.mem_size = info->mem_size;
@@ -396,21 +430,7 @@ int vm_restore_init(struct vm *vm, struct fk_err *err)
 	ret = kvm_add_memslots(vm, err);
 	if (ret < 0)
 		goto out;
-	ret = vm_setup_devices(vm, err);
-	if (ret < 0)
-		goto out;
-	ret = restore_devices(vm, r, params.nr_disks, err);
-	if (ret < 0)
-		goto out;
-	/* A restored VM is a new VM: it must not share the generation ID (brief §7). */
-	vm_new_generation_id(vm);
-	ret = vm_create_vcpus(vm, err);
-	if (ret < 0)
-		goto out;
-	ret = vm_state_restore_cpus(vm, r, err);
-	if (ret < 0)
-		goto out;
-	vm->restored = true;
+	ret = vm_rebuild(vm, &src, err);
 out:
 	if (ret < 0 && vm->restored_cfg.nr_disks)
 		remove_overlays(vm, vm->restored_cfg.nr_disks, vm->overlay_dir_created);

@@ -31,6 +31,14 @@ int vm_snapshot_save_devices(struct vm *vm, struct snap_writer *w, struct fk_err
  */
 int vm_restore_init(struct vm *vm, struct fk_err *err);
 
+struct state_source;
+/*
+ * The common tail of restore and BRANCH: devices with their state, disk
+ * overlays, a new generation ID, vCPUs with their state. Memory and the KVM
+ * VM must already exist.
+ */
+int vm_rebuild(struct vm *vm, const struct state_source *src, struct fk_err *err);
+
 /* After the vCPUs of a restored VM started: new generation ID, queued requests served. */
 void vm_restore_started(struct vm *vm);
 

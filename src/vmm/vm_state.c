@@ -319,7 +319,7 @@ static int restore_vcpu(struct vm *vm, struct vcpu *vcpu, const uint8_t *data, s
 	return 0;
 }
 
-int vm_state_restore_cpus(struct vm *vm, const struct snap_reader *r, struct fk_err *err)
+int vm_state_restore_cpus(struct vm *vm, const struct state_source *src, struct fk_err *err)
 {
 	struct vm_chip_state chips;
 	struct kvm_pit_state2 pit;
@@ -329,25 +329,25 @@ int vm_state_restore_cpus(struct vm *vm, const struct snap_reader *r, struct fk_
 	int ret;
 
 	for (int i = 0; i < vm->nr_vcpus; i++) {
-		if (snap_reader_find(r, SNAP_SEC_VCPU, (uint32_t)i, &data, &len) < 0)
+		if (state_find(src, SNAP_SEC_VCPU, (uint32_t)i, &data, &len) < 0)
 			return fk_fail(err, EINVAL, "no state for vcpu %d", i);
 		ret = restore_vcpu(vm, &vm->vcpus[i], data, len, err);
 		if (ret < 0)
 			return ret;
 	}
-	if (snap_reader_find(r, SNAP_SEC_IRQCHIP, 0, &data, &len) < 0 || len != sizeof(chips))
+	if (state_find(src, SNAP_SEC_IRQCHIP, 0, &data, &len) < 0 || len != sizeof(chips))
 		return fk_fail(err, EINVAL, "irqchip state missing or of the wrong size");
 	memcpy(&chips, data, sizeof(chips));
 	if (ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &chips.pic_master) < 0 ||
 	    ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &chips.pic_slave) < 0 ||
 	    ioctl(vm->vm_fd, KVM_SET_IRQCHIP, &chips.ioapic) < 0)
 		return fk_fail_errno(err, errno, "KVM_SET_IRQCHIP");
-	if (snap_reader_find(r, SNAP_SEC_PIT, 0, &data, &len) < 0 || len != sizeof(pit))
+	if (state_find(src, SNAP_SEC_PIT, 0, &data, &len) < 0 || len != sizeof(pit))
 		return fk_fail(err, EINVAL, "PIT state missing or of the wrong size");
 	memcpy(&pit, data, sizeof(pit));
 	if (ioctl(vm->vm_fd, KVM_SET_PIT2, &pit) < 0)
 		return fk_fail_errno(err, errno, "KVM_SET_PIT2");
-	if (snap_reader_find(r, SNAP_SEC_CLOCK, 0, &data, &len) < 0 || len != sizeof(clock))
+	if (state_find(src, SNAP_SEC_CLOCK, 0, &data, &len) < 0 || len != sizeof(clock))
 		return fk_fail(err, EINVAL, "clock state missing or of the wrong size");
 	memcpy(&clock, data, sizeof(clock));
 	/* Only the clock value: the flags and host-time fields belong to the old host moment. */

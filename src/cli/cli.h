@@ -1,0 +1,21 @@
+/* SPDX-License-Identifier: MIT */
+/* Shared pieces of the `forkd` command-line client. */
+#ifndef FORKD_CLI_CLI_H
+#define FORKD_CLI_CLI_H
+
+#define CLI_EXIT_NOT_OK 1
+#define CLI_EXIT_USAGE	2
+
+/* Prints "forkd: <message>" and the usage text on stderr; returns CLI_EXIT_USAGE. */
+int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Milliseconds, 0 to 3600000; returns 0 or -EINVAL. */
+int cli_parse_timeout(const char *s, int *out);
+
+/* `forkd spawn SNAPSHOT_DIR -n N --out DIR [--vmm PATH] [--timeout MS]`; returns an exit status. */
+int cli_spawn(int argc, char **argv);
+
+/* `forkd kill DIR`; returns an exit status. */
+int cli_kill(int argc, char **argv);
+
+#endif

@@ -1,0 +1,401 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * `forkd spawn` and `forkd kill`: N forkd-vmm children restored from one
+ * snapshot, each in its own directory OUT/child-I, and their teardown.
+ *
+ * The children are detached (own session, no terminal, stdout to /dev/null)
+ * so they outlive `forkd spawn`; their pid files are how `forkd kill` finds
+ * them again. A child counts as running once its control socket answers
+ * `status`, which the VMM serves only after the restore has finished.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "util/err.h"
+#include "vmm/control.h"
+
+#define SPAWN_MAX_CHILDREN	 1000
+#define SPAWN_DEFAULT_TIMEOUT_MS 30000
+/* One status call per child per round; a restoring VMM answers in well under this. */
+#define STATUS_CALL_TIMEOUT_MS 1000
+#define POLL_INTERVAL_US       2000
+
+struct spawn_args {
+	const char *snapshot;
+	const char *out;
+	const char *vmm;
+	long count;
+	int timeout_ms;
+};
+
+struct child {
+	pid_t pid;
+	bool running;
+	bool exited; /* reaped by us */
+};
+
+static double now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int child_path(char *buf, size_t len, const char *out, long i, const char *name,
+		      struct fk_err *err)
+{
+	int n = name ? snprintf(buf, len, "%s/child-%ld/%s", out, i, name)
+		     : snprintf(buf, len, "%s/child-%ld", out, i);
+
+	if (n < 0 || (size_t)n >= len)
+		return fk_fail(err, ENAMETOOLONG, "--out '%s': path of child %ld too long", out, i);
+	return 0;
+}
+
+/* forkd-vmm in the directory of the running forkd binary. */
+static int default_vmm_path(char *buf, size_t len, struct fk_err *err)
+{
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	char *slash;
+
+	if (n < 0)
+		return fk_fail_errno(err, errno, "/proc/self/exe: cannot find forkd's directory");
+	exe[n] = '\0';
+	slash = strrchr(exe, '/');
+	if (slash)
+		*slash = '\0';
+	if ((size_t)snprintf(buf, len, "%s/forkd-vmm", exe) >= len)
+		return fk_fail(err, ENAMETOOLONG, "%s/forkd-vmm: path too long", exe);
+	return 0;
+}
+
+static int parse_spawn_args(int argc, char **argv, struct spawn_args *a)
+{
+	a->timeout_ms = SPAWN_DEFAULT_TIMEOUT_MS;
+	a->count = -1;
+	for (int i = 0; i < argc; i++) {
+		const char *arg = argv[i];
+		const char *value;
+
+		if (strcmp(arg, "-n") && strcmp(arg, "--out") && strcmp(arg, "--vmm") &&
+		    strcmp(arg, "--timeout")) {
+			if (arg[0] == '-')
+				return cli_usage_error("spawn: unknown option '%s'", arg);
+			if (a->snapshot)
+				return cli_usage_error("spawn: unexpected argument '%s'", arg);
+			a->snapshot = arg;
+			continue;
+		}
+		if (i + 1 == argc)
+			return cli_usage_error("spawn: %s: expected a value after it", arg);
+		value = argv[++i];
+		if (strcmp(arg, "-n") == 0) {
+			char *end;
+
+			errno = 0;
+			a->count = strtol(value, &end, 10);
+			if (errno || end == value || *end || a->count < 1 ||
+			    a->count > SPAWN_MAX_CHILDREN)
+				return cli_usage_error("spawn: -n '%s': expected a number of "
+						       "children, 1 to %d",
+						       value, SPAWN_MAX_CHILDREN);
+		} else if (strcmp(arg, "--out") == 0) {
+			a->out = value;
+		} else if (strcmp(arg, "--vmm") == 0) {
+			a->vmm = value;
+		} else if (cli_parse_timeout(value, &a->timeout_ms) < 0) {
+			return cli_usage_error("spawn: --timeout '%s': expected milliseconds, 0 to "
+					       "3600000",
+					       value);
+		}
+	}
+	if (!a->snapshot)
+		return cli_usage_error("%s", "spawn: expected a snapshot directory");
+	if (a->count < 0)
+		return cli_usage_error("%s", "spawn: expected -n N");
+	if (!a->out || !a->out[0])
+		return cli_usage_error("%s", "spawn: expected --out DIR");
+	return 0;
+}
+
+/* Refuses before anything starts: a bad snapshot, VMM or output directory. */
+static int check_inputs(const struct spawn_args *a, struct fk_err *err)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	int ret;
+
+	if (stat(a->snapshot, &st) < 0)
+		return fk_fail_errno(err, errno, "snapshot '%s': expected a snapshot directory",
+				     a->snapshot);
+	if (!S_ISDIR(st.st_mode))
+		return fk_fail(err, ENOTDIR, "snapshot '%s': expected a snapshot directory",
+			       a->snapshot);
+	if (access(a->vmm, X_OK) < 0)
+		return fk_fail_errno(err, errno, "--vmm '%s': expected an executable forkd-vmm",
+				     a->vmm);
+	if (mkdir(a->out, 0755) < 0 && errno != EEXIST)
+		return fk_fail_errno(err, errno, "--out '%s': cannot create it", a->out);
+	for (long i = 0; i < a->count; i++) {
+		/* The longest name must fit a Unix socket address. */
+		ret = child_path(path, sizeof(((struct sockaddr_un *)0)->sun_path), a->out, i,
+				 "control.sock", err);
+		if (ret < 0)
+			return fk_wrap(err, "control socket of child %ld must fit in %zu bytes", i,
+				       sizeof(((struct sockaddr_un *)0)->sun_path) - 1);
+		ret = child_path(path, sizeof(path), a->out, i, NULL, err);
+		if (ret < 0)
+			return ret;
+		if (lstat(path, &st) == 0)
+			return fk_fail(err, EEXIST,
+				       "%s: already exists (expected a fresh --out directory or "
+				       "`forkd kill` and removal of the old children)",
+				       path);
+	}
+	return 0;
+}
+
+static int write_pid_file(const char *out, long i, pid_t pid, struct fk_err *err)
+{
+	char path[PATH_MAX];
+	FILE *f;
+	int ret;
+
+	ret = child_path(path, sizeof(path), out, i, "pid", err);
+	if (ret < 0)
+		return ret;
+	f = fopen(path, "w");
+	if (!f)
+		return fk_fail_errno(err, errno, "%s", path);
+	fprintf(f, "%d\n", (int)pid);
+	if (fclose(f) != 0)
+		return fk_fail_errno(err, errno, "%s", path);
+	return 0;
+}
+
+/* In the forked child: never returns. forkd is single-threaded, so stdio is safe here. */
+static void exec_child(const char *vmm, char *const argv[], const char *err_path)
+{
+	int null_fd = open("/dev/null", O_RDWR);
+	int err_fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+	if (null_fd < 0 || err_fd < 0)
+		_exit(127);
+	setsid();
+	dup2(null_fd, 0);
+	dup2(null_fd, 1);
+	dup2(err_fd, 2);
+	if (null_fd > 2)
+		close(null_fd);
+	if (err_fd > 2)
+		close(err_fd);
+	execv(vmm, argv);
+	dprintf(2, "forkd spawn: exec %s: %s\n", vmm, strerror(errno));
+	_exit(127);
+}
+
+static int start_child(const struct spawn_args *a, long i, struct child *c, struct fk_err *err)
+{
+	char dir[PATH_MAX], overlay[PATH_MAX], sock[PATH_MAX], serial[PATH_MAX],
+	    serial_in[PATH_MAX], err_path[PATH_MAX];
+	int ret;
+
+	if ((ret = child_path(dir, sizeof(dir), a->out, i, NULL, err)) < 0 ||
+	    (ret = child_path(overlay, sizeof(overlay), a->out, i, "overlay", err)) < 0 ||
+	    (ret = child_path(sock, sizeof(sock), a->out, i, "control.sock", err)) < 0 ||
+	    (ret = child_path(serial, sizeof(serial), a->out, i, "serial.log", err)) < 0 ||
+	    (ret = child_path(serial_in, sizeof(serial_in), a->out, i, "serial.in", err)) < 0 ||
+	    (ret = child_path(err_path, sizeof(err_path), a->out, i, "vmm.err", err)) < 0)
+		return ret;
+	if (mkdir(dir, 0755) < 0)
+		return fk_fail_errno(err, errno, "%s", dir);
+	if (mkfifo(serial_in, 0600) < 0)
+		return fk_fail_errno(err, errno, "%s: mkfifo", serial_in);
+
+	char *const argv[] = {
+	    (char *)a->vmm, "--restore", (char *)a->snapshot, "--overlay-dir", overlay,
+	    "--control",    sock,	 "--serial",	      serial,	       "--serial-in",
+	    serial_in,	    NULL};
+
+	c->pid = fork();
+	if (c->pid < 0)
+		return fk_fail_errno(err, errno, "child %ld: fork", i);
+	if (c->pid == 0)
+		exec_child(a->vmm, argv, err_path);
+	return write_pid_file(a->out, i, c->pid, err);
+}
+
+static void first_line(const char *path, char *buf, size_t len)
+{
+	FILE *f = fopen(path, "r");
+
+	buf[0] = '\0';
+	if (!f)
+		return;
+	if (fgets(buf, (int)len, f))
+		buf[strcspn(buf, "\n")] = '\0';
+	fclose(f);
+}
+
+/* Kills and reaps every started child and removes its pid file, so nothing is left running. */
+static void kill_started(const struct spawn_args *a, struct child *children, long started)
+{
+	char path[PATH_MAX];
+	struct fk_err ignored = {0};
+
+	for (long i = 0; i < started; i++)
+		if (children[i].pid > 0 && !children[i].exited)
+			kill(children[i].pid, SIGKILL);
+	for (long i = 0; i < started; i++) {
+		if (children[i].pid > 0 && !children[i].exited)
+			waitpid(children[i].pid, NULL, 0);
+		if (child_path(path, sizeof(path), a->out, i, "pid", &ignored) == 0)
+			unlink(path);
+	}
+}
+
+static void describe_exit(int status, char *buf, size_t len)
+{
+	if (WIFEXITED(status))
+		snprintf(buf, len, "exit status %d", WEXITSTATUS(status));
+	else if (WIFSIGNALED(status))
+		snprintf(buf, len, "signal %d", WTERMSIG(status));
+	else
+		snprintf(buf, len, "wait status %d", status);
+}
+
+/* Returns 1 when the child answered status, 0 not yet, -errno when it has exited. */
+static int poll_child(const struct spawn_args *a, long i, struct child *c, struct fk_err *err)
+{
+	char sock[PATH_MAX], err_path[PATH_MAX], line[256], how[64];
+	json_t *req, *reply = NULL;
+	struct fk_err call_err = {0};
+	int status, ret;
+
+	if (waitpid(c->pid, &status, WNOHANG) == c->pid) {
+		c->exited = true;
+		describe_exit(status, how, sizeof(how));
+		if (child_path(err_path, sizeof(err_path), a->out, i, "vmm.err", err) < 0)
+			return -err->code;
+		first_line(err_path, line, sizeof(line));
+		return fk_fail(err, ECHILD, "child %ld (pid %d) exited with %s before running: %s",
+			       i, (int)c->pid, how, line[0] ? line : "(vmm.err is empty)");
+	}
+	ret = child_path(sock, sizeof(sock), a->out, i, "control.sock", err);
+	if (ret < 0)
+		return ret;
+	if (access(sock, F_OK) < 0)
+		return 0;
+	req = json_pack("{s:s}", "cmd", "status");
+	if (!req)
+		return fk_fail(err, ENOMEM, "status request");
+	ret = control_call(sock, req, &reply, STATUS_CALL_TIMEOUT_MS, &call_err);
+	json_decref(req);
+	if (ret < 0)
+		return 0; /* not listening yet */
+	ret = json_is_true(json_object_get(reply, "ok"));
+	json_decref(reply);
+	return ret;
+}
+
+static int wait_running(const struct spawn_args *a, struct child *children, double t0,
+			struct fk_err *err)
+{
+	long running = 0;
+
+	while (running < a->count) {
+		for (long i = 0; i < a->count; i++) {
+			int ret;
+
+			if (children[i].running)
+				continue;
+			ret = poll_child(a, i, &children[i], err);
+			if (ret < 0)
+				return ret;
+			if (ret == 0)
+				continue;
+			children[i].running = true;
+			running++;
+			printf("{\"child\":%ld,\"pid\":%d,\"running_ms\":%.1f}\n", i,
+			       (int)children[i].pid, now_ms() - t0);
+			fflush(stdout);
+		}
+		if (running == a->count)
+			break;
+		if (now_ms() - t0 > a->timeout_ms)
+			return fk_fail(err, ETIMEDOUT,
+				       "%ld of %ld children not running within %d ms (see "
+				       "%s/child-*/vmm.err)",
+				       a->count - running, a->count, a->timeout_ms, a->out);
+		usleep(POLL_INTERVAL_US);
+	}
+	return 0;
+}
+
+int cli_spawn(int argc, char **argv)
+{
+	struct spawn_args a = {0};
+	struct fk_err err = {0};
+	struct child *children;
+	char vmm[PATH_MAX];
+	long started = 0;
+	double t0;
+	int ret;
+
+	ret = parse_spawn_args(argc, argv, &a);
+	if (ret)
+		return ret;
+	if (!a.vmm) {
+		if (default_vmm_path(vmm, sizeof(vmm), &err) < 0) {
+			fprintf(stderr, "forkd: spawn: %s\n", err.msg);
+			return CLI_EXIT_NOT_OK;
+		}
+		a.vmm = vmm;
+	}
+	if (check_inputs(&a, &err) < 0) {
+		fprintf(stderr, "forkd: spawn: %s\n", err.msg);
+		return CLI_EXIT_USAGE;
+	}
+	children = calloc((size_t)a.count, sizeof(*children));
+	if (!children) {
+		fprintf(stderr, "forkd: spawn: out of memory for %ld children\n", a.count);
+		return CLI_EXIT_NOT_OK;
+	}
+	/* Children must not inherit buffered output that they would flush again. */
+	fflush(NULL);
+	t0 = now_ms();
+	for (; started < a.count; started++) {
+		ret = start_child(&a, started, &children[started], &err);
+		if (ret < 0) {
+			if (children[started].pid > 0)
+				started++;
+			goto fail;
+		}
+	}
+	ret = wait_running(&a, children, t0, &err);
+	if (ret < 0)
+		goto fail;
+	printf("{\"spawned\":%ld,\"all_running_ms\":%.1f}\n", a.count, now_ms() - t0);
+	free(children);
+	return fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK;
+fail:
+	fprintf(stderr, "forkd: spawn: %s; killing all %ld started children\n", err.msg, started);
+	kill_started(&a, children, started);
+	free(children);
+	return CLI_EXIT_NOT_OK;
+}
