@@ -14,6 +14,7 @@
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/timerfd.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -181,6 +182,9 @@ static void on_flush_timer(void *opaque, uint32_t events)
 	if (fd >= 0 && read(fd, &ticks, sizeof(ticks)) < 0) {
 	}
 	serial_flush(&vm->serial);
+	/* Reap zygotes and re-parented branch children (we are their subreaper). */
+	while (waitpid(-1, NULL, WNOHANG) > 0)
+		;
 }
 
 /* Hands pending input to the UART; pauses the input fd while the FIFO is full. */
@@ -508,11 +512,9 @@ void vm_new_generation_id(struct vm *vm)
 	guest_mem_write(&vm->mem, LAYOUT_VMGENID_ADDR, vm->genid, sizeof(vm->genid));
 }
 
-int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
+int vm_prepare(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 {
-	int ret;
-
-	memset(vm, 0, sizeof(*vm));
+	(void)err;
 	vm->cfg = cfg;
 	vm->kvm_fd = vm->vm_fd = vm->exit_eventfd = -1;
 	vm->loop.epoll_fd = -1;
@@ -524,7 +526,15 @@ int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 	bus_init(&vm->mmio, "mmio");
 	signal(SIGPIPE, SIG_IGN);
 	vcpu_install_kick_handler();
+	return 0;
+}
 
+int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
+{
+	int ret;
+
+	memset(vm, 0, sizeof(*vm));
+	vm_prepare(vm, cfg, err);
 	if (cfg->restore_dir)
 		return vm_restore_init(vm, err);
 
@@ -596,6 +606,7 @@ int vm_run(struct vm *vm)
 
 void vm_destroy(struct vm *vm)
 {
+	branch_release_all(vm);
 	if (vm->control_ready)
 		control_server_destroy(&vm->control);
 	for (int i = 0; vm->vcpus && i < vm->nr_vcpus; i++) {

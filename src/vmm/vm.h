@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "branch/fork_engine.h"
 #include "devices/acpi_pm.h"
 #include "devices/serial.h"
 #include "devices/virtio_blk.h"
@@ -94,6 +95,10 @@ struct vm {
 	uint8_t genid[16];
 	char overlay_dir[4096];
 	bool overlay_dir_created;
+
+	/* BRANCH zygotes of this VM (src/branch/fork_engine.c). */
+	struct zygote zygotes[BRANCH_MAX_ZYGOTES];
+	int next_zygote_id;
 };
 
 /* kvm.c */
@@ -120,6 +125,8 @@ int vm_control_init(struct vm *vm, struct fk_err *err);
 uint64_t monotonic_us(void);
 
 /* vm.c */
+/* Initialises a zeroed struct vm for cfg (locks, buses, signal handlers); no KVM yet. */
+int vm_prepare(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err);
 int vm_setup_host(struct vm *vm, struct fk_err *err);
 int vm_setup_devices(struct vm *vm, struct fk_err *err);
 int vm_setup_disks(struct vm *vm, struct fk_err *err);

@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* The VM's commands on the control socket (protocol: docs/control.md). */
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "vmm/vm.h"
 #include "vmm/vm_snapshot.h"
@@ -89,6 +92,129 @@ static int cmd_snapshot(void *opaque, json_t *request, json_t *reply, struct fk_
 	return 0;
 }
 
+static void put_children(json_t *reply, const struct branch_result *res)
+{
+	json_t *children = json_array();
+
+	for (int i = 0; i < res->nr_children; i++) {
+		char path[2400];
+		json_t *c = json_object();
+		json_object_set_new(c, "index", json_integer(res->children[i].index));
+		json_object_set_new(c, "pid", json_integer(res->children[i].pid));
+		snprintf(path, sizeof(path), "%s/child-%d", res->dir, res->children[i].index);
+		json_object_set_new(c, "dir", json_string(path));
+		json_array_append_new(children, c);
+	}
+	json_object_set_new(reply, "children", children);
+}
+
+static int cmd_branch(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
+{
+	struct vm *vm = opaque;
+	struct branch_request req = {0};
+	struct branch_result *res;
+	int64_t n = 1;
+	int ret;
+
+	ret = control_arg_int(request, "n", false, &n, err);
+	if (!ret)
+		ret = control_arg_string(request, "dir", false, &req.dir, err);
+	if (!ret)
+		ret = control_arg_string(request, "persist", false, &req.persist, err);
+	if (!ret)
+		ret = control_arg_bool(request, "wait", false, &req.wait, err);
+	if (ret < 0)
+		return ret;
+	if (n < 0 || n > BRANCH_MAX_CHILDREN)
+		return fk_fail(err, EINVAL, "n=%lld: expected 0..%d children", (long long)n,
+			       BRANCH_MAX_CHILDREN);
+	if (n == 0 && !req.persist)
+		return fk_fail(err, EINVAL, "n=0 without persist: expected children or a snapshot");
+	req.n = (int)n;
+	res = malloc(sizeof(*res));
+	if (!res)
+		return fk_fail(err, ENOMEM, "branch: out of memory");
+	ret = branch_vm(vm, &req, res, err);
+	if (ret == 0) {
+		json_object_set_new(reply, "zygote", json_integer(res->zygote_id));
+		json_object_set_new(reply, "zygote_pid", json_integer(res->zygote_pid));
+		json_object_set_new(reply, "dir", json_string(res->dir));
+		json_object_set_new(reply, "pause_us", json_integer((json_int_t)res->pause_us));
+		json_object_set_new(reply, "park_us", json_integer((json_int_t)res->park_us));
+		json_object_set_new(reply, "capture_us", json_integer((json_int_t)res->capture_us));
+		json_object_set_new(reply, "fork_us", json_integer((json_int_t)res->fork_us));
+		put_children(reply, res);
+		if (req.persist) {
+			json_object_set_new(reply, "persist",
+					    json_string(persist_state_name(res->persist)));
+			if (res->persist == PERSIST_FAILED)
+				json_object_set_new(reply, "persist_error",
+						    json_string(res->persist_error));
+		}
+	}
+	free(res);
+	return ret;
+}
+
+static int cmd_zygote(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
+{
+	struct vm *vm = opaque;
+	const char *action;
+	int64_t id = 0, n = 1;
+	int ret;
+
+	ret = control_arg_string(request, "action", true, &action, err);
+	if (ret < 0)
+		return ret;
+	if (strcmp(action, "list") == 0) {
+		json_t *list = json_array();
+		for (int i = 0; i < BRANCH_MAX_ZYGOTES; i++) {
+			const struct zygote *z = &vm->zygotes[i];
+			if (!z->in_use)
+				continue;
+			json_t *o = json_object();
+			json_object_set_new(o, "zygote", json_integer(z->id));
+			json_object_set_new(o, "pid", json_integer(z->pid));
+			json_object_set_new(o, "dir", json_string(z->dir));
+			json_object_set_new(o, "children", json_integer(z->nr_children));
+			json_object_set_new(o, "persist",
+					    json_string(persist_state_name(z->persist)));
+			if (z->persist != PERSIST_NONE)
+				json_object_set_new(o, "persist_path",
+						    json_string(z->persist_path));
+			if (z->persist == PERSIST_FAILED)
+				json_object_set_new(o, "persist_error",
+						    json_string(z->persist_error));
+			json_array_append_new(list, o);
+		}
+		json_object_set_new(reply, "zygotes", list);
+		return 0;
+	}
+	ret = control_arg_int(request, "id", true, &id, err);
+	if (ret < 0)
+		return ret;
+	if (strcmp(action, "release") == 0)
+		return branch_release(vm, (int)id, err);
+	if (strcmp(action, "spawn") == 0) {
+		struct branch_result *res;
+		ret = control_arg_int(request, "n", false, &n, err);
+		if (ret < 0)
+			return ret;
+		if (n < 1 || n > BRANCH_MAX_CHILDREN)
+			return fk_fail(err, EINVAL, "n=%lld: expected 1..%d children", (long long)n,
+				       BRANCH_MAX_CHILDREN);
+		res = malloc(sizeof(*res));
+		if (!res)
+			return fk_fail(err, ENOMEM, "zygote: out of memory");
+		ret = branch_spawn(vm, (int)id, (int)n, res, err);
+		if (ret == 0)
+			put_children(reply, res);
+		free(res);
+		return ret;
+	}
+	return fk_fail(err, EINVAL, "action '%s': expected list, spawn or release", action);
+}
+
 static const struct control_command vm_commands[] = {
     {"status", cmd_status, "state (running|paused), vcpus, mem_mib, disks, uptime_ms"},
     {"pause", cmd_pause, "stop all vCPUs at a safe point; replies with pause_us"},
@@ -96,6 +222,9 @@ static const struct control_command vm_commands[] = {
     {"shutdown", cmd_shutdown, "stop the VM; forkd-vmm exits with status 0"},
     {"snapshot", cmd_snapshot,
      "path: new directory; resume (default true): write a snapshot of the whole VM"},
+    {"branch", cmd_branch,
+     "n (default 1), dir, persist (snapshot path), wait: N children continue from this instant"},
+    {"zygote", cmd_zygote, "action: list | spawn (id, n) | release (id)"},
     {NULL, NULL, NULL},
 };
 

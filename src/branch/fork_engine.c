@@ -1,0 +1,654 @@
+/* SPDX-License-Identifier: MIT */
+#include "branch/fork_engine.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "snapshot/format.h"
+#include "vmm/vm.h"
+#include "vmm/vm_snapshot.h"
+#include "vmm/vm_state.h"
+
+#define MSG_MAX			4096
+#define CHILD_READY_TIMEOUT_MS	30000
+#define ZYGOTE_REPLY_TIMEOUT_MS 60000
+/* A rough host-memory cost of one idle child (KVM VM, page tables, VMM). */
+#define CHILD_OVERHEAD_BYTES (16ULL << 20)
+
+const char *persist_state_name(enum persist_state s)
+{
+	switch (s) {
+	case PERSIST_WRITING:
+		return "writing";
+	case PERSIST_READY:
+		return "ready";
+	case PERSIST_FAILED:
+		return "failed";
+	default:
+		return "none";
+	}
+}
+
+/* Test hook: FORKD_FAULT_INJECT=fork|child-vm makes that step fail (docs/branch.md). */
+static bool fault_injected(const char *what)
+{
+	const char *v = getenv("FORKD_FAULT_INJECT");
+
+	return v && strcmp(v, what) == 0;
+}
+
+static int send_msg(int sock, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int send_msg(int sock, const char *fmt, ...)
+{
+	char buf[MSG_MAX];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= sizeof(buf))
+		return -EMSGSIZE;
+	return send(sock, buf, (size_t)n, MSG_NOSIGNAL) == n ? 0 : -errno;
+}
+
+/* Receives one message (NUL-terminated); 0 on EOF, -ETIMEDOUT, or length. */
+static ssize_t recv_msg(int sock, char *buf, size_t len, int timeout_ms)
+{
+	struct pollfd p = {.fd = sock, .events = POLLIN};
+	ssize_t n;
+	int r;
+
+	do
+		r = poll(&p, 1, timeout_ms);
+	while (r < 0 && errno == EINTR);
+	if (r == 0)
+		return -ETIMEDOUT;
+	if (r < 0)
+		return -errno;
+	n = recv(sock, buf, len - 1, 0);
+	if (n < 0)
+		return -errno;
+	buf[n] = '\0';
+	return n;
+}
+
+static void close_fds_except(const int *keep, int nkeep)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		int fd = atoi(e->d_name);
+		bool kept = fd <= STDERR_FILENO || fd == dirfd(d);
+		for (int i = 0; i < nkeep; i++)
+			kept |= fd == keep[i];
+		if (!kept && e->d_name[0] != '.')
+			close(fd);
+	}
+	closedir(d);
+}
+
+static void redirect(int target, const char *path, int flags)
+{
+	int fd = open(path, flags | O_CLOEXEC, 0600);
+
+	if (fd >= 0) {
+		dup2(fd, target);
+		close(fd);
+	}
+}
+
+/* ---- child: a new VM on the inherited memory ---- */
+
+static int build_child(const struct vm *source, const struct snap_writer *w, const char *dir,
+		       int index, struct vm **out, struct fk_err *err)
+{
+	char cdir[2300], path[2400];
+	struct state_source src = {.writer = w, .disk_dir = dir};
+	struct vm *c;
+	int ret;
+
+	snprintf(cdir, sizeof(cdir), "%s/child-%d", dir, index);
+	if (mkdir(cdir, 0700) < 0)
+		return fk_fail_errno(err, errno, "child %d: create %s", index, cdir);
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return fk_fail(err, ENOMEM, "child %d: out of memory", index);
+	*out = c;
+	c->restored_cfg = *source->cfg;
+	c->restored_cfg.restore_dir = NULL;
+	c->restored_cfg.nr_disks = 0;
+	c->restored_cfg.serial_out =
+	    strdup((snprintf(path, sizeof(path), "%s/serial.log", cdir), path));
+	snprintf(path, sizeof(path), "%s/serial.in", cdir);
+	if (mkfifo(path, 0600) < 0)
+		return fk_fail_errno(err, errno, "child %d: mkfifo %s", index, path);
+	c->restored_cfg.serial_in = strdup(path);
+	c->restored_cfg.control_path =
+	    strdup((snprintf(path, sizeof(path), "%s/control.sock", cdir), path));
+	c->restored_cfg.overlay_dir =
+	    strdup((snprintf(path, sizeof(path), "%s/overlay", cdir), path));
+	if (!c->restored_cfg.serial_out || !c->restored_cfg.serial_in ||
+	    !c->restored_cfg.control_path || !c->restored_cfg.overlay_dir)
+		return fk_fail(err, ENOMEM, "child %d: out of memory", index);
+
+	ret = vm_prepare(c, &c->restored_cfg, err);
+	if (ret < 0)
+		return ret;
+	c->nr_vcpus = source->nr_vcpus;
+	ret = vm_setup_host(c, err);
+	if (ret < 0)
+		return ret;
+	/* The guest RAM this process inherited is the branch instant, copy-on-write. */
+	c->mem = source->mem;
+	ret = kvm_add_memslots(c, err);
+	if (ret < 0)
+		return ret;
+	if (fault_injected("child-vm"))
+		return fk_fail(err, EIO, "child %d: injected failure creating the VM", index);
+	return vm_rebuild(c, &src, err);
+}
+
+static void __attribute__((noreturn))
+child_main(struct vm *source, const struct snap_writer *w, const char *dir, int index, int ready_fd)
+{
+	char path[2400];
+	struct fk_err err = {0};
+	struct vm *c = NULL;
+	int status;
+
+	prctl(PR_SET_NAME, "forkd-vmm");
+	close_fds_except(&ready_fd, 1);
+	redirect(STDIN_FILENO, "/dev/null", O_RDONLY);
+	redirect(STDOUT_FILENO, "/dev/null", O_WRONLY);
+	snprintf(path, sizeof(path), "%s/child-%d.err", dir, index);
+	redirect(STDERR_FILENO, path, O_WRONLY | O_CREAT | O_APPEND);
+	if (build_child(source, w, dir, index, &c, &err) < 0) {
+		if (write(ready_fd, err.msg, strlen(err.msg)) < 0) {
+		}
+		_exit(VMM_EXIT_ERROR);
+	}
+	if (write(ready_fd, "ok", 2) < 0) {
+	}
+	close(ready_fd);
+	status = vm_run(c);
+	if (status != VMM_EXIT_POWEROFF)
+		fprintf(stderr, "forkd-vmm: %s (exit status %d)\n", c->exit_reason, status);
+	vm_destroy(c);
+	_exit(status);
+}
+
+/* ---- zygote ---- */
+
+static void zygote_spawn(struct vm *source, const struct snap_writer *w, const char *dir, int sock,
+			 int first, int n)
+{
+	for (int k = first; k < first + n; k++) {
+		char buf[FK_ERR_MSG_MAX + 8];
+		int pipefd[2];
+		ssize_t got = 0;
+		pid_t pid;
+
+		if (pipe2(pipefd, O_CLOEXEC) < 0) {
+			send_msg(sock, "child-error %d pipe: %s", k, strerror(errno));
+			continue;
+		}
+		pid = fork();
+		if (pid == 0) {
+			close(pipefd[0]);
+			child_main(source, w, dir, k, pipefd[1]);
+		}
+		close(pipefd[1]);
+		if (pid < 0) {
+			send_msg(sock, "child-error %d fork: %s", k, strerror(errno));
+			close(pipefd[0]);
+			continue;
+		}
+		{
+			struct pollfd p = {.fd = pipefd[0], .events = POLLIN};
+			if (poll(&p, 1, CHILD_READY_TIMEOUT_MS) > 0)
+				got = read(pipefd[0], buf, sizeof(buf) - 1);
+		}
+		close(pipefd[0]);
+		buf[got > 0 ? got : 0] = '\0';
+		if (got == 2 && memcmp(buf, "ok", 2) == 0) {
+			send_msg(sock, "child %d %d", k, (int)pid);
+		} else {
+			kill(pid, SIGKILL);
+			waitpid(pid, NULL, 0);
+			send_msg(sock, "child-error %d %s", k,
+				 got > 0 ? buf : "the child exited before its VM was ready");
+		}
+	}
+	send_msg(sock, "spawn-done");
+}
+
+static void zygote_persist(struct vm *source, struct snap_writer *w, const char *dir, int sock,
+			   const char *path)
+{
+	struct snap_mem_region regions[GUEST_MEM_MAX_REGIONS];
+	struct snap_memory_source mem = {.regions = regions,
+					 .nr_regions = (uint32_t)source->mem.nr_regions};
+	struct fk_err err = {0};
+	int fds[SNAP_MAX_FILES];
+	int ret = 0;
+
+	/* The disk images were copied at the branch instant; persist those copies. */
+	for (int i = 0; i < w->nr_files; i++) {
+		char p[2300];
+		snprintf(p, sizeof(p), "%s/%s", dir, w->files[i].name);
+		fds[i] = open(p, O_RDONLY | O_CLOEXEC);
+		if (fds[i] < 0 && !ret)
+			ret = fk_fail_errno(&err, errno, "disk copy %s", p);
+		w->files[i].src_fd = fds[i];
+	}
+	for (int i = 0; i < source->mem.nr_regions; i++)
+		regions[i] = (struct snap_mem_region){.gpa = source->mem.regions[i].gpa,
+						      .size = source->mem.regions[i].size,
+						      .host = source->mem.regions[i].hva};
+	if (!ret)
+		ret = snap_writer_commit(w, path, &mem, &err);
+	for (int i = 0; i < w->nr_files; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	if (ret < 0)
+		send_msg(sock, "persist-done error %s", err.msg);
+	else
+		send_msg(sock, "persist-done ok");
+}
+
+static void __attribute__((noreturn))
+zygote_main(struct vm *source, struct snap_writer *w, const char *dir, int sock, pid_t parent)
+{
+	char msg[MSG_MAX], path[2300];
+	sigset_t none;
+
+	/* A zygote never outlives its source. */
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != parent)
+		_exit(0);
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	prctl(PR_SET_NAME, "forkd-zygote");
+	close_fds_except(&sock, 1);
+	redirect(STDIN_FILENO, "/dev/null", O_RDONLY);
+	redirect(STDOUT_FILENO, "/dev/null", O_WRONLY);
+	snprintf(path, sizeof(path), "%s/zygote.log", dir);
+	redirect(STDERR_FILENO, path, O_WRONLY | O_CREAT | O_APPEND);
+	/* The source's vCPU run areas belong to its KVM VM, not ours. */
+	for (int i = 0; i < source->nr_vcpus; i++)
+		if (source->vcpus[i].run)
+			munmap(source->vcpus[i].run, source->vcpu_mmap_size);
+
+	for (;;) {
+		ssize_t n = recv_msg(sock, msg, sizeof(msg), 200);
+		int first, count;
+
+		/* Reap children that exited while we still are their parent. */
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
+		if (n == -ETIMEDOUT)
+			continue;
+		if (n <= 0)
+			_exit(0); /* the source closed its end */
+		if (sscanf(msg, "spawn %d %d", &first, &count) == 2)
+			zygote_spawn(source, w, dir, sock, first, count);
+		else if (strncmp(msg, "persist ", 8) == 0)
+			zygote_persist(source, w, dir, sock, msg + 8);
+		else if (strcmp(msg, "exit") == 0)
+			_exit(0);
+		else
+			send_msg(sock, "error unknown request");
+	}
+}
+
+/* ---- source side ---- */
+
+static struct zygote *find_zygote(struct vm *vm, int id)
+{
+	for (int i = 0; i < BRANCH_MAX_ZYGOTES; i++)
+		if (vm->zygotes[i].in_use && vm->zygotes[i].id == id)
+			return &vm->zygotes[i];
+	return NULL;
+}
+
+static void handle_zygote_msg(struct zygote *z, const char *msg)
+{
+	if (strcmp(msg, "persist-done ok") == 0) {
+		z->persist = PERSIST_READY;
+	} else if (strncmp(msg, "persist-done error ", 19) == 0) {
+		z->persist = PERSIST_FAILED;
+		snprintf(z->persist_error, sizeof(z->persist_error), "%s", msg + 19);
+	}
+}
+
+static void zygote_gone(struct vm *vm, struct zygote *z)
+{
+	event_loop_remove(&vm->loop, z->sock);
+	close(z->sock);
+	kill(z->pid, SIGKILL);
+	waitpid(z->pid, NULL, 0);
+	if (z->persist == PERSIST_WRITING) {
+		z->persist = PERSIST_FAILED;
+		snprintf(z->persist_error, sizeof(z->persist_error), "the zygote exited");
+	}
+	z->in_use = false;
+}
+
+static void on_zygote_msg(void *opaque, uint32_t events)
+{
+	struct zygote *z = opaque;
+	struct vm *vm = z->vm;
+	char msg[MSG_MAX];
+	ssize_t n;
+
+	(void)events;
+	n = recv_msg(z->sock, msg, sizeof(msg), 0);
+	if (n == -ETIMEDOUT)
+		return;
+	if (n <= 0) {
+		zygote_gone(vm, z);
+		return;
+	}
+	handle_zygote_msg(z, msg);
+}
+
+/* Sends a spawn request and collects the children (synchronously). */
+static int spawn_children(struct vm *vm, struct zygote *z, int n, struct branch_result *res,
+			  struct fk_err *err)
+{
+	char msg[MSG_MAX], first_error[FK_ERR_MSG_MAX] = "";
+	int ret, failed = 0;
+
+	ret = send_msg(z->sock, "spawn %d %d", z->nr_children, n);
+	if (ret < 0)
+		return fk_fail(err, -ret, "zygote %d: cannot send: %s", z->id, strerror(-ret));
+	for (;;) {
+		int k, pid;
+		ssize_t got = recv_msg(z->sock, msg, sizeof(msg), ZYGOTE_REPLY_TIMEOUT_MS);
+
+		if (got <= 0) {
+			if (got == 0)
+				zygote_gone(vm, z);
+			return fk_fail(err, got == 0 ? EPIPE : ETIMEDOUT,
+				       "zygote %d: %s while starting children", z->id,
+				       got == 0 ? "exited" : "no answer");
+		}
+		if (strcmp(msg, "spawn-done") == 0)
+			break;
+		if (sscanf(msg, "child %d %d", &k, &pid) == 2) {
+			if (res->nr_children < BRANCH_MAX_CHILDREN)
+				res->children[res->nr_children++] =
+				    (struct branch_child){.index = k, .pid = pid};
+			z->nr_children++;
+		} else if (strncmp(msg, "child-error ", 12) == 0) {
+			if (!failed++)
+				snprintf(first_error, sizeof(first_error), "%.400s", msg + 12);
+			z->nr_children++; /* the index is used; its directory stays for inspection
+					   */
+		} else {
+			handle_zygote_msg(z, msg);
+		}
+	}
+	if (failed) {
+		/* No partial branch: the children that did start are stopped again. */
+		for (int i = 0; i < res->nr_children; i++)
+			kill(res->children[i].pid, SIGKILL);
+		res->nr_children = 0;
+		return fk_fail(err, EIO, "%d of %d children failed to start; first: child %s",
+			       failed, n, first_error);
+	}
+	return 0;
+}
+
+static int check_children_fit(const struct vm *vm, int n, struct fk_err *err)
+{
+	unsigned long long avail_kb = 0;
+	char line[256];
+	FILE *f;
+
+	if (n < 0 || n > BRANCH_MAX_CHILDREN)
+		return fk_fail(err, EINVAL, "n=%d: expected 0..%d children", n,
+			       BRANCH_MAX_CHILDREN);
+	f = fopen("/proc/meminfo", "r");
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemAvailable: %llu kB", &avail_kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	(void)vm;
+	/* Keep half of the available memory for the guests' own copy-on-write writes. */
+	if (avail_kb && (unsigned long long)n * CHILD_OVERHEAD_BYTES > avail_kb * 512ULL)
+		return fk_fail(err, ENOMEM,
+			       "n=%d: %d children need about %llu MiB of host memory; %llu MiB "
+			       "are available and half of it is kept for guest writes",
+			       n, n, (unsigned long long)n * (CHILD_OVERHEAD_BYTES >> 20),
+			       avail_kb >> 10);
+	return 0;
+}
+
+/* Copies the writable disks as they are at the branch instant (the pause covers this). */
+static int copy_disks(const struct snap_writer *w, const char *dir, struct fk_err *err)
+{
+	for (int i = 0; i < w->nr_files; i++) {
+		char path[2300];
+		int fd, ret;
+
+		snprintf(path, sizeof(path), "%s/%s", dir, w->files[i].name);
+		fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (fd < 0)
+			return fk_fail_errno(err, errno, "branch: disk copy %s", path);
+		ret = snap_copy_fd(w->files[i].src_fd, fd, err);
+		close(fd);
+		if (ret < 0)
+			return fk_wrap(err, "branch: disk copy %s", path);
+	}
+	return 0;
+}
+
+int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_result *res,
+	      struct fk_err *err)
+{
+	struct zygote *z = NULL;
+	struct snap_writer w;
+	int sv[2] = {-1, -1}, ret, slot;
+	uint64_t t0, t1, t2, t3;
+	bool paused = false;
+	pid_t pid = -1, self = getpid();
+
+	memset(res, 0, sizeof(*res));
+	ret = check_children_fit(vm, req->n, err);
+	if (ret < 0)
+		return ret;
+	/*
+	 * Children whose zygote is released are re-parented to us rather than to
+	 * init, and reaped by the loop (vm.c); above us, the forkd daemon is the
+	 * subreaper for VMs whose source exited.
+	 */
+	prctl(PR_SET_CHILD_SUBREAPER, 1);
+	if (vm_is_paused(vm))
+		return fk_fail(err, EBUSY, "branch: the VM is paused; resume it first");
+	for (slot = 0; slot < BRANCH_MAX_ZYGOTES && vm->zygotes[slot].in_use; slot++)
+		;
+	if (slot == BRANCH_MAX_ZYGOTES)
+		return fk_fail(err, ENOSPC, "branch: %d zygotes already exist; release one",
+			       BRANCH_MAX_ZYGOTES);
+	z = &vm->zygotes[slot];
+	memset(z, 0, sizeof(*z));
+	z->id = ++vm->next_zygote_id;
+	z->vm = vm;
+	if (req->dir)
+		snprintf(z->dir, sizeof(z->dir), "%s", req->dir);
+	else
+		snprintf(z->dir, sizeof(z->dir), "%s/forkd-branch-%d-%d",
+			 getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
+			 (int)self, z->id);
+	if (mkdir(z->dir, 0700) < 0)
+		return fk_fail_errno(err, errno, "branch: create %s", z->dir);
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+		ret = fk_fail_errno(err, errno, "branch: socketpair");
+		goto fail_dir;
+	}
+	snap_writer_init(&w, (uint32_t)vm->nr_vcpus);
+
+	t0 = monotonic_us();
+	ret = vm_pause(vm, err);
+	if (ret < 0)
+		goto fail;
+	paused = true;
+	t1 = monotonic_us();
+	ret = vm_state_save(vm, &w, err);
+	if (!ret)
+		ret = copy_disks(&w, z->dir, err);
+	if (ret < 0)
+		goto fail;
+	t2 = monotonic_us();
+	if (fault_injected("fork")) {
+		errno = ENOMEM;
+		pid = -1;
+	} else {
+		pid = fork();
+	}
+	if (pid == 0) {
+		close(sv[0]);
+		zygote_main(vm, &w, z->dir, sv[1], self);
+	}
+	t3 = monotonic_us();
+	if (pid < 0) {
+		ret = fk_fail_errno(err, errno, "branch: fork of the zygote failed");
+		goto fail;
+	}
+	vm_resume(vm, err);
+	paused = false;
+	res->pause_us = monotonic_us() - t0;
+	res->park_us = vm->last_pause_us;
+	res->capture_us = t2 - t1;
+	res->fork_us = t3 - t2;
+	snap_writer_free(&w);
+	close(sv[1]);
+
+	z->in_use = true;
+	z->pid = pid;
+	z->sock = sv[0];
+	res->zygote_id = z->id;
+	res->zygote_pid = pid;
+	snprintf(res->dir, sizeof(res->dir), "%s", z->dir);
+
+	if (req->n > 0) {
+		ret = spawn_children(vm, z, req->n, res, err);
+		if (ret < 0) {
+			/* The zygote goes too: a failed branch leaves nothing behind. */
+			if (z->in_use) {
+				send_msg(z->sock, "exit");
+				zygote_gone(vm, z);
+			}
+			return fk_wrap(err, "branch");
+		}
+	}
+	if (req->persist) {
+		snprintf(z->persist_path, sizeof(z->persist_path), "%s", req->persist);
+		z->persist = PERSIST_WRITING;
+		if (send_msg(z->sock, "persist %s", req->persist) < 0) {
+			z->persist = PERSIST_FAILED;
+			snprintf(z->persist_error, sizeof(z->persist_error),
+				 "cannot reach the zygote");
+		}
+		while (req->wait && z->persist == PERSIST_WRITING) {
+			char msg[MSG_MAX];
+			ssize_t got = recv_msg(z->sock, msg, sizeof(msg), -1);
+			if (got <= 0) {
+				zygote_gone(vm, z);
+				break;
+			}
+			handle_zygote_msg(z, msg);
+		}
+		res->persist = z->persist;
+		snprintf(res->persist_error, sizeof(res->persist_error), "%s", z->persist_error);
+	}
+	if (z->in_use) {
+		struct fk_err soft;
+		if (event_loop_add(&vm->loop, z->sock, EPOLLIN, on_zygote_msg, z, &soft) < 0) {
+			/* Without a watch the zygote still works; only async persist status is
+			 * lost. */
+		}
+	}
+	return 0;
+
+fail:
+	if (paused) {
+		struct fk_err ignored;
+		vm_resume(vm, &ignored);
+	}
+	snap_writer_free(&w);
+	close(sv[0]);
+	close(sv[1]);
+fail_dir : {
+	char cmd[2200];
+	/* Only what this branch created: the directory and the disk copies in it. */
+	snprintf(cmd, sizeof(cmd), "%s", z->dir);
+	DIR *d = opendir(cmd);
+	struct dirent *e;
+	while (d && (e = readdir(d)))
+		if (e->d_name[0] != '.')
+			unlinkat(dirfd(d), e->d_name, 0);
+	if (d)
+		closedir(d);
+	rmdir(cmd);
+}
+	return ret;
+}
+
+int branch_spawn(struct vm *vm, int id, int n, struct branch_result *res, struct fk_err *err)
+{
+	struct zygote *z = find_zygote(vm, id);
+	int ret;
+
+	memset(res, 0, sizeof(*res));
+	if (!z)
+		return fk_fail(err, ENOENT, "zygote %d: no such zygote", id);
+	if (n < 1)
+		return fk_fail(err, EINVAL, "n=%d: expected at least 1 child", n);
+	ret = check_children_fit(vm, n, err);
+	if (ret < 0)
+		return ret;
+	res->zygote_id = z->id;
+	res->zygote_pid = z->pid;
+	snprintf(res->dir, sizeof(res->dir), "%s", z->dir);
+	return spawn_children(vm, z, n, res, err);
+}
+
+int branch_release(struct vm *vm, int id, struct fk_err *err)
+{
+	struct zygote *z = find_zygote(vm, id);
+
+	if (!z)
+		return fk_fail(err, ENOENT, "zygote %d: no such zygote", id);
+	send_msg(z->sock, "exit");
+	zygote_gone(vm, z);
+	return 0;
+}
+
+void branch_release_all(struct vm *vm)
+{
+	for (int i = 0; i < BRANCH_MAX_ZYGOTES; i++)
+		if (vm->zygotes[i].in_use)
+			branch_release(vm, vm->zygotes[i].id, &(struct fk_err){0});
+}

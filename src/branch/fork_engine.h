@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The fork engine of BRANCH (brief §7): pause the vCPUs, capture VM and
+ * device state in memory, fork(2) a frozen *zygote* that holds the guest RAM
+ * copy-on-write, resume the source. The zygote forks children on request;
+ * each child creates its own KVM VM on the inherited RAM, restores the
+ * captured state, takes its own identity and runs. The zygote can also
+ * persist the branch point as a snapshot while the source runs on.
+ *
+ * Process model (docs/branch.md): the source is the zygote's parent and
+ * reaps it; a zygote dies with its source (PR_SET_PDEATHSIG) or on release;
+ * children are independent VMMs that outlive their zygote and are reparented
+ * to the nearest child subreaper (the forkd daemon) when it exits.
+ */
+#ifndef FORKD_BRANCH_FORK_ENGINE_H
+#define FORKD_BRANCH_FORK_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "util/err.h"
+
+struct vm;
+
+#define BRANCH_MAX_CHILDREN 1024
+#define BRANCH_MAX_ZYGOTES  16
+
+enum persist_state {
+	PERSIST_NONE = 0,
+	PERSIST_WRITING,
+	PERSIST_READY,
+	PERSIST_FAILED,
+};
+
+struct zygote {
+	struct vm *vm;
+	bool in_use;
+	int id;
+	pid_t pid;
+	int sock; /* SOCK_SEQPACKET to the zygote */
+	char dir[2048];
+	int nr_children;
+	enum persist_state persist;
+	char persist_path[2048];
+	char persist_error[256];
+};
+
+struct branch_child {
+	int index;
+	pid_t pid;
+};
+
+struct branch_request {
+	int n;		     /* children to start now (0: only a zygote) */
+	const char *dir;     /* where the zygote and children live; NULL: default */
+	const char *persist; /* snapshot directory to write from the zygote, or NULL */
+	bool wait;	     /* wait until the snapshot is written */
+};
+
+struct branch_result {
+	int zygote_id;
+	pid_t zygote_pid;
+	char dir[2048];
+	uint64_t pause_us;   /* source vCPUs stopped: pause request to resume */
+	uint64_t park_us;    /* pause request until every vCPU parked */
+	uint64_t capture_us; /* vCPU, chip and device state (and disk copies) */
+	uint64_t fork_us;    /* fork(2) of the zygote */
+	int nr_children;
+	struct branch_child children[BRANCH_MAX_CHILDREN];
+	enum persist_state persist;
+	char persist_error[256];
+};
+
+int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_result *res,
+	      struct fk_err *err);
+
+/* Starts n more children from zygote `id`; their pids go to res->children. */
+int branch_spawn(struct vm *vm, int id, int n, struct branch_result *res, struct fk_err *err);
+
+/* Ends zygote `id` (its children run on). */
+int branch_release(struct vm *vm, int id, struct fk_err *err);
+
+/* Ends every zygote; called when the source exits. */
+void branch_release_all(struct vm *vm);
+
+const char *persist_state_name(enum persist_state s);
+
+#endif
