@@ -95,6 +95,16 @@ static void parse_option(const char *k, size_t klen, const char *v, size_t vlen)
 			say_text("cmdline.error=unknown then= ", v, vlen);
 		return;
 	}
+	if (tok_eq(k, klen, "pattern_freeze")) {
+		if (tok_eq(v, vlen, "genid"))
+			cfg.pattern_freeze = true;
+		else if (tok_eq(v, vlen, "off"))
+			cfg.pattern_freeze = false;
+		else
+			say_text("cmdline.error=unknown pattern_freeze= (expected genid or off): ",
+				 v, vlen);
+		return;
+	}
 	for (unsigned i = 0; i < ARRAY_SIZE(numbers); i++) {
 		if (tok_eq(k, klen, numbers[i].key)) {
 			if (parse_number(k, klen, v, vlen, numbers[i].dst) &&

@@ -208,18 +208,24 @@ void genid_say(void)
 	say("genid=%s", hex);
 }
 
-void genid_poll(void)
+const volatile genid_word *genid_words(void)
+{
+	return (const volatile genid_word *)(uintptr_t)genid_addr;
+}
+
+bool genid_poll(void)
 {
 	uint8_t id[GENID_BYTES];
 	char now[GENID_HEX_LEN + 1], old[GENID_HEX_LEN + 1];
 
 	if (!genid_addr)
-		return;
+		return false;
 	genid_read(id);
 	if (memcmp(id, genid_seen, GENID_BYTES) == 0)
-		return;
+		return false;
 	genid_hex(id, now);
 	genid_hex(genid_seen, old);
 	memcpy(genid_seen, id, GENID_BYTES);
 	say("genid.changed=%s old=%s", now, old);
+	return true;
 }

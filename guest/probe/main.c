@@ -30,7 +30,9 @@ static bool all_finite_done(void)
 
 void service_slow(struct cpu *c)
 {
-	genid_poll();
+	if (genid_poll() && cfg.pattern_freeze)
+		pattern_freeze_start();
+	pattern_freeze_poll();
 	console_poll();
 	if (!done_printed && all_finite_done()) {
 		done_printed = true;
@@ -100,6 +102,8 @@ void run_command(char *line)
 		say("report.end");
 	} else if (str_eq(cmd, "verify") && (*arg == '\0' || str_eq(arg, "strict"))) {
 		pattern_verify(*arg != '\0');
+	} else if (str_eq(cmd, "pattern-tear")) {
+		pattern_tear(arg);
 	} else if (str_eq(cmd, "fault")) {
 		/* Tests the FAULT path: 512 GiB and up is never mapped. */
 		(void)*(volatile uint64_t *)(uintptr_t)0x8000000000ULL;
@@ -124,7 +128,7 @@ void run_command(char *line)
 	}
 }
 
-static NORETURN void idle_forever(struct cpu *c)
+NORETURN void idle_forever(struct cpu *c)
 {
 	for (;;) {
 		if (c->index == 0) {

@@ -85,6 +85,7 @@ struct config {
 	uint64_t virtio_mmio; /* 0: not given */
 	uint64_t vmgenid;     /* 0: not given */
 	uint64_t verbose;     /* extra diagnostic lines before READY (each byte is a VM exit) */
+	bool pattern_freeze; /* pattern_freeze=genid: writers stop when the generation ID changes */
 	enum then then;
 };
 /* Written by the BSP before READY, read-only afterwards. */
@@ -188,6 +189,8 @@ struct cpu {
 	/* pattern */
 	uint64_t pattern_seq; /* last seq whose page store completed */
 	uint64_t pattern_pages;
+	uint64_t pattern_frozen_at; /* pattern_freeze: the seq it stopped at (valid once frozen) */
+	uint32_t pattern_frozen;    /* pattern_freeze: set after pattern_frozen_at, never cleared */
 	/* stall */
 	uint64_t stall_threshold_tsc;
 	uint64_t stall_count;
@@ -213,12 +216,20 @@ static inline void service(struct cpu *c)
 }
 NORETURN void cpu_main(unsigned index);
 void run_command(char *line);
+/* Parks the CPU for good; the BSP goes on serving the console. */
+NORETURN void idle_forever(struct cpu *c);
 
 /* work_*.c */
 void touch_run(struct cpu *c);
 NORETURN void pattern_run(struct cpu *c);
 void pattern_verify(bool strict);
 void pattern_report(struct cpu *c);
+/* BSP, from the console loop: the generation ID changed (pattern_freeze). */
+void pattern_freeze_start(void);
+/* BSP, from the console loop: prints pattern.frozen= once per change. */
+void pattern_freeze_poll(void);
+/* Console command `pattern-tear [cpu [ahead]]`: breaks a writer's image (verifier self-test). */
+void pattern_tear(char *arg);
 NORETURN void stall_run(struct cpu *c);
 void stall_report(struct cpu *c);
 
@@ -238,8 +249,15 @@ void genid_init(void);
 bool genid_present(void);
 /* Prints genid=<32 hex> (or genid=none). */
 void genid_say(void);
-/* BSP, from the console loop: prints genid.changed=... once per change. */
-void genid_poll(void);
+/* BSP, from the console loop: prints genid.changed=... once per change; true then. */
+bool genid_poll(void);
+/*
+ * The ID as two words, for workloads that compare it at every step (a
+ * cached read, no call), or NULL without an ID. A read torn by a concurrent
+ * rewrite still differs from the old ID, so it is a change either way.
+ */
+typedef uint64_t __attribute__((aligned(1))) genid_word;
+const volatile genid_word *genid_words(void);
 
 /* costs.c */
 void costs_run(void);

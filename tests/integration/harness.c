@@ -329,3 +329,86 @@ json_t *harness_call(const char *socket_path, const char *request_json, char *er
 	json_decref(req);
 	return reply;
 }
+
+static char *read_whole(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *buf = NULL;
+	size_t len = 0;
+
+	if (!f)
+		return NULL;
+	if (getdelim(&buf, &len, '\0', f) < 0) {
+		free(buf);
+		buf = NULL;
+	}
+	fclose(f);
+	return buf;
+}
+
+int file_count_lines(const char *path)
+{
+	char *text = read_whole(path);
+	int n = 0;
+
+	for (char *p = text; p && *p; p++)
+		n += *p == '\n';
+	free(text);
+	return n;
+}
+
+char *file_wait_line(const char *path, const char *prefix, int skip, int timeout_ms)
+{
+	long long deadline = now_ms() + timeout_ms;
+
+	for (;;) {
+		char *text = read_whole(path), *line = text, *found = NULL;
+		int n = 0;
+
+		while (line && *line) {
+			char *nl = strchr(line, '\n');
+			if (!nl)
+				break; /* an incomplete last line */
+			if (n++ >= skip && strncmp(line, prefix, strlen(prefix)) == 0) {
+				found = strndup(line, (size_t)(nl - line));
+				break;
+			}
+			line = nl + 1;
+		}
+		free(text);
+		if (found || now_ms() >= deadline)
+			return found;
+		usleep(20 * 1000);
+	}
+}
+
+int fifo_send(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = write(fd, text, strlen(text));
+	close(fd);
+	return n == (ssize_t)strlen(text) ? 0 : -EIO;
+}
+
+const char *line_value(const char *line, const char *key, char *buf, size_t len)
+{
+	size_t klen = strlen(key);
+	const char *s = line;
+
+	while ((s = strstr(s, key))) {
+		if ((s == line || s[-1] == ' ') && s[klen] == '=') {
+			size_t n = strcspn(s + klen + 1, " ");
+			if (n >= len)
+				n = len - 1;
+			memcpy(buf, s + klen + 1, n);
+			buf[n] = '\0';
+			return buf;
+		}
+		s += klen;
+	}
+	return NULL;
+}

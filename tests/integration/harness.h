@@ -60,4 +60,17 @@ long long now_ms(void);
 json_t *harness_call(const char *socket_path, const char *request_json, char *err_buf,
 		     size_t err_len);
 
+/*
+ * Consoles kept in files (a BRANCH child's serial.log / serial.in FIFO):
+ * waits for a line starting with prefix that appears after the first
+ * `skip` lines; returns a malloc'd copy (caller frees) or NULL on timeout.
+ */
+char *file_wait_line(const char *path, const char *prefix, int skip, int timeout_ms);
+/* Number of complete lines in the file now. */
+int file_count_lines(const char *path);
+/* Writes text to a FIFO (the child's serial.in). */
+int fifo_send(const char *path, const char *text);
+/* The value of key=value on a line (as vmm_value) or NULL; buf receives it. */
+const char *line_value(const char *line, const char *key, char *buf, size_t len);
+
 #endif
