@@ -38,7 +38,7 @@ done
 [ -r "$elf" ] || { echo "run-qemu.sh: cannot read probe ELF '$elf'" >&2; exit 2; }
 
 set -- -M microvm,acpi=on,rtc=off,pic=off,pit=off,isa-serial=on \
-	-enable-kvm -cpu host,-arch-capabilities,+invtsc \
+	-enable-kvm -cpu "${QEMU_CPU:-host,-arch-capabilities,+invtsc}" \
 	-m "$mem" -smp "$cpus" \
 	-nodefaults -no-user-config -nographic -no-reboot \
 	-serial stdio \

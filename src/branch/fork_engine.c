@@ -197,46 +197,67 @@ child_main(struct vm *source, const struct snap_writer *w, const char *dir, int 
 
 /* ---- zygote ---- */
 
+/*
+ * Forks all n children first and then collects their readiness, so that
+ * building their VMs (KVM VM, memslots, state) runs on every host core.
+ */
 static void zygote_spawn(struct vm *source, const struct snap_writer *w, const char *dir, int sock,
 			 int first, int n)
 {
-	for (int k = first; k < first + n; k++) {
-		char buf[FK_ERR_MSG_MAX + 8];
-		int pipefd[2];
-		ssize_t got = 0;
+	struct pending {
 		pid_t pid;
+		int fd;
+	} *kids = calloc((size_t)n, sizeof(*kids));
 
+	if (!kids) {
+		send_msg(sock, "child-error %d out of memory", first);
+		send_msg(sock, "spawn-done");
+		return;
+	}
+	for (int i = 0; i < n; i++) {
+		int k = first + i, pipefd[2];
+
+		kids[i].pid = -1;
+		kids[i].fd = -1;
 		if (pipe2(pipefd, O_CLOEXEC) < 0) {
 			send_msg(sock, "child-error %d pipe: %s", k, strerror(errno));
 			continue;
 		}
-		pid = fork();
-		if (pid == 0) {
+		kids[i].pid = fork();
+		if (kids[i].pid == 0) {
 			close(pipefd[0]);
 			child_main(source, w, dir, k, pipefd[1]);
 		}
 		close(pipefd[1]);
-		if (pid < 0) {
+		if (kids[i].pid < 0) {
 			send_msg(sock, "child-error %d fork: %s", k, strerror(errno));
 			close(pipefd[0]);
 			continue;
 		}
-		{
-			struct pollfd p = {.fd = pipefd[0], .events = POLLIN};
-			if (poll(&p, 1, CHILD_READY_TIMEOUT_MS) > 0)
-				got = read(pipefd[0], buf, sizeof(buf) - 1);
-		}
-		close(pipefd[0]);
+		kids[i].fd = pipefd[0];
+	}
+	for (int i = 0; i < n; i++) {
+		char buf[FK_ERR_MSG_MAX + 8];
+		struct pollfd p = {.fd = kids[i].fd, .events = POLLIN};
+		ssize_t got = 0;
+		int k = first + i;
+
+		if (kids[i].fd < 0)
+			continue;
+		if (poll(&p, 1, CHILD_READY_TIMEOUT_MS) > 0)
+			got = read(kids[i].fd, buf, sizeof(buf) - 1);
+		close(kids[i].fd);
 		buf[got > 0 ? got : 0] = '\0';
 		if (got == 2 && memcmp(buf, "ok", 2) == 0) {
-			send_msg(sock, "child %d %d", k, (int)pid);
+			send_msg(sock, "child %d %d", k, (int)kids[i].pid);
 		} else {
-			kill(pid, SIGKILL);
-			waitpid(pid, NULL, 0);
+			kill(kids[i].pid, SIGKILL);
+			waitpid(kids[i].pid, NULL, 0);
 			send_msg(sock, "child-error %d %s", k,
 				 got > 0 ? buf : "the child exited before its VM was ready");
 		}
 	}
+	free(kids);
 	send_msg(sock, "spawn-done");
 }
 

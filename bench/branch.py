@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""BRANCH benchmark (fork engine), driven through forkd-vmm's control socket.
+
+For each guest size and page size: a probe guest whose cpu0 runs the `pattern`
+writer over SIZE MiB (a write load that touches all of it) and whose cpu1 runs
+the `stall` probe; 20 branches of one child each. Per branch it records the
+VMM's phases (pause, park, capture, fork), the guest-observed stall (the
+longest gap the stall probe saw around the branch), and the time until the
+child answers on its console. Prints one JSON object per line.
+
+Also: 100 children from one zygote (all answering, PSS per child), the source's
+write rate in the 200 ms after a branch relative to before, and QEMU's
+background-snapshot stall for the same guest ELF.
+"""
+import json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VMM = os.path.join(ROOT, "build", "forkd-vmm")
+PROBE = os.path.join(ROOT, "build", "guest", "probe.elf")
+STALL_US = 200
+
+
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+
+
+def log(msg):
+    print("bench/branch: " + msg, file=sys.stderr, flush=True)
+
+
+def call(sock_path, req, timeout=120):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(sock_path)
+    s.sendall((json.dumps(req) + "\n").encode())
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    reply = json.loads(buf)
+    if not reply.get("ok"):
+        raise RuntimeError(f"{req}: {reply.get('error')}")
+    return reply
+
+
+def pct(values, p):
+    v = sorted(values)
+    if not v:
+        return None
+    k = min(len(v) - 1, max(0, int(round(p / 100.0 * (len(v) - 1)))))
+    return v[k]
+
+
+class Console:
+    """The source's console on pipes: send lines, wait for key=value lines."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.lines = []
+        os.set_blocking(proc.stdout.fileno(), False)
+        self.partial = b""
+
+    def pump(self):
+        try:
+            data = os.read(self.proc.stdout.fileno(), 1 << 16)
+        except BlockingIOError:
+            return
+        self.partial += data
+        *done, self.partial = self.partial.split(b"\n")
+        self.lines += [l.decode(errors="replace") for l in done]
+
+    def send(self, text):
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def wait(self, prefix, timeout=60, start=0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.pump()
+            for i in range(start, len(self.lines)):
+                if self.lines[i].startswith(prefix):
+                    return i, self.lines[i]
+            time.sleep(0.002)
+        raise TimeoutError(prefix)
+
+    def report(self):
+        start = len(self.lines)
+        self.send("report\n")
+        end, _ = self.wait("report.end", start=start)
+        values = {}
+        for line in self.lines[start:end]:
+            for tok in line.split():
+                if "=" in tok:
+                    k, v = tok.split("=", 1)
+                    values[k] = v
+        return values
+
+
+def start_source(workdir, mem_mib, append):
+    sock = os.path.join(workdir, "source.sock")
+    proc = subprocess.Popen(
+        [VMM, "--kernel", PROBE, "--mem", f"{mem_mib}M", "--cpus", "2",
+         "--append", append, "--control", sock],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    con = Console(proc)
+    con.wait("READY", timeout=60)
+    return proc, con, sock
+
+
+def stop(proc, sock):
+    try:
+        call(sock, {"cmd": "shutdown"}, timeout=10)
+    except Exception:
+        proc.kill()
+    proc.wait(timeout=30)
+
+
+def child_ping(child_dir, timeout=30):
+    """Sends ping to a child's console FIFO; returns when its log shows pong."""
+    log_path = os.path.join(child_dir, "serial.log")
+    with open(os.path.join(child_dir, "serial.in"), "w") as fifo:
+        fifo.write("ping\n")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with open(log_path) as f:
+            if "pong\n" in f.read():
+                return True
+        time.sleep(0.0005)
+    return False
+
+
+def new_gaps(before, after):
+    """Stall lengths (us) the probe recorded between two reports."""
+    n = int(after.get("cpu1.stall_count", 0)) - int(before.get("cpu1.stall_count", 0))
+    last = [int(x) for x in after.get("cpu1.stall_last", "").split(",") if x]
+    return last[-n:] if n > 0 else []
+
+
+def bench_size(workdir, mem_mib, pages, branches):
+    append = (f"work=pattern,stall pattern_mib={mem_mib} stall_us={STALL_US} "
+              f"pages={pages} pattern_freeze=genid")
+    proc, con, sock = start_source(workdir, mem_mib + 512, append)
+    pause, park, capture, fork_, stall, ready, dips = [], [], [], [], [], [], []
+    try:
+        # Let the writer touch every page once (fresh host memory is slow to fault in).
+        pages_n = mem_mib * 256
+        end = time.monotonic() + 600
+        while time.monotonic() < end:
+            r = con.report()
+            if int(r.get("cpu0.pattern_seq", 0)) >= 2 * pages_n:
+                break
+            time.sleep(0.5)
+        for i in range(branches):
+            before = con.report()
+            t0 = time.monotonic()
+            reply = call(sock, {"cmd": "branch", "n": 1,
+                                "dir": os.path.join(workdir, f"b{mem_mib}{pages}{i}")})
+            child = reply["children"][0]["dir"]
+            if child_ping(child):
+                ready.append((time.monotonic() - t0) * 1000)
+            time.sleep(0.05)
+            after = con.report()
+            gaps = new_gaps(before, after)
+            stall.append(max(gaps) if gaps else STALL_US)
+            pause.append(reply["pause_us"])
+            park.append(reply["park_us"])
+            capture.append(reply["capture_us"])
+            fork_.append(reply["fork_us"])
+            call(os.path.join(child, "control.sock"), {"cmd": "shutdown"})
+            call(sock, {"cmd": "zygote", "action": "release", "id": reply["zygote"]})
+            shutil.rmtree(os.path.dirname(child), ignore_errors=True)
+        # Source write-throughput dip: rate in the 200 ms after a branch / rate before.
+        for i in range(3):
+            s0 = int(con.report()["cpu0.pattern_seq"]); ta = time.monotonic()
+            time.sleep(0.2)
+            s1 = int(con.report()["cpu0.pattern_seq"]); tb = time.monotonic()
+            reply = call(sock, {"cmd": "branch", "n": 1,
+                                "dir": os.path.join(workdir, f"dip{mem_mib}{pages}{i}")})
+            s2 = int(con.report()["cpu0.pattern_seq"]); tc = time.monotonic()
+            time.sleep(0.2)
+            s3 = int(con.report()["cpu0.pattern_seq"]); td = time.monotonic()
+            dips.append(((s3 - s2) / (td - tc)) / ((s1 - s0) / (tb - ta)))
+            call(os.path.join(reply["children"][0]["dir"], "control.sock"), {"cmd": "shutdown"})
+            call(sock, {"cmd": "zygote", "action": "release", "id": reply["zygote"]})
+    finally:
+        stop(proc, sock)
+    emit({"bench": "branch", "engine": "fork", "mem_mib": mem_mib, "guest_pages": pages,
+          "branches": branches,
+          "pause_us_p50": pct(pause, 50), "pause_us_p99": pct(pause, 99),
+          "park_us_p50": pct(park, 50),
+          "capture_us_p50": pct(capture, 50), "fork_us_p50": pct(fork_, 50),
+          "guest_stall_us_p50": pct(stall, 50), "guest_stall_us_p99": pct(stall, 99),
+          "child_ready_ms_p50": round(pct(ready, 50), 2) if ready else None,
+          "source_write_rate_after_over_before_200ms": round(statistics.median(dips), 3)})
+
+
+def bench_fanout(workdir, n):
+    proc, con, sock = start_source(workdir, 256, "work=idle")
+    try:
+        con.wait("DONE")
+        t0 = time.monotonic()
+        reply = call(sock, {"cmd": "branch", "n": n, "dir": os.path.join(workdir, "fan")},
+                     timeout=600)
+        t_built = time.monotonic()
+        kids = [c["dir"] for c in reply["children"]]
+        for k in kids:
+            with open(os.path.join(k, "serial.in"), "w") as fifo:
+                fifo.write("ping\n")
+        pending = set(kids)
+        end = time.monotonic() + 120
+        while pending and time.monotonic() < end:
+            for k in list(pending):
+                with open(os.path.join(k, "serial.log")) as f:
+                    if "pong\n" in f.read():
+                        pending.discard(k)
+            time.sleep(0.005)
+        t_all = time.monotonic()
+        pss, priv = [], []
+        for c in reply["children"]:
+            with open(f"/proc/{c['pid']}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss.append(int(line.split()[1]) / 1024)
+                    if line.startswith("Private_Dirty:"):
+                        priv.append(int(line.split()[1]) / 1024)
+        emit({"bench": "branch-fanout", "engine": "fork", "n": n, "answered": n - len(pending),
+              "pause_us": reply["pause_us"],
+              "all_built_ms": round((t_built - t0) * 1000, 1),
+              "all_ready_ms": round((t_all - t0) * 1000, 1),
+              "pss_per_child_mib": round(statistics.mean(pss), 2),
+              "private_dirty_per_child_mib": round(statistics.mean(priv), 2)})
+        for k in kids:
+            try:
+                call(os.path.join(k, "control.sock"), {"cmd": "shutdown"}, timeout=10)
+            except Exception:
+                pass
+    finally:
+        stop(proc, sock)
+
+
+def qmp(sock_path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sock_path)
+    f = s.makefile("rw")
+    f.readline()  # greeting
+
+    def cmd(name, args=None):
+        req = {"execute": name}
+        if args:
+            req["arguments"] = args
+        f.write(json.dumps(req) + "\n")
+        f.flush()
+        while True:
+            msg = json.loads(f.readline())
+            if "return" in msg or "error" in msg:
+                return msg
+    cmd("qmp_capabilities")
+    return cmd
+
+
+def bench_qemu_bg(workdir, mem_mib, runs):
+    qsock = os.path.join(workdir, "qmp.sock")
+    append = f"work=pattern,stall pattern_mib={mem_mib} stall_us={STALL_US}"
+    proc = subprocess.Popen(
+        [os.path.join(ROOT, "guest/probe/run-qemu.sh"), PROBE, f"{mem_mib + 512}M", "2", append,
+         "--", "-qmp", f"unix:{qsock},server,nowait"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        # invtsc makes QEMU refuse to migrate (and so to background-snapshot).
+        env=dict(os.environ, QEMU_CPU="host,-arch-capabilities"))
+    con = Console(proc)
+    stalls = []
+    try:
+        con.wait("READY", timeout=60)
+        end = time.monotonic() + 600
+        while time.monotonic() < end:
+            if int(con.report().get("cpu0.pattern_seq", 0)) >= 2 * mem_mib * 256:
+                break
+            time.sleep(0.5)
+        cmd = qmp(qsock)
+        cmd("migrate-set-capabilities",
+            {"capabilities": [{"capability": "background-snapshot", "state": True}]})
+        for i in range(runs):
+            before = con.report()
+            out = os.path.join(workdir, "qemu-bg.snap")
+            r = cmd("migrate", {"uri": f"exec:cat > {out}"})
+            if "error" in r:
+                raise RuntimeError(r["error"])
+            while True:
+                st = cmd("query-migrate")["return"].get("status")
+                if st in ("completed", "failed", "cancelled"):
+                    break
+                time.sleep(0.01)
+            time.sleep(0.05)
+            after = con.report()
+            gaps = new_gaps(before, after)
+            stalls.append(max(gaps) if gaps else STALL_US)
+            os.unlink(out)
+        emit({"bench": "branch", "engine": "qemu-bg", "mem_mib": mem_mib, "guest_pages": "2m",
+              "runs": runs, "guest_stall_us_p50": pct(stalls, 50),
+              "guest_stall_us_p99": pct(stalls, 99)})
+    except Exception as e:
+        emit({"bench": "branch", "engine": "qemu-bg", "mem_mib": mem_mib, "error": str(e)})
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def main():
+    sizes = [int(x) for x in (sys.argv[1] if len(sys.argv) > 1 else "256 1024 4096 8192").split()]
+    page_sizes = (sys.argv[2] if len(sys.argv) > 2 else "2m 4k").split()
+    branches = int(os.environ.get("BRANCHES", "20"))
+    workdir = tempfile.mkdtemp(prefix="forkd-bench-branch.")
+    try:
+        for mem in sizes:
+            for pages in page_sizes:
+                log(f"{mem} MiB, {pages} guest pages")
+                bench_size(workdir, mem, pages, branches)
+        for mem in [m for m in sizes if m <= 1024]:
+            log(f"QEMU background-snapshot, {mem} MiB")
+            bench_qemu_bg(workdir, mem, 5)
+        log("100 children from one zygote")
+        bench_fanout(workdir, 100)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

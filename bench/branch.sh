@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# BRANCH benchmark: see bench/branch.py. JSON lines on stdout.
+#   bench/branch.sh ["MEM_MIB ..."] ["2m 4k"]     (BRANCHES=20 branches per size)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v qemu-system-x86_64 >/dev/null; then
+	apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends qemu-system-x86 >&2
+fi
+make -s -j2 build/forkd-vmm probe >&2
+exec python3 bench/branch.py "$@"
