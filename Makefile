@@ -55,7 +55,9 @@ $(VMM): $(BUILD)/obj/src/vmm/main.o $(BUILD)/libforkd.a
 $(VMM_ASAN): $(BUILD)/asan/obj/src/vmm/main.o $(BUILD)/asan/libforkd.a
 	$(CC) $(SANFLAGS) -o $@ $^ $(LIBS)
 
-$(FORKD): $(BUILD)/obj/src/cli/forkd.o $(BUILD)/libforkd.a
+CLI_OBJS := $(sort $(wildcard src/cli/*.c))
+CLI_OBJS := $(CLI_OBJS:%.c=$(BUILD)/obj/%.o)
+$(FORKD): $(CLI_OBJS) $(BUILD)/libforkd.a
 	$(CC) $(OPTFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(BUILD)/libforkd.a

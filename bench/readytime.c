@@ -5,7 +5,11 @@
  * and the VMM's memory at that moment, excluding the guest-RAM mapping
  * (any mapping at least --mem-mib large). Then kills the VMM.
  *
- *   readytime --prefix READY --mem-mib 256 [--timeout-ms N] -- CMD ARGS...
+ *   readytime --prefix READY --mem-mib 256 [--timeout-ms N] [--send STR] -- CMD ARGS...
+ *
+ * --send STR writes STR and a newline to the command's stdin (a pipe) right
+ * after the start, e.g. `ping` to a VMM with `--serial-in stdin`, so that the
+ * time to the answer is the time until the guest reads its console.
  */
 #include <errno.h>
 #include <poll.h>
@@ -62,8 +66,9 @@ static void vmm_memory(pid_t pid, unsigned long long guest_bytes, double *rss_mi
 int main(int argc, char **argv)
 {
 	const char *prefix = "READY";
+	const char *send = NULL;
 	unsigned long long mem_mib = 0;
-	int timeout_ms = 30000, i, out[2];
+	int timeout_ms = 30000, i, out[2], in[2] = {-1, -1};
 	char buf[65536];
 	size_t have = 0;
 	double t0, rss, priv;
@@ -74,6 +79,8 @@ int main(int argc, char **argv)
 			prefix = argv[++i];
 		else if (!strcmp(argv[i], "--mem-mib") && i + 1 < argc)
 			mem_mib = strtoull(argv[++i], NULL, 10);
+		else if (!strcmp(argv[i], "--send") && i + 1 < argc)
+			send = argv[++i];
 		else if (!strcmp(argv[i], "--timeout-ms") && i + 1 < argc)
 			timeout_ms = atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--")) {
@@ -86,20 +93,33 @@ int main(int argc, char **argv)
 	}
 	if (i >= argc || mem_mib == 0) {
 		fprintf(stderr,
-			"usage: readytime --prefix P --mem-mib N [--timeout-ms N] -- CMD...\n");
+			"usage: readytime --prefix P --mem-mib N [--timeout-ms N] [--send STR] -- "
+			"CMD...\n");
 		return 2;
 	}
-	if (pipe(out) < 0)
+	if (pipe(out) < 0 || (send && pipe(in) < 0))
 		return 1;
+	/* A VMM that exits early must not kill us with SIGPIPE. */
+	signal(SIGPIPE, SIG_IGN);
 	t0 = now_ms();
 	pid = fork();
 	if (pid == 0) {
 		dup2(out[1], 1);
 		close(out[0]);
+		if (send) {
+			dup2(in[0], 0);
+			close(in[1]);
+		}
 		execvp(argv[i], argv + i);
 		_exit(127);
 	}
 	close(out[1]);
+	if (send) {
+		/* The pipe buffers it until the VMM reads its console. */
+		close(in[0]);
+		if (dprintf(in[1], "%s\n", send) < 0)
+			fprintf(stderr, "readytime: cannot send '%s' to the command\n", send);
+	}
 	for (;;) {
 		struct pollfd p = {.fd = out[0], .events = POLLIN};
 		double left = timeout_ms - (now_ms() - t0);
