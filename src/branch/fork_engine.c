@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -365,6 +366,10 @@ static void zygote_gone(struct vm *vm, struct zygote *z)
 {
 	event_loop_remove(&vm->loop, z->sock);
 	close(z->sock);
+	if (z->pidfd >= 0) {
+		event_loop_remove(&vm->loop, z->pidfd);
+		close(z->pidfd);
+	}
 	kill(z->pid, SIGKILL);
 	waitpid(z->pid, NULL, 0);
 	if (z->persist == PERSIST_WRITING) {
@@ -390,6 +395,16 @@ static void on_zygote_msg(void *opaque, uint32_t events)
 		return;
 	}
 	handle_zygote_msg(z, msg);
+}
+
+/* The zygote's pidfd became readable: it exited (crashed, or was killed). */
+static void on_zygote_exit(void *opaque, uint32_t events)
+{
+	struct zygote *z = opaque;
+
+	(void)events;
+	if (z->in_use)
+		zygote_gone(z->vm, z);
 }
 
 /* Sends a spawn request and collects the children (synchronously). */
@@ -569,6 +584,8 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 	z->in_use = true;
 	z->pid = pid;
 	z->sock = sv[0];
+	/* A pidfd tells the loop when the zygote exits, without racing pid reuse. */
+	z->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	res->zygote_id = z->id;
 	res->zygote_pid = pid;
 	snprintf(res->dir, sizeof(res->dir), "%s", z->dir);
@@ -606,9 +623,11 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 	}
 	if (z->in_use) {
 		struct fk_err soft;
+		/* Without these watches the zygote still works; only async status is lost. */
 		if (event_loop_add(&vm->loop, z->sock, EPOLLIN, on_zygote_msg, z, &soft) < 0) {
-			/* Without a watch the zygote still works; only async persist status is
-			 * lost. */
+		}
+		if (z->pidfd >= 0 &&
+		    event_loop_add(&vm->loop, z->pidfd, EPOLLIN, on_zygote_exit, z, &soft) < 0) {
 		}
 	}
 	return 0;

@@ -38,7 +38,8 @@ struct zygote {
 	bool in_use;
 	int id;
 	pid_t pid;
-	int sock; /* SOCK_SEQPACKET to the zygote */
+	int sock;  /* SOCK_SEQPACKET to the zygote */
+	int pidfd; /* readable once the zygote has exited */
 	char dir[2048];
 	int nr_children;
 	enum persist_state persist;

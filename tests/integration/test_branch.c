@@ -502,6 +502,35 @@ static void test_branch_failures_leave_nothing(void **state)
 	}
 }
 
+/* A zygote that dies is noticed (pidfd) and forgotten; its children run on. */
+static void test_zygote_death_is_noticed(void **state)
+{
+	struct source s;
+	struct kid kids[MAX_KIDS];
+	json_t *r;
+	int zpid;
+
+	(void)state;
+	start_source(&s, "128M", "1", "work=idle", NULL);
+	branch(s.sock, 1, kids, &r);
+	zpid = (int)json_integer_value(json_object_get(r, "zygote_pid"));
+	json_decref(r);
+	assert_int_equal(kill(zpid, SIGKILL), 0);
+	for (int i = 0; i < 100; i++) {
+		r = call(s.sock, "{\"cmd\":\"zygote\",\"action\":\"list\"}", true);
+		size_t n = json_array_size(json_object_get(r, "zygotes"));
+		json_decref(r);
+		if (n == 0)
+			break;
+		usleep(20 * 1000);
+	}
+	expect_no_zygotes(s.sock);
+	kid_send(&kids[0], "ping\n");
+	free(kid_line(&kids[0], "pong", 0));
+	kid_shutdown(&kids[0]);
+	stop_source(&s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -514,6 +543,7 @@ int main(void)
 	    cmocka_unit_test(test_persist_branch_point),
 	    cmocka_unit_test(test_bad_branch_requests),
 	    cmocka_unit_test(test_branch_failures_leave_nothing),
+	    cmocka_unit_test(test_zygote_death_is_noticed),
 	};
 	return cmocka_run_group_tests_name("BRANCH with the fork engine", tests, setup, teardown);
 }

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -603,6 +604,42 @@ static void test_snapshot_from_another_cpu_is_refused(void **state)
 	expect_refused(snap, snap, "CPU", NULL);
 }
 
+/* forkd spawn: N restored children, each reported running and answering its console. */
+static void test_forkd_spawn_and_kill(void **state)
+{
+	char out[300], forkd[400], cmd[2048], path[600], line[600];
+	FILE *f;
+	int running = 0;
+
+	(void)state;
+	make_good_snapshot();
+	path_in(out, sizeof(out), "spawned");
+	snprintf(forkd, sizeof(forkd), "%s/forkd",
+		 getenv("FORKD_BUILD") ? getenv("FORKD_BUILD") : "build");
+	snprintf(cmd, sizeof(cmd), "'%s' spawn '%s' -n 3 --out '%s' --vmm '%s'", forkd, good_snap,
+		 out, harness_vmm());
+	f = popen(cmd, "r");
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f)) {
+		if (strstr(line, "\"running_ms\""))
+			running++;
+	}
+	assert_int_equal(pclose(f), 0);
+	assert_int_equal(running, 3);
+	for (int i = 0; i < 3; i++) {
+		snprintf(path, sizeof(path), "%s/child-%d/serial.in", out, i);
+		assert_int_equal(fifo_send(path, "ping\n"), 0);
+		snprintf(path, sizeof(path), "%s/child-%d/serial.log", out, i);
+		char *l = file_wait_line(path, "pong", 0, TIMEOUT_MS);
+		assert_non_null(l);
+		free(l);
+	}
+	/* Spawning into the same directory again is refused. */
+	assert_int_equal(WEXITSTATUS(system(cmd)), 2);
+	snprintf(cmd, sizeof(cmd), "'%s' kill '%s' >/dev/null", forkd, out);
+	assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -611,6 +648,7 @@ int main(void)
 	    cmocka_unit_test(test_eight_children_keep_their_own_disks),
 	    cmocka_unit_test(test_damaged_snapshots_are_refused),
 	    cmocka_unit_test(test_snapshot_from_another_cpu_is_refused),
+	    cmocka_unit_test(test_forkd_spawn_and_kill),
 	};
 	return cmocka_run_group_tests_name("snapshots and restore", tests, setup, teardown);
 }
