@@ -105,6 +105,15 @@ static void parse_option(const char *k, size_t klen, const char *v, size_t vlen)
 				 v, vlen);
 		return;
 	}
+	if (tok_eq(k, klen, "pages")) {
+		if (tok_eq(v, vlen, "4k"))
+			cfg.pages_4k = true;
+		else if (tok_eq(v, vlen, "2m"))
+			cfg.pages_4k = false;
+		else
+			say_text("cmdline.error=unknown pages= (expected 4k or 2m): ", v, vlen);
+		return;
+	}
 	for (unsigned i = 0; i < ARRAY_SIZE(numbers); i++) {
 		if (tok_eq(k, klen, numbers[i].key)) {
 			if (parse_number(k, klen, v, vlen, numbers[i].dst) &&

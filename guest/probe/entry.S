@@ -210,6 +210,11 @@ sys_rdtsc0:
 	shl $32, %rdx
 	or %rdx, %rax
 	jmp sys_ret
+sys_flush_tlb:
+	mov %cr3, %rax
+	mov %rax, %cr3
+	xor %eax, %eax
+	jmp sys_ret
 
 timer_entry:
 	push %rax
@@ -310,6 +315,7 @@ trampoline_end:
 sys_table:
 	.quad sys_outsb, sys_inb, sys_inw, sys_inl, sys_outb, sys_outw, sys_outl
 	.quad sys_rdmsr, sys_wrmsr, sys_cpuid, sys_halt, sys_stop, sys_rdtsc0
+	.quad sys_flush_tlb
 
 	.section .data.boot, "aw"
 	.balign 4096

@@ -39,20 +39,21 @@
  * CPL3 -> CPL0 calls: `ud2` with rax = call number, arguments in rdi, rsi,
  * rdx, result in rax; rcx and r11 are clobbered (see sys.h, entry.S).
  */
-#define SYS_OUTSB  0 /* (port, buf, len): rep outsb */
-#define SYS_INB	   1 /* (port) */
-#define SYS_INW	   2
-#define SYS_INL	   3
-#define SYS_OUTB   4 /* (port, value) */
-#define SYS_OUTW   5
-#define SYS_OUTL   6
-#define SYS_RDMSR  7  /* (msr) -> edx:eax as one 64-bit value */
-#define SYS_WRMSR  8  /* (msr, value) */
-#define SYS_CPUID  9  /* (leaf, subleaf, uint32_t out[4]) */
-#define SYS_HALT   10 /* (lapic timer count or 0): arm one-shot timer, sti; hlt; cli */
-#define SYS_STOP   11 /* cli; hlt forever */
-#define SYS_RDTSC0 12 /* rdtsc at CPL0 (for comparing with CPL3's) */
-#define SYS_NR	   13
+#define SYS_OUTSB     0 /* (port, buf, len): rep outsb */
+#define SYS_INB	      1 /* (port) */
+#define SYS_INW	      2
+#define SYS_INL	      3
+#define SYS_OUTB      4 /* (port, value) */
+#define SYS_OUTW      5
+#define SYS_OUTL      6
+#define SYS_RDMSR     7	 /* (msr) -> edx:eax as one 64-bit value */
+#define SYS_WRMSR     8	 /* (msr, value) */
+#define SYS_CPUID     9	 /* (leaf, subleaf, uint32_t out[4]) */
+#define SYS_HALT      10 /* (lapic timer count or 0): arm one-shot timer, sti; hlt; cli */
+#define SYS_STOP      11 /* cli; hlt forever */
+#define SYS_RDTSC0    12 /* rdtsc at CPL0 (for comparing with CPL3's) */
+#define SYS_FLUSH_TLB 13 /* reload CR3: drops this CPU's non-global TLB entries */
+#define SYS_NR	      14
 
 /* Real-mode AP trampoline: SIPI vector 0x08 starts APs at 0x0800:0000. */
 #define TRAMPOLINE_PADDR 0x8000

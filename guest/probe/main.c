@@ -244,6 +244,7 @@ static NORETURN void bsp_main(void)
 	for (unsigned i = 0; i < nr_cpus; i++)
 		say("cpu%u.apic_id=%u", i, cpus[i].apic_id);
 	assign_workloads();
+	mem_say_pages();
 	genid_init();
 	say("boot.cpl3_us=%lu boot.smp_us=%lu boot.ready_us=%lu tsc.source=%s",
 	    tsc_to_us(t_cpl3 - boot_tsc0), tsc_to_us(smp_start_ticks),

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * RAM from the PVH memory map: totals, a write/read-back check of both ends
- * of every region (how tests prove RAM above 4 GiB works), and a bump
- * allocator for workload memory.
+ * of every region (how tests prove RAM above 4 GiB works), a bump allocator
+ * for workload memory and, with pages=4k, the 4 KiB page tables that map it.
  */
 #include "probe.h"
 
@@ -14,19 +14,42 @@ struct ram_region {
 	uint64_t next; /* bump pointer, 2 MiB aligned */
 };
 
-/* Filled by the BSP in mem_init(); the allocator runs under alloc_lock. */
+/*
+ * pages=4k: page tables come from 2 MiB blocks of this pool (never split
+ * themselves), and the stats say what splitting has cost, for mem.pages=.
+ */
+struct pt_pool {
+	uint64_t next;
+	uint64_t end;
+};
+struct split_stats {
+	uint64_t bytes;
+	uint64_t pt_pages;
+	uint64_t fill_tsc;  /* writing the PTEs (native) */
+	uint64_t link_tsc;  /* replacing the PDEs (page-table writes the shadow MMU traps) */
+	uint64_t flush_tsc; /* the CPL0 CR3 reload */
+	bool failed;
+};
+
+/* Filled by the BSP in mem_init(); the allocator, pool and stats run under alloc_lock. */
 static struct ram_region ram[MAX_RAM_REGIONS];
 static unsigned nr_ram;
 static uint64_t ram_bytes, ram_top;
 static struct spinlock alloc_lock;
+static struct pt_pool pt_pool;
+static struct split_stats split_stats;
 
 /* entry.S: the top-level page tables (identity map, 2 MiB pages below 4 GiB). */
 extern uint64_t pdpt[512];
 
 #define GIB	       (1ULL << 30)
 #define LOW_MAPPED_GIB 4
+#define PTE_P	       0x1ULL
+#define PTE_PS	       0x80ULL
 #define PTE_P_RW_US    0x7ULL
 #define PTE_P_RW_US_PS 0x87ULL
+#define PTE_ADDR       0x000FFFFFFFFFF000ULL
+#define PTES_PER_TABLE 512
 
 static uint64_t align_up(uint64_t v, uint64_t a)
 {
@@ -44,6 +67,31 @@ static bool check_word(uint64_t addr)
 	got = *p;
 	*p = old;
 	return got == want;
+}
+
+/* Caller holds alloc_lock; bytes is a multiple of ALLOC_ALIGN. */
+static uint64_t bump_alloc_locked(uint64_t bytes)
+{
+	for (unsigned i = 0; i < nr_ram; i++) {
+		if (ram[i].next < ram[i].end && ram[i].end - ram[i].next >= bytes) {
+			uint64_t got = ram[i].next;
+
+			ram[i].next += bytes;
+			return got;
+		}
+	}
+	return 0;
+}
+
+/* RAM that stays mapped with 2 MiB pages whatever pages= says (page tables). */
+static uint64_t bump_alloc(uint64_t bytes)
+{
+	uint64_t got;
+
+	spin_lock(&alloc_lock);
+	got = bump_alloc_locked(align_up(bytes ? bytes : 1, ALLOC_ALIGN));
+	spin_unlock(&alloc_lock);
+	return got;
 }
 
 /*
@@ -64,7 +112,7 @@ static bool map_high(void)
 	if (ram_top <= LOW_MAPPED_GIB * GIB)
 		return true;
 	nr_pd = top_gib - LOW_MAPPED_GIB;
-	pds = mem_alloc(nr_pd * PAGE_SIZE);
+	pds = bump_alloc(nr_pd * PAGE_SIZE);
 	if (!pds || pds + nr_pd * PAGE_SIZE > LOW_MAPPED_GIB * GIB) {
 		say("mem.error=no low memory for the page tables mapping RAM above 4 GiB");
 		return false;
@@ -154,19 +202,120 @@ bool mem_is_ram(uint64_t addr, uint64_t len)
 	return false;
 }
 
+/*
+ * n contiguous page-table pages from the pool; a pool block too small for
+ * them is dropped (at most 2 MiB lost, and only when a big range follows
+ * small ones). Caller holds alloc_lock.
+ */
+static uint64_t pt_pages_locked(uint64_t n)
+{
+	uint64_t bytes = n * PAGE_SIZE, got;
+
+	if (pt_pool.end - pt_pool.next < bytes) {
+		uint64_t block = align_up(bytes, ALLOC_ALIGN), base = bump_alloc_locked(block);
+
+		if (!base)
+			return 0;
+		pt_pool.next = base;
+		pt_pool.end = base + block;
+	}
+	got = pt_pool.next;
+	pt_pool.next += bytes;
+	return got;
+}
+
+/* The PDE that maps addr (the identity map lets us follow physical addresses); NULL if none. */
+static uint64_t *pde_of(uint64_t addr)
+{
+	uint64_t pdpte;
+
+	if (addr >> 39) /* pml4 has only entry 0 */
+		return NULL;
+	pdpte = READ_ONCE(pdpt[addr >> 30]);
+	if (!(pdpte & PTE_P) || (pdpte & PTE_PS))
+		return NULL;
+	return (uint64_t *)(uintptr_t)(pdpte & PTE_ADDR) + ((addr >> 21) & (PTES_PER_TABLE - 1));
+}
+
+/*
+ * Maps [base, base + bytes) (2 MiB aligned) with 4 KiB pages: each 2 MiB
+ * PDE is replaced by a page table mapping the same physical range, so the
+ * translation never changes and no CPU can see wrong memory at any point.
+ * The PTEs are written first, at native speed into pages the shadow MMU
+ * does not yet track; only the PDE writes are page-table writes it traps.
+ * Caller holds alloc_lock.
+ */
+static bool split_locked(uint64_t base, uint64_t bytes)
+{
+	uint64_t n = bytes / ALLOC_ALIGN, pts = pt_pages_locked(n), t0, t1;
+
+	if (!pts)
+		return false;
+	for (uint64_t k = 0; k < n; k++)
+		if (!pde_of(base + k * ALLOC_ALIGN))
+			return false;
+	t0 = rdtsc();
+	for (uint64_t k = 0; k < n; k++) {
+		uint64_t *pt = (uint64_t *)(uintptr_t)(pts + k * PAGE_SIZE);
+		uint64_t pa = base + k * ALLOC_ALIGN;
+
+		for (uint64_t j = 0; j < PTES_PER_TABLE; j++)
+			pt[j] = (pa + j * PAGE_SIZE) | PTE_P_RW_US;
+	}
+	barrier();
+	t1 = rdtsc();
+	for (uint64_t k = 0; k < n; k++)
+		WRITE_ONCE(*pde_of(base + k * ALLOC_ALIGN), (pts + k * PAGE_SIZE) | PTE_P_RW_US);
+	barrier();
+	split_stats.fill_tsc += t1 - t0;
+	split_stats.link_tsc += rdtsc() - t1;
+	split_stats.bytes += bytes;
+	split_stats.pt_pages += n;
+	return true;
+}
+
 uint64_t mem_alloc(uint64_t bytes)
 {
-	uint64_t got = 0;
+	uint64_t got, t0;
+	bool split_failed = false;
 
 	bytes = align_up(bytes ? bytes : 1, ALLOC_ALIGN);
 	spin_lock(&alloc_lock);
-	for (unsigned i = 0; i < nr_ram; i++) {
-		if (ram[i].next < ram[i].end && ram[i].end - ram[i].next >= bytes) {
-			got = ram[i].next;
-			ram[i].next += bytes;
-			break;
-		}
+	got = bump_alloc_locked(bytes);
+	if (got && cfg.pages_4k && !split_locked(got, bytes)) {
+		/* The range stays lost: a half-split range still maps right, but say oom. */
+		split_failed = true;
+		split_stats.failed = true;
+		got = 0;
 	}
 	spin_unlock(&alloc_lock);
+	if (split_failed)
+		say("mem.error=no memory or no mapping for the 4 KiB page tables of %lu MiB",
+		    (uint64_t)(bytes / MIB));
+	if (got && cfg.pages_4k) {
+		t0 = rdtsc();
+		sys_flush_tlb();
+		spin_lock(&alloc_lock);
+		split_stats.flush_tsc += rdtsc() - t0;
+		spin_unlock(&alloc_lock);
+	}
 	return got;
+}
+
+void mem_say_pages(void)
+{
+	struct split_stats st;
+
+	if (!cfg.pages_4k) {
+		say("mem.pages=2m");
+		return;
+	}
+	spin_lock(&alloc_lock);
+	st = split_stats;
+	spin_unlock(&alloc_lock);
+	say("mem.pages=4k mem.pages4k_mib=%lu mem.pt_kib=%lu mem.pt_us=%lu mem.pt_fill_us=%lu "
+	    "mem.pt_link_us=%lu mem.pt_flush_us=%lu%s",
+	    (uint64_t)(st.bytes / MIB), (uint64_t)(st.pt_pages * PAGE_SIZE / 1024),
+	    tsc_to_us(st.fill_tsc + st.link_tsc + st.flush_tsc), tsc_to_us(st.fill_tsc),
+	    tsc_to_us(st.link_tsc), tsc_to_us(st.flush_tsc), st.failed ? " mem.pt_failed=1" : "");
 }

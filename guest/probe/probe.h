@@ -86,6 +86,7 @@ struct config {
 	uint64_t vmgenid;     /* 0: not given */
 	uint64_t verbose;     /* extra diagnostic lines before READY (each byte is a VM exit) */
 	bool pattern_freeze; /* pattern_freeze=genid: writers stop when the generation ID changes */
+	bool pages_4k;	     /* pages=4k: mem_alloc maps what it hands out with 4 KiB pages */
 	enum then then;
 };
 /* Written by the BSP before READY, read-only afterwards. */
@@ -119,8 +120,14 @@ uint64_t stopwatch_us(struct stopwatch *sw);
 /* mem.c */
 void mem_init(const struct hvm_start_info *si);
 uint64_t mem_mib(void);
-/* Contiguous, 2 MiB aligned RAM from 16 MiB up; 0 when none is left. */
+/*
+ * Contiguous, 2 MiB aligned RAM from 16 MiB up; 0 when none is left. With
+ * pages=4k the range is mapped with 4 KiB pages on return (this CPU's TLB
+ * flushed); other CPUs may still cache the equivalent 2 MiB translations.
+ */
 uint64_t mem_alloc(uint64_t bytes);
+/* Boot line: mem.pages=4k|2m, and for 4k what splitting the allocations so far cost. */
+void mem_say_pages(void);
 bool mem_is_ram(uint64_t addr, uint64_t len);
 uint64_t mem_top(void);
 

@@ -85,6 +85,12 @@ static inline uint64_t sys_rdtsc0(void)
 	return sys_call(SYS_RDTSC0, 0, 0, 0);
 }
 
+/* After CPL3 edits of the page tables (mem.c): only this CPU's TLB. */
+static inline void sys_flush_tlb(void)
+{
+	sys_call(SYS_FLUSH_TLB, 0, 0, 0);
+}
+
 static inline uint64_t rdtsc(void)
 {
 	uint32_t lo, hi;

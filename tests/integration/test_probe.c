@@ -196,6 +196,20 @@ static void test_touch_1g(void **state)
 	vmm_free(&p);
 }
 
+/* The probe maps workload memory with 4 KiB pages (as Linux user memory is) on request. */
+static void test_touch_with_4k_guest_pages(void **state)
+{
+	struct vmm_proc p;
+
+	(void)state;
+	start_probe(&p, NULL, "512M", "1", "work=touch touch_mib=256 pages=4k then=poweroff", NULL);
+	need_line(&p, "DONE", RUN_TIMEOUT_MS);
+	expect_kv(&p, "mem.pages", "4k");
+	expect_kv(&p, "cpu0.touch_ok", "1");
+	expect_exit(&p, 0, BOOT_TIMEOUT_MS);
+	vmm_free(&p);
+}
+
 static void test_workloads_report_and_verify(void **state)
 {
 	char buf[64];
@@ -387,6 +401,7 @@ int main(void)
 	    cmocka_unit_test(test_memory_1g),
 	    cmocka_unit_test(test_memory_5g_above_hole),
 	    cmocka_unit_test(test_touch_1g),
+	    cmocka_unit_test(test_touch_with_4k_guest_pages),
 	    cmocka_unit_test(test_workloads_report_and_verify),
 	    cmocka_unit_test(test_virtio_blk_read_write),
 	    cmocka_unit_test(test_virtio_blk_read_only),
