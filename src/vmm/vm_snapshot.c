@@ -332,8 +332,7 @@ out:
 	return ret;
 }
 
-static int read_params(const struct state_source *src, struct vm_params *params,
-		       struct fk_err *err)
+static int read_params(const struct state_source *src, struct vm_params *params, struct fk_err *err)
 {
 	const void *data;
 	size_t len;

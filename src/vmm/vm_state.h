@@ -37,9 +37,8 @@ static inline int state_find(const struct state_source *src, uint32_t type, uint
 static inline int state_find_device(const struct state_source *src, uint32_t instance,
 				    uint32_t *device_type, const void **data, size_t *len)
 {
-	return src->reader
-		   ? snap_reader_find_device(src->reader, instance, device_type, data, len)
-		   : snap_writer_find_device(src->writer, instance, device_type, data, len);
+	return src->reader ? snap_reader_find_device(src->reader, instance, device_type, data, len)
+			   : snap_writer_find_device(src->writer, instance, device_type, data, len);
 }
 
 /* Builds the list of MSRs this host lets us read back (KVM's index list, filtered). */
