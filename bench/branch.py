@@ -87,9 +87,12 @@ class Console:
         raise TimeoutError(prefix)
 
     def report(self):
+        return self.command("report\n", "report.end")
+
+    def command(self, text, end_prefix):
         start = len(self.lines)
-        self.send("report\n")
-        end, _ = self.wait("report.end", start=start)
+        self.send(text)
+        end, _ = self.wait(end_prefix, start=start)
         values = {}
         for line in self.lines[start:end]:
             for tok in line.split():
@@ -132,17 +135,16 @@ def child_ping(child_dir, timeout=30):
     return False
 
 
-def new_gaps(before, after):
-    """Stall lengths (us) the probe recorded between two reports."""
-    n = int(after.get("cpu1.stall_count", 0)) - int(before.get("cpu1.stall_count", 0))
-    last = [int(x) for x in after.get("cpu1.stall_last", "").split(",") if x]
-    return last[-n:] if n > 0 else []
+def guest_mib(mem_mib):
+    """Guest RAM for a pattern region of mem_mib: the probe needs it contiguous, and RAM
+    splits at 3 GiB, so large regions go above 4 GiB in a guest with 3 GiB below."""
+    return mem_mib + 512 if mem_mib <= 2560 else 3072 + mem_mib + 256
 
 
 def bench_size(workdir, mem_mib, pages, branches):
     append = (f"work=pattern,stall pattern_mib={mem_mib} stall_us={STALL_US} "
               f"pages={pages} pattern_freeze=genid")
-    proc, con, sock = start_source(workdir, mem_mib + 512, append)
+    proc, con, sock = start_source(workdir, guest_mib(mem_mib), append)
     pause, park, capture, fork_, stall, ready, dips = [], [], [], [], [], [], []
     try:
         # Let the writer touch every page once (fresh host memory is slow to fault in).
@@ -150,11 +152,14 @@ def bench_size(workdir, mem_mib, pages, branches):
         end = time.monotonic() + 600
         while time.monotonic() < end:
             r = con.report()
+            if any(k.endswith(".error") for k in r) or any("error" in l for l in con.lines):
+                raise RuntimeError("guest workload failed: " +
+                                   "; ".join(l for l in con.lines if "error" in l))
             if int(r.get("cpu0.pattern_seq", 0)) >= 2 * pages_n:
                 break
             time.sleep(0.5)
         for i in range(branches):
-            before = con.report()
+            con.command("stall-window\n", "stall-window.end")
             t0 = time.monotonic()
             reply = call(sock, {"cmd": "branch", "n": 1,
                                 "dir": os.path.join(workdir, f"b{mem_mib}{pages}{i}")})
@@ -162,9 +167,8 @@ def bench_size(workdir, mem_mib, pages, branches):
             if child_ping(child):
                 ready.append((time.monotonic() - t0) * 1000)
             time.sleep(0.05)
-            after = con.report()
-            gaps = new_gaps(before, after)
-            stall.append(max(gaps) if gaps else STALL_US)
+            window = con.command("stall-window\n", "stall-window.end")
+            stall.append(max(int(window.get("cpu1.stall_window_max_us", 0)), 0) or STALL_US)
             pause.append(reply["pause_us"])
             park.append(reply["park_us"])
             capture.append(reply["capture_us"])
@@ -265,7 +269,7 @@ def bench_qemu_bg(workdir, mem_mib, runs):
     qsock = os.path.join(workdir, "qmp.sock")
     append = f"work=pattern,stall pattern_mib={mem_mib} stall_us={STALL_US}"
     proc = subprocess.Popen(
-        [os.path.join(ROOT, "guest/probe/run-qemu.sh"), PROBE, f"{mem_mib + 512}M", "2", append,
+        [os.path.join(ROOT, "guest/probe/run-qemu.sh"), PROBE, f"{guest_mib(mem_mib)}M", "2", append,
          "--", "-qmp", f"unix:{qsock},server,nowait"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         # invtsc makes QEMU refuse to migrate (and so to background-snapshot).
@@ -283,7 +287,7 @@ def bench_qemu_bg(workdir, mem_mib, runs):
         cmd("migrate-set-capabilities",
             {"capabilities": [{"capability": "background-snapshot", "state": True}]})
         for i in range(runs):
-            before = con.report()
+            con.command("stall-window\n", "stall-window.end")
             out = os.path.join(workdir, "qemu-bg.snap")
             r = cmd("migrate", {"uri": f"exec:cat > {out}"})
             if "error" in r:
@@ -294,9 +298,8 @@ def bench_qemu_bg(workdir, mem_mib, runs):
                     break
                 time.sleep(0.01)
             time.sleep(0.05)
-            after = con.report()
-            gaps = new_gaps(before, after)
-            stalls.append(max(gaps) if gaps else STALL_US)
+            window = con.command("stall-window\n", "stall-window.end")
+            stalls.append(int(window.get("cpu1.stall_window_max_us", 0)) or STALL_US)
             os.unlink(out)
         emit({"bench": "branch", "engine": "qemu-bg", "mem_mib": mem_mib, "guest_pages": "2m",
               "runs": runs, "guest_stall_us_p50": pct(stalls, 50),

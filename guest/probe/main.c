@@ -107,6 +107,8 @@ void run_command(char *line)
 	} else if (str_eq(cmd, "fault")) {
 		/* Tests the FAULT path: 512 GiB and up is never mapped. */
 		(void)*(volatile uint64_t *)(uintptr_t)0x8000000000ULL;
+	} else if (str_eq(cmd, "stall-window")) {
+		stall_window_say();
 	} else if (str_eq(cmd, "genid")) {
 		genid_say();
 	} else if (str_eq(cmd, "blkw")) {

@@ -202,6 +202,7 @@ struct cpu {
 	uint64_t stall_threshold_tsc;
 	uint64_t stall_count;
 	uint64_t stall_max_tsc;
+	uint64_t stall_window_max_tsc; /* since the last `stall-window` command */
 	uint64_t stall_total;
 	struct stall_gap stall_last[STALL_LAST];
 	/* blkloop */
@@ -239,6 +240,7 @@ void pattern_freeze_poll(void);
 void pattern_tear(char *arg);
 NORETURN void stall_run(struct cpu *c);
 void stall_report(struct cpu *c);
+void stall_window_say(void);
 
 /* blk.c, hostile.c, blk_loop.c, blk_cmd.c */
 void blk_run(struct cpu *c);

@@ -12,6 +12,8 @@ static void record(struct cpu *c, uint64_t start, uint64_t len)
 	c->stall_last[n % STALL_LAST] = (struct stall_gap){.start_tsc = start, .len_tsc = len};
 	if (len > c->stall_max_tsc)
 		WRITE_ONCE(c->stall_max_tsc, len);
+	if (len > READ_ONCE(c->stall_window_max_tsc))
+		WRITE_ONCE(c->stall_window_max_tsc, len);
 	barrier();
 	WRITE_ONCE(c->stall_count, n + 1);
 }
@@ -50,4 +52,22 @@ void stall_report(struct cpu *c)
 	say("cpu%u.stall_count=%lu", c->index, count);
 	say("cpu%u.stall_max_us=%lu", c->index, tsc_to_us(READ_ONCE(c->stall_max_tsc)));
 	say("cpu%u.stall_last=%s", c->index, list);
+}
+
+/*
+ * `stall-window`: the longest gap each stall CPU saw since the previous
+ * `stall-window` (0 if none above the threshold), then starts a new window.
+ * Benchmarks bracket one event (a BRANCH) with two of these.
+ */
+void stall_window_say(void)
+{
+	for (unsigned i = 0; i < nr_cpus; i++) {
+		struct cpu *c = &cpus[i];
+
+		if (c->work != WORK_STALL)
+			continue;
+		uint64_t max = __atomic_exchange_n(&c->stall_window_max_tsc, 0, __ATOMIC_SEQ_CST);
+		say("cpu%u.stall_window_max_us=%lu", c->index, tsc_to_us(max));
+	}
+	say("stall-window.end");
 }
