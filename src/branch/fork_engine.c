@@ -377,6 +377,12 @@ static void zygote_gone(struct vm *vm, struct zygote *z)
 		snprintf(z->persist_error, sizeof(z->persist_error), "the zygote exited");
 	}
 	z->in_use = false;
+	for (int i = 0; i < BRANCH_MAX_ZYGOTES; i++)
+		if (vm->zygotes[i].in_use)
+			return;
+	/* The RAM is no longer shared: make the next fork cheap again. */
+	if (vm->mem.backend == GUEST_MEM_ANON && !getenv("FORKD_NO_RECOLLAPSE"))
+		recollapse_start(&vm->recollapse, &vm->mem);
 }
 
 static void on_zygote_msg(void *opaque, uint32_t events)
@@ -520,6 +526,7 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 	 * subreaper for VMs whose source exited.
 	 */
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
+	recollapse_stop(&vm->recollapse);
 	if (vm_is_paused(vm))
 		return fk_fail(err, EBUSY, "branch: the VM is paused; resume it first");
 	for (slot = 0; slot < BRANCH_MAX_ZYGOTES && vm->zygotes[slot].in_use; slot++)

@@ -607,6 +607,7 @@ int vm_run(struct vm *vm)
 void vm_destroy(struct vm *vm)
 {
 	branch_release_all(vm);
+	recollapse_stop(&vm->recollapse);
 	if (vm->control_ready)
 		control_server_destroy(&vm->control);
 	for (int i = 0; vm->vcpus && i < vm->nr_vcpus; i++) {

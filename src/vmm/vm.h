@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "branch/fork_engine.h"
+#include "branch/recollapse.h"
 #include "devices/acpi_pm.h"
 #include "devices/serial.h"
 #include "devices/virtio_blk.h"
@@ -99,6 +100,7 @@ struct vm {
 	/* BRANCH zygotes of this VM (src/branch/fork_engine.c). */
 	struct zygote zygotes[BRANCH_MAX_ZYGOTES];
 	int next_zygote_id;
+	struct recollapse recollapse;
 };
 
 /* kvm.c */
