@@ -7,10 +7,28 @@
 
 #define HUGE_2M (2ULL << 20)
 
+/* RAM below the MMIO hole, then the rest from 4 GiB, both inside one host mapping. */
+static void set_layout(struct guest_mem *mem, enum guest_mem_backend backend, uint8_t *hva,
+		       uint64_t size)
+{
+	uint64_t low = size < GUEST_MMIO_HOLE_START ? size : GUEST_MMIO_HOLE_START;
+
+	mem->backend = backend;
+	mem->total_size = size;
+	mem->mapping = hva;
+	mem->mapping_size = size;
+	mem->regions[0] = (struct guest_mem_region){.gpa = 0, .size = low, .hva = hva};
+	mem->nr_regions = 1;
+	if (size > low) {
+		mem->regions[1] = (struct guest_mem_region){
+		    .gpa = GUEST_MMIO_HOLE_END, .size = size - low, .hva = hva + low};
+		mem->nr_regions = 2;
+	}
+}
+
 int guest_mem_init(struct guest_mem *mem, enum guest_mem_backend backend, uint64_t size,
 		   struct fk_err *err)
 {
-	uint64_t low, high;
 	size_t map_size;
 	uint8_t *raw, *aligned;
 
@@ -25,8 +43,6 @@ int guest_mem_init(struct guest_mem *mem, enum guest_mem_backend backend, uint64
 	if (size > SIZE_MAX - HUGE_2M)
 		return fk_fail(err, ENOMEM, "guest memory: size %llu is too large to map",
 			       (unsigned long long)size);
-	low = size < GUEST_MMIO_HOLE_START ? size : GUEST_MMIO_HOLE_START;
-	high = size - low;
 
 	/*
 	 * Over-allocate by 2 MiB so the RAM starts 2 MiB aligned: guest 2 MiB
@@ -47,17 +63,7 @@ int guest_mem_init(struct guest_mem *mem, enum guest_mem_backend backend, uint64
 	/* Best effort: without THP the guest still runs, only slower to fork. */
 	madvise(aligned, size, MADV_HUGEPAGE);
 
-	mem->backend = backend;
-	mem->total_size = size;
-	mem->mapping = aligned;
-	mem->mapping_size = size;
-	mem->regions[0] = (struct guest_mem_region){.gpa = 0, .size = low, .hva = aligned};
-	mem->nr_regions = 1;
-	if (high) {
-		mem->regions[1] = (struct guest_mem_region){
-		    .gpa = GUEST_MMIO_HOLE_END, .size = high, .hva = aligned + low};
-		mem->nr_regions = 2;
-	}
+	set_layout(mem, backend, aligned, size);
 	return 0;
 }
 
@@ -65,14 +71,11 @@ int guest_mem_init_file(struct guest_mem *mem, int fd, uint64_t size, struct fk_
 {
 	uint8_t *raw, *aligned, *file_map;
 	size_t map_size;
-	uint64_t low, high;
 
 	memset(mem, 0, sizeof(*mem));
 	if (size == 0 || size % 4096 || size > SIZE_MAX - HUGE_2M)
 		return fk_fail(err, EINVAL, "guest memory: bad size %llu",
 			       (unsigned long long)size);
-	low = size < GUEST_MMIO_HOLE_START ? size : GUEST_MMIO_HOLE_START;
-	high = size - low;
 	/* Reserve an aligned range, then map the file over it. */
 	map_size = size + HUGE_2M;
 	raw = mmap(NULL, map_size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -90,17 +93,7 @@ int guest_mem_init_file(struct guest_mem *mem, int fd, uint64_t size, struct fk_
 		munmap(raw, (size_t)(aligned - raw));
 	if (raw + map_size > aligned + size)
 		munmap(aligned + size, (size_t)(raw + map_size - (aligned + size)));
-	mem->backend = GUEST_MEM_FILE;
-	mem->total_size = size;
-	mem->mapping = aligned;
-	mem->mapping_size = size;
-	mem->regions[0] = (struct guest_mem_region){.gpa = 0, .size = low, .hva = aligned};
-	mem->nr_regions = 1;
-	if (high) {
-		mem->regions[1] = (struct guest_mem_region){
-		    .gpa = GUEST_MMIO_HOLE_END, .size = high, .hva = aligned + low};
-		mem->nr_regions = 2;
-	}
+	set_layout(mem, GUEST_MEM_FILE, aligned, size);
 	return 0;
 }
 

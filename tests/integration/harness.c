@@ -412,3 +412,47 @@ const char *line_value(const char *line, const char *key, char *buf, size_t len)
 	}
 	return NULL;
 }
+
+int harness_tmpdir_create(char *out, size_t len, const char *tag)
+{
+	snprintf(out, len, "%s/forkd-%s-XXXXXX", harness_tmpdir(), tag);
+	return mkdtemp(out) ? 0 : -1;
+}
+
+int harness_tmpdir_remove(const char *dir)
+{
+	char cmd[1024];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+const char *vmm_need_line(struct vmm_proc *p, const char *prefix, int timeout_ms)
+{
+	const char *line = vmm_wait_line(p, prefix, timeout_ms);
+
+	if (!line) {
+		fprintf(stderr, "no console line starting with '%s'\n", prefix);
+		vmm_dump(p);
+	}
+	return line;
+}
+
+json_t *harness_call_expect(const char *socket_path, const char *request_json, bool want_ok)
+{
+	char err[512];
+	json_t *reply = harness_call(socket_path, request_json, err, sizeof(err));
+
+	if (!reply) {
+		fprintf(stderr, "%s: %s\n", request_json, err);
+		return NULL;
+	}
+	if (json_is_true(json_object_get(reply, "ok")) != want_ok) {
+		char *text = json_dumps(reply, 0);
+		fprintf(stderr, "%s -> %s\n", request_json, text);
+		free(text);
+		json_decref(reply);
+		return NULL;
+	}
+	return reply;
+}

@@ -73,4 +73,17 @@ int fifo_send(const char *path, const char *text);
 /* The value of key=value on a line (as vmm_value) or NULL; buf receives it. */
 const char *line_value(const char *line, const char *key, char *buf, size_t len);
 
+/* Creates $TMPDIR/forkd-TAG-XXXXXX into out; removes such a tree. Return 0 or -1. */
+int harness_tmpdir_create(char *out, size_t len, const char *tag);
+int harness_tmpdir_remove(const char *dir);
+
+/* Like vmm_wait_line, but prints the console and stderr when the line never came. */
+const char *vmm_need_line(struct vmm_proc *p, const char *prefix, int timeout_ms);
+
+/*
+ * Sends a request to a control socket; returns the reply if its "ok" is
+ * want_ok, else prints what happened and returns NULL (caller decrefs).
+ */
+json_t *harness_call_expect(const char *socket_path, const char *request_json, bool want_ok);
+
 #endif

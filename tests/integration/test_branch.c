@@ -33,17 +33,13 @@ static int counter;
 static int setup(void **state)
 {
 	(void)state;
-	snprintf(dir, sizeof(dir), "%s/forkd-branch-XXXXXX", harness_tmpdir());
-	return mkdtemp(dir) ? 0 : -1;
+	return harness_tmpdir_create(dir, sizeof(dir), "branch");
 }
 
 static int teardown(void **state)
 {
-	char cmd[400];
-
 	(void)state;
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	return system(cmd) == 0 ? 0 : -1;
+	return harness_tmpdir_remove(dir);
 }
 
 struct kid {
@@ -58,29 +54,17 @@ struct source {
 
 static const char *need_line(struct vmm_proc *p, const char *prefix)
 {
-	const char *line = vmm_wait_line(p, prefix, TIMEOUT_MS);
+	const char *line = vmm_need_line(p, prefix, TIMEOUT_MS);
 
-	if (!line) {
-		fprintf(stderr, "no console line starting with '%s'\n", prefix);
-		vmm_dump(p);
-	}
 	assert_non_null(line);
 	return line;
 }
 
 static json_t *call(const char *sock, const char *req, bool want_ok)
 {
-	char err[512];
-	json_t *reply = harness_call(sock, req, err, sizeof(err));
+	json_t *reply = harness_call_expect(sock, req, want_ok);
 
-	if (!reply)
-		fail_msg("%s: %s", req, err);
-	if (json_is_true(json_object_get(reply, "ok")) != want_ok) {
-		char *text = json_dumps(reply, 0);
-		fprintf(stderr, "%s -> %s\n", req, text);
-		free(text);
-		fail();
-	}
+	assert_non_null(reply);
 	return reply;
 }
 

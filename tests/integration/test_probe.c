@@ -29,17 +29,13 @@ static char dir[256];
 static int setup(void **state)
 {
 	(void)state;
-	snprintf(dir, sizeof(dir), "%s/forkd-probe-XXXXXX", harness_tmpdir());
-	return mkdtemp(dir) ? 0 : -1;
+	return harness_tmpdir_create(dir, sizeof(dir), "probe");
 }
 
 static int teardown(void **state)
 {
-	char cmd[400];
-
 	(void)state;
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	return system(cmd) == 0 ? 0 : -1;
+	return harness_tmpdir_remove(dir);
 }
 
 /* Starts the probe: vmm may be NULL for the default build; extra args NULL-terminated. */
@@ -69,12 +65,8 @@ static void start_probe(struct vmm_proc *p, const char *vmm, const char *mem, co
 
 static const char *need_line(struct vmm_proc *p, const char *prefix, int timeout_ms)
 {
-	const char *line = vmm_wait_line(p, prefix, timeout_ms);
+	const char *line = vmm_need_line(p, prefix, timeout_ms);
 
-	if (!line) {
-		fprintf(stderr, "no console line starting with '%s'\n", prefix);
-		vmm_dump(p);
-	}
 	assert_non_null(line);
 	return line;
 }
