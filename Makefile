@@ -7,7 +7,7 @@ CC       ?= gcc
 CFLAGS_BASE := -std=gnu11 -Wall -Wextra -Werror -g -D_GNU_SOURCE -Isrc -Iinclude -MMD -MP
 OPTFLAGS ?= -O2
 SANFLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
-LIBS     := -lpthread -ljansson -lxxhash
+LIBS     := -lpthread -ljansson -lxxhash -llz4
 TESTLIBS := -lcmocka
 
 LIB_SRCS   := $(sort $(filter-out src/vmm/main.c src/cli/%.c,$(wildcard src/*/*.c)))
@@ -26,12 +26,14 @@ VMM      := $(BUILD)/forkd-vmm
 VMM_ASAN := $(BUILD)/asan/forkd-vmm
 FORKD    := $(BUILD)/forkd
 
-.PHONY: all bench-tools test unit-test integration-test demo format check-format clean
+.PHONY: all bench-tools test unit-test integration-test demo format check-format clean images
 BENCH_TOOLS := $(BUILD)/bench/readytime
 
-all: $(VMM) $(VMM_ASAN) $(FORKD) $(UNIT_BINS) $(UNIT_ASAN_BINS) $(ITEST_BINS) probe $(BENCH_TOOLS)
+all: $(VMM) $(VMM_ASAN) $(FORKD) $(UNIT_BINS) $(UNIT_ASAN_BINS) $(ITEST_BINS) probe $(BENCH_TOOLS) \
+	$(EXTRACT_VMLINUX) $(FORKD_INIT)
 
 include guest/probe/probe.mk
+include images/images.mk
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -79,10 +81,12 @@ $(BUILD)/bench/%: bench/%.c
 unit-test: $(UNIT_BINS) $(UNIT_ASAN_BINS)
 	@set -e; for t in $(UNIT_BINS) $(UNIT_ASAN_BINS); do echo "== $$t"; $$t; done
 
-integration-test: $(VMM) $(VMM_ASAN) $(ITEST_BINS) probe
+# The Linux smoke test needs the Debian kernel images (make images: downloads ~26 MB once).
+integration-test: $(VMM) $(VMM_ASAN) $(ITEST_BINS) probe images
 	@set -e; for t in $(ITEST_BINS); do echo "== $$t"; \
 	  FORKD_VMM=$(abspath $(VMM)) FORKD_VMM_ASAN=$(abspath $(VMM_ASAN)) \
-	  FORKD_PROBE=$(abspath $(PROBE_ELF)) FORKD_BUILD=$(abspath $(BUILD)) $$t; done
+	  FORKD_PROBE=$(abspath $(PROBE_ELF)) FORKD_BUILD=$(abspath $(BUILD)) \
+	  FORKD_IMAGES=$(abspath $(IMAGES_DIR)) $$t; done
 
 test: all
 	@$(MAKE) --no-print-directory unit-test

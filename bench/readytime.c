@@ -5,13 +5,14 @@
  * and the VMM's memory at that moment, excluding the guest-RAM mapping
  * (any mapping at least --mem-mib large). Then kills the VMM.
  *
- *   readytime --prefix READY --mem-mib 256 [--timeout-ms N] [--send STR] -- CMD ARGS...
+ *   readytime --prefix READY|--contains STR --mem-mib 256 [--timeout-ms N] [--send STR] -- CMD...
  *
  * --send STR writes STR and a newline to the command's stdin (a pipe) right
  * after the start, e.g. `ping` to a VMM with `--serial-in stdin`, so that the
  * time to the answer is the time until the guest reads its console.
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -66,6 +67,7 @@ static void vmm_memory(pid_t pid, unsigned long long guest_bytes, double *rss_mi
 int main(int argc, char **argv)
 {
 	const char *prefix = "READY";
+	bool contains = false; /* match anywhere in the line, not only at its start */
 	const char *send = NULL;
 	unsigned long long mem_mib = 0;
 	int timeout_ms = 30000, i, out[2], in[2] = {-1, -1};
@@ -77,7 +79,10 @@ int main(int argc, char **argv)
 	for (i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--prefix") && i + 1 < argc)
 			prefix = argv[++i];
-		else if (!strcmp(argv[i], "--mem-mib") && i + 1 < argc)
+		else if (!strcmp(argv[i], "--contains") && i + 1 < argc) {
+			prefix = argv[++i];
+			contains = true;
+		} else if (!strcmp(argv[i], "--mem-mib") && i + 1 < argc)
 			mem_mib = strtoull(argv[++i], NULL, 10);
 		else if (!strcmp(argv[i], "--send") && i + 1 < argc)
 			send = argv[++i];
@@ -142,7 +147,15 @@ int main(int argc, char **argv)
 		buf[have] = '\0';
 		for (char *line = buf; line && *line;
 		     line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
-			if (!strncmp(line, prefix, strlen(prefix)) && strchr(line, '\n')) {
+			char *eol = strchr(line, '\n');
+			bool hit = false;
+			if (eol) {
+				*eol = '\0';
+				hit = contains ? strstr(line, prefix) != NULL
+					       : !strncmp(line, prefix, strlen(prefix));
+				*eol = '\n';
+			}
+			if (hit) {
 				double ready = now_ms() - t0;
 				vmm_memory(pid, mem_mib << 20, &rss, &priv);
 				kill(pid, SIGKILL);

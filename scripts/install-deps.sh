@@ -6,6 +6,9 @@ packages=(
 	libcmocka-dev
 	libxxhash-dev
 	libjansson-dev
+	liblz4-dev
+	busybox-static
+	cpio
 	acpica-tools
 	clang-format
 	qemu-system-x86

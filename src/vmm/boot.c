@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 #include "vmm/boot.h"
 
+#include <elf.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "forkd/pvh.h"
 #include "vmm/acpi.h"
+#include "vmm/bzimage_boot.h"
 #include "vmm/e820.h"
 #include "vmm/elf_loader.h"
 #include "vmm/layout.h"
@@ -37,8 +39,8 @@ void boot_acpi_config(const struct vm *vm, struct acpi_config *acpi)
 	}
 }
 
-static int load_initrd(struct vm *vm, uint64_t kernel_end, struct hvm_modlist_entry *mod,
-		       struct fk_err *err)
+int boot_load_initrd(struct vm *vm, uint64_t kernel_end, uint64_t limit, uint64_t *gpa,
+		     uint64_t *size_out, struct fk_err *err)
 {
 	const char *path = vm->cfg->initrd;
 	uint64_t top = guest_mem_low_end(&vm->mem), start;
@@ -46,10 +48,13 @@ static int load_initrd(struct vm *vm, uint64_t kernel_end, struct hvm_modlist_en
 	size_t size = 0;
 	int ret;
 
+	if (limit < top)
+		top = limit;
 	ret = read_file(path, INITRD_MAX_SIZE, &data, &size, err);
 	if (ret < 0)
 		return fk_wrap(err, "initrd");
-	/* Highest page-aligned spot below the MMIO hole, as boot loaders do. */
+	/* Highest page-aligned spot below the MMIO hole (or the kernel's limit), as boot loaders
+	 * do. */
 	if (size > top) {
 		ret =
 		    fk_fail(err, EFBIG, "initrd %s: %zu bytes do not fit in guest RAM", path, size);
@@ -70,49 +75,34 @@ static int load_initrd(struct vm *vm, uint64_t kernel_end, struct hvm_modlist_en
 			      (unsigned long long)start);
 		goto out;
 	}
-	mod->paddr = start;
-	mod->size = size;
+	*gpa = start;
+	*size_out = size;
 	ret = 0;
 out:
 	free(data);
 	return ret;
 }
 
-int boot_setup_pvh(struct vm *vm, struct fk_err *err)
+static int write_cmdline(struct vm *vm, size_t max_len, struct fk_err *err)
 {
-	struct hvm_memmap_table_entry memmap[E820_MAX_ENTRIES];
-	struct hvm_start_info info = {0};
-	struct hvm_modlist_entry mod = {0};
-	struct elf_kernel kernel;
+	size_t len = strlen(vm->cfg->cmdline);
+
+	if (max_len > LAYOUT_CMDLINE_MAX - 1)
+		max_len = LAYOUT_CMDLINE_MAX - 1;
+	if (len > max_len)
+		return fk_fail(err, E2BIG, "--append: %zu bytes, at most %zu for this kernel", len,
+			       max_len);
+	return guest_mem_write(&vm->mem, LAYOUT_CMDLINE, vm->cfg->cmdline, len + 1) < 0
+		   ? fk_fail(err, EFAULT, "--append: no guest RAM at 0x%llx", LAYOUT_CMDLINE)
+		   : 0;
+}
+
+static int write_acpi(struct vm *vm, struct fk_err *err)
+{
 	struct acpi_config acpi;
 	struct acpi_layout acpi_layout;
-	uint8_t *image = NULL, *acpi_buf;
-	size_t image_size = 0, cmdline_len;
-	int ret, nr_memmap;
-
-	ret = read_file(vm->cfg->kernel, ELF_MAX_KERNEL_SIZE, &image, &image_size, err);
-	if (ret < 0)
-		return fk_wrap(err, "kernel");
-	ret = elf_load_pvh(image, image_size, vm->cfg->kernel, &vm->mem, &kernel, err);
-	free(image);
-	if (ret < 0)
-		return ret;
-	vm->kernel_entry = kernel.pvh_entry;
-
-	if (vm->cfg->initrd) {
-		ret = load_initrd(vm, kernel.load_end, &mod, err);
-		if (ret < 0)
-			return ret;
-		info.nr_modules = 1;
-		info.modlist_paddr = LAYOUT_PVH_MODLIST;
-		guest_mem_write(&vm->mem, LAYOUT_PVH_MODLIST, &mod, sizeof(mod));
-	}
-
-	cmdline_len = strlen(vm->cfg->cmdline) + 1;
-	if (cmdline_len > LAYOUT_CMDLINE_MAX)
-		return fk_fail(err, E2BIG, "--append: %zu bytes, at most %llu", cmdline_len - 1,
-			       LAYOUT_CMDLINE_MAX - 1);
-	guest_mem_write(&vm->mem, LAYOUT_CMDLINE, vm->cfg->cmdline, cmdline_len);
+	uint8_t *acpi_buf;
+	int ret;
 
 	boot_acpi_config(vm, &acpi);
 	acpi_buf = guest_mem_ptr(&vm->mem, LAYOUT_ACPI_START, LAYOUT_ACPI_END - LAYOUT_ACPI_START);
@@ -124,6 +114,37 @@ int boot_setup_pvh(struct vm *vm, struct fk_err *err)
 	if (ret < 0)
 		return fk_wrap(err, "ACPI tables");
 	vm->rsdp_gpa = acpi_layout.rsdp_gpa;
+	return 0;
+}
+
+static int setup_pvh(struct vm *vm, const uint8_t *image, size_t image_size, struct fk_err *err)
+{
+	struct hvm_memmap_table_entry memmap[E820_MAX_ENTRIES];
+	struct hvm_start_info info = {0};
+	struct hvm_modlist_entry mod = {0};
+	struct elf_kernel kernel;
+	int ret, nr_memmap;
+
+	ret = elf_load_pvh(image, image_size, vm->cfg->kernel, &vm->mem, &kernel, err);
+	if (ret < 0)
+		return ret;
+	vm->kernel_entry = kernel.pvh_entry;
+
+	if (vm->cfg->initrd) {
+		ret = boot_load_initrd(vm, kernel.load_end, UINT64_MAX, &mod.paddr, &mod.size, err);
+		if (ret < 0)
+			return ret;
+		info.nr_modules = 1;
+		info.modlist_paddr = LAYOUT_PVH_MODLIST;
+		guest_mem_write(&vm->mem, LAYOUT_PVH_MODLIST, &mod, sizeof(mod));
+	}
+
+	ret = write_cmdline(vm, LAYOUT_CMDLINE_MAX - 1, err);
+	if (ret < 0)
+		return ret;
+	ret = write_acpi(vm, err);
+	if (ret < 0)
+		return ret;
 
 	nr_memmap = e820_build(&vm->mem, memmap);
 	guest_mem_write(&vm->mem, LAYOUT_PVH_MEMMAP, memmap, nr_memmap * sizeof(memmap[0]));
@@ -131,9 +152,82 @@ int boot_setup_pvh(struct vm *vm, struct fk_err *err)
 	info.magic = XEN_HVM_START_MAGIC_VALUE;
 	info.version = 1;
 	info.cmdline_paddr = LAYOUT_CMDLINE;
-	info.rsdp_paddr = acpi_layout.rsdp_gpa;
+	info.rsdp_paddr = vm->rsdp_gpa;
 	info.memmap_paddr = LAYOUT_PVH_MEMMAP;
 	info.memmap_entries = (uint32_t)nr_memmap;
 	guest_mem_write(&vm->mem, LAYOUT_PVH_START_INFO, &info, sizeof(info));
+	vm->boot_protocol = BOOT_PROTOCOL_PVH;
 	return 0;
+}
+
+static int setup_bzimage(struct vm *vm, const uint8_t *image, size_t image_size, struct fk_err *err)
+{
+	struct bzimage_boot_args args = {.cmdline_gpa = LAYOUT_CMDLINE};
+	struct bzimage_info info;
+	int ret;
+
+	ret = bzimage_parse(image, image_size, vm->cfg->kernel, guest_mem_low_end(&vm->mem), &info,
+			    err);
+	if (ret < 0)
+		return ret;
+	ret = bzimage_load(image, &info, &vm->mem, err);
+	if (ret < 0)
+		return ret;
+	if (vm->cfg->initrd) {
+		/* initrd_addr_max is the last byte the initrd may occupy. */
+		ret = boot_load_initrd(vm, info.load_addr + info.init_size,
+				       (uint64_t)info.initrd_max + 1, &args.initrd_gpa,
+				       &args.initrd_size, err);
+		if (ret < 0)
+			return ret;
+	}
+	ret = write_cmdline(vm, info.cmdline_max, err);
+	if (ret < 0)
+		return ret;
+	ret = write_acpi(vm, err);
+	if (ret < 0)
+		return ret;
+	args.rsdp_gpa = vm->rsdp_gpa;
+	ret = bzimage_write_boot_params(&vm->mem, LAYOUT_BZ_BOOT_PARAMS, image, &info, &args, err);
+	if (ret < 0)
+		return ret;
+	ret = bzimage_write_page_tables(&vm->mem, LAYOUT_BZ_PAGE_TABLES, err);
+	if (ret < 0)
+		return ret;
+	ret = bzimage_write_gdt(&vm->mem, LAYOUT_BZ_GDT, err);
+	if (ret < 0)
+		return ret;
+	vm->kernel_entry = info.entry64;
+	vm->boot_protocol = BOOT_PROTOCOL_LINUX64;
+	return 0;
+}
+
+int boot_setup(struct vm *vm, struct fk_err *err)
+{
+	uint8_t *image = NULL;
+	size_t image_size = 0;
+	int ret;
+
+	ret = read_file(vm->cfg->kernel, ELF_MAX_KERNEL_SIZE, &image, &image_size, err);
+	if (ret < 0)
+		return fk_wrap(err, "kernel");
+	if (image_size >= SELFMAG && memcmp(image, ELFMAG, SELFMAG) == 0)
+		ret = setup_pvh(vm, image, image_size, err);
+	else if (bzimage_detect(image, image_size))
+		ret = setup_bzimage(vm, image, image_size, err);
+	else
+		ret = fk_fail(err, ENOEXEC,
+			      "kernel %s: not an ELF file (bad magic) nor a bzImage (no \"HdrS\" "
+			      "at 0x202)",
+			      vm->cfg->kernel);
+	free(image);
+	return ret;
+}
+
+int boot_setup_bsp(struct vm *vm, struct fk_err *err)
+{
+	if (vm->boot_protocol == BOOT_PROTOCOL_LINUX64)
+		return vcpu_setup_linux64_bsp(&vm->vcpus[0], vm->kernel_entry,
+					      LAYOUT_BZ_BOOT_PARAMS, err);
+	return vcpu_setup_pvh_bsp(&vm->vcpus[0], vm->kernel_entry, LAYOUT_PVH_START_INFO, err);
 }

@@ -52,15 +52,52 @@ int parse_size(const char *s, uint64_t *out)
 	return 0;
 }
 
+int parse_cpuid_hide(const char *s, unsigned *mask, struct fk_err *err)
+{
+	static const struct {
+		const char *name;
+		unsigned bit;
+	} names[] = {
+	    {"xsave", VMM_CPUID_HIDE_XSAVE},   {"avx", VMM_CPUID_HIDE_AVX},
+	    {"avx512", VMM_CPUID_HIDE_AVX512}, {"pcid", VMM_CPUID_HIDE_PCID},
+	    {"x2apic", VMM_CPUID_HIDE_X2APIC}, {"cx16", VMM_CPUID_HIDE_CX16},
+	};
+	const char *p = s;
+
+	*mask = 0;
+	for (;;) {
+		size_t len = strcspn(p, ",");
+		bool found = false;
+
+		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+			if (strlen(names[i].name) == len && strncmp(p, names[i].name, len) == 0) {
+				*mask |= names[i].bit;
+				found = true;
+			}
+		}
+		if (!found)
+			return fk_fail(
+			    err, EINVAL,
+			    "--cpuid-hide '%s': unknown feature '%.*s' (expected a "
+			    "comma-separated list of xsave, avx, avx512, pcid, x2apic, cx16)",
+			    s, (int)len, p);
+		if (p[len] == '\0')
+			return 0;
+		p += len + 1;
+	}
+}
+
 void vmm_config_usage(FILE *out)
 {
 	fputs("usage: forkd-vmm --kernel PATH [options]\n"
 	      "       forkd-vmm --restore DIR [options]\n"
 	      "Boots one KVM virtual machine: a PVH ELF kernel (Linux vmlinux or the\n"
-	      "forkd probe guest) with ACPI tables, a COM1 UART and virtio-mmio disks.\n"
+	      "forkd probe guest) or a Linux bzImage, with ACPI tables, a COM1 UART and\n"
+	      "virtio-mmio disks.\n"
 	      "\n"
-	      "  --kernel PATH        ELF kernel with a PVH entry note (required)\n"
-	      "  --initrd PATH        initial ramdisk, passed as the first PVH module\n"
+	      "  --kernel PATH        ELF kernel with a PVH entry note, or a bzImage (64-bit\n"
+	      "                       boot protocol); the format is detected (required)\n"
+	      "  --initrd PATH        initial ramdisk (PVH module 0, or boot_params ramdisk)\n"
 	      "  --append STR         kernel command line (at most 4095 bytes)\n"
 	      "  --mem SIZE           guest RAM, e.g. 512M, 4G (32M..1T, multiple of 1M;\n"
 	      "                       default 256M); RAM above 3G is placed above 4G\n"
@@ -72,6 +109,9 @@ void vmm_config_usage(FILE *out)
 	      "  --serial-in stdin|none|PATH\n"
 	      "                       where COM1 input comes from (default stdin)\n"
 	      "  --kvm PATH           KVM device (default /dev/kvm)\n"
+	      "  --cpuid-hide LIST    hide CPUID features from the guest, comma-separated:\n"
+	      "                       xsave (also AVX*: Linux then uses FXSAVE), avx,\n"
+	      "                       avx512, pcid, x2apic, cx16\n"
 	      "  --restore DIR        start from the snapshot in DIR instead of booting (--mem\n"
 	      "                       and --cpus, if given, must match it)\n"
 	      "  --overlay-dir DIR    with --restore: where the VM's private copies of the\n"
@@ -147,7 +187,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_KVM,
 		OPT_CONTROL,
 		OPT_RESTORE,
-		OPT_OVERLAY_DIR
+		OPT_OVERLAY_DIR,
+		OPT_CPUID_HIDE
 	};
 	static const struct option opts[] = {
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
@@ -162,6 +203,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"control", required_argument, NULL, OPT_CONTROL},
 	    {"restore", required_argument, NULL, OPT_RESTORE},
 	    {"overlay-dir", required_argument, NULL, OPT_OVERLAY_DIR},
+	    {"cpuid-hide", required_argument, NULL, OPT_CPUID_HIDE},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -245,6 +287,11 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			if (!*optarg)
 				return fk_fail(err, EINVAL, "--control: expected a socket path");
 			cfg->control_path = optarg;
+			break;
+		case OPT_CPUID_HIDE:
+			ret = parse_cpuid_hide(optarg, &cfg->cpuid_hide, err);
+			if (ret < 0)
+				return ret;
 			break;
 		case 'h':
 			cfg->help = true;

@@ -25,6 +25,25 @@ enum vmm_exit_status {
 	VMM_EXIT_GUEST_CRASH = 4, /* triple fault, emulation failure, bad guest state */
 };
 
+/*
+ * CPUID features --cpuid-hide can take away from the guest. `xsave` exists
+ * because the KVM-PVM emulator fails on XRSTOR: without XSAVE Linux falls
+ * back to FXSAVE/FXRSTOR (and, XSAVE being their base, loses AVX too), though
+ * PVM itself puts the XSAVE bits back (docs/vmm.md); `cx16` because it fails
+ * on LOCK CMPXCHG16B, which SLUB uses when CPUID has it.
+ */
+enum vmm_cpuid_hide {
+	VMM_CPUID_HIDE_XSAVE = 1u << 0,	 /* XSAVE, OSXSAVE, leaf 0xD and all that needs them */
+	VMM_CPUID_HIDE_AVX = 1u << 1,	 /* AVX, AVX2, FMA, F16C, AVX-512, AMX, XOP, FMA4 */
+	VMM_CPUID_HIDE_AVX512 = 1u << 2, /* the AVX-512 family only */
+	VMM_CPUID_HIDE_PCID = 1u << 3,	 /* PCID and INVPCID */
+	VMM_CPUID_HIDE_X2APIC = 1u << 4, /* x2APIC: the guest uses the xAPIC MMIO page */
+	VMM_CPUID_HIDE_CX16 = 1u << 5,	 /* CMPXCHG16B: KVM-PVM's emulator fails on it too */
+};
+
+/* Parses a comma-separated list of the names above ("xsave,pcid") into a mask. */
+int parse_cpuid_hide(const char *s, unsigned *mask, struct fk_err *err);
+
 struct vmm_disk_config {
 	char path[4096];
 	bool readonly;
@@ -45,6 +64,7 @@ struct vmm_config {
 	const char *control_path; /* Unix socket for the control protocol, or NULL */
 	const char *restore_dir;  /* --restore: start from this snapshot instead of booting */
 	const char *overlay_dir;  /* --overlay-dir: where a restored VM's private disk copies go */
+	unsigned cpuid_hide;	  /* enum vmm_cpuid_hide bits */
 	bool mem_given, cpus_given;
 	bool help;
 };

@@ -7,6 +7,15 @@
 #define LAYOUT_PVH_START_INFO 0x6000ULL
 #define LAYOUT_PVH_MODLIST    0x6040ULL
 #define LAYOUT_PVH_MEMMAP     0x7000ULL /* up to 0x8000: 170 entries */
+/*
+ * bzImage (64-bit boot protocol) only, clear of the PVH pages above and of
+ * the decompressor's trampoline just below the EBDA: GDT, identity-map page
+ * tables (PML4, PDPT, 4 PDs), a boot stack page, then the zero page.
+ */
+#define LAYOUT_BZ_GDT	      0x8000ULL
+#define LAYOUT_BZ_PAGE_TABLES 0x9000ULL	 /* to 0xF000 */
+#define LAYOUT_BZ_STACK_TOP   0x10000ULL /* stack page 0xF000..0xFFFF */
+#define LAYOUT_BZ_BOOT_PARAMS 0x10000ULL /* struct boot_params, one page */
 #define LAYOUT_CMDLINE	      0x20000ULL
 #define LAYOUT_CMDLINE_MAX    0x1000ULL
 #define LAYOUT_EBDA_START     0x9FC00ULL /* reserved from here to 1 MiB */

@@ -15,6 +15,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "vmm/bzimage_boot.h"
+#include "vmm/layout.h"
 #include "vmm/vm.h"
 
 #define VCPU_KICK_SIGNAL SIGUSR1
@@ -29,6 +31,13 @@
 #define MSR_CSTAR	      0xc0000083
 #define MSR_SYSCALL_MASK      0xc0000084
 #define MSR_KERNEL_GS_BASE    0xc0000102
+
+#define CR0_PE	 0x1ULL
+#define CR0_ET	 0x10ULL
+#define CR0_PG	 0x80000000ULL
+#define CR4_PAE	 0x20ULL
+#define EFER_LME 0x100ULL
+#define EFER_LMA 0x400ULL
 
 #define MISC_ENABLE_FAST_STRING 1ULL
 #define MTRR_DEF_ENABLE_WB	0x806ULL /* MTRRs on, default type write-back */
@@ -164,6 +173,46 @@ int vcpu_setup_pvh_bsp(struct vcpu *vcpu, uint64_t entry, uint64_t start_info, s
 	regs.rip = entry;
 	regs.rbx = start_info;
 	regs.rflags = 0x2;
+	if (ioctl(vcpu->fd, KVM_SET_REGS, &regs) < 0)
+		return fk_fail_errno(err, errno, "vcpu %d: KVM_SET_REGS", vcpu->index);
+	return 0;
+}
+
+/*
+ * The 64-bit boot protocol's entry state (Documentation/arch/x86/boot.rst):
+ * long mode with paging on an identity map covering the kernel, boot_params
+ * and command line; a GDT with flat __BOOT_CS (64-bit code) and __BOOT_DS;
+ * CS = __BOOT_CS, DS/ES/SS = __BOOT_DS; interrupts off; RSI = boot_params.
+ */
+int vcpu_setup_linux64_bsp(struct vcpu *vcpu, uint64_t entry, uint64_t boot_params,
+			   struct fk_err *err)
+{
+	struct kvm_sregs sregs;
+	struct kvm_regs regs;
+
+	if (ioctl(vcpu->fd, KVM_GET_SREGS, &sregs) < 0)
+		return fk_fail_errno(err, errno, "vcpu %d: KVM_GET_SREGS", vcpu->index);
+	flat_segment(&sregs.cs, BZ_BOOT_CS, 0xb);
+	sregs.cs.l = 1;
+	sregs.cs.db = 0;
+	flat_segment(&sregs.ds, BZ_BOOT_DS, 0x3);
+	sregs.es = sregs.fs = sregs.gs = sregs.ss = sregs.ds;
+	sregs.tr = (struct kvm_segment){
+	    .base = 0, .limit = 0x67, .selector = 0x20, .type = 0xb, .present = 1};
+	sregs.gdt.base = LAYOUT_BZ_GDT;
+	sregs.gdt.limit = BZ_GDT_ENTRIES * 8 - 1;
+	sregs.cr3 = LAYOUT_BZ_PAGE_TABLES;
+	sregs.cr4 = CR4_PAE;
+	sregs.cr0 = CR0_PE | CR0_ET | CR0_PG;
+	sregs.efer = EFER_LME | EFER_LMA;
+	if (ioctl(vcpu->fd, KVM_SET_SREGS, &sregs) < 0)
+		return fk_fail_errno(err, errno, "vcpu %d: KVM_SET_SREGS (long mode)", vcpu->index);
+
+	memset(&regs, 0, sizeof(regs));
+	regs.rip = entry;
+	regs.rsi = boot_params;
+	regs.rsp = LAYOUT_BZ_STACK_TOP; /* the kernel sets its own; this only covers a stray push */
+	regs.rflags = 0x2;		/* IF clear */
 	if (ioctl(vcpu->fd, KVM_SET_REGS, &regs) < 0)
 		return fk_fail_errno(err, errno, "vcpu %d: KVM_SET_REGS", vcpu->index);
 	return 0;

@@ -559,14 +559,14 @@ int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 	ret = vm_setup_disks(vm, err);
 	if (ret < 0)
 		return ret;
-	ret = boot_setup_pvh(vm, err);
+	ret = boot_setup(vm, err);
 	if (ret < 0)
 		return ret;
 	vm_new_generation_id(vm);
 	ret = vm_create_vcpus(vm, err);
 	if (ret < 0)
 		return ret;
-	return vcpu_setup_pvh_bsp(&vm->vcpus[0], vm->kernel_entry, LAYOUT_PVH_START_INFO, err);
+	return boot_setup_bsp(vm, err);
 }
 
 int vm_run(struct vm *vm)

@@ -40,6 +40,11 @@ struct vm_disk {
 	int irq_fd;    /* irqfd for the device's GSI */
 };
 
+enum boot_protocol {
+	BOOT_PROTOCOL_PVH = 0,	   /* ELF: 32-bit entry, hvm_start_info in EBX */
+	BOOT_PROTOCOL_LINUX64 = 1, /* bzImage: 64-bit entry, boot_params in RSI */
+};
+
 struct vm {
 	const struct vmm_config *cfg;
 	int kvm_fd;
@@ -69,6 +74,7 @@ struct vm {
 	pthread_mutex_t exit_lock;
 
 	uint64_t kernel_entry;
+	enum boot_protocol boot_protocol;
 	uint64_t rsdp_gpa;
 
 	/*
@@ -114,10 +120,15 @@ void kvm_set_irq_level(void *vm, uint32_t gsi, int level);
 
 /* cpuid.c: the CPUID table of vCPU index `cpu`. Caller frees. */
 struct kvm_cpuid2 *cpuid_for_vcpu(const struct vm *vm, int cpu, struct fk_err *err);
+/* Clears the CPUID bits of the features in `hide` (enum vmm_cpuid_hide) in place. */
+void cpuid_hide(struct kvm_cpuid2 *c, unsigned hide);
 
 /* vcpu.c */
 int vcpu_create(struct vm *vm, int index, struct fk_err *err);
 int vcpu_setup_pvh_bsp(struct vcpu *vcpu, uint64_t entry, uint64_t start_info, struct fk_err *err);
+/* Long mode on the identity map and GDT boot_setup() wrote, RSI = boot_params. */
+int vcpu_setup_linux64_bsp(struct vcpu *vcpu, uint64_t entry, uint64_t boot_params,
+			   struct fk_err *err);
 int vcpu_start(struct vcpu *vcpu, struct fk_err *err);
 void vcpu_kick(struct vcpu *vcpu);
 void vcpu_install_kick_handler(void);

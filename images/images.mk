@@ -1,0 +1,25 @@
+# The Linux guest: the host tool that extracts vmlinux from Debian's LZ4
+# bzImage, the initramfs's PID 1, and `make images`, which downloads the
+# kernel package (~26 MB) and builds the boot images into a cache
+# (images/build.sh). Included by the top-level Makefile.
+
+IMAGES_DIR      ?= .cache/images
+EXTRACT_VMLINUX := $(BUILD)/tools/extract-vmlinux
+FORKD_INIT      := $(BUILD)/guest/forkd-init
+FORKD_INIT_SRCS := guest/init/forkd-init.c guest/init/init_parse.c
+
+$(EXTRACT_VMLINUX): $(BUILD)/obj/tools/extract-vmlinux.o $(BUILD)/libforkd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(OPTFLAGS) -o $@ $^ $(LIBS)
+
+# Static: the initramfs carries no libc.
+$(FORKD_INIT): $(FORKD_INIT_SRCS) guest/init/init_parse.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -static -O2 -o $@ $(FORKD_INIT_SRCS)
+
+# forkd-init's parsing is unit-tested on the host.
+$(BUILD)/tests/test_init_parse: $(BUILD)/obj/guest/init/init_parse.o
+$(BUILD)/asan/tests/test_init_parse: $(BUILD)/asan/obj/guest/init/init_parse.o
+
+images: $(EXTRACT_VMLINUX) $(FORKD_INIT)
+	FORKD_BUILD=$(abspath $(BUILD)) FORKD_IMAGES_DIR=$(abspath $(IMAGES_DIR)) ./images/build.sh
