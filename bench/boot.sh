@@ -46,6 +46,25 @@ for run in $(seq 1 "$runs"); do
 	done
 done
 
+# Linux, early boot: process start to the kernel listing our ACPI tables ("ACPI: APIC"), for
+# the same Debian vmlinux through PVH in both VMMs. On KVM-PVM both run the kernel in the
+# instruction emulator, so this measures the emulator as much as the VMM.
+make -s images >&2
+vmlinux=.cache/images/vmlinux
+linux_append="console=ttyS0 earlyprintk=serial,ttyS0,115200"
+for run in $(seq 1 "${LINUX_RUNS:-3}"); do
+	for vmm in forkd qemu; do
+		if [ "$vmm" = forkd ]; then
+			fields=$(build/bench/readytime --contains "ACPI: APIC" --mem-mib 512 --timeout-ms 600000 -- \
+				build/forkd-vmm --kernel "$vmlinux" --mem 512M --append "$linux_append" --serial-in none)
+		else
+			fields=$(build/bench/readytime --contains "ACPI: APIC" --mem-mib 512 --timeout-ms 600000 -- \
+				guest/probe/run-qemu.sh "$vmlinux" 512M 1 "$linux_append" </dev/null)
+		fi
+		echo "{\"bench\":\"boot\",\"vmm\":\"$vmm\",\"guest\":\"linux-early\",\"mem_mib\":512,\"cpus\":1,\"run\":$run,\"emulated\":true,$fields}"
+	done
+done
+
 python3 - "$results" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
