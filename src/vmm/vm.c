@@ -157,14 +157,9 @@ static void on_signal(void *opaque, uint32_t events)
 {
 	struct vm *vm = opaque;
 	struct signalfd_siginfo si;
-	int fd = -1;
 
 	(void)events;
-	for (int i = 0; i < EVENT_LOOP_MAX_HANDLERS; i++)
-		if (vm->loop.handlers[i].in_use && vm->loop.handlers[i].opaque == vm &&
-		    vm->loop.handlers[i].fn == on_signal)
-			fd = vm->loop.handlers[i].fd;
-	if (fd < 0 || read(fd, &si, sizeof(si)) != sizeof(si))
+	if (read(vm->signal_fd, &si, sizeof(si)) != sizeof(si))
 		return;
 	vm_request_exit(vm, 128 + (int)si.ssi_signo, "stopped by signal %u", si.ssi_signo);
 }
@@ -173,13 +168,9 @@ static void on_flush_timer(void *opaque, uint32_t events)
 {
 	struct vm *vm = opaque;
 	uint64_t ticks;
-	int fd = -1;
 
 	(void)events;
-	for (int i = 0; i < EVENT_LOOP_MAX_HANDLERS; i++)
-		if (vm->loop.handlers[i].in_use && vm->loop.handlers[i].fn == on_flush_timer)
-			fd = vm->loop.handlers[i].fd;
-	if (fd >= 0 && read(fd, &ticks, sizeof(ticks)) < 0) {
+	if (read(vm->flush_timer_fd, &ticks, sizeof(ticks)) < 0) {
 	}
 	serial_flush(&vm->serial);
 	/* Reap zygotes and re-parented branch children (we are their subreaper). */
@@ -266,6 +257,10 @@ static int setup_serial_input(struct vm *vm, struct fk_err *err)
 	struct stat st;
 	int ret;
 
+	/* A BRANCH child inherits its source's copy: start from nothing. */
+	in->fd = in->wake_fd = -1;
+	in->is_stream = false;
+	in->pending_off = in->pending_len = 0;
 	if (strcmp(spec, "none") == 0)
 		return 0;
 	if (strcmp(spec, "stdin") == 0) {
@@ -392,7 +387,7 @@ static int setup_event_sources(struct vm *vm, struct fk_err *err)
 	    .it_value = {.tv_nsec = SERIAL_FLUSH_INTERVAL_NS},
 	};
 	sigset_t sigs;
-	int fd, ret;
+	int ret;
 
 	vm->exit_eventfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (vm->exit_eventfd < 0)
@@ -406,24 +401,20 @@ static int setup_event_sources(struct vm *vm, struct fk_err *err)
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
-	fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
-	if (fd < 0)
+	/* Both fds are closed by vm_destroy, also when a later step fails. */
+	vm->signal_fd = signalfd(-1, &sigs, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (vm->signal_fd < 0)
 		return fk_fail_errno(err, errno, "signalfd");
-	ret = event_loop_add(&vm->loop, fd, EPOLLIN, on_signal, vm, err);
-	if (ret < 0) {
-		close(fd);
+	ret = event_loop_add(&vm->loop, vm->signal_fd, EPOLLIN, on_signal, vm, err);
+	if (ret < 0)
 		return ret;
-	}
 
-	fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-	if (fd < 0)
+	vm->flush_timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	if (vm->flush_timer_fd < 0)
 		return fk_fail_errno(err, errno, "timerfd_create");
-	if (timerfd_settime(fd, 0, &its, NULL) < 0 ||
-	    event_loop_add(&vm->loop, fd, EPOLLIN, on_flush_timer, vm, err) < 0) {
-		close(fd);
+	if (timerfd_settime(vm->flush_timer_fd, 0, &its, NULL) < 0)
 		return fk_fail_errno(err, errno, "serial flush timer");
-	}
-	return 0;
+	return event_loop_add(&vm->loop, vm->flush_timer_fd, EPOLLIN, on_flush_timer, vm, err);
 }
 
 /* The parts every VM has, booted or restored: event loop, KVM VM, buses. */
@@ -517,6 +508,7 @@ int vm_prepare(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 	(void)err;
 	vm->cfg = cfg;
 	vm->kvm_fd = vm->vm_fd = vm->exit_eventfd = -1;
+	vm->signal_fd = vm->flush_timer_fd = -1;
 	vm->loop.epoll_fd = -1;
 	vm->nr_vcpus = cfg->nr_cpus;
 	pthread_mutex_init(&vm->exit_lock, NULL);
@@ -640,4 +632,8 @@ void vm_destroy(struct vm *vm)
 	event_loop_destroy(&vm->loop);
 	if (vm->exit_eventfd >= 0)
 		close(vm->exit_eventfd);
+	if (vm->signal_fd >= 0)
+		close(vm->signal_fd);
+	if (vm->flush_timer_fd >= 0)
+		close(vm->flush_timer_fd);
 }

@@ -70,6 +70,8 @@ struct vm {
 	atomic_bool stopping;
 	atomic_int exit_status;
 	int exit_eventfd;
+	int signal_fd;	    /* SIGINT/SIGTERM/SIGHUP, read by the loop */
+	int flush_timer_fd; /* serial flush and child reaping tick */
 	char exit_reason[256];
 	pthread_mutex_t exit_lock;
 
