@@ -456,3 +456,25 @@ json_t *harness_call_expect(const char *socket_path, const char *request_json, b
 	}
 	return reply;
 }
+
+const char *vmm_wait_containing(struct vmm_proc *p, const char *text, const char *also,
+				const char *unless, int timeout_ms)
+{
+	long long deadline = now_ms() + timeout_ms;
+
+	for (;;) {
+		for (int i = 0; i < p->nr_lines; i++) {
+			const char *l = p->lines[i];
+			if (strstr(l, text) && (!also || strstr(l, also)) &&
+			    (!unless || !strstr(l, unless)))
+				return l;
+		}
+		if (p->exited || now_ms() >= deadline)
+			break;
+		/* Pumps the pipes for up to 100 ms. */
+		vmm_wait_line(p, "\x01", 100);
+	}
+	fprintf(stderr, "no console line containing '%s'\n", text);
+	vmm_dump(p);
+	return NULL;
+}

@@ -77,6 +77,13 @@ const char *line_value(const char *line, const char *key, char *buf, size_t len)
 int harness_tmpdir_create(char *out, size_t len, const char *tag);
 int harness_tmpdir_remove(const char *dir);
 
+/*
+ * Waits for a console line that contains `text` (and `also`, if not NULL)
+ * but not `unless` (if not NULL); prints the console if none came.
+ */
+const char *vmm_wait_containing(struct vmm_proc *p, const char *text, const char *also,
+				const char *unless, int timeout_ms);
+
 /* Like vmm_wait_line, but prints the console and stderr when the line never came. */
 const char *vmm_need_line(struct vmm_proc *p, const char *prefix, int timeout_ms);
 

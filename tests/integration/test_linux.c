@@ -132,41 +132,15 @@ static void test_early_boot_smoke(void **state)
 		uint64_t end = (start + size + 4095) & ~4095ULL;
 		snprintf(want, sizeof(want), "RAMDISK: [mem 0x%08" PRIx64 "-0x%08" PRIx64 "]",
 			 start, end - 1);
-		bool found = false;
-		long long deadline = now_ms() + SMOKE_TIMEOUT_MS;
-		while (!found && now_ms() < deadline) {
-			vmm_wait_line(&p, "no-such-line", 100);
-			for (int i = 0; i < p.nr_lines && !found; i++)
-				found = strstr(p.lines[i], want) != NULL;
-			if (p.exited)
-				break;
-		}
-		if (!found) {
-			fprintf(stderr, "no '%s'\n", want);
-			vmm_dump(&p);
-		}
-		assert_true(found);
+		assert_non_null(vmm_wait_containing(&p, want, NULL, NULL, SMOKE_TIMEOUT_MS));
 	}
 
 	/* Our ACPI tables, listed by the kernel, from the RSDP we passed. */
 	static const char *tables[] = {"ACPI: RSDP 0x00000000000E0000", "ACPI: XSDT ",
 				       "ACPI: FACP ", "ACPI: DSDT ", "ACPI: APIC "};
-	for (size_t t = 0; t < sizeof(tables) / sizeof(tables[0]); t++) {
-		bool found = false;
-		long long deadline = now_ms() + SMOKE_TIMEOUT_MS;
-		while (!found && now_ms() < deadline && !p.exited) {
-			for (int i = 0; i < p.nr_lines && !found; i++)
-				found = strstr(p.lines[i], tables[t]) != NULL &&
-					strstr(p.lines[i], "FORKD") != NULL;
-			if (!found)
-				vmm_wait_line(&p, "no-such-line", 100);
-		}
-		if (!found) {
-			fprintf(stderr, "no '%s' line from our tables\n", tables[t]);
-			vmm_dump(&p);
-		}
-		assert_true(found);
-	}
+	for (size_t t = 0; t < sizeof(tables) / sizeof(tables[0]); t++)
+		assert_non_null(
+		    vmm_wait_containing(&p, tables[t], "FORKD", NULL, SMOKE_TIMEOUT_MS));
 	for (int i = 0; i < p.nr_lines; i++)
 		if (strstr(p.lines[i], "checksum") && !strstr(p.lines[i], "verification disabled"))
 			fail_msg("kernel complained: %s", p.lines[i]);
@@ -271,17 +245,8 @@ static void test_full_boot(void **state)
 /* Waits for a console line containing text (a shell echoes input before its output). */
 static bool wait_output(struct vmm_proc *p, const char *text, int timeout_ms)
 {
-	long long deadline = now_ms() + timeout_ms;
-
 	/* Lines with "echo " are the shell echoing the command itself. */
-	while (now_ms() < deadline && !p->exited) {
-		for (int i = 0; i < p->nr_lines; i++)
-			if (strstr(p->lines[i], text) && !strstr(p->lines[i], "echo "))
-				return true;
-		vmm_wait_line(p, "no-such-line", 100);
-	}
-	vmm_dump(p);
-	return false;
+	return vmm_wait_containing(p, text, NULL, "echo ", timeout_ms) != NULL;
 }
 
 /* Devices, snapshot/restore and BRANCH of a Linux guest: needs hardware virtualization. */
