@@ -97,6 +97,7 @@ struct vm {
 	uint32_t *msr_indices;
 	uint32_t nr_msrs;
 	uint32_t msrs_skipped; /* MSRs this host refused at restore */
+	size_t xsave_size;     /* bytes of a vCPU's XSAVE area (KVM_CAP_XSAVE2) */
 
 	/* A restored VM runs from a configuration rebuilt from its snapshot. */
 	struct vmm_config restored_cfg;

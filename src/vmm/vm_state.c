@@ -35,13 +35,6 @@ struct vm_chip_state {
 	struct kvm_irqchip ioapic;
 };
 
-static size_t xsave_size(struct vm *vm)
-{
-	int r = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
-
-	return r > XSAVE_LEGACY_SIZE ? (size_t)r : XSAVE_LEGACY_SIZE;
-}
-
 int vm_state_init_msr_list(struct vm *vm, struct fk_err *err)
 {
 	struct kvm_msr_list probe = {.nmsrs = 0}, *list = NULL;
@@ -75,12 +68,15 @@ int vm_state_init_msr_list(struct vm *vm, struct fk_err *err)
 	}
 	vm->nr_msrs = n;
 	free(list);
+	/* Asked once here rather than per vCPU inside the pause window. */
+	n = (uint32_t)ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE2);
+	vm->xsave_size = (int)n > XSAVE_LEGACY_SIZE ? n : XSAVE_LEGACY_SIZE;
 	return 0;
 }
 
 static int save_vcpu(struct vm *vm, struct vcpu *vcpu, struct snap_writer *w, struct fk_err *err)
 {
-	size_t xlen = xsave_size(vm);
+	size_t xlen = vm->xsave_size;
 	size_t msr_bytes = vm->nr_msrs * sizeof(struct kvm_msr_entry);
 	size_t total =
 	    sizeof(struct vcpu_state_hdr) + sizeof(struct vcpu_state_fixed) + xlen + msr_bytes;
@@ -255,7 +251,7 @@ static int restore_vcpu(struct vm *vm, struct vcpu *vcpu, const uint8_t *data, s
 	const struct vcpu_state_hdr *hdr = (const void *)data;
 	const struct vcpu_state_fixed *f;
 	const uint8_t *xsave;
-	size_t xlen = xsave_size(vm);
+	size_t xlen = vm->xsave_size;
 	int fd = vcpu->fd;
 	struct vcpu_state_fixed fixed;
 
