@@ -99,6 +99,7 @@ void run_command(char *line)
 		for (unsigned i = 0; i < nr_cpus; i++)
 			report_cpu(&cpus[i]);
 		genid_say();
+		say("halt.races=%lu", READ_ONCE(halt_races));
 		say("report.end");
 	} else if (str_eq(cmd, "verify") && (*arg == '\0' || str_eq(arg, "strict"))) {
 		pattern_verify(*arg != '\0');

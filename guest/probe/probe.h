@@ -30,7 +30,8 @@
 
 /* entry.S / probe.ld */
 extern uint64_t pvh_start_info_paddr;
-extern uint64_t boot_tsc0; /* CPL0 rdtsc at the PVH entry */
+extern uint64_t boot_tsc0;	     /* CPL0 rdtsc at the PVH entry */
+extern volatile uint64_t halt_races; /* entry.S timer_entry: halts the interrupt shadow missed */
 extern uint8_t apic_to_index[256];
 extern const char trampoline_start[], trampoline_end[];
 extern char __image_start[], __image_end[];
