@@ -2,7 +2,10 @@
 # Builds the Linux guest boot images from Debian packages, into a cache:
 #   vmlinux         the uncompressed kernel (PVH entry), extracted from the bzImage
 #   bzImage         the package's vmlinuz as is (64-bit Linux boot protocol)
-#   initramfs.cpio  uncompressed newc: /init = forkd-init, busybox, the virtio/vsock modules
+#   initramfs.cpio  uncompressed newc: /init = forkd-init, busybox, the virtio/vsock modules,
+#                   /usr/bin/forkd-pattern (the point-in-time checker)
+#   testhost-initramfs.cpio  the nested test host's (scripts/testhost.sh): forkd-init,
+#                   busybox, virtio-pci, virtiofs and KVM modules, /etc/testhost-init.sh
 #   config          the kernel's config
 # The kernel package is downloaded with `apt-get download` and unpacked with
 # `dpkg-deb -x`: nothing is installed on the host. A stamp records the inputs;
@@ -23,6 +26,9 @@ PINNED_KERNEL_PKG=linux-image-6.1.0-50-cloud-amd64-unsigned
 # What the initramfs loads; dependencies are added from the package's metadata.
 WANTED_MODULES=(virtio virtio_ring virtio_mmio virtio_blk vsock vmw_vsock_virtio_transport_common
 	vmw_vsock_virtio_transport failover net_failover virtio_net)
+# The nested test host (L1): virtio-pci, virtiofs for the machine's root, the
+# serial console, and KVM (kvm_amd under QEMU's TCG; kvm_intel too for -accel kvm).
+TESTHOST_MODULES=(virtio_pci virtiofs irqbypass kvm kvm_amd kvm_intel)
 REQUIRED_CONFIG=(CONFIG_PVH=y CONFIG_BLK_DEV_INITRD=y CONFIG_DEVTMPFS=y CONFIG_MODULES=y
 	CONFIG_ACPI=y CONFIG_SERIAL_8250_CONSOLE=y)
 
@@ -32,6 +38,7 @@ build=${FORKD_BUILD:-$repo/build}
 busybox=${FORKD_BUSYBOX:-/bin/busybox}
 extract=$build/tools/extract-vmlinux
 init=$build/guest/forkd-init
+checker=$build/guest/forkd-pattern
 
 die() {
 	echo "images: error: $*" >&2
@@ -44,6 +51,7 @@ for tool in apt-get apt-cache dpkg-deb cpio objcopy sha256sum; do
 done
 [ -x "$extract" ] || die "$extract missing: run 'make $extract' first (or 'make images')"
 [ -x "$init" ] || die "$init missing: run 'make $init' first (or 'make images')"
+[ -x "$checker" ] || die "$checker missing: run 'make $checker' first (or 'make images')"
 [ -x "$busybox" ] || die "$busybox missing: install busybox-static or set FORKD_BUSYBOX"
 if readelf -l "$busybox" 2>/dev/null | grep -q INTERP; then
 	die "$busybox is dynamically linked; the initramfs needs a static one (busybox-static)"
@@ -77,17 +85,20 @@ fi
 input_hash() {
 	{
 		echo "$pkg $version"
-		sha256sum "${BASH_SOURCE[0]}" "$init" "$extract" "$busybox" | cut -d' ' -f1
-		echo "${WANTED_MODULES[*]}"
+		sha256sum "${BASH_SOURCE[0]}" "$init" "$extract" "$busybox" "$checker" \
+			"$repo/images/testhost-init.sh" | cut -d' ' -f1
+		echo "${WANTED_MODULES[*]} / ${TESTHOST_MODULES[*]}"
 	} | sha256sum | cut -d' ' -f1
 }
 stamp="pkg=$pkg version=$version inputs=$(input_hash)"
-outputs=("$cache/vmlinux" "$cache/bzImage" "$cache/initramfs.cpio" "$cache/config")
+outputs=("$cache/vmlinux" "$cache/bzImage" "$cache/initramfs.cpio" "$cache/testhost-initramfs.cpio"
+	"$cache/config")
 print_outputs() {
 	echo "kernel package: $pkg $version"
 	echo "vmlinux:   $cache/vmlinux"
 	echo "bzImage:   $cache/bzImage"
 	echo "initramfs: $cache/initramfs.cpio"
+	echo "test host initramfs: $cache/testhost-initramfs.cpio"
 }
 up_to_date=1
 for f in "${outputs[@]}"; do [ -s "$f" ] || up_to_date=0; done
@@ -180,8 +191,6 @@ module_depends() { # from the .modinfo section (modules.dep only exists after de
 	objcopy -O binary --only-section=.modinfo "$1" /dev/stdout 2>/dev/null | tr '\0' '\n' |
 		sed -n 's/^depends=//p' | tr ',' ' '
 }
-order=()
-missing=()
 visit() {
 	local name=${1//-/_} dep
 	case "${mod_state[$name]:-}" in
@@ -204,45 +213,73 @@ visit() {
 	mod_state[$name]=done
 	order+=("$name")
 }
-for m in "${WANTED_MODULES[@]}"; do visit "$m"; done
-[ ${#missing[@]} -eq 0 ] || die "$deb: modules not found (neither built in nor under lib/modules/$kver/kernel): ${missing[*]}"
+# resolve_modules WHAT NAME...: sets `order` to NAME... and their dependencies, in load order.
+resolve_modules() {
+	local what=$1 m
+	shift
+	order=()
+	missing=()
+	mod_state=()
+	for m in "$@"; do visit "$m"; done
+	[ ${#missing[@]} -eq 0 ] ||
+		die "$deb: $what modules not found (neither built in nor under lib/modules/$kver/kernel): ${missing[*]}"
+}
 
 # vmlinux, checked for the PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY = 18).
 "$extract" "$vmlinuz" "$work/vmlinux" >/dev/null || die "extracting vmlinux from $vmlinuz failed"
 readelf -n "$work/vmlinux" | grep -A1 '^ *Xen ' | grep -q '(0x00000012)' ||
 	die "$work/vmlinux: no Xen PHYS32_ENTRY note: this kernel cannot boot through PVH"
 
-# Initramfs tree.
-root=$work/root
-mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc,lib/modules/"$kver"}
-chmod 1777 "$root/tmp"
-cp "$init" "$root/init"
-cp "$busybox" "$root/bin/busybox"
-while read -r applet; do
-	[ "$applet" = bin/busybox ] && continue
-	mkdir -p "$root/$(dirname "$applet")"
-	[ -e "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
-done < <("$busybox" --list-full)
-[ -L "$root/bin/sh" ] || die "$busybox has no sh applet"
-list=$root/lib/modules/forkd.list
-echo "# load order for forkd-init (generated by images/build.sh)" >"$list"
-for m in "${order[@]}"; do
-	cp "$work/mods/$m.ko" "$root/lib/modules/$kver/$m.ko"
-	echo "/lib/modules/$kver/$m.ko" >>"$list"
-done
-echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
-echo "root:x:0:" >"$root/etc/group"
-(cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
-	cpio --quiet -o -H newc -R 0:0 --reproducible >"$work/initramfs.cpio") ||
-	die "cpio failed building the initramfs"
+# build_initramfs OUT ROOT: an uncompressed newc archive of forkd-init, busybox and
+# the modules in `order`; ROOT may already hold extra files.
+build_initramfs() {
+	local out=$1 root=$2 m applet list
+	mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,root,etc,lib/modules/"$kver"}
+	chmod 1777 "$root/tmp"
+	cp "$init" "$root/init"
+	cp "$busybox" "$root/bin/busybox"
+	while read -r applet; do
+		[ "$applet" = bin/busybox ] && continue
+		mkdir -p "$root/$(dirname "$applet")"
+		[ -e "$root/$applet" ] || ln -s /bin/busybox "$root/$applet"
+	done < <("$busybox" --list-full)
+	[ -L "$root/bin/sh" ] || die "$busybox has no sh applet"
+	list=$root/lib/modules/forkd.list
+	echo "# load order for forkd-init (generated by images/build.sh)" >"$list"
+	for m in "${order[@]}"; do
+		cp "$work/mods/$m.ko" "$root/lib/modules/$kver/$m.ko"
+		echo "/lib/modules/$kver/$m.ko" >>"$list"
+	done
+	echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
+	echo "root:x:0:" >"$root/etc/group"
+	(cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
+		cpio --quiet -o -H newc -R 0:0 --reproducible >"$out") ||
+		die "cpio failed building $out"
+}
+
+# The Linux guest's initramfs, with the point-in-time checker.
+resolve_modules "guest" "${WANTED_MODULES[@]}"
+guest_order=("${order[@]}")
+mkdir -p "$work/root/usr/bin"
+cp "$checker" "$work/root/usr/bin/forkd-pattern"
+build_initramfs "$work/initramfs.cpio" "$work/root"
+
+# The nested test host's initramfs (scripts/testhost.sh): KVM, virtiofs and its
+# set-up script, run by forkd-init as the command.
+resolve_modules "nested test host (KVM, virtiofs)" "${TESTHOST_MODULES[@]}"
+testhost_order=("${order[@]}")
+mkdir -p "$work/testhost-root/etc"
+cp "$repo/images/testhost-init.sh" "$work/testhost-root/etc/testhost-init.sh"
+build_initramfs "$work/testhost-initramfs.cpio" "$work/testhost-root"
 
 # Publish: each output replaced by rename, the stamp last.
 cp "$vmlinuz" "$work/bzImage"
 cp "$config" "$work/config"
-for f in vmlinux bzImage initramfs.cpio config; do
+for f in vmlinux bzImage initramfs.cpio testhost-initramfs.cpio config; do
 	sync "$work/$f" 2>/dev/null || true
 	mv -f "$work/$f" "$cache/$f"
 done
 echo "$stamp" >"$cache/stamp.tmp" && mv -f "$cache/stamp.tmp" "$cache/stamp"
-log "modules (load order): ${order[*]}"
+log "guest modules (load order): ${guest_order[*]}"
+log "test host modules (load order): ${testhost_order[*]}"
 print_outputs

@@ -3,7 +3,8 @@
 # kernel package (~26 MB) and builds the boot images into a cache
 # (images/build.sh). Included by the top-level Makefile.
 
-IMAGES_DIR      ?= .cache/images
+# Outside the checkout where we may write there, so fresh clones (CI) reuse the download.
+IMAGES_DIR      ?= $(if $(shell test -w /var/cache && echo y),/var/cache/forkd/images,.cache/images)
 EXTRACT_VMLINUX := $(BUILD)/tools/extract-vmlinux
 FORKD_INIT      := $(BUILD)/guest/forkd-init
 FORKD_INIT_SRCS := guest/init/forkd-init.c guest/init/init_parse.c
@@ -17,9 +18,15 @@ $(FORKD_INIT): $(FORKD_INIT_SRCS) guest/init/init_parse.h
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -static -O2 -o $@ $(FORKD_INIT_SRCS)
 
+# The point-in-time checker for Linux guests, static for the same reason.
+FORKD_PATTERN := $(BUILD)/guest/forkd-pattern
+$(FORKD_PATTERN): guest/pattern/forkd-pattern.c include/forkd/probe_pattern.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude -static -O2 -pthread -o $@ $<
+
 # forkd-init's parsing is unit-tested on the host.
 $(BUILD)/tests/test_init_parse: $(BUILD)/obj/guest/init/init_parse.o
 $(BUILD)/asan/tests/test_init_parse: $(BUILD)/asan/obj/guest/init/init_parse.o
 
-images: $(EXTRACT_VMLINUX) $(FORKD_INIT)
+images: $(EXTRACT_VMLINUX) $(FORKD_INIT) $(FORKD_PATTERN)
 	FORKD_BUILD=$(abspath $(BUILD)) FORKD_IMAGES_DIR=$(abspath $(IMAGES_DIR)) ./images/build.sh
