@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "where.h"
 
 #define TIMEOUT_MS 30000
 #define MAX_KIDS   8
@@ -515,7 +516,7 @@ static void test_zygote_death_is_noticed(void **state)
 	stop_source(&s);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_branch_1_vcpu),
@@ -529,5 +530,7 @@ int main(void)
 	    cmocka_unit_test(test_branch_failures_leave_nothing),
 	    cmocka_unit_test(test_zygote_death_is_noticed),
 	};
+	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
+		return 1;
 	return cmocka_run_group_tests_name("BRANCH with the fork engine", tests, setup, teardown);
 }

@@ -18,6 +18,7 @@
 
 #include "elfgen.h"
 #include "harness.h"
+#include "where.h"
 
 static char dir[256];
 static char hello_elf[300], crash_elf[300], reset_elf[300], i8042_elf[300];
@@ -292,7 +293,7 @@ static void test_disk_errors(void **state)
 			   "--disk", "unknown option");
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_help),
@@ -306,5 +307,7 @@ int main(void)
 	    cmocka_unit_test(test_kvm_device_errors),
 	    cmocka_unit_test(test_disk_errors),
 	};
+	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
+		return 1;
 	return cmocka_run_group_tests_name("forkd-vmm command line", tests, setup, teardown);
 }

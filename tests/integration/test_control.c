@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "where.h"
 #include "vmm/control.h"
 
 #define TIMEOUT_MS 20000
@@ -132,11 +133,13 @@ static void test_control_path_errors(void **state)
 	unlink(path);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_pause_resume_seen_inside),
 	    cmocka_unit_test(test_control_path_errors),
 	};
+	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
+		return 1;
 	return cmocka_run_group_tests_name("forkd-vmm control socket", tests, NULL, NULL);
 }

@@ -1,0 +1,125 @@
+/* SPDX-License-Identifier: MIT */
+#include "where.h"
+
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+static bool exists(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0;
+}
+
+enum kvm_kind where_kvm_kind(void)
+{
+	const char *nested = getenv("FORKD_TESTHOST_KIND");
+	int fd;
+
+	/* Set by scripts/testhost.sh inside the nested host. */
+	if (nested && !strcmp(nested, "nested-tcg"))
+		return KVM_NESTED_TCG;
+	if (nested && !strcmp(nested, "nested-kvm"))
+		return KVM_NESTED_ACCEL;
+	fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return KVM_NONE;
+	/* A KVM device answers with its API version (12); anything else is no KVM. */
+	int version = ioctl(fd, KVM_GET_API_VERSION, 0);
+	close(fd);
+	if (version != KVM_API_VERSION)
+		return KVM_NONE;
+	if (exists("/sys/module/kvm_pvm"))
+		return KVM_PVM;
+	if (exists("/sys/module/kvm_amd") || exists("/sys/module/kvm_intel"))
+		return KVM_HARDWARE;
+	return KVM_NONE;
+}
+
+static const char *place(enum kvm_kind kind)
+{
+	switch (kind) {
+	case KVM_NONE:
+		return "native, no /dev/kvm";
+	case KVM_PVM:
+		return "native KVM-PVM (/dev/kvm from kvm_pvm)";
+	case KVM_HARDWARE:
+		return "native hardware virtualization (kvm_amd/kvm_intel)";
+	case KVM_NESTED_TCG:
+		return "nested TCG (scripts/testhost.sh: KVM inside QEMU's TCG)";
+	case KVM_NESTED_ACCEL:
+		return "nested KVM (scripts/testhost.sh: KVM inside QEMU -accel kvm)";
+	}
+	return "?";
+}
+
+static const char *needs_name(enum test_needs needs)
+{
+	switch (needs) {
+	case NEEDS_NOTHING:
+		return "nothing";
+	case NEEDS_KVM:
+		return "kvm";
+	case NEEDS_LINUX:
+		return "linux";
+	case NEEDS_TESTHOST:
+		return "testhost";
+	}
+	return "?";
+}
+
+int where_begin(int argc, char **argv, enum test_needs needs, size_t nr_tests)
+{
+	const char *name = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
+	enum kvm_kind kind;
+	struct utsname u;
+
+	if (argc > 1 && !strcmp(argv[1], "--needs")) {
+		printf("needs=%s tests=%zu\n", needs_name(needs), nr_tests);
+		exit(0);
+	}
+	if (argc > 1) {
+		fprintf(stderr, "%s: unknown argument '%s' (only --needs)\n", name, argv[1]);
+		return -1;
+	}
+	kind = where_kvm_kind();
+	uname(&u);
+	if (needs == NEEDS_NOTHING) {
+		printf("where: %s runs on %s; needs no KVM (kernel %s)\n", name, "this machine",
+		       u.release);
+		fflush(stdout);
+		return 0;
+	}
+	if (kind == KVM_NONE) {
+		printf("where: %s cannot run here: it needs /dev/kvm and this machine has none "
+		       "usable; run it in the nested test host (make integration-test does: "
+		       "scripts/testhost.sh -- %s)\n",
+		       name, argv[0]);
+		return -1;
+	}
+	if (needs == NEEDS_TESTHOST && kind != KVM_NESTED_TCG && kind != KVM_NESTED_ACCEL) {
+		printf("where: %s cannot run here: it reproduces faults of the nested test host "
+		       "and runs only there (make integration-test does: scripts/testhost.sh -- "
+		       "%s)\n",
+		       name, argv[0]);
+		return -1;
+	}
+	if (needs == NEEDS_LINUX && kind == KVM_PVM) {
+		printf("where: %s cannot run here: it boots a stock Linux guest, which KVM-PVM "
+		       "cannot run (guest CPL0 is emulated); run it in the nested test host "
+		       "(make integration-test does: scripts/testhost.sh -- %s)\n",
+		       name, argv[0]);
+		return -1;
+	}
+	printf("where: %s runs on %s (kernel %s)\n", name, place(kind), u.release);
+	fflush(stdout);
+	return 0;
+}
