@@ -12,6 +12,7 @@ packages=(
 	acpica-tools
 	clang-format
 	qemu-system-x86
+	socat
 )
 missing=()
 for p in "${packages[@]}"; do
