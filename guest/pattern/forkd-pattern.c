@@ -125,7 +125,7 @@ static bool verify_writer(struct writer *w, bool strict)
 {
 	bool frozen = atomic_load(&w->frozen);
 	uint64_t s = frozen ? atomic_load(&w->frozen_at) : atomic_load(&w->seq);
-	uint64_t pages = w->pages, tag = PROBE_PATTERN_TAG(w->index);
+	uint64_t pages = w->pages;
 	uint64_t epoch = s ? (s - 1) / pages : 0;
 	uint64_t inflight = probe_pattern_page(w->index, s + 1, pages);
 	struct probe_pattern_perm cur = probe_pattern_epoch_perm(w->index, epoch, pages);
@@ -136,18 +136,9 @@ static bool verify_writer(struct writer *w, bool strict)
 		volatile uint64_t *mem = page_ptr(w, p);
 		uint64_t want = probe_pattern_expected(p, s, pages, &cur, &prev);
 		uint64_t got = mem[0], got_tag = mem[1];
-		bool ok;
+		bool ok = probe_pattern_page_ok(w->index, p, pages, s, want, inflight, got, got_tag,
+						strict, frozen);
 
-		if (got == want)
-			ok = true;
-		else if (strict)
-			ok = !frozen && got == s + 1 && p == inflight;
-		else
-			ok = got > s && probe_pattern_page(w->index, got, pages) == p;
-		if (ok && got != 0 && got <= s && got_tag != tag)
-			ok = false;
-		if (ok && strict && frozen && got_tag != (got ? tag : 0))
-			ok = false;
 		if (!ok) {
 			say("pattern.verify cpu%u=fail page=%" PRIu64 " want=%" PRIu64
 			    " got=%" PRIu64 " seq=%" PRIu64 " tag=0x%" PRIx64 " frozen=%d",

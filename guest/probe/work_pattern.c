@@ -103,7 +103,7 @@ void pattern_run(struct cpu *c)
 static void verify_cpu(struct cpu *c, bool strict)
 {
 	bool frozen = READ_ONCE(c->pattern_frozen);
-	uint64_t s, tag = PROBE_PATTERN_TAG(c->index), pages = c->pattern_pages;
+	uint64_t s, pages = c->pattern_pages;
 	uint64_t epoch, inflight;
 	struct probe_pattern_perm cur, prev;
 	const char *mode = !strict ? "" : frozen ? " mode=strict frozen=1" : " mode=strict";
@@ -118,20 +118,9 @@ static void verify_cpu(struct cpu *c, bool strict)
 		volatile uint64_t *mem = page_ptr(c, p);
 		uint64_t want = probe_pattern_expected(p, s, pages, &cur, &prev), got = mem[0],
 			 got_tag = mem[1];
-		bool ok;
+		bool ok = probe_pattern_page_ok(c->index, p, pages, s, want, inflight, got, got_tag,
+						strict, frozen);
 
-		if (got == want)
-			ok = true;
-		else if (strict)
-			ok = !frozen && got == s + 1 && p == inflight;
-		else
-			ok = got > s && probe_pattern_page(c->index, got, pages) == p;
-		/* A completed store also wrote the tag; an in-flight one may not have yet. */
-		if (ok && got != 0 && got <= s && got_tag != tag)
-			ok = false;
-		/* Nothing is in flight in a frozen image: untouched pages still have tag 0. */
-		if (ok && strict && frozen && got_tag != (got ? tag : 0))
-			ok = false;
 		if (!ok) {
 			say("cpu%u.verify=fail page=%lu want=%lu got=%lu seq=%lu tag=0x%lx%s",
 			    c->index, p, want, got, s, got_tag, mode);

@@ -121,4 +121,34 @@ static inline uint64_t probe_pattern_expected(uint64_t page, uint64_t s, uint64_
 	return (epoch - 1) * pages + probe_pattern_index(prev, page, pages) + 1;
 }
 
+/*
+ * Does a page hold what a writer at published step s must leave there? got
+ * and got_tag are the page's words at offsets 0 and 8, want is
+ * probe_pattern_expected(page, s, ...), inflight the page of step s + 1.
+ *  live (strict 0): a value > s on its own page is fine: the writer runs on.
+ *  strict: exact, except the one step s + 1 that a running writer may have
+ *  stored but not yet published; for a frozen writer (stopped before its
+ *  next store) exact, untouched pages included (tag 0).
+ * A completed store also wrote the tag; an in-flight one may not have yet.
+ */
+static inline int probe_pattern_page_ok(unsigned cpu, uint64_t page, uint64_t pages, uint64_t s,
+					uint64_t want, uint64_t inflight, uint64_t got,
+					uint64_t got_tag, int strict, int frozen)
+{
+	uint64_t tag = PROBE_PATTERN_TAG(cpu);
+	int ok;
+
+	if (got == want)
+		ok = 1;
+	else if (strict)
+		ok = !frozen && got == s + 1 && page == inflight;
+	else
+		ok = got > s && probe_pattern_page(cpu, got, pages) == page;
+	if (ok && got != 0 && got <= s && got_tag != tag)
+		ok = 0;
+	if (ok && strict && frozen && got_tag != (got ? tag : 0))
+		ok = 0;
+	return ok;
+}
+
 #endif

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "probe_cases.h"
 #include "where.h"
 
 #define TIMEOUT_MS 30000
@@ -72,27 +73,9 @@ static json_t *call(const char *sock, const char *req, bool want_ok)
 static void start_source(struct source *s, const char *mem, const char *cpus, const char *append,
 			 const char *disk)
 {
-	char *argv[16];
-	int n = 0;
-
 	snprintf(s->sock, sizeof(s->sock), "%s/src-%d.sock", dir, ++counter);
-	argv[n++] = (char *)harness_vmm();
-	argv[n++] = "--kernel";
-	argv[n++] = (char *)harness_probe();
-	argv[n++] = "--mem";
-	argv[n++] = (char *)mem;
-	argv[n++] = "--cpus";
-	argv[n++] = (char *)cpus;
-	argv[n++] = "--append";
-	argv[n++] = (char *)append;
-	argv[n++] = "--control";
-	argv[n++] = s->sock;
-	if (disk) {
-		argv[n++] = "--disk";
-		argv[n++] = (char *)disk;
-	}
-	argv[n] = NULL;
-	assert_int_equal(vmm_start(&s->p, argv), 0);
+	probe_start(&s->p, NULL, mem, cpus, append, "--control", s->sock, disk ? "--disk" : NULL,
+		    disk, NULL);
 	need_line(&s->p, "DONE");
 	usleep(200 * 1000);
 }

@@ -72,12 +72,58 @@ static void test_cpus_differ(void **state)
 	assert_true(same < 50);
 }
 
+/* The page check both verifiers use: exact when strict and frozen, one in-flight step otherwise. */
+static void test_page_ok(void **state)
+{
+	const uint64_t pages = 64, s = 100;
+	const unsigned cpu = 1;
+	const uint64_t tag = PROBE_PATTERN_TAG(cpu);
+	uint64_t epoch = (s - 1) / pages;
+	struct probe_pattern_perm cur = probe_pattern_epoch_perm(cpu, epoch, pages);
+	struct probe_pattern_perm prev = probe_pattern_epoch_perm(cpu, epoch - 1, pages);
+	uint64_t inflight = probe_pattern_page(cpu, s + 1, pages);
+	uint64_t later = s + 5, later_page = probe_pattern_page(cpu, later, pages);
+	(void)state;
+
+	for (uint64_t p = 0; p < pages; p++) {
+		uint64_t want = probe_pattern_expected(p, s, pages, &cur, &prev);
+
+		/* The exact image passes in every mode. */
+		for (int strict = 0; strict <= 1; strict++)
+			for (int frozen = 0; frozen <= 1; frozen++)
+				assert_true(probe_pattern_page_ok(cpu, p, pages, s, want, inflight,
+								  want, want ? tag : 0, strict,
+								  frozen));
+		/* A completed store without its tag is torn. */
+		if (want)
+			assert_false(
+			    probe_pattern_page_ok(cpu, p, pages, s, want, inflight, want, 0, 1, 1));
+		/* A stale value (an older write) is wrong in every mode. */
+		if (want > 1)
+			assert_false(probe_pattern_page_ok(cpu, p, pages, s, want, inflight,
+							   want - 1, tag, 0, 0));
+	}
+	/* Step s + 1 stored but not yet published: fine while running, wrong when frozen. */
+	uint64_t w = probe_pattern_expected(inflight, s, pages, &cur, &prev);
+	assert_true(probe_pattern_page_ok(cpu, inflight, pages, s, w, inflight, s + 1, 0, 1, 0));
+	assert_false(probe_pattern_page_ok(cpu, inflight, pages, s, w, inflight, s + 1, tag, 1, 1));
+	/* A page from a later instant: fine for a live check only. */
+	w = probe_pattern_expected(later_page, s, pages, &cur, &prev);
+	assert_true(
+	    probe_pattern_page_ok(cpu, later_page, pages, s, w, inflight, later, tag, 0, 0));
+	assert_false(
+	    probe_pattern_page_ok(cpu, later_page, pages, s, w, inflight, later, tag, 1, 0));
+	assert_false(
+	    probe_pattern_page_ok(cpu, later_page, pages, s, w, inflight, later, tag, 1, 1));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_epoch_is_permutation),
 	    cmocka_unit_test(test_expected_matches_replay),
 	    cmocka_unit_test(test_cpus_differ),
+	    cmocka_unit_test(test_page_ok),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
