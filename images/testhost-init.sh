@@ -31,7 +31,6 @@ mount -t virtiofs hostroot "$host" || fail "mount -t virtiofs hostroot failed"
 # The machine's / read-only: a bind mount with its own ro flag, so the
 # checkout and run directory below can stay writable through the same share.
 mount --bind "$host" "$root" && mount -o remount,bind,ro "$root" || fail "read-only bind of / failed"
-mount --bind "$host$checkout" "$root$checkout" || fail "bind of the checkout $checkout failed"
 mount -t proc proc "$root/proc" || fail "mount proc"
 mount -t sysfs sysfs "$root/sys" || fail "mount sysfs"
 mount -t devtmpfs devtmpfs "$root/dev" || fail "mount devtmpfs"
@@ -42,9 +41,11 @@ for d in /tmp /var/tmp /run /root; do
 	mount -t tmpfs -o mode=1777 tmpfs "$root$d" || fail "mount tmpfs on $d"
 done
 chmod 0700 "$root/root"
+# After the tmpfs mounts: a checkout under /tmp or /root (a CI clone) stays visible.
+mkdir -p "$root$checkout" 2>/dev/null
+mount --bind "$host$checkout" "$root$checkout" || fail "bind of the checkout $checkout failed"
 mkdir -p "$root/run/testhost"
 mount --bind "$host$run" "$root/run/testhost" || fail "bind of the run directory $run failed"
-# A test that wants to know how much memory it has gets L1's, not the machine's.
 echo "testhost-init: ready: $(nproc) CPUs, $(sed -n 's/MemTotal: *//p' /proc/meminfo), /dev/kvm"
 
 # A heartbeat for scripts/testhost.sh, which tells a frozen nested host

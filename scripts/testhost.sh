@@ -27,7 +27,8 @@
 # itself failed (each with a one-line "testhost: error: ..." on stderr).
 set -euo pipefail
 
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Physical paths: L1 resolves them under the shared / (a symlink would point elsewhere there).
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 # shellcheck source=scripts/kvm-kind.sh
 . "$repo/scripts/kvm-kind.sh"
 
@@ -83,7 +84,7 @@ avail_mib=$(($(sed -n 's/^MemAvailable: *\([0-9]*\) kB/\1/p' /proc/meminfo) / 10
 	die "--mem $mem: this machine has only $avail_mib MiB available, the nested host needs $mem_mib MiB + 512 MiB for QEMU"
 
 # The command runs in the current directory, which must lie inside what L1 sees writable.
-cwd=$(pwd)
+cwd=$(pwd -P)
 case "$cwd/" in
 "$repo"/*) ;;
 *) die "run from inside the checkout $repo (the nested host sees only it writable; now in $cwd)" ;;
