@@ -157,13 +157,13 @@ qemu_pid=$!
 monitor_rips() {
 	command -v socat >/dev/null || return 0
 	echo "testhost: the nested host's vCPUs (QEMU monitor, info registers -a):" >&2
-	printf 'info registers -a\n' | timeout 5 socat - "UNIX-CONNECT:$run/monitor.sock" 2>/dev/null |
+	printf 'info registers -a\n' | timeout 10 socat -t 5 - "UNIX-CONNECT:$run/monitor.sock" 2>/dev/null |
 		tr -d '\r' | grep -aE '^(CPU#|RIP=)' | sed 's/^/  | /' >&2 || true
 }
 
 # Wait for QEMU to end, the timeout, or a frozen nested host: its init writes a
 # heartbeat every 2 s once it runs the command (images/testhost-init.sh).
-freeze_s=${FORKD_TESTHOST_FREEZE:-120}
+freeze_s=${FORKD_TESTHOST_FREEZE:-60}
 while kill -0 "$qemu_pid" 2>/dev/null; do
 	now=$(date +%s)
 	if [ $((now - start)) -ge "$timeout_s" ]; then

@@ -28,7 +28,7 @@ esac
 kind=$(kvm_kind)
 echo "run-integration: this machine's KVM: $kind; FORKD_TESTHOST=$mode"
 
-total_defined=0 total_passed=0 total_failed=0
+total_defined=0 total_passed=0 total_failed=0 freezes=0
 failed_bins=()
 log=$(mktemp "${TMPDIR:-/tmp}/forkd-itest.XXXXXX")
 trap 'rm -f "$log"' EXIT
@@ -54,12 +54,14 @@ for bin in "$@"; do
 		status=${PIPESTATUS[0]}
 		# The nested host's own kernel sometimes locks up under QEMU's TCG
 		# (docs/testing.md): that is no verdict on the tests, so run them
-		# once more in a fresh nested host, and say so.
-		if [ "$status" = 125 ] && grep -q '^testhost: error: the nested host froze' "$log"; then
-			echo "run-integration: $name: the nested host froze (not a test result); running $name again in a fresh one"
+		# again in a fresh nested host, at most twice, and say so.
+		for attempt in 2 3; do
+			[ "$status" = 125 ] && grep -q '^testhost: error: the nested host froze' "$log" || break
+			echo "run-integration: $name: the nested host froze (not a test result); attempt $attempt of 3 in a fresh one"
+			freezes=$((freezes + 1))
 			"$repo/scripts/testhost.sh" -- "$bin" 2>&1 | tee "$log"
 			status=${PIPESTATUS[0]}
-		fi
+		done
 	else
 		echo "== $name ($defined tests, needs $needs: natively)"
 		"$bin" 2>&1 | tee "$log"
@@ -79,5 +81,6 @@ for bin in "$@"; do
 done
 
 echo "run-integration: $total_passed of $total_defined integration tests passed${failed_bins[*]:+; failed: ${failed_bins[*]}}"
+[ "$freezes" = 0 ] || echo "run-integration: the nested host froze $freezes time(s); each time the binary ran again in a fresh one"
 echo "integration: $total_passed passed, $total_failed failed"
 [ "${#failed_bins[@]}" -eq 0 ]
