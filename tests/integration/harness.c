@@ -478,3 +478,12 @@ const char *vmm_wait_containing(struct vmm_proc *p, const char *text, const char
 	vmm_dump(p);
 	return NULL;
 }
+
+int vmm_count_lines(const struct vmm_proc *p, const char *prefix)
+{
+	int n = 0;
+
+	for (int i = 0; i < p->nr_lines; i++)
+		n += strncmp(p->lines[i], prefix, strlen(prefix)) == 0;
+	return n;
+}

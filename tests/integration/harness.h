@@ -46,6 +46,8 @@ int vmm_send(struct vmm_proc *p, const char *text);
 int vmm_wait(struct vmm_proc *p, int timeout_ms);
 void vmm_kill(struct vmm_proc *p);
 void vmm_free(struct vmm_proc *p);
+/* How many console lines seen so far start with prefix. */
+int vmm_count_lines(const struct vmm_proc *p, const char *prefix);
 /* Prints the console and stderr captured so far, for failing tests. */
 void vmm_dump(const struct vmm_proc *p);
 

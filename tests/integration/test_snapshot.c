@@ -77,15 +77,6 @@ static json_t *call(const char *sock, const char *req, bool want_ok)
 	return reply;
 }
 
-static int count_lines(const struct vmm_proc *p, const char *text)
-{
-	int n = 0;
-
-	for (int i = 0; i < p->nr_lines; i++)
-		n += strcmp(p->lines[i], text) == 0;
-	return n;
-}
-
 static void take_snapshot(const char *sock, const char *snap, json_t **out)
 {
 	char req[600];
@@ -182,7 +173,7 @@ static void test_restore_continues_the_guest(void **state)
 	     reports++) {
 		usleep(100 * 1000);
 		vmm_send(&child, "report\n");
-		while (count_lines(&child, "report.end") <= reports &&
+		while (vmm_count_lines(&child, "report.end") <= reports &&
 		       vmm_wait_line(&child, "\x01", 100) == NULL && !child.exited)
 			;
 		seq_after = value_u64(&child, "cpu0.pattern_seq");
