@@ -26,11 +26,13 @@ VMM      := $(BUILD)/forkd-vmm
 VMM_ASAN := $(BUILD)/asan/forkd-vmm
 FORKD    := $(BUILD)/forkd
 
-.PHONY: all bench-tools test unit-test integration-test demo format check-format clean images
-BENCH_TOOLS := $(BUILD)/bench/readytime
+.PHONY: all bench-tools test unit-test integration-test demo format check-format clean images \
+	test-rootfs
+SANDBOX_BENCH := $(BUILD)/bench/sandbox-bench
+BENCH_TOOLS := $(BUILD)/bench/readytime $(SANDBOX_BENCH)
 
 all: $(VMM) $(VMM_ASAN) $(FORKD) $(UNIT_BINS) $(UNIT_ASAN_BINS) $(ITEST_BINS) probe $(BENCH_TOOLS) \
-	$(EXTRACT_VMLINUX) $(FORKD_INIT) $(FORKD_PATTERN)
+	$(EXTRACT_VMLINUX) $(FORKD_INIT) $(FORKD_PATTERN) $(FORKD_AGENT)
 
 include guest/probe/probe.mk
 include images/images.mk
@@ -74,17 +76,29 @@ $(BUILD)/tests/itest_%: $(BUILD)/obj/tests/integration/test_%.o $(ITEST_HELPER_O
 	@mkdir -p $(dir $@)
 	$(CC) $(OPTFLAGS) -o $@ $^ $(LIBS) $(TESTLIBS)
 
+$(SANDBOX_BENCH): $(BUILD)/obj/bench/sandbox.o $(BUILD)/libforkd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(OPTFLAGS) -o $@ $^ $(LIBS)
+
 $(BUILD)/bench/%: bench/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_BASE) $(OPTFLAGS) -o $@ $<
 
-unit-test: $(UNIT_BINS) $(UNIT_ASAN_BINS)
-	@set -e; for t in $(UNIT_BINS) $(UNIT_ASAN_BINS); do echo "== $$t"; $$t; done
+# Some unit tests run the guest agent and the CLI on this host (no VM needed).
+unit-test: $(UNIT_BINS) $(UNIT_ASAN_BINS) $(FORKD) $(FORKD_AGENT)
+	@set -e; for t in $(UNIT_BINS) $(UNIT_ASAN_BINS); do echo "== $$t"; \
+	  FORKD_AGENT=$(abspath $(FORKD_AGENT)) FORKD_CLI=$(abspath $(FORKD)) $$t; done
 
 # Each binary runs natively where this machine's KVM can run it, else in the
 # nested test host (tests/run-integration.sh, docs/testing.md); that and the
 # Linux tests need the Debian kernel images (make images: ~26 MB once).
-integration-test: $(VMM) $(VMM_ASAN) $(ITEST_BINS) probe images
+# itest_image boots a root filesystem image; the nested test host sees / read-only, so it is
+# built (or found up to date) here first (docs/images.md; ~90 s and ~40 MB of packages once).
+TEST_ROOTFS := forkd-test-base
+test-rootfs: $(FORKD) $(FORKD_AGENT)
+	$(FORKD) image build $(TEST_ROOTFS) --packages python3
+
+integration-test: $(VMM) $(VMM_ASAN) $(ITEST_BINS) probe images test-rootfs
 	@FORKD_VMM=$(abspath $(VMM)) FORKD_VMM_ASAN=$(abspath $(VMM_ASAN)) \
 	  FORKD_PROBE=$(abspath $(PROBE_ELF)) FORKD_BUILD=$(abspath $(BUILD)) \
 	  FORKD_IMAGES=$(abspath $(IMAGES_DIR)) tests/run-integration.sh $(ITEST_BINS)

@@ -25,7 +25,7 @@ set -euo pipefail
 PINNED_KERNEL_PKG=linux-image-6.1.0-50-cloud-amd64-unsigned
 # What the initramfs loads; dependencies are added from the package's metadata.
 WANTED_MODULES=(virtio virtio_ring virtio_mmio virtio_blk vsock vmw_vsock_virtio_transport_common
-	vmw_vsock_virtio_transport failover net_failover virtio_net)
+	vmw_vsock_virtio_transport failover net_failover virtio_net ext4 overlay)
 # The nested test host (L1): virtio-pci, virtiofs for the machine's root, the
 # serial console, and KVM (kvm_amd under QEMU's TCG; kvm_intel too for -accel kvm).
 TESTHOST_MODULES=(virtio_pci virtiofs irqbypass kvm kvm_amd kvm_intel)
@@ -39,6 +39,7 @@ busybox=${FORKD_BUSYBOX:-/bin/busybox}
 extract=$build/tools/extract-vmlinux
 init=$build/guest/forkd-init
 checker=$build/guest/forkd-pattern
+agent=$build/guest/forkd-agent
 
 die() {
 	echo "images: error: $*" >&2
@@ -52,6 +53,7 @@ done
 [ -x "$extract" ] || die "$extract missing: run 'make $extract' first (or 'make images')"
 [ -x "$init" ] || die "$init missing: run 'make $init' first (or 'make images')"
 [ -x "$checker" ] || die "$checker missing: run 'make $checker' first (or 'make images')"
+[ -x "$agent" ] || die "$agent missing: run 'make $agent' first (or 'make images')"
 [ -x "$busybox" ] || die "$busybox missing: install busybox-static or set FORKD_BUSYBOX"
 if readelf -l "$busybox" 2>/dev/null | grep -q INTERP; then
 	die "$busybox is dynamically linked; the initramfs needs a static one (busybox-static)"
@@ -85,7 +87,7 @@ fi
 input_hash() {
 	{
 		echo "$pkg $version"
-		sha256sum "${BASH_SOURCE[0]}" "$init" "$extract" "$busybox" "$checker" \
+		sha256sum "${BASH_SOURCE[0]}" "$init" "$extract" "$busybox" "$checker" "$agent" \
 			"$repo/images/testhost-init.sh" | cut -d' ' -f1
 		echo "${WANTED_MODULES[*]} / ${TESTHOST_MODULES[*]}"
 	} | sha256sum | cut -d' ' -f1
@@ -257,11 +259,13 @@ build_initramfs() {
 		die "cpio failed building $out"
 }
 
-# The Linux guest's initramfs, with the point-in-time checker.
+# The Linux guest's initramfs, with the point-in-time checker and the guest
+# agent (forkd-init starts it when the command line has forkd.agent=1).
 resolve_modules "guest" "${WANTED_MODULES[@]}"
 guest_order=("${order[@]}")
-mkdir -p "$work/root/usr/bin"
+mkdir -p "$work/root/usr/bin" "$work/root/usr/sbin"
 cp "$checker" "$work/root/usr/bin/forkd-pattern"
+cp "$agent" "$work/root/usr/sbin/forkd-agent"
 build_initramfs "$work/initramfs.cpio" "$work/root"
 
 # The nested test host's initramfs (scripts/testhost.sh): KVM, virtiofs and its

@@ -13,6 +13,7 @@ packages=(
 	clang-format
 	qemu-system-x86
 	socat
+	debootstrap
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -14,12 +14,15 @@
 #
 # Options (environment in brackets):
 #   --mem SIZE        L1 memory, e.g. 6G [FORKD_TESTHOST_MEM, default 6G]
-#   --cpus N          L1 vCPUs [FORKD_TESTHOST_CPUS, default: this machine's cores]
+#   --cpus N          L1 vCPUs [FORKD_TESTHOST_CPUS, default 1 under TCG (docs/testing.md,
+#                     Faults), this machine's cores with --accel kvm]
 #   --timeout SEC     kill the nested host after SEC seconds [FORKD_TESTHOST_TIMEOUT, 3600]
 #   --accel tcg|kvm|auto   [FORKD_TESTHOST_ACCEL, default auto: kvm only with nested SVM/VMX]
 #   --console FILE    keep the nested host's console log (kernel + init) in FILE
 #   --interactive     attach this terminal to the command (e.g. -- bash -i)
 # FORKD_TESTHOST_APPEND adds to the nested host's kernel command line.
+# FORKD_TESTHOST_TCG_THREAD=single|multi: QEMU's TCG threading with --cpus above 1
+# (default single; docs/testing.md).
 # Other environment: FORKD_QEMU, FORKD_VIRTIOFSD (the programs), FORKD_IMAGES
 # (where `make images` put bzImage and testhost-initramfs.cpio).
 #
@@ -38,9 +41,11 @@ die() {
 }
 
 mem=${FORKD_TESTHOST_MEM:-6G}
-cpus=${FORKD_TESTHOST_CPUS:-$(nproc)}
+cpus=${FORKD_TESTHOST_CPUS:-}
 timeout_s=${FORKD_TESTHOST_TIMEOUT:-3600}
 accel=${FORKD_TESTHOST_ACCEL:-auto}
+tcg_thread=${FORKD_TESTHOST_TCG_THREAD:-single}
+case "$tcg_thread" in multi | single) ;; *) die "FORKD_TESTHOST_TCG_THREAD='$tcg_thread': expected multi or single" ;; esac
 console_keep=
 interactive=0
 while [ $# -gt 0 ]; do
@@ -61,7 +66,6 @@ done
 # Inputs.
 mem_mib=$(size_to_mib "$mem") || die "--mem '$mem': expected a size such as 6G or 4096M"
 [ "$mem_mib" -ge 1024 ] || die "--mem '$mem': the nested host needs at least 1G"
-[[ "$cpus" =~ ^[1-9][0-9]*$ ]] && [ "$cpus" -le 64 ] || die "--cpus '$cpus': expected 1 to 64"
 [[ "$timeout_s" =~ ^[1-9][0-9]*$ ]] || die "--timeout '$timeout_s': expected whole seconds > 0"
 case "$accel" in
 auto) if [ "$(kvm_nested_capable)" = yes ]; then accel=kvm; else accel=tcg; fi ;;
@@ -69,6 +73,14 @@ tcg) ;;
 kvm) [ "$(kvm_nested_capable)" = yes ] || die "--accel kvm: this machine's /dev/kvm ($(kvm_kind)) offers no nested SVM/VMX" ;;
 *) die "--accel '$accel': expected tcg, kvm or auto" ;;
 esac
+# Under TCG, one L1 vCPU: with two, QEMU's multi-threaded TCG raced on code that
+# another vCPU had just rewritten (L1 froze, guests triple-faulted), and
+# single-threaded TCG's 100 ms round-robin slices starved Linux's SMP bring-up
+# in L1's own guests. L1's scheduler shares its one CPU among their vCPUs well.
+if [ -z "$cpus" ]; then
+	if [ "$accel" = tcg ]; then cpus=1; else cpus=$(nproc); fi
+fi
+[[ "$cpus" =~ ^[1-9][0-9]*$ ]] && [ "$cpus" -le 64 ] || die "--cpus '$cpus': expected 1 to 64"
 qemu=${FORKD_QEMU:-qemu-system-x86_64}
 virtiofsd=${FORKD_VIRTIOFSD:-/usr/lib/qemu/virtiofsd}
 command -v "$qemu" >/dev/null || die "QEMU not found ('$qemu'): install qemu-system-x86 (scripts/install-deps.sh)"
@@ -131,7 +143,7 @@ fsd_pid=$!
 for _ in $(seq 1 100); do [ -S "$run/virtiofs.sock" ] && break; sleep 0.05; done
 [ -S "$run/virtiofs.sock" ] || die "virtiofsd did not start: $(tr '\n' ' ' <"$run/virtiofsd.log")"
 
-if [ "$accel" = kvm ]; then accel_args=(-accel kvm -cpu host); else accel_args=(-accel tcg,thread=multi -cpu max); fi
+if [ "$accel" = kvm ]; then accel_args=(-accel kvm -cpu host); else accel_args=(-accel tcg,thread=$tcg_thread -cpu max); fi
 # kvm.enable_pmu=0: no perf events for guests' PMU counters, so starting and
 # stopping VMs does not flip the scheduler's perf static keys; each flip live-patches
 # kernel text with INT3, and that is where frozen nested hosts were found stuck

@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
 
@@ -70,6 +71,45 @@ int init_cmdline_command(const char *cmdline, char *out, size_t out_size)
 	return out[0] ? 1 : 0;
 }
 
+int init_cmdline_flag(const char *cmdline, const char *name)
+{
+	size_t name_len = strlen(name);
+	const char *p = cmdline;
+	int value = 0;
+
+	for (;;) {
+		while (isspace((unsigned char)*p))
+			p++;
+		if (!*p)
+			return value;
+		const char *end = p;
+		while (*end && !isspace((unsigned char)*end))
+			end++;
+		size_t len = (size_t)(end - p);
+		if (len == 2 && p[0] == '-' && p[1] == '-')
+			return value; /* the command starts here */
+		if (len >= name_len && strncmp(p, name, name_len) == 0) {
+			const char *v = p + name_len;
+			size_t vlen = len - name_len;
+			if (vlen == 0)
+				value = 1;
+			else if (*v != '=')
+				; /* a longer name sharing the prefix */
+			else if ((vlen == 2 && v[1] == '1') ||
+				 (vlen == 3 && !strncmp(v, "=on", 3)) ||
+				 (vlen == 4 && !strncmp(v, "=yes", 4)))
+				value = 1;
+			else if ((vlen == 2 && v[1] == '0') ||
+				 (vlen == 4 && !strncmp(v, "=off", 4)) ||
+				 (vlen == 3 && !strncmp(v, "=no", 3)))
+				value = 0;
+			else
+				return -EINVAL;
+		}
+		p = end;
+	}
+}
+
 int init_modlist_next(const char **cursor, char *out, size_t out_size)
 {
 	const char *p = *cursor;
@@ -112,4 +152,101 @@ int init_exit_code(int wait_status)
 	if (WIFSIGNALED(wait_status))
 		return 128 + WTERMSIG(wait_status);
 	return 255;
+}
+
+int init_cmdline_value(const char *cmdline, const char *name, char *out, size_t out_size)
+{
+	size_t name_len = strlen(name);
+	const char *p = cmdline;
+	int found = 0;
+
+	for (;;) {
+		while (isspace((unsigned char)*p))
+			p++;
+		if (!*p)
+			return found;
+		const char *end = p;
+		while (*end && !isspace((unsigned char)*end))
+			end++;
+		size_t len = (size_t)(end - p);
+		if (len == 2 && p[0] == '-' && p[1] == '-')
+			return found; /* the command starts here */
+		if (len > name_len && strncmp(p, name, name_len) == 0 && p[name_len] == '=') {
+			size_t vlen = len - name_len - 1;
+			if (vlen + 1 > out_size)
+				return -ENAMETOOLONG;
+			memcpy(out, p + name_len + 1, vlen);
+			out[vlen] = '\0';
+			found = 1;
+		}
+		p = end;
+	}
+}
+
+int init_root_device_valid(const char *dev)
+{
+	if (strncmp(dev, "/dev/", 5) != 0 || !dev[5] || strstr(dev, ".."))
+		return -EINVAL;
+	for (const char *p = dev + 5; *p; p++)
+		if (!isalnum((unsigned char)*p) && !strchr("/_-.", *p))
+			return -EINVAL;
+	return 0;
+}
+
+int init_tmpfs_size_option(const char *value, char *out, size_t out_size)
+{
+	unsigned long long n = 0, scale = 1;
+	const char *p = value;
+	int len;
+
+	if (!isdigit((unsigned char)*p))
+		return -EINVAL;
+	for (; isdigit((unsigned char)*p); p++) {
+		if (n > (1ULL << 50))
+			return -EINVAL; /* far beyond any guest's RAM */
+		n = n * 10 + (unsigned long long)(*p - '0');
+	}
+	if (p[0] == '%' && !p[1]) {
+		if (n < 1 || n > 100)
+			return -EINVAL;
+	} else {
+		if (*p && !p[1] && strchr("kK", *p))
+			scale = 1ULL << 10;
+		else if (*p && !p[1] && strchr("mM", *p))
+			scale = 1ULL << 20;
+		else if (*p && !p[1] && strchr("gG", *p))
+			scale = 1ULL << 30;
+		else if (*p)
+			return -EINVAL;
+		/* Less than a MiB cannot hold even the overlay's work directory for long. */
+		if (n * scale < (1ULL << 20))
+			return -EINVAL;
+	}
+	len = snprintf(out, out_size, "size=%s", value);
+	if (len < 0 || (size_t)len >= out_size)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+int init_has_ext_magic(const unsigned char *head, size_t len)
+{
+	if (len < INIT_EXT_MAGIC_OFFSET + 2)
+		return 0;
+	return (head[INIT_EXT_MAGIC_OFFSET] | head[INIT_EXT_MAGIC_OFFSET + 1] << 8) ==
+	       INIT_EXT_MAGIC;
+}
+
+int init_overlay_options(const char *lower, const char *upper, const char *work, char *out,
+			 size_t out_size)
+{
+	const char *paths[] = {lower, upper, work};
+	int len;
+
+	for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++)
+		if (strpbrk(paths[i], ",:"))
+			return -EINVAL;
+	len = snprintf(out, out_size, "lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work);
+	if (len < 0 || (size_t)len >= out_size)
+		return -ENAMETOOLONG;
+	return 0;
 }

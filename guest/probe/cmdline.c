@@ -7,12 +7,16 @@ struct config cfg = {
     .pattern_mib = 16,
     .stall_us = 200,
     .blk_read_sectors = 8,
+    .vsock_port = 1024,
+    .vsock_probe_port = 9,
+    .vsock_flood_port = 1000,
+    .vsock_flood = 1100,
 };
 
 static const char *const work_names[] = {
     [WORK_IDLE] = "idle",	[WORK_TOUCH] = "touch", [WORK_PATTERN] = "pattern",
     [WORK_STALL] = "stall",	[WORK_BLK] = "blk",	[WORK_HOSTILE] = "hostile",
-    [WORK_BLKLOOP] = "blkloop",
+    [WORK_BLKLOOP] = "blkloop", [WORK_VSOCK] = "vsock",
 };
 
 const char *work_name(enum work w)
@@ -80,6 +84,10 @@ static void parse_option(const char *k, size_t klen, const char *v, size_t vlen)
 	    {"virtio_mmio", &cfg.virtio_mmio},
 	    {"vmgenid", &cfg.vmgenid},
 	    {"verbose", &cfg.verbose},
+	    {"vsock_port", &cfg.vsock_port},
+	    {"vsock_probe_port", &cfg.vsock_probe_port},
+	    {"vsock_flood_port", &cfg.vsock_flood_port},
+	    {"vsock_flood", &cfg.vsock_flood},
 	};
 
 	if (tok_eq(k, klen, "work")) {

@@ -17,6 +17,7 @@
  */
 #define kstacks __image_end
 #define ustacks (__image_end + MAX_CPUS * KSTACK_SIZE)
+#define dfstacks (ustacks + MAX_CPUS * USTACK_SIZE)
 
 #define CR0_PE	 0x00000001
 #define CR0_PG	 0x80000000
@@ -257,6 +258,7 @@ common_fault:
 	mov %rsp, %rdi
 	sub $kstacks, %rdi
 	shr $KSTACK_SHIFT, %rdi		/* CPU index from the kernel stack in use */
+report_at_cpl3:
 	lea 1(%rdi), %eax
 	shl $USTACK_SHIFT, %eax
 	add $ustacks - 8, %rax
@@ -266,6 +268,20 @@ common_fault:
 	pushq $(SEL_UCODE | 3)
 	pushq $fault_report
 	iretq
+
+/*
+ * #DF, NMI and #MC arrive on this CPU's IST1 stack (dfstacks): same frame,
+ * CPU index from that stack instead.
+ */
+ist_fault:
+	mov (%rsp), %rsi
+	mov 8(%rsp), %rdx
+	mov 16(%rsp), %rcx
+	mov %cr2, %r8
+	mov %rsp, %rdi
+	sub $dfstacks, %rdi
+	shr $DFSTACK_SHIFT, %rdi
+	jmp report_at_cpl3
 
 /*
  * 256 stubs of 16 bytes each from a 4 KiB-aligned base, so the IDT below can
@@ -289,7 +305,11 @@ isr_stubs:
 	pushq $0			/* no CPU error code: keep one frame layout */
 	.endif
 	pushq $vec
+	.if (vec == 2) || (vec == 8) || (vec == 18)
+	jmp ist_fault
+	.else
 	jmp common_fault
+	.endif
 	.endif
 	.set vec, vec + 1
 	.endr
@@ -405,7 +425,11 @@ idt:
 	.rept 256
 	.word isr_stubs_lo + vec * 16
 	.word SEL_KCODE
+	.if (vec == 2) || (vec == 8) || (vec == 18)
+	.byte 1				/* IST1: NMI, #DF, #MC (dfstacks) */
+	.else
 	.byte 0
+	.endif
 	.byte 0x8E			/* present 64-bit interrupt gate, DPL0 */
 	.word isr_stubs_hi
 	.long 0
@@ -422,7 +446,9 @@ tss_array:
 	.rept MAX_CPUS
 	.long 0
 	.quad kstacks + (i + 1) * KSTACK_SIZE	/* rsp0 */
-	.fill 88, 1, 0
+	.quad 0, 0, 0				/* rsp1, rsp2, reserved */
+	.quad dfstacks + (i + 1) * DFSTACK_SIZE	/* ist1 */
+	.fill 56, 1, 0
 	.word 0
 	.word 104			/* I/O bitmap base past the limit: none */
 	.fill TSS_STRIDE - 104, 1, 0

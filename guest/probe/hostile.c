@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * hostile: a malicious guest against the first virtio-blk device and the
- * MMIO space. Each ring case starts from a freshly reset device, breaks one
+ * hostile: a malicious guest against the first virtio-blk device, the MMIO
+ * space and, if the VM has one, the virtio-vsock device (see
+ * hostile_vsock below). Each ring case starts from a freshly reset device, breaks one
  * rule, waits briefly for the device's reaction, prints
  * `hostile.<case>=status:0x<device status>` (and `hostile.<case>.req=<status
  * byte>` when the request completed), then resets the device. The VMM must
  * survive all of it; the last step proves the device still works.
  */
 #include "blk.h"
+#include "vsock.h"
 
 #define VIRTQ_DESC_F_INDIRECT 4
 #define REACTION_US	      200000
@@ -314,18 +316,245 @@ static void run_case(struct hostile *h, void (*fn)(struct hostile *), bool drive
 	fn(h);
 }
 
-void hostile_run(struct cpu *c)
+/* ---- virtio-vsock ---- */
+
+#define VCASE_REACTION_US 300000
+#define VCASE_FIRST_PORT  30000 /* our source ports for malformed packets: one per case */
+#define FLOOD_FIRST_PORT  40000
+#define FLOOD_BATCH	  32
+#define BACKLOG_PACKETS	  600
+
+/* The hostile CPU's driver state: too big for its 16 KiB stack. */
+static struct vsock hv;
+static uint64_t hv_mem;
+static uint32_t vcase_port = VCASE_FIRST_PORT;
+
+static uint64_t hv_scratch(uint64_t off)
 {
-	struct hostile hostile = {.cpu = c}, *h = &hostile;
+	return hv_mem + VSOCK_SCRATCH_OFF + off;
+}
+
+/* Polls for up to us; true if an RST for our port `port` came. */
+static bool wait_rst(struct cpu *c, uint32_t port, uint64_t us)
+{
+	uint64_t seen = hv.rst_rx;
+	struct stopwatch sw;
+
+	stopwatch_start(&sw);
+	while (stopwatch_us(&sw) < us) {
+		vsock_poll(&hv);
+		if (hv.rst_rx != seen && hv.last_rst_local == port)
+			return true;
+		if (vsock_status(&hv) & VIRTIO_STATUS_DEVICE_NEEDS_RESET)
+			return false;
+		service(c);
+		cpu_relax();
+	}
+	return false;
+}
+
+/*
+ * After a case: NEEDS_RESET is answered with a device reset, as a driver
+ * would; then the device must answer a REQUEST (an RST from a port nobody
+ * listens on).
+ */
+static void vcase_outcome(struct cpu *c, const char *name, bool rst)
+{
+	uint32_t status = vsock_status(&hv);
+	bool needs_reset = status & VIRTIO_STATUS_DEVICE_NEEDS_RESET;
+	const char *what = rst ? "rst" : "none";
+	bool alive;
+
+	if (needs_reset && vsock_open(&hv, hv_mem, 0) < 0) {
+		say("hostile.vsock.%s=needs_reset alive=0 reopen=failed", name);
+		return;
+	}
+	alive = vsock_probe(&hv, (uint32_t)cfg.vsock_probe_port);
+	say("hostile.vsock.%s=%s alive=%u status=0x%x", name, needs_reset ? "needs_reset" : what,
+	    alive, status);
+	(void)c;
+}
+
+/*
+ * One malformed packet: header h (hdr_len bytes of it are sent, from
+ * scratch memory; hdr_addr overrides where the descriptor points) and an
+ * optional payload descriptor.
+ */
+static void vcase(struct cpu *c, const char *name, const struct vsock_hdr *h, uint32_t hdr_len,
+		  uint64_t hdr_addr, uint64_t payload, uint32_t payload_len, bool hdr_writable,
+		  bool payload_writable)
+{
+	struct vbuf bufs[2];
+	unsigned n = 0;
+	bool rst;
+
+	memcpy((void *)(uintptr_t)hv_scratch(0), h, sizeof(*h));
+	bufs[n++] = (struct vbuf){.addr = hdr_addr ? hdr_addr : hv_scratch(0),
+				  .len = hdr_len,
+				  .device_writes = hdr_writable};
+	if (payload_len)
+		bufs[n++] = (struct vbuf){
+		    .addr = payload, .len = payload_len, .device_writes = payload_writable};
+	if (!vsock_tx_raw(&hv, bufs, n)) {
+		say("hostile.vsock.%s=skipped (no tx slot)", name);
+		return;
+	}
+	rst = wait_rst(c, h->src_port, VCASE_REACTION_US);
+	vcase_outcome(c, name, rst);
+}
+
+/* A header from a fresh source port of ours to host port `port` (nobody listens there). */
+static void vhdr(struct vsock_hdr *h, uint16_t op, uint32_t len)
+{
+	vsock_hdr_init(&hv, h, op, vcase_port++, (uint32_t)cfg.vsock_probe_port, len);
+}
+
+/*
+ * REQUESTs to one host port from more source ports than the VMM has
+ * connections (1024): with a host listener there the first ones are
+ * accepted (held: we answer nothing), the rest refused; then we reset them
+ * all. Batches keep rx drained, so every answer is seen.
+ */
+static void vcase_flood(struct cpu *c)
+{
+	uint64_t n = cfg.vsock_flood, sent = 0;
+	uint64_t rst0 = hv.rst_rx, resp0 = hv.stray_responses;
+	struct stopwatch sw;
+
+	if (n > 4096)
+		n = 4096;
+	hv.hold_stray_responses = true;
+	while (sent < n) {
+		struct vsock_hdr *h =
+		    (struct vsock_hdr *)(uintptr_t)hv_scratch(0x10000 + sent * 64);
+		struct vbuf b = {.addr = (uint64_t)(uintptr_t)h, .len = VSOCK_HDR_SIZE};
+
+		vsock_hdr_init(&hv, h, VSOCK_OP_REQUEST, FLOOD_FIRST_PORT + (uint32_t)sent,
+			       (uint32_t)cfg.vsock_flood_port, 0);
+		h->buf_alloc = VSOCK_BUF_ALLOC;
+		if (!vsock_tx_raw(&hv, &b, 1)) {
+			vsock_poll(&hv);
+			continue;
+		}
+		sent++;
+		if (sent % FLOOD_BATCH == 0 || sent == n) {
+			stopwatch_start(&sw);
+			while (hv.rst_rx - rst0 + hv.stray_responses - resp0 < sent &&
+			       stopwatch_us(&sw) < 1000000) {
+				vsock_poll(&hv);
+				service(c);
+			}
+		}
+	}
+	say("hostile.vsock.flood=sent:%lu accepted:%lu refused:%lu", sent,
+	    hv.stray_responses - resp0, hv.rst_rx - rst0);
+	hv.hold_stray_responses = false;
+	/* Reset them all; an RST for a connection the VMM never made is ignored. */
+	for (uint64_t i = 0; i < sent;) {
+		struct vsock_hdr *h = (struct vsock_hdr *)(uintptr_t)hv_scratch(0x10000 + i * 64);
+		struct vbuf b = {.addr = (uint64_t)(uintptr_t)h, .len = VSOCK_HDR_SIZE};
+
+		vsock_hdr_init(&hv, h, VSOCK_OP_RST, FLOOD_FIRST_PORT + (uint32_t)i,
+			       (uint32_t)cfg.vsock_flood_port, 0);
+		if (vsock_tx_raw(&hv, &b, 1))
+			i++;
+		else
+			vsock_poll(&hv);
+	}
+	stopwatch_start(&sw);
+	while (stopwatch_us(&sw) < 200000)
+		vsock_poll(&hv);
+	vcase_outcome(c, "flood_reset", false);
+}
+
+/*
+ * Packets that each owe us an RST while we take no rx buffers back: the
+ * VMM may keep only a bounded number of RSTs (the rest are dropped and
+ * counted), never a growing queue.
+ */
+static void vcase_rst_backlog(struct cpu *c)
+{
+	uint64_t rst0 = hv.rst_rx;
+	struct stopwatch sw;
+	unsigned sent = 0;
+
+	while (sent < BACKLOG_PACKETS) {
+		struct vsock_hdr *h =
+		    (struct vsock_hdr *)(uintptr_t)hv_scratch(0x10000 + sent * 64);
+		struct vbuf b = {.addr = (uint64_t)(uintptr_t)h, .len = VSOCK_HDR_SIZE};
+
+		vsock_hdr_init(&hv, h, VSOCK_OP_RW, 20000 + sent, (uint32_t)cfg.vsock_probe_port,
+			       0);
+		if (vsock_tx_raw(&hv, &b, 1))
+			sent++;
+		else
+			vsock_poll_tx(&hv);
+	}
+	stopwatch_start(&sw);
+	while (stopwatch_us(&sw) < 300000)
+		vsock_poll(&hv);
+	say("hostile.vsock.rst_backlog=sent:%u rst:%lu", sent, hv.rst_rx - rst0);
+	vcase_outcome(c, "rst_backlog_after", false);
+}
+
+static void hostile_vsock(struct cpu *c, uint64_t above_ram)
+{
+	uint8_t *big = (uint8_t *)(uintptr_t)hv_scratch(0x200000);
+	struct vsock_hdr h;
+
+	hv_mem = c->vsock_mem;
+	if (vsock_open(&hv, hv_mem, 0) < 0)
+		return;
+	say("hostile.vsock.start cid=%lu alive=%u", hv.cid,
+	    vsock_probe(&hv, (uint32_t)cfg.vsock_probe_port));
+	memset(big, 0x5a, 0x20000);
+
+	vhdr(&h, VSOCK_OP_RW, 0);
+	vcase(c, "hdr_short", &h, 20, 0, 0, 0, false, false);
+	vhdr(&h, VSOCK_OP_RW, 1000);
+	vcase(c, "len_over_chain", &h, VSOCK_HDR_SIZE, 0, hv_scratch(0x1000), 100, false, false);
+	vhdr(&h, VSOCK_OP_RW, VSOCK_MAX_PAYLOAD + 1);
+	vcase(c, "len_over_max", &h, VSOCK_HDR_SIZE, 0, (uint64_t)(uintptr_t)big,
+	      VSOCK_MAX_PAYLOAD + 1, false, false);
+	vhdr(&h, VSOCK_OP_RW, 0);
+	h.type = 2; /* SEQPACKET: not offered */
+	vcase(c, "wrong_type", &h, VSOCK_HDR_SIZE, 0, 0, 0, false, false);
+	vhdr(&h, VSOCK_OP_REQUEST, 0);
+	h.src_cid = hv.cid + 1;
+	vcase(c, "wrong_src_cid", &h, VSOCK_HDR_SIZE, 0, 0, 0, false, false);
+	vhdr(&h, VSOCK_OP_REQUEST, 0);
+	h.dst_cid = hv.cid;
+	vcase(c, "dst_cid_not_host", &h, VSOCK_HDR_SIZE, 0, 0, 0, false, false);
+	vhdr(&h, 42, 0);
+	vcase(c, "unknown_op", &h, VSOCK_HDR_SIZE, 0, 0, 0, false, false);
+	vhdr(&h, VSOCK_OP_RW, 16);
+	vcase(c, "rw_no_conn", &h, VSOCK_HDR_SIZE, 0, hv_scratch(0x1000), 16, false, false);
+	vhdr(&h, VSOCK_OP_RW, 0);
+	vcase(c, "tx_all_writable", &h, VSOCK_HDR_SIZE, 0, 0, 0, true, false);
+	vhdr(&h, VSOCK_OP_RW, 64);
+	vcase(c, "tx_payload_writable", &h, VSOCK_HDR_SIZE, 0, hv_scratch(0x1000), 64, false, true);
+	vhdr(&h, VSOCK_OP_RW, 0);
+	vcase(c, "desc_outside_ram", &h, VSOCK_HDR_SIZE, OUTSIDE_RAM_HOLE, 0, 0, false, false);
+	vhdr(&h, VSOCK_OP_RW, 64);
+	vcase(c, "payload_above_ram", &h, VSOCK_HDR_SIZE, 0, above_ram, 64, false, false);
+	vcase_rst_backlog(c);
+	vcase_flood(c);
+	vsock_open(&hv, hv_mem, 0);
+	say("hostile.vsock.recovered=%u", vsock_probe(&hv, (uint32_t)cfg.vsock_probe_port));
+	vreg_write(&hv.dev, VIRTIO_MMIO_STATUS, 0);
+}
+
+/* The virtio-blk and MMIO cases; false if the device could not even be used. */
+static bool hostile_blk(struct hostile *h)
+{
 	int st;
 
-	h->above_ram = (mem_top() + ALLOC_ALIGN - 1) / ALLOC_ALIGN * ALLOC_ALIGN + ALLOC_ALIGN;
 	if (fresh(h, true) < 0)
-		return;
+		return false;
 	st = blk_request(&h->b, VIRTIO_BLK_T_IN, 0, 512);
 	if (st != VIRTIO_BLK_S_OK) {
 		say("hostile.error=initial read failed (%d)", st);
-		return;
+		return false;
 	}
 	memcpy(h->sector0, (const void *)(uintptr_t)h->b.data, 512);
 	vreg_write(&h->b.dev, VIRTIO_MMIO_STATUS, 0);
@@ -349,12 +578,31 @@ void hostile_run(struct cpu *c)
 	mmio_cases(h);
 
 	if (fresh(h, true) < 0)
-		return;
+		return false;
 	memset((void *)(uintptr_t)h->b.data, 0, 512);
 	st = blk_request(&h->b, VIRTIO_BLK_T_IN, 0, 512);
 	say("hostile.recovered=%u",
 	    st == VIRTIO_BLK_S_OK &&
 		memcmp((const void *)(uintptr_t)h->b.data, h->sector0, 512) == 0);
 	vreg_write(&h->b.dev, VIRTIO_MMIO_STATUS, 0);
+	return true;
+}
+
+void hostile_run(struct cpu *c)
+{
+	struct hostile hostile = {.cpu = c}, *h = &hostile;
+
+	h->above_ram = (mem_top() + ALLOC_ALIGN - 1) / ALLOC_ALIGN * ALLOC_ALIGN + ALLOC_ALIGN;
+	/* A VM with only a vsock device is attacked there alone. */
+	if (virtio_find(VIRTIO_ID_BLK, c->blk_dev) || !c->vsock_mem) {
+		if (!hostile_blk(h))
+			return;
+	} else {
+		say("hostile.blk=skipped (no virtio-blk device)");
+	}
+	if (c->vsock_mem)
+		hostile_vsock(c, h->above_ram);
+	else
+		say("hostile.vsock=skipped (no virtio-vsock device)");
 	say("hostile.done=1");
 }

@@ -20,6 +20,13 @@
 #define KSTACK_SIZE  (1 << KSTACK_SHIFT)
 #define USTACK_SHIFT 14
 #define USTACK_SIZE  (1 << USTACK_SHIFT)
+/*
+ * Double-fault stacks, after the user stacks: #DF, NMI and #MC switch to
+ * one (IST1), so a fault whose frame cannot be pushed on the kernel stack
+ * is still reported instead of becoming a silent triple fault.
+ */
+#define DFSTACK_SHIFT 10
+#define DFSTACK_SIZE  (1 << DFSTACK_SHIFT)
 /* One TSS per CPU, at this stride (a TSS is 104 bytes). */
 #define TSS_STRIDE 128
 

@@ -5,6 +5,7 @@
  * serves console commands.
  */
 #include "probe.h"
+#include "vsock.h"
 
 #define SERVICE_INTERVAL_US 5000
 #define BSP_IDLE_COUNT	    (5 * LAPIC_COUNT_MS)
@@ -120,6 +121,8 @@ void run_command(char *line)
 		blk_cmd_queue_wait(arg);
 	} else if (str_eq(cmd, "blkr")) {
 		blk_cmd_read(arg);
+	} else if (str_eq(cmd, "vsock")) {
+		vsock_cmd(arg);
 	} else if (str_eq(cmd, "costs")) {
 		costs_run();
 	} else if (str_eq(cmd, "poweroff")) {
@@ -167,6 +170,8 @@ static NORETURN void run_workload(struct cpu *c)
 	case WORK_BLKLOOP:
 		blkloop_run(c);
 		break;
+	case WORK_VSOCK:
+		vsock_run(c);
 	case WORK_IDLE:
 		idle_forever(c);
 	}
@@ -204,6 +209,14 @@ static void assign_workloads(void)
 			/* Two drivers on one device would trip over each other: one device each. */
 			c->blk_dev = blk_users++;
 			bytes = ALLOC_ALIGN;
+			/* hostile also attacks the vsock device, if the VM has one. */
+			if (c->work == WORK_HOSTILE && virtio_find(VIRTIO_ID_VSOCK, 0)) {
+				c->vsock_mem = mem_alloc(VSOCK_MEM_BYTES);
+				c->oom = c->vsock_mem == 0;
+			}
+			break;
+		case WORK_VSOCK:
+			bytes = VSOCK_MEM_BYTES;
 			break;
 		default:
 			break;

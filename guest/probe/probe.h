@@ -70,7 +70,16 @@ void say_urgent(const char *line, size_t n);
 void console_poll(void);
 
 /* cmdline.c */
-enum work { WORK_IDLE, WORK_TOUCH, WORK_PATTERN, WORK_STALL, WORK_BLK, WORK_HOSTILE, WORK_BLKLOOP };
+enum work {
+	WORK_IDLE,
+	WORK_TOUCH,
+	WORK_PATTERN,
+	WORK_STALL,
+	WORK_BLK,
+	WORK_HOSTILE,
+	WORK_BLKLOOP,
+	WORK_VSOCK
+};
 enum then { THEN_NOTHING, THEN_POWEROFF, THEN_REBOOT };
 #define CMDLINE_MAX 2048
 struct config {
@@ -88,6 +97,10 @@ struct config {
 	uint64_t verbose;     /* extra diagnostic lines before READY (each byte is a VM exit) */
 	bool pattern_freeze; /* pattern_freeze=genid: writers stop when the generation ID changes */
 	bool pages_4k;	     /* pages=4k: mem_alloc maps what it hands out with 4 KiB pages */
+	uint64_t vsock_port; /* vsock: the port the echo workload listens on */
+	uint64_t vsock_probe_port; /* hostile: a host port nobody listens on (liveness) */
+	uint64_t vsock_flood_port; /* hostile: the host port the REQUEST flood goes to */
+	uint64_t vsock_flood;	   /* hostile: how many REQUESTs the flood sends */
 	enum then then;
 };
 /* Written by the BSP before READY, read-only afterwards. */
@@ -190,7 +203,8 @@ struct cpu {
 	uint64_t next_service; /* BSP: tsc of the next console poll */
 	uint64_t mem_base;     /* workload RAM from mem_alloc */
 	uint64_t mem_bytes;
-	unsigned blk_dev; /* blk/hostile/blkloop: which virtio-blk device (n-th such workload) */
+	unsigned blk_dev;   /* blk/hostile/blkloop: which virtio-blk device (n-th such workload) */
+	uint64_t vsock_mem; /* hostile: driver memory for the vsock cases (0: no device) */
 	/* touch */
 	uint64_t touch_us;
 	bool touch_ok;
@@ -253,6 +267,8 @@ void blk_cmd_write(char *arg);
 void blk_cmd_read(char *arg);
 void blk_cmd_queue(char *arg);
 void blk_cmd_queue_wait(char *arg);
+
+/* vsock.c (declared in vsock.h): vsock_run, vsock_cmd. */
 
 /* genid.c: the ACPI VM generation ID (VMGENID). */
 void genid_init(void);

@@ -149,6 +149,17 @@ static int build_child(const struct vm *source, const struct snap_writer *w, con
 	if (!c->restored_cfg.serial_out || !c->restored_cfg.serial_in ||
 	    !c->restored_cfg.control_path || !c->restored_cfg.overlay_dir)
 		return fk_fail(err, ENOMEM, "child %d: out of memory", index);
+	/* The source keeps its vsock socket (and connections); the child gets its own. */
+	if (source->cfg->vsock_path[0]) {
+		int n = snprintf(c->restored_cfg.vsock_path, sizeof(c->restored_cfg.vsock_path),
+				 "%s/vsock.sock", cdir);
+		if (n < 0 || (size_t)n >= sizeof(c->restored_cfg.vsock_path))
+			return fk_fail(
+			    err, ENAMETOOLONG,
+			    "child %d: vsock socket %s/vsock.sock is longer than the %zu "
+			    "bytes a Unix socket address holds",
+			    index, cdir, sizeof(c->restored_cfg.vsock_path) - 1);
+	}
 
 	ret = vm_prepare(c, &c->restored_cfg, err);
 	if (ret < 0)

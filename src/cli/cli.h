@@ -18,4 +18,18 @@ int cli_spawn(int argc, char **argv);
 /* `forkd kill DIR`; returns an exit status. */
 int cli_kill(int argc, char **argv);
 
+/* `forkd exec VM [-i] [--env K=V] [--cwd DIR] [--uid N] [--gid N] [--timeout MS] -- CMD...`:
+ * the command's exit status, 124 timed out, 125 not run, 126 not executable, 127 not found. */
+int cli_exec(int argc, char **argv);
+
+/* `forkd cp SRC DST`, one of them VM:/path; returns an exit status. */
+int cli_cp(int argc, char **argv);
+
+/* `forkd agent VM ping|stat|ls|rm|shutdown ...`; returns an exit status. */
+int cli_agent(int argc, char **argv);
+
+/* `forkd image build NAME [--packages P,...] | ls | rm NAME` (runs images/rootfs.sh);
+ * returns the script's exit status, or CLI_EXIT_USAGE. */
+int cli_image(int argc, char **argv);
+
 #endif

@@ -20,19 +20,38 @@ static const char usage_text[] =
     "       forkd vm call --socket PATH [--timeout MS] '<json request>'\n"
     "       forkd spawn SNAPSHOT_DIR -n N --out DIR [--vmm PATH] [--timeout MS]\n"
     "       forkd kill DIR\n"
+    "       forkd exec VM [-i] [--env K=V]... [--cwd DIR] [--uid N] [--gid N] [--timeout MS] -- "
+    "CMD [ARG]...\n"
+    "       forkd cp SRC DST            (one of them VM:/absolute/path)\n"
+    "       forkd agent VM ping|stat PATH|ls PATH|rm [-r] PATH|shutdown [poweroff|reboot]\n"
+    "       forkd image build NAME [--packages P1,P2,...] | ls | rm NAME\n"
     "\n"
     "vm: sends one command to a forkd-vmm control socket and prints the reply as JSON.\n"
     "Exit status: 0 ok, 1 the VMM answered with an error, 2 usage error or no answer.\n"
     "\n"
     "spawn: restores N children of the snapshot concurrently, each in DIR/child-I/\n"
-    "(pid, control.sock, serial.log, serial.in FIFO, vmm.err, overlay/), and prints one\n"
+    "(pid, control.sock, serial.log, serial.in FIFO, vmm.err, overlay/, vsock.sock if the\n"
+    "snapshot has a vsock device), and prints one\n"
     "JSON line per child once its control socket answers, then a summary line.\n"
     "--vmm defaults to forkd-vmm next to forkd; --timeout (default 30000) bounds the wait.\n"
     "Exit status: 0 all running, 1 a child failed or the timeout passed (all children\n"
     "are then killed), 2 usage error.\n"
     "\n"
     "kill: SIGTERM to every child recorded under DIR, SIGKILL after 2 s; one JSON line each.\n"
-    "Exit status: 0 all gone, 1 a child could not be killed or none was recorded, 2 usage.\n";
+    "Exit status: 0 all gone, 1 a child could not be killed or none was recorded, 2 usage.\n"
+    "\n"
+    "exec, cp, agent: talk to the guest agent (forkd-agent) of a VM through its vsock Unix\n"
+    "socket. VM is the socket (forkd-vmm --vsock PATH) or a directory holding vsock.sock\n"
+    "(a BRANCH child's). exec streams the command's stdout and stderr as they arrive, and\n"
+    "its stdin with -i; it exits with the command's status (128+N for signal N), 124 if\n"
+    "--timeout killed it, 125 if it did not run, 126 not executable, 127 not found.\n"
+    "cp copies one regular file either way, written atomically, mode kept.\n"
+    "\n"
+    "image: root file system images for Linux sandboxes (images/rootfs.sh, docs/images.md).\n"
+    "build makes NAME (Debian minbase + the packages + forkd-agent, ext4) in the image cache,\n"
+    "or reuses it while its inputs are unchanged; ls prints one JSON line per image; rm\n"
+    "removes one. Boot one with forkd-vmm --disk PATH,ro --append '... forkd.root=/dev/vda'.\n"
+    "Exit status: the script's (0 ok, 1 failed), 2 usage error.\n";
 
 int cli_usage_error(const char *fmt, ...)
 {
@@ -179,7 +198,8 @@ static int vm_command(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	if (argc < 2)
-		return cli_usage_error("%s", "expected a command (vm, spawn, kill)");
+		return cli_usage_error(
+		    "%s", "expected a command (vm, spawn, kill, exec, cp, agent, image)");
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		fputs(usage_text, stdout);
@@ -191,5 +211,14 @@ int main(int argc, char **argv)
 		return cli_spawn(argc - 2, argv + 2);
 	if (strcmp(argv[1], "kill") == 0)
 		return cli_kill(argc - 2, argv + 2);
-	return cli_usage_error("unknown command '%s' (expected vm, spawn or kill)", argv[1]);
+	if (strcmp(argv[1], "exec") == 0)
+		return cli_exec(argc - 2, argv + 2);
+	if (strcmp(argv[1], "cp") == 0)
+		return cli_cp(argc - 2, argv + 2);
+	if (strcmp(argv[1], "agent") == 0)
+		return cli_agent(argc - 2, argv + 2);
+	if (strcmp(argv[1], "image") == 0)
+		return cli_image(argc - 2, argv + 2);
+	return cli_usage_error(
+	    "unknown command '%s' (expected vm, spawn, kill, exec, cp, agent or image)", argv[1]);
 }

@@ -24,7 +24,9 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "snapshot/format.h"
 #include "util/err.h"
+#include "vmm/vm_state.h"
 #include "vmm/control.h"
 
 #define SPAWN_MAX_CHILDREN	 1000
@@ -39,6 +41,7 @@ struct spawn_args {
 	const char *vmm;
 	long count;
 	int timeout_ms;
+	bool has_vsock; /* the snapshot has a vsock device: each child gets its own socket */
 };
 
 struct child {
@@ -212,10 +215,11 @@ static void exec_child(const char *vmm, char *const argv[], const char *err_path
 static int start_child(const struct spawn_args *a, long i, struct child *c, struct fk_err *err)
 {
 	char dir[PATH_MAX], overlay[PATH_MAX], sock[PATH_MAX], serial[PATH_MAX],
-	    serial_in[PATH_MAX], err_path[PATH_MAX];
+	    serial_in[PATH_MAX], err_path[PATH_MAX], vsock[PATH_MAX];
 	int ret;
 
 	if ((ret = child_path(dir, sizeof(dir), a->out, i, NULL, err)) < 0 ||
+	    (ret = child_path(vsock, sizeof(vsock), a->out, i, "vsock.sock", err)) < 0 ||
 	    (ret = child_path(overlay, sizeof(overlay), a->out, i, "overlay", err)) < 0 ||
 	    (ret = child_path(sock, sizeof(sock), a->out, i, "control.sock", err)) < 0 ||
 	    (ret = child_path(serial, sizeof(serial), a->out, i, "serial.log", err)) < 0 ||
@@ -227,10 +231,20 @@ static int start_child(const struct spawn_args *a, long i, struct child *c, stru
 	if (mkfifo(serial_in, 0600) < 0)
 		return fk_fail_errno(err, errno, "%s: mkfifo", serial_in);
 
-	char *const argv[] = {
-	    (char *)a->vmm, "--restore", (char *)a->snapshot, "--overlay-dir", overlay,
-	    "--control",    sock,	 "--serial",	      serial,	       "--serial-in",
-	    serial_in,	    NULL};
+	char *const argv[] = {(char *)a->vmm,
+			      "--restore",
+			      (char *)a->snapshot,
+			      "--overlay-dir",
+			      overlay,
+			      "--control",
+			      sock,
+			      "--serial",
+			      serial,
+			      "--serial-in",
+			      serial_in,
+			      a->has_vsock ? "--vsock" : NULL,
+			      vsock,
+			      NULL};
 
 	c->pid = fork();
 	if (c->pid < 0)
@@ -370,6 +384,21 @@ int cli_spawn(int argc, char **argv)
 	if (check_inputs(&a, &err) < 0) {
 		fprintf(stderr, "forkd: spawn: %s\n", err.msg);
 		return CLI_EXIT_USAGE;
+	}
+	{
+		/* A vsock device needs a host socket per child (--vsock on restore). */
+		struct snap_reader *r;
+		uint32_t type;
+		const void *data;
+		size_t len;
+
+		if (snap_reader_open(a.snapshot, &r, &err) < 0) {
+			fprintf(stderr, "forkd: spawn: %s\n", err.msg);
+			return CLI_EXIT_USAGE;
+		}
+		a.has_vsock =
+		    snap_reader_find_device(r, VM_DEVICE_INSTANCE_VSOCK, &type, &data, &len) == 0;
+		snap_reader_close(r);
 	}
 	children = calloc((size_t)a.count, sizeof(*children));
 	if (!children) {

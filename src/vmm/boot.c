@@ -37,6 +37,12 @@ void boot_acpi_config(const struct vm *vm, struct acpi_config *acpi)
 		acpi->virtio[i].size = VIRTIO_MMIO_SIZE;
 		acpi->virtio[i].gsi = vm->disks[i].transport.irq.gsi;
 	}
+	if (vm->vsock.transport_ready) {
+		struct acpi_virtio_dev *d = &acpi->virtio[acpi->nr_virtio++];
+		d->base = vm->vsock.transport.base;
+		d->size = VIRTIO_MMIO_SIZE;
+		d->gsi = vm->vsock.transport.irq.gsi;
+	}
 }
 
 int boot_load_initrd(struct vm *vm, uint64_t kernel_end, uint64_t limit, uint64_t *gpa,

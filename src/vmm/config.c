@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int parse_size(const char *s, uint64_t *out)
 {
@@ -90,6 +91,7 @@ int parse_cpuid_hide(const char *s, unsigned *mask, struct fk_err *err)
 void vmm_config_usage(FILE *out)
 {
 	fputs("usage: forkd-vmm --kernel PATH [options]\n"
+	      "       forkd-vmm --image NAME [options]\n"
 	      "       forkd-vmm --restore DIR [options]\n"
 	      "Boots one KVM virtual machine: a PVH ELF kernel (Linux vmlinux or the\n"
 	      "forkd probe guest) or a Linux bzImage, with ACPI tables, a COM1 UART and\n"
@@ -117,6 +119,15 @@ void vmm_config_usage(FILE *out)
 	      "  --overlay-dir DIR    with --restore: where the VM's private copies of the\n"
 	      "                       snapshot's writable disks go (default: a new directory\n"
 	      "                       under $TMPDIR or /tmp)\n"
+	      "  --vsock PATH[,cid=N] virtio-vsock device whose host side is the Unix socket\n"
+	      "                       PATH (\"CONNECT <port>\\n\" reaches guest port <port>;\n"
+	      "                       guest connects to port P reach PATH_P); guest cid N,\n"
+	      "                       3..4294967294 (default 3; with --restore, the\n"
+	      "                       snapshot's). See docs/vsock.md\n"
+	      "  --image NAME         boot root filesystem image NAME (forkd image build) as\n"
+	      "                       /dev/vda read-only with an overlay and the guest agent;\n"
+	      "                       kernel and initrd default to $FORKD_IMAGES or\n"
+	      "                       /var/cache/forkd/images (give --vsock to reach the agent)\n"
 	      "  --control PATH       serve the JSON control protocol on this Unix socket\n"
 	      "                       (status, pause, resume, shutdown; see docs/control.md)\n"
 	      "  -h, --help           this text\n"
@@ -124,6 +135,75 @@ void vmm_config_usage(FILE *out)
 	      "Exit status: 0 guest powered off, 1 VMM error, 2 bad command line or\n"
 	      "input, 3 guest reset, 4 guest crashed (triple fault or emulation failure).\n",
 	      out);
+}
+
+/* NAME as `forkd image build` accepts it: [a-z0-9][a-z0-9._-]{0,62}. */
+static bool image_name_ok(const char *name)
+{
+	size_t n = strlen(name);
+
+	if (n == 0 || n > 63 ||
+	    !((name[0] >= 'a' && name[0] <= 'z') || (name[0] >= '0' && name[0] <= '9')))
+		return false;
+	for (size_t i = 1; i < n; i++)
+		if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') ||
+		      name[i] == '.' || name[i] == '_' || name[i] == '-'))
+			return false;
+	return true;
+}
+
+/*
+ * --image NAME: the image's rootfs.ext4 becomes the first disk (/dev/vda,
+ * read-only), the kernel and initrd default to the cached Linux images,
+ * and the command line gets the agent and the root before --append.
+ */
+static int apply_image(struct vmm_config *cfg, struct fk_err *err)
+{
+	const char *cache = getenv("FORKD_IMAGE_CACHE");
+	const char *kimages = getenv("FORKD_IMAGES");
+	struct vmm_disk_config root = {.readonly = true};
+	int n;
+
+	if (!image_name_ok(cfg->image))
+		return fk_fail(err, EINVAL,
+			       "--image '%s': expected an image name ([a-z0-9][a-z0-9._-]{0,62})",
+			       cfg->image);
+	if (!cache || !*cache)
+		cache = VMM_IMAGE_CACHE_DEFAULT;
+	if (!kimages || !*kimages)
+		kimages = VMM_KERNEL_IMAGES_DEFAULT;
+	n = snprintf(root.path, sizeof(root.path), "%s/%s/rootfs.ext4", cache, cfg->image);
+	if (n < 0 || (size_t)n >= sizeof(root.path))
+		return fk_fail(err, ENAMETOOLONG, "--image %s: path too long", cfg->image);
+	if (access(root.path, R_OK) < 0)
+		return fk_fail(err, ENOENT,
+			       "--image %s: no %s (build it with `forkd image build %s`; "
+			       "FORKD_IMAGE_CACHE says where images are)",
+			       cfg->image, root.path, cfg->image);
+	snprintf(root.id, sizeof(root.id), "forkd-root");
+	if (cfg->nr_disks == VMM_MAX_DISKS)
+		return fk_fail(err, EINVAL, "--image %s: the image takes a disk, and %d are given",
+			       cfg->image, VMM_MAX_DISKS);
+	memmove(&cfg->disks[1], &cfg->disks[0], (size_t)cfg->nr_disks * sizeof(cfg->disks[0]));
+	cfg->disks[0] = root;
+	cfg->nr_disks++;
+	if (!cfg->kernel) {
+		snprintf(cfg->image_kernel, sizeof(cfg->image_kernel), "%.4000s/vmlinux", kimages);
+		cfg->kernel = cfg->image_kernel;
+	}
+	if (!cfg->initrd) {
+		snprintf(cfg->image_initrd, sizeof(cfg->image_initrd), "%.4000s/initramfs.cpio",
+			 kimages);
+		cfg->initrd = cfg->image_initrd;
+	}
+	n = snprintf(cfg->image_cmdline, sizeof(cfg->image_cmdline), "%s%s%s", VMM_IMAGE_CMDLINE,
+		     *cfg->cmdline ? " " : "", cfg->cmdline);
+	if (n < 0 || (size_t)n >= sizeof(cfg->image_cmdline))
+		return fk_fail(err, EINVAL,
+			       "--image: the command line with --append is %d bytes, at most %d", n,
+			       VMM_MAX_CMDLINE);
+	cfg->cmdline = cfg->image_cmdline;
+	return 0;
 }
 
 static int parse_disk(struct vmm_config *cfg, const char *arg, struct fk_err *err)
@@ -173,6 +253,49 @@ out:
 	return ret;
 }
 
+static int parse_vsock(struct vmm_config *cfg, const char *arg, struct fk_err *err)
+{
+	size_t path_len = strcspn(arg, ",");
+	const char *opt = arg + path_len;
+	unsigned long long cid;
+	char *end;
+
+	if (cfg->vsock_path[0])
+		return fk_fail(err, EINVAL, "--vsock '%s': given twice (one vsock device per VM)",
+			       arg);
+	if (path_len == 0)
+		return fk_fail(err, EINVAL, "--vsock '%s': expected PATH[,cid=N]", arg);
+	if (path_len >= sizeof(cfg->vsock_path))
+		return fk_fail(err, ENAMETOOLONG,
+			       "--vsock '%s': the socket path is %zu bytes, a Unix socket address "
+			       "holds at most %zu",
+			       arg, path_len, sizeof(cfg->vsock_path) - 1);
+	cfg->vsock_cid = VMM_VSOCK_DEFAULT_CID;
+	while (*opt == ',') {
+		size_t len;
+
+		opt++;
+		len = strcspn(opt, ",");
+		if (strncmp(opt, "cid=", 4) != 0 || len == 4)
+			return fk_fail(err, EINVAL,
+				       "--vsock '%s': unknown option '%.*s' (expected cid=N)", arg,
+				       (int)len, opt);
+		errno = 0;
+		cid = strtoull(opt + 4, &end, 10);
+		if (errno || end != opt + len || !isdigit((unsigned char)opt[4]) ||
+		    cid < VMM_VSOCK_MIN_CID || cid > VMM_VSOCK_MAX_CID)
+			return fk_fail(
+			    err, EINVAL, "--vsock '%s': cid '%.*s' is not a number from %d to %llu",
+			    arg, (int)(len - 4), opt + 4, VMM_VSOCK_MIN_CID, VMM_VSOCK_MAX_CID);
+		cfg->vsock_cid = cid;
+		cfg->vsock_cid_given = true;
+		opt += len;
+	}
+	memcpy(cfg->vsock_path, arg, path_len);
+	cfg->vsock_path[path_len] = '\0';
+	return 0;
+}
+
 int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_err *err)
 {
 	enum {
@@ -188,7 +311,9 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_CONTROL,
 		OPT_RESTORE,
 		OPT_OVERLAY_DIR,
-		OPT_CPUID_HIDE
+		OPT_CPUID_HIDE,
+		OPT_VSOCK,
+		OPT_IMAGE
 	};
 	static const struct option opts[] = {
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
@@ -204,6 +329,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"restore", required_argument, NULL, OPT_RESTORE},
 	    {"overlay-dir", required_argument, NULL, OPT_OVERLAY_DIR},
 	    {"cpuid-hide", required_argument, NULL, OPT_CPUID_HIDE},
+	    {"vsock", required_argument, NULL, OPT_VSOCK},
+	    {"image", required_argument, NULL, OPT_IMAGE},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -293,6 +420,14 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			if (ret < 0)
 				return ret;
 			break;
+		case OPT_VSOCK:
+			ret = parse_vsock(cfg, optarg, err);
+			if (ret < 0)
+				return ret;
+			break;
+		case OPT_IMAGE:
+			cfg->image = optarg;
+			break;
 		case 'h':
 			cfg->help = true;
 			return 0;
@@ -312,6 +447,14 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	if (!*cfg->serial_out || !*cfg->serial_in)
 		return fk_fail(err, EINVAL,
 			       "--serial/--serial-in: expected a path, stdout/stdin or none");
+	if (cfg->image && cfg->restore_dir)
+		return fk_fail(err, EINVAL,
+			       "--image and --restore: a snapshot brings its own disks");
+	if (cfg->image) {
+		ret = apply_image(cfg, err);
+		if (ret < 0)
+			return ret;
+	}
 	if (cfg->restore_dir) {
 		if (cfg->kernel || cfg->initrd || cfg->nr_disks || *cfg->cmdline)
 			return fk_fail(

@@ -15,6 +15,11 @@
 #define VMM_MAX_MEM	(1ULL << 40)
 #define VMM_DEFAULT_MEM (256ULL << 20)
 #define VMM_MAX_CMDLINE 4095
+/* --vsock: the socket path must fit sun_path (108 bytes with its NUL). */
+#define VMM_VSOCK_PATH_MAX    108
+#define VMM_VSOCK_DEFAULT_CID 3
+#define VMM_VSOCK_MIN_CID     3
+#define VMM_VSOCK_MAX_CID     0xFFFFFFFEULL
 
 /* Exit statuses of forkd-vmm, documented in docs/vmm.md. */
 enum vmm_exit_status {
@@ -65,9 +70,28 @@ struct vmm_config {
 	const char *restore_dir;  /* --restore: start from this snapshot instead of booting */
 	const char *overlay_dir;  /* --overlay-dir: where a restored VM's private disk copies go */
 	unsigned cpuid_hide;	  /* enum vmm_cpuid_hide bits */
+	/* --vsock PATH[,cid=N]: hybrid-vsock Unix socket, "" for no vsock device. */
+	char vsock_path[VMM_VSOCK_PATH_MAX];
+	uint64_t vsock_cid;
+	bool vsock_cid_given; /* with --restore: override the snapshot's cid */
 	bool mem_given, cpus_given;
 	bool help;
+	/*
+	 * --image NAME: a root filesystem image from `forkd image build`, booted
+	 * read-only as /dev/vda with the agent on (docs/images.md); kernel,
+	 * initrd and command line default to the cached Linux images. The
+	 * strings live here so the config needs no allocations.
+	 */
+	const char *image;
+	char image_kernel[4096], image_initrd[4096], image_cmdline[VMM_MAX_CMDLINE + 1];
 };
+
+/* Where --image looks: $FORKD_IMAGE_CACHE or /var/cache/forkd/rootfs. */
+#define VMM_IMAGE_CACHE_DEFAULT "/var/cache/forkd/rootfs"
+/* Where --image takes vmlinux and initramfs.cpio: $FORKD_IMAGES or this. */
+#define VMM_KERNEL_IMAGES_DEFAULT "/var/cache/forkd/images"
+/* What --image puts in front of --append. */
+#define VMM_IMAGE_CMDLINE "console=ttyS0 quiet forkd.agent=1 forkd.root=/dev/vda"
 
 /* Parses "512M", "4G", "1T", "1048576", "64MiB". Returns 0 or -EINVAL. */
 int parse_size(const char *s, uint64_t *out);

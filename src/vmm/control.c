@@ -12,6 +12,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "util/unix_socket.h"
+
 struct control_client {
 	struct control_server *srv;
 	int slot;
@@ -488,45 +490,6 @@ static void on_listen_event(void *opaque, uint32_t events)
 }
 
 /* Returns 0 if nothing is at `path` (any more), or -errno with err set. */
-static int remove_stale_socket(const char *path, struct fk_err *err)
-{
-	struct sockaddr_un addr = {.sun_family = AF_UNIX};
-	struct stat st;
-	int fd, ret;
-
-	if (lstat(path, &st) < 0) {
-		if (errno == ENOENT)
-			return 0;
-		return fk_fail_errno(err, errno, "control socket %s: cannot stat", path);
-	}
-	if (!S_ISSOCK(st.st_mode))
-		return fk_fail(
-		    err, EEXIST,
-		    "control socket %s: exists and is not a socket (expected a free path "
-		    "or a stale socket; refusing to replace it)",
-		    path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return fk_fail_errno(err, errno, "control socket %s: socket", path);
-	memcpy(addr.sun_path, path, strlen(path) + 1);
-	ret = connect(fd, (struct sockaddr *)&addr, sizeof(addr));
-	ret = ret < 0 ? errno : 0;
-	close(fd);
-	/* EAGAIN: a live server whose backlog is full. */
-	if (ret == 0 || ret == EAGAIN)
-		return fk_fail(err, EADDRINUSE,
-			       "control socket %s: a server is already listening there (expected "
-			       "a free path or a stale socket)",
-			       path);
-	if (ret != ECONNREFUSED)
-		return fk_fail_errno(err, ret, "control socket %s: probing the existing socket",
-				     path);
-	if (unlink(path) < 0 && errno != ENOENT)
-		return fk_fail_errno(err, errno, "control socket %s: removing the stale socket",
-				     path);
-	return 0;
-}
-
 int control_server_init(struct control_server *srv, struct event_loop *loop, const char *path,
 			const struct control_command *commands, void *opaque, struct fk_err *err)
 {
@@ -548,7 +511,7 @@ int control_server_init(struct control_server *srv, struct event_loop *loop, con
 	srv->commands = commands;
 	srv->opaque = opaque;
 
-	ret = remove_stale_socket(path, err);
+	ret = unix_socket_clear_stale("control socket", path, err);
 	if (ret < 0)
 		return ret;
 	srv->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

@@ -358,6 +358,87 @@ static int setup_disk(struct vm *vm, int i, struct fk_err *err)
 	return event_loop_add(&vm->loop, d->notify_fd, EPOLLIN, on_disk_notify, d, err);
 }
 
+static void on_vsock_event(void *opaque, uint32_t events)
+{
+	struct vm *vm = opaque;
+
+	(void)events;
+	virtio_vsock_process_events(vm->vsock.dev, 0);
+}
+
+/*
+ * Like a disk, in the next virtio-mmio window with the next GSI, but its
+ * queue notifications and Unix sockets all sit in the device's own epoll
+ * set, which takes one slot of the VM's event loop.
+ */
+int vm_setup_vsock(struct vm *vm, struct fk_err *err)
+{
+	struct vm_vsock *v = &vm->vsock;
+	uint64_t base = LAYOUT_VIRTIO_MMIO_BASE + (uint64_t)vm->nr_disks * VIRTIO_MMIO_SIZE;
+	struct irq_line irq;
+	struct fk_err soft;
+	int ret;
+
+	v->present = true;
+	v->irq_fd = -1;
+	ret = virtio_vsock_open(&v->dev, vm->cfg->vsock_path, vm->cfg->vsock_cid, err);
+	if (ret < 0)
+		return ret;
+	v->irq_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (v->irq_fd < 0)
+		return fk_fail_errno(err, errno, "eventfd");
+	irq = (struct irq_line){.gsi = LAYOUT_VIRTIO_GSI_BASE + (uint32_t)vm->nr_disks,
+				.eventfd = v->irq_fd};
+	ret = kvm_irqfd(vm, v->irq_fd, irq.gsi, err);
+	if (ret < 0)
+		return ret;
+	ret = virtio_mmio_init(&v->transport, &virtio_vsock_ops, v->dev, &vm->mem, irq, base, err);
+	if (ret < 0)
+		return ret;
+	v->transport_ready = true;
+	virtio_vsock_attach(v->dev, &v->transport);
+	ret = bus_register(&vm->mmio, base, VIRTIO_MMIO_SIZE, &virtio_mmio_bus_ops, &v->transport,
+			   err);
+	if (ret < 0)
+		return ret;
+	for (uint32_t q = 0; q < VIRTIO_VSOCK_NR_QUEUES; q++) {
+		int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+
+		if (fd < 0)
+			return fk_fail_errno(err, errno, "eventfd");
+		/* Refused: that queue's notifications arrive as MMIO writes instead. */
+		if (kvm_ioeventfd_mmio(vm, fd, base + VIRTIO_MMIO_QUEUE_NOTIFY, 4, q, &soft) < 0) {
+			close(fd);
+			continue;
+		}
+		ret = virtio_vsock_watch_notify(v->dev, q, fd, err);
+		if (ret < 0)
+			return ret;
+	}
+	ret = event_loop_add(&vm->loop, virtio_vsock_epoll_fd(v->dev), EPOLLIN, on_vsock_event, vm,
+			     err);
+	if (ret < 0)
+		return ret;
+	v->loop_watched = true;
+	return 0;
+}
+
+static void vsock_destroy(struct vm *vm)
+{
+	struct vm_vsock *v = &vm->vsock;
+
+	if (!v->present)
+		return;
+	if (v->loop_watched)
+		event_loop_remove(&vm->loop, virtio_vsock_epoll_fd(v->dev));
+	if (v->transport_ready)
+		virtio_mmio_destroy(&v->transport);
+	virtio_vsock_close(v->dev);
+	if (v->irq_fd >= 0)
+		close(v->irq_fd);
+	*v = (struct vm_vsock){0};
+}
+
 static int setup_pio_devices(struct vm *vm, struct fk_err *err)
 {
 	int ret;
@@ -551,6 +632,11 @@ int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 	ret = vm_setup_disks(vm, err);
 	if (ret < 0)
 		return ret;
+	if (cfg->vsock_path[0]) {
+		ret = vm_setup_vsock(vm, err);
+		if (ret < 0)
+			return ret;
+	}
 	ret = boot_setup(vm, err);
 	if (ret < 0)
 		return ret;
@@ -609,6 +695,7 @@ void vm_destroy(struct vm *vm)
 			close(vm->vcpus[i].fd);
 	}
 	free(vm->vcpus);
+	vsock_destroy(vm);
 	for (int i = 0; i < vm->nr_disks; i++) {
 		struct vm_disk *d = &vm->disks[i];
 		if (d->transport_ready)

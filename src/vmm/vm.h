@@ -10,11 +10,13 @@
 #include <stdint.h>
 
 #include "branch/fork_engine.h"
+#include "agent/fork_notify.h"
 #include "branch/recollapse.h"
 #include "devices/acpi_pm.h"
 #include "devices/serial.h"
 #include "devices/virtio_blk.h"
 #include "devices/virtio_mmio.h"
+#include "devices/virtio_vsock.h"
 #include "vmm/bus.h"
 #include "vmm/config.h"
 #include "vmm/control.h"
@@ -40,6 +42,16 @@ struct vm_disk {
 	int irq_fd;    /* irqfd for the device's GSI */
 };
 
+/* The virtio-vsock device (--vsock), in the virtio-mmio window after the disks. */
+struct vm_vsock {
+	bool present; /* setup started: the fds below are valid (or -1) */
+	struct virtio_vsock *dev;
+	struct virtio_mmio transport;
+	bool transport_ready;
+	int irq_fd; /* irqfd for the device's GSI; its notify fds belong to dev */
+	bool loop_watched;
+};
+
 enum boot_protocol {
 	BOOT_PROTOCOL_PVH = 0,	   /* ELF: 32-bit entry, hvm_start_info in EBX */
 	BOOT_PROTOCOL_LINUX64 = 1, /* bzImage: 64-bit entry, boot_params in RSI */
@@ -62,6 +74,9 @@ struct vm {
 	struct acpi_pm pm;
 	int nr_disks;
 	struct vm_disk disks[VMM_MAX_DISKS];
+	struct vm_vsock vsock;
+	/* A restored VM's or BRANCH child's notification to its guest agent (src/agent/). */
+	struct fork_notify fork_notify;
 
 	int nr_vcpus;
 	struct vcpu *vcpus;
@@ -146,6 +161,8 @@ int vm_prepare(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err);
 int vm_setup_host(struct vm *vm, struct fk_err *err);
 int vm_setup_devices(struct vm *vm, struct fk_err *err);
 int vm_setup_disks(struct vm *vm, struct fk_err *err);
+/* The vsock device of vm->cfg->vsock_path with vm->cfg->vsock_cid; call after the disks. */
+int vm_setup_vsock(struct vm *vm, struct fk_err *err);
 int vm_create_vcpus(struct vm *vm, struct fk_err *err);
 void vm_new_generation_id(struct vm *vm);
 int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err);

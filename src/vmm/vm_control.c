@@ -24,6 +24,42 @@ static int cmd_status(void *opaque, json_t *request, json_t *reply, struct fk_er
 	json_object_set_new(reply, "restored", json_boolean(vm->restored));
 	if (vm->overlay_dir[0])
 		json_object_set_new(reply, "overlay_dir", json_string(vm->overlay_dir));
+	if (vm->vsock.dev) {
+		struct virtio_vsock_stats st;
+
+		virtio_vsock_get_stats(vm->vsock.dev, &st);
+		json_object_set_new(reply, "vsock_path",
+				    json_string(virtio_vsock_path(vm->vsock.dev)));
+		json_object_set_new(
+		    reply, "vsock_cid",
+		    json_integer((json_int_t)virtio_vsock_guest_cid(vm->vsock.dev)));
+		json_object_set_new(reply, "vsock_connections", json_integer(st.connections));
+		/* What a misbehaving guest cost: hostile tests and operators read these. */
+		json_object_set_new(reply, "vsock_malformed",
+				    json_integer((json_int_t)st.malformed));
+		json_object_set_new(reply, "vsock_refused", json_integer((json_int_t)st.refused));
+		json_object_set_new(reply, "vsock_rst_sent", json_integer((json_int_t)st.rst_sent));
+		json_object_set_new(reply, "vsock_rst_dropped",
+				    json_integer((json_int_t)st.rst_dropped));
+		json_object_set_new(reply, "vsock_buffered_bytes",
+				    json_integer((json_int_t)st.buffered_bytes));
+		pthread_mutex_lock(&vm->vsock.transport.lock);
+		json_object_set_new(reply, "vsock_errors",
+				    json_integer((json_int_t)vm->vsock.transport.errors));
+		json_object_set_new(reply, "vsock_last_error",
+				    json_string(vm->vsock.transport.last_error));
+		pthread_mutex_unlock(&vm->vsock.transport.lock);
+		int fn_state = atomic_load(&vm->fork_notify.state);
+		json_object_set_new(reply, "fork_notify",
+				    json_string(fork_notify_state_name(fn_state)));
+		if (fn_state == FORK_NOTIFY_APPLIED)
+			json_object_set_new(
+			    reply, "fork_notify_ms",
+			    json_integer((json_int_t)atomic_load(&vm->fork_notify.applied_ms)));
+		if (fn_state == FORK_NOTIFY_FAILED)
+			json_object_set_new(reply, "fork_notify_error",
+					    json_string(vm->fork_notify.error));
+	}
 	return 0;
 }
 

@@ -32,6 +32,20 @@ struct disk_state {
 	char path[4096]; /* the image the VM used; read-only disks are reopened from here */
 };
 
+#define VSOCK_STATE_VERSION 1
+
+/*
+ * DEVICE section payload of the vsock device. Connections are not saved:
+ * a restored device starts without any and tells the guest so.
+ */
+struct vsock_state {
+	uint32_t version;
+	uint32_t gsi;
+	uint64_t guest_cid;
+	uint64_t mmio_base;
+	struct virtio_mmio_state transport;
+};
+
 static uint32_t queued_requests(const struct vm *vm, const struct virtio_mmio_state *st)
 {
 	uint32_t n = 0;
@@ -45,6 +59,21 @@ static uint32_t queued_requests(const struct vm *vm, const struct virtio_mmio_st
 		n += (uint16_t)(avail_idx - vq->last_avail_idx);
 	}
 	return n;
+}
+
+static int save_vsock(struct vm *vm, struct snap_writer *w, struct fk_err *err)
+{
+	struct virtio_mmio *t = &vm->vsock.transport;
+	struct vsock_state vs = {.version = VSOCK_STATE_VERSION,
+				 .gsi = t->irq.gsi,
+				 .guest_cid = virtio_vsock_guest_cid(vm->vsock.dev),
+				 .mmio_base = t->base};
+
+	pthread_mutex_lock(&t->lock);
+	vs.transport = t->state;
+	pthread_mutex_unlock(&t->lock);
+	return snap_writer_add_device(w, VM_DEVICE_INSTANCE_VSOCK, VM_DEVICE_VIRTIO_VSOCK, &vs,
+				      sizeof(vs), err);
 }
 
 int vm_snapshot_save_devices(struct vm *vm, struct snap_writer *w, struct fk_err *err)
@@ -94,7 +123,9 @@ int vm_snapshot_save_devices(struct vm *vm, struct snap_writer *w, struct fk_err
 			break;
 	}
 	free(ds);
-	return ret;
+	if (ret < 0 || !vm->vsock.transport_ready)
+		return ret;
+	return save_vsock(vm, w, err);
 }
 
 int vm_snapshot_take(struct vm *vm, const char *dir, bool resume, struct vm_snapshot_result *res,
@@ -266,6 +297,81 @@ static int restore_disk_config(struct vm *vm, const struct state_source *src, in
 	return ret < 0 ? fk_wrap(err, "disk %d: copy %s to %s", i, from, dc->path) : 0;
 }
 
+/* Checks a saved transport state against this VM's memory and installs it. */
+static int restore_transport(struct vm *vm, struct virtio_mmio *t,
+			     const struct virtio_mmio_state *st, struct fk_err *err)
+{
+	if (st->queue_sel >= VIRTIO_MMIO_MAX_QUEUES)
+		return fk_fail(err, EINVAL, "queue_sel out of range");
+	for (int q = 0; q < VIRTIO_MMIO_MAX_QUEUES; q++) {
+		if (q >= t->ops->num_queues && st->queues[q].ready)
+			return fk_fail(err, EINVAL, "queue %d is ready but does not exist", q);
+		if (st->queues[q].ready &&
+		    virtq_check_rings(&vm->mem, &st->queues[q], t->ops->queue_max_size, err) < 0)
+			return fk_wrap(err, "queue %d", q);
+	}
+	pthread_mutex_lock(&t->lock);
+	t->state = *st;
+	pthread_mutex_unlock(&t->lock);
+	return 0;
+}
+
+/*
+ * The vsock device comes back with its transport state and cid but no
+ * connections; its socket path is this VM's own (--vsock, or the BRANCH
+ * child's directory), never the snapshot's.
+ */
+static int restore_vsock(struct vm *vm, const struct state_source *src, struct fk_err *err)
+{
+	const char *path = vm->restored_cfg.vsock_path;
+	struct vsock_state vs;
+	const void *data;
+	uint32_t type;
+	size_t len;
+	int ret;
+
+	if (state_find_device(src, VM_DEVICE_INSTANCE_VSOCK, &type, &data, &len) < 0) {
+		if (path[0])
+			return fk_fail(err, EINVAL,
+				       "--vsock %s: the snapshot has no vsock device (a device "
+				       "cannot be added to a saved guest)",
+				       path);
+		return 0;
+	}
+	if (type != VM_DEVICE_VIRTIO_VSOCK || len != sizeof(vs))
+		return fk_fail(err, EINVAL, "vsock state of the wrong type or size");
+	memcpy(&vs, data, sizeof(vs));
+	if (vs.version != VSOCK_STATE_VERSION)
+		return fk_fail(err, EINVAL, "vsock state version %u, expected %u", vs.version,
+			       VSOCK_STATE_VERSION);
+	if (!path[0])
+		return fk_fail(err, EINVAL,
+			       "the snapshot has a vsock device (guest cid %llu): expected "
+			       "--vsock PATH for its host socket",
+			       (unsigned long long)vs.guest_cid);
+	if (vs.guest_cid < VMM_VSOCK_MIN_CID || vs.guest_cid > VMM_VSOCK_MAX_CID)
+		return fk_fail(err, EINVAL, "vsock state: guest cid %llu out of range",
+			       (unsigned long long)vs.guest_cid);
+	/* The guest re-reads its cid after the transport reset, so --vsock may change it. */
+	if (!vm->restored_cfg.vsock_cid_given)
+		vm->restored_cfg.vsock_cid = vs.guest_cid;
+	ret = vm_setup_vsock(vm, err);
+	if (ret < 0)
+		return ret;
+	if (vm->vsock.transport.base != vs.mmio_base || vm->vsock.transport.irq.gsi != vs.gsi)
+		return fk_fail(err, EINVAL,
+			       "vsock state: device at 0x%llx GSI %u, but this VM puts it at "
+			       "0x%llx GSI %u",
+			       (unsigned long long)vs.mmio_base, vs.gsi,
+			       (unsigned long long)vm->vsock.transport.base,
+			       vm->vsock.transport.irq.gsi);
+	ret = restore_transport(vm, &vm->vsock.transport, &vs.transport, err);
+	if (ret < 0)
+		return fk_wrap(err, "vsock state");
+	virtio_vsock_restored(vm->vsock.dev);
+	return 0;
+}
+
 static int restore_devices(struct vm *vm, const struct state_source *src, uint32_t nr_disks,
 			   struct fk_err *err)
 {
@@ -304,26 +410,13 @@ static int restore_devices(struct vm *vm, const struct state_source *src, uint32
 	if (ret < 0)
 		goto out;
 	for (uint32_t i = 0; i < nr_disks; i++) {
-		struct virtio_mmio *t = &vm->disks[i].transport;
-		const struct virtio_mmio_state *st = &states[i].transport;
-
-		if (st->queue_sel >= VIRTIO_MMIO_MAX_QUEUES) {
-			ret = fk_fail(err, EINVAL, "disk %u state: queue_sel out of range", i);
+		ret = restore_transport(vm, &vm->disks[i].transport, &states[i].transport, err);
+		if (ret < 0) {
+			fk_wrap(err, "disk %u state", i);
 			goto out;
 		}
-		for (int q = 0; q < VIRTIO_MMIO_MAX_QUEUES; q++) {
-			if (st->queues[q].ready &&
-			    virtq_check_rings(&vm->mem, &st->queues[q], t->ops->queue_max_size,
-					      err) < 0) {
-				ret = fk_wrap(err, "disk %u state: queue %d", i, q);
-				goto out;
-			}
-		}
-		pthread_mutex_lock(&t->lock);
-		t->state = *st;
-		pthread_mutex_unlock(&t->lock);
 	}
-	ret = 0;
+	ret = restore_vsock(vm, src, err);
 out:
 	if (ret < 0 && nr_disks)
 		remove_overlays(vm, (int)nr_disks, dir_created);
@@ -447,4 +540,17 @@ void vm_restore_started(struct vm *vm)
 	/* Requests the guest queued before the snapshot lost their notification: serve them. */
 	for (int i = 0; i < vm->nr_disks; i++)
 		virtio_mmio_notify(&vm->disks[i].transport, 0);
+	/* The guest's vsock sockets are gone: TRANSPORT_RESET, and RSTs for stale packets. */
+	if (vm->vsock.dev) {
+		struct fk_err err = {0};
+
+		virtio_vsock_kick(vm->vsock.dev);
+		/*
+		 * The guest agent, if there is one, refuses exec until it has fresh
+		 * entropy, time and identity for this generation: send them.
+		 */
+		if (fork_notify_start(&vm->fork_notify, virtio_vsock_path(vm->vsock.dev), vm->genid,
+				      FORK_NOTIFY_TIMEOUT_MS, &err) < 0)
+			fprintf(stderr, "forkd-vmm: %s\n", err.msg);
+	}
 }

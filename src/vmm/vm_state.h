@@ -14,7 +14,15 @@
 enum vm_device_type {
 	VM_DEVICE_SERIAL = 1,
 	VM_DEVICE_VIRTIO_BLK = 2,
+	VM_DEVICE_VIRTIO_VSOCK = 3,
 };
+
+/*
+ * DEVICE section instances: 0 the serial port, 1 + i disk i, and the vsock
+ * device at a fixed instance clear of the disks, so that a snapshot without
+ * one (older, or no --vsock) simply lacks the section.
+ */
+#define VM_DEVICE_INSTANCE_VSOCK 64
 
 /*
  * Where restored state comes from: a snapshot on disk (reader) or a capture

@@ -24,6 +24,14 @@ long long now_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+long long harness_deadline(int timeout_ms)
+{
+	/* Guests in the nested test host run emulated, and a second one may share its cores. */
+	int factor = getenv("FORKD_TESTHOST_KIND") ? HARNESS_NESTED_SLOWDOWN : 1;
+
+	return now_ms() + (long long)timeout_ms * factor;
+}
+
 static const char *env_or(const char *name, const char *fallback)
 {
 	const char *v = getenv(name);
@@ -188,7 +196,7 @@ static bool pump(struct vmm_proc *p, int timeout_ms)
 
 const char *vmm_wait_line(struct vmm_proc *p, const char *prefix, int timeout_ms)
 {
-	long long deadline = now_ms() + timeout_ms;
+	long long deadline = harness_deadline(timeout_ms);
 	int seen = 0;
 
 	for (;;) {
@@ -243,7 +251,7 @@ int vmm_send(struct vmm_proc *p, const char *text)
 
 int vmm_wait(struct vmm_proc *p, int timeout_ms)
 {
-	long long deadline = now_ms() + timeout_ms;
+	long long deadline = harness_deadline(timeout_ms);
 	int status;
 
 	if (p->exited)
@@ -359,7 +367,7 @@ int file_count_lines(const char *path)
 
 char *file_wait_line(const char *path, const char *prefix, int skip, int timeout_ms)
 {
-	long long deadline = now_ms() + timeout_ms;
+	long long deadline = harness_deadline(timeout_ms);
 
 	for (;;) {
 		char *text = read_whole(path), *line = text, *found = NULL;
@@ -460,7 +468,7 @@ json_t *harness_call_expect(const char *socket_path, const char *request_json, b
 const char *vmm_wait_containing(struct vmm_proc *p, const char *text, const char *also,
 				const char *unless, int timeout_ms)
 {
-	long long deadline = now_ms() + timeout_ms;
+	long long deadline = harness_deadline(timeout_ms);
 
 	for (;;) {
 		for (int i = 0; i < p->nr_lines; i++) {

@@ -56,6 +56,14 @@ int vmm_run_to_exit(struct vmm_proc *p, char *const argv[], int timeout_ms);
 
 long long now_ms(void);
 
+/*
+ * now_ms() + timeout_ms, stretched HARNESS_NESTED_SLOWDOWN times in the
+ * nested test host (FORKD_TESTHOST_KIND set): every wait of the harness
+ * uses it, so a test's timeouts are its native ones.
+ */
+#define HARNESS_NESTED_SLOWDOWN 4
+long long harness_deadline(int timeout_ms);
+
 #include <jansson.h>
 
 /* Sends one JSON request (text) to a control socket; returns the reply (caller decrefs) or NULL. */

@@ -9,7 +9,10 @@
 #include <errno.h>
 #include <getopt.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "vmm/config.h"
 
@@ -519,7 +522,7 @@ static void test_usage_names_every_option(void **state)
 {
 	static const char *const options[] = {"--kernel", "--initrd", "--append", "--mem",
 					      "--cpus",	  "--disk",   "--serial", "--serial-in",
-					      "--kvm",	  "--help"};
+					      "--kvm",	  "--vsock",  "--help"};
 	char *text = NULL;
 	size_t size = 0;
 	FILE *out = open_memstream(&text, &size);
@@ -532,6 +535,110 @@ static void test_usage_names_every_option(void **state)
 		if (!strstr(text, options[i]))
 			fail_msg("usage does not mention %s", options[i]);
 	free(text);
+}
+
+/* --image NAME against a cache made here: FORKD_IMAGE_CACHE and FORKD_IMAGES point at it. */
+static void test_image(void **state)
+{
+	char dir[] = "/tmp/forkd-test-image-XXXXXX", path[200];
+	struct vmm_config cfg;
+	struct fk_err err = {0};
+	FILE *f;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/base", dir);
+	assert_int_equal(mkdir(path, 0755), 0);
+	snprintf(path, sizeof(path), "%s/base/rootfs.ext4", dir);
+	f = fopen(path, "w");
+	assert_non_null(f);
+	fclose(f);
+	setenv("FORKD_IMAGE_CACHE", dir, 1);
+	setenv("FORKD_IMAGES", "/k", 1);
+
+	assert_int_equal(
+	    PARSE(&cfg, &err, "--image", "base", "--disk", "data.img", "--append", "-- python3"),
+	    0);
+	/* The image is /dev/vda, read-only, before the user's disks. */
+	assert_int_equal(cfg.nr_disks, 2);
+	assert_string_equal(cfg.disks[0].path, path);
+	assert_true(cfg.disks[0].readonly);
+	assert_string_equal(cfg.disks[1].path, "data.img");
+	assert_string_equal(cfg.kernel, "/k/vmlinux");
+	assert_string_equal(cfg.initrd, "/k/initramfs.cpio");
+	assert_string_equal(cfg.cmdline, VMM_IMAGE_CMDLINE " -- python3");
+	/* An explicit kernel wins. */
+	assert_int_equal(PARSE(&cfg, &err, "--image", "base", "--kernel", "my-vmlinux"), 0);
+	assert_string_equal(cfg.kernel, "my-vmlinux");
+	assert_string_equal(cfg.cmdline, VMM_IMAGE_CMDLINE);
+
+	expect_parse_error(ARGC(ARGV("--image", "Base")), ARGV("--image", "Base"), EINVAL,
+			   "--image 'Base'", "[a-z0-9]");
+	expect_parse_error(ARGC(ARGV("--image", "../x")), ARGV("--image", "../x"), EINVAL,
+			   "--image '../x'", "image name");
+	expect_parse_error(ARGC(ARGV("--image", "missing")), ARGV("--image", "missing"), ENOENT,
+			   "forkd image build missing", "rootfs.ext4");
+	expect_parse_error(ARGC(ARGV("--image", "base", "--restore", "s")),
+			   ARGV("--image", "base", "--restore", "s"), EINVAL, "--image",
+			   "--restore");
+	unsetenv("FORKD_IMAGE_CACHE");
+	unsetenv("FORKD_IMAGES");
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/base", dir);
+	rmdir(path);
+	rmdir(dir);
+}
+
+static void test_vsock(void **state)
+{
+	char long_path[200];
+	char arg[260];
+	struct vmm_config cfg;
+	struct fk_err err = {0};
+
+	(void)state;
+	assert_int_equal(PARSE(&cfg, &err, "--kernel", "k"), 0);
+	assert_string_equal(cfg.vsock_path, "");
+	assert_int_equal(PARSE(&cfg, &err, "--kernel", "k", "--vsock", "/run/vm/v.sock"), 0);
+	assert_string_equal(cfg.vsock_path, "/run/vm/v.sock");
+	assert_int_equal(cfg.vsock_cid, VMM_VSOCK_DEFAULT_CID);
+	assert_false(cfg.vsock_cid_given);
+	assert_int_equal(PARSE(&cfg, &err, "--kernel", "k", "--vsock", "v.sock,cid=4294967294"), 0);
+	assert_string_equal(cfg.vsock_path, "v.sock");
+	assert_int_equal(cfg.vsock_cid, 4294967294ULL);
+	assert_true(cfg.vsock_cid_given);
+	/* With --restore: the path is this VM's own, the cid may override the snapshot's. */
+	assert_int_equal(PARSE(&cfg, &err, "--restore", "snap", "--vsock", "r.sock,cid=7"), 0);
+	assert_string_equal(cfg.vsock_path, "r.sock");
+	assert_int_equal(cfg.vsock_cid, 7);
+
+	expect_parse_error(ARGC(ARGV("--kernel", "k", "--vsock", "")),
+			   ARGV("--kernel", "k", "--vsock", ""), EINVAL, "--vsock", "PATH[,cid=N]");
+	expect_parse_error(ARGC(ARGV("--kernel", "k", "--vsock", ",cid=3")),
+			   ARGV("--kernel", "k", "--vsock", ",cid=3"), EINVAL, "--vsock",
+			   "PATH[,cid=N]");
+	expect_parse_error(ARGC(ARGV("--kernel", "k", "--vsock", "v,cid=2")),
+			   ARGV("--kernel", "k", "--vsock", "v,cid=2"), EINVAL, "cid '2'",
+			   "3 to 4294967294");
+	expect_parse_error(ARGC(ARGV("--kernel", "k", "--vsock", "v,cid=4294967295")),
+			   ARGV("--kernel", "k", "--vsock", "v,cid=4294967295"), EINVAL,
+			   "cid '4294967295'", NULL);
+	expect_parse_error(ARGC(ARGV("--kernel", "k", "--vsock", "v,cid=3x")),
+			   ARGV("--kernel", "k", "--vsock", "v,cid=3x"), EINVAL, "cid '3x'", NULL);
+	expect_parse_error(ARGC(ARGV("--kernel", "k", "--vsock", "v,cid=")),
+			   ARGV("--kernel", "k", "--vsock", "v,cid="), EINVAL, "unknown option",
+			   "cid=N");
+	expect_parse_error(ARGC(ARGV("--kernel", "k", "--vsock", "v,port=3")),
+			   ARGV("--kernel", "k", "--vsock", "v,port=3"), EINVAL, "'port=3'", NULL);
+	expect_parse_error(ARGC(ARGV("--kernel", "k", "--vsock", "a", "--vsock", "b")),
+			   ARGV("--kernel", "k", "--vsock", "a", "--vsock", "b"), EINVAL,
+			   "given twice", NULL);
+	memset(long_path, 'p', sizeof(long_path) - 1);
+	long_path[sizeof(long_path) - 1] = '\0';
+	snprintf(arg, sizeof(arg), "%s,cid=5", long_path);
+	expect_parse_error(ARGC(ARGV("--kernel", "k", "--vsock", arg)),
+			   ARGV("--kernel", "k", "--vsock", arg), ENAMETOOLONG, "199 bytes",
+			   "at most 107");
 }
 
 #define T(fn) cmocka_unit_test_setup(fn, reset_getopt)
@@ -560,6 +667,8 @@ int main(void)
 	    T(test_help),
 	    T(test_parse_is_repeatable),
 	    T(test_usage_names_every_option),
+	    T(test_vsock),
+	    T(test_image),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

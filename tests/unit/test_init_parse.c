@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* forkd-init's parsing (guest/init/init_parse.c): command line, module list, uptime, exit codes. */
+/* forkd-init's parsing (guest/init/init_parse.c): command line, module list, uptime, exit codes,
+ * the root image's options. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -86,6 +87,26 @@ static void test_module_list_long_line_skipped(void **state)
 	assert_int_equal(init_modlist_next(&cursor, out, sizeof(out)), 0);
 }
 
+static void test_cmdline_flag(void **state)
+{
+	(void)state;
+	assert_int_equal(init_cmdline_flag("console=ttyS0 forkd.agent=1 quiet", "forkd.agent"), 1);
+	assert_int_equal(init_cmdline_flag("forkd.agent", "forkd.agent"), 1);
+	assert_int_equal(init_cmdline_flag("forkd.agent=on", "forkd.agent"), 1);
+	assert_int_equal(init_cmdline_flag("forkd.agent=yes x", "forkd.agent"), 1);
+	assert_int_equal(init_cmdline_flag("forkd.agent=1 forkd.agent=0", "forkd.agent"), 0);
+	assert_int_equal(init_cmdline_flag("forkd.agent=off", "forkd.agent"), 0);
+	assert_int_equal(init_cmdline_flag("forkd.agent=no", "forkd.agent"), 0);
+	assert_int_equal(init_cmdline_flag("console=ttyS0", "forkd.agent"), 0);
+	assert_int_equal(init_cmdline_flag("", "forkd.agent"), 0);
+	/* A longer name, and the same word inside the command, do not count. */
+	assert_int_equal(init_cmdline_flag("forkd.agents=1", "forkd.agent"), 0);
+	assert_int_equal(init_cmdline_flag("quiet -- forkd.agent=1", "forkd.agent"), 0);
+	assert_int_equal(init_cmdline_flag("xforkd.agent=1", "forkd.agent"), 0);
+	assert_int_equal(init_cmdline_flag("forkd.agent=2", "forkd.agent"), -EINVAL);
+	assert_int_equal(init_cmdline_flag("forkd.agent=", "forkd.agent"), -EINVAL);
+}
+
 static void test_uptime(void **state)
 {
 	(void)state;
@@ -109,6 +130,109 @@ static void test_exit_code(void **state)
 	assert_int_equal(init_exit_code(SIGKILL), 128 + SIGKILL);
 }
 
+static void expect_root_value(const char *cmdline, int ret, const char *value)
+{
+	char out[16];
+
+	memset(out, 'X', sizeof(out));
+	assert_int_equal(init_cmdline_value(cmdline, "forkd.root", out, sizeof(out)), ret);
+	if (ret == 1)
+		assert_string_equal(out, value);
+}
+
+static void test_cmdline_value(void **state)
+{
+	(void)state;
+	expect_root_value("console=ttyS0 forkd.root=/dev/vda quiet", 1, "/dev/vda");
+	expect_root_value("forkd.root=/dev/vda", 1, "/dev/vda");
+	/* The last word wins; an empty value is a value. */
+	expect_root_value("forkd.root=/dev/vda forkd.root=/dev/vdb", 1, "/dev/vdb");
+	expect_root_value("forkd.root=", 1, "");
+	/* No value, a longer name, a prefix, or the word inside the command: none. */
+	expect_root_value("forkd.root", 0, NULL);
+	expect_root_value("forkd.roots=/dev/vda", 0, NULL);
+	expect_root_value("xforkd.root=/dev/vda", 0, NULL);
+	expect_root_value("quiet -- forkd.root=/dev/vda", 0, NULL);
+	expect_root_value("", 0, NULL);
+	expect_root_value("forkd.root=/dev/a-name-far-too-long", -ENAMETOOLONG, NULL);
+}
+
+static void test_root_device(void **state)
+{
+	(void)state;
+	assert_int_equal(init_root_device_valid("/dev/vda"), 0);
+	assert_int_equal(init_root_device_valid("/dev/disk/by-label/forkd-root"), 0);
+	assert_int_equal(init_root_device_valid("/dev/vda1"), 0);
+	assert_int_equal(init_root_device_valid("vda"), -EINVAL);
+	assert_int_equal(init_root_device_valid("/dev/"), -EINVAL);
+	assert_int_equal(init_root_device_valid(""), -EINVAL);
+	assert_int_equal(init_root_device_valid("/dev/../proc/kcore"), -EINVAL);
+	assert_int_equal(init_root_device_valid("/dev/vda,x"), -EINVAL);
+	assert_int_equal(init_root_device_valid("/tmp/vda"), -EINVAL);
+}
+
+static void expect_size(const char *value, int ret, const char *option)
+{
+	char out[32];
+
+	assert_int_equal(init_tmpfs_size_option(value, out, sizeof(out)), ret);
+	if (ret == 0)
+		assert_string_equal(out, option);
+}
+
+static void test_tmpfs_size(void **state)
+{
+	(void)state;
+	expect_size("50%", 0, "size=50%");
+	expect_size("100%", 0, "size=100%");
+	expect_size("1%", 0, "size=1%");
+	expect_size("256M", 0, "size=256M");
+	expect_size("1g", 0, "size=1g");
+	expect_size("1024k", 0, "size=1024k");
+	expect_size("1048576", 0, "size=1048576");
+	expect_size("0%", -EINVAL, NULL);
+	expect_size("101%", -EINVAL, NULL);
+	expect_size("1023k", -EINVAL, NULL); /* under a MiB */
+	expect_size("0", -EINVAL, NULL);
+	expect_size("", -EINVAL, NULL);
+	expect_size("M", -EINVAL, NULL);
+	expect_size("12MB", -EINVAL, NULL);
+	expect_size("-5M", -EINVAL, NULL);
+	expect_size("5M,nr_inodes=1", -EINVAL, NULL);
+	expect_size("99999999999999999999G", -EINVAL, NULL);
+	char small[8];
+	assert_int_equal(init_tmpfs_size_option("1024M", small, sizeof(small)), -ENAMETOOLONG);
+}
+
+static void test_ext_magic(void **state)
+{
+	unsigned char head[2048] = {0};
+
+	(void)state;
+	assert_int_equal(init_has_ext_magic(head, sizeof(head)), 0);
+	head[INIT_EXT_MAGIC_OFFSET] = 0x53;
+	head[INIT_EXT_MAGIC_OFFSET + 1] = 0xEF;
+	assert_int_equal(init_has_ext_magic(head, sizeof(head)), 1);
+	/* A short read never matches. */
+	assert_int_equal(init_has_ext_magic(head, INIT_EXT_MAGIC_OFFSET + 1), 0);
+	/* Byte order matters. */
+	head[INIT_EXT_MAGIC_OFFSET] = 0xEF;
+	head[INIT_EXT_MAGIC_OFFSET + 1] = 0x53;
+	assert_int_equal(init_has_ext_magic(head, sizeof(head)), 0);
+}
+
+static void test_overlay_options(void **state)
+{
+	char out[128];
+
+	(void)state;
+	assert_int_equal(init_overlay_options("/l", "/u/upper", "/u/work", out, sizeof(out)), 0);
+	assert_string_equal(out, "lowerdir=/l,upperdir=/u/upper,workdir=/u/work");
+	assert_int_equal(init_overlay_options("/l,x", "/u", "/w", out, sizeof(out)), -EINVAL);
+	assert_int_equal(init_overlay_options("/l", "/u:x", "/w", out, sizeof(out)), -EINVAL);
+	assert_int_equal(init_overlay_options("/l", "/u", "/w", out, 20), -ENAMETOOLONG);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -117,8 +241,14 @@ int main(void)
 	    cmocka_unit_test(test_command_too_long),
 	    cmocka_unit_test(test_module_list),
 	    cmocka_unit_test(test_module_list_long_line_skipped),
+	    cmocka_unit_test(test_cmdline_flag),
 	    cmocka_unit_test(test_uptime),
 	    cmocka_unit_test(test_exit_code),
+	    cmocka_unit_test(test_cmdline_value),
+	    cmocka_unit_test(test_root_device),
+	    cmocka_unit_test(test_tmpfs_size),
+	    cmocka_unit_test(test_ext_magic),
+	    cmocka_unit_test(test_overlay_options),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
