@@ -9,6 +9,7 @@
 #   bench/sandbox.sh [--runs N] [--branches N] [--mib N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$PWD
 # shellcheck source=scripts/kvm-kind.sh
 . scripts/kvm-kind.sh
 

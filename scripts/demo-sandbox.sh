@@ -15,8 +15,11 @@
 #   scripts/demo-sandbox.sh [CHILDREN]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+repo=$PWD
 # shellcheck source=scripts/kvm-kind.sh
 . scripts/kvm-kind.sh
+# forkd-vmm --image takes vmlinux and initramfs.cpio from here.
+export FORKD_IMAGES=${FORKD_IMAGES:-$(default_images_dir)}
 
 kids=${1:-8}
 case "$kids" in [1-9] | [1-9][0-9]) ;; *) echo "demo-sandbox: CHILDREN '$kids': expected 1..99" >&2; exit 2 ;; esac

@@ -4,7 +4,9 @@
 # dependencies, builds forkd-vmm and the probe guest, boots the probe on two
 # vCPUs with a memory-writing workload, BRANCHes it into three children that
 # continue from one instant while the source runs on, and shows each child
-# proving from inside that its memory is the source's at that instant.
+# proving from inside that its memory is the source's at that instant. Then the
+# sandbox (scripts/demo-sandbox.sh): a Linux VM from an image with numpy,
+# BRANCHed into 8 children that each compute against the numpy already imported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +38,8 @@ if [ "${FORKD_DEMO_INSIDE:-0}" != 1 ] && { [ "$(kvm_kind)" = none ] || [ "${FORK
 			"(bench/RESULTS.md): about $(((pause_us + native_pause_us / 2) / native_pause_us))x slower."
 	fi
 	echo "   Timings in the nested host measure an emulator, not forkd."
+	echo
+	scripts/demo-sandbox.sh
 	exit 0
 fi
 
@@ -74,3 +78,12 @@ done
 
 echo "== the source kept running"
 build/forkd vm status --socket "$sock" | grep -E '"(state|uptime_ms)"'
+
+# The sandbox demo builds its image on this machine first, so it starts from here, not
+# from inside the nested host.
+if [ "${FORKD_DEMO_INSIDE:-0}" != 1 ]; then
+	echo
+	cleanup
+	trap - EXIT
+	scripts/demo-sandbox.sh
+fi

@@ -8,6 +8,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <time.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -33,6 +34,8 @@ struct conn {
 	int fd; /* non-blocking; fk_frame_write polls */
 	struct fk_frame_reader reader;
 	const char *op; /* names the operation in log lines and errors */
+	/* CLOCK_MONOTONIC when the REQUEST arrived: fork_notify adds what passed since. */
+	struct timespec request_at;
 };
 
 /* Sends a JSON frame (obj is not consumed). 0 or -errno. */

@@ -275,8 +275,14 @@ int handle_fork_notify(struct conn *c, const struct agent_config *cfg,
 		if (ret < 0)
 			return conn_send_error(c, -ret, "fork_notify: feed /dev/urandom: %s",
 					       strerror(-ret));
-		struct timespec ts = {.tv_sec = n->realtime_ns / 1000000000,
-				      .tv_nsec = n->realtime_ns % 1000000000};
+		/* The host's time when it sent the request, plus what has passed here since. */
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		int64_t since_ns = (now.tv_sec - c->request_at.tv_sec) * 1000000000LL +
+				   (now.tv_nsec - c->request_at.tv_nsec);
+		int64_t realtime_ns = n->realtime_ns + (since_ns > 0 ? since_ns : 0);
+		struct timespec ts = {.tv_sec = realtime_ns / 1000000000,
+				      .tv_nsec = realtime_ns % 1000000000};
 		if (clock_settime(CLOCK_REALTIME, &ts) < 0)
 			return conn_send_error(c, errno, "fork_notify: set CLOCK_REALTIME: %s",
 					       strerror(errno));

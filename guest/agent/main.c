@@ -184,6 +184,7 @@ static int serve_connection(int fd, const struct agent_config *cfg)
 		conn_frame_failed(&c, ret);
 		goto out;
 	}
+	clock_gettime(CLOCK_MONOTONIC, &c.request_at);
 	if (hdr.type != FK_FRAME_REQUEST) {
 		ret = conn_send_error(&c, EBADMSG, "expected a REQUEST frame first, got %s",
 				      fk_frame_type_name(hdr.type));

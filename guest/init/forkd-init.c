@@ -267,7 +267,14 @@ static pid_t start_command(const char *command)
 		return pid;
 	set_signal_handlers(SIG_DFL);
 	setsid();
-	ioctl(STDIN_FILENO, TIOCSCTTY, 0); /* job control for an interactive shell */
+	/*
+	 * Only an interactive shell gets the console as its controlling tty (job
+	 * control): when a controlling process exits, the kernel hangs the tty up
+	 * and drops output still queued in the UART, which lost a command's last
+	 * lines in slow (nested) guests.
+	 */
+	if (!command)
+		ioctl(STDIN_FILENO, TIOCSCTTY, 0);
 	if (command)
 		execve("/bin/sh", (char *const[]){"sh", "-c", (char *)command, NULL}, envp);
 	else

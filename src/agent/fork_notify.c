@@ -9,9 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "agent/agent_client.h"
+#include "forkd/agent_proto.h"
 
 #define NOTIFY_ENTROPY_BYTES 64
 /* First retry soon (the agent is normally listening already), then back off. */
@@ -96,24 +100,87 @@ static int64_t mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/*
+ * One attempt: connect, and only then take the time and send, so the clock the
+ * guest steps to is not behind by however long reaching its agent took.
+ */
+static int notify_once(const char *uds, const uint8_t genid[16], struct fk_err *err)
+{
+	struct fk_frame_reader rd = {0};
+	struct timeval tv = {.tv_sec = NOTIFY_CALL_MS / 1000};
+	int64_t deadline = mono_ms() + NOTIFY_CALL_MS;
+	struct fk_frame_hdr hdr;
+	const uint8_t *payload;
+	json_t *req = NULL, *resp = NULL;
+	char *text = NULL;
+	int fd, ret;
+
+	fd = fk_vsock_connect(uds, FK_AGENT_PORT, NOTIFY_CALL_MS, err);
+	if (fd < 0)
+		return fd;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	req = fork_notify_request(genid);
+	text = req ? json_dumps(req, JSON_COMPACT) : NULL;
+	if (!text) {
+		ret = fk_fail(err, ENOMEM, "out of memory or entropy");
+		goto out;
+	}
+	ret = fk_frame_write(fd, FK_FRAME_REQUEST, text, (uint32_t)strlen(text));
+	if (ret < 0) {
+		fk_fail(err, -ret, "send to the agent at %s: %s", uds, strerror(-ret));
+		goto out;
+	}
+	ret = fk_frame_reader_init(&rd);
+	if (ret < 0) {
+		fk_fail(err, -ret, "out of memory");
+		goto out;
+	}
+	while ((ret = fk_frame_read(&rd, fd, &hdr, &payload)) == 0 || ret == -EAGAIN ||
+	       ret == -EINTR)
+		if (mono_ms() > deadline) {
+			ret = fk_fail(err, ETIMEDOUT, "the agent at %s did not answer in %d ms",
+				      uds, NOTIFY_CALL_MS);
+			goto out;
+		}
+	if (ret < 0) {
+		/* A closed stream: the agent went away (ENODATA/EPIPE), worth another try. */
+		fk_fail(err, ret == -ENODATA ? EPIPE : -ret, "the agent at %s: %s", uds, rd.why);
+		ret = ret == -ENODATA ? -EPIPE : ret;
+		goto out;
+	}
+	resp = json_loadb((const char *)payload, hdr.len, 0, NULL);
+	if (hdr.type == FK_FRAME_ERROR) {
+		json_int_t code = json_integer_value(json_object_get(resp, "errno"));
+		ret = fk_fail(err, code > 0 && code < 4096 ? (int)code : EREMOTEIO,
+			      "the agent refused: %s",
+			      json_string_value(json_object_get(resp, "error"))
+				  ? json_string_value(json_object_get(resp, "error"))
+				  : "no reason given");
+	} else if (hdr.type != FK_FRAME_RESPONSE ||
+		   !json_is_true(json_object_get(resp, "applied"))) {
+		ret = fk_fail(err, EPROTO, "the agent answered without \"applied\":true");
+	} else {
+		ret = 0;
+	}
+out:
+	json_decref(resp);
+	json_decref(req);
+	free(text);
+	fk_frame_reader_free(&rd);
+	close(fd);
+	return ret;
+}
+
 static void *notify_thread(void *arg)
 {
 	struct notify_job *job = arg;
 	int64_t start = mono_ms(), deadline = start + job->timeout_ms;
 	struct fk_err err = {0};
-	json_t *resp = NULL;
 	long retry_ms = NOTIFY_RETRY_MS;
 	int ret;
 
 	for (;;) {
-		/* The time is taken at each attempt: it must be the host's now, not the start's. */
-		json_t *req = fork_notify_request(job->genid);
-		if (!req) {
-			ret = fk_fail(&err, ENOMEM, "out of memory or entropy");
-			break;
-		}
-		ret = fk_agent_call(job->uds, req, &resp, NOTIFY_CALL_MS, &err);
-		json_decref(req);
+		ret = notify_once(job->uds, job->genid, &err);
 		/* Not listening yet (a guest still booting its agent), or the socket not yet bound.
 		 */
 		if ((ret == -ECONNREFUSED || ret == -ENOENT || ret == -EPIPE) &&
@@ -126,9 +193,6 @@ static void *notify_thread(void *arg)
 		}
 		break;
 	}
-	if (ret == 0 && !json_is_true(json_object_get(resp, "applied")))
-		ret = fk_fail(&err, EPROTO, "the agent answered without \"applied\":true");
-	json_decref(resp);
 	if (ret == 0) {
 		atomic_store(&job->fn->applied_ms, (uint_fast64_t)(mono_ms() - start));
 		atomic_store(&job->fn->state, FORK_NOTIFY_APPLIED);
