@@ -26,7 +26,8 @@ $(FORKD_PATTERN): guest/pattern/forkd-pattern.c include/forkd/probe_pattern.h
 
 # The guest agent, static for the same reason, with jansson linked in.
 FORKD_AGENT      := $(BUILD)/guest/forkd-agent
-FORKD_AGENT_SRCS := $(sort $(wildcard guest/agent/*.c)) src/agent/agent_proto.c src/util/fdio.c
+FORKD_AGENT_SRCS := $(sort $(wildcard guest/agent/*.c)) src/agent/agent_proto.c src/util/fdio.c \
+		    src/util/json_kind.c
 $(FORKD_AGENT): $(FORKD_AGENT_SRCS) $(wildcard guest/agent/*.h) include/forkd/agent_proto.h
 	@mkdir -p $(dir $@)
 	$(CC) -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -Iinclude -Isrc -static -O2 \
@@ -37,8 +38,9 @@ $(FORKD_AGENT): $(FORKD_AGENT_SRCS) $(wildcard guest/agent/*.h) include/forkd/ag
 all: $(EXTRACT_VMLINUX) $(FORKD_INIT) $(FORKD_PATTERN) $(FORKD_AGENT)
 
 # The agent's request parsing is unit-tested on the host; the host tests run the agent binary.
-$(BUILD)/tests/test_agent_request: $(BUILD)/obj/guest/agent/request.o
-$(BUILD)/asan/tests/test_agent_request: $(BUILD)/asan/obj/guest/agent/request.o
+$(BUILD)/tests/test_agent_request: $(BUILD)/obj/guest/agent/request.o $(BUILD)/obj/src/util/json_kind.o
+$(BUILD)/asan/tests/test_agent_request: $(BUILD)/asan/obj/guest/agent/request.o \
+  $(BUILD)/asan/obj/src/util/json_kind.o
 $(BUILD)/tests/test_agent_host $(BUILD)/asan/tests/test_agent_host \
   $(BUILD)/tests/test_agent_client $(BUILD)/asan/tests/test_agent_client: | $(FORKD_AGENT)
 

@@ -11,6 +11,8 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "util/json_kind.h"
+
 static int fail(char *why, size_t why_len, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -24,27 +26,6 @@ static int fail(char *why, size_t why_len, const char *fmt, ...)
 		va_end(ap);
 	}
 	return -EINVAL;
-}
-
-static const char *json_kind(const json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT:
-		return "an object";
-	case JSON_ARRAY:
-		return "an array";
-	case JSON_STRING:
-		return "a string";
-	case JSON_INTEGER:
-		return "an integer";
-	case JSON_REAL:
-		return "a real number";
-	case JSON_TRUE:
-	case JSON_FALSE:
-		return "a boolean";
-	default:
-		return "null";
-	}
 }
 
 /* Rejects keys outside `allowed` (NULL-terminated): a misspelt field must not be ignored. */
@@ -78,7 +59,7 @@ static int get_string(const char *what, json_t *obj, const char *key, bool requi
 			   : 0;
 	if (!json_is_string(v))
 		return fail(why, why_len, "%s: field \"%s\" is %s (expected a string)", what, key,
-			    json_kind(v));
+			    fk_json_kind(v));
 	*out = json_string_value(v);
 	return 0;
 }
@@ -95,7 +76,7 @@ static int get_uint(const char *what, json_t *obj, const char *key, bool require
 			   : 0;
 	if (!json_is_integer(v))
 		return fail(why, why_len, "%s: field \"%s\" is %s (expected an integer 0..%llu)",
-			    what, key, json_kind(v), (unsigned long long)max);
+			    what, key, fk_json_kind(v), (unsigned long long)max);
 	json_int_t n = json_integer_value(v);
 	if (n < 0 || (uint64_t)n > max)
 		return fail(why, why_len, "%s: field \"%s\" is %lld (expected 0..%llu)", what, key,
@@ -114,7 +95,7 @@ static int get_bool(const char *what, json_t *obj, const char *key, bool *out, c
 		return 0;
 	if (!json_is_boolean(v))
 		return fail(why, why_len, "%s: field \"%s\" is %s (expected true or false)", what,
-			    key, json_kind(v));
+			    key, fk_json_kind(v));
 	*out = json_is_true(v);
 	return 0;
 }
@@ -149,7 +130,7 @@ static int parse_exec(json_t *root, struct exec_request *x, char *why, size_t wh
 	if (!json_is_array(argv) || json_array_size(argv) == 0)
 		return fail(why, why_len,
 			    "exec: field \"argv\" is %s (expected a non-empty array of strings)",
-			    json_is_array(argv) ? "an empty array" : json_kind(argv));
+			    json_is_array(argv) ? "an empty array" : fk_json_kind(argv));
 	x->argc = json_array_size(argv);
 	x->argv = calloc(x->argc + 1, sizeof(*x->argv));
 	if (!x->argv)
@@ -158,7 +139,7 @@ static int parse_exec(json_t *root, struct exec_request *x, char *why, size_t wh
 		json_t *arg = json_array_get(argv, i);
 		if (!json_is_string(arg))
 			return fail(why, why_len, "exec: argv[%zu] is %s (expected a string)", i,
-				    json_kind(arg));
+				    fk_json_kind(arg));
 		x->argv[i] = json_string_value(arg);
 	}
 	if (x->argv[0][0] == '\0')
@@ -171,7 +152,7 @@ static int parse_exec(json_t *root, struct exec_request *x, char *why, size_t wh
 		if (!json_is_object(x->env))
 			return fail(why, why_len,
 				    "exec: field \"env\" is %s (expected an object of strings)",
-				    json_kind(x->env));
+				    fk_json_kind(x->env));
 		json_object_foreach(x->env, key, value)
 		{
 			if (key[0] == '\0' || strchr(key, '='))
@@ -181,7 +162,7 @@ static int parse_exec(json_t *root, struct exec_request *x, char *why, size_t wh
 			if (!json_is_string(value))
 				return fail(why, why_len,
 					    "exec: env \"%.64s\" is %s (expected a string)", key,
-					    json_kind(value));
+					    fk_json_kind(value));
 		}
 	}
 	ret = get_string("exec", root, "cwd", false, &x->cwd, why, why_len);
@@ -331,7 +312,7 @@ int agent_request_parse(const uint8_t *payload, size_t len, struct agent_request
 			    jerr.position);
 	if (!json_is_object(req->root))
 		return fail(why, why_len, "REQUEST is %s (expected a JSON object)",
-			    json_kind(req->root));
+			    fk_json_kind(req->root));
 	ret = get_string("REQUEST", req->root, "op", true, &op, why, why_len);
 	if (ret < 0)
 		return ret;
@@ -399,7 +380,8 @@ int agent_signal_parse(const uint8_t *payload, size_t len, int *signal, char *wh
 		return fail(why, why_len, "SIGNAL is not valid JSON: %s (at byte %d)", jerr.text,
 			    jerr.position);
 	if (!json_is_object(root)) {
-		ret = fail(why, why_len, "SIGNAL is %s (expected a JSON object)", json_kind(root));
+		ret =
+		    fail(why, why_len, "SIGNAL is %s (expected a JSON object)", fk_json_kind(root));
 		goto out;
 	}
 	ret = check_keys("SIGNAL", root, keys, why, why_len);

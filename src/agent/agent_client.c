@@ -272,6 +272,18 @@ static int parse_object(struct session *s, const char *frame, const uint8_t *pay
 		       frame, jerr.text);
 }
 
+/* The operation's one RESPONSE as an object in *obj; -EPROTO for a second one or a bad payload. */
+static int first_response(struct session *s, bool *started, const uint8_t *payload, uint32_t len,
+			  json_t **obj, struct fk_err *err)
+{
+	if (*started)
+		return fk_fail(err, EPROTO, "%s: a second RESPONSE from the agent", s->what);
+	if (parse_object(s, "RESPONSE", payload, len, obj, err) < 0)
+		return -EPROTO;
+	*started = true;
+	return 0;
+}
+
 /*
  * Handles one frame from the agent: returns 1 when the operation is over, 0
  * to go on, or -errno with err.
@@ -416,15 +428,11 @@ static int on_exec_frame(struct session *s, void *ctx, const struct fk_frame_hdr
 	case FK_FRAME_ERROR:
 		return agent_error(s, payload, hdr->len, err);
 	case FK_FRAME_RESPONSE:
-		if (e->started)
-			return fk_fail(err, EPROTO, "%s: a second RESPONSE from the agent",
-				       s->what);
-		if (parse_object(s, "RESPONSE", payload, hdr->len, &obj, err) < 0)
+		if (first_response(s, &e->started, payload, hdr->len, &obj, err) < 0)
 			return -EPROTO;
 		e->res->pid = (long)json_integer_value(json_object_get(obj, "pid"));
 		json_decref(obj);
 		e->res->first_byte_ms = now_ms_f() - e->sent_ms;
-		e->started = true;
 		return 0;
 	case FK_FRAME_STDOUT:
 	case FK_FRAME_STDERR: {
@@ -586,15 +594,11 @@ static int on_get_frame(struct session *s, void *ctx, const struct fk_frame_hdr 
 	case FK_FRAME_ERROR:
 		return agent_error(s, payload, hdr->len, err);
 	case FK_FRAME_RESPONSE:
-		if (g->started)
-			return fk_fail(err, EPROTO, "%s: a second RESPONSE from the agent",
-				       s->what);
-		if (parse_object(s, "RESPONSE", payload, hdr->len, &obj, err) < 0)
+		if (first_response(s, &g->started, payload, hdr->len, &obj, err) < 0)
 			return -EPROTO;
 		g->expected = (uint64_t)json_integer_value(json_object_get(obj, "size"));
 		g->mode = (unsigned)json_integer_value(json_object_get(obj, "mode")) & 07777;
 		json_decref(obj);
-		g->started = true;
 		return 0;
 	case FK_FRAME_DATA:
 		if (!g->started)

@@ -12,6 +12,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "util/json_kind.h"
 #include "util/unix_socket.h"
 
 struct control_client {
@@ -27,28 +28,6 @@ struct control_client {
 	size_t out_off, out_len, out_cap;
 	char in[CONTROL_MAX_REQUEST + 1];
 };
-
-static const char *json_type_name(const json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT:
-		return "an object";
-	case JSON_ARRAY:
-		return "an array";
-	case JSON_STRING:
-		return "a string";
-	case JSON_INTEGER:
-		return "an integer";
-	case JSON_REAL:
-		return "a number";
-	case JSON_TRUE:
-	case JSON_FALSE:
-		return "a boolean";
-	case JSON_NULL:
-		return "null";
-	}
-	return "an unknown value";
-}
 
 static json_t *lookup_arg(json_t *request, const char *key, bool required, const char *type,
 			  int *ret, struct fk_err *err)
@@ -71,7 +50,7 @@ int control_arg_string(json_t *request, const char *key, bool required, const ch
 		return ret;
 	if (!json_is_string(v))
 		return fk_fail(err, EINVAL, "argument \"%s\": expected a string, got %s", key,
-			       json_type_name(v));
+			       fk_json_kind(v));
 	*out = json_string_value(v);
 	return 0;
 }
@@ -86,7 +65,7 @@ int control_arg_int(json_t *request, const char *key, bool required, int64_t *ou
 		return ret;
 	if (!json_is_integer(v))
 		return fk_fail(err, EINVAL, "argument \"%s\": expected an integer, got %s", key,
-			       json_type_name(v));
+			       fk_json_kind(v));
 	*out = json_integer_value(v);
 	return 0;
 }
@@ -100,7 +79,7 @@ int control_arg_bool(json_t *request, const char *key, bool required, bool *out,
 		return ret;
 	if (!json_is_boolean(v))
 		return fk_fail(err, EINVAL, "argument \"%s\": expected true or false, got %s", key,
-			       json_type_name(v));
+			       fk_json_kind(v));
 	*out = json_is_true(v);
 	return 0;
 }
@@ -207,7 +186,7 @@ static json_t *dispatch(struct control_server *srv, const char *line, size_t len
 	if (!json_is_object(request)) {
 		fk_fail(&err, EINVAL,
 			"request: expected a JSON object such as {\"cmd\":\"help\"}, got %s",
-			json_type_name(request));
+			fk_json_kind(request));
 		goto fail;
 	}
 	cmd_value = json_object_get(request, "cmd");
@@ -220,7 +199,7 @@ static json_t *dispatch(struct control_server *srv, const char *line, size_t len
 	if (!json_is_string(cmd_value)) {
 		fk_fail(&err, EINVAL,
 			"request: \"cmd\": expected a string naming a command, got %s",
-			json_type_name(cmd_value));
+			fk_json_kind(cmd_value));
 		goto fail;
 	}
 	name = json_string_value(cmd_value);
