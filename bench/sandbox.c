@@ -209,6 +209,9 @@ int main(int argc, char **argv)
 	const char *vsock = NULL, *control = NULL, *host = NULL, *dir = "/tmp";
 	int runs = 200, branches = 20, mib = 256;
 
+	/* One row per line as it is measured, also into a pipe. */
+	setvbuf(stdout, NULL, _IOLBF, 0);
+
 	for (int i = 1; i < argc; i++) {
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (!v) {

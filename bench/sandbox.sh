@@ -12,6 +12,9 @@ cd "$(dirname "$0")/.."
 repo=$PWD
 # shellcheck source=scripts/kvm-kind.sh
 . scripts/kvm-kind.sh
+# Decided out here: inside the nested host /var/cache is read-only, which would
+# send default_images_dir to the checkout's (possibly stale) .cache/images.
+export FORKD_IMAGES=${FORKD_IMAGES:-$(default_images_dir)}
 
 if [ -z "${FORKD_BENCH_INSIDE:-}" ]; then
 	make -s -j2 build/forkd-vmm build/forkd build/bench/sandbox-bench images >/dev/null
@@ -21,11 +24,12 @@ if [ -z "${FORKD_BENCH_INSIDE:-}" ]; then
 	fi
 fi
 host=${FORKD_TESTHOST_KIND:-native}
-images=${FORKD_IMAGES:-$(default_images_dir)}
+images=$FORKD_IMAGES
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/forkd-bench-sandbox.XXXXXX")
 vmm_pid=
 cleanup() {
-	[ -n "$vmm_pid" ] && kill "$vmm_pid" 2>/dev/null && wait "$vmm_pid" 2>/dev/null
+	# set -e reaches into this trap: the killed VMM's status (143) must not become ours.
+	if [ -n "$vmm_pid" ] && kill "$vmm_pid" 2>/dev/null; then wait "$vmm_pid" 2>/dev/null || true; fi
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -39,6 +43,10 @@ for _ in $(seq 1 600); do
 	kill -0 "$vmm_pid" 2>/dev/null || { echo "bench/sandbox.sh: the VM ended:" >&2; cat "$tmp/vmm.err" "$tmp/console.log" >&2; exit 1; }
 	sleep 0.2
 done
-build/forkd agent "$tmp/vsock.sock" ping >/dev/null || { echo "bench/sandbox.sh: the agent never answered" >&2; exit 1; }
+build/forkd agent "$tmp/vsock.sock" ping >/dev/null || {
+	echo "bench/sandbox.sh: the agent never answered; the guest's console:" >&2
+	tail -n 20 "$tmp/console.log" "$tmp/vmm.err" >&2
+	exit 1
+}
 build/bench/sandbox-bench --vsock "$tmp/vsock.sock" --control "$tmp/control.sock" --host "$host" \
 	--dir "$tmp" "$@"

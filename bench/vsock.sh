@@ -28,7 +28,7 @@ make -s -j2 build/forkd-vmm probe >&2
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/forkd-bench-vsock.XXXXXX")
 vmm_pid=
 cleanup() {
-	[ -n "$vmm_pid" ] && kill "$vmm_pid" 2>/dev/null && wait "$vmm_pid" 2>/dev/null
+	if [ -n "$vmm_pid" ] && kill "$vmm_pid" 2>/dev/null; then wait "$vmm_pid" 2>/dev/null || true; fi
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
