@@ -694,19 +694,9 @@ static void conn_take_data(struct virtio_vsock *vs, struct vsock_conn *c,
 
 /* ---- guest packets (tx queue) ---- */
 
-static void vsock_error(struct virtio_vsock *vs, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void vsock_error(struct virtio_vsock *vs, const char *fmt, ...)
-{
-	char why[128];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(why, sizeof(why), fmt, ap);
-	va_end(ap);
-	virtio_mmio_record_error(vs->t, "virtio-vsock: %s", why);
-}
+/* A guest mistake the device survives: counted and kept by the transport. */
+#define vsock_error(vs, fmt, ...)                                                                  \
+	virtio_mmio_record_error((vs)->t, "virtio-vsock: " fmt, ##__VA_ARGS__)
 
 /*
  * A malformed tx packet: counted, and if its header names a connection
