@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "devices/disk_copy.h"
 #include "snapshot/format.h"
 #include "vmm/vm.h"
 #include "vmm/vm_snapshot.h"
@@ -68,15 +69,22 @@ static int send_msg(int sock, const char *fmt, ...)
 }
 
 /* Receives one message (NUL-terminated); 0 on EOF, -ETIMEDOUT, or length. */
-static ssize_t recv_msg(int sock, char *buf, size_t len, int timeout_ms)
+/*
+ * With a loop (the source waiting for its zygote), the guest's devices are
+ * served while waiting, so that the source's I/O goes on.
+ */
+static ssize_t recv_msg(struct event_loop *loop, int sock, char *buf, size_t len, int timeout_ms)
 {
 	struct pollfd p = {.fd = sock, .events = POLLIN};
 	ssize_t n;
 	int r;
 
-	do
-		r = poll(&p, 1, timeout_ms);
-	while (r < 0 && errno == EINTR);
+	if (loop)
+		r = event_loop_serve_until(loop, sock, timeout_ms);
+	else
+		do
+			r = poll(&p, 1, timeout_ms);
+		while (r < 0 && errno == EINTR);
 	if (r == 0)
 		return -ETIMEDOUT;
 	if (r < 0)
@@ -283,7 +291,7 @@ static void zygote_persist(struct vm *source, struct snap_writer *w, const char 
 	int fds[SNAP_MAX_FILES];
 	int ret = 0;
 
-	/* The disk images were copied at the branch instant; persist those copies. */
+	/* The disk copies are of the branch instant (the source waited for them). */
 	for (int i = 0; i < w->nr_files; i++) {
 		char p[2300];
 		snprintf(p, sizeof(p), "%s/%s", dir, w->files[i].name);
@@ -332,7 +340,7 @@ zygote_main(struct vm *source, struct snap_writer *w, const char *dir, int sock,
 			munmap(source->vcpus[i].run, source->vcpu_mmap_size);
 
 	for (;;) {
-		ssize_t n = recv_msg(sock, msg, sizeof(msg), 200);
+		ssize_t n = recv_msg(NULL, sock, msg, sizeof(msg), 200);
 		int first, count;
 
 		/* Reap children that exited while we still are their parent. */
@@ -404,7 +412,7 @@ static void on_zygote_msg(void *opaque, uint32_t events)
 	ssize_t n;
 
 	(void)events;
-	n = recv_msg(z->sock, msg, sizeof(msg), 0);
+	n = recv_msg(NULL, z->sock, msg, sizeof(msg), 0);
 	if (n == -ETIMEDOUT)
 		return;
 	if (n <= 0) {
@@ -425,18 +433,99 @@ static void on_zygote_exit(void *opaque, uint32_t events)
 }
 
 /* Sends a spawn request and collects the children (synchronously). */
+/*
+ * Sets up the copies of the writable disks as they are at the branch instant
+ * (the pause covers only creating the files); disk_copies_start copies them
+ * after the zygote is forked, while the source runs on.
+ */
+static int disk_copies_begin(struct vm *vm, const struct snap_writer *w, const char *dir,
+			     struct fk_err *err)
+{
+	for (int i = 0; i < w->nr_files; i++) {
+		char path[2300];
+		struct virtio_blk *blk = NULL;
+		int fd;
+
+		for (int d = 0; d < vm->nr_disks; d++)
+			if (virtio_blk_fd(vm->disks[d].blk) == w->files[i].src_fd)
+				blk = vm->disks[d].blk;
+		if (!blk)
+			return fk_fail(err, ENOENT, "branch: no disk for snapshot file %s",
+				       w->files[i].name);
+		snprintf(path, sizeof(path), "%s/%s", dir, w->files[i].name);
+		fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (fd < 0)
+			return fk_fail_errno(err, errno, "branch: disk copy %s", path);
+		if (virtio_blk_begin_copy(blk, fd, path, err) < 0)
+			return fk_wrap(err, "branch");
+	}
+	return 0;
+}
+
+static void disk_copies_start(struct vm *vm, struct zygote *z, int nr_files)
+{
+	z->disks = nr_files ? ZYGOTE_DISKS_COPYING : ZYGOTE_DISKS_READY;
+	for (int d = 0; d < vm->nr_disks && nr_files; d++) {
+		struct disk_copy *c = virtio_blk_copy(vm->disks[d].blk);
+		struct fk_err e;
+
+		if (c && fault_injected("disk-copy-slow"))
+			disk_copy_delay_start(c, 3000);
+		if (c && !virtio_blk_readonly(vm->disks[d].blk) && disk_copy_start(c, &e) < 0) {
+			/* disk_copy_wait starts it again, or reports why it cannot. */
+		}
+	}
+}
+
+/*
+ * Waits for the copies zygote z's children and snapshot are made from. Only
+ * the newest zygote can be copying: a new branch waits for the last one first.
+ */
+static int zygote_disks_ready(struct vm *vm, struct zygote *z, struct fk_err *err)
+{
+	if (z->disks == ZYGOTE_DISKS_COPYING) {
+		z->disks = ZYGOTE_DISKS_READY;
+		for (int d = 0; d < vm->nr_disks; d++) {
+			struct disk_copy *c = virtio_blk_copy(vm->disks[d].blk);
+			struct fk_err e = {0};
+			uint64_t us = 0;
+
+			if (!c || virtio_blk_readonly(vm->disks[d].blk))
+				continue;
+			/* The source's guest keeps its disk I/O meanwhile (copy-before-write). */
+			if (disk_copy_start(c, &e) == 0)
+				event_loop_serve_until(&vm->loop, disk_copy_done_fd(c), -1);
+			if (disk_copy_wait(c, &us, &e) < 0 && z->disks == ZYGOTE_DISKS_READY) {
+				z->disks = ZYGOTE_DISKS_FAILED;
+				snprintf(z->disk_error, sizeof(z->disk_error), "%.250s", e.msg);
+			}
+			if (us > z->disk_copy_us)
+				z->disk_copy_us = us;
+		}
+	}
+	if (z->disks == ZYGOTE_DISKS_FAILED)
+		return fk_fail(err, EIO, "zygote %d: its disk copy failed: %s", z->id,
+			       z->disk_error);
+	return 0;
+}
+
 static int spawn_children(struct vm *vm, struct zygote *z, int n, struct branch_result *res,
 			  struct fk_err *err)
 {
 	char msg[MSG_MAX], first_error[FK_ERR_MSG_MAX] = "";
 	int ret, failed = 0;
 
+	ret = zygote_disks_ready(vm, z, err);
+	if (ret < 0)
+		return ret;
+	res->disk_copy_us = z->disk_copy_us;
 	ret = send_msg(z->sock, "spawn %d %d", z->nr_children, n);
 	if (ret < 0)
 		return fk_fail(err, -ret, "zygote %d: cannot send: %s", z->id, strerror(-ret));
 	for (;;) {
 		int k, pid;
-		ssize_t got = recv_msg(z->sock, msg, sizeof(msg), ZYGOTE_REPLY_TIMEOUT_MS);
+		ssize_t got =
+		    recv_msg(&vm->loop, z->sock, msg, sizeof(msg), ZYGOTE_REPLY_TIMEOUT_MS);
 
 		if (got <= 0) {
 			if (got == 0)
@@ -498,25 +587,6 @@ static int check_children_fit(const struct vm *vm, int n, struct fk_err *err)
 	return 0;
 }
 
-/* Copies the writable disks as they are at the branch instant (the pause covers this). */
-static int copy_disks(const struct snap_writer *w, const char *dir, struct fk_err *err)
-{
-	for (int i = 0; i < w->nr_files; i++) {
-		char path[2300];
-		int fd, ret;
-
-		snprintf(path, sizeof(path), "%s/%s", dir, w->files[i].name);
-		fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-		if (fd < 0)
-			return fk_fail_errno(err, errno, "branch: disk copy %s", path);
-		ret = snap_copy_fd(w->files[i].src_fd, fd, err);
-		close(fd);
-		if (ret < 0)
-			return fk_wrap(err, "branch: disk copy %s", path);
-	}
-	return 0;
-}
-
 int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_result *res,
 	      struct fk_err *err)
 {
@@ -540,6 +610,13 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 	recollapse_stop(&vm->recollapse);
 	if (vm_is_paused(vm))
 		return fk_fail(err, EBUSY, "branch: the VM is paused; resume it first");
+	/* The disks get new copies: the last zygote's must be complete (not in the pause). */
+	for (int i = 0; i < BRANCH_MAX_ZYGOTES; i++) {
+		struct fk_err kept;
+		if (vm->zygotes[i].in_use && zygote_disks_ready(vm, &vm->zygotes[i], &kept) < 0) {
+			/* Kept in that zygote: its spawns and persist report it. */
+		}
+	}
 	for (slot = 0; slot < BRANCH_MAX_ZYGOTES && vm->zygotes[slot].in_use; slot++)
 		;
 	if (slot == BRANCH_MAX_ZYGOTES)
@@ -571,7 +648,7 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 	t1 = monotonic_us();
 	ret = vm_state_save(vm, &w, err);
 	if (!ret)
-		ret = copy_disks(&w, z->dir, err);
+		ret = disk_copies_begin(vm, &w, z->dir, err);
 	if (ret < 0)
 		goto fail;
 	t2 = monotonic_us();
@@ -590,6 +667,7 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 		ret = fk_fail_errno(err, errno, "branch: fork of the zygote failed");
 		goto fail;
 	}
+	disk_copies_start(vm, z, w.nr_files);
 	vm_resume(vm, err);
 	paused = false;
 	res->pause_us = monotonic_us() - t0;
@@ -620,16 +698,21 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 		}
 	}
 	if (req->persist) {
+		struct fk_err disk_err;
 		snprintf(z->persist_path, sizeof(z->persist_path), "%s", req->persist);
 		z->persist = PERSIST_WRITING;
-		if (send_msg(z->sock, "persist %s", req->persist) < 0) {
+		if (zygote_disks_ready(vm, z, &disk_err) < 0) {
+			z->persist = PERSIST_FAILED;
+			snprintf(z->persist_error, sizeof(z->persist_error), "%.250s",
+				 disk_err.msg);
+		} else if (send_msg(z->sock, "persist %s", req->persist) < 0) {
 			z->persist = PERSIST_FAILED;
 			snprintf(z->persist_error, sizeof(z->persist_error),
 				 "cannot reach the zygote");
 		}
 		while (req->wait && z->persist == PERSIST_WRITING) {
 			char msg[MSG_MAX];
-			ssize_t got = recv_msg(z->sock, msg, sizeof(msg), -1);
+			ssize_t got = recv_msg(&vm->loop, z->sock, msg, sizeof(msg), -1);
 			if (got <= 0) {
 				zygote_gone(vm, z);
 				break;
@@ -637,6 +720,7 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 			handle_zygote_msg(z, msg);
 		}
 		res->persist = z->persist;
+		res->disk_copy_us = z->disk_copy_us;
 		snprintf(res->persist_error, sizeof(res->persist_error), "%s", z->persist_error);
 	}
 	if (z->in_use) {
@@ -651,6 +735,9 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 	return 0;
 
 fail:
+	/* Copies set up for this branch would only slow the guest's writes. */
+	for (int d = 0; d < vm->nr_disks; d++)
+		virtio_blk_end_copy(vm->disks[d].blk);
 	if (paused) {
 		struct fk_err ignored;
 		vm_resume(vm, &ignored);

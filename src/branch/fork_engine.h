@@ -33,6 +33,13 @@ enum persist_state {
 	PERSIST_FAILED,
 };
 
+/* The zygote's copies of the writable disks, made after the pause (devices/disk_copy.h). */
+enum zygote_disks {
+	ZYGOTE_DISKS_READY, /* copied, or no writable disk */
+	ZYGOTE_DISKS_COPYING,
+	ZYGOTE_DISKS_FAILED,
+};
+
 struct zygote {
 	struct vm *vm;
 	bool in_use;
@@ -45,6 +52,9 @@ struct zygote {
 	enum persist_state persist;
 	char persist_path[2048];
 	char persist_error[256];
+	enum zygote_disks disks;
+	uint64_t disk_copy_us; /* branch instant to the last disk copied */
+	char disk_error[256];
 };
 
 struct branch_child {
@@ -65,8 +75,10 @@ struct branch_result {
 	char dir[2048];
 	uint64_t pause_us;   /* source vCPUs stopped: pause request to resume */
 	uint64_t park_us;    /* pause request until every vCPU parked */
-	uint64_t capture_us; /* vCPU, chip and device state (and disk copies) */
+	uint64_t capture_us; /* vCPU, chip and device state; disk copies only set up */
 	uint64_t fork_us;    /* fork(2) of the zygote */
+	/* Branch instant to the writable disks copied, outside the pause; 0: none waited for. */
+	uint64_t disk_copy_us;
 	int nr_children;
 	struct branch_child children[BRANCH_MAX_CHILDREN];
 	enum persist_state persist;

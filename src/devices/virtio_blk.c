@@ -11,6 +11,7 @@
  * malformed ring (virtq_pop failing) stops the device until reset.
  */
 #include "devices/virtio_blk.h"
+#include "devices/disk_copy.h"
 
 #include <endian.h>
 #include <errno.h>
@@ -34,6 +35,8 @@ struct virtio_blk {
 	uint8_t id[VIRTIO_BLK_ID_BYTES];
 	uint8_t config[VIRTIO_BLK_CONFIG_SIZE];
 	struct virtio_blk_stats stats;
+	/* The point-in-time copy of the last BRANCH, or NULL; replaced only while paused. */
+	struct disk_copy *copy;
 	/* Scratch for the chain being served; too big for a vCPU thread's stack. */
 	struct virtq_chain chain;
 };
@@ -147,10 +150,40 @@ void virtio_blk_close(struct virtio_blk *blk)
 {
 	if (!blk)
 		return;
+	disk_copy_free(blk->copy); /* before its source fd goes */
 	if (blk->fd >= 0)
 		close(blk->fd);
 	free(blk->path);
 	free(blk);
+}
+
+int virtio_blk_begin_copy(struct virtio_blk *blk, int dst_fd, const char *name, struct fk_err *err)
+{
+	struct disk_copy *c;
+	struct stat st;
+	uint64_t size = blk->capacity * VIRTIO_BLK_SECTOR_SIZE;
+	int ret;
+
+	/* A regular file is copied whole, with a tail shorter than a sector. */
+	if (fstat(blk->fd, &st) == 0 && S_ISREG(st.st_mode))
+		size = (uint64_t)st.st_size;
+	ret = disk_copy_create(&c, name, blk->fd, dst_fd, size, err);
+	if (ret < 0)
+		return ret;
+	disk_copy_free(blk->copy);
+	blk->copy = c;
+	return 0;
+}
+
+void virtio_blk_end_copy(struct virtio_blk *blk)
+{
+	disk_copy_free(blk->copy);
+	blk->copy = NULL;
+}
+
+struct disk_copy *virtio_blk_copy(const struct virtio_blk *blk)
+{
+	return blk->copy;
 }
 
 int virtio_blk_fd(const struct virtio_blk *blk)
@@ -323,6 +356,8 @@ static uint8_t do_rw(struct blk_req *r, bool to_guest, uint64_t data_len)
 		return bad_request(r, "write to a read-only disk");
 
 	io.file_off = r->sector * VIRTIO_BLK_SECTOR_SIZE;
+	if (!to_guest)
+		disk_copy_before_write(blk->copy, io.file_off, data_len);
 	/* Data follows the header in the readable stream, precedes the status in the writable. */
 	walk_stream(r->c, to_guest, to_guest ? 0 : VIRTIO_BLK_REQ_HDR_SIZE, data_len, file_io_piece,
 		    &io);

@@ -70,6 +70,18 @@ uint64_t virtio_blk_capacity(const struct virtio_blk *blk); /* in 512-byte secto
 int virtio_blk_fd(const struct virtio_blk *blk);
 bool virtio_blk_readonly(const struct virtio_blk *blk);
 
+/*
+ * Sets up a point-in-time copy of the image into dst_fd (owned from now on;
+ * devices/disk_copy.h): guest writes from now on copy the old contents of
+ * the chunks they change first. Call with the guest paused; start it with
+ * disk_copy_start(virtio_blk_copy(blk)). An earlier copy is stopped and freed.
+ */
+int virtio_blk_begin_copy(struct virtio_blk *blk, int dst_fd, const char *name, struct fk_err *err);
+/* Stops and frees the copy; with the guest paused. */
+void virtio_blk_end_copy(struct virtio_blk *blk);
+/* The copy of the last virtio_blk_begin_copy, or NULL. */
+struct disk_copy *virtio_blk_copy(const struct virtio_blk *blk);
+
 struct virtio_blk_stats {
 	uint64_t requests;     /* chains completed, any status */
 	uint64_t bad_requests; /* answered IOERR because the request was malformed */

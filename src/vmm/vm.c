@@ -280,7 +280,7 @@ static int setup_serial_input(struct vm *vm, struct fk_err *err)
 	in->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (in->wake_fd < 0)
 		return fk_fail_errno(err, errno, "eventfd");
-	ret = event_loop_add(&vm->loop, in->wake_fd, EPOLLIN, on_serial_space, vm, err);
+	ret = event_loop_add_device(&vm->loop, in->wake_fd, EPOLLIN, on_serial_space, vm, err);
 	if (ret < 0)
 		return ret;
 	vm->serial.rx_space = serial_rx_space;
@@ -288,7 +288,7 @@ static int setup_serial_input(struct vm *vm, struct fk_err *err)
 	if (S_ISDIR(st.st_mode))
 		return fk_fail(err, EISDIR, "--serial-in %s: is a directory", spec);
 	in->is_stream = true;
-	if (event_loop_add(&vm->loop, in->fd, EPOLLIN, on_serial_input, vm, err) == 0)
+	if (event_loop_add_device(&vm->loop, in->fd, EPOLLIN, on_serial_input, vm, err) == 0)
 		return 0;
 	if (err->code != EPERM)
 		return -err->code;
@@ -355,7 +355,7 @@ static int setup_disk(struct vm *vm, int i, struct fk_err *err)
 		d->notify_fd = -1;
 		return 0;
 	}
-	return event_loop_add(&vm->loop, d->notify_fd, EPOLLIN, on_disk_notify, d, err);
+	return event_loop_add_device(&vm->loop, d->notify_fd, EPOLLIN, on_disk_notify, d, err);
 }
 
 static void on_vsock_event(void *opaque, uint32_t events)
@@ -415,8 +415,8 @@ int vm_setup_vsock(struct vm *vm, struct fk_err *err)
 		if (ret < 0)
 			return ret;
 	}
-	ret = event_loop_add(&vm->loop, virtio_vsock_epoll_fd(v->dev), EPOLLIN, on_vsock_event, vm,
-			     err);
+	ret = event_loop_add_device(&vm->loop, virtio_vsock_epoll_fd(v->dev), EPOLLIN,
+				    on_vsock_event, vm, err);
 	if (ret < 0)
 		return ret;
 	v->loop_watched = true;

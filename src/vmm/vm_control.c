@@ -179,6 +179,8 @@ static int cmd_branch(void *opaque, json_t *request, json_t *reply, struct fk_er
 		json_object_set_new(reply, "park_us", json_integer((json_int_t)res->park_us));
 		json_object_set_new(reply, "capture_us", json_integer((json_int_t)res->capture_us));
 		json_object_set_new(reply, "fork_us", json_integer((json_int_t)res->fork_us));
+		json_object_set_new(reply, "disk_copy_us",
+				    json_integer((json_int_t)res->disk_copy_us));
 		put_children(reply, res);
 		if (req.persist) {
 			json_object_set_new(reply, "persist",
@@ -243,8 +245,11 @@ static int cmd_zygote(void *opaque, json_t *request, json_t *reply, struct fk_er
 		if (!res)
 			return fk_fail(err, ENOMEM, "zygote: out of memory");
 		ret = branch_spawn(vm, (int)id, (int)n, res, err);
-		if (ret == 0)
+		if (ret == 0) {
+			json_object_set_new(reply, "disk_copy_us",
+					    json_integer((json_int_t)res->disk_copy_us));
 			put_children(reply, res);
+		}
 		free(res);
 		return ret;
 	}

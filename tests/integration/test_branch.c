@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -356,6 +357,123 @@ static void test_child_disks_are_private(void **state)
 	stop_source(&s);
 }
 
+static char *kid_blkr(const struct kid *k, int sector)
+{
+	char line[64], want[64];
+	int skip = kid_lines(k);
+
+	snprintf(line, sizeof(line), "blkr %d\n", sector);
+	kid_send(k, line);
+	snprintf(want, sizeof(want), "blkr.sector=%d status=0 ", sector);
+	return kid_line(k, want, skip);
+}
+
+struct async_call {
+	const char *sock;
+	char req[700];
+	json_t *reply;
+	char err[256];
+};
+
+static void *async_call_thread(void *arg)
+{
+	struct async_call *a = arg;
+
+	a->reply = harness_call(a->sock, a->req, a->err, sizeof(a->err));
+	return NULL;
+}
+
+static void kid_from_reply(json_t *r, struct kid *k)
+{
+	json_t *c = json_array_get(json_object_get(r, "children"), 0);
+
+	assert_non_null(c);
+	snprintf(k->dir, sizeof(k->dir), "%s", json_string_value(json_object_get(c, "dir")));
+	k->pid = (int)json_integer_value(json_object_get(c, "pid"));
+}
+
+/*
+ * The writable disk is copied after the pause, while the source runs on
+ * (slowed here by a fault hook so that the source's write lands while the
+ * copy is pending): the child still sees the disk of the branch instant; the
+ * next branch and its persisted snapshot see the source's write.
+ */
+static void test_disk_copy_is_the_branch_instant(void **state)
+{
+	enum { DISK_MIB = 64, EARLY = 10, LATE = DISK_MIB * 2048 - 8 };
+	char disk[300], line[64], snap[300], copy[400], buf[512];
+	static char fill[1 << 20];
+	struct async_call a = {0};
+	struct source s;
+	struct kid first, second;
+	pthread_t thread;
+	json_t *r;
+	int fd;
+	char *l;
+
+	(void)state;
+	snprintf(disk, sizeof(disk), "%s/copy-disk.img", dir);
+	snprintf(snap, sizeof(snap), "%s/copy-persisted", dir);
+	/* Dense, so the copy has work to do; the marker sectors read as text. */
+	memset(fill, 0xff, sizeof(fill));
+	fd = open(disk, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	for (int i = 0; i < DISK_MIB; i++)
+		assert_int_equal(write(fd, fill, sizeof(fill)), (ssize_t)sizeof(fill));
+	assert_int_equal(pwrite(fd, "host-orig", 10, EARLY * 512), 10);
+	assert_int_equal(pwrite(fd, "host-orig", 10, (off_t)LATE * 512), 10);
+	close(fd);
+	setenv("FORKD_FAULT_INJECT", "disk-copy-slow", 1);
+	start_source(&s, "128M", "1", "work=idle", disk);
+	unsetenv("FORKD_FAULT_INJECT");
+
+	/* Branch; once the pause has made the copy's file, the source writes. */
+	a.sock = s.sock;
+	snprintf(a.req, sizeof(a.req), "{\"cmd\":\"branch\",\"n\":1,\"dir\":\"%s/copy-b1\"}", dir);
+	snprintf(copy, sizeof(copy), "%s/copy-b1/disk0.img", dir);
+	assert_int_equal(pthread_create(&thread, NULL, async_call_thread, &a), 0);
+	for (int i = 0; i < TIMEOUT_MS / 10 && access(copy, F_OK) < 0; i++)
+		usleep(10 * 1000);
+	snprintf(line, sizeof(line), "blkw %d src\n", LATE);
+	vmm_send(&s.p, line);
+	snprintf(line, sizeof(line), "blkw.sector=%d status=0", LATE);
+	need_line(&s.p, line);
+	pthread_join(thread, NULL);
+	if (!a.reply || !json_is_true(json_object_get(a.reply, "ok")))
+		fail_msg("branch: %s", a.err);
+	assert_true(json_integer_value(json_object_get(a.reply, "disk_copy_us")) > 0);
+	kid_from_reply(a.reply, &first);
+	json_decref(a.reply);
+	for (int sector = EARLY; sector <= LATE; sector += LATE - EARLY) {
+		l = kid_blkr(&first, sector);
+		assert_non_null(strstr(l, "text=host-orig"));
+		free(l);
+	}
+
+	/* The next branch, persisted, is of the disk with the source's write. */
+	snprintf(a.req, sizeof(a.req),
+		 "{\"cmd\":\"branch\",\"n\":1,\"persist\":\"%s\",\"wait\":true,\"dir\":\"%s/"
+		 "copy-b2\"}",
+		 snap, dir);
+	r = call(s.sock, a.req, true);
+	assert_string_equal(json_string_value(json_object_get(r, "persist")), "ready");
+	kid_from_reply(r, &second);
+	json_decref(r);
+	l = kid_blkr(&second, LATE);
+	assert_non_null(strstr(l, "text=forkd-blkw src"));
+	free(l);
+	snprintf(copy, sizeof(copy), "%s/disk0.img", snap);
+	fd = open(copy, O_RDONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, buf, sizeof(buf), (off_t)LATE * 512), 512);
+	assert_memory_equal(buf, "forkd-blkw src", 14);
+	assert_int_equal(pread(fd, buf, sizeof(buf), EARLY * 512), 512);
+	assert_memory_equal(buf, "host-orig", 9);
+	close(fd);
+	kid_shutdown(&first);
+	kid_shutdown(&second);
+	stop_source(&s);
+}
+
 static void test_persist_branch_point(void **state)
 {
 	char req[700], snap[300], sock[300];
@@ -508,6 +626,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_child_of_child),
 	    cmocka_unit_test(test_branch_5g_guest),
 	    cmocka_unit_test(test_child_disks_are_private),
+	    cmocka_unit_test(test_disk_copy_is_the_branch_instant),
 	    cmocka_unit_test(test_persist_branch_point),
 	    cmocka_unit_test(test_bad_branch_requests),
 	    cmocka_unit_test(test_branch_failures_leave_nothing),
