@@ -3,21 +3,27 @@
  * Sandbox measurements against a running Linux VM with forkd-agent
  * (bench/sandbox.sh boots it). One JSON object per line:
  *
- *   {"bench":"sandbox","op":"exec_rtt","host":H,"runs":N,"p50_ms":..,"p99_ms":..}
+ *   {"bench":"sandbox","op":"exec_rtt",H,"runs":N,"p50_ms":..,"p99_ms":..}
  *       exec of `true`: request sent to EXIT received, one connection each
- *   {"bench":"sandbox","op":"vsock_bulk","host":H,"mib":N,"mib_s":..}
+ *   {"bench":"sandbox","op":"vsock_bulk",H,"mib":N,"mib_s":..}
  *       N MiB of a command's stdout (head -c of /dev/zero) through agent and vsock
- *   {"bench":"sandbox","op":"branch_to_exec","host":H,"children":N,"p50_ms":..,
- *    "rng_distinct":bool}
- *       BRANCH request to the first exec answered in the child (its fork
- *       notification included), one child per round; rng_distinct: every
- *       child read different bytes from /dev/urandom
+ *   {"bench":"sandbox","op":"branch_to_exec",H,"branches":B,"per_branch":K,
+ *    "children":B*K,"p50_ms":..,"max_ms":..,"rng_distinct":bool}
+ *       BRANCH request to the first exec answered in a child (its fork
+ *       notification included), one sample per child: B BRANCHes of K
+ *       children each, every child polled from its own thread; rng_distinct:
+ *       every child read different bytes from /dev/urandom
+ *
+ * H is "host":"native", or "host":"nested","tcg":true|false inside the nested
+ * test host (--host is FORKD_TESTHOST_KIND's value there).
  *
  *   sandbox-bench --vsock PATH --control PATH --host native|nested-tcg|nested-kvm
- *                 [--runs N] [--branches N] [--mib N] [--dir DIR]
+ *                 [--runs N] [--branches B] [--per-branch K] [--mib N] [--dir DIR]
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,7 +95,7 @@ static int bench_exec_rtt(const char *uds, const char *host, int runs)
 		t[i] = now_ms() - t0;
 	}
 	double p50 = percentile(t, runs, 0.5), p99 = percentile(t, runs, 0.99);
-	printf("{\"bench\":\"sandbox\",\"op\":\"exec_rtt\",\"host\":\"%s\",\"runs\":%d,"
+	printf("{\"bench\":\"sandbox\",\"op\":\"exec_rtt\",%s,\"runs\":%d,"
 	       "\"p50_ms\":%.3f,\"p99_ms\":%.3f}\n",
 	       host, runs, p50, p99);
 	free(t);
@@ -114,7 +120,7 @@ static int bench_bulk(const char *uds, const char *host, int mib)
 			(unsigned long long)res.out_bytes, (long long)mib << 20);
 		return -EIO;
 	}
-	printf("{\"bench\":\"sandbox\",\"op\":\"vsock_bulk\",\"host\":\"%s\",\"mib\":%d,"
+	printf("{\"bench\":\"sandbox\",\"op\":\"vsock_bulk\",%s,\"mib\":%d,"
 	       "\"mib_s\":%.1f}\n",
 	       host, mib, mib / (ms / 1e3));
 	return 0;
@@ -140,74 +146,138 @@ static int call_ok(const char *sock, json_t *req, json_t **reply)
 	return 0;
 }
 
-static int bench_branch(const char *control, const char *host, int rounds, const char *dir)
+/* One BRANCH child, polled from its own thread so that every child of a
+ * BRANCH is timed from the same request. */
+struct child_probe {
+	pthread_t thread;
+	char uds[700];
+	double t0, ms;
+	char rng[40];
+	int ret;
+	struct fk_err err;
+};
+
+static void *probe_child(void *arg)
 {
-	double *t = calloc((size_t)rounds, sizeof(*t));
-	char(*rng)[40] = calloc((size_t)rounds, sizeof(*rng));
+	struct child_probe *c = arg;
+	struct fk_exec_result res;
+	int fd = memfd_create("rng", MFD_CLOEXEC);
+
+	/* The child's socket appears once it runs; the agent answers after its
+	 * notification. */
+	for (;;) {
+		c->ret = run_sh(c->uds, "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'", fd,
+				&res, &c->err);
+		if (c->ret == 0 || now_ms() - c->t0 > 120000)
+			break;
+		/* Whatever a failed attempt wrote is not the answer. */
+		if (ftruncate(fd, 0) < 0 || lseek(fd, 0, SEEK_SET) < 0)
+			c->ret = fk_fail_errno(&c->err, errno, "memfd: truncate");
+		usleep(2000);
+	}
+	c->ms = now_ms() - c->t0;
+	ssize_t n = pread(fd, c->rng, sizeof(c->rng) - 1, 0);
+	c->rng[n > 0 ? n : 0] = '\0';
+	close(fd);
+	return NULL;
+}
+
+/* BRANCH request to the first exec answered, for every child of `branches`
+ * BRANCHes of `per` children each. */
+static int bench_branch(const char *control, const char *host, int branches, int per,
+			const char *dir)
+{
+	int total = branches * per, done = 0;
+	double *t = calloc((size_t)total, sizeof(*t));
+	char(*rng)[40] = calloc((size_t)total, sizeof(*rng));
+	struct child_probe *c = calloc((size_t)per, sizeof(*c));
 	bool distinct = true;
 	int ret = -EIO;
 
-	if (!t || !rng)
+	if (!t || !rng || !c)
 		goto out;
-	for (int i = 0; i < rounds; i++) {
-		char bdir[600], uds[700], csock[700];
-		struct fk_exec_result res;
-		struct fk_err err = {0};
+	for (int b = 0; b < branches; b++) {
+		char bdir[600], csock[700];
 		json_t *reply;
-		int fd = memfd_create("rng", MFD_CLOEXEC);
+		int started = 0, failed = 0;
 
-		snprintf(bdir, sizeof(bdir), "%s/branch-%d", dir, i);
+		snprintf(bdir, sizeof(bdir), "%s/branch-%d", dir, b);
 		double t0 = now_ms();
 		if (call_ok(control,
-			    json_pack("{s:s,s:i,s:s}", "cmd", "branch", "n", 1, "dir", bdir),
+			    json_pack("{s:s,s:i,s:s}", "cmd", "branch", "n", per, "dir", bdir),
 			    &reply) < 0)
 			goto out;
 		long long zygote = json_integer_value(json_object_get(reply, "zygote"));
 		json_decref(reply);
-		snprintf(uds, sizeof(uds), "%s/child-0/vsock.sock", bdir);
-		/* The child's socket appears once it runs; the agent answers after its
-		 * notification. */
-		for (;;) {
-			ret = run_sh(uds, "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'",
-				     fd, &res, &err);
-			if (ret == 0 || now_ms() - t0 > 120000)
+		for (int k = 0; k < per; k++) {
+			memset(&c[k], 0, sizeof(c[k]));
+			snprintf(c[k].uds, sizeof(c[k].uds), "%s/child-%d/vsock.sock", bdir, k);
+			c[k].t0 = t0;
+			if (pthread_create(&c[k].thread, NULL, probe_child, &c[k]) != 0) {
+				fprintf(stderr, "sandbox-bench: branch %d: pthread_create failed\n",
+					b);
+				failed = 1;
 				break;
-			usleep(2000);
+			}
+			started++;
 		}
-		if (ret < 0) {
-			fprintf(stderr, "sandbox-bench: branch %d: %s\n", i, err.msg);
-			close(fd);
-			goto out;
+		for (int k = 0; k < started; k++) {
+			pthread_join(c[k].thread, NULL);
+			if (c[k].ret < 0) {
+				fprintf(stderr, "sandbox-bench: branch %d child %d: %s\n", b, k,
+					c[k].err.msg);
+				failed = 1;
+				continue;
+			}
+			t[done] = c[k].ms;
+			memcpy(rng[done], c[k].rng, sizeof(rng[done]));
+			for (int j = 0; j < done; j++)
+				distinct &= strcmp(rng[done], rng[j]) != 0;
+			done++;
 		}
-		t[i] = now_ms() - t0;
-		ssize_t n = pread(fd, rng[i], sizeof(rng[i]) - 1, 0);
-		rng[i][n > 0 ? n : 0] = '\0';
-		close(fd);
-		for (int j = 0; j < i; j++)
-			distinct &= strcmp(rng[i], rng[j]) != 0;
-		snprintf(csock, sizeof(csock), "%s/child-0/control.sock", bdir);
-		if (call_ok(csock, json_pack("{s:s}", "cmd", "shutdown"), &reply) == 0)
-			json_decref(reply);
+		for (int k = 0; k < per; k++) {
+			snprintf(csock, sizeof(csock), "%s/child-%d/control.sock", bdir, k);
+			if (call_ok(csock, json_pack("{s:s}", "cmd", "shutdown"), &reply) == 0)
+				json_decref(reply);
+		}
 		if (call_ok(control,
 			    json_pack("{s:s,s:s,s:I}", "cmd", "zygote", "action", "release", "id",
 				      (json_int_t)zygote),
 			    &reply) == 0)
 			json_decref(reply);
+		if (failed)
+			goto out;
 	}
-	printf("{\"bench\":\"sandbox\",\"op\":\"branch_to_exec\",\"host\":\"%s\",\"children\":%d,"
-	       "\"p50_ms\":%.1f,\"rng_distinct\":%s}\n",
-	       host, rounds, percentile(t, rounds, 0.5), distinct ? "true" : "false");
+	printf("{\"bench\":\"sandbox\",\"op\":\"branch_to_exec\",%s,\"branches\":%d,"
+	       "\"per_branch\":%d,\"children\":%d,\"p50_ms\":%.1f,\"max_ms\":%.1f,"
+	       "\"rng_distinct\":%s}\n",
+	       host, branches, per, total, percentile(t, total, 0.5), percentile(t, total, 1.0),
+	       distinct ? "true" : "false");
 	ret = 0;
 out:
 	free(t);
 	free(rng);
+	free(c);
 	return ret;
+}
+
+/* The row's host fields for FORKD_TESTHOST_KIND's values: nested rows say so,
+ * and whether the nested host is an emulator (TCG). NULL for anything else. */
+static const char *host_fields(const char *kind)
+{
+	if (!strcmp(kind, "native"))
+		return "\"host\":\"native\"";
+	if (!strcmp(kind, "nested-tcg"))
+		return "\"host\":\"nested\",\"tcg\":true";
+	if (!strcmp(kind, "nested-kvm"))
+		return "\"host\":\"nested\",\"tcg\":false";
+	return NULL;
 }
 
 int main(int argc, char **argv)
 {
 	const char *vsock = NULL, *control = NULL, *host = NULL, *dir = "/tmp";
-	int runs = 200, branches = 20, mib = 256;
+	int runs = 200, branches = 5, per = 4, mib = 256;
 
 	/* One row per line as it is measured, also into a pipe. */
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -230,6 +300,8 @@ int main(int argc, char **argv)
 			runs = atoi(v);
 		else if (!strcmp(argv[i], "--branches"))
 			branches = atoi(v);
+		else if (!strcmp(argv[i], "--per-branch"))
+			per = atoi(v);
 		else if (!strcmp(argv[i], "--mib"))
 			mib = atoi(v);
 		else {
@@ -238,15 +310,17 @@ int main(int argc, char **argv)
 		}
 		i++;
 	}
+	if (host)
+		host = host_fields(host);
 	if (!vsock || !control || !host || runs < 1 || runs > 100000 || branches < 1 ||
-	    branches > 1000 || mib < 1 || mib > 65536) {
+	    branches > 1000 || per < 1 || per > 64 || mib < 1 || mib > 65536) {
 		fprintf(stderr, "usage: sandbox-bench --vsock PATH --control PATH --host "
 				"native|nested-tcg|nested-kvm [--runs 1..100000] [--branches "
-				"1..1000] [--mib 1..65536] [--dir DIR]\n");
+				"1..1000] [--per-branch 1..64] [--mib 1..65536] [--dir DIR]\n");
 		return 2;
 	}
 	if (bench_exec_rtt(vsock, host, runs) < 0 || bench_bulk(vsock, host, mib) < 0 ||
-	    bench_branch(control, host, branches, dir) < 0)
+	    bench_branch(control, host, branches, per, dir) < 0)
 		return 1;
 	return 0;
 }

@@ -1,52 +1,62 @@
 #!/usr/bin/env bash
-# The Linux sandbox, measured (bench/sandbox.c prints the rows): exec round
-# trip, vsock bulk throughput, BRANCH to the first exec answered in a child.
+# The Linux sandbox, measured. JSON lines on stdout (progress on stderr):
+#   exec_rtt        exec round trip (p50_ms, p99_ms)                 bench/sandbox.c
+#   vsock_bulk      a command's stdout through agent and vsock (mib_s)  bench/sandbox.c
+#   branch_to_exec  BRANCH request to the first exec answered in each child,
+#                   p50 over BRANCHES x PER_BRANCH children (default 5 x 4 = 20),
+#                   rng_distinct                                     bench/sandbox.c
+#   numpy_cold      VM start to a warm Python process with numpy imported (ms)
+#   numpy_branch    BRANCH of that VM to a child's first answer (ms)  scripts/sandbox-lib.sh
+# The first three run on Debian's kernel and our initramfs (1 GiB, 2 vCPUs);
+# the numpy rows on the forkd-demo-numpy image, as scripts/demo-sandbox.sh does.
 # A Linux guest needs hardware virtualization: elsewhere this runs inside the
 # nested test host (scripts/testhost.sh) and every row says
-# "host":"nested-tcg" — timings of an emulated machine, never compared with
-# native ones.
+# "host":"nested","tcg":true — timings of an emulated machine, never compared
+# with native ones ("host":"native").
 #
-#   bench/sandbox.sh [--runs N] [--branches N] [--mib N]
+#   bench/sandbox.sh [--runs N] [--branches N] [--per-branch N] [--mib N] [--numpy-children N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 # shellcheck source=scripts/kvm-kind.sh
 . scripts/kvm-kind.sh
+# shellcheck source=scripts/sandbox-lib.sh
+. scripts/sandbox-lib.sh
+sandbox_say_fd=2
 # Decided out here: inside the nested host /var/cache is read-only, which would
 # send default_images_dir to the checkout's (possibly stale) .cache/images.
 export FORKD_IMAGES=${FORKD_IMAGES:-$(default_images_dir)}
 
+bench_args=()
+numpy_kids=8
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--runs | --branches | --per-branch | --mib) bench_args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
+	--numpy-children) numpy_kids=${2:?--numpy-children needs a value}; shift 2 ;;
+	*) echo "bench/sandbox.sh: unknown option '$1' (expected --runs, --branches, --per-branch, --mib, --numpy-children)" >&2; exit 2 ;;
+	esac
+done
+case "$numpy_kids" in [1-9] | [1-9][0-9]) ;; *) echo "bench/sandbox.sh: --numpy-children '$numpy_kids': expected 1..99" >&2; exit 2 ;; esac
+
 if [ -z "${FORKD_BENCH_INSIDE:-}" ]; then
-	make -s -j2 build/forkd-vmm build/forkd build/bench/sandbox-bench images >/dev/null
+	make -s -j2 build/forkd-vmm build/forkd build/guest/forkd-agent build/bench/sandbox-bench images >/dev/null
+	sandbox_numpy_image_build >&2
 	if [ "$(kvm_kind)" != hardware ]; then
 		echo "bench/sandbox.sh: no hardware virtualization here: running in the nested test host" >&2
-		exec scripts/testhost.sh -- env FORKD_BENCH_INSIDE=1 bench/sandbox.sh "$@"
+		exec scripts/testhost.sh -- env FORKD_BENCH_INSIDE=1 bench/sandbox.sh "${bench_args[@]}" \
+			--numpy-children "$numpy_kids"
 	fi
 fi
-host=${FORKD_TESTHOST_KIND:-native}
 images=$FORKD_IMAGES
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/forkd-bench-sandbox.XXXXXX")
-vmm_pid=
-cleanup() {
-	# set -e reaches into this trap: the killed VMM's status (143) must not become ours.
-	if [ -n "$vmm_pid" ] && kill "$vmm_pid" 2>/dev/null; then wait "$vmm_pid" 2>/dev/null || true; fi
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
+trap 'sandbox_stop; rm -rf "$tmp"' EXIT
 
-build/forkd-vmm --kernel "$images/vmlinux" --initrd "$images/initramfs.cpio" --mem 1G --cpus 2 \
-	--vsock "$tmp/vsock.sock" --control "$tmp/control.sock" --serial "$tmp/console.log" \
-	--serial-in none --append "console=ttyS0 quiet forkd.agent=1" 2>"$tmp/vmm.err" &
-vmm_pid=$!
-for _ in $(seq 1 600); do
-	build/forkd agent "$tmp/vsock.sock" ping >/dev/null 2>&1 && break
-	kill -0 "$vmm_pid" 2>/dev/null || { echo "bench/sandbox.sh: the VM ended:" >&2; cat "$tmp/vmm.err" "$tmp/console.log" >&2; exit 1; }
-	sleep 0.2
-done
-build/forkd agent "$tmp/vsock.sock" ping >/dev/null || {
-	echo "bench/sandbox.sh: the agent never answered; the guest's console:" >&2
-	tail -n 20 "$tmp/console.log" "$tmp/vmm.err" >&2
-	exit 1
-}
-build/bench/sandbox-bench --vsock "$tmp/vsock.sock" --control "$tmp/control.sock" --host "$host" \
-	--dir "$tmp" "$@"
+sandbox_boot "$tmp/agent" --kernel "$images/vmlinux" --initrd "$images/initramfs.cpio" --mem 1G \
+	--cpus 2 --append "console=ttyS0 quiet forkd.agent=1"
+build/bench/sandbox-bench --vsock "$tmp/agent/vsock.sock" --control "$tmp/agent/control.sock" \
+	--host "${FORKD_TESTHOST_KIND:-native}" --dir "$tmp/agent" "${bench_args[@]}"
+sandbox_stop
+
+sandbox_numpy_cold "$tmp/numpy"
+sandbox_numpy_branch "$tmp/numpy" "$numpy_kids"
+sandbox_numpy_rows "$numpy_kids"
