@@ -1,5 +1,5 @@
 # Sourced by the test scripts: what this machine's /dev/kvm can do.
-# Kept in step with harness_kvm_kind() in tests/integration/harness.c.
+# Kept in step with fk_kvm_host_probe() in src/util/kvm_host.c.
 
 # none: no usable /dev/kvm; pvm: KVM-PVM (probe guests only: guest CPL0 is
 # emulated, a stock Linux kernel cannot run); hardware: VT-x/AMD-V.

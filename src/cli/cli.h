@@ -32,4 +32,8 @@ int cli_agent(int argc, char **argv);
  * returns the script's exit status, or CLI_EXIT_USAGE. */
 int cli_image(int argc, char **argv);
 
+/* `forkd doctor [--json]`: what this machine offers forkd (KVM kind, userfaultfd, THP, cgroup
+ * v2, disk space) and a verdict; 0 when the report was printed, CLI_EXIT_USAGE for bad flags. */
+int cli_doctor(int argc, char **argv);
+
 #endif

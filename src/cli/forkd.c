@@ -25,6 +25,7 @@ static const char usage_text[] =
     "       forkd cp SRC DST            (one of them VM:/absolute/path)\n"
     "       forkd agent VM ping|stat PATH|ls PATH|rm [-r] PATH|shutdown [poweroff|reboot]\n"
     "       forkd image build NAME [--packages P1,P2,...] | ls | rm NAME\n"
+    "       forkd doctor [--json]\n"
     "\n"
     "vm: sends one command to a forkd-vmm control socket and prints the reply as JSON.\n"
     "Exit status: 0 ok, 1 the VMM answered with an error, 2 usage error or no answer.\n"
@@ -51,7 +52,13 @@ static const char usage_text[] =
     "build makes NAME (Debian minbase + the packages + forkd-agent, ext4) in the image cache,\n"
     "or reuses it while its inputs are unchanged; ls prints one JSON line per image; rm\n"
     "removes one. Boot one with forkd-vmm --disk PATH,ro --append '... forkd.root=/dev/vda'.\n"
-    "Exit status: the script's (0 ok, 1 failed), 2 usage error.\n";
+    "Exit status: the script's (0 ok, 1 failed), 2 usage error.\n"
+    "\n"
+    "doctor: can this machine run forkd? /dev/kvm and its kind (hardware, pvm: probe guests\n"
+    "only, none: the nested test host scripts/testhost.sh runs everything), the KVM API\n"
+    "version and capabilities, userfaultfd, transparent huge pages, cgroup v2, free disk\n"
+    "space for images and scratch files, and a verdict; --json prints one JSON object.\n"
+    "Exit status: 0 the machine was inspected (whatever it lacks), 2 usage error.\n";
 
 int cli_usage_error(const char *fmt, ...)
 {
@@ -199,7 +206,7 @@ int main(int argc, char **argv)
 {
 	if (argc < 2)
 		return cli_usage_error(
-		    "%s", "expected a command (vm, spawn, kill, exec, cp, agent, image)");
+		    "%s", "expected a command (vm, spawn, kill, exec, cp, agent, image, doctor)");
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		fputs(usage_text, stdout);
@@ -219,6 +226,9 @@ int main(int argc, char **argv)
 		return cli_agent(argc - 2, argv + 2);
 	if (strcmp(argv[1], "image") == 0)
 		return cli_image(argc - 2, argv + 2);
+	if (strcmp(argv[1], "doctor") == 0)
+		return cli_doctor(argc - 2, argv + 2);
 	return cli_usage_error(
-	    "unknown command '%s' (expected vm, spawn, kill, exec, cp, agent or image)", argv[1]);
+	    "unknown command '%s' (expected vm, spawn, kill, exec, cp, agent, image or doctor)",
+	    argv[1]);
 }

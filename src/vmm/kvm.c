@@ -7,6 +7,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include "util/kvm_host.h"
 #include "vmm/layout.h"
 #include "vmm/vm.h"
 
@@ -67,23 +68,10 @@ int kvm_create_vm(struct vm *vm, struct fk_err *err)
 	uint64_t identity = LAYOUT_KVM_IDENTITY_MAP;
 	int max_vcpus, r;
 
-	static const struct {
-		long cap;
-		const char *name;
-	} required[] = {
-	    {KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"},
-	    {KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"},
-	    {KVM_CAP_SET_TSS_ADDR, "KVM_CAP_SET_TSS_ADDR"},
-	    {KVM_CAP_PIT2, "KVM_CAP_PIT2"},
-	    {KVM_CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID"},
-	    {KVM_CAP_IRQFD, "KVM_CAP_IRQFD"},
-	    {KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"},
-	};
-
-	for (size_t i = 0; i < sizeof(required) / sizeof(required[0]); i++)
-		if (!check_extension(vm, required[i].cap))
+	for (size_t i = 0; i < fk_kvm_nr_required_caps; i++)
+		if (!check_extension(vm, fk_kvm_required_caps[i].cap))
 			return fk_fail(err, ENOTSUP, "%s: KVM lacks %s", vm->cfg->kvm_path,
-				       required[i].name);
+				       fk_kvm_required_caps[i].name);
 	max_vcpus = check_extension(vm, KVM_CAP_MAX_VCPUS);
 	if (max_vcpus <= 0)
 		max_vcpus = check_extension(vm, KVM_CAP_NR_VCPUS);

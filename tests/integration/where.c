@@ -1,46 +1,30 @@
 /* SPDX-License-Identifier: MIT */
 #include "where.h"
 
-#include <fcntl.h>
-#include <stdbool.h>
+#include "util/kvm_host.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/kvm.h>
-#include <sys/ioctl.h>
-#include <sys/stat.h>
 #include <sys/utsname.h>
-#include <unistd.h>
-
-static bool exists(const char *path)
-{
-	struct stat st;
-
-	return stat(path, &st) == 0;
-}
 
 enum kvm_kind where_kvm_kind(void)
 {
 	const char *nested = getenv("FORKD_TESTHOST_KIND");
-	int fd;
 
 	/* Set by scripts/testhost.sh inside the nested host. */
 	if (nested && !strcmp(nested, "nested-tcg"))
 		return KVM_NESTED_TCG;
 	if (nested && !strcmp(nested, "nested-kvm"))
 		return KVM_NESTED_ACCEL;
-	fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-	if (fd < 0)
-		return KVM_NONE;
-	/* A KVM device answers with its API version (12); anything else is no KVM. */
-	int version = ioctl(fd, KVM_GET_API_VERSION, 0);
-	close(fd);
-	if (version != KVM_API_VERSION)
-		return KVM_NONE;
-	if (exists("/sys/module/kvm_pvm"))
+	switch (fk_kvm_kind()) {
+	case FK_KVM_PVM:
 		return KVM_PVM;
-	if (exists("/sys/module/kvm_amd") || exists("/sys/module/kvm_intel"))
+	case FK_KVM_HARDWARE:
 		return KVM_HARDWARE;
+	case FK_KVM_NONE:
+		break;
+	}
 	return KVM_NONE;
 }
 
