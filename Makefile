@@ -7,7 +7,7 @@ CC       ?= gcc
 CFLAGS_BASE := -std=gnu11 -Wall -Wextra -Werror -g -D_GNU_SOURCE -Isrc -Iinclude -MMD -MP
 OPTFLAGS ?= -O2
 SANFLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
-LIBS     := -lpthread -ljansson -lxxhash -llz4
+LIBS     := -lpthread -ljansson -lxxhash -llz4 -lsqlite3
 TESTLIBS := -lcmocka
 
 LIB_SRCS   := $(sort $(filter-out src/vmm/main.c src/cli/%.c,$(wildcard src/*/*.c)))

@@ -7,6 +7,7 @@ packages=(
 	libxxhash-dev
 	libjansson-dev
 	liblz4-dev
+	libsqlite3-dev
 	busybox-static
 	cpio
 	acpica-tools
