@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The sandbox's writable layer at BRANCH time: 256 MiB written to a writable
-# virtio-blk disk (which the fork engine copies inside the pause today) against
+# virtio-blk disk (which the fork engine copies after the pause, in the
+# background with copy-before-write: disk_copy_us) against
 # 256 MiB written to the root image's overlay upper layer, a tmpfs in guest RAM
 # (shared copy-on-write by fork: nothing copied). One JSON line per BRANCH:
-#   {"bench":"sandbox","op":"writable_layer","host":H,"layer":"disk-copied-in-pause"|"ram-upper",
-#    "mib":256,"run":N,"pause_us":..,"capture_us":..}
+#   {"bench":"sandbox","op":"writable_layer","host":H,"layer":"disk-copied-after-pause"|"ram-upper",
+#    "mib":256,"run":N,"pause_us":..,"capture_us":..,"disk_copy_us":..}
 # Needs the image forkd-test-base (make test-rootfs). A Linux guest needs hardware
 # virtualization; elsewhere this runs in the nested test host and says so in "host".
 #
@@ -45,7 +46,7 @@ measure() { # LAYER EXTRA_VMM_ARGS FILL_COMMAND
 	build/forkd exec "$d/v.sock" -- sh -c "$3"
 	for k in $(seq 1 "$runs"); do
 		r=$(build/forkd vm call --socket "$d/c.sock" "{\"cmd\":\"branch\",\"n\":1,\"dir\":\"$d/b$k\"}")
-		echo "{\"bench\":\"sandbox\",\"op\":\"writable_layer\",\"host\":\"$host\",\"layer\":\"$1\",\"mib\":256,\"run\":$k,\"pause_us\":$(sed -n 's/.*"pause_us": *\([0-9]*\).*/\1/p' <<<"$r" | head -n1),\"capture_us\":$(sed -n 's/.*"capture_us": *\([0-9]*\).*/\1/p' <<<"$r" | head -n1)}"
+		echo "{\"bench\":\"sandbox\",\"op\":\"writable_layer\",\"host\":\"$host\",\"layer\":\"$1\",\"mib\":256,\"run\":$k,\"pause_us\":$(sed -n 's/.*"pause_us": *\([0-9]*\).*/\1/p' <<<"$r" | head -n1),\"capture_us\":$(sed -n 's/.*"capture_us": *\([0-9]*\).*/\1/p' <<<"$r" | head -n1),\"disk_copy_us\":$(sed -n 's/.*"disk_copy_us": *\([0-9]*\).*/\1/p' <<<"$r" | head -n1)}"
 		build/forkd vm shutdown --socket "$d/b$k/child-0/control.sock" >/dev/null 2>&1 || true
 		build/forkd vm call --socket "$d/c.sock" "{\"cmd\":\"zygote\",\"action\":\"release\",\"id\":$(sed -n 's/.*"zygote": *\([0-9]*\).*/\1/p' <<<"$r" | head -n1)}" >/dev/null
 	done
@@ -55,5 +56,5 @@ measure() { # LAYER EXTRA_VMM_ARGS FILL_COMMAND
 }
 
 truncate -s 256M "$work/disk.img"
-measure disk-copied-in-pause "--disk $work/disk.img" "dd if=/dev/urandom of=/dev/vdb bs=1M count=256 conv=fsync 2>/dev/null"
+measure disk-copied-after-pause "--disk $work/disk.img" "dd if=/dev/urandom of=/dev/vdb bs=1M count=256 conv=fsync 2>/dev/null"
 measure ram-upper "" "dd if=/dev/urandom of=/root/big bs=1M count=256 2>/dev/null && sync"

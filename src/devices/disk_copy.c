@@ -156,6 +156,17 @@ static void *copy_thread(void *arg)
 		copy_chunk_locked(c, i);
 		pthread_mutex_unlock(&c->lock);
 	}
+	/*
+	 * Done with the copy's file: closed here, not in disk_copy_free, which
+	 * runs in a later pause, where dropping the last reference to an
+	 * unlinked copy would free its pages inside the pause.
+	 */
+	if (!__atomic_load_n(&c->pending_chunks, __ATOMIC_ACQUIRE)) {
+		pthread_mutex_lock(&c->lock);
+		close(c->dst_fd);
+		c->dst_fd = -1;
+		pthread_mutex_unlock(&c->lock);
+	}
 	signal_done(c);
 	return NULL;
 }
