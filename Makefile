@@ -10,7 +10,7 @@ SANFLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-saniti
 LIBS     := -lpthread -ljansson -lxxhash -llz4 -lsqlite3
 TESTLIBS := -lcmocka
 
-LIB_SRCS   := $(sort $(filter-out src/vmm/main.c src/cli/%.c,$(wildcard src/*/*.c)))
+LIB_SRCS   := $(sort $(filter-out src/core/main.c src/cli/%.c,$(wildcard src/*/*.c)))
 UNIT_SRCS  := $(sort $(wildcard tests/unit/test_*.c))
 ITEST_SRCS := $(sort $(wildcard tests/integration/test_*.c))
 ITEST_HELPERS := $(filter-out $(ITEST_SRCS),$(wildcard tests/integration/*.c))
@@ -53,10 +53,10 @@ $(BUILD)/asan/libforkd.a: $(LIB_ASAN_OBJS)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(VMM): $(BUILD)/obj/src/vmm/main.o $(BUILD)/libforkd.a
+$(VMM): $(BUILD)/obj/src/core/main.o $(BUILD)/libforkd.a
 	$(CC) $(OPTFLAGS) -o $@ $^ $(LIBS)
 
-$(VMM_ASAN): $(BUILD)/asan/obj/src/vmm/main.o $(BUILD)/asan/libforkd.a
+$(VMM_ASAN): $(BUILD)/asan/obj/src/core/main.o $(BUILD)/asan/libforkd.a
 	$(CC) $(SANFLAGS) -o $@ $^ $(LIBS)
 
 CLI_OBJS := $(sort $(wildcard src/cli/*.c))

@@ -52,7 +52,7 @@ vmm_pid=$!
 for _ in $(seq 1 200); do grep -q DONE "$work/console.log" 2>/dev/null && break; sleep 0.05; done
 grep -q DONE "$work/console.log" || { echo "bench/disk_branch.sh: the probe guest did not start:" >&2; cat "$work/err" >&2; exit 1; }
 for k in $(seq 1 "$runs"); do
-	r=$(build/forkd vm call --socket "$work/c.sock" "{\"cmd\":\"branch\",\"n\":1,\"dir\":\"$work/b$k\"}")
+	r=$(build/forkd vm call --socket "$work/c.sock" --timeout 300000 "{\"cmd\":\"branch\",\"n\":1,\"dir\":\"$work/b$k\"}")
 	echo "{\"bench\":\"branch\",\"op\":\"writable_disk\",\"host\":\"$host\",\"disk_mib\":$mib,\"run\":$k,\"pause_us\":$(field pause_us "$r"),\"capture_us\":$(field capture_us "$r"),\"disk_copy_us\":$(field disk_copy_us "$r")}"
 	build/forkd vm shutdown --socket "$work/b$k/child-0/control.sock" >/dev/null 2>&1 || true
 	build/forkd vm call --socket "$work/c.sock" "{\"cmd\":\"zygote\",\"action\":\"release\",\"id\":$(field zygote "$r")}" >/dev/null

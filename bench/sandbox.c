@@ -32,7 +32,7 @@
 #include <unistd.h>
 
 #include "agent/agent_client.h"
-#include "vmm/control.h"
+#include "control/control.h"
 
 #define CONNECT_MS 10000
 

@@ -45,7 +45,7 @@ measure() { # LAYER EXTRA_VMM_ARGS FILL_COMMAND
 	for _ in $(seq 1 300); do build/forkd agent "$d/v.sock" ping >/dev/null 2>&1 && break; sleep 0.5; done
 	build/forkd exec "$d/v.sock" -- sh -c "$3"
 	for k in $(seq 1 "$runs"); do
-		r=$(build/forkd vm call --socket "$d/c.sock" "{\"cmd\":\"branch\",\"n\":1,\"dir\":\"$d/b$k\"}")
+		r=$(build/forkd vm call --socket "$d/c.sock" --timeout 300000 "{\"cmd\":\"branch\",\"n\":1,\"dir\":\"$d/b$k\"}")
 		echo "{\"bench\":\"sandbox\",\"op\":\"writable_layer\",\"host\":\"$host\",\"layer\":\"$1\",\"mib\":256,\"run\":$k,\"pause_us\":$(sed -n 's/.*"pause_us": *\([0-9]*\).*/\1/p' <<<"$r" | head -n1),\"capture_us\":$(sed -n 's/.*"capture_us": *\([0-9]*\).*/\1/p' <<<"$r" | head -n1),\"disk_copy_us\":$(sed -n 's/.*"disk_copy_us": *\([0-9]*\).*/\1/p' <<<"$r" | head -n1)}"
 		build/forkd vm shutdown --socket "$d/b$k/child-0/control.sock" >/dev/null 2>&1 || true
 		build/forkd vm call --socket "$d/c.sock" "{\"cmd\":\"zygote\",\"action\":\"release\",\"id\":$(sed -n 's/.*"zygote": *\([0-9]*\).*/\1/p' <<<"$r" | head -n1)}" >/dev/null

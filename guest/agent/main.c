@@ -25,7 +25,7 @@
 #include <unistd.h>
 
 #define DEFAULT_GENID_DEV  "/dev/mem"
-#define DEFAULT_GENID_ADDR 0xDFF00ull /* src/vmm/layout.h LAYOUT_VMGENID_ADDR */
+#define DEFAULT_GENID_ADDR 0xDFF00ull /* src/core/layout.h LAYOUT_VMGENID_ADDR */
 /* More concurrent operations than this are refused, so a runaway host cannot fork-bomb the guest.
  */
 #define MAX_HANDLERS   1024

@@ -44,7 +44,7 @@
 
 #include "forkd/probe_pattern.h"
 
-#define DEFAULT_GENID_ADDR 0xDFF00ULL /* src/vmm/layout.h LAYOUT_VMGENID_ADDR */
+#define DEFAULT_GENID_ADDR 0xDFF00ULL /* src/core/layout.h LAYOUT_VMGENID_ADDR */
 #define MAX_WRITERS	   64
 #define PAGE		   PROBE_PATTERN_PAGE_SIZE
 #define TEAR_AHEAD	   1000

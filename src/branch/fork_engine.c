@@ -20,10 +20,10 @@
 #include <unistd.h>
 
 #include "devices/disk_copy.h"
-#include "snapshot/format.h"
-#include "vmm/vm.h"
-#include "vmm/vm_snapshot.h"
-#include "vmm/vm_state.h"
+#include "state/snapshot_format.h"
+#include "core/vm.h"
+#include "state/vm_snapshot.h"
+#include "state/vm_state.h"
 
 #define MSG_MAX			4096
 #define CHILD_READY_TIMEOUT_MS	30000
@@ -363,11 +363,40 @@ zygote_main(struct vm *source, struct snap_writer *w, const char *dir, int sock,
 
 /* ---- source side ---- */
 
+static void branch_teardown(struct vm *vm)
+{
+	branch_release_all(vm);
+	recollapse_stop(&vm->branch->recollapse);
+	free(vm->branch);
+	vm->branch = NULL;
+}
+
+static const struct vm_engine_ops branch_engine_ops = {.teardown = branch_teardown};
+
+/* BRANCH's state comes with the first branch: a VM never branched carries none. */
+static int branch_state_get(struct vm *vm, struct fk_err *err)
+{
+	if (vm->branch)
+		return 0;
+	vm->branch = calloc(1, sizeof(*vm->branch));
+	if (!vm->branch)
+		return fk_fail(err, ENOMEM, "branch: out of memory");
+	vm->branch_ops = &branch_engine_ops;
+	return 0;
+}
+
+const struct zygote *branch_zygotes(const struct vm *vm)
+{
+	return vm->branch ? vm->branch->zygotes : NULL;
+}
+
 static struct zygote *find_zygote(struct vm *vm, int id)
 {
+	if (!vm->branch)
+		return NULL;
 	for (int i = 0; i < BRANCH_MAX_ZYGOTES; i++)
-		if (vm->zygotes[i].in_use && vm->zygotes[i].id == id)
-			return &vm->zygotes[i];
+		if (vm->branch->zygotes[i].in_use && vm->branch->zygotes[i].id == id)
+			return &vm->branch->zygotes[i];
 	return NULL;
 }
 
@@ -397,11 +426,11 @@ static void zygote_gone(struct vm *vm, struct zygote *z)
 	}
 	z->in_use = false;
 	for (int i = 0; i < BRANCH_MAX_ZYGOTES; i++)
-		if (vm->zygotes[i].in_use)
+		if (vm->branch->zygotes[i].in_use)
 			return;
 	/* The RAM is no longer shared: make the next fork cheap again. */
 	if (vm->mem.backend == GUEST_MEM_ANON && !getenv("FORKD_NO_RECOLLAPSE"))
-		recollapse_start(&vm->recollapse, &vm->mem);
+		recollapse_start(&vm->branch->recollapse, &vm->mem);
 }
 
 static void on_zygote_msg(void *opaque, uint32_t events)
@@ -607,24 +636,28 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 	 * subreaper for VMs whose source exited.
 	 */
 	prctl(PR_SET_CHILD_SUBREAPER, 1);
-	recollapse_stop(&vm->recollapse);
+	ret = branch_state_get(vm, err);
+	if (ret < 0)
+		return ret;
+	recollapse_stop(&vm->branch->recollapse);
 	if (vm_is_paused(vm))
 		return fk_fail(err, EBUSY, "branch: the VM is paused; resume it first");
 	/* The disks get new copies: the last zygote's must be complete (not in the pause). */
 	for (int i = 0; i < BRANCH_MAX_ZYGOTES; i++) {
 		struct fk_err kept;
-		if (vm->zygotes[i].in_use && zygote_disks_ready(vm, &vm->zygotes[i], &kept) < 0) {
+		if (vm->branch->zygotes[i].in_use &&
+		    zygote_disks_ready(vm, &vm->branch->zygotes[i], &kept) < 0) {
 			/* Kept in that zygote: its spawns and persist report it. */
 		}
 	}
-	for (slot = 0; slot < BRANCH_MAX_ZYGOTES && vm->zygotes[slot].in_use; slot++)
+	for (slot = 0; slot < BRANCH_MAX_ZYGOTES && vm->branch->zygotes[slot].in_use; slot++)
 		;
 	if (slot == BRANCH_MAX_ZYGOTES)
 		return fk_fail(err, ENOSPC, "branch: %d zygotes already exist; release one",
 			       BRANCH_MAX_ZYGOTES);
-	z = &vm->zygotes[slot];
+	z = &vm->branch->zygotes[slot];
 	memset(z, 0, sizeof(*z));
-	z->id = ++vm->next_zygote_id;
+	z->id = ++vm->branch->next_zygote_id;
 	z->vm = vm;
 	if (req->dir)
 		snprintf(z->dir, sizeof(z->dir), "%s", req->dir);
@@ -793,7 +826,9 @@ int branch_release(struct vm *vm, int id, struct fk_err *err)
 
 void branch_release_all(struct vm *vm)
 {
+	if (!vm->branch)
+		return;
 	for (int i = 0; i < BRANCH_MAX_ZYGOTES; i++)
-		if (vm->zygotes[i].in_use)
-			branch_release(vm, vm->zygotes[i].id, &(struct fk_err){0});
+		if (vm->branch->zygotes[i].in_use)
+			branch_release(vm, vm->branch->zygotes[i].id, &(struct fk_err){0});
 }

@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "branch/recollapse.h"
 #include "util/err.h"
 
 struct vm;
@@ -96,6 +97,16 @@ int branch_release(struct vm *vm, int id, struct fk_err *err);
 
 /* Ends every zygote; called when the source exits. */
 void branch_release_all(struct vm *vm);
+
+/* What BRANCH keeps for a VM (vm->branch), made at its first branch. */
+struct branch_state {
+	struct zygote zygotes[BRANCH_MAX_ZYGOTES];
+	int next_zygote_id;
+	struct recollapse recollapse;
+};
+
+/* The VM's zygote slots; NULL when it never branched. */
+const struct zygote *branch_zygotes(const struct vm *vm);
 
 const char *persist_state_name(enum persist_state s);
 

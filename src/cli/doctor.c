@@ -45,7 +45,7 @@
 #define CGROUP_DIR	   "/sys/fs/cgroup"
 #define UNPRIV_UFFD_SYSCTL "/proc/sys/vm/unprivileged_userfaultfd"
 
-/* The same defaults as src/vmm/config.h and images/images.mk. */
+/* The same defaults as src/core/config.h and images/images.mk. */
 #define IMAGE_CACHE_DEFAULT   "/var/cache/forkd/rootfs"
 #define KERNEL_IMAGES_DEFAULT "/var/cache/forkd/images"
 

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "vmm/control.h"
+#include "control/control.h"
 
 #define EXIT_NOT_OK CLI_EXIT_NOT_OK
 #define EXIT_USAGE  CLI_EXIT_USAGE

@@ -24,10 +24,10 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "snapshot/format.h"
+#include "state/snapshot_format.h"
 #include "util/err.h"
-#include "vmm/vm_state.h"
-#include "vmm/control.h"
+#include "state/vm_state.h"
+#include "control/control.h"
 
 #define SPAWN_MAX_CHILDREN	 1000
 #define SPAWN_DEFAULT_TIMEOUT_MS 30000

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#include "vmm/bus.h"
+#include "core/bus.h"
 
 #define ACPI_PM_SLP_EN	    0x20
 #define ACPI_PM_SLP_TYP_S5  5

@@ -11,7 +11,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "vmm/bus.h"
+#include "core/bus.h"
 
 #define SERIAL_RX_FIFO_SIZE 4096
 #define SERIAL_TX_BUF_SIZE  1024

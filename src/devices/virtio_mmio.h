@@ -12,8 +12,8 @@
 #include <stdint.h>
 
 #include "devices/virtqueue.h"
-#include "vmm/bus.h"
-#include "vmm/guest_mem.h"
+#include "core/bus.h"
+#include "core/guest_mem.h"
 
 #define VIRTIO_MMIO_SIZE       0x1000
 #define VIRTIO_MMIO_MAX_QUEUES 8

@@ -21,7 +21,7 @@
 #include <stdint.h>
 
 #include "util/err.h"
-#include "vmm/guest_mem.h"
+#include "core/guest_mem.h"
 
 /* Largest queue this implementation accepts; also bounds a chain. */
 #define VIRTQ_MAX_SIZE 256

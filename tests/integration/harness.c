@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "harness.h"
 
-#include "vmm/control.h"
+#include "control/control.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -19,7 +19,7 @@
 
 #include "harness.h"
 #include "where.h"
-#include "vmm/control.h"
+#include "control/control.h"
 
 #define TIMEOUT_MS 20000
 

@@ -32,7 +32,7 @@
 
 #include "harness.h"
 #include "where.h"
-#include "vmm/e820.h"
+#include "boot/e820.h"
 
 #define SMOKE_TIMEOUT_MS 240000
 /* Generous: in the nested test host every guest instruction may be emulated. */

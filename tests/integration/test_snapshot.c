@@ -25,7 +25,7 @@
 
 #include "harness.h"
 #include "where.h"
-#include "snapshot/format.h"
+#include "state/snapshot_format.h"
 
 #define TIMEOUT_MS 30000
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Test-only AML decoder for the subset src/vmm/aml.c emits: Scope, Device,
+ * Test-only AML decoder for the subset src/boot/aml.c emits: Scope, Device,
  * Method, Name, integers, strings, buffers and packages of integers; plus a
  * resource template parser. A Method body that is a single Return is
  * decoded; any other body is kept as raw bytes for the test to inspect. It is strict:

@@ -19,7 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "vmm/acpi.h"
+#include "boot/acpi.h"
 #include "aml_decode.h"
 
 #define BASE_GPA   0xE0000ull

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "devices/acpi_pm.h"
-#include "vmm/layout.h"
+#include "core/layout.h"
 
 /* Hardware-reduced sleep control register: SLP_TYP in bits 4:2, SLP_EN in bit 5. */
 #define SLP_TYP(t) ((uint8_t)((t) << 2))

@@ -11,7 +11,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "vmm/bus.h"
+#include "core/bus.h"
 
 /* A device that records its last access and reads back bytes derived from the offset. */
 struct recorder {

@@ -17,11 +17,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "vmm/boot.h"
-#include "vmm/bzimage_boot.h"
-#include "vmm/e820.h"
-#include "vmm/layout.h"
-#include "vmm/vm.h"
+#include "boot/boot.h"
+#include "boot/bzimage_boot.h"
+#include "boot/e820.h"
+#include "core/layout.h"
+#include "core/vm.h"
 
 #define MiB (1ULL << 20)
 #define GiB (1ULL << 30)

@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "vmm/config.h"
+#include "core/config.h"
 
 #define KiB (1ULL << 10)
 #define MiB (1ULL << 20)

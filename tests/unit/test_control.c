@@ -28,7 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "vmm/control.h"
+#include "control/control.h"
 
 /* Only guards against a hung test; no result depends on it. */
 #define PUMP_GIVE_UP_SECONDS 30

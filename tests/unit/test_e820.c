@@ -8,8 +8,8 @@
 
 #include <string.h>
 
-#include "vmm/e820.h"
-#include "vmm/layout.h"
+#include "boot/e820.h"
+#include "core/layout.h"
 
 #define MiB (1ULL << 20)
 #define GiB (1ULL << 30)

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "forkd/pvh.h"
-#include "vmm/elf_loader.h"
+#include "boot/elf_loader.h"
 
 #define KERNEL_NAME "vmlinux-under-test"
 #define MEM_SIZE    (16ULL << 20)

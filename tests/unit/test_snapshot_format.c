@@ -20,7 +20,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include "snapshot/format.h"
+#include "state/snapshot_format.h"
 
 #define PAGE SNAP_PAGE_SIZE
 

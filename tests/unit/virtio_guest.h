@@ -22,7 +22,7 @@
 
 #include "devices/virtio_mmio.h"
 #include "devices/virtqueue.h"
-#include "vmm/guest_mem.h"
+#include "core/guest_mem.h"
 
 #define VG_RAM_SIZE  (2ULL << 20)
 #define VG_MMIO_BASE 0xd0000000ULL

@@ -1,0 +1,282 @@
+/* SPDX-License-Identifier: MIT */
+/* The VM's commands on the control socket (protocol: docs/control.md). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "branch/fork_engine.h"
+#include "core/vm.h"
+#include "state/vm_snapshot.h"
+
+static int cmd_status(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
+{
+	struct vm *vm = opaque;
+
+	(void)request;
+	(void)err;
+	json_object_set_new(reply, "state", json_string(vm_is_paused(vm) ? "paused" : "running"));
+	json_object_set_new(reply, "vcpus", json_integer(vm->nr_vcpus));
+	json_object_set_new(reply, "mem_mib", json_integer((json_int_t)(vm->mem.total_size >> 20)));
+	json_object_set_new(reply, "disks", json_integer(vm->nr_disks));
+	json_object_set_new(reply, "uptime_ms",
+			    json_integer((json_int_t)((monotonic_us() - vm->started_us) / 1000)));
+	json_object_set_new(reply, "last_pause_us", json_integer((json_int_t)vm->last_pause_us));
+	json_object_set_new(reply, "restored", json_boolean(vm->restored));
+	if (vm->overlay_dir[0])
+		json_object_set_new(reply, "overlay_dir", json_string(vm->overlay_dir));
+	if (vm->vsock.dev) {
+		struct virtio_vsock_stats st;
+
+		virtio_vsock_get_stats(vm->vsock.dev, &st);
+		json_object_set_new(reply, "vsock_path",
+				    json_string(virtio_vsock_path(vm->vsock.dev)));
+		json_object_set_new(
+		    reply, "vsock_cid",
+		    json_integer((json_int_t)virtio_vsock_guest_cid(vm->vsock.dev)));
+		json_object_set_new(reply, "vsock_connections", json_integer(st.connections));
+		/* What a misbehaving guest cost: hostile tests and operators read these. */
+		json_object_set_new(reply, "vsock_malformed",
+				    json_integer((json_int_t)st.malformed));
+		json_object_set_new(reply, "vsock_refused", json_integer((json_int_t)st.refused));
+		json_object_set_new(reply, "vsock_rst_sent", json_integer((json_int_t)st.rst_sent));
+		json_object_set_new(reply, "vsock_rst_dropped",
+				    json_integer((json_int_t)st.rst_dropped));
+		json_object_set_new(reply, "vsock_buffered_bytes",
+				    json_integer((json_int_t)st.buffered_bytes));
+		pthread_mutex_lock(&vm->vsock.transport.lock);
+		json_object_set_new(reply, "vsock_errors",
+				    json_integer((json_int_t)vm->vsock.transport.errors));
+		json_object_set_new(reply, "vsock_last_error",
+				    json_string(vm->vsock.transport.last_error));
+		pthread_mutex_unlock(&vm->vsock.transport.lock);
+		int fn_state = atomic_load(&vm->fork_notify.state);
+		json_object_set_new(reply, "fork_notify",
+				    json_string(fork_notify_state_name(fn_state)));
+		if (fn_state == FORK_NOTIFY_APPLIED)
+			json_object_set_new(
+			    reply, "fork_notify_ms",
+			    json_integer((json_int_t)atomic_load(&vm->fork_notify.applied_ms)));
+		if (fn_state == FORK_NOTIFY_FAILED)
+			json_object_set_new(reply, "fork_notify_error",
+					    json_string(vm->fork_notify.error));
+	}
+	return 0;
+}
+
+static int cmd_pause(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
+{
+	struct vm *vm = opaque;
+	int ret;
+
+	(void)request;
+	ret = vm_pause(vm, err);
+	if (ret < 0)
+		return ret;
+	json_object_set_new(reply, "state", json_string("paused"));
+	json_object_set_new(reply, "pause_us", json_integer((json_int_t)vm->last_pause_us));
+	return 0;
+}
+
+static int cmd_resume(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
+{
+	struct vm *vm = opaque;
+	int ret;
+
+	(void)request;
+	ret = vm_resume(vm, err);
+	if (ret < 0)
+		return ret;
+	json_object_set_new(reply, "state", json_string("running"));
+	return 0;
+}
+
+static int cmd_shutdown(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
+{
+	struct vm *vm = opaque;
+
+	(void)request;
+	(void)err;
+	vm_request_exit(vm, VMM_EXIT_POWEROFF, "shut down over the control socket");
+	json_object_set_new(reply, "state", json_string("stopping"));
+	return 0;
+}
+
+static int cmd_snapshot(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
+{
+	struct vm *vm = opaque;
+	struct vm_snapshot_result res;
+	const char *path;
+	bool resume = true;
+	int ret;
+
+	ret = control_arg_string(request, "path", true, &path, err);
+	if (ret < 0)
+		return ret;
+	ret = control_arg_bool(request, "resume", false, &resume, err);
+	if (ret < 0)
+		return ret;
+	ret = vm_snapshot_take(vm, path, resume, &res, err);
+	if (ret < 0)
+		return ret;
+	json_object_set_new(reply, "path", json_string(path));
+	json_object_set_new(reply, "pause_us", json_integer((json_int_t)res.pause_us));
+	json_object_set_new(reply, "capture_us", json_integer((json_int_t)res.capture_us));
+	json_object_set_new(reply, "write_us", json_integer((json_int_t)res.write_us));
+	json_object_set_new(reply, "mem_bytes", json_integer((json_int_t)res.mem_bytes));
+	json_object_set_new(reply, "inflight", json_integer(res.inflight));
+	json_object_set_new(reply, "state", json_string(vm_is_paused(vm) ? "paused" : "running"));
+	return 0;
+}
+
+static void put_children(json_t *reply, const struct branch_result *res)
+{
+	json_t *children = json_array();
+
+	for (int i = 0; i < res->nr_children; i++) {
+		char path[2400];
+		json_t *c = json_object();
+		json_object_set_new(c, "index", json_integer(res->children[i].index));
+		json_object_set_new(c, "pid", json_integer(res->children[i].pid));
+		snprintf(path, sizeof(path), "%s/child-%d", res->dir, res->children[i].index);
+		json_object_set_new(c, "dir", json_string(path));
+		json_array_append_new(children, c);
+	}
+	json_object_set_new(reply, "children", children);
+}
+
+static int cmd_branch(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
+{
+	struct vm *vm = opaque;
+	struct branch_request req = {0};
+	struct branch_result *res;
+	int64_t n = 1;
+	int ret;
+
+	ret = control_arg_int(request, "n", false, &n, err);
+	if (!ret)
+		ret = control_arg_string(request, "dir", false, &req.dir, err);
+	if (!ret)
+		ret = control_arg_string(request, "persist", false, &req.persist, err);
+	if (!ret)
+		ret = control_arg_bool(request, "wait", false, &req.wait, err);
+	if (ret < 0)
+		return ret;
+	if (n < 0 || n > BRANCH_MAX_CHILDREN)
+		return fk_fail(err, EINVAL, "n=%lld: expected 0..%d children", (long long)n,
+			       BRANCH_MAX_CHILDREN);
+	if (n == 0 && !req.persist)
+		return fk_fail(err, EINVAL, "n=0 without persist: expected children or a snapshot");
+	req.n = (int)n;
+	res = malloc(sizeof(*res));
+	if (!res)
+		return fk_fail(err, ENOMEM, "branch: out of memory");
+	ret = branch_vm(vm, &req, res, err);
+	if (ret == 0) {
+		json_object_set_new(reply, "zygote", json_integer(res->zygote_id));
+		json_object_set_new(reply, "zygote_pid", json_integer(res->zygote_pid));
+		json_object_set_new(reply, "dir", json_string(res->dir));
+		json_object_set_new(reply, "pause_us", json_integer((json_int_t)res->pause_us));
+		json_object_set_new(reply, "park_us", json_integer((json_int_t)res->park_us));
+		json_object_set_new(reply, "capture_us", json_integer((json_int_t)res->capture_us));
+		json_object_set_new(reply, "fork_us", json_integer((json_int_t)res->fork_us));
+		json_object_set_new(reply, "disk_copy_us",
+				    json_integer((json_int_t)res->disk_copy_us));
+		put_children(reply, res);
+		if (req.persist) {
+			json_object_set_new(reply, "persist",
+					    json_string(persist_state_name(res->persist)));
+			if (res->persist == PERSIST_FAILED)
+				json_object_set_new(reply, "persist_error",
+						    json_string(res->persist_error));
+		}
+	}
+	free(res);
+	return ret;
+}
+
+static int cmd_zygote(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
+{
+	struct vm *vm = opaque;
+	const char *action;
+	int64_t id = 0, n = 1;
+	int ret;
+
+	ret = control_arg_string(request, "action", true, &action, err);
+	if (ret < 0)
+		return ret;
+	if (strcmp(action, "list") == 0) {
+		json_t *list = json_array();
+		for (int i = 0; i < BRANCH_MAX_ZYGOTES; i++) {
+			const struct zygote *z = branch_zygotes(vm) ? &branch_zygotes(vm)[i] : NULL;
+			if (!z || !z->in_use)
+				continue;
+			json_t *o = json_object();
+			json_object_set_new(o, "zygote", json_integer(z->id));
+			json_object_set_new(o, "pid", json_integer(z->pid));
+			json_object_set_new(o, "dir", json_string(z->dir));
+			json_object_set_new(o, "children", json_integer(z->nr_children));
+			json_object_set_new(o, "persist",
+					    json_string(persist_state_name(z->persist)));
+			if (z->persist != PERSIST_NONE)
+				json_object_set_new(o, "persist_path",
+						    json_string(z->persist_path));
+			if (z->persist == PERSIST_FAILED)
+				json_object_set_new(o, "persist_error",
+						    json_string(z->persist_error));
+			json_array_append_new(list, o);
+		}
+		json_object_set_new(reply, "zygotes", list);
+		return 0;
+	}
+	ret = control_arg_int(request, "id", true, &id, err);
+	if (ret < 0)
+		return ret;
+	if (strcmp(action, "release") == 0)
+		return branch_release(vm, (int)id, err);
+	if (strcmp(action, "spawn") == 0) {
+		struct branch_result *res;
+		ret = control_arg_int(request, "n", false, &n, err);
+		if (ret < 0)
+			return ret;
+		if (n < 1 || n > BRANCH_MAX_CHILDREN)
+			return fk_fail(err, EINVAL, "n=%lld: expected 1..%d children", (long long)n,
+				       BRANCH_MAX_CHILDREN);
+		res = malloc(sizeof(*res));
+		if (!res)
+			return fk_fail(err, ENOMEM, "zygote: out of memory");
+		ret = branch_spawn(vm, (int)id, (int)n, res, err);
+		if (ret == 0) {
+			json_object_set_new(reply, "disk_copy_us",
+					    json_integer((json_int_t)res->disk_copy_us));
+			put_children(reply, res);
+		}
+		free(res);
+		return ret;
+	}
+	return fk_fail(err, EINVAL, "action '%s': expected list, spawn or release", action);
+}
+
+static const struct control_command vm_commands[] = {
+    {"status", cmd_status, "state (running|paused), vcpus, mem_mib, disks, uptime_ms"},
+    {"pause", cmd_pause, "stop all vCPUs at a safe point; replies with pause_us"},
+    {"resume", cmd_resume, "run the vCPUs again"},
+    {"shutdown", cmd_shutdown, "stop the VM; forkd-vmm exits with status 0"},
+    {"snapshot", cmd_snapshot,
+     "path: new directory; resume (default true): write a snapshot of the whole VM"},
+    {"branch", cmd_branch,
+     "n (default 1), dir, persist (snapshot path), wait: N children continue from this instant"},
+    {"zygote", cmd_zygote, "action: list | spawn (id, n) | release (id)"},
+    {NULL, NULL, NULL},
+};
+
+int vm_control_init(struct vm *vm, struct fk_err *err)
+{
+	int ret = control_server_init(&vm->control, &vm->loop, vm->cfg->control_path, vm_commands,
+				      vm, err);
+
+	if (ret < 0)
+		return fk_wrap(err, "--control %s", vm->cfg->control_path);
+	vm->control_ready = true;
+	return 0;
+}

@@ -1,0 +1,471 @@
+/* SPDX-License-Identifier: MIT */
+#include "core/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int parse_size(const char *s, uint64_t *out)
+{
+	unsigned long long v;
+	uint64_t mult = 1;
+	char *end;
+
+	if (!s || !isdigit((unsigned char)s[0]))
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno)
+		return -EINVAL;
+	switch (toupper((unsigned char)*end)) {
+	case '\0':
+		break;
+	case 'K':
+		mult = 1ULL << 10;
+		end++;
+		break;
+	case 'M':
+		mult = 1ULL << 20;
+		end++;
+		break;
+	case 'G':
+		mult = 1ULL << 30;
+		end++;
+		break;
+	case 'T':
+		mult = 1ULL << 40;
+		end++;
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (mult > 1 && (strcasecmp(end, "iB") == 0 || strcasecmp(end, "B") == 0))
+		end += strlen(end);
+	if (*end != '\0')
+		return -EINVAL;
+	if (v > UINT64_MAX / mult)
+		return -EINVAL;
+	*out = v * mult;
+	return 0;
+}
+
+int parse_cpuid_hide(const char *s, unsigned *mask, struct fk_err *err)
+{
+	static const struct {
+		const char *name;
+		unsigned bit;
+	} names[] = {
+	    {"xsave", VMM_CPUID_HIDE_XSAVE},   {"avx", VMM_CPUID_HIDE_AVX},
+	    {"avx512", VMM_CPUID_HIDE_AVX512}, {"pcid", VMM_CPUID_HIDE_PCID},
+	    {"x2apic", VMM_CPUID_HIDE_X2APIC}, {"cx16", VMM_CPUID_HIDE_CX16},
+	};
+	const char *p = s;
+
+	*mask = 0;
+	for (;;) {
+		size_t len = strcspn(p, ",");
+		bool found = false;
+
+		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+			if (strlen(names[i].name) == len && strncmp(p, names[i].name, len) == 0) {
+				*mask |= names[i].bit;
+				found = true;
+			}
+		}
+		if (!found)
+			return fk_fail(
+			    err, EINVAL,
+			    "--cpuid-hide '%s': unknown feature '%.*s' (expected a "
+			    "comma-separated list of xsave, avx, avx512, pcid, x2apic, cx16)",
+			    s, (int)len, p);
+		if (p[len] == '\0')
+			return 0;
+		p += len + 1;
+	}
+}
+
+void vmm_config_usage(FILE *out)
+{
+	fputs("usage: forkd-vmm --kernel PATH [options]\n"
+	      "       forkd-vmm --image NAME [options]\n"
+	      "       forkd-vmm --restore DIR [options]\n"
+	      "Boots one KVM virtual machine: a PVH ELF kernel (Linux vmlinux or the\n"
+	      "forkd probe guest) or a Linux bzImage, with ACPI tables, a COM1 UART and\n"
+	      "virtio-mmio disks.\n"
+	      "\n"
+	      "  --kernel PATH        ELF kernel with a PVH entry note, or a bzImage (64-bit\n"
+	      "                       boot protocol); the format is detected (required)\n"
+	      "  --initrd PATH        initial ramdisk (PVH module 0, or boot_params ramdisk)\n"
+	      "  --append STR         kernel command line (at most 4095 bytes)\n"
+	      "  --mem SIZE           guest RAM, e.g. 512M, 4G (32M..1T, multiple of 1M;\n"
+	      "                       default 256M); RAM above 3G is placed above 4G\n"
+	      "  --cpus N             vCPUs, 1..254 (default 1)\n"
+	      "  --disk PATH[,ro][,id=STR]\n"
+	      "                       virtio-blk disk on a raw file; repeatable (max 8)\n"
+	      "  --serial stdout|none|PATH\n"
+	      "                       where COM1 output goes (default stdout)\n"
+	      "  --serial-in stdin|none|PATH\n"
+	      "                       where COM1 input comes from (default stdin)\n"
+	      "  --kvm PATH           KVM device (default /dev/kvm)\n"
+	      "  --cpuid-hide LIST    hide CPUID features from the guest, comma-separated:\n"
+	      "                       xsave (also AVX*: Linux then uses FXSAVE), avx,\n"
+	      "                       avx512, pcid, x2apic, cx16\n"
+	      "  --restore DIR        start from the snapshot in DIR instead of booting (--mem\n"
+	      "                       and --cpus, if given, must match it)\n"
+	      "  --overlay-dir DIR    with --restore: where the VM's private copies of the\n"
+	      "                       snapshot's writable disks go (default: a new directory\n"
+	      "                       under $TMPDIR or /tmp)\n"
+	      "  --vsock PATH[,cid=N] virtio-vsock device whose host side is the Unix socket\n"
+	      "                       PATH (\"CONNECT <port>\\n\" reaches guest port <port>;\n"
+	      "                       guest connects to port P reach PATH_P); guest cid N,\n"
+	      "                       3..4294967294 (default 3; with --restore, the\n"
+	      "                       snapshot's). See docs/vsock.md\n"
+	      "  --image NAME         boot root filesystem image NAME (forkd image build) as\n"
+	      "                       /dev/vda read-only with an overlay and the guest agent;\n"
+	      "                       kernel and initrd default to $FORKD_IMAGES or\n"
+	      "                       /var/cache/forkd/images (give --vsock to reach the agent)\n"
+	      "  --control PATH       serve the JSON control protocol on this Unix socket\n"
+	      "                       (status, pause, resume, shutdown; see docs/control.md)\n"
+	      "  -h, --help           this text\n"
+	      "\n"
+	      "Exit status: 0 guest powered off, 1 VMM error, 2 bad command line or\n"
+	      "input, 3 guest reset, 4 guest crashed (triple fault or emulation failure).\n",
+	      out);
+}
+
+/* NAME as `forkd image build` accepts it: [a-z0-9][a-z0-9._-]{0,62}. */
+static bool image_name_ok(const char *name)
+{
+	size_t n = strlen(name);
+
+	if (n == 0 || n > 63 ||
+	    !((name[0] >= 'a' && name[0] <= 'z') || (name[0] >= '0' && name[0] <= '9')))
+		return false;
+	for (size_t i = 1; i < n; i++)
+		if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') ||
+		      name[i] == '.' || name[i] == '_' || name[i] == '-'))
+			return false;
+	return true;
+}
+
+/*
+ * --image NAME: the image's rootfs.ext4 becomes the first disk (/dev/vda,
+ * read-only), the kernel and initrd default to the cached Linux images,
+ * and the command line gets the agent and the root before --append.
+ */
+static int apply_image(struct vmm_config *cfg, struct fk_err *err)
+{
+	const char *cache = getenv("FORKD_IMAGE_CACHE");
+	const char *kimages = getenv("FORKD_IMAGES");
+	struct vmm_disk_config root = {.readonly = true};
+	int n;
+
+	if (!image_name_ok(cfg->image))
+		return fk_fail(err, EINVAL,
+			       "--image '%s': expected an image name ([a-z0-9][a-z0-9._-]{0,62})",
+			       cfg->image);
+	if (!cache || !*cache)
+		cache = VMM_IMAGE_CACHE_DEFAULT;
+	if (!kimages || !*kimages)
+		kimages = VMM_KERNEL_IMAGES_DEFAULT;
+	n = snprintf(root.path, sizeof(root.path), "%s/%s/rootfs.ext4", cache, cfg->image);
+	if (n < 0 || (size_t)n >= sizeof(root.path))
+		return fk_fail(err, ENAMETOOLONG, "--image %s: path too long", cfg->image);
+	if (access(root.path, R_OK) < 0)
+		return fk_fail(err, ENOENT,
+			       "--image %s: no %s (build it with `forkd image build %s`; "
+			       "FORKD_IMAGE_CACHE says where images are)",
+			       cfg->image, root.path, cfg->image);
+	snprintf(root.id, sizeof(root.id), "forkd-root");
+	if (cfg->nr_disks == VMM_MAX_DISKS)
+		return fk_fail(err, EINVAL, "--image %s: the image takes a disk, and %d are given",
+			       cfg->image, VMM_MAX_DISKS);
+	memmove(&cfg->disks[1], &cfg->disks[0], (size_t)cfg->nr_disks * sizeof(cfg->disks[0]));
+	cfg->disks[0] = root;
+	cfg->nr_disks++;
+	if (!cfg->kernel) {
+		snprintf(cfg->image_kernel, sizeof(cfg->image_kernel), "%.4000s/vmlinux", kimages);
+		cfg->kernel = cfg->image_kernel;
+	}
+	if (!cfg->initrd) {
+		snprintf(cfg->image_initrd, sizeof(cfg->image_initrd), "%.4000s/initramfs.cpio",
+			 kimages);
+		cfg->initrd = cfg->image_initrd;
+	}
+	n = snprintf(cfg->image_cmdline, sizeof(cfg->image_cmdline), "%s%s%s", VMM_IMAGE_CMDLINE,
+		     *cfg->cmdline ? " " : "", cfg->cmdline);
+	if (n < 0 || (size_t)n >= sizeof(cfg->image_cmdline))
+		return fk_fail(err, EINVAL,
+			       "--image: the command line with --append is %d bytes, at most %d", n,
+			       VMM_MAX_CMDLINE);
+	cfg->cmdline = cfg->image_cmdline;
+	return 0;
+}
+
+static int parse_disk(struct vmm_config *cfg, const char *arg, struct fk_err *err)
+{
+	struct vmm_disk_config *d;
+	char *copy, *tok, *save = NULL;
+	int ret = 0;
+
+	if (cfg->nr_disks == VMM_MAX_DISKS)
+		return fk_fail(err, EINVAL, "--disk %s: at most %d disks are supported", arg,
+			       VMM_MAX_DISKS);
+	d = &cfg->disks[cfg->nr_disks];
+	memset(d, 0, sizeof(*d));
+	copy = strdup(arg);
+	if (!copy)
+		return fk_fail(err, ENOMEM, "--disk: out of memory");
+	tok = strtok_r(copy, ",", &save);
+	if (!tok || !*tok || arg[0] == ',') {
+		ret = fk_fail(err, EINVAL, "--disk '%s': expected PATH[,ro][,id=STR]", arg);
+		goto out;
+	}
+	if (strlen(tok) >= sizeof(d->path)) {
+		ret = fk_fail(err, ENAMETOOLONG, "--disk: path is longer than %zu bytes",
+			      sizeof(d->path) - 1);
+		goto out;
+	}
+	memcpy(d->path, tok, strlen(tok) + 1);
+	snprintf(d->id, sizeof(d->id), "forkd-disk%d", cfg->nr_disks);
+	while ((tok = strtok_r(NULL, ",", &save))) {
+		if (strcmp(tok, "ro") == 0) {
+			d->readonly = true;
+		} else if (strcmp(tok, "rw") == 0) {
+			d->readonly = false;
+		} else if (strncmp(tok, "id=", 3) == 0 && strlen(tok + 3) <= 20 && tok[3]) {
+			snprintf(d->id, sizeof(d->id), "%s", tok + 3);
+		} else {
+			ret = fk_fail(err, EINVAL,
+				      "--disk '%s': unknown option '%s' (expected ro, rw or "
+				      "id=STR of 1..20 bytes)",
+				      arg, tok);
+			goto out;
+		}
+	}
+	cfg->nr_disks++;
+out:
+	free(copy);
+	return ret;
+}
+
+static int parse_vsock(struct vmm_config *cfg, const char *arg, struct fk_err *err)
+{
+	size_t path_len = strcspn(arg, ",");
+	const char *opt = arg + path_len;
+	unsigned long long cid;
+	char *end;
+
+	if (cfg->vsock_path[0])
+		return fk_fail(err, EINVAL, "--vsock '%s': given twice (one vsock device per VM)",
+			       arg);
+	if (path_len == 0)
+		return fk_fail(err, EINVAL, "--vsock '%s': expected PATH[,cid=N]", arg);
+	if (path_len >= sizeof(cfg->vsock_path))
+		return fk_fail(err, ENAMETOOLONG,
+			       "--vsock '%s': the socket path is %zu bytes, a Unix socket address "
+			       "holds at most %zu",
+			       arg, path_len, sizeof(cfg->vsock_path) - 1);
+	cfg->vsock_cid = VMM_VSOCK_DEFAULT_CID;
+	while (*opt == ',') {
+		size_t len;
+
+		opt++;
+		len = strcspn(opt, ",");
+		if (strncmp(opt, "cid=", 4) != 0 || len == 4)
+			return fk_fail(err, EINVAL,
+				       "--vsock '%s': unknown option '%.*s' (expected cid=N)", arg,
+				       (int)len, opt);
+		errno = 0;
+		cid = strtoull(opt + 4, &end, 10);
+		if (errno || end != opt + len || !isdigit((unsigned char)opt[4]) ||
+		    cid < VMM_VSOCK_MIN_CID || cid > VMM_VSOCK_MAX_CID)
+			return fk_fail(
+			    err, EINVAL, "--vsock '%s': cid '%.*s' is not a number from %d to %llu",
+			    arg, (int)(len - 4), opt + 4, VMM_VSOCK_MIN_CID, VMM_VSOCK_MAX_CID);
+		cfg->vsock_cid = cid;
+		cfg->vsock_cid_given = true;
+		opt += len;
+	}
+	memcpy(cfg->vsock_path, arg, path_len);
+	cfg->vsock_path[path_len] = '\0';
+	return 0;
+}
+
+int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_err *err)
+{
+	enum {
+		OPT_KERNEL = 256,
+		OPT_INITRD,
+		OPT_APPEND,
+		OPT_MEM,
+		OPT_CPUS,
+		OPT_DISK,
+		OPT_SERIAL,
+		OPT_SERIAL_IN,
+		OPT_KVM,
+		OPT_CONTROL,
+		OPT_RESTORE,
+		OPT_OVERLAY_DIR,
+		OPT_CPUID_HIDE,
+		OPT_VSOCK,
+		OPT_IMAGE
+	};
+	static const struct option opts[] = {
+	    {"kernel", required_argument, NULL, OPT_KERNEL},
+	    {"initrd", required_argument, NULL, OPT_INITRD},
+	    {"append", required_argument, NULL, OPT_APPEND},
+	    {"mem", required_argument, NULL, OPT_MEM},
+	    {"cpus", required_argument, NULL, OPT_CPUS},
+	    {"disk", required_argument, NULL, OPT_DISK},
+	    {"serial", required_argument, NULL, OPT_SERIAL},
+	    {"serial-in", required_argument, NULL, OPT_SERIAL_IN},
+	    {"kvm", required_argument, NULL, OPT_KVM},
+	    {"control", required_argument, NULL, OPT_CONTROL},
+	    {"restore", required_argument, NULL, OPT_RESTORE},
+	    {"overlay-dir", required_argument, NULL, OPT_OVERLAY_DIR},
+	    {"cpuid-hide", required_argument, NULL, OPT_CPUID_HIDE},
+	    {"vsock", required_argument, NULL, OPT_VSOCK},
+	    {"image", required_argument, NULL, OPT_IMAGE},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	char *end;
+	long n;
+	int c, ret;
+
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->mem_size = VMM_DEFAULT_MEM;
+	cfg->nr_cpus = 1;
+	cfg->cmdline = "";
+	cfg->serial_out = "stdout";
+	cfg->serial_in = "stdin";
+	cfg->kvm_path = "/dev/kvm";
+
+	optind = 0; /* 0, not 1: glibc then also forgets a half-parsed option cluster */
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (c) {
+		case OPT_KERNEL:
+			cfg->kernel = optarg;
+			break;
+		case OPT_INITRD:
+			cfg->initrd = optarg;
+			break;
+		case OPT_APPEND:
+			if (strlen(optarg) > VMM_MAX_CMDLINE)
+				return fk_fail(err, EINVAL,
+					       "--append: command line is %zu bytes, at most %d "
+					       "allowed",
+					       strlen(optarg), VMM_MAX_CMDLINE);
+			cfg->cmdline = optarg;
+			break;
+		case OPT_MEM:
+			if (parse_size(optarg, &cfg->mem_size) < 0 ||
+			    cfg->mem_size % (1ULL << 20) || cfg->mem_size < VMM_MIN_MEM ||
+			    cfg->mem_size > VMM_MAX_MEM)
+				return fk_fail(err, EINVAL,
+					       "--mem '%s': expected a size such as 512M or 4G, a "
+					       "multiple of 1M between 32M and 1T",
+					       optarg);
+			cfg->mem_given = true;
+			break;
+		case OPT_CPUS:
+			errno = 0;
+			n = strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end || n < 1 || n > VMM_MAX_CPUS)
+				return fk_fail(
+				    err, EINVAL,
+				    "--cpus '%s': expected a number of vCPUs from 1 to %d", optarg,
+				    VMM_MAX_CPUS);
+			cfg->nr_cpus = (int)n;
+			cfg->cpus_given = true;
+			break;
+		case OPT_DISK:
+			ret = parse_disk(cfg, optarg, err);
+			if (ret < 0)
+				return ret;
+			break;
+		case OPT_SERIAL:
+			cfg->serial_out = optarg;
+			break;
+		case OPT_SERIAL_IN:
+			cfg->serial_in = optarg;
+			break;
+		case OPT_KVM:
+			cfg->kvm_path = optarg;
+			break;
+		case OPT_RESTORE:
+			if (!*optarg)
+				return fk_fail(err, EINVAL,
+					       "--restore: expected a snapshot directory");
+			cfg->restore_dir = optarg;
+			break;
+		case OPT_OVERLAY_DIR:
+			if (!*optarg)
+				return fk_fail(err, EINVAL, "--overlay-dir: expected a directory");
+			cfg->overlay_dir = optarg;
+			break;
+		case OPT_CONTROL:
+			if (!*optarg)
+				return fk_fail(err, EINVAL, "--control: expected a socket path");
+			cfg->control_path = optarg;
+			break;
+		case OPT_CPUID_HIDE:
+			ret = parse_cpuid_hide(optarg, &cfg->cpuid_hide, err);
+			if (ret < 0)
+				return ret;
+			break;
+		case OPT_VSOCK:
+			ret = parse_vsock(cfg, optarg, err);
+			if (ret < 0)
+				return ret;
+			break;
+		case OPT_IMAGE:
+			cfg->image = optarg;
+			break;
+		case 'h':
+			cfg->help = true;
+			return 0;
+		case ':':
+			return fk_fail(err, EINVAL, "option '%s' needs a value", argv[optind - 1]);
+		default:
+			/* optopt names the bad letter inside a cluster such as -xh. */
+			if (optopt > 0 && optopt < 256 && optopt != 'h')
+				return fk_fail(err, EINVAL, "unknown option '-%c' (see --help)",
+					       optopt);
+			return fk_fail(err, EINVAL, "unknown option '%s' (see --help)",
+				       argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return fk_fail(err, EINVAL, "unexpected argument '%s' (see --help)", argv[optind]);
+	if (!*cfg->serial_out || !*cfg->serial_in)
+		return fk_fail(err, EINVAL,
+			       "--serial/--serial-in: expected a path, stdout/stdin or none");
+	if (cfg->image && cfg->restore_dir)
+		return fk_fail(err, EINVAL,
+			       "--image and --restore: a snapshot brings its own disks");
+	if (cfg->image) {
+		ret = apply_image(cfg, err);
+		if (ret < 0)
+			return ret;
+	}
+	if (cfg->restore_dir) {
+		if (cfg->kernel || cfg->initrd || cfg->nr_disks || *cfg->cmdline)
+			return fk_fail(
+			    err, EINVAL,
+			    "--restore: --kernel, --initrd, --append and --disk come from the "
+			    "snapshot and cannot be given");
+		return 0;
+	}
+	if (cfg->overlay_dir)
+		return fk_fail(err, EINVAL, "--overlay-dir only applies with --restore");
+	if (!cfg->kernel)
+		return fk_fail(err, EINVAL, "--kernel PATH is required (see --help)");
+	return 0;
+}

@@ -1,0 +1,149 @@
+/* SPDX-License-Identifier: MIT */
+#include "core/guest_mem.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define HUGE_2M (2ULL << 20)
+
+/* RAM below the MMIO hole, then the rest from 4 GiB, both inside one host mapping. */
+static void set_layout(struct guest_mem *mem, enum guest_mem_backend backend, uint8_t *hva,
+		       uint64_t size)
+{
+	uint64_t low = size < GUEST_MMIO_HOLE_START ? size : GUEST_MMIO_HOLE_START;
+
+	mem->backend = backend;
+	mem->total_size = size;
+	mem->mapping = hva;
+	mem->mapping_size = size;
+	mem->regions[0] = (struct guest_mem_region){.gpa = 0, .size = low, .hva = hva};
+	mem->nr_regions = 1;
+	if (size > low) {
+		mem->regions[1] = (struct guest_mem_region){
+		    .gpa = GUEST_MMIO_HOLE_END, .size = size - low, .hva = hva + low};
+		mem->nr_regions = 2;
+	}
+}
+
+int guest_mem_init(struct guest_mem *mem, enum guest_mem_backend backend, uint64_t size,
+		   struct fk_err *err)
+{
+	size_t map_size;
+	uint8_t *raw, *aligned;
+
+	memset(mem, 0, sizeof(*mem));
+	if (backend != GUEST_MEM_ANON)
+		return fk_fail(err, EINVAL, "guest memory: unknown backend %d", (int)backend);
+	if (size == 0 || size % 4096)
+		return fk_fail(err, EINVAL,
+			       "guest memory: size %llu is not a positive multiple of 4 KiB",
+			       (unsigned long long)size);
+
+	if (size > SIZE_MAX - HUGE_2M)
+		return fk_fail(err, ENOMEM, "guest memory: size %llu is too large to map",
+			       (unsigned long long)size);
+
+	/*
+	 * Over-allocate by 2 MiB so the RAM starts 2 MiB aligned: guest 2 MiB
+	 * frames then line up with host transparent huge pages, which fork()
+	 * copies one entry at a time (brief §7).
+	 */
+	map_size = size + HUGE_2M;
+	raw = mmap(NULL, map_size, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (raw == MAP_FAILED)
+		return fk_fail_errno(err, errno, "guest memory: cannot map %llu MiB",
+				     (unsigned long long)(size >> 20));
+	aligned = (uint8_t *)(((uintptr_t)raw + HUGE_2M - 1) & ~(uintptr_t)(HUGE_2M - 1));
+	if (aligned > raw)
+		munmap(raw, (size_t)(aligned - raw));
+	if ((size_t)(raw + map_size - (aligned + size)) > 0)
+		munmap(aligned + size, (size_t)(raw + map_size - (aligned + size)));
+	/* Best effort: without THP the guest still runs, only slower to fork. */
+	madvise(aligned, size, MADV_HUGEPAGE);
+
+	set_layout(mem, backend, aligned, size);
+	return 0;
+}
+
+int guest_mem_init_file(struct guest_mem *mem, int fd, uint64_t size, struct fk_err *err)
+{
+	uint8_t *raw, *aligned, *file_map;
+	size_t map_size;
+
+	memset(mem, 0, sizeof(*mem));
+	if (size == 0 || size % 4096 || size > SIZE_MAX - HUGE_2M)
+		return fk_fail(err, EINVAL, "guest memory: bad size %llu",
+			       (unsigned long long)size);
+	/* Reserve an aligned range, then map the file over it. */
+	map_size = size + HUGE_2M;
+	raw = mmap(NULL, map_size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (raw == MAP_FAILED)
+		return fk_fail_errno(err, errno, "guest memory: cannot reserve %llu MiB",
+				     (unsigned long long)(size >> 20));
+	aligned = (uint8_t *)(((uintptr_t)raw + HUGE_2M - 1) & ~(uintptr_t)(HUGE_2M - 1));
+	file_map = mmap(aligned, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, 0);
+	if (file_map == MAP_FAILED) {
+		int e = errno;
+		munmap(raw, map_size);
+		return fk_fail_errno(err, e, "guest memory: cannot map the memory file");
+	}
+	if (aligned > raw)
+		munmap(raw, (size_t)(aligned - raw));
+	if (raw + map_size > aligned + size)
+		munmap(aligned + size, (size_t)(raw + map_size - (aligned + size)));
+	set_layout(mem, GUEST_MEM_FILE, aligned, size);
+	return 0;
+}
+
+void guest_mem_destroy(struct guest_mem *mem)
+{
+	if (mem->mapping)
+		munmap(mem->mapping, mem->mapping_size);
+	memset(mem, 0, sizeof(*mem));
+}
+
+void *guest_mem_ptr(const struct guest_mem *mem, uint64_t gpa, uint64_t len)
+{
+	int i;
+
+	for (i = 0; i < mem->nr_regions; i++) {
+		const struct guest_mem_region *r = &mem->regions[i];
+		uint64_t off;
+
+		if (gpa < r->gpa)
+			continue;
+		off = gpa - r->gpa;
+		/* Written so that no addition can wrap. */
+		if (off >= r->size || len > r->size - off)
+			continue;
+		return r->hva + off;
+	}
+	return NULL;
+}
+
+int guest_mem_read(const struct guest_mem *mem, uint64_t gpa, void *dst, size_t len)
+{
+	const void *src = guest_mem_ptr(mem, gpa, len);
+
+	if (!src)
+		return -EFAULT;
+	memcpy(dst, src, len);
+	return 0;
+}
+
+int guest_mem_write(const struct guest_mem *mem, uint64_t gpa, const void *src, size_t len)
+{
+	void *dst = guest_mem_ptr(mem, gpa, len);
+
+	if (!dst)
+		return -EFAULT;
+	memcpy(dst, src, len);
+	return 0;
+}
+
+uint64_t guest_mem_low_end(const struct guest_mem *mem)
+{
+	return mem->regions[0].gpa + mem->regions[0].size;
+}

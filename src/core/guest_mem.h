@@ -1,0 +1,63 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Guest physical memory: one abstraction over several backends (anon now;
+ * memfd, file and uffd later). Every host access to guest memory made on
+ * behalf of the guest goes through guest_mem_ptr(), which checks the whole
+ * range [gpa, gpa+len) lies inside one RAM region without overflow, the way
+ * Solo5's hvt tender checks every guest pointer.
+ */
+#ifndef FORKD_CORE_GUEST_MEM_H
+#define FORKD_CORE_GUEST_MEM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/err.h"
+
+/* x86 layout: RAM below the MMIO hole, the hole, RAM above 4 GiB. */
+#define GUEST_MMIO_HOLE_START 0xC0000000ULL  /* 3 GiB */
+#define GUEST_MMIO_HOLE_END   0x100000000ULL /* 4 GiB */
+#define GUEST_MEM_MAX_REGIONS 2
+
+enum guest_mem_backend {
+	GUEST_MEM_ANON = 0,
+	GUEST_MEM_FILE = 1, /* MAP_PRIVATE of a snapshot's memory file: clean pages shared */
+};
+
+struct guest_mem_region {
+	uint64_t gpa;
+	uint64_t size;
+	uint8_t *hva;
+};
+
+struct guest_mem {
+	enum guest_mem_backend backend;
+	uint64_t total_size; /* bytes of RAM, sum of regions */
+	uint8_t *mapping;    /* one host mapping holding all regions */
+	size_t mapping_size;
+	int nr_regions;
+	struct guest_mem_region regions[GUEST_MEM_MAX_REGIONS];
+};
+
+/* Allocates size bytes of guest RAM laid out around the MMIO hole. */
+int guest_mem_init(struct guest_mem *mem, enum guest_mem_backend backend, uint64_t size,
+		   struct fk_err *err);
+/* The `file` backend: size bytes of fd (laid out like anon RAM) mapped copy-on-write. */
+int guest_mem_init_file(struct guest_mem *mem, int fd, uint64_t size, struct fk_err *err);
+void guest_mem_destroy(struct guest_mem *mem);
+
+/*
+ * Host pointer for guest range [gpa, gpa+len), or NULL if any byte of it is
+ * outside RAM or the range wraps. len may be 0 (checks gpa only).
+ */
+void *guest_mem_ptr(const struct guest_mem *mem, uint64_t gpa, uint64_t len);
+
+/* Bounds-checked copies; return 0 or -EFAULT. */
+int guest_mem_read(const struct guest_mem *mem, uint64_t gpa, void *dst, size_t len);
+int guest_mem_write(const struct guest_mem *mem, uint64_t gpa, const void *src, size_t len);
+
+/* Highest RAM address below 4 GiB (end of region 0). */
+uint64_t guest_mem_low_end(const struct guest_mem *mem);
+
+#endif

@@ -1,0 +1,69 @@
+/* SPDX-License-Identifier: MIT */
+/* forkd-vmm: one KVM virtual machine per process. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/config.h"
+#include "core/vm.h"
+
+/* Failures caused by what the user gave us are usage errors (exit 2). */
+static int init_failure_status(int code)
+{
+	switch (code) {
+	case ENOENT:
+	case EACCES:
+	case EPERM:
+	case ENOEXEC:
+	case EFBIG:
+	case EINVAL:
+	case ENOTDIR:
+	case EISDIR:
+	case ENAMETOOLONG:
+	case E2BIG:
+	case ENODEV:
+	case EEXIST:
+	case EADDRINUSE:
+	case ENOTSUP:
+	case EBADMSG:
+	case EOVERFLOW:
+		return VMM_EXIT_USAGE;
+	default:
+		return VMM_EXIT_ERROR;
+	}
+}
+
+int main(int argc, char **argv)
+{
+	struct vmm_config cfg;
+	struct fk_err err = {0};
+	struct vm *vm;
+	int status;
+
+	if (vmm_config_parse(&cfg, argc, argv, &err) < 0) {
+		fprintf(stderr, "forkd-vmm: %s\n", err.msg);
+		return VMM_EXIT_USAGE;
+	}
+	if (cfg.help) {
+		vmm_config_usage(stdout);
+		return 0;
+	}
+	vm = malloc(sizeof(*vm));
+	if (!vm) {
+		fprintf(stderr, "forkd-vmm: out of memory\n");
+		return VMM_EXIT_ERROR;
+	}
+	if (vm_init(vm, &cfg, &err) < 0) {
+		fprintf(stderr, "forkd-vmm: %s\n", err.msg);
+		status = init_failure_status(err.code);
+		vm_destroy(vm);
+		free(vm);
+		return status;
+	}
+	status = vm_run(vm);
+	if (status != VMM_EXIT_POWEROFF)
+		fprintf(stderr, "forkd-vmm: %s (exit status %d)\n", vm->exit_reason, status);
+	vm_destroy(vm);
+	free(vm);
+	return status;
+}
