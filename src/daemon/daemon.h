@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The daemon's operations (forkd serve): what the REST layer (api.c) calls,
+ * implemented by the supervisor (daemon.c) over the registry (registry.h)
+ * and the VMMs' control sockets. docs/rest-api.md is the contract these
+ * serve; each operation maps to one route.
+ *
+ * Conventions:
+ * - Every function returns 0 or -errno and fills err with a message naming
+ *   the input. The REST layer maps errno to the status: EINVAL/ERANGE 400,
+ *   ENOENT 404, EBUSY/EEXIST 409, E2BIG 413, EAGAIN/ENOSPC 429, ENOTCONN 503,
+ *   anything else 500.
+ * - Results are jansson objects in the shapes of docs/rest-api.md (VM,
+ *   Snapshot, ...), owned by the caller (json_decref).
+ * - Thread-safe: libmicrohttpd serves requests on several threads. An
+ *   operation on one VM does not wait for a long operation on another.
+ *   Concurrent branch and delete of one VM are serialised (one of them
+ *   waits for the other, or fails with -EBUSY; never a half state).
+ * - Request bodies are validated here (unknown fields, ranges, tags), so
+ *   that every caller gets the same checks; the REST layer only parses
+ *   JSON and routes.
+ */
+#ifndef FORKD_DAEMON_DAEMON_H
+#define FORKD_DAEMON_DAEMON_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "util/err.h"
+
+#define DAEMON_MAX_CHILDREN 64 /* n of one branch or spawn request */
+
+struct daemon;
+
+struct daemon_config {
+	const char *state_dir; /* registry.db, vms/<id>/, snapshots/<tag>/ live here */
+	const char *vmm_path;  /* forkd-vmm to run; NULL: next to the forkd binary */
+};
+
+/*
+ * Opens the registry in state_dir, becomes child subreaper, and re-adopts
+ * the VMMs the registry lists as running: a VMM whose pid is still the same
+ * process and whose control socket answers is watched again (pidfd); any
+ * other is marked exited. *adopted, if not NULL, gets how many were.
+ */
+int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopted,
+		struct fk_err *err);
+/* Stops watching; the VMMs run on (a later daemon re-adopts them). */
+void daemon_close(struct daemon *d);
+
+/* POST /v1/vms: body as in docs/rest-api.md; *vm gets the VM once its control socket answers. */
+int daemon_vm_create(struct daemon *d, json_t *body, json_t **vm, struct fk_err *err);
+int daemon_vm_list(struct daemon *d, json_t **vms, struct fk_err *err); /* {"vms":[...]} */
+int daemon_vm_get(struct daemon *d, const char *id, json_t **vm, struct fk_err *err);
+/* Stops the VM (and with cascade its descendants); *removed: {"removed":[ids]}. */
+int daemon_vm_delete(struct daemon *d, const char *id, bool cascade, json_t **removed,
+		     struct fk_err *err);
+/* POST /v1/vms/{id}/branch; *result as in docs/rest-api.md. */
+int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **result,
+		     struct fk_err *err);
+/* POST /v1/vms/{id}/snapshot; *snapshot once it is ready. */
+int daemon_vm_snapshot(struct daemon *d, const char *id, json_t *body, json_t **snapshot,
+		       struct fk_err *err);
+/*
+ * The VM's agent socket (its vsock Unix socket) for exec and files, which
+ * the REST layer streams itself (agent/agent_client.h). -ENOTCONN when the
+ * VM has no vsock device or is not running.
+ */
+int daemon_vm_agent_socket(struct daemon *d, const char *id, char *path, size_t len,
+			   struct fk_err *err);
+
+int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_t **result,
+			  struct fk_err *err); /* {"vms":[...]} */
+int daemon_snapshot_list(struct daemon *d, json_t **snapshots, struct fk_err *err);
+int daemon_snapshot_get(struct daemon *d, const char *tag, json_t **snapshot, struct fk_err *err);
+int daemon_snapshot_delete(struct daemon *d, const char *tag, bool cascade, json_t **removed,
+			   struct fk_err *err);
+
+int daemon_tree(struct daemon *d, json_t **tree, struct fk_err *err); /* {"tree":[...]} */
+int daemon_health(struct daemon *d, json_t **health, struct fk_err *err);
+
+/*
+ * Timings for /metrics, reported by the operations as they complete (the
+ * REST layer owns the histograms and passes this sink to daemon_open's
+ * caller via daemon_set_metrics).
+ */
+enum daemon_metric {
+	DAEMON_METRIC_BRANCH_PAUSE, /* the source's pause_us of a branch */
+	DAEMON_METRIC_SPAWN,	    /* a spawn request, start to every VM running */
+	DAEMON_METRIC_RESTORE,	    /* one restored VM, exec to its control socket answering */
+	DAEMON_METRIC_EXEC,	    /* reported by the REST layer itself */
+	DAEMON_METRIC_COUNT,
+};
+typedef void (*daemon_metric_fn)(void *opaque, enum daemon_metric m, double seconds);
+void daemon_set_metrics(struct daemon *d, daemon_metric_fn fn, void *opaque);
+
+#endif
