@@ -9,6 +9,7 @@ OPTFLAGS ?= -O2
 SANFLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 LIBS     := -lpthread -ljansson -lxxhash -llz4 -lsqlite3
 TESTLIBS := -lcmocka
+CLI_LIBS := $(LIBS) -lcurl
 
 LIB_SRCS   := $(sort $(filter-out src/core/main.c src/cli/%.c,$(wildcard src/*/*.c)))
 UNIT_SRCS  := $(sort $(wildcard tests/unit/test_*.c))
@@ -62,7 +63,7 @@ $(VMM_ASAN): $(BUILD)/asan/obj/src/core/main.o $(BUILD)/asan/libforkd.a
 CLI_OBJS := $(sort $(wildcard src/cli/*.c))
 CLI_OBJS := $(CLI_OBJS:%.c=$(BUILD)/obj/%.o)
 $(FORKD): $(CLI_OBJS) $(BUILD)/libforkd.a
-	$(CC) $(OPTFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(OPTFLAGS) -o $@ $^ $(CLI_LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(BUILD)/libforkd.a
 	@mkdir -p $(dir $@)
