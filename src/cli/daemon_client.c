@@ -174,8 +174,8 @@ int dc_base64_decode(const char *in, size_t in_len, unsigned char **out, size_t 
 		for (int k = 0; k < 4; k++) {
 			v[k] = b64_value(in[i + k]);
 			/* '=' only as the last one or two characters */
-			if (v[k] < 0 && !(last && in[i + k] == '=' && k >= 2 &&
-					  (k == 3 || in[i + 3] == '='))) {
+			if (v[k] < 0 &&
+			    !(last && in[i + k] == '=' && k >= 2 && (k == 3 || in[i + 3] == '='))) {
 				free(buf);
 				return -EINVAL;
 			}
@@ -356,7 +356,8 @@ static int transport_error(const struct dc_opts *o, const char *where, CURLcode 
 			       "cannot reach the forkd daemon at %s: %s (is `forkd serve` "
 			       "running? %s)",
 			       where, why,
-			       o->url ? "--url selects it" : "--daemon PATH or FORKD_SOCKET selects it");
+			       o->url ? "--url selects it"
+				      : "--daemon PATH or FORKD_SOCKET selects it");
 	return fk_fail(err, EIO, "the forkd daemon at %s: %s", where, why);
 }
 

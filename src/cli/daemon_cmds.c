@@ -118,11 +118,11 @@ static int vm_create(const struct dc_opts *o, int argc, char **argv)
 		if (strcmp(arg, "--image") && strcmp(arg, "--kernel") && strcmp(arg, "--initrd") &&
 		    strcmp(arg, "--append") && strcmp(arg, "--mem") && strcmp(arg, "--cpus") &&
 		    strcmp(arg, "--tag"))
-			return cli_usage_error("vm create: %s '%s' (expected --image NAME or "
-					       "--kernel PATH, and --initrd, --append, --mem, "
-					       "--cpus, --tag)",
-					       arg[0] == '-' ? "unknown option" : "unexpected argument",
-					       arg);
+			return cli_usage_error(
+			    "vm create: %s '%s' (expected --image NAME or "
+			    "--kernel PATH, and --initrd, --append, --mem, "
+			    "--cpus, --tag)",
+			    arg[0] == '-' ? "unknown option" : "unexpected argument", arg);
 		v = flag_value(argc, argv, &i, "vm create", &status);
 		if (!v)
 			return status;
@@ -182,10 +182,9 @@ static int vm_create(const struct dc_opts *o, int argc, char **argv)
 	json_decref(body);
 	if (status)
 		return status;
-	dc_progress_done("created %s (%s, pid %lld) in %.2f s", str(res.json, "id"),
-			 str(res.json, "state"),
-			 (long long)json_integer_value(json_object_get(res.json, "pid")),
-			 res.seconds);
+	dc_progress_done(
+	    "created %s (%s, pid %lld) in %.2f s", str(res.json, "id"), str(res.json, "state"),
+	    (long long)json_integer_value(json_object_get(res.json, "pid")), res.seconds);
 	if (o->json)
 		status = print_json(res.json);
 	else
@@ -242,8 +241,9 @@ static int print_removed(const struct dc_opts *o, json_t *j)
 
 	if (o->json)
 		return print_json(j);
-	json_array_foreach(json_object_get(j, "removed"), i, v) printf("removed %s\n",
-								       json_string_value(v));
+	v = json_object_get(j, "removed");
+	for (i = 0; i < json_array_size(v); i++)
+		printf("removed %s\n", json_string_value(json_array_get(v, i)));
 	return fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK;
 }
 
@@ -269,7 +269,8 @@ static int remove_one(const struct dc_opts *o, int argc, char **argv, const char
 			name = argv[i];
 	}
 	if (!name)
-		return cli_usage_error("%s: expected %s", ctx, is_vm ? "a VM id" : "a snapshot tag");
+		return cli_usage_error("%s: expected %s", ctx,
+				       is_vm ? "a VM id" : "a snapshot tag");
 	if (is_vm ? !dc_is_vm_id(name) : !dc_valid_tag(name))
 		return cli_usage_error("%s '%s': expected %s", ctx, name,
 				       is_vm ? "a VM id such as vm-1a2b3c4d"
@@ -307,10 +308,8 @@ int cli_vm_daemon(int argc, char **argv)
 
 static void print_vm_ids(const json_t *vms)
 {
-	size_t i;
-	json_t *vm;
-
-	json_array_foreach(vms, i, vm) printf("%s\n", str(vm, "id"));
+	for (size_t i = 0; i < json_array_size(vms); i++)
+		printf("%s\n", str(json_array_get(vms, i), "id"));
 }
 
 static double pause_ms(const json_t *obj)
@@ -390,8 +389,8 @@ int cli_branch(int argc, char **argv)
 	dc_progress_done("branched %s into %zu (zygote %s, paused %.1f ms) in %.2f s%s%s%s%s", id,
 			 json_array_size(json_object_get(res.json, "children")),
 			 str(res.json, "zygote"), pause_ms(res.json), res.seconds,
-			 snap ? "; snapshot " : "", snap ? str(snap, "tag") : "",
-			 snap ? " " : "", snap ? str(snap, "state") : "");
+			 snap ? "; snapshot " : "", snap ? str(snap, "tag") : "", snap ? " " : "",
+			 snap ? str(snap, "state") : "");
 	if (o.json)
 		status = print_json(res.json);
 	else
@@ -413,8 +412,8 @@ static void print_snapshot_row(const json_t *s)
 
 static void print_snapshot_header(void)
 {
-	printf("%-20s  %-7s  %-11s  %9s  %-24s  %s\n", "TAG", "STATE", "PARENT", "PAUSE",
-	       "CREATED", "PATH");
+	printf("%-20s  %-7s  %-11s  %9s  %-24s  %s\n", "TAG", "STATE", "PARENT", "PAUSE", "CREATED",
+	       "PATH");
 }
 
 int cli_snapshot(int argc, char **argv)
@@ -563,7 +562,9 @@ int cli_snapshots(int argc, char **argv)
 		return status;
 	}
 	print_snapshot_header();
-	json_array_foreach(json_object_get(res.json, "snapshots"), i, s) print_snapshot_row(s);
+	s = json_object_get(res.json, "snapshots");
+	for (i = 0; i < json_array_size(s); i++)
+		print_snapshot_row(json_array_get(s, i));
 	json_decref(res.json);
 	return fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK;
 }
@@ -662,8 +663,9 @@ static int exec_line(struct exec_stream *s, const char *line, size_t len)
 	int ret = 0;
 
 	if (!json_is_object(j)) {
-		snprintf(s->why, sizeof(s->why), "the daemon sent a line that is not a JSON "
-						  "object: %.100s",
+		snprintf(s->why, sizeof(s->why),
+			 "the daemon sent a line that is not a JSON "
+			 "object: %.100s",
 			 line);
 		json_decref(j);
 		return -EBADMSG;
@@ -674,13 +676,13 @@ static int exec_line(struct exec_stream *s, const char *line, size_t len)
 		size_t n;
 
 		if (!b || dc_base64_decode(b, strlen(b), &data, &n) < 0) {
-			snprintf(s->why, sizeof(s->why), "the daemon sent output that is not "
-							  "base64");
+			snprintf(s->why, sizeof(s->why),
+				 "the daemon sent output that is not "
+				 "base64");
 			ret = -EBADMSG;
 		} else {
-			ret = write_all(json_object_get(j, "stdout") ? STDOUT_FILENO
-								     : STDERR_FILENO,
-					data, n);
+			ret = write_all(
+			    json_object_get(j, "stdout") ? STDOUT_FILENO : STDERR_FILENO, data, n);
 			free(data);
 			if (ret < 0)
 				snprintf(s->why, sizeof(s->why), "writing the output: %s",
@@ -828,7 +830,8 @@ int cli_exec_daemon(int argc, char **argv)
 			json_object_set_new(body, "cwd", json_string(value));
 		} else if (strcmp(arg, "--uid") == 0) {
 			if (parse_long(value, 0, 0xFFFFFFFEl, &v) < 0) {
-				status = cli_usage_error("exec --uid '%s': expected a number", value);
+				status =
+				    cli_usage_error("exec --uid '%s': expected a number", value);
 				goto out;
 			}
 			json_object_set_new(body, "uid", json_integer(v));
@@ -882,8 +885,9 @@ int cli_exec_daemon(int argc, char **argv)
 	if (s.why[0])
 		fprintf(stderr, "forkd exec: %s\n", s.why);
 	if (s.status < 0)
-		fprintf(stderr, "forkd exec: %s: the daemon's stream ended without the "
-				"command's exit status\n",
+		fprintf(stderr,
+			"forkd exec: %s: the daemon's stream ended without the "
+			"command's exit status\n",
 			id);
 	else
 		status = s.status;
