@@ -3,8 +3,8 @@
  * The daemon's REST client for the CLI (docs/rest-api.md), on libcurl's easy
  * interface: one blocking request at a time, the body streamed to a sink or
  * collected and parsed as JSON, the daemon's error object turned into a
- * message. The progress spinner is drawn from curl's transfer callback, so it
- * needs no thread of its own.
+ * message. The transfer runs on curl's multi interface, whose poll wakes the
+ * progress spinner, so it needs no thread of its own.
  */
 #include <curl/curl.h>
 #include <errno.h>
@@ -208,21 +208,51 @@ struct progress {
 	bool tty, drawn;
 };
 
-static int on_progress(void *opaque, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
-		       curl_off_t ulnow)
+/* Redraws the spinner line, at most every SPINNER_EVERY_MS. */
+static void progress_tick(struct progress *p)
 {
 	static const char *const frames[] = {"⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"};
-	struct progress *p = opaque;
 	double t = now_s();
 
-	(void)dltotal, (void)dlnow, (void)ultotal, (void)ulnow;
 	if (!p->tty || (t - p->last_draw) * 1000 < SPINNER_EVERY_MS)
-		return 0;
+		return;
 	p->last_draw = t;
 	fprintf(stderr, "\r\033[K%s %s… %.1f s", frames[p->frame++ % 10], p->what, t - p->t0);
 	fflush(stderr);
 	p->drawn = true;
-	return 0;
+}
+
+/*
+ * curl_easy_perform, on the multi interface so that the spinner moves while the daemon works
+ * (curl's progress callback fires only about once a second when nothing is transferred).
+ */
+static CURLcode perform(CURL *curl, struct progress *p)
+{
+	CURLM *m = curl_multi_init();
+	CURLcode rc = CURLE_OUT_OF_MEMORY;
+	CURLMsg *msg;
+	int running = 1, left;
+
+	if (!m)
+		return rc;
+	if (curl_multi_add_handle(m, curl) != CURLM_OK) {
+		curl_multi_cleanup(m);
+		return rc;
+	}
+	while (running) {
+		if (curl_multi_perform(m, &running) != CURLM_OK)
+			break;
+		if (running && curl_multi_poll(m, NULL, 0, SPINNER_EVERY_MS, NULL) != CURLM_OK)
+			break;
+		progress_tick(p);
+	}
+	rc = CURLE_RECV_ERROR;
+	while ((msg = curl_multi_info_read(m, &left)))
+		if (msg->msg == CURLMSG_DONE && msg->easy_handle == curl)
+			rc = msg->data.result;
+	curl_multi_remove_handle(m, curl);
+	curl_multi_cleanup(m);
+	return rc;
 }
 
 static void progress_clear(struct progress *p)
@@ -446,12 +476,7 @@ int dc_request(const struct dc_opts *o, const struct dc_request *r, struct dc_re
 	if (strcmp(r->method, "GET") == 0)
 		curl_easy_setopt(t.curl, CURLOPT_HTTPGET, 1L);
 	curl_easy_setopt(t.curl, CURLOPT_HTTPHEADER, headers);
-	if (r->progress) {
-		curl_easy_setopt(t.curl, CURLOPT_NOPROGRESS, 0L);
-		curl_easy_setopt(t.curl, CURLOPT_XFERINFOFUNCTION, on_progress);
-		curl_easy_setopt(t.curl, CURLOPT_XFERINFODATA, &prog);
-	}
-	rc = curl_easy_perform(t.curl);
+	rc = perform(t.curl, &prog);
 	progress_clear(&prog);
 	res->seconds = now_s() - prog.t0;
 	curl_easy_getinfo(t.curl, CURLINFO_RESPONSE_CODE, &res->status);

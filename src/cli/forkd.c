@@ -155,7 +155,8 @@ static int parse_vm_args(int argc, char **argv, struct vm_args *a)
 	}
 	if (!a->action)
 		return cli_usage_error(
-		    "%s", "vm: expected an action (status, pause, resume, shutdown, call)");
+		    "%s", "vm: expected an action (create, ls, rm through the daemon; status, "
+			  "pause, resume, shutdown, call with --socket)");
 	if (!a->socket || !a->socket[0])
 		return cli_usage_error("vm %s: expected --socket PATH", a->action);
 	if (strcmp(a->action, "call") == 0 && !a->raw)
@@ -191,7 +192,8 @@ static json_t *build_request(const struct vm_args *a)
 		if (strcmp(a->action, simple[i]) == 0)
 			return json_pack("{s:s}", "cmd", simple[i]);
 	cli_usage_error(
-	    "vm '%s': unknown action (expected status, pause, resume, shutdown or call)",
+	    "vm '%s': unknown action (expected create, ls, rm, or status, pause, resume, "
+	    "shutdown or call with --socket)",
 	    a->action);
 	return NULL;
 }

@@ -24,6 +24,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -50,11 +52,12 @@ struct recorded {
 	char *body;
 	size_t body_len;
 	bool content_length_sent;
+	char auth[128]; /* the Authorization header's value */
 };
 
 static char dir[256], sock_path[300], out_path[320], err_path[320];
-static int listen_fd = -1;
-static pthread_t server_thread;
+static int listen_fd = -1, tcp_fd = -1, tcp_port;
+static pthread_t server_thread, tcp_thread;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct route routes[MAX_ROUTES];
 static size_t n_routes;
@@ -188,6 +191,9 @@ static void serve_one(int fd)
 		body_len = strtoul(cl + 17, NULL, 10);
 		rec.content_length_sent = true;
 	}
+	char *auth = strcasestr(buf, "\r\nAuthorization: ");
+	if (auth)
+		sscanf(auth + 17, "%127[^\r]", rec.auth);
 	if (sscanf(buf, "%15s %1023s", rec.method, rec.target) != 2)
 		goto out;
 	while (have < head_len + body_len) {
@@ -225,9 +231,10 @@ out:
 
 static void *server_main(void *arg)
 {
-	(void)arg;
+	int fd = *(int *)arg;
+
 	for (;;) {
-		int c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		int c = accept4(fd, NULL, NULL, SOCK_CLOEXEC);
 		if (c < 0)
 			return NULL;
 		serve_one(c);
@@ -256,7 +263,17 @@ static int setup(void **state)
 	    listen(listen_fd, 16) < 0)
 		return -1;
 	setenv("FORKD_SOCKET", sock_path, 1);
-	return pthread_create(&server_thread, NULL, server_main, NULL) ? -1 : 0;
+	/* The same fake on TCP, for --url with a token. */
+	struct sockaddr_in in = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t in_len = sizeof(in);
+	tcp_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (tcp_fd < 0 || bind(tcp_fd, (struct sockaddr *)&in, sizeof(in)) < 0 ||
+	    listen(tcp_fd, 16) < 0 || getsockname(tcp_fd, (struct sockaddr *)&in, &in_len) < 0)
+		return -1;
+	tcp_port = ntohs(in.sin_port);
+	if (pthread_create(&tcp_thread, NULL, server_main, &tcp_fd))
+		return -1;
+	return pthread_create(&server_thread, NULL, server_main, &listen_fd) ? -1 : 0;
 }
 
 static int teardown(void **state)
@@ -265,8 +282,11 @@ static int teardown(void **state)
 
 	(void)state;
 	shutdown(listen_fd, SHUT_RDWR);
-	close(listen_fd);
+	shutdown(tcp_fd, SHUT_RDWR);
 	pthread_join(server_thread, NULL);
+	pthread_join(tcp_thread, NULL);
+	close(listen_fd);
+	close(tcp_fd);
 	set_routes(NULL, 0);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	return system(cmd) == 0 ? 0 : -1;
@@ -822,6 +842,46 @@ static void test_cp(void **state)
 	run_free(&run);
 }
 
+static void test_tcp_token(void **state)
+{
+	(void)state;
+	struct route r[] = {{"GET /v1/tree", 200, NULL, "{\"tree\":[]}"}};
+	set_routes(r, 1);
+
+	char token[400], url[64], url_slash[64];
+	snprintf(token, sizeof(token), "%s/token", dir);
+	FILE *f = fopen(token, "w");
+	fputs("s3cret-token-0123456789\n", f);
+	fclose(f);
+	snprintf(url, sizeof(url), "http://127.0.0.1:%d", tcp_port);
+	snprintf(url_slash, sizeof(url_slash), "http://127.0.0.1:%d/", tcp_port);
+
+	/* The socket is not used with --url; the token goes as a bearer token. */
+	setenv("FORKD_SOCKET", "/nonexistent/forkd.sock", 1);
+	struct run run = RUN(NULL, "tree", "--url", url, "--token-file", token, "--json");
+	assert_int_equal(run.status, 0);
+	assert_non_null(strstr(run.out, "\"tree\""));
+	assert_null(last_request("GET", "/v1/tree"));
+	assert_string_equal(reqs[n_reqs - 1].auth, "Bearer s3cret-token-0123456789");
+	run_free(&run);
+	run = RUN(NULL, "tree", "--url=", "--token-file", token);
+	assert_int_equal(run.status, 2);
+	run_free(&run);
+	char url_arg[80];
+	snprintf(url_arg, sizeof(url_arg), "--url=%s", url_slash);
+	run = RUN(NULL, "tree", url_arg, "--token-file", token);
+	assert_int_equal(run.status, 0);
+	assert_null(last_request("GET", "/v1/tree"));
+	run_free(&run);
+	setenv("FORKD_SOCKET", sock_path, 1);
+
+	/* Nobody on that port. */
+	run = RUN(NULL, "tree", "--url", "http://127.0.0.1:1", "--token-file", token);
+	assert_int_equal(run.status, 2);
+	assert_non_null(strstr(run.err, "cannot reach the forkd daemon at http://127.0.0.1:1"));
+	run_free(&run);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -832,6 +892,7 @@ int main(void)
 	    cmocka_unit_test(test_errors),
 	    cmocka_unit_test(test_exec_stream),
 	    cmocka_unit_test(test_cp),
+	    cmocka_unit_test(test_tcp_token),
 	};
 	return cmocka_run_group_tests_name("forkd CLI against a fake daemon", tests, setup,
 					   teardown);
