@@ -483,8 +483,7 @@ int dc_request(const struct dc_opts *o, const struct dc_request *r, struct dc_re
 	if (t.sink_ret < 0) {
 		ret = t.sink_ret;
 		if (!err->msg[0])
-			fk_fail(err, -ret, "%s %s: the response could not be handled", r->method,
-				r->path);
+			fk_fail_errno(err, -ret, "%s %s: handling the answer", r->method, r->path);
 		goto out;
 	}
 	if (rc != CURLE_OK && res->status == 0) {

@@ -22,7 +22,8 @@
 #define MAX_CHILDREN 64 /* n of one branch or spawn (docs/rest-api.md) */
 #define STDIN_MAX    (64u << 20)
 /* `forkd exec` when the command did not run (as the direct path: exec.c). */
-#define EXEC_EXIT_ERROR 125
+#define EXEC_EXIT_ERROR	    125
+#define EXEC_EXIT_TIMED_OUT 124
 
 static int print_json(const json_t *j)
 {
@@ -283,6 +284,9 @@ static int remove_one(const struct dc_opts *o, int argc, char **argv, const char
 	status = call(o, ctx, "DELETE", full, NULL, NULL, &res);
 	free(path);
 	free(full);
+	if (status && res.status == 409 && !cascade)
+		fprintf(stderr, "forkd %s: --cascade removes %s and what was made from it too\n",
+			ctx, name);
 	if (status)
 		return status;
 	status = print_removed(o, res.json);
@@ -692,6 +696,11 @@ static int exec_line(struct exec_stream *s, const char *line, size_t len)
 		s->status = (int)(json_integer_value(v) & 255);
 	} else if ((v = json_object_get(j, "signal"))) {
 		s->status = 128 + (int)json_integer_value(v);
+	}
+	/* As the direct path: a command killed at its --timeout is 124. */
+	if (s->status >= 0 && json_is_true(json_object_get(j, "timed_out"))) {
+		snprintf(s->why, sizeof(s->why), "the command timed out and was killed");
+		s->status = EXEC_EXIT_TIMED_OUT;
 	} else if ((v = json_object_get(j, "error"))) {
 		snprintf(s->why, sizeof(s->why), "%s (%s)", str(v, "message"), str(v, "code"));
 		s->status = EXEC_EXIT_ERROR;

@@ -662,6 +662,7 @@ static void test_errors(void **state)
 	assert_int_equal(run.status, 1);
 	assert_non_null(strstr(run.err, "forkd vm rm: vm-00000001 has 2 children; delete with "
 					"cascade=true (conflict 409)"));
+	assert_non_null(strstr(run.err, "--cascade removes vm-00000001"));
 	assert_string_equal(run.out, "");
 	run_free(&run);
 	run = RUN(NULL, "vm", "ls");
@@ -747,10 +748,12 @@ static void test_exec_stream(void **state)
 	     "{\"stdout\":\"aGVsbG8K\"}\n{\"signal\":9}\n"},
 	    {"POST /v1/vms/vm-00000003/exec", 200, "application/x-ndjson",
 	     "{\"error\":{\"code\":\"not_found\",\"message\":\"nosuch: not found\"}}\n"},
+	    {"POST /v1/vms/vm-00000005/exec", 200, "application/x-ndjson",
+	     "{\"stdout\":\"aGVsbG8K\"}\n{\"signal\":9,\"timed_out\":true}\n"},
 	    {"POST /v1/vms/vm-00000004/exec", 404, NULL,
 	     "{\"error\":{\"code\":\"not_found\",\"message\":\"no VM vm-00000004\"}}"},
 	};
-	set_routes(r, 4);
+	set_routes(r, 5);
 
 	struct run run = RUN(NULL, "exec", "vm-00000001", "--env", "A=b c", "--cwd", "/tmp",
 			     "--timeout", "5000", "--", "sh", "-c", "echo hi; exit 3");
@@ -788,6 +791,10 @@ static void test_exec_stream(void **state)
 	run = RUN(NULL, "exec", "vm-00000003", "--", "nosuch");
 	assert_int_equal(run.status, 125);
 	assert_non_null(strstr(run.err, "nosuch: not found (not_found)"));
+	run_free(&run);
+	run = RUN(NULL, "exec", "vm-00000005", "--timeout", "100", "--", "sleep", "9");
+	assert_int_equal(run.status, 124);
+	assert_non_null(strstr(run.err, "timed out"));
 	run_free(&run);
 	run = RUN(NULL, "exec", "vm-00000004", "--", "true");
 	assert_int_equal(run.status, 125);
