@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -376,10 +378,33 @@ static int refusal(const struct dc_request *r, long status, const char *body, si
 	return ret;
 }
 
+/* Why connect(2) to a Unix socket fails (curl's own message speaks of "localhost port 80"). */
+static int connect_errno(const char *path)
+{
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	int fd, e = 0;
+
+	if (strlen(path) >= sizeof(a.sun_path))
+		return ENAMETOOLONG;
+	memcpy(a.sun_path, path, strlen(path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return errno;
+	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0)
+		e = errno;
+	close(fd);
+	return e;
+}
+
 static int transport_error(const struct dc_opts *o, const char *where, CURLcode rc,
 			   const char *detail, struct fk_err *err)
 {
 	const char *why = detail[0] ? detail : curl_easy_strerror(rc);
+	int e = o->url || rc != CURLE_COULDNT_CONNECT ? 0 : connect_errno(where);
+
+	if (e)
+		why = e == ECONNREFUSED ? "connection refused (a socket file nobody listens on)"
+					: strerror(e);
 
 	if (rc == CURLE_COULDNT_CONNECT)
 		return fk_fail(err, ECONNREFUSED,
