@@ -695,6 +695,7 @@ static void test_errors(void **state)
 	assert_int_equal(run.status, 2);
 	assert_non_null(strstr(run.err, "cannot reach the forkd daemon at"));
 	assert_non_null(strstr(run.err, stale));
+	assert_non_null(strstr(run.err, "nobody listens"));
 	run_free(&run);
 	setenv("FORKD_SOCKET", sock_path, 1);
 
