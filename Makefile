@@ -9,6 +9,7 @@ OPTFLAGS ?= -O2
 SANFLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 LIBS     := -lpthread -ljansson -lxxhash -llz4 -lsqlite3
 TESTLIBS := -lcmocka
+CLI_LIBS := $(LIBS) -lcurl
 
 LIB_SRCS   := $(sort $(filter-out src/core/main.c src/cli/%.c,$(wildcard src/*/*.c)))
 UNIT_SRCS  := $(sort $(wildcard tests/unit/test_*.c))
@@ -25,13 +26,14 @@ ITEST_HELPER_OBJS := $(ITEST_HELPERS:%.c=$(BUILD)/obj/%.o)
 VMM      := $(BUILD)/forkd-vmm
 VMM_ASAN := $(BUILD)/asan/forkd-vmm
 FORKD    := $(BUILD)/forkd
+FORKD_ASAN := $(BUILD)/asan/forkd
 
 .PHONY: all bench-tools test unit-test integration-test demo format check-format clean images \
 	test-rootfs
 SANDBOX_BENCH := $(BUILD)/bench/sandbox-bench
 BENCH_TOOLS := $(BUILD)/bench/readytime $(SANDBOX_BENCH)
 
-all: $(VMM) $(VMM_ASAN) $(FORKD) $(UNIT_BINS) $(UNIT_ASAN_BINS) $(ITEST_BINS) probe $(BENCH_TOOLS) \
+all: $(VMM) $(VMM_ASAN) $(FORKD) $(FORKD_ASAN) $(UNIT_BINS) $(UNIT_ASAN_BINS) $(ITEST_BINS) probe $(BENCH_TOOLS) \
 	$(EXTRACT_VMLINUX) $(FORKD_INIT) $(FORKD_PATTERN) $(FORKD_AGENT)
 
 include guest/probe/probe.mk
@@ -62,7 +64,11 @@ $(VMM_ASAN): $(BUILD)/asan/obj/src/core/main.o $(BUILD)/asan/libforkd.a
 CLI_OBJS := $(sort $(wildcard src/cli/*.c))
 CLI_OBJS := $(CLI_OBJS:%.c=$(BUILD)/obj/%.o)
 $(FORKD): $(CLI_OBJS) $(BUILD)/libforkd.a
-	$(CC) $(OPTFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(OPTFLAGS) -o $@ $^ $(CLI_LIBS)
+
+# The CLI built with ASan+UBSan: the sanitized unit tests run this one.
+$(FORKD_ASAN): $(CLI_OBJS:$(BUILD)/obj/%=$(BUILD)/asan/obj/%) $(BUILD)/asan/libforkd.a
+	$(CC) $(SANFLAGS) -o $@ $^ $(CLI_LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(BUILD)/libforkd.a
 	@mkdir -p $(dir $@)
@@ -85,9 +91,12 @@ $(BUILD)/bench/%: bench/%.c
 	$(CC) $(CFLAGS_BASE) $(OPTFLAGS) -o $@ $<
 
 # Some unit tests run the guest agent and the CLI on this host (no VM needed).
-unit-test: $(UNIT_BINS) $(UNIT_ASAN_BINS) $(FORKD) $(FORKD_AGENT)
-	@set -e; for t in $(UNIT_BINS) $(UNIT_ASAN_BINS); do echo "== $$t"; \
-	  FORKD_AGENT=$(abspath $(FORKD_AGENT)) FORKD_CLI=$(abspath $(FORKD)) $$t; done
+# The sanitized tests run the sanitized CLI.
+unit-test: $(UNIT_BINS) $(UNIT_ASAN_BINS) $(FORKD) $(FORKD_ASAN) $(FORKD_AGENT)
+	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; \
+	  FORKD_AGENT=$(abspath $(FORKD_AGENT)) FORKD_CLI=$(abspath $(FORKD)) $$t; done; \
+	for t in $(UNIT_ASAN_BINS); do echo "== $$t"; \
+	  FORKD_AGENT=$(abspath $(FORKD_AGENT)) FORKD_CLI=$(abspath $(FORKD_ASAN)) $$t; done
 
 # Each binary runs natively where this machine's KVM can run it, else in the
 # nested test host (tests/run-integration.sh, docs/testing.md); that and the

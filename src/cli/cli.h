@@ -3,6 +3,8 @@
 #ifndef FORKD_CLI_CLI_H
 #define FORKD_CLI_CLI_H
 
+#include <stdbool.h>
+
 #define CLI_EXIT_NOT_OK 1
 #define CLI_EXIT_USAGE	2
 
@@ -35,5 +37,26 @@ int cli_image(int argc, char **argv);
 /* `forkd doctor [--json]`: what this machine offers forkd (KVM kind, userfaultfd, THP, cgroup
  * v2, disk space) and a verdict; 0 when the report was printed, CLI_EXIT_USAGE for bad flags. */
 int cli_doctor(int argc, char **argv);
+
+/*
+ * The commands served by the daemon (daemon_cmds.c, docs/rest-api.md), each taking --daemon
+ * PATH, --url URL --token-file F and --json; they return an exit status: 0 ok, 1 the daemon
+ * refused, 2 bad usage or no daemon. argv[0] of cli_vm_daemon is create, ls or rm.
+ */
+int cli_vm_daemon(int argc, char **argv);
+int cli_branch(int argc, char **argv);
+int cli_snapshot(int argc, char **argv);
+int cli_snapshots(int argc, char **argv);
+int cli_tree(int argc, char **argv);
+/* `forkd spawn TAG -n N` (cli_spawn decides between it and a local snapshot directory). */
+int cli_spawn_daemon(int argc, char **argv);
+/* `forkd exec ID -- CMD...`: streams the output; the command's exit status (128+N for signal N),
+ * 125 when it did not run. */
+int cli_exec_daemon(int argc, char **argv);
+
+struct dc_opts;
+/* `forkd cp` with one side ID:/path. */
+int cli_cp_daemon(const struct dc_opts *o, const char *src, const char *dst, const char *id,
+		  const char *guest_path, bool upload);
 
 #endif

@@ -14,6 +14,7 @@
 
 #include "agent/agent_client.h"
 #include "cli/cli.h"
+#include "cli/daemon_client.h"
 
 #define CONNECT_TIMEOUT_MS 10000
 /* Exit statuses of `forkd exec` when the command did not run (docker's convention). */
@@ -35,6 +36,29 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 	return 0;
 }
 
+/* Through the daemon: the VM is a VM id (vm-xxxxxxxx, not a file here), or --daemon/--url. */
+static bool exec_via_daemon(int argc, char **argv)
+{
+	static const char *const with_value[] = {"--env",    "-e",    "--cwd",
+						 "--uid",    "--gid", "--timeout",
+						 "--daemon", "--url", "--token-file"};
+
+	for (int i = 0; i < argc && strcmp(argv[i], "--") != 0; i++) {
+		bool takes = false;
+
+		if (strcmp(argv[i], "--daemon") == 0 || strcmp(argv[i], "--url") == 0 ||
+		    strncmp(argv[i], "--daemon=", 9) == 0 || strncmp(argv[i], "--url=", 6) == 0)
+			return true;
+		for (size_t k = 0; k < sizeof(with_value) / sizeof(with_value[0]); k++)
+			takes |= strcmp(argv[i], with_value[k]) == 0;
+		if (takes)
+			i++;
+		else if (argv[i][0] != '-')
+			return dc_is_vm_id(argv[i]) && access(argv[i], F_OK) < 0;
+	}
+	return false;
+}
+
 /* `forkd exec VM [options] -- CMD [ARG...]` */
 int cli_exec(int argc, char **argv)
 {
@@ -47,6 +71,10 @@ int cli_exec(int argc, char **argv)
 	int i, ret, status = EXEC_EXIT_ERROR;
 	unsigned long v;
 
+	if (exec_via_daemon(argc, argv)) {
+		status = cli_exec_daemon(argc, argv);
+		goto out;
+	}
 	if (!req || !env || !args) {
 		fputs("forkd exec: out of memory\n", stderr);
 		goto out;
@@ -173,6 +201,12 @@ int cli_cp(int argc, char **argv)
 	int fd = -1, status = CLI_EXIT_NOT_OK, ret;
 	struct stat st;
 
+	struct dc_opts o = {0};
+
+	status = dc_take_options(&argc, argv, &o);
+	if (status)
+		return status;
+	status = CLI_EXIT_NOT_OK;
 	if (argc != 2)
 		return cli_usage_error("%s", "cp: expected SRC and DST, one of them VM:/path");
 	src = strdup(argv[0]);
@@ -190,6 +224,10 @@ int cli_cp(int argc, char **argv)
 	}
 	if (upload)
 		split_guest_path(dst, &vm, &guest_path);
+	if (o.socket || o.url || (dc_is_vm_id(vm) && access(vm, F_OK) < 0)) {
+		status = cli_cp_daemon(&o, argv[0], argv[1], vm, guest_path, upload);
+		goto out;
+	}
 	if (fk_agent_socket_path(vm, uds, sizeof(uds), &err) < 0) {
 		fprintf(stderr, "forkd cp: %s\n", err.msg);
 		goto out;

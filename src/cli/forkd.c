@@ -16,7 +16,22 @@
 #define DEFAULT_TIMEOUT_MS 10000
 
 static const char usage_text[] =
-    "usage: forkd vm status|pause|resume|shutdown --socket PATH [--timeout MS]\n"
+    "usage: through the daemon (forkd serve), each also with [--daemon PATH | --url URL "
+    "--token-file F]:\n"
+    "       forkd vm create (--image NAME | --kernel PATH [--initrd PATH] [--append S])\n"
+    "                       [--mem MIB] [--cpus N] [--tag T] [--json]\n"
+    "       forkd vm ls [--json]\n"
+    "       forkd vm rm ID [--cascade]\n"
+    "       forkd branch ID [-n N] [--persist --tag T] [--no-wait] [--json]\n"
+    "       forkd snapshot ID --tag T [--json]\n"
+    "       forkd spawn TAG -n N [--json]\n"
+    "       forkd snapshots [ls [--json] | rm TAG [--cascade]]\n"
+    "       forkd tree [--json]\n"
+    "       forkd exec ID [-i] [--env K=V]... [--cwd DIR] [--uid N] [--timeout MS] -- CMD "
+    "[ARG]...\n"
+    "       forkd cp SRC ID:/path | ID:/path DST\n"
+    "   directly, one VMM or one VM's agent:\n"
+    "       forkd vm status|pause|resume|shutdown --socket PATH [--timeout MS]\n"
     "       forkd vm call --socket PATH [--timeout MS] '<json request>'\n"
     "       forkd spawn SNAPSHOT_DIR -n N --out DIR [--vmm PATH] [--timeout MS]\n"
     "       forkd kill DIR\n"
@@ -26,6 +41,20 @@ static const char usage_text[] =
     "       forkd agent VM ping|stat PATH|ls PATH|rm [-r] PATH|shutdown [poweroff|reboot]\n"
     "       forkd image build NAME [--packages P1,P2,...] | ls | rm NAME\n"
     "       forkd doctor [--json]\n"
+    "\n"
+    "Daemon commands: the daemon is at --daemon PATH, else $FORKD_SOCKET, else\n"
+    "/var/lib/forkd/forkd.sock; or over TCP at --url http(s)://HOST:PORT with the bearer\n"
+    "token in --token-file F. ID is a VM id (vm-1a2b3c4d), TAG a snapshot tag. Output is\n"
+    "for people (ids one per line, tables, the lineage as a tree); --json prints the\n"
+    "daemon's JSON. create, branch, snapshot and spawn report progress on stderr.\n"
+    "vm rm and snapshots rm refuse while there are descendants, unless --cascade.\n"
+    "branch -n 0 only with --persist --tag T (keeps the instant as snapshot T).\n"
+    "spawn TAG asks the daemon; spawn works on a local SNAPSHOT_DIR as below when the\n"
+    "argument is an existing directory or a path, or --out is given.\n"
+    "exec ID streams the command's output and exits with its status (128+N for signal\n"
+    "N), 125 if it did not run; cp with ID:/path copies one file through the daemon.\n"
+    "Exit status: 0 ok, 1 the daemon refused (its message is printed), 2 usage error or\n"
+    "no daemon to ask.\n"
     "\n"
     "vm: sends one command to a forkd-vmm control socket and prints the reply as JSON.\n"
     "Exit status: 0 ok, 1 the VMM answered with an error, 2 usage error or no answer.\n"
@@ -126,7 +155,8 @@ static int parse_vm_args(int argc, char **argv, struct vm_args *a)
 	}
 	if (!a->action)
 		return cli_usage_error(
-		    "%s", "vm: expected an action (status, pause, resume, shutdown, call)");
+		    "%s", "vm: expected an action (create, ls, rm through the daemon; status, "
+			  "pause, resume, shutdown, call with --socket)");
 	if (!a->socket || !a->socket[0])
 		return cli_usage_error("vm %s: expected --socket PATH", a->action);
 	if (strcmp(a->action, "call") == 0 && !a->raw)
@@ -162,7 +192,8 @@ static json_t *build_request(const struct vm_args *a)
 		if (strcmp(a->action, simple[i]) == 0)
 			return json_pack("{s:s}", "cmd", simple[i]);
 	cli_usage_error(
-	    "vm '%s': unknown action (expected status, pause, resume, shutdown or call)",
+	    "vm '%s': unknown action (expected create, ls, rm, or status, pause, resume, "
+	    "shutdown or call with --socket)",
 	    a->action);
 	return NULL;
 }
@@ -175,6 +206,9 @@ static int vm_command(int argc, char **argv)
 	json_t *ok, *error;
 	int ret;
 
+	if (argc > 0 && (strcmp(argv[0], "create") == 0 || strcmp(argv[0], "ls") == 0 ||
+			 strcmp(argv[0], "rm") == 0))
+		return cli_vm_daemon(argc, argv);
 	ret = parse_vm_args(argc, argv, &a);
 	if (ret)
 		return ret;
@@ -206,7 +240,8 @@ int main(int argc, char **argv)
 {
 	if (argc < 2)
 		return cli_usage_error(
-		    "%s", "expected a command (vm, spawn, kill, exec, cp, agent, image, doctor)");
+		    "%s", "expected a command (vm, branch, snapshot, snapshots, spawn, tree, exec, "
+			  "cp, kill, agent, image, doctor)");
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		fputs(usage_text, stdout);
@@ -228,7 +263,15 @@ int main(int argc, char **argv)
 		return cli_image(argc - 2, argv + 2);
 	if (strcmp(argv[1], "doctor") == 0)
 		return cli_doctor(argc - 2, argv + 2);
-	return cli_usage_error(
-	    "unknown command '%s' (expected vm, spawn, kill, exec, cp, agent, image or doctor)",
-	    argv[1]);
+	if (strcmp(argv[1], "branch") == 0)
+		return cli_branch(argc - 2, argv + 2);
+	if (strcmp(argv[1], "snapshot") == 0)
+		return cli_snapshot(argc - 2, argv + 2);
+	if (strcmp(argv[1], "snapshots") == 0)
+		return cli_snapshots(argc - 2, argv + 2);
+	if (strcmp(argv[1], "tree") == 0)
+		return cli_tree(argc - 2, argv + 2);
+	return cli_usage_error("unknown command '%s' (expected vm, branch, snapshot, snapshots, "
+			       "spawn, tree, exec, cp, kill, agent, image or doctor)",
+			       argv[1]);
 }

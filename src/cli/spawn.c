@@ -361,6 +361,33 @@ static int wait_running(const struct spawn_args *a, struct child *children, doub
 	return 0;
 }
 
+/*
+ * A snapshot directory on this machine (the old behaviour: the argument is an existing directory
+ * or a path, or --out, --vmm or --timeout is given) rather than a tag of the daemon's.
+ */
+static bool spawn_is_local(int argc, char **argv)
+{
+	static const char *const with_value[] = {"-n",	     "--out", "--vmm",	     "--timeout",
+						 "--daemon", "--url", "--token-file"};
+	const char *target = NULL;
+	struct stat st;
+
+	for (int i = 0; i < argc; i++) {
+		bool takes = false;
+
+		for (size_t k = 0; k < sizeof(with_value) / sizeof(with_value[0]); k++)
+			takes |= strcmp(argv[i], with_value[k]) == 0;
+		if (strcmp(argv[i], "--out") == 0 || strcmp(argv[i], "--vmm") == 0 ||
+		    strcmp(argv[i], "--timeout") == 0)
+			return true;
+		if (takes)
+			i++;
+		else if (argv[i][0] != '-' && !target)
+			target = argv[i];
+	}
+	return target && (strchr(target, '/') || (stat(target, &st) == 0 && S_ISDIR(st.st_mode)));
+}
+
 int cli_spawn(int argc, char **argv)
 {
 	struct spawn_args a = {0};
@@ -371,6 +398,8 @@ int cli_spawn(int argc, char **argv)
 	double t0;
 	int ret;
 
+	if (!spawn_is_local(argc, argv))
+		return cli_spawn_daemon(argc, argv);
 	ret = parse_spawn_args(argc, argv, &a);
 	if (ret)
 		return ret;
