@@ -60,8 +60,8 @@ class Sandbox:
     """A running VM seen as a sandbox.
 
     ``Sandbox.create(image=...)`` boots one; ``Sandbox(vm_id, controller)``
-    attaches to an existing VM. As a context manager it is killed on exit
-    unless ``keep=True``.
+    attaches to an existing VM. As a context manager it is killed on exit,
+    with its descendants (its BRANCH children), unless ``keep=True``.
     """
 
     def __init__(self, vm_id: str, controller: Optional[Controller] = None, *,
@@ -133,8 +133,9 @@ class Sandbox:
         return self
 
     def __exit__(self, *exc) -> None:
+        # The VM and what was BRANCHed from it: a `with` block scopes them all.
         if not self.keep:
-            self.kill()
+            self.kill(cascade=True)
 
     def _uid_of(self, user: Union[str, int]) -> int:
         if isinstance(user, int):

@@ -18,8 +18,10 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
-# The tests exercise the source tree, not an installed copy.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The tests exercise the source tree, unless FORKD_SDK_TEST_INSTALLED=1 asks
+# for the installed package (e.g. in a venv after `pip install ./sdk/python`).
+if os.environ.get("FORKD_SDK_TEST_INSTALLED") != "1":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclass

@@ -275,7 +275,7 @@ class LifecycleTest(SandboxTestBase):
         self.route("DELETE", f"/v1/vms/{VM_ID}", delete)
         with Sandbox(VM_ID, self.c) as sb:
             self.assertEqual(sb.id, VM_ID)
-        self.assertEqual(deleted, [(f"/v1/vms/{VM_ID}", {})])
+        self.assertEqual(deleted, [(f"/v1/vms/{VM_ID}", {"cascade": "true"})])
         with Sandbox(VM_ID, self.c, keep=True):
             pass
         self.assertEqual(len(deleted), 1)
@@ -283,6 +283,8 @@ class LifecycleTest(SandboxTestBase):
             with Sandbox(VM_ID, self.c):
                 raise RuntimeError("boom")  # killed, and the error propagates
         self.assertEqual(len(deleted), 2)
+        self.assertEqual(self.sb.kill(), [VM_ID])
+        self.assertEqual(deleted[-1][1], {})
         self.assertEqual(self.sb.kill(cascade=True), [VM_ID])
         self.assertEqual(deleted[-1][1], {"cascade": "true"})
 
