@@ -35,6 +35,7 @@ class E2E:
         self.tags = []
         self.sb = None
         self.children = []
+        self.w = args.workdir.rstrip("/")  # where files go inside the guest
 
     def step(self, name, fn):
         t0 = time.monotonic()
@@ -62,6 +63,8 @@ class E2E:
         self.sb = Sandbox.create(self.args.image, controller=self.c, mem_mib=512, cpus=1,
                                  tag="sdk-e2e")
         self.vms.append(self.sb.id)
+        r = self.sb.commands.run(["mkdir", "-p", self.w])
+        check(r.exit_code == 0, f"mkdir {self.w}: {r!r}")
         vm = self.c.vm(self.sb.id)
         check(vm.state == "running", f"state {vm.state}")
         check(vm.image == self.args.image, f"image {vm.image}")
@@ -72,8 +75,8 @@ class E2E:
         check((r.exit_code, r.stdout, r.stderr) == (3, "hello\n", "oops\n"), repr(r))
         r = self.sb.commands.run(["python3", "-c", "import os,sys; print(os.getcwd(), "
                                   "os.environ['K'], sys.stdin.read())"],
-                                 env={"K": "v"}, cwd="/tmp", stdin=b"in")
-        check(r.stdout == "/tmp v in\n" and r.exit_code == 0, repr(r))
+                                 env={"K": "v"}, cwd=self.w, stdin=b"in")
+        check(r.stdout == f"{self.w} v in\n" and r.exit_code == 0, repr(r))
         r = self.sb.commands.run("kill -TERM $$")
         check(r.signal == 15 and r.exit_code is None, repr(r))
         r = self.sb.commands.run("id -u", user="nobody")
@@ -106,14 +109,16 @@ class E2E:
 
     def files(self):
         data = os.urandom(5 << 20)
-        self.sb.files.write("/tmp/sdk-e2e.bin", data, mode=0o600)
-        check(self.sb.files.read("/tmp/sdk-e2e.bin") == data, "read back differs")
-        r = self.sb.commands.run("sha256sum /tmp/sdk-e2e.bin; stat -c %a /tmp/sdk-e2e.bin")
+        self.sb.files.write(f"{self.w}/data.bin", data, mode=0o600)
+        check(self.sb.files.read(f"{self.w}/data.bin") == data, "read back differs")
+        r = self.sb.commands.run(["sh", "-c", 'sha256sum "$0"; stat -c %a "$0"',
+                                  f"{self.w}/data.bin"])
         digest, mode = r.stdout.split()[0], r.stdout.split()[-1]
         check(digest == hashlib.sha256(data).hexdigest(), "sha256 inside the guest differs")
         check(mode == "600", f"mode {mode}")
-        self.sb.files.write("/tmp/sdk-e2e.txt", "héllo\n")
-        check(self.sb.commands.run("cat /tmp/sdk-e2e.txt").stdout == "héllo\n", "text file")
+        self.sb.files.write(f"{self.w}/text.txt", "héllo\n")
+        check(self.sb.commands.run(["cat", f"{self.w}/text.txt"]).stdout == "héllo\n",
+              "text file")
         try:
             self.sb.files.read("/nonexistent/sdk-e2e")
         except forkd.NotFound:
@@ -121,7 +126,7 @@ class E2E:
         raise AssertionError("reading a missing file did not raise NotFound")
 
     def branch(self):
-        self.sb.commands.run("echo before-branch > /tmp/mark")
+        self.sb.files.write(f"{self.w}/mark", "before-branch\n")
         self.children = self.sb.branch(4)
         check(len(self.children) == 4, f"{len(self.children)} children")
         rnd = set()
@@ -130,7 +135,7 @@ class E2E:
             r = k.commands.run(["python3", "-c", "import os; print(os.urandom(16).hex())"])
             check(r.exit_code == 0, repr(r))
             rnd.add(r.stdout.strip())
-            check(k.commands.run("cat /tmp/mark").stdout == "before-branch\n",
+            check(k.commands.run(["cat", f"{self.w}/mark"]).stdout == "before-branch\n",
                   "child lost the source's state")
         check(len(rnd) == 4, f"children share os.urandom: {rnd}")
         check(self.sb.commands.run("true").exit_code == 0, "the source does not run on")
@@ -153,7 +158,8 @@ class E2E:
         spawned = Sandbox.spawn(tag, 2, controller=self.c)
         check(len(spawned) == 2, f"{len(spawned)} spawned")
         for sp in spawned:
-            check(sp.commands.run("cat /tmp/mark").stdout == "before-branch\n", "spawned state")
+            check(sp.commands.run(["cat", f"{self.w}/mark"]).stdout == "before-branch\n",
+                  "spawned state")
         try:
             self.c.delete_snapshot(tag)
             raise AssertionError("deleting a snapshot with spawned VMs did not conflict")
@@ -229,6 +235,8 @@ def expect(cls, fn, *a):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--image", default=os.environ.get("FORKD_E2E_IMAGE", "forkd-test-base"))
+    p.add_argument("--workdir", default="/tmp/forkd-sdk-e2e",
+                   help="directory inside the guest for the test's files")
     p.add_argument("--timeout", type=float, default=300.0, help="per call, seconds")
     p.add_argument("--keep", action="store_true", help="leave the VMs and snapshots")
     p.add_argument("-v", "--verbose", action="store_true")
