@@ -60,6 +60,32 @@ class E2EScriptTest(unittest.TestCase):
         self.assertEqual(srv.sim.vms, {})
         self.assertEqual(srv.sim.snaps, {})
 
+    @unittest.skipUnless(os.geteuid() == 0, "like the e2e test")
+    def test_readme_quick_start(self):
+        """The README's quick start runs as written (its guest file path
+        moved to a temporary directory, since the simulated guest is this
+        host)."""
+        with open(os.path.join(os.path.dirname(HERE), "README.md")) as f:
+            readme = f.read()
+        code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+        self.assertIn("sb.branch(4)", code)
+        code = code.replace("/root/data.bin", os.path.join(self.dir, "data.bin"))
+        sock = os.path.join(self.dir, "sim.sock")
+        srv = SimServer(sock)
+        t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                             daemon=True)
+        t.start()
+        self.addCleanup(srv.server_close)
+        self.addCleanup(srv.shutdown)
+        env = {**self.env, "FORKD_SOCKET": sock,
+               "PYTHONPATH": os.path.dirname(HERE)}
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("hello from", r.stdout)
+        self.assertIn("out: 3", r.stdout)
+        self.assertEqual(srv.sim.vms, {})  # the with block removed the VM and its children
+
 
 if __name__ == "__main__":
     unittest.main()
