@@ -15,8 +15,7 @@ import ssl
 import urllib.parse
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .errors import (ConnectionFailed, ForkdError, RequestTimeout,
-                     error_from_response)
+from .errors import ConnectionFailed, RequestTimeout, error_from_response
 
 DEFAULT_SOCKET = "/var/lib/forkd/forkd.sock"
 DEFAULT_TIMEOUT = 60.0
@@ -243,10 +242,7 @@ class Transport:
             conn.close()
 
     def json(self, method: str, path: str, **kw) -> Any:
-        r = self.request(method, path, **kw)
-        doc = r.json()
-        return doc
+        return self.request(method, path, **kw).json()
 
 
-__all__ = ["Transport", "UnixHTTPConnection", "Response", "DEFAULT_SOCKET",
-           "DEFAULT_TIMEOUT", "ForkdError"]
+__all__ = ["Transport", "UnixHTTPConnection", "Response", "DEFAULT_SOCKET", "DEFAULT_TIMEOUT"]

@@ -12,8 +12,7 @@ import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from ._transport import DEFAULT_TIMEOUT, Transport
-from .errors import (CommandTimeout, ConnectionFailed, ForkdError, RequestTimeout,
-                     error_from_object)
+from .errors import CommandTimeout, ConnectionFailed, RequestTimeout, error_from_object
 from .models import VM, BranchResult, CommandResult, Snapshot, TreeNode
 
 #: Default time limit of a command (seconds), as in E2B; 0 means none.

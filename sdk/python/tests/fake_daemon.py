@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 # The tests exercise the source tree, unless FORKD_SDK_TEST_INSTALLED=1 asks
