@@ -7,6 +7,7 @@ import codecs
 import json
 import socket
 import ssl
+import time
 import http.client
 import urllib.parse
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
@@ -205,6 +206,7 @@ class Controller:
             io_timeout = None
         path = f"/v1/vms/{_seg(vm_id)}/exec"
         stream = _ExecStream(on_stdout, on_stderr)
+        started = time.monotonic()
         try:
             conn, resp = self.transport.open("POST", path, json_body=body, timeout=io_timeout,
                                              headers={"Accept": "application/x-ndjson"})
@@ -227,7 +229,10 @@ class Controller:
                     f"exec stream of {vm_id} broke: {type(e).__name__}: {e}") from e
         finally:
             conn.close()
-        return stream.result(_argv(cmd))
+        # A SIGKILL at the time limit is the agent's timeout even if the last
+        # line does not say "timed_out".
+        limit = timeout if timeout > 0 else None
+        return stream.result(_argv(cmd), limit, time.monotonic() - started)
 
     def read_file(self, vm_id: str, path: str, *, timeout=_MISSING) -> bytes:
         """GET /v1/vms/{id}/files?path=P: the file's bytes."""
@@ -322,7 +327,8 @@ class _ExecStream:
             self.done = True
             self.final = obj
 
-    def result(self, argv: List[str]) -> CommandResult:
+    def result(self, argv: List[str], limit: Optional[float] = None,
+               elapsed: float = 0.0) -> CommandResult:
         obj = self.final
         if obj is None:
             raise ConnectionFailed(f"exec stream of {argv!r} ended without an exit status")
@@ -339,6 +345,8 @@ class _ExecStream:
                             stdout=stdout, stderr=stderr, signal=sig,
                             stdout_bytes=bytes(self.out), stderr_bytes=bytes(self.err),
                             timed_out=bool(obj.get("timed_out")), raw=raw)
+        if "timed_out" not in obj and sig == 9 and limit is not None and elapsed >= limit:
+            res.timed_out = True
         if res.timed_out:
             raise CommandTimeout(f"{argv!r} timed out (killed by signal {sig})",
                                  stdout=stdout, stderr=stderr, result=res)

@@ -61,7 +61,7 @@ class E2E:
 
     def create(self):
         self.sb = Sandbox.create(self.args.image, controller=self.c, mem_mib=512, cpus=1,
-                                 tag="sdk-e2e")
+                                 tag=f"sdk-e2e-{os.getpid()}")
         self.vms.append(self.sb.id)
         r = self.sb.commands.run(["mkdir", "-p", self.w])
         check(r.exit_code == 0, f"mkdir {self.w}: {r!r}")
@@ -175,6 +175,12 @@ class E2E:
         self.tags.append(tag)
         check(res.snapshot is not None and res.snapshot.tag == tag, repr(res))
         check(len(res.children) == 1 and res.zygote, repr(res))
+        deadline = time.monotonic() + self.args.timeout
+        snap = res.snapshot
+        while snap.state == "writing" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            snap = self.c.get_snapshot(tag)
+        check(snap.state == "ready", f"persisted snapshot {snap.state}")
 
     def errors(self):
         expect(forkd.NotFound, self.c.vm, "vm-00000000")

@@ -120,6 +120,22 @@ class CommandsTest(SandboxTestBase):
         self.assertEqual(cm.exception.result.signal, 9)
         self.assertIsInstance(cm.exception, TimeoutError)
 
+    def test_sigkill_at_the_limit_without_timed_out(self):
+        # A daemon that reports only {"signal":9} at the time limit.
+        self.route("POST", EXEC, Reply(lines=[{"stdout": b64("p")}, {"signal": 9}], delay=0.3))
+        with self.assertRaises(forkd.CommandTimeout) as cm:
+            self.sb.commands.run("sleep 100", timeout=0.2)
+        self.assertEqual(cm.exception.stdout, "p")
+        # Before the limit a SIGKILL is just a signal.
+        self.route("POST", EXEC, Reply(lines=[{"signal": 9}]))
+        res = self.sb.commands.run("kill -9 $$", timeout=30)
+        self.assertEqual((res.signal, res.timed_out), (9, False))
+        # An explicit "timed_out": false wins.
+        self.route("POST", EXEC, Reply(lines=[{"stdout": b64("p")}, {"signal": 9,
+                                                                     "timed_out": False}],
+                                       delay=0.3))
+        self.assertEqual(self.sb.commands.run("x", timeout=0.2).signal, 9)
+
     def test_client_side_deadline(self):
         self.route("POST", EXEC, Reply(lines=[{"stdout": b64("a")}, {"exit": 0}], delay=3))
         with mock.patch.object(forkd.controller, "COMMAND_TIMEOUT_GRACE", 0.2):
