@@ -140,13 +140,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if i == len(r.lines) - 1 and r.before_last:
                 r.before_last()
             data = line if isinstance(line, bytes) else (json.dumps(line) + "\n").encode()
+            with fake.lock:
+                fake.events.append(("send", i))  # logged before the client can see it
             if r.chunked:
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             else:
                 self.wfile.write(data)
             self.wfile.flush()
-            with fake.lock:
-                fake.events.append(("sent", i))
             if r.delay:
                 time.sleep(r.delay)
         if r.chunked:

@@ -65,7 +65,7 @@ class CommandsTest(SandboxTestBase):
         ev = self.fake.events
         self.assertIn(("first callback before last chunk", True), ev)
         first = next(i for i, e in enumerate(ev) if e[0] == "cb")
-        last_sent = ev.index(("sent", len(lines) - 1))
+        last_sent = ev.index(("send", len(lines) - 1))
         self.assertLess(first, last_sent, ev)
         body = self.fake.last.json()
         self.assertEqual(body, {"argv": ["/bin/sh", "-c", "echo hello"], "timeout_ms": 60000})
