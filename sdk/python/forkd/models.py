@@ -1,0 +1,128 @@
+"""The daemon's objects (docs/rest-api.md) as small dataclasses.
+
+Each ``from_json`` keeps the fields this SDK does not know in ``raw``, so a
+newer daemon's additions are not lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+def _split(cls, obj: Any) -> Dict[str, Any]:
+    if not isinstance(obj, dict):
+        from .errors import ConnectionFailed
+        raise ConnectionFailed(f"expected a JSON object for {cls.__name__}, got {obj!r:.200}")
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields if f.name != "raw"}
+    for f in fields:
+        if (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                and f.name not in obj):
+            from .errors import ConnectionFailed
+            raise ConnectionFailed(
+                f"{cls.__name__} without its {f.name!r} field in the daemon's answer: "
+                f"{obj!r:.200}")
+    known = {k: v for k, v in obj.items() if k in names}
+    raw = {k: v for k, v in obj.items() if k not in names}
+    return {**known, "raw": raw}
+
+
+@dataclass
+class VM:
+    """A VM as the daemon reports it."""
+    id: str
+    state: Optional[str] = None  # starting | running | paused | exited | failed
+    pid: Optional[int] = None
+    parent: Optional[str] = None
+    zygote: Optional[str] = None
+    snapshot: Optional[str] = None
+    tag: Optional[str] = None
+    image: Optional[str] = None
+    kernel: Optional[str] = None
+    mem_mib: Optional[int] = None
+    cpus: Optional[int] = None
+    created: Optional[str] = None
+    branched_at: Optional[str] = None
+    pause_us: Optional[int] = None
+    control_socket: Optional[str] = None
+    vsock_socket: Optional[str] = None
+    exit_status: Optional[int] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "VM":
+        return cls(**_split(cls, obj))
+
+
+@dataclass
+class Snapshot:
+    """A snapshot (by tag)."""
+    tag: str
+    state: Optional[str] = None  # writing | ready | failed
+    path: Optional[str] = None
+    parent_vm: Optional[str] = None
+    created: Optional[str] = None
+    pause_us: Optional[int] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "Snapshot":
+        return cls(**_split(cls, obj))
+
+
+@dataclass
+class BranchResult:
+    """The answer to a BRANCH: the zygote holding the branch instant, the
+    source's pause, the children and, with persist, the snapshot."""
+    zygote: Optional[str] = None
+    pause_us: Optional[int] = None
+    children: List[VM] = field(default_factory=list)
+    snapshot: Optional[Snapshot] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "BranchResult":
+        d = _split(cls, obj)
+        d["children"] = [VM.from_json(c) for c in (d.get("children") or [])]
+        if d.get("snapshot") is not None:
+            d["snapshot"] = Snapshot.from_json(d["snapshot"])
+        return cls(**d)
+
+
+@dataclass
+class TreeNode:
+    """One line of the lineage tree, depth-first (roots have depth 0)."""
+    vm: VM
+    depth: int = 0
+    last_sibling: bool = False
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "TreeNode":
+        d = _split(cls, obj)
+        d["vm"] = VM.from_json(d.get("vm"))
+        return cls(**d)
+
+
+@dataclass
+class CommandResult:
+    """The outcome of a command: ``exit_code`` (None when a signal ended it),
+    ``stdout``/``stderr`` as text (UTF-8, invalid bytes replaced), ``signal``
+    (None unless a signal ended it), and the exact bytes."""
+    exit_code: Optional[int]
+    stdout: str = ""
+    stderr: str = ""
+    signal: Optional[int] = None
+    stdout_bytes: bytes = field(default=b"", repr=False)
+    stderr_bytes: bytes = field(default=b"", repr=False)
+    timed_out: bool = False
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.signal is None
+
+
+__all__ = ["VM", "Snapshot", "BranchResult", "TreeNode", "CommandResult"]

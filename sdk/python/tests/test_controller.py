@@ -1,0 +1,217 @@
+"""Every Controller method against the fake daemon: the request it sends
+(method, path, query, body) and what it makes of the canned answer."""
+
+import unittest
+
+from fake_daemon import FakeDaemon, Reply, snap_json, vm_json
+
+import forkd
+from forkd import VM, BranchResult, Controller, Snapshot, TreeNode
+
+
+class ControllerTest(unittest.TestCase):
+    def setUp(self):
+        self.fake = FakeDaemon().__enter__()
+        self.addCleanup(self.fake.__exit__, None, None, None)
+        self.c = Controller(socket=self.fake.socket, timeout=5)
+
+    def route(self, method, path, reply):
+        self.fake.routes[(method, path)] = reply
+
+    def check(self, method, path, body=None, query=None):
+        r = self.fake.last
+        self.assertEqual(r.method, method)
+        self.assertEqual(r.path, path)
+        self.assertEqual(r.query, query or {})
+        if body is None:
+            self.assertIn(r.body, (b"",))
+        else:
+            self.assertEqual(r.headers.get("content-type"), "application/json")
+            self.assertEqual(r.json(), body)
+        self.assertEqual(r.headers.get("host"), "localhost")
+        self.assertNotIn("authorization", r.headers)  # no token on the Unix socket
+        return r
+
+    def test_health(self):
+        self.route("GET", "/healthz", Reply(obj={"ok": True, "vms": 3}))
+        self.assertEqual(self.c.health(), {"ok": True, "vms": 3})
+        self.check("GET", "/healthz")
+
+    def test_metrics_text(self):
+        text = ("# TYPE forkd_branch_pause_seconds histogram\n"
+                'forkd_http_requests_total{method="GET",code="200"} 7\n')
+        self.route("GET", "/metrics", Reply(body=text.encode(), content_type="text/plain"))
+        self.assertEqual(self.c.metrics(), text)
+        self.check("GET", "/metrics")
+
+    def test_create_vm_image(self):
+        self.route("POST", "/v1/vms", Reply(201, obj=vm_json("vm-1a2b3c4d", tag="web",
+                                                                future_field={"x": 1})))
+        vm = self.c.create_vm(image="forkd-test-base", mem_mib=1024, cpus=2, tag="web")
+        self.check("POST", "/v1/vms",
+                   {"image": "forkd-test-base", "mem_mib": 1024, "cpus": 2, "tag": "web"})
+        self.assertIsInstance(vm, VM)
+        self.assertEqual(vm.id, "vm-1a2b3c4d")
+        self.assertEqual(vm.state, "running")
+        self.assertEqual(vm.mem_mib, 512)
+        self.assertEqual(vm.tag, "web")
+        self.assertEqual(vm.vsock_socket, "/var/lib/forkd/vms/vm-1a2b3c4d/vsock.sock")
+        self.assertEqual(vm.raw, {"future_field": {"x": 1}})  # unknown fields kept
+
+    def test_create_vm_kernel(self):
+        self.route("POST", "/v1/vms", Reply(201, obj=vm_json(image=None, kernel="/k")))
+        vm = self.c.create_vm(kernel="/k", initrd="/i", append="console=ttyS0")
+        self.check("POST", "/v1/vms", {"kernel": "/k", "initrd": "/i", "append": "console=ttyS0"})
+        self.assertEqual(vm.kernel, "/k")
+        self.assertIsNone(vm.image)
+
+    def test_create_vm_argument_checks(self):
+        with self.assertRaises(ValueError):
+            self.c.create_vm()
+        with self.assertRaises(ValueError):
+            self.c.create_vm(image="a", kernel="/k")
+        with self.assertRaises(ValueError):
+            self.c.create_vm(image="a", append="x")
+        self.assertEqual(self.fake.requests, [])
+
+    def test_vms(self):
+        self.route("GET", "/v1/vms", Reply(obj={"vms": [vm_json("vm-1"), vm_json("vm-2")]}))
+        vms = self.c.vms()
+        self.check("GET", "/v1/vms")
+        self.assertEqual([v.id for v in vms], ["vm-1", "vm-2"])
+        self.assertTrue(all(isinstance(v, VM) for v in vms))
+
+    def test_vm(self):
+        self.route("GET", "/v1/vms/vm-1", Reply(obj=vm_json("vm-1", state="paused", pid=7)))
+        vm = self.c.vm("vm-1")
+        self.check("GET", "/v1/vms/vm-1")
+        self.assertEqual((vm.id, vm.state, vm.pid), ("vm-1", "paused", 7))
+
+    def test_ids_are_path_encoded(self):
+        self.route("GET", "/v1/vms/a%2Fb", Reply(obj=vm_json("a/b")))
+        with self.assertRaises(forkd.NotFound):  # never a path traversal
+            self.c.vm("../healthz")
+        with self.assertRaises(ValueError):
+            self.c.vm("")
+
+    def test_delete_vm(self):
+        self.route("DELETE", "/v1/vms/vm-1", Reply(obj={"removed": ["vm-1"]}))
+        self.assertEqual(self.c.delete_vm("vm-1"), ["vm-1"])
+        self.check("DELETE", "/v1/vms/vm-1")
+
+    def test_delete_vm_cascade(self):
+        self.route("DELETE", "/v1/vms/vm-1", Reply(obj={"removed": ["vm-1", "vm-2", "vm-3"]}))
+        self.assertEqual(self.c.delete_vm("vm-1", cascade=True), ["vm-1", "vm-2", "vm-3"])
+        self.check("DELETE", "/v1/vms/vm-1", query={"cascade": "true"})
+
+    def test_branch(self):
+        kids = [vm_json(f"vm-c{i}", parent="vm-1", zygote="zy-1", pause_us=812,
+                        branched_at="2026-12-04T17:22:00Z") for i in range(4)]
+        self.route("POST", "/v1/vms/vm-1/branch",
+                   Reply(201, obj={"zygote": "zy-1", "pause_us": 812, "children": kids}))
+        res = self.c.branch("vm-1", 4)
+        self.check("POST", "/v1/vms/vm-1/branch", {"n": 4, "persist": False, "wait": True})
+        self.assertIsInstance(res, BranchResult)
+        self.assertEqual(res.zygote, "zy-1")
+        self.assertEqual(res.pause_us, 812)
+        self.assertEqual([k.id for k in res.children], [f"vm-c{i}" for i in range(4)])
+        self.assertTrue(all(isinstance(k, VM) and k.parent == "vm-1" for k in res.children))
+        self.assertIsNone(res.snapshot)
+
+    def test_branch_persist(self):
+        self.route("POST", "/v1/vms/vm-1/branch",
+                   Reply(201, obj={"zygote": "zy-2", "pause_us": 900, "children": [],
+                                   "snapshot": snap_json("keep", state="writing")}))
+        res = self.c.branch("vm-1", 0, persist=True, tag="keep", wait=False)
+        self.check("POST", "/v1/vms/vm-1/branch",
+                   {"n": 0, "persist": True, "tag": "keep", "wait": False})
+        self.assertIsInstance(res.snapshot, Snapshot)
+        self.assertEqual((res.snapshot.tag, res.snapshot.state), ("keep", "writing"))
+        self.assertEqual(res.children, [])
+        with self.assertRaises(ValueError):
+            self.c.branch("vm-1", 1, persist=True)
+
+    def test_snapshot(self):
+        self.route("POST", "/v1/vms/vm-1/snapshot", Reply(201, obj=snap_json("t1")))
+        s = self.c.snapshot("vm-1", "t1")
+        self.check("POST", "/v1/vms/vm-1/snapshot", {"tag": "t1"})
+        self.assertEqual((s.tag, s.state, s.parent_vm, s.pause_us),
+                         ("t1", "ready", "vm-00000001", 1500))
+
+    def test_snapshots(self):
+        self.route("GET", "/v1/snapshots",
+                   Reply(obj={"snapshots": [snap_json("a"), snap_json("b", state="writing")]}))
+        ss = self.c.snapshots()
+        self.check("GET", "/v1/snapshots")
+        self.assertEqual([(s.tag, s.state) for s in ss], [("a", "ready"), ("b", "writing")])
+
+    def test_get_snapshot(self):
+        self.route("GET", "/v1/snapshots/a", Reply(obj=snap_json("a")))
+        self.assertEqual(self.c.get_snapshot("a").tag, "a")
+        self.check("GET", "/v1/snapshots/a")
+
+    def test_spawn(self):
+        self.route("POST", "/v1/snapshots/t1/spawn",
+                   Reply(201, obj={"vms": [vm_json(f"vm-s{i}", snapshot="t1") for i in range(3)]}))
+        vms = self.c.spawn("t1", 3)
+        self.check("POST", "/v1/snapshots/t1/spawn", {"n": 3})
+        self.assertEqual([v.id for v in vms], ["vm-s0", "vm-s1", "vm-s2"])
+        self.assertEqual({v.snapshot for v in vms}, {"t1"})
+
+    def test_delete_snapshot(self):
+        self.route("DELETE", "/v1/snapshots/t1", Reply(obj={"removed": ["t1"]}))
+        self.assertEqual(self.c.delete_snapshot("t1"), ["t1"])
+        self.check("DELETE", "/v1/snapshots/t1")
+        self.route("DELETE", "/v1/snapshots/t1", Reply(obj={"removed": ["vm-s0", "t1"]}))
+        self.assertEqual(self.c.delete_snapshot("t1", cascade=True), ["vm-s0", "t1"])
+        self.check("DELETE", "/v1/snapshots/t1", query={"cascade": "true"})
+
+    def test_tree(self):
+        tree = [{"vm": vm_json("vm-1"), "depth": 0, "last_sibling": True},
+                {"vm": vm_json("vm-2", parent="vm-1"), "depth": 1, "last_sibling": False},
+                {"vm": vm_json("vm-3", parent="vm-1"), "depth": 1, "last_sibling": True,
+                 "extra": 1}]
+        self.route("GET", "/v1/tree", Reply(obj={"tree": tree}))
+        nodes = self.c.tree()
+        self.check("GET", "/v1/tree")
+        self.assertTrue(all(isinstance(n, TreeNode) for n in nodes))
+        self.assertEqual([(n.vm.id, n.depth, n.last_sibling) for n in nodes],
+                         [("vm-1", 0, True), ("vm-2", 1, False), ("vm-3", 1, True)])
+        self.assertEqual(nodes[2].raw, {"extra": 1})
+
+    def test_malformed_answers_are_connection_failed(self):
+        self.route("GET", "/v1/vms", Reply(obj={"nope": []}))
+        with self.assertRaises(forkd.ConnectionFailed):
+            self.c.vms()
+        self.route("GET", "/v1/vms/vm-1", Reply(obj={"state": "running"}))  # no id
+        with self.assertRaises(forkd.ConnectionFailed):
+            self.c.vm("vm-1")
+        self.route("GET", "/healthz", Reply(body=b"<html>", content_type="text/html"))
+        with self.assertRaises(forkd.ConnectionFailed):
+            self.c.health()
+
+    def test_timeout_on_every_call(self):
+        c = Controller(socket=self.fake.socket, timeout=0.3)
+        self.route("GET", "/healthz", Reply(obj={"ok": True, "vms": 0}, sleep=1.0))
+        with self.assertRaises(forkd.RequestTimeout):
+            c.health()
+        with self.assertRaises(forkd.RequestTimeout):  # per-call override
+            self.c.health(timeout=0.2)
+        self.assertEqual(self.c.health(timeout=3), {"ok": True, "vms": 0})
+
+    def test_default_socket_from_env(self):
+        import os
+        from unittest import mock
+        with mock.patch.dict(os.environ, {"FORKD_SOCKET": self.fake.socket}):
+            c = Controller()
+        self.assertEqual(c.transport.socket_path, self.fake.socket)
+        self.route("GET", "/healthz", Reply(obj={"ok": True, "vms": 0}))
+        self.assertTrue(c.health()["ok"])
+        with mock.patch.dict(os.environ, {}, clear=True):
+            self.assertEqual(Controller().transport.socket_path, "/var/lib/forkd/forkd.sock")
+        c = Controller(url="unix://" + self.fake.socket)
+        self.assertTrue(c.health()["ok"])
+
+
+if __name__ == "__main__":
+    unittest.main()
