@@ -41,18 +41,18 @@
 #include "state/vm_state.h"
 #include "util/json_kind.h"
 
-#define STATUS_CALL_MS	   1000   /* one `status` call while waiting for a VMM */
-#define START_TIMEOUT_MS   30000  /* launch to the control socket answering */
-#define SHUTDOWN_WAIT_MS   3000	  /* `shutdown` to exit, before SIGKILL */
-#define KILL_WAIT_MS	   5000	  /* SIGKILL to exit */
-#define BRANCH_TIMEOUT_MS  120000 /* a branch call (children started, persist waited for) */
+#define STATUS_CALL_MS	    1000   /* one `status` call while waiting for a VMM */
+#define START_TIMEOUT_MS    30000  /* launch to the control socket answering */
+#define SHUTDOWN_WAIT_MS    3000   /* `shutdown` to exit, before SIGKILL */
+#define KILL_WAIT_MS	    5000   /* SIGKILL to exit */
+#define BRANCH_TIMEOUT_MS   120000 /* a branch call (children started, persist waited for) */
 #define SNAPSHOT_TIMEOUT_MS 300000
-#define PERSIST_POLL_MS	   50
-#define MEM_MIB_MIN	   32
-#define MEM_MIB_MAX	   (1024 * 1024)
-#define CPUS_MAX	   254
+#define PERSIST_POLL_MS	    50
+#define MEM_MIB_MIN	    32
+#define MEM_MIB_MAX	    (1024 * 1024)
+#define CPUS_MAX	    254
 /* The longest socket below the state dir: vms/<id>/branches/<k>/child-<i>/control.sock. */
-#define LONGEST_SOCK_TAIL  (sizeof("/vms/vm-01234567/branches/999999/child-1023/control.sock") - 1)
+#define LONGEST_SOCK_TAIL (sizeof("/vms/vm-01234567/branches/999999/child-1023/control.sock") - 1)
 
 /* A VM or zygote the daemon knows: its process watch and what the registry lacks. */
 struct tracked {
@@ -419,8 +419,7 @@ static json_t *vm_json(struct daemon *d, const struct reg_vm *vm)
 	json_object_set_new(o, "tag", str_or_null(vm->tag));
 	json_object_set_new(o, "image", str_or_null(vm->image));
 	json_object_set_new(o, "kernel", str_or_null(vm->kernel));
-	json_object_set_new(o, "mem_mib",
-			    t && t->mem_mib ? json_integer(t->mem_mib) : json_null());
+	json_object_set_new(o, "mem_mib", t && t->mem_mib ? json_integer(t->mem_mib) : json_null());
 	json_object_set_new(o, "cpus", t && t->cpus ? json_integer(t->cpus) : json_null());
 	json_object_set_new(o, "created", iso_time(vm->created_us));
 	json_object_set_new(o, "branched_at", branched ? iso_time(vm->branched_us) : json_null());
@@ -428,9 +427,9 @@ static json_t *vm_json(struct daemon *d, const struct reg_vm *vm)
 			    branched ? json_integer((json_int_t)vm->pause_us) : json_null());
 	json_object_set_new(o, "control_socket", str_or_null(vm->control_sock));
 	json_object_set_new(o, "vsock_socket", str_or_null(vm->vsock_sock));
-	json_object_set_new(o, "exit_status", vm->exit_status == REG_NO_EXIT
-						  ? json_null()
-						  : json_integer(vm->exit_status));
+	json_object_set_new(o, "exit_status",
+			    vm->exit_status == REG_NO_EXIT ? json_null()
+							   : json_integer(vm->exit_status));
 	return o;
 }
 
@@ -517,14 +516,14 @@ static int get_int(json_t *body, const char *what, const char *key, long long lo
 		return fk_fail(err, EINVAL, "%s: \"%s\": expected an integer %lld..%lld, got %s",
 			       what, key, lo, hi, fk_json_kind(v));
 	if (json_integer_value(v) < lo || json_integer_value(v) > hi)
-		return fk_fail(err, EINVAL, "%s: \"%s\": %lld is out of range (expected %lld..%lld)",
-			       what, key, (long long)json_integer_value(v), lo, hi);
+		return fk_fail(err, EINVAL,
+			       "%s: \"%s\": %lld is out of range (expected %lld..%lld)", what, key,
+			       (long long)json_integer_value(v), lo, hi);
 	*out = json_integer_value(v);
 	return 0;
 }
 
-static int get_bool(json_t *body, const char *what, const char *key, bool *out,
-		    struct fk_err *err)
+static int get_bool(json_t *body, const char *what, const char *key, bool *out, struct fk_err *err)
 {
 	json_t *v = body ? json_object_get(body, key) : NULL;
 
@@ -557,6 +556,12 @@ static int get_tag(json_t *body, const char *what, const char **out, struct fk_e
 
 	if (ret == 0 && *out && (ret = registry_tag_check(*out, err)) < 0)
 		return fk_wrap(err, "%s: \"tag\"", what);
+	/* docs/rest-api.md: no hidden names either (DIR/snapshots/<tag> stays visible). */
+	if (ret == 0 && *out && (*out)[0] == '.')
+		return fk_fail(err, EINVAL,
+			       "%s: \"tag\": tag '%s' starts with '.' (expected [A-Za-z0-9._-], "
+			       "not starting with '.' or '-')",
+			       what, *out);
 	return ret;
 }
 
@@ -622,10 +627,11 @@ static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool r
 				char line[256];
 
 				vmm_first_line(s[i].err_path, line, sizeof(line));
-				return fk_fail(err, ECHILD,
-					       "%s: forkd-vmm exited (status %d) before its control "
-					       "socket answered: %s",
-					       s[i].id, status, line[0] ? line : "(no message)");
+				return fk_fail(
+				    err, ECHILD,
+				    "%s: forkd-vmm exited (status %d) before its control "
+				    "socket answered: %s",
+				    s[i].id, status, line[0] ? line : "(no message)");
 			}
 			if (access(s[i].sock, F_OK) < 0)
 				continue;
@@ -639,10 +645,10 @@ static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool r
 				pthread_mutex_lock(&d->lock);
 				t = find_tracked(d, s[i].id);
 				if (t) {
-					t->mem_mib =
-					    (int)json_integer_value(json_object_get(reply, "mem_mib"));
-					t->cpus =
-					    (int)json_integer_value(json_object_get(reply, "vcpus"));
+					t->mem_mib = (int)json_integer_value(
+					    json_object_get(reply, "mem_mib"));
+					t->cpus = (int)json_integer_value(
+					    json_object_get(reply, "vcpus"));
 				}
 				pthread_mutex_unlock(&d->lock);
 				if (restore_metric)
@@ -654,10 +660,11 @@ static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool r
 		if (up == n)
 			break;
 		if (mono_s() > deadline)
-			return fk_fail(err, ETIMEDOUT,
-				       "%zu of %zu VMs did not answer on their control socket within "
-				       "%d ms (see %s)",
-				       n - up, n, START_TIMEOUT_MS, s[0].err_path);
+			return fk_fail(
+			    err, ETIMEDOUT,
+			    "%zu of %zu VMs did not answer on their control socket within "
+			    "%d ms (see %s)",
+			    n - up, n, START_TIMEOUT_MS, s[0].err_path);
 		usleep(5000);
 	}
 	return 0;
@@ -788,9 +795,10 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 			       "brings its own)",
 			       what, initrd ? "initrd" : "append");
 	if (image && !image_name_ok(image))
-		return fk_fail(err, EINVAL,
-			       "%s: \"image\" '%s': expected an image name ([a-z0-9][a-z0-9._-]{0,62})",
-			       what, image);
+		return fk_fail(
+		    err, EINVAL,
+		    "%s: \"image\" '%s': expected an image name ([a-z0-9][a-z0-9._-]{0,62})", what,
+		    image);
 	if (kernel && (ret = check_file(what, "kernel", kernel, err)) < 0)
 		return ret;
 	if (initrd && (ret = check_file(what, "initrd", initrd, err)) < 0)
@@ -822,8 +830,7 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 	if ((ret = vm_dir(d, vm.id, NULL, dir, sizeof(dir), err)) < 0 ||
 	    (ret = vm_dir(d, vm.id, "control.sock", vm.control_sock, sizeof(vm.control_sock),
 			  err)) < 0 ||
-	    (ret = vm_dir(d, vm.id, "vsock.sock", vm.vsock_sock, sizeof(vm.vsock_sock), err)) <
-		0 ||
+	    (ret = vm_dir(d, vm.id, "vsock.sock", vm.vsock_sock, sizeof(vm.vsock_sock), err)) < 0 ||
 	    (ret = vm_dir(d, vm.id, "serial.log", serial, sizeof(serial), err)) < 0 ||
 	    (ret = vm_dir(d, vm.id, "vmm.err", s.err_path, sizeof(s.err_path), err)) < 0)
 		goto fail;
@@ -948,8 +955,9 @@ int daemon_vm_agent_socket(struct daemon *d, const char *id, char *path, size_t 
 		return fk_fail(err, ENOTCONN, "vm %s is %s: expected a running VM", id,
 			       reg_vm_state_name(vm.state));
 	if (!vm.vsock_sock[0])
-		return fk_fail(err, ENOTCONN, "vm %s has no vsock device (create it with "
-					      "\"vsock\":true)",
+		return fk_fail(err, ENOTCONN,
+			       "vm %s has no vsock device (create it with "
+			       "\"vsock\":true)",
 			       id);
 	if ((size_t)snprintf(path, len, "%s", vm.vsock_sock) >= len)
 		return fk_fail(err, ENAMETOOLONG, "vm %s: vsock path longer than %zu bytes", id,
@@ -970,10 +978,10 @@ int daemon_tree(struct daemon *d, json_t **out, struct fk_err *err)
 	if (ret == 0) {
 		arr = json_array();
 		for (size_t i = 0; i < n; i++)
-			json_array_append_new(arr,
-					      json_pack("{s:o,s:i,s:b}", "vm", vm_json(d, &nodes[i].vm),
-							"depth", (int)nodes[i].depth,
-							"last_sibling", nodes[i].last_sibling));
+			json_array_append_new(arr, json_pack("{s:o,s:i,s:b}", "vm",
+							     vm_json(d, &nodes[i].vm), "depth",
+							     (int)nodes[i].depth, "last_sibling",
+							     nodes[i].last_sibling));
 		*out = json_pack("{s:o}", "tree", arr);
 	}
 	pthread_mutex_unlock(&d->lock);
@@ -1046,10 +1054,11 @@ static int claim(struct daemon *d, const struct reg_vm *all, const bool *in, siz
 		struct tracked *t = in[i] ? find_tracked(d, all[i].id) : NULL;
 
 		if (t && t->busy)
-			return fk_fail(err, EBUSY,
-				       "vm %s is busy (a branch, snapshot, start or delete of it is "
-				       "in progress); try again",
-				       all[i].id);
+			return fk_fail(
+			    err, EBUSY,
+			    "vm %s is busy (a branch, snapshot, start or delete of it is "
+			    "in progress); try again",
+			    all[i].id);
 	}
 	for (size_t i = 0; i < n; i++) {
 		struct tracked *t = in[i] ? find_tracked(d, all[i].id) : NULL;
@@ -1093,10 +1102,7 @@ static void name_list(const struct reg_vm *all, const bool *in, size_t n, char *
 						 all[i].id);
 }
 
-/*
- * Stops the VMs in[] (lock held on entry and return, dropped while waiting), then runs
- * del(), forgets the removed VMs and removes their directories.
- */
+/* Stops the VMs in[]: lock held on entry and return, dropped while waiting for each. */
 static void stop_all(struct daemon *d, const struct reg_vm *all, const bool *in, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
@@ -1104,12 +1110,36 @@ static void stop_all(struct daemon *d, const struct reg_vm *all, const bool *in,
 			stop_vmm(d, &all[i]);
 }
 
-static void forget_removed(struct daemon *d, const struct reg_ids *removed, json_t *arr)
+/* A BRANCH child's files (console, overlay, sockets) are in its branch directory below its
+ * parent's directory: DIR/vms/<parent>/branches/<k>/child-<i>. */
+static void remove_branch_child_dir(struct daemon *d, const struct reg_vm *all, size_t n,
+				    const char *id)
+{
+	char dir[REG_SOCK_MAX], *slash;
+	size_t len = strlen(d->state_dir);
+
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(all[i].id, id) != 0 || !all[i].parent_vm[0])
+			continue;
+		snprintf(dir, sizeof(dir), "%s", all[i].control_sock);
+		slash = strrchr(dir, '/');
+		if (!slash || strncmp(dir, d->state_dir, len) != 0 || dir[len] != '/' ||
+		    !strstr(dir + len, "/branches/"))
+			return;
+		*slash = '\0';
+		fk_remove_tree(dir);
+		return;
+	}
+}
+
+static void forget_removed(struct daemon *d, const struct reg_ids *removed, json_t *arr,
+			   const struct reg_vm *all, size_t n)
 {
 	struct fk_err ignored = {0};
 	char dir[PATH_MAX];
 
 	for (size_t i = 0; i < removed->n; i++) {
+		remove_branch_child_dir(d, all, n, removed->ids[i]);
 		for (struct tracked *t = d->tracked; t;) {
 			struct tracked *next = t->next;
 			if (t->is_zygote && strcmp(t->vm, removed->ids[i]) == 0)
@@ -1187,7 +1217,7 @@ int daemon_vm_delete(struct daemon *d, const char *id, bool cascade, json_t **ou
 	if (ret < 0)
 		goto out;
 	arr = json_array();
-	forget_removed(d, &removed, arr);
+	forget_removed(d, &removed, arr, all, n);
 	*out = json_pack("{s:o}", "removed", arr);
 	claimed = false;
 out:
@@ -1218,8 +1248,8 @@ int daemon_snapshot_delete(struct daemon *d, const char *tag, bool cascade, json
 	if (ret < 0)
 		goto out;
 	if (snap.state == REG_SNAP_WRITING) {
-		ret = fk_fail(err, EBUSY, "snapshot %s is being written; try again once it is ready",
-			      tag);
+		ret = fk_fail(err, EBUSY,
+			      "snapshot %s is being written; try again once it is ready", tag);
 		goto out;
 	}
 	ret = registry_vm_list(d->reg, &all, &n, err);
@@ -1253,7 +1283,7 @@ int daemon_snapshot_delete(struct daemon *d, const char *tag, bool cascade, json
 		goto out;
 	claimed = false;
 	arr = json_array();
-	forget_removed(d, &removed, arr);
+	forget_removed(d, &removed, arr, all, n);
 	json_array_append_new(arr, json_string(tag));
 	snap_meta_drop(d, tag);
 	fk_remove_tree(snap.path);
@@ -1286,7 +1316,8 @@ static int vmm_call(const char *what, const char *sock, json_t *req, int timeout
 	if (!json_is_true(json_object_get(reply, "ok"))) {
 		const char *msg = json_string_value(json_object_get(reply, "error"));
 
-		ret = fk_fail(err, EIO, "%s: the VMM refused: %s", what, msg ? msg : "(no message)");
+		ret =
+		    fk_fail(err, EIO, "%s: the VMM refused: %s", what, msg ? msg : "(no message)");
 		json_decref(reply);
 		return ret;
 	}
@@ -1413,9 +1444,8 @@ static const char *persist_state(const char *sock, int zygote, char *buf, size_t
 	size_t i;
 	const char *state = NULL;
 
-	if (vmm_call("zygote list", sock,
-		     json_pack("{s:s,s:s}", "cmd", "zygote", "action", "list"), STATUS_CALL_MS,
-		     &reply, &ignored) < 0)
+	if (vmm_call("zygote list", sock, json_pack("{s:s,s:s}", "cmd", "zygote", "action", "list"),
+		     STATUS_CALL_MS, &reply, &ignored) < 0)
 		return NULL;
 	json_array_foreach(json_object_get(reply, "zygotes"), i, z)
 	{
@@ -1586,8 +1616,8 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	    (ret = get_tag(body, what, &tag, err)) < 0)
 		return ret;
 	if (persist && !tag)
-		return fk_fail(err, EINVAL, "%s: \"persist\":true needs \"tag\" (the snapshot's name)",
-			       what);
+		return fk_fail(err, EINVAL,
+			       "%s: \"persist\":true needs \"tag\" (the snapshot's name)", what);
 	if (!persist && tag)
 		return fk_fail(err, EINVAL,
 			       "%s: \"tag\" names the persisted snapshot: expected it only with "
@@ -1672,15 +1702,15 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 		json_t *c;
 		size_t i;
 		json_array_foreach(json_object_get(reply, "children"), i, c)
-			kill((pid_t)json_integer_value(json_object_get(c, "pid")), SIGKILL);
+		    kill((pid_t)json_integer_value(json_object_get(c, "pid")), SIGKILL);
 		release_zygote(src.control_sock, zygote_num);
 		json_decref(reply);
 		json_decref(kids);
 		return fk_wrap(err, "%s of %s", what, id);
 	}
 	report(d, DAEMON_METRIC_BRANCH_PAUSE, z.pause_us / 1e6);
-	if (!persist_writing || start_persist_thread(d, src.control_sock, zygote_num, tag,
-						     snap.path) < 0)
+	if (!persist_writing ||
+	    start_persist_thread(d, src.control_sock, zygote_num, tag, snap.path) < 0)
 		release_zygote(src.control_sock, zygote_num);
 	res = json_pack("{s:s,s:I,s:o}", "zygote", z.id, "pause_us", (json_int_t)z.pause_us,
 			"children", kids);
@@ -1740,8 +1770,7 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock, s
 	    (ret = vm_dir(d, vm.id, "overlay", overlay, sizeof(overlay), err)) < 0 ||
 	    (ret = vm_dir(d, vm.id, "control.sock", vm.control_sock, sizeof(vm.control_sock),
 			  err)) < 0 ||
-	    (ret = vm_dir(d, vm.id, "vsock.sock", vm.vsock_sock, sizeof(vm.vsock_sock), err)) <
-		0 ||
+	    (ret = vm_dir(d, vm.id, "vsock.sock", vm.vsock_sock, sizeof(vm.vsock_sock), err)) < 0 ||
 	    (ret = vm_dir(d, vm.id, "serial.log", serial, sizeof(serial), err)) < 0 ||
 	    (ret = vm_dir(d, vm.id, "vmm.err", s->err_path, sizeof(s->err_path), err)) < 0)
 		return ret;
@@ -1750,10 +1779,11 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock, s
 	if (!vsock)
 		vm.vsock_sock[0] = '\0';
 	snprintf(s->sock, sizeof(s->sock), "%s", vm.control_sock);
-	char *argv[] = {d->vmm,	      "--restore",   (char *)snap_path, "--overlay-dir",
-			overlay,      "--control",   vm.control_sock,	"--serial",
-			serial,	      "--serial-in", "none",		vsock ? "--vsock" : NULL,
-			vm.vsock_sock, NULL};
+	char *argv[] = {d->vmm,		 "--restore", (char *)snap_path,
+			"--overlay-dir", overlay,     "--control",
+			vm.control_sock, "--serial",  serial,
+			"--serial-in",	 "none",      vsock ? "--vsock" : NULL,
+			vm.vsock_sock,	 NULL};
 	pthread_mutex_lock(&d->lock);
 	ret = registry_vm_update(d->reg, &vm, err);
 	if (ret == 0)
@@ -1875,7 +1905,8 @@ static int readopt(struct daemon *d, int *adopted, struct fk_err *err)
 
 			ok = true;
 			if (!t->mem_mib)
-				t->mem_mib = (int)json_integer_value(json_object_get(reply, "mem_mib"));
+				t->mem_mib =
+				    (int)json_integer_value(json_object_get(reply, "mem_mib"));
 			if (!t->cpus)
 				t->cpus = (int)json_integer_value(json_object_get(reply, "vcpus"));
 			if (s != vms[i].state)
@@ -1949,8 +1980,8 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 	else if ((ret = vmm_default_path(d->vmm, sizeof(d->vmm), err)) < 0)
 		goto fail;
 	if (access(d->vmm, X_OK) < 0) {
-		ret = fk_fail_errno(err, errno, "vmm '%s': expected an executable forkd-vmm",
-				    d->vmm);
+		ret =
+		    fk_fail_errno(err, errno, "vmm '%s': expected an executable forkd-vmm", d->vmm);
 		goto fail;
 	}
 	if ((ret = make_dir(d->state_dir, err)) < 0 ||

@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "daemon/daemon.h"
@@ -72,7 +74,8 @@ static int teardown(void **state)
 		json_array_foreach(json_object_get(list, "vms"), i, v)
 		{
 			json_t *removed = NULL;
-			if (!json_object_get(v, "parent") || json_is_null(json_object_get(v, "parent")))
+			if (!json_object_get(v, "parent") ||
+			    json_is_null(json_object_get(v, "parent")))
 				if (daemon_vm_delete(d, json_string_value(json_object_get(v, "id")),
 						     true, &removed, &err) == 0)
 					json_decref(removed);
@@ -120,8 +123,8 @@ static json_t *branch(const char *id, int n)
 static void expect_answers(json_t *vm)
 {
 	char buf[256];
-	json_t *r = harness_call(sval(vm, "control_socket"), "{\"cmd\":\"status\"}", buf,
-				 sizeof(buf));
+	json_t *r =
+	    harness_call(sval(vm, "control_socket"), "{\"cmd\":\"status\"}", buf, sizeof(buf));
 
 	if (!r)
 		fail_msg("%s: control socket %s does not answer: %s", sval(vm, "id"),
@@ -257,7 +260,8 @@ static void test_snapshot_and_spawn(void **state)
 	assert_int_equal(metric_calls[DAEMON_METRIC_SPAWN], 1);
 
 	assert_int_equal(daemon_snapshot_delete(d, "base.1", false, &removed, &err), -EBUSY);
-	assert_non_null(strstr(err.msg, sval(json_array_get(json_object_get(res, "vms"), 0), "id")));
+	assert_non_null(
+	    strstr(err.msg, sval(json_array_get(json_object_get(res, "vms"), 0), "id")));
 	assert_int_equal(daemon_snapshot_delete(d, "base.1", true, &removed, &err), 0);
 	assert_int_equal(json_array_size(json_object_get(removed, "removed")), SPAWN_N + 1);
 	json_decref(removed);
@@ -274,8 +278,7 @@ static void test_persisted_branch(void **state)
 {
 	struct fk_err err = {0};
 	json_t *root = create_vm("work=idle"), *res = NULL, *snap = NULL, *removed = NULL;
-	json_t *body = json_pack("{s:i,s:b,s:s,s:b}", "n", 1, "persist", 1, "tag", "pt", "wait",
-				 1);
+	json_t *body = json_pack("{s:i,s:b,s:s,s:b}", "n", 1, "persist", 1, "tag", "pt", "wait", 1);
 
 	(void)state;
 	if (daemon_vm_branch(d, sval(root, "id"), body, &res, &err) != 0)
@@ -385,6 +388,143 @@ static void test_killed_vmm_is_marked_exited(void **state)
 	json_decref(vm);
 }
 
+struct race {
+	const char *id;
+	int ret;
+	json_t *out;
+	struct fk_err err;
+};
+
+static void *race_branch(void *arg)
+{
+	struct race *r = arg;
+	json_t *body = json_pack("{s:i}", "n", 2);
+
+	r->ret = daemon_vm_branch(d, r->id, body, &r->out, &r->err);
+	json_decref(body);
+	return NULL;
+}
+
+static void *race_delete(void *arg)
+{
+	struct race *r = arg;
+
+	r->ret = daemon_vm_delete(d, r->id, true, &r->out, &r->err);
+	return NULL;
+}
+
+/* Branch and delete of one VM at once: one after the other, or one refused; never half. */
+static void test_concurrent_branch_and_delete(void **state)
+{
+	struct fk_err err = {0};
+
+	(void)state;
+	for (int round = 0; round < 6; round++) {
+		json_t *vm = create_vm("work=idle"), *list = NULL, *v, *removed = NULL;
+		struct race b = {.id = sval(vm, "id")}, x = {.id = sval(vm, "id")};
+		pthread_t tb, tx;
+		size_t i;
+
+		if (round % 2)
+			usleep(200);
+		assert_int_equal(pthread_create(&tb, NULL, race_branch, &b), 0);
+		if (round % 3 == 0)
+			usleep(1000);
+		assert_int_equal(pthread_create(&tx, NULL, race_delete, &x), 0);
+		pthread_join(tb, NULL);
+		pthread_join(tx, NULL);
+		print_message("round %d: branch %d (%s), delete %d (%s)\n", round, b.ret,
+			      b.ret ? b.err.msg : "ok", x.ret, x.ret ? x.err.msg : "ok");
+		assert_true(b.ret == 0 || b.ret == -EBUSY || b.ret == -ENOENT ||
+			    b.ret == -ENOTCONN);
+		assert_true(x.ret == 0 || x.ret == -EBUSY);
+		assert_true(b.ret == 0 || x.ret == 0);
+		if (x.ret == 0 && b.ret == 0)
+			/* The delete came after the branch: it took the children too. */
+			assert_int_equal(json_array_size(json_object_get(x.out, "removed")), 3);
+		if (x.ret != 0) {
+			assert_int_equal(daemon_vm_delete(d, b.id, true, &removed, &err), 0);
+			json_decref(removed);
+		}
+		/* Nothing of this VM or its children is left, in the registry or running. */
+		assert_int_equal(daemon_vm_list(d, &list, &err), 0);
+		assert_int_equal(json_array_size(json_object_get(list, "vms")), 0);
+		json_decref(list);
+		if (b.ret == 0)
+			json_array_foreach(json_object_get(b.out, "children"), i, v)
+			    expect_gone((pid_t)json_integer_value(json_object_get(v, "pid")));
+		expect_gone((pid_t)json_integer_value(json_object_get(vm, "pid")));
+		json_decref(b.out);
+		json_decref(x.out);
+		json_decref(vm);
+	}
+}
+
+/* A daemon that died without daemon_close: the next one re-adopts its VMMs. */
+static void test_readopt_after_daemon_died(void **state)
+{
+	struct fk_err err = {0};
+	json_t *list = NULL, *v, *removed = NULL, *got = NULL;
+	int status, adopted = -1;
+	const char *root = NULL;
+	pid_t child, root_pid = 0;
+	size_t i;
+
+	(void)state;
+	daemon_close(d);
+	d = NULL;
+	fflush(NULL);
+	child = fork();
+	assert_true(child >= 0);
+	if (child == 0) {
+		struct daemon_config cfg = {.state_dir = state_dir, .vmm_path = vmm};
+		json_t *body = json_pack("{s:s,s:i,s:s}", "kernel", probe, "mem_mib", 128, "append",
+					 "work=idle"),
+		       *vm = NULL, *res = NULL, *b = json_pack("{s:i}", "n", 1);
+
+		if (daemon_open(&cfg, &d, NULL, &err) != 0 ||
+		    daemon_vm_create(d, body, &vm, &err) != 0 ||
+		    daemon_vm_branch(d, sval(vm, "id"), b, &res, &err) != 0) {
+			fprintf(stderr, "daemon process: %s\n", err.msg);
+			_exit(1);
+		}
+		_exit(0); /* no daemon_close: as if it crashed */
+	}
+	assert_int_equal(waitpid(child, &status, 0), child);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	open_daemon(&adopted);
+	assert_int_equal(adopted, 2);
+	assert_int_equal(daemon_vm_list(d, &list, &err), 0);
+	assert_int_equal(json_array_size(json_object_get(list, "vms")), 2);
+	json_array_foreach(json_object_get(list, "vms"), i, v)
+	{
+		assert_string_equal(sval(v, "state"), "running");
+		expect_answers(v);
+		if (json_is_null(json_object_get(v, "parent"))) {
+			root = sval(v, "id");
+			root_pid = (pid_t)json_integer_value(json_object_get(v, "pid"));
+		}
+	}
+	assert_non_null(root);
+	/* The adopted VMM is watched: its death is noticed. */
+	assert_int_equal(kill(root_pid, SIGKILL), 0);
+	for (int k = 0; k < 500; k++) {
+		assert_int_equal(daemon_vm_get(d, root, &got, &err), 0);
+		if (strcmp(sval(got, "state"), "running") != 0)
+			break;
+		json_decref(got);
+		got = NULL;
+		usleep(10 * 1000);
+	}
+	assert_non_null(got);
+	assert_string_equal(sval(got, "state"), "exited");
+	json_decref(got);
+	assert_int_equal(daemon_vm_delete(d, root, true, &removed, &err), 0);
+	assert_int_equal(json_array_size(json_object_get(removed, "removed")), 2);
+	json_decref(removed);
+	json_decref(list);
+}
+
 static void expect_einval(int ret, const struct fk_err *err, const char *needle)
 {
 	assert_int_equal(ret, -EINVAL);
@@ -437,6 +577,9 @@ static void test_bad_bodies(void **state)
 	body = json_pack("{s:s}", "tag", "-rf");
 	expect_einval(daemon_vm_snapshot(d, id, body, &out, &err), &err, "tag");
 	json_decref(body);
+	body = json_pack("{s:s}", "tag", ".hidden");
+	expect_einval(daemon_vm_snapshot(d, id, body, &out, &err), &err, ".hidden");
+	json_decref(body);
 	body = json_pack("{s:s}", "tag", "a/b");
 	expect_einval(daemon_vm_snapshot(d, id, body, &out, &err), &err, "a/b");
 	json_decref(body);
@@ -467,6 +610,8 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_persisted_branch),
 	    cmocka_unit_test(test_readopt_after_restart),
 	    cmocka_unit_test(test_killed_vmm_is_marked_exited),
+	    cmocka_unit_test(test_concurrent_branch_and_delete),
+	    cmocka_unit_test(test_readopt_after_daemon_died),
 	    cmocka_unit_test(test_bad_bodies),
 	};
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
