@@ -433,13 +433,43 @@ static json_t *vm_json(struct daemon *d, const struct reg_vm *vm)
 	return o;
 }
 
+/* DIR/snapshots/.<tag>.json keeps a snapshot's pause_us across restarts (tags never start
+ * with '.', so it cannot be a snapshot itself). */
+static int snap_meta_path(struct daemon *d, const char *tag, char *buf, size_t len)
+{
+	struct fk_err ignored = {0};
+
+	return path_fmt(buf, len, &ignored, "%s/snapshots/.%s.json", d->state_dir, tag);
+}
+
+static struct snap_meta *snap_meta_find(struct daemon *d, const char *tag)
+{
+	char path[PATH_MAX];
+	struct snap_meta *m;
+	json_t *o, *v;
+
+	for (m = d->snaps; m; m = m->next)
+		if (strcmp(m->tag, tag) == 0)
+			return m;
+	if (snap_meta_path(d, tag, path, sizeof(path)) < 0)
+		return NULL;
+	o = json_load_file(path, 0, NULL);
+	v = json_object_get(o, "pause_us");
+	if (json_is_integer(v) && (m = calloc(1, sizeof(*m)))) {
+		snprintf(m->tag, sizeof(m->tag), "%s", tag);
+		m->pause_us = (uint64_t)json_integer_value(v);
+		m->next = d->snaps;
+		d->snaps = m;
+	}
+	json_decref(o);
+	return m;
+}
+
 static json_t *snap_json(struct daemon *d, const struct reg_snapshot *s)
 {
 	json_t *o = json_object();
-	struct snap_meta *m = d->snaps;
+	struct snap_meta *m = snap_meta_find(d, s->tag);
 
-	while (m && strcmp(m->tag, s->tag) != 0)
-		m = m->next;
 	json_object_set_new(o, "tag", json_string(s->tag));
 	json_object_set_new(o, "state", json_string(reg_snap_state_name(s->state)));
 	json_object_set_new(o, "path", json_string(s->path));
@@ -452,9 +482,16 @@ static json_t *snap_json(struct daemon *d, const struct reg_snapshot *s)
 static void snap_meta_set(struct daemon *d, const char *tag, uint64_t pause_us)
 {
 	struct snap_meta *m = calloc(1, sizeof(*m));
+	char path[PATH_MAX];
+	json_t *o;
 
 	if (!m)
 		return;
+	if (snap_meta_path(d, tag, path, sizeof(path)) == 0 &&
+	    (o = json_pack("{s:I}", "pause_us", (json_int_t)pause_us))) {
+		json_dump_file(o, path, 0);
+		json_decref(o);
+	}
 	snprintf(m->tag, sizeof(m->tag), "%s", tag);
 	m->pause_us = pause_us;
 	m->next = d->snaps;
@@ -463,6 +500,10 @@ static void snap_meta_set(struct daemon *d, const char *tag, uint64_t pause_us)
 
 static void snap_meta_drop(struct daemon *d, const char *tag)
 {
+	char path[PATH_MAX];
+
+	if (snap_meta_path(d, tag, path, sizeof(path)) == 0)
+		unlink(path);
 	for (struct snap_meta **pp = &d->snaps; *pp; pp = &(*pp)->next) {
 		if (strcmp((*pp)->tag, tag) == 0) {
 			struct snap_meta *m = *pp;

@@ -285,6 +285,7 @@ static void test_persisted_branch(void **state)
 		fail_msg("branch persist: %s", err.msg);
 	json_decref(body);
 	assert_string_equal(sval(json_object_get(res, "snapshot"), "state"), "ready");
+	assert_true(json_is_integer(json_object_get(json_object_get(res, "snapshot"), "pause_us")));
 	json_decref(res);
 	/* Without waiting: the snapshot is listed writing, then ready; never ready early. */
 	body = json_pack("{s:i,s:b,s:s,s:b}", "n", 0, "persist", 1, "tag", "pt2", "wait", 0);
