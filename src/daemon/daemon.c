@@ -47,6 +47,7 @@
 #define KILL_WAIT_MS	    5000   /* SIGKILL to exit */
 #define BRANCH_TIMEOUT_MS   120000 /* a branch call (children started, persist waited for) */
 #define SNAPSHOT_TIMEOUT_MS 300000
+#define ZOMBIE_SWEEP_MS	    20
 #define PERSIST_POLL_MS	    50
 #define MEM_MIB_MIN	    32
 #define MEM_MIB_MAX	    (1024 * 1024)
@@ -77,6 +78,16 @@ struct snap_meta {
 	uint64_t pause_us;
 };
 
+/*
+ * A process that died while it was not our child (a BRANCH child of a live source): its
+ * parent may die before reaping it, and then it is reparented to us, the subreaper, as a
+ * zombie. Kept until we reaped it or it is gone (reaped by its parent).
+ */
+struct zombie {
+	struct zombie *next;
+	int pidfd;
+};
+
 struct daemon {
 	char state_dir[PATH_MAX];
 	char vmm[PATH_MAX];
@@ -85,6 +96,7 @@ struct daemon {
 	struct registry *reg;
 	struct tracked *tracked;
 	struct snap_meta *snaps;
+	struct zombie *zombies;
 	uint64_t next_key;
 	int epfd;
 	int wakefd;
@@ -287,7 +299,17 @@ static void on_death(struct daemon *d, struct tracked *t)
 	struct reg_vm vm;
 	int status = REG_NO_EXIT, exited_code = 0;
 
-	fk_pidfd_reap(t->pidfd, &status, &exited_code);
+	if (!fk_pidfd_reap(t->pidfd, &status, &exited_code)) {
+		struct zombie *z = calloc(1, sizeof(*z));
+
+		if (z) {
+			epoll_ctl(d->epfd, EPOLL_CTL_DEL, t->pidfd, NULL);
+			z->pidfd = t->pidfd;
+			t->pidfd = -1;
+			z->next = d->zombies;
+			d->zombies = z;
+		}
+	}
 	unwatch(d, t);
 	t->dead = true;
 	t->exit_status = status;
@@ -301,13 +323,37 @@ static void on_death(struct daemon *d, struct tracked *t)
 	pthread_cond_broadcast(&d->cond);
 }
 
+/* Reaps the zombies that became ours; forgets those reaped by their own parent. Lock held. */
+static void sweep_zombies(struct daemon *d)
+{
+	for (struct zombie **pp = &d->zombies; *pp;) {
+		struct zombie *z = *pp;
+		int status, exited_code;
+
+		if (fk_pidfd_reap(z->pidfd, &status, &exited_code) ||
+		    fk_pidfd_kill(z->pidfd, 0) == -ESRCH) {
+			close(z->pidfd);
+			*pp = z->next;
+			free(z);
+			continue;
+		}
+		pp = &z->next;
+	}
+}
+
 static void *monitor_main(void *arg)
 {
 	struct daemon *d = arg;
 	struct epoll_event evs[32];
 
 	for (;;) {
-		int n = epoll_wait(d->epfd, evs, 32, -1);
+		int n;
+
+		pthread_mutex_lock(&d->lock);
+		sweep_zombies(d);
+		n = d->zombies ? ZOMBIE_SWEEP_MS : -1;
+		pthread_mutex_unlock(&d->lock);
+		n = epoll_wait(d->epfd, evs, 32, n);
 
 		if (n < 0 && errno != EINTR)
 			break;
@@ -356,32 +402,6 @@ static bool wait_dead(struct daemon *d, const char *id, int timeout_ms)
 			return !t || t->pidfd < 0;
 		}
 	}
-}
-
-/* Stops a VMM: `shutdown`, then SIGKILL. Called with the lock held; drops it while waiting. */
-static void stop_vmm(struct daemon *d, const struct reg_vm *vm)
-{
-	struct fk_err ignored = {0};
-	struct tracked *t = find_tracked(d, vm->id);
-	json_t *req, *reply = NULL;
-
-	if (!t || t->pidfd < 0)
-		return;
-	pthread_mutex_unlock(&d->lock);
-	req = json_pack("{s:s}", "cmd", "shutdown");
-	if (req && vm->control_sock[0] &&
-	    control_call(vm->control_sock, req, &reply, STATUS_CALL_MS, &ignored) == 0)
-		json_decref(reply);
-	json_decref(req);
-	pthread_mutex_lock(&d->lock);
-	if (wait_dead(d, vm->id, SHUTDOWN_WAIT_MS))
-		return;
-	t = find_tracked(d, vm->id);
-	if (t && t->pidfd >= 0)
-		fk_pidfd_kill(t->pidfd, SIGKILL);
-	if (!wait_dead(d, vm->id, KILL_WAIT_MS))
-		fprintf(stderr, "forkd serve: %s (pid %d) did not die after SIGKILL\n", vm->id,
-			(int)vm->proc.pid);
 }
 
 /* ---- JSON ---- */
@@ -1084,6 +1104,34 @@ int daemon_snapshot_get(struct daemon *d, const char *tag, json_t **out, struct 
 
 /* ---- Delete ---- */
 
+/* Sends req (consumed) to sock; 0 with *reply_out on "ok":true, else -errno naming what. */
+static int vmm_call(const char *what, const char *sock, json_t *req, int timeout_ms,
+		    json_t **reply_out, struct fk_err *err)
+{
+	json_t *reply = NULL;
+	int ret;
+
+	if (!req)
+		return fk_fail(err, ENOMEM, "%s: out of memory", what);
+	ret = control_call(sock, req, &reply, timeout_ms, err);
+	json_decref(req);
+	if (ret < 0)
+		return fk_wrap(err, "%s", what);
+	if (!json_is_true(json_object_get(reply, "ok"))) {
+		const char *msg = json_string_value(json_object_get(reply, "error"));
+
+		ret =
+		    fk_fail(err, EIO, "%s: the VMM refused: %s", what, msg ? msg : "(no message)");
+		json_decref(reply);
+		return ret;
+	}
+	if (reply_out)
+		*reply_out = reply;
+	else
+		json_decref(reply);
+	return 0;
+}
+
 /*
  * Marks the VMs in[] (indices into all[]) busy, or fails with -EBUSY naming one already busy.
  * Lock held.
@@ -1143,12 +1191,69 @@ static void name_list(const struct reg_vm *all, const bool *in, size_t n, char *
 						 all[i].id);
 }
 
-/* Stops the VMs in[]: lock held on entry and return, dropped while waiting for each. */
+/* Whether every VM of in[] that was watched has died. Lock held. */
+static bool all_dead(struct daemon *d, const struct reg_vm *all, const bool *in, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct tracked *t = in[i] ? find_tracked(d, all[i].id) : NULL;
+
+		if (t && t->pidfd >= 0)
+			return false;
+	}
+	return true;
+}
+
+/* Waits (lock held) until all_dead or timeout_ms passed. */
+static void wait_all_dead(struct daemon *d, const struct reg_vm *all, const bool *in, size_t n,
+			  int timeout_ms)
+{
+	struct timespec until;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	while (!all_dead(d, all, in, n))
+		if (pthread_cond_timedwait(&d->cond, &d->lock, &until) == ETIMEDOUT)
+			return;
+}
+
+/*
+ * Stops the VMMs of in[]: `shutdown` to each, then SIGKILL to those still running after
+ * SHUTDOWN_WAIT_MS. Lock held on entry and return, dropped while talking to them and waiting.
+ */
 static void stop_all(struct daemon *d, const struct reg_vm *all, const bool *in, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
-		if (in[i] && live_state(all[i].state))
-			stop_vmm(d, &all[i]);
+	if (all_dead(d, all, in, n))
+		return;
+	pthread_mutex_unlock(&d->lock);
+	for (size_t i = 0; i < n; i++) {
+		struct fk_err ignored = {0};
+
+		if (in[i] && live_state(all[i].state) && all[i].control_sock[0])
+			vmm_call("shutdown", all[i].control_sock,
+				 json_pack("{s:s}", "cmd", "shutdown"), STATUS_CALL_MS, NULL,
+				 &ignored);
+	}
+	pthread_mutex_lock(&d->lock);
+	wait_all_dead(d, all, in, n, SHUTDOWN_WAIT_MS);
+	for (size_t i = 0; i < n; i++) {
+		struct tracked *t = in[i] ? find_tracked(d, all[i].id) : NULL;
+
+		if (t && t->pidfd >= 0)
+			fk_pidfd_kill(t->pidfd, SIGKILL);
+	}
+	wait_all_dead(d, all, in, n, KILL_WAIT_MS);
+	for (size_t i = 0; i < n; i++) {
+		struct tracked *t = in[i] ? find_tracked(d, all[i].id) : NULL;
+
+		if (t && t->pidfd >= 0)
+			fprintf(stderr, "forkd serve: %s (pid %d) did not die after SIGKILL\n",
+				t->id, (int)t->pid);
+	}
 }
 
 /* A BRANCH child's files (console, overlay, sockets) are in its branch directory below its
@@ -1340,34 +1445,6 @@ out:
 }
 
 /* ---- Control calls ---- */
-
-/* Sends req (consumed) to sock; 0 with *reply_out on "ok":true, else -errno naming what. */
-static int vmm_call(const char *what, const char *sock, json_t *req, int timeout_ms,
-		    json_t **reply_out, struct fk_err *err)
-{
-	json_t *reply = NULL;
-	int ret;
-
-	if (!req)
-		return fk_fail(err, ENOMEM, "%s: out of memory", what);
-	ret = control_call(sock, req, &reply, timeout_ms, err);
-	json_decref(req);
-	if (ret < 0)
-		return fk_wrap(err, "%s", what);
-	if (!json_is_true(json_object_get(reply, "ok"))) {
-		const char *msg = json_string_value(json_object_get(reply, "error"));
-
-		ret =
-		    fk_fail(err, EIO, "%s: the VMM refused: %s", what, msg ? msg : "(no message)");
-		json_decref(reply);
-		return ret;
-	}
-	if (reply_out)
-		*reply_out = reply;
-	else
-		json_decref(reply);
-	return 0;
-}
 
 /* Looks up a running VM for an operation and marks it busy. Lock held. */
 static int claim_running(struct daemon *d, const char *id, struct reg_vm *vm, struct fk_err *err)
@@ -1603,12 +1680,14 @@ static void record_children(struct daemon *d, const struct reg_vm *src, const st
 		vm.pause_us = z->pause_us;
 		snprintf(vm.image, sizeof(vm.image), "%s", src->image);
 		snprintf(vm.kernel, sizeof(vm.kernel), "%s", src->kernel);
-		snprintf(vm.control_sock, sizeof(vm.control_sock), "%.90s/control.sock",
-			 cdir ? cdir : "");
-		if (src->vsock_sock[0])
-			snprintf(vm.vsock_sock, sizeof(vm.vsock_sock), "%.90s/vsock.sock",
-				 cdir ? cdir : "");
-		if (registry_proc_probe(pid, &vm.proc, &err) < 0) {
+		if (!cdir ||
+		    path_fmt(vm.control_sock, sizeof(vm.control_sock), &err, "%s/control.sock",
+			     cdir) < 0 ||
+		    (src->vsock_sock[0] && path_fmt(vm.vsock_sock, sizeof(vm.vsock_sock), &err,
+						    "%s/vsock.sock", cdir) < 0))
+			vm.state =
+			    REG_VM_FAILED; /* cannot happen: daemon_open checked the lengths */
+		if (vm.state == REG_VM_RUNNING && registry_proc_probe(pid, &vm.proc, &err) < 0) {
 			vm.proc.pid = pid;
 			vm.state = REG_VM_EXITED;
 		}
@@ -1957,9 +2036,20 @@ static int readopt(struct daemon *d, int *adopted, struct fk_err *err)
 		}
 		json_decref(reply);
 		if (!ok) {
+			int status = REG_NO_EXIT, exited_code = 0, fd;
+
 			unwatch(d, t);
-			ret = registry_vm_set_state(d->reg, vms[i].id, REG_VM_EXITED, REG_NO_EXIT,
-						    err);
+			/* Dead while no daemon watched: if it is our zombie, reap it. */
+			if (vms[i].proc.pid > 0 &&
+			    registry_proc_still_same(&vms[i].proc, &e) == 1 &&
+			    (fd = fk_pidfd_open(vms[i].proc.pid)) >= 0) {
+				fk_pidfd_reap(fd, &status, &exited_code);
+				close(fd);
+			}
+			ret = registry_vm_set_state(d->reg, vms[i].id,
+						    exited_code && status != 0 ? REG_VM_FAILED
+									       : REG_VM_EXITED,
+						    status, err);
 		}
 	}
 	if (ret == 0)
@@ -2088,6 +2178,12 @@ void daemon_close(struct daemon *d)
 		if (t->pidfd >= 0)
 			close(t->pidfd);
 		free(t);
+	}
+	while (d->zombies) {
+		struct zombie *z = d->zombies;
+		d->zombies = z->next;
+		close(z->pidfd);
+		free(z);
 	}
 	while (d->snaps) {
 		struct snap_meta *m = d->snaps;
