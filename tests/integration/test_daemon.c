@@ -274,6 +274,62 @@ static void test_snapshot_and_spawn(void **state)
 	json_decref(root);
 }
 
+/* A VM with a vsock device: its socket is the agent socket; children and restored VMs get
+ * their own. */
+static void test_vsock_sockets(void **state)
+{
+	struct fk_err err = {0};
+	json_t *body = json_pack("{s:s,s:i,s:s,s:b}", "kernel", probe, "mem_mib", 128, "append",
+				 "work=idle", "vsock", 1),
+	       *vm = NULL, *br, *snap = NULL, *res = NULL, *removed = NULL, *v;
+	char path[108];
+	size_t i;
+
+	(void)state;
+	if (daemon_vm_create(d, body, &vm, &err) != 0)
+		fail_msg("create with vsock: %s", err.msg);
+	json_decref(body);
+	assert_non_null(sval(vm, "vsock_socket"));
+	assert_int_equal(daemon_vm_agent_socket(d, sval(vm, "id"), path, sizeof(path), &err), 0);
+	assert_string_equal(path, sval(vm, "vsock_socket"));
+	assert_int_equal(access(path, F_OK), 0);
+	br = branch(sval(vm, "id"), 2);
+	json_array_foreach(json_object_get(br, "children"), i, v)
+	{
+		assert_non_null(sval(v, "vsock_socket"));
+		assert_string_not_equal(sval(v, "vsock_socket"), path);
+		assert_int_equal(access(sval(v, "vsock_socket"), F_OK), 0);
+	}
+	body = json_pack("{s:s}", "tag", "with-vsock");
+	assert_int_equal(daemon_vm_snapshot(d, sval(vm, "id"), body, &snap, &err), 0);
+	json_decref(body);
+	json_decref(snap);
+	body = json_pack("{s:i}", "n", 2);
+	if (daemon_snapshot_spawn(d, "with-vsock", body, &res, &err) != 0)
+		fail_msg("spawn with vsock: %s", err.msg);
+	json_decref(body);
+	json_array_foreach(json_object_get(res, "vms"), i, v)
+	{
+		assert_non_null(sval(v, "vsock_socket"));
+		assert_int_equal(access(sval(v, "vsock_socket"), F_OK), 0);
+	}
+	/* Without vsock: no agent socket. */
+	v = create_vm("work=idle");
+	assert_true(json_is_null(json_object_get(v, "vsock_socket")));
+	assert_int_equal(daemon_vm_agent_socket(d, sval(v, "id"), path, sizeof(path), &err),
+			 -ENOTCONN);
+	assert_int_equal(daemon_vm_delete(d, sval(v, "id"), false, &removed, &err), 0);
+	json_decref(removed);
+	json_decref(v);
+	assert_int_equal(daemon_snapshot_delete(d, "with-vsock", true, &removed, &err), 0);
+	json_decref(removed);
+	assert_int_equal(daemon_vm_delete(d, sval(vm, "id"), true, &removed, &err), 0);
+	json_decref(removed);
+	json_decref(res);
+	json_decref(br);
+	json_decref(vm);
+}
+
 static void test_persisted_branch(void **state)
 {
 	struct fk_err err = {0};
@@ -608,6 +664,7 @@ int main(int argc, char **argv)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_create_branch_three_levels_and_delete),
 	    cmocka_unit_test(test_snapshot_and_spawn),
+	    cmocka_unit_test(test_vsock_sockets),
 	    cmocka_unit_test(test_persisted_branch),
 	    cmocka_unit_test(test_readopt_after_restart),
 	    cmocka_unit_test(test_killed_vmm_is_marked_exited),
