@@ -21,6 +21,7 @@
 #include <string.h>
 #include <pthread.h>
 #include <sys/wait.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #include "daemon/daemon.h"
@@ -142,6 +143,34 @@ static void expect_gone(pid_t pid)
 		fail_msg("pid %d still exists", (int)pid);
 }
 
+/* The VMM leads its own session and inherited none of the daemon's descriptors. */
+static void expect_detached(pid_t pid)
+{
+	char dirpath[64], path[320], target[PATH_MAX];
+	struct dirent *e;
+	DIR *dir;
+
+	snprintf(dirpath, sizeof(dirpath), "/proc/%d/fd", (int)pid);
+	dir = opendir(dirpath);
+	assert_non_null(dir);
+	while ((e = readdir(dir))) {
+		ssize_t n;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dirpath, e->d_name);
+		n = readlink(path, target, sizeof(target) - 1);
+		if (n < 0)
+			continue;
+		target[n] = '\0';
+		if (strstr(target, "registry.db") || strstr(target, "pidfd") ||
+		    (atoi(e->d_name) <= 1 && strcmp(target, "/dev/null") != 0))
+			fail_msg("VMM %d: fd %s -> %s", (int)pid, e->d_name, target);
+	}
+	closedir(dir);
+	assert_int_equal(getsid(pid), pid);
+}
+
 static int tree_depth_of(const char *id)
 {
 	struct fk_err err = {0};
@@ -171,6 +200,7 @@ static void test_create_branch_three_levels_and_delete(void **state)
 	(void)state;
 	expect_answers(root);
 	pids[np++] = (pid_t)json_integer_value(json_object_get(root, "pid"));
+	expect_detached(pids[0]);
 	b1 = branch(rid, 2);
 	child = json_array_get(json_object_get(b1, "children"), 0);
 	assert_string_equal(sval(child, "parent"), rid);
