@@ -1991,8 +1991,51 @@ static int make_dir(const char *path, struct fk_err *err)
 	return 0;
 }
 
+/*
+ * A snapshot an earlier daemon left "writing": if its source was re-adopted and its zygote is
+ * still persisting it, a persist thread (started by daemon_open once the lock is free, from
+ * jobs) follows it as before; if the zygote has finished, the snapshot takes its verdict;
+ * without a zygote it is complete only if it was renamed into place (snapshots are written
+ * under a temporary name). Lock held.
+ */
+static void settle_writing(struct daemon *d, const struct reg_snapshot *s, json_t *jobs)
+{
+	struct tracked *src = s->parent_vm[0] ? find_tracked(d, s->parent_vm) : NULL;
+	struct fk_err ignored = {0};
+	json_t *reply = NULL, *z;
+	struct reg_vm vm;
+	size_t i;
+
+	if (src && src->pidfd >= 0 && registry_vm_get(d->reg, src->id, &vm, &ignored) == 0 &&
+	    vmm_call("zygote list", vm.control_sock,
+		     json_pack("{s:s,s:s}", "cmd", "zygote", "action", "list"), STATUS_CALL_MS,
+		     &reply, &ignored) == 0) {
+		json_array_foreach(json_object_get(reply, "zygotes"), i, z)
+		{
+			const char *path = json_string_value(json_object_get(z, "persist_path"));
+			const char *state = json_string_value(json_object_get(z, "persist"));
+			int id = (int)json_integer_value(json_object_get(z, "zygote"));
+
+			if (!path || !state || strcmp(path, s->path) != 0)
+				continue;
+			if (strcmp(state, "writing") == 0) {
+				json_array_append_new(
+				    jobs, json_pack("{s:s,s:i,s:s,s:s}", "sock", vm.control_sock,
+						    "zygote", id, "tag", s->tag, "path", s->path));
+			} else {
+				persist_done(d, s->tag, s->path, strcmp(state, "ready") == 0);
+				release_zygote(vm.control_sock, id);
+			}
+			json_decref(reply);
+			return;
+		}
+		json_decref(reply);
+	}
+	persist_done(d, s->tag, s->path, access(s->path, F_OK) == 0);
+}
+
 /* Re-adopts the VMMs the registry lists as live; marks the others exited. Lock held. */
-static int readopt(struct daemon *d, int *adopted, struct fk_err *err)
+static int readopt(struct daemon *d, int *adopted, json_t *jobs, struct fk_err *err)
 {
 	struct reg_snapshot *snaps = NULL;
 	struct reg_zygote *zs = NULL;
@@ -2066,14 +2109,12 @@ static int readopt(struct daemon *d, int *adopted, struct fk_err *err)
 			watch(d, t, zs[i].proc.pid, &e);
 		}
 	}
-	/* A snapshot left "writing" by an earlier daemon is complete only if it was renamed into
-	 * place (snapshots are written under a temporary name). */
 	if (ret == 0)
 		ret = registry_snapshot_list(d->reg, false, &snaps, &ns, err);
 	for (size_t i = 0; ret == 0 && i < ns; i++)
 		if (snaps[i].state == REG_SNAP_WRITING)
-			persist_done(d, snaps[i].tag, snaps[i].path,
-				     access(snaps[i].path, F_OK) == 0);
+			settle_writing(d, &snaps[i], jobs);
+
 	free(vms);
 	free(zs);
 	free(snaps);
@@ -2084,8 +2125,10 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 		struct fk_err *err)
 {
 	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
+	json_t *jobs = NULL, *job;
 	char path[PATH_MAX];
 	struct daemon *d;
+	size_t i;
 	int ret;
 
 	*out = NULL;
@@ -2136,11 +2179,26 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 		ret = fk_fail_errno(err, errno, "daemon: epoll");
 		goto fail;
 	}
+	jobs = json_array();
 	pthread_mutex_lock(&d->lock);
-	ret = readopt(d, adopted, err);
+	ret = jobs ? readopt(d, adopted, jobs, err) : fk_fail(err, ENOMEM, "out of memory");
 	pthread_mutex_unlock(&d->lock);
 	if (ret < 0)
 		goto fail;
+	json_array_foreach(jobs, i, job)
+	{
+		if (start_persist_thread(d, json_string_value(json_object_get(job, "sock")),
+					 (int)json_integer_value(json_object_get(job, "zygote")),
+					 json_string_value(json_object_get(job, "tag")),
+					 json_string_value(json_object_get(job, "path"))) < 0) {
+			pthread_mutex_lock(&d->lock);
+			persist_done(d, json_string_value(json_object_get(job, "tag")),
+				     json_string_value(json_object_get(job, "path")), false);
+			pthread_mutex_unlock(&d->lock);
+		}
+	}
+	json_decref(jobs);
+	jobs = NULL;
 	ret = -pthread_create(&d->monitor, NULL, monitor_main, d);
 	if (ret < 0) {
 		fk_fail_errno(err, -ret, "daemon: monitor thread");
@@ -2150,6 +2208,7 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 	*out = d;
 	return 0;
 fail:
+	json_decref(jobs);
 	daemon_close(d);
 	return fk_wrap(err, "daemon %s", cfg->state_dir);
 }

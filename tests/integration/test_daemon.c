@@ -443,6 +443,52 @@ static void test_readopt_after_restart(void **state)
 	json_decref(b);
 }
 
+/* A persist still being written when the daemon closes is followed by the next daemon. */
+static void test_persist_survives_restart(void **state)
+{
+	struct fk_err err = {0};
+	json_t *body = json_pack("{s:s,s:i,s:s}", "kernel", probe, "mem_mib", 1024, "append",
+				 "work=touch touch_mib=768"),
+	       *vm = NULL, *res = NULL, *snap = NULL, *removed = NULL;
+	int adopted = -1;
+	bool was_writing;
+
+	(void)state;
+	if (daemon_vm_create(d, body, &vm, &err) != 0)
+		fail_msg("create: %s", err.msg);
+	json_decref(body);
+	usleep(1500 * 1000); /* let the guest touch its memory: the snapshot has 768 MiB to write */
+	body = json_pack("{s:i,s:b,s:s,s:b}", "n", 0, "persist", 1, "tag", "slow", "wait", 0);
+	if (daemon_vm_branch(d, sval(vm, "id"), body, &res, &err) != 0)
+		fail_msg("branch persist: %s", err.msg);
+	json_decref(body);
+	was_writing = strcmp(sval(json_object_get(res, "snapshot"), "state"), "writing") == 0;
+	json_decref(res);
+	daemon_close(d);
+	d = NULL;
+	open_daemon(&adopted);
+	assert_int_equal(adopted, 1);
+	for (int i = 0; i < 1200; i++) {
+		assert_int_equal(daemon_snapshot_get(d, "slow", &snap, &err), 0);
+		if (i == 0)
+			print_message("persist was %s at close, %s after re-open\n",
+				      was_writing ? "writing" : "done", sval(snap, "state"));
+		if (strcmp(sval(snap, "state"), "writing") != 0)
+			break;
+		json_decref(snap);
+		snap = NULL;
+		usleep(25 * 1000);
+	}
+	assert_non_null(snap);
+	assert_string_equal(sval(snap, "state"), "ready");
+	json_decref(snap);
+	assert_int_equal(daemon_vm_delete(d, sval(vm, "id"), false, &removed, &err), 0);
+	json_decref(removed);
+	assert_int_equal(daemon_snapshot_delete(d, "slow", false, &removed, &err), 0);
+	json_decref(removed);
+	json_decref(vm);
+}
+
 static void test_killed_vmm_is_marked_exited(void **state)
 {
 	struct fk_err err = {0};
@@ -697,6 +743,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_vsock_sockets),
 	    cmocka_unit_test(test_persisted_branch),
 	    cmocka_unit_test(test_readopt_after_restart),
+	    cmocka_unit_test(test_persist_survives_restart),
 	    cmocka_unit_test(test_killed_vmm_is_marked_exited),
 	    cmocka_unit_test(test_concurrent_branch_and_delete),
 	    cmocka_unit_test(test_readopt_after_daemon_died),
