@@ -1808,8 +1808,9 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 		}
 		record_children(d, &src, st, &z, reply, branched_us, kids);
 	}
-	if (persist && !persist_writing)
-		persist_done(d, tag, snap.path, pstate && strcmp(pstate, "ready") == 0);
+	/* Without a zygote record the zygote is released below, ending a persist too. */
+	if (persist && (!persist_writing || ret < 0))
+		persist_done(d, tag, snap.path, ret == 0 && pstate && strcmp(pstate, "ready") == 0);
 	if (persist)
 		snap_meta_set(d, tag, z.pause_us);
 	if (persist && registry_snapshot_get(d->reg, tag, &snap, err) < 0)
