@@ -306,6 +306,38 @@ static void test_snapshot_and_spawn(void **state)
 
 /* A VM with a vsock device: its socket is the agent socket; children and restored VMs get
  * their own. */
+/* Restored VMMs that fail (their snapshot vanished): an error quoting the VMM, none kept. */
+static void test_failed_spawn_leaves_nothing(void **state)
+{
+	struct fk_err err = {0};
+	json_t *root = create_vm("work=idle"), *snap = NULL, *res = NULL, *list = NULL, *removed;
+	json_t *body = json_pack("{s:s}", "tag", "vanishing");
+	char path[600], away[620];
+
+	(void)state;
+	assert_int_equal(daemon_vm_snapshot(d, sval(root, "id"), body, &snap, &err), 0);
+	json_decref(body);
+	snprintf(path, sizeof(path), "%s", sval(snap, "path"));
+	snprintf(away, sizeof(away), "%s.away", path);
+	json_decref(snap);
+	assert_int_equal(rename(path, away), 0);
+	body = json_pack("{s:i}", "n", 3);
+	assert_int_equal(daemon_snapshot_spawn(d, "vanishing", body, &res, &err), -ECHILD);
+	print_message("spawn refused: %s\n", err.msg);
+	assert_non_null(strstr(err.msg, "before its control socket answered"));
+	assert_null(res);
+	json_decref(body);
+	assert_int_equal(daemon_vm_list(d, &list, &err), 0);
+	assert_int_equal(json_array_size(json_object_get(list, "vms")), 1);
+	json_decref(list);
+	assert_int_equal(rename(away, path), 0);
+	assert_int_equal(daemon_snapshot_delete(d, "vanishing", false, &removed, &err), 0);
+	json_decref(removed);
+	assert_int_equal(daemon_vm_delete(d, sval(root, "id"), false, &removed, &err), 0);
+	json_decref(removed);
+	json_decref(root);
+}
+
 static void test_vsock_sockets(void **state)
 {
 	struct fk_err err = {0};
@@ -740,6 +772,7 @@ int main(int argc, char **argv)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_create_branch_three_levels_and_delete),
 	    cmocka_unit_test(test_snapshot_and_spawn),
+	    cmocka_unit_test(test_failed_spawn_leaves_nothing),
 	    cmocka_unit_test(test_vsock_sockets),
 	    cmocka_unit_test(test_persisted_branch),
 	    cmocka_unit_test(test_readopt_after_restart),
