@@ -27,7 +27,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -98,6 +100,7 @@ struct daemon {
 	struct snap_meta *snaps;
 	struct zombie *zombies;
 	uint64_t next_key;
+	int lockfd; /* DIR/daemon.lock, flock'ed: one daemon per state dir */
 	int epfd;
 	int wakefd;
 	pthread_t monitor;
@@ -2145,6 +2148,7 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 	d = calloc(1, sizeof(*d));
 	if (!d)
 		return fk_fail(err, ENOMEM, "daemon: out of memory");
+	d->lockfd = -1;
 	d->epfd = -1;
 	d->wakefd = -1;
 	pthread_mutex_init(&d->lock, NULL);
@@ -2164,7 +2168,22 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 	    (ret = make_dir(path, err)) < 0 ||
 	    (ret = path_fmt(path, sizeof(path), err, "%s/snapshots", d->state_dir)) < 0 ||
 	    (ret = make_dir(path, err)) < 0 ||
-	    (ret = path_fmt(path, sizeof(path), err, "%s/registry.db", d->state_dir)) < 0)
+	    (ret = path_fmt(path, sizeof(path), err, "%s/daemon.lock", d->state_dir)) < 0)
+		goto fail;
+	/* Two daemons re-adopting and watching the same VMMs would fight over them. */
+	d->lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (d->lockfd < 0) {
+		ret = fk_fail_errno(err, errno, "%s", path);
+		goto fail;
+	}
+	if (flock(d->lockfd, LOCK_EX | LOCK_NB) < 0) {
+		ret = errno == EWOULDBLOCK
+			  ? fk_fail(err, EBUSY,
+				    "%s: locked: another forkd serve uses this state dir", path)
+			  : fk_fail_errno(err, errno, "%s: flock", path);
+		goto fail;
+	}
+	if ((ret = path_fmt(path, sizeof(path), err, "%s/registry.db", d->state_dir)) < 0)
 		goto fail;
 	ret = registry_open(path, &d->reg, err);
 	if (ret < 0)
@@ -2255,6 +2274,8 @@ void daemon_close(struct daemon *d)
 		close(d->epfd);
 	if (d->wakefd >= 0)
 		close(d->wakefd);
+	if (d->lockfd >= 0)
+		close(d->lockfd);
 	pthread_cond_destroy(&d->cond);
 	pthread_mutex_destroy(&d->lock);
 	free(d);

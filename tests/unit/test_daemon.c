@@ -231,6 +231,9 @@ static void test_open_refusals(void **state)
 	assert_int_equal(daemon_open(&cfg, &d, NULL, &err), -ENAMETOOLONG);
 	assert_non_null(strstr(err.msg, "too long"));
 	cfg.state_dir = f->dir;
+	/* One daemon per state dir. */
+	assert_int_equal(daemon_open(&cfg, &d, NULL, &err), -EBUSY);
+	assert_non_null(strstr(err.msg, "another forkd serve"));
 	cfg.vmm_path = "/nonexistent/forkd-vmm";
 	assert_int_equal(daemon_open(&cfg, &d, NULL, &err), -ENOENT);
 	assert_non_null(strstr(err.msg, "/nonexistent/forkd-vmm"));
