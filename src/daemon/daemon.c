@@ -1923,6 +1923,7 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	const char *what = "spawn";
 	struct starting *s = NULL;
 	struct reg_snapshot snap;
+	struct reg_vm origin;
 	long long n = 1;
 	double t0 = mono_s();
 	json_t *vms = NULL;
@@ -1948,6 +1949,9 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 		return fk_fail(err, ENOMEM, "%s: out of memory for %lld VMs", what, n);
 
 	pthread_mutex_lock(&d->lock);
+	/* A restored VM runs what its snapshot's VM booted, when that is still known. */
+	if (!snap.parent_vm[0] || registry_vm_get(d->reg, snap.parent_vm, &origin, err) < 0)
+		memset(&origin, 0, sizeof(origin));
 	for (long long i = 0; i < n && ret == 0; i++) {
 		struct reg_vm vm = {0};
 		struct tracked *t;
@@ -1955,6 +1959,8 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 		vm.state = REG_VM_STARTING;
 		vm.exit_status = REG_NO_EXIT;
 		snprintf(vm.snapshot, sizeof(vm.snapshot), "%s", tag);
+		snprintf(vm.image, sizeof(vm.image), "%s", origin.image);
+		snprintf(vm.kernel, sizeof(vm.kernel), "%s", origin.kernel);
 		ret = registry_vm_add(d->reg, &vm, err);
 		if (ret < 0)
 			break;

@@ -282,6 +282,8 @@ static void test_snapshot_and_spawn(void **state)
 	json_array_foreach(json_object_get(res, "vms"), i, v)
 	{
 		assert_string_equal(sval(v, "snapshot"), "base.1");
+		assert_string_equal(sval(v, "kernel"), probe);
+		assert_int_equal(json_integer_value(json_object_get(v, "mem_mib")), 128);
 		assert_string_equal(sval(v, "state"), "running");
 		expect_answers(v);
 		pids[i] = (pid_t)json_integer_value(json_object_get(v, "pid"));
