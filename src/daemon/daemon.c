@@ -1,0 +1,2288 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The supervisor of `forkd serve` (daemon.h): starts forkd-vmm processes,
+ * branches, snapshots and spawns through their control sockets, and keeps
+ * the registry (registry.h) in step with what the processes do.
+ *
+ * Concurrency: one mutex (d->lock) guards the registry handle and the list
+ * of tracked processes. It is never held while waiting for a VMM: an
+ * operation marks the VMs it works on busy under the lock, does its slow
+ * part unlocked, and takes the lock again to record the outcome. A busy VM
+ * is refused (-EBUSY) by any other operation that would change it.
+ *
+ * Processes: the daemon is the child subreaper, so BRANCH children whose
+ * zygote and source are gone become its children. Every live VMM (and
+ * zygote) is watched by a pidfd in one epoll set, served by the monitor
+ * thread, which reaps our own children (their exit status is then known)
+ * and marks dead VMs exited (exit 0, unknown, or a signal) or failed (a
+ * non-zero exit code).
+ */
+#include "daemon/daemon.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "control/control.h"
+#include "daemon/registry.h"
+#include "daemon/vmm_launch.h"
+#include "state/snapshot_format.h"
+#include "state/vm_state.h"
+#include "util/json_kind.h"
+
+#define STATUS_CALL_MS	    1000   /* one `status` call while waiting for a VMM */
+#define START_TIMEOUT_MS    30000  /* launch to the control socket answering */
+#define SHUTDOWN_WAIT_MS    3000   /* `shutdown` to exit, before SIGKILL */
+#define KILL_WAIT_MS	    5000   /* SIGKILL to exit */
+#define BRANCH_TIMEOUT_MS   120000 /* a branch call (children started, persist waited for) */
+#define SNAPSHOT_TIMEOUT_MS 300000
+#define ZOMBIE_SWEEP_MS	    20
+#define PERSIST_POLL_MS	    50
+#define MEM_MIB_MIN	    32
+#define MEM_MIB_MAX	    (1024 * 1024)
+#define CPUS_MAX	    254
+/* The longest socket below the state dir: vms/<id>/branches/<k>/child-<i>/control.sock. */
+#define LONGEST_SOCK_TAIL (sizeof("/vms/vm-01234567/branches/999999/child-1023/control.sock") - 1)
+
+/* A VM or zygote the daemon knows: its process watch and what the registry lacks. */
+struct tracked {
+	struct tracked *next;
+	uint64_t key; /* epoll data: looked up under the lock, never a pointer */
+	bool is_zygote;
+	char id[REG_ID_MAX];
+	char vm[REG_ID_MAX]; /* zygotes: their source VM */
+	pid_t pid;
+	int pidfd; /* -1: not watched */
+	bool dead;
+	int exit_status;
+	bool busy;   /* VMs: an operation is changing it */
+	int mem_mib; /* VMs: 0 when unknown */
+	int cpus;
+};
+
+/* pause_us of snapshots taken by this daemon (the registry does not keep it). */
+struct snap_meta {
+	struct snap_meta *next;
+	char tag[REG_TAG_MAX + 1];
+	uint64_t pause_us;
+};
+
+/*
+ * A process that died while it was not our child (a BRANCH child of a live source): its
+ * parent may die before reaping it, and then it is reparented to us, the subreaper, as a
+ * zombie. Kept until we reaped it or it is gone (reaped by its parent).
+ */
+struct zombie {
+	struct zombie *next;
+	int pidfd;
+};
+
+struct daemon {
+	char state_dir[PATH_MAX];
+	char vmm[PATH_MAX];
+	pthread_mutex_t lock;
+	pthread_cond_t cond; /* a tracked process died, or a persist thread ended */
+	struct registry *reg;
+	struct tracked *tracked;
+	struct snap_meta *snaps;
+	struct zombie *zombies;
+	uint64_t next_key;
+	int lockfd; /* DIR/daemon.lock, flock'ed: one daemon per state dir */
+	int epfd;
+	int wakefd;
+	pthread_t monitor;
+	bool monitor_started;
+	bool stopping;
+	int nr_persist_threads;
+	daemon_metric_fn metric;
+	void *metric_opaque;
+};
+
+static double mono_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int64_t wall_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void report(struct daemon *d, enum daemon_metric m, double seconds)
+{
+	daemon_metric_fn fn;
+	void *opaque;
+
+	pthread_mutex_lock(&d->lock);
+	fn = d->metric;
+	opaque = d->metric_opaque;
+	pthread_mutex_unlock(&d->lock);
+	if (fn)
+		fn(opaque, m, seconds);
+}
+
+void daemon_set_metrics(struct daemon *d, daemon_metric_fn fn, void *opaque)
+{
+	pthread_mutex_lock(&d->lock);
+	d->metric = fn;
+	d->metric_opaque = opaque;
+	pthread_mutex_unlock(&d->lock);
+}
+
+/* ---- Paths ---- */
+
+static int path_fmt(char *buf, size_t len, struct fk_err *err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int path_fmt(char *buf, size_t len, struct fk_err *err, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, len, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= len)
+		return fk_fail(err, ENAMETOOLONG, "path %s...: longer than %zu bytes", buf,
+			       len - 1);
+	return 0;
+}
+
+static int vm_dir(struct daemon *d, const char *id, const char *name, char *buf, size_t len,
+		  struct fk_err *err)
+{
+	if (name)
+		return path_fmt(buf, len, err, "%s/vms/%s/%s", d->state_dir, id, name);
+	return path_fmt(buf, len, err, "%s/vms/%s", d->state_dir, id);
+}
+
+static int snap_dir(struct daemon *d, const char *tag, char *buf, size_t len, struct fk_err *err)
+{
+	return path_fmt(buf, len, err, "%s/snapshots/%s", d->state_dir, tag);
+}
+
+/* DIR/vms/<id>/vm.json keeps what the registry has no column for (mem_mib, cpus). */
+static void meta_save(struct daemon *d, const char *id, int mem_mib, int cpus)
+{
+	struct fk_err ignored = {0};
+	char path[PATH_MAX];
+	json_t *o;
+
+	if (vm_dir(d, id, "vm.json", path, sizeof(path), &ignored) < 0)
+		return;
+	o = json_pack("{s:i,s:i}", "mem_mib", mem_mib, "cpus", cpus);
+	if (o)
+		json_dump_file(o, path, 0);
+	json_decref(o);
+}
+
+static void meta_load(struct daemon *d, struct tracked *t)
+{
+	struct fk_err ignored = {0};
+	char path[PATH_MAX];
+	json_t *o;
+
+	if (vm_dir(d, t->id, "vm.json", path, sizeof(path), &ignored) < 0)
+		return;
+	o = json_load_file(path, 0, NULL);
+	t->mem_mib = (int)json_integer_value(json_object_get(o, "mem_mib"));
+	t->cpus = (int)json_integer_value(json_object_get(o, "cpus"));
+	json_decref(o);
+}
+
+/* ---- Tracked processes (callers hold d->lock) ---- */
+
+static struct tracked *find_tracked(struct daemon *d, const char *id)
+{
+	for (struct tracked *t = d->tracked; t; t = t->next)
+		if (strcmp(t->id, id) == 0)
+			return t;
+	return NULL;
+}
+
+static struct tracked *find_key(struct daemon *d, uint64_t key)
+{
+	for (struct tracked *t = d->tracked; t; t = t->next)
+		if (t->key == key)
+			return t;
+	return NULL;
+}
+
+static struct tracked *track(struct daemon *d, const char *id, bool is_zygote)
+{
+	struct tracked *t = find_tracked(d, id);
+
+	if (t)
+		return t;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	t->key = ++d->next_key;
+	t->is_zygote = is_zygote;
+	snprintf(t->id, sizeof(t->id), "%s", id);
+	t->pidfd = -1;
+	t->exit_status = REG_NO_EXIT;
+	t->next = d->tracked;
+	d->tracked = t;
+	return t;
+}
+
+static void unwatch(struct daemon *d, struct tracked *t)
+{
+	if (t->pidfd < 0)
+		return;
+	epoll_ctl(d->epfd, EPOLL_CTL_DEL, t->pidfd, NULL);
+	close(t->pidfd);
+	t->pidfd = -1;
+}
+
+static void untrack(struct daemon *d, const char *id)
+{
+	for (struct tracked **pp = &d->tracked; *pp; pp = &(*pp)->next) {
+		struct tracked *t = *pp;
+
+		if (strcmp(t->id, id) != 0)
+			continue;
+		unwatch(d, t);
+		*pp = t->next;
+		free(t);
+		return;
+	}
+}
+
+/* Watches pid (already known to be the process meant) through a pidfd. */
+static int watch(struct daemon *d, struct tracked *t, pid_t pid, struct fk_err *err)
+{
+	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
+	int fd = fk_pidfd_open(pid);
+
+	if (fd < 0)
+		return fk_fail_errno(err, -fd, "%s: pidfd_open(%d)", t->id, (int)pid);
+	ev.data.u64 = t->key;
+	if (epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+		int e = errno;
+		close(fd);
+		return fk_fail_errno(err, e, "%s: epoll_ctl", t->id);
+	}
+	unwatch(d, t);
+	t->pid = pid;
+	t->pidfd = fd;
+	t->dead = false;
+	t->exit_status = REG_NO_EXIT;
+	return 0;
+}
+
+static bool live_state(enum reg_vm_state s)
+{
+	return s == REG_VM_STARTING || s == REG_VM_RUNNING || s == REG_VM_PAUSED;
+}
+
+/* The process behind t ended: reap it if it is ours, record it. */
+static void on_death(struct daemon *d, struct tracked *t)
+{
+	struct fk_err err = {0};
+	struct reg_vm vm;
+	int status = REG_NO_EXIT, exited_code = 0;
+
+	if (!fk_pidfd_reap(t->pidfd, &status, &exited_code)) {
+		struct zombie *z = calloc(1, sizeof(*z));
+
+		if (z) {
+			epoll_ctl(d->epfd, EPOLL_CTL_DEL, t->pidfd, NULL);
+			z->pidfd = t->pidfd;
+			t->pidfd = -1;
+			z->next = d->zombies;
+			d->zombies = z;
+		}
+	}
+	unwatch(d, t);
+	t->dead = true;
+	t->exit_status = status;
+	if (!t->is_zygote && registry_vm_get(d->reg, t->id, &vm, &err) == 0 &&
+	    live_state(vm.state)) {
+		enum reg_vm_state s = exited_code && status != 0 ? REG_VM_FAILED : REG_VM_EXITED;
+
+		if (registry_vm_set_state(d->reg, t->id, s, status, &err) < 0)
+			fprintf(stderr, "forkd serve: %s exited: %s\n", t->id, err.msg);
+	}
+	pthread_cond_broadcast(&d->cond);
+}
+
+/* Reaps the zombies that became ours; forgets those reaped by their own parent. Lock held. */
+static void sweep_zombies(struct daemon *d)
+{
+	for (struct zombie **pp = &d->zombies; *pp;) {
+		struct zombie *z = *pp;
+		int status, exited_code;
+
+		if (fk_pidfd_reap(z->pidfd, &status, &exited_code) ||
+		    fk_pidfd_kill(z->pidfd, 0) == -ESRCH) {
+			close(z->pidfd);
+			*pp = z->next;
+			free(z);
+			continue;
+		}
+		pp = &z->next;
+	}
+}
+
+static void *monitor_main(void *arg)
+{
+	struct daemon *d = arg;
+	struct epoll_event evs[32];
+
+	for (;;) {
+		int n;
+
+		pthread_mutex_lock(&d->lock);
+		sweep_zombies(d);
+		n = d->zombies ? ZOMBIE_SWEEP_MS : -1;
+		pthread_mutex_unlock(&d->lock);
+		n = epoll_wait(d->epfd, evs, 32, n);
+
+		if (n < 0 && errno != EINTR)
+			break;
+		pthread_mutex_lock(&d->lock);
+		if (d->stopping) {
+			pthread_mutex_unlock(&d->lock);
+			break;
+		}
+		for (int i = 0; i < n; i++) {
+			struct tracked *t;
+
+			if (evs[i].data.u64 == 0) {
+				uint64_t v;
+				if (read(d->wakefd, &v, sizeof(v)) < 0) {
+				}
+				continue;
+			}
+			t = find_key(d, evs[i].data.u64);
+			if (t && t->pidfd >= 0)
+				on_death(d, t);
+		}
+		pthread_mutex_unlock(&d->lock);
+	}
+	return NULL;
+}
+
+/* Waits (lock held) until t's process died or timeout_ms passed; true if it died. */
+static bool wait_dead(struct daemon *d, const char *id, int timeout_ms)
+{
+	struct timespec until;
+	struct tracked *t;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	for (;;) {
+		t = find_tracked(d, id);
+		if (!t || t->pidfd < 0)
+			return true;
+		if (pthread_cond_timedwait(&d->cond, &d->lock, &until) == ETIMEDOUT) {
+			t = find_tracked(d, id);
+			return !t || t->pidfd < 0;
+		}
+	}
+}
+
+/* ---- JSON ---- */
+
+static json_t *str_or_null(const char *s)
+{
+	return s && s[0] ? json_string(s) : json_null();
+}
+
+static json_t *iso_time(int64_t us)
+{
+	char buf[64], out[80];
+	time_t secs = (time_t)(us / 1000000);
+	struct tm tm;
+
+	if (us <= 0 || !gmtime_r(&secs, &tm))
+		return json_null();
+	strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(out, sizeof(out), "%s.%03dZ", buf, (int)((us / 1000) % 1000));
+	return json_string(out);
+}
+
+static json_t *vm_json(struct daemon *d, const struct reg_vm *vm)
+{
+	struct tracked *t = find_tracked(d, vm->id);
+	bool branched = vm->parent_vm[0] != '\0';
+	json_t *o = json_object();
+
+	json_object_set_new(o, "id", json_string(vm->id));
+	json_object_set_new(o, "state", json_string(reg_vm_state_name(vm->state)));
+	json_object_set_new(o, "pid", vm->proc.pid ? json_integer(vm->proc.pid) : json_null());
+	json_object_set_new(o, "parent", str_or_null(vm->parent_vm));
+	json_object_set_new(o, "zygote", str_or_null(vm->zygote));
+	json_object_set_new(o, "snapshot", str_or_null(vm->snapshot));
+	json_object_set_new(o, "tag", str_or_null(vm->tag));
+	json_object_set_new(o, "image", str_or_null(vm->image));
+	json_object_set_new(o, "kernel", str_or_null(vm->kernel));
+	json_object_set_new(o, "mem_mib", t && t->mem_mib ? json_integer(t->mem_mib) : json_null());
+	json_object_set_new(o, "cpus", t && t->cpus ? json_integer(t->cpus) : json_null());
+	json_object_set_new(o, "created", iso_time(vm->created_us));
+	json_object_set_new(o, "branched_at", branched ? iso_time(vm->branched_us) : json_null());
+	json_object_set_new(o, "pause_us",
+			    branched ? json_integer((json_int_t)vm->pause_us) : json_null());
+	json_object_set_new(o, "control_socket", str_or_null(vm->control_sock));
+	json_object_set_new(o, "vsock_socket", str_or_null(vm->vsock_sock));
+	json_object_set_new(o, "exit_status",
+			    vm->exit_status == REG_NO_EXIT ? json_null()
+							   : json_integer(vm->exit_status));
+	return o;
+}
+
+/* DIR/snapshots/.<tag>.json keeps a snapshot's pause_us across restarts (tags never start
+ * with '.', so it cannot be a snapshot itself). */
+static int snap_meta_path(struct daemon *d, const char *tag, char *buf, size_t len)
+{
+	struct fk_err ignored = {0};
+
+	return path_fmt(buf, len, &ignored, "%s/snapshots/.%s.json", d->state_dir, tag);
+}
+
+static struct snap_meta *snap_meta_find(struct daemon *d, const char *tag)
+{
+	char path[PATH_MAX];
+	struct snap_meta *m;
+	json_t *o, *v;
+
+	for (m = d->snaps; m; m = m->next)
+		if (strcmp(m->tag, tag) == 0)
+			return m;
+	if (snap_meta_path(d, tag, path, sizeof(path)) < 0)
+		return NULL;
+	o = json_load_file(path, 0, NULL);
+	v = json_object_get(o, "pause_us");
+	if (json_is_integer(v) && (m = calloc(1, sizeof(*m)))) {
+		snprintf(m->tag, sizeof(m->tag), "%s", tag);
+		m->pause_us = (uint64_t)json_integer_value(v);
+		m->next = d->snaps;
+		d->snaps = m;
+	}
+	json_decref(o);
+	return m;
+}
+
+static json_t *snap_json(struct daemon *d, const struct reg_snapshot *s)
+{
+	json_t *o = json_object();
+	struct snap_meta *m = snap_meta_find(d, s->tag);
+
+	json_object_set_new(o, "tag", json_string(s->tag));
+	json_object_set_new(o, "state", json_string(reg_snap_state_name(s->state)));
+	json_object_set_new(o, "path", json_string(s->path));
+	json_object_set_new(o, "parent_vm", str_or_null(s->parent_vm));
+	json_object_set_new(o, "created", iso_time(s->created_us));
+	json_object_set_new(o, "pause_us", m ? json_integer((json_int_t)m->pause_us) : json_null());
+	return o;
+}
+
+static void snap_meta_set(struct daemon *d, const char *tag, uint64_t pause_us)
+{
+	struct snap_meta *m = calloc(1, sizeof(*m));
+	char path[PATH_MAX];
+	json_t *o;
+
+	if (!m)
+		return;
+	if (snap_meta_path(d, tag, path, sizeof(path)) == 0 &&
+	    (o = json_pack("{s:I}", "pause_us", (json_int_t)pause_us))) {
+		json_dump_file(o, path, 0);
+		json_decref(o);
+	}
+	snprintf(m->tag, sizeof(m->tag), "%s", tag);
+	m->pause_us = pause_us;
+	m->next = d->snaps;
+	d->snaps = m;
+}
+
+static void snap_meta_drop(struct daemon *d, const char *tag)
+{
+	char path[PATH_MAX];
+
+	if (snap_meta_path(d, tag, path, sizeof(path)) == 0)
+		unlink(path);
+	for (struct snap_meta **pp = &d->snaps; *pp; pp = &(*pp)->next) {
+		if (strcmp((*pp)->tag, tag) == 0) {
+			struct snap_meta *m = *pp;
+			*pp = m->next;
+			free(m);
+			return;
+		}
+	}
+}
+
+/* ---- Request bodies ---- */
+
+/* body must be an object (NULL: empty) whose keys are all in allowed (NULL-terminated). */
+static int check_fields(json_t *body, const char *what, const char *const allowed[],
+			struct fk_err *err)
+{
+	const char *key;
+	json_t *v;
+
+	if (!body)
+		return 0;
+	if (!json_is_object(body))
+		return fk_fail(err, EINVAL, "%s: expected a JSON object, got %s", what,
+			       fk_json_kind(body));
+	json_object_foreach(body, key, v)
+	{
+		bool ok = false;
+		char list[256] = "";
+
+		for (int i = 0; allowed[i]; i++) {
+			if (strcmp(key, allowed[i]) == 0)
+				ok = true;
+			snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+				 i ? ", " : "", allowed[i]);
+		}
+		if (!ok)
+			return fk_fail(err, EINVAL, "%s: unknown field \"%s\" (expected %s)", what,
+				       key, list);
+	}
+	return 0;
+}
+
+static int get_int(json_t *body, const char *what, const char *key, long long lo, long long hi,
+		   long long *out, struct fk_err *err)
+{
+	json_t *v = body ? json_object_get(body, key) : NULL;
+
+	if (!v)
+		return 0;
+	if (!json_is_integer(v))
+		return fk_fail(err, EINVAL, "%s: \"%s\": expected an integer %lld..%lld, got %s",
+			       what, key, lo, hi, fk_json_kind(v));
+	if (json_integer_value(v) < lo || json_integer_value(v) > hi)
+		return fk_fail(err, EINVAL,
+			       "%s: \"%s\": %lld is out of range (expected %lld..%lld)", what, key,
+			       (long long)json_integer_value(v), lo, hi);
+	*out = json_integer_value(v);
+	return 0;
+}
+
+static int get_bool(json_t *body, const char *what, const char *key, bool *out, struct fk_err *err)
+{
+	json_t *v = body ? json_object_get(body, key) : NULL;
+
+	if (!v)
+		return 0;
+	if (!json_is_boolean(v))
+		return fk_fail(err, EINVAL, "%s: \"%s\": expected true or false, got %s", what, key,
+			       fk_json_kind(v));
+	*out = json_is_true(v);
+	return 0;
+}
+
+static int get_str(json_t *body, const char *what, const char *key, const char **out,
+		   struct fk_err *err)
+{
+	json_t *v = body ? json_object_get(body, key) : NULL;
+
+	if (!v)
+		return 0;
+	if (!json_is_string(v))
+		return fk_fail(err, EINVAL, "%s: \"%s\": expected a string, got %s", what, key,
+			       fk_json_kind(v));
+	*out = json_string_value(v);
+	return 0;
+}
+
+static int get_tag(json_t *body, const char *what, const char **out, struct fk_err *err)
+{
+	int ret = get_str(body, what, "tag", out, err);
+
+	if (ret == 0 && *out && (ret = registry_tag_check(*out, err)) < 0)
+		return fk_wrap(err, "%s: \"tag\"", what);
+	/* docs/rest-api.md: no hidden names either (DIR/snapshots/<tag> stays visible). */
+	if (ret == 0 && *out && (*out)[0] == '.')
+		return fk_fail(err, EINVAL,
+			       "%s: \"tag\": tag '%s' starts with '.' (expected [A-Za-z0-9._-], "
+			       "not starting with '.' or '-')",
+			       what, *out);
+	return ret;
+}
+
+/* ---- Starting VMMs ---- */
+
+struct starting {
+	char id[REG_ID_MAX];
+	char sock[REG_SOCK_MAX];
+	char err_path[PATH_MAX];
+	double t0;
+	bool up;
+};
+
+/* Starts argv for tracked VM s->id and watches it. Lock held. */
+static int launch_locked(struct daemon *d, struct starting *s, char *const argv[],
+			 struct fk_err *err)
+{
+	struct tracked *t = find_tracked(d, s->id);
+	pid_t pid;
+	int ret;
+
+	if (!t)
+		return fk_fail(err, ENOENT, "%s: no longer tracked", s->id);
+	ret = vmm_launch(argv, s->err_path, &pid, err);
+	if (ret < 0)
+		return ret;
+	s->t0 = mono_s();
+	ret = watch(d, t, pid, err);
+	if (ret < 0) {
+		kill(pid, SIGKILL);
+		return ret;
+	}
+	return 0;
+}
+
+/*
+ * Waits until every VMM in s answers `status` on its control socket (the VMM serves it once
+ * booted or restored); fills mem_mib and cpus from the reply. Lock not held.
+ */
+static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool restore_metric,
+			  struct fk_err *err)
+{
+	double deadline = mono_s() + START_TIMEOUT_MS / 1000.0;
+	size_t up = 0;
+
+	while (up < n) {
+		for (size_t i = 0; i < n; i++) {
+			struct fk_err call_err = {0};
+			json_t *req, *reply = NULL;
+			struct tracked *t;
+			bool dead;
+			int status = REG_NO_EXIT;
+
+			if (s[i].up)
+				continue;
+			pthread_mutex_lock(&d->lock);
+			t = find_tracked(d, s[i].id);
+			dead = !t || t->dead;
+			if (t)
+				status = t->exit_status;
+			pthread_mutex_unlock(&d->lock);
+			if (dead) {
+				char line[256];
+
+				vmm_first_line(s[i].err_path, line, sizeof(line));
+				return fk_fail(
+				    err, ECHILD,
+				    "%s: forkd-vmm exited (status %d) before its control "
+				    "socket answered: %s",
+				    s[i].id, status, line[0] ? line : "(no message)");
+			}
+			if (access(s[i].sock, F_OK) < 0)
+				continue;
+			req = json_pack("{s:s}", "cmd", "status");
+			if (!req)
+				return fk_fail(err, ENOMEM, "status request");
+			if (control_call(s[i].sock, req, &reply, STATUS_CALL_MS, &call_err) == 0 &&
+			    json_is_true(json_object_get(reply, "ok"))) {
+				s[i].up = true;
+				up++;
+				pthread_mutex_lock(&d->lock);
+				t = find_tracked(d, s[i].id);
+				if (t) {
+					t->mem_mib = (int)json_integer_value(
+					    json_object_get(reply, "mem_mib"));
+					t->cpus = (int)json_integer_value(
+					    json_object_get(reply, "vcpus"));
+				}
+				pthread_mutex_unlock(&d->lock);
+				if (restore_metric)
+					report(d, DAEMON_METRIC_RESTORE, mono_s() - s[i].t0);
+			}
+			json_decref(req);
+			json_decref(reply);
+		}
+		if (up == n)
+			break;
+		if (mono_s() > deadline)
+			return fk_fail(
+			    err, ETIMEDOUT,
+			    "%zu of %zu VMs did not answer on their control socket within "
+			    "%d ms (see %s)",
+			    n - up, n, START_TIMEOUT_MS, s[0].err_path);
+		usleep(5000);
+	}
+	return 0;
+}
+
+/* Kills and forgets VMs whose start failed: nothing partial is left. Lock not held. */
+static void abort_started(struct daemon *d, struct starting *s, size_t n)
+{
+	struct fk_err ignored = {0};
+	char dir[PATH_MAX];
+
+	pthread_mutex_lock(&d->lock);
+	for (size_t i = 0; i < n; i++) {
+		struct tracked *t = find_tracked(d, s[i].id);
+
+		if (!s[i].id[0])
+			continue;
+		if (t && t->pidfd >= 0) {
+			fk_pidfd_kill(t->pidfd, SIGKILL);
+			wait_dead(d, s[i].id, KILL_WAIT_MS);
+		}
+		registry_vm_delete(d->reg, s[i].id, true, NULL, &ignored);
+		untrack(d, s[i].id);
+	}
+	pthread_mutex_unlock(&d->lock);
+	for (size_t i = 0; i < n; i++)
+		if (s[i].id[0] && vm_dir(d, s[i].id, NULL, dir, sizeof(dir), &ignored) == 0)
+			fk_remove_tree(dir);
+}
+
+/* Marks started VMs running with their process identity; appends their JSON to out. */
+static int finish_started(struct daemon *d, struct starting *s, size_t n, json_t *out,
+			  struct fk_err *err)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&d->lock);
+	for (size_t i = 0; i < n && ret == 0; i++) {
+		struct tracked *t = find_tracked(d, s[i].id);
+		struct reg_vm vm;
+
+		ret = registry_vm_get(d->reg, s[i].id, &vm, err);
+		if (ret < 0)
+			break;
+		if (t && !t->dead) {
+			if (registry_proc_probe(t->pid, &vm.proc, err) < 0)
+				vm.proc.pid = t->pid;
+			vm.state = REG_VM_RUNNING;
+			ret = registry_vm_update(d->reg, &vm, err);
+			meta_save(d, vm.id, t->mem_mib, t->cpus);
+		}
+		if (t)
+			t->busy = false;
+		if (ret == 0 && out)
+			json_array_append_new(out, vm_json(d, &vm));
+	}
+	pthread_mutex_unlock(&d->lock);
+	return ret;
+}
+
+static bool image_name_ok(const char *s)
+{
+	size_t len = strlen(s);
+
+	if (len < 1 || len > 63 || !((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= '0' && s[0] <= '9')))
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '.' ||
+		      s[i] == '_' || s[i] == '-'))
+			return false;
+	return true;
+}
+
+static int check_file(const char *what, const char *key, const char *path, struct fk_err *err)
+{
+	struct stat st;
+
+	if (strlen(path) >= REG_PATH_MAX)
+		return fk_fail(err, ENAMETOOLONG, "%s: \"%s\": path longer than %d bytes", what,
+			       key, REG_PATH_MAX - 1);
+	if (path[0] != '/')
+		return fk_fail(err, EINVAL, "%s: \"%s\" '%s': expected an absolute path", what, key,
+			       path);
+	if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || access(path, R_OK) < 0)
+		return fk_fail(err, EINVAL, "%s: \"%s\" '%s': expected a readable file", what, key,
+			       path);
+	return 0;
+}
+
+int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err *err)
+{
+	static const char *const fields[] = {"image", "kernel", "initrd", "append", "mem_mib",
+					     "cpus",  "tag",	"vsock",  NULL};
+	const char *what = "POST /v1/vms", *image = NULL, *kernel = NULL, *initrd = NULL,
+		   *append = NULL, *tag = NULL;
+	long long mem_mib = 512, cpus = 1;
+	char dir[PATH_MAX], serial[PATH_MAX], mem[32], ncpus[16];
+	struct starting s;
+	struct reg_vm vm = {0};
+	struct tracked *t;
+	json_t *vms = NULL;
+	bool vsock;
+	int ret;
+
+	*out = NULL;
+	memset(&s, 0, sizeof(s));
+	if (!body)
+		return fk_fail(err, EINVAL, "%s: expected a body with \"image\" or \"kernel\"",
+			       what);
+	if ((ret = check_fields(body, what, fields, err)) < 0 ||
+	    (ret = get_str(body, what, "image", &image, err)) < 0 ||
+	    (ret = get_str(body, what, "kernel", &kernel, err)) < 0 ||
+	    (ret = get_str(body, what, "initrd", &initrd, err)) < 0 ||
+	    (ret = get_str(body, what, "append", &append, err)) < 0 ||
+	    (ret = get_int(body, what, "mem_mib", MEM_MIB_MIN, MEM_MIB_MAX, &mem_mib, err)) < 0 ||
+	    (ret = get_int(body, what, "cpus", 1, CPUS_MAX, &cpus, err)) < 0 ||
+	    (ret = get_tag(body, what, &tag, err)) < 0)
+		return ret;
+	vsock = image != NULL;
+	if ((ret = get_bool(body, what, "vsock", &vsock, err)) < 0)
+		return ret;
+	if (!image == !kernel)
+		return fk_fail(err, EINVAL, "%s: expected exactly one of \"image\" or \"kernel\"",
+			       what);
+	if (image && (initrd || append))
+		return fk_fail(err, EINVAL,
+			       "%s: \"%s\" comes with \"kernel\", not with \"image\" (the image "
+			       "brings its own)",
+			       what, initrd ? "initrd" : "append");
+	if (image && !image_name_ok(image))
+		return fk_fail(
+		    err, EINVAL,
+		    "%s: \"image\" '%s': expected an image name ([a-z0-9][a-z0-9._-]{0,62})", what,
+		    image);
+	if (kernel && (ret = check_file(what, "kernel", kernel, err)) < 0)
+		return ret;
+	if (initrd && (ret = check_file(what, "initrd", initrd, err)) < 0)
+		return ret;
+	if (append && strlen(append) > 4095)
+		return fk_fail(err, EINVAL, "%s: \"append\": %zu bytes (expected at most 4095)",
+			       what, strlen(append));
+
+	vm.state = REG_VM_STARTING;
+	vm.exit_status = REG_NO_EXIT;
+	snprintf(vm.image, sizeof(vm.image), "%s", image ? image : "");
+	snprintf(vm.kernel, sizeof(vm.kernel), "%s", kernel ? kernel : "");
+	snprintf(vm.tag, sizeof(vm.tag), "%s", tag ? tag : "");
+	pthread_mutex_lock(&d->lock);
+	ret = registry_vm_add(d->reg, &vm, err);
+	t = ret == 0 ? track(d, vm.id, false) : NULL;
+	if (ret == 0 && !t)
+		ret = fk_fail(err, ENOMEM, "%s: out of memory", vm.id);
+	if (t) {
+		t->busy = true;
+		t->mem_mib = (int)mem_mib;
+		t->cpus = (int)cpus;
+	}
+	pthread_mutex_unlock(&d->lock);
+	if (ret < 0)
+		return fk_wrap(err, "%s", what);
+	snprintf(s.id, sizeof(s.id), "%s", vm.id);
+
+	if ((ret = vm_dir(d, vm.id, NULL, dir, sizeof(dir), err)) < 0 ||
+	    (ret = vm_dir(d, vm.id, "control.sock", vm.control_sock, sizeof(vm.control_sock),
+			  err)) < 0 ||
+	    (ret = vm_dir(d, vm.id, "vsock.sock", vm.vsock_sock, sizeof(vm.vsock_sock), err)) < 0 ||
+	    (ret = vm_dir(d, vm.id, "serial.log", serial, sizeof(serial), err)) < 0 ||
+	    (ret = vm_dir(d, vm.id, "vmm.err", s.err_path, sizeof(s.err_path), err)) < 0)
+		goto fail;
+	if (mkdir(dir, 0755) < 0) {
+		ret = fk_fail_errno(err, errno, "%s: create %s", vm.id, dir);
+		goto fail;
+	}
+	meta_save(d, vm.id, (int)mem_mib, (int)cpus);
+	snprintf(s.sock, sizeof(s.sock), "%s", vm.control_sock);
+	if (!vsock)
+		vm.vsock_sock[0] = '\0';
+	snprintf(mem, sizeof(mem), "%lldM", mem_mib);
+	snprintf(ncpus, sizeof(ncpus), "%lld", cpus);
+	{
+		char *argv[24];
+		int a = 0;
+
+		argv[a++] = d->vmm;
+		if (image) {
+			argv[a++] = "--image";
+			argv[a++] = (char *)image;
+		} else {
+			argv[a++] = "--kernel";
+			argv[a++] = (char *)kernel;
+			if (initrd) {
+				argv[a++] = "--initrd";
+				argv[a++] = (char *)initrd;
+			}
+			if (append) {
+				argv[a++] = "--append";
+				argv[a++] = (char *)append;
+			}
+		}
+		argv[a++] = "--mem";
+		argv[a++] = mem;
+		argv[a++] = "--cpus";
+		argv[a++] = ncpus;
+		argv[a++] = "--control";
+		argv[a++] = vm.control_sock;
+		argv[a++] = "--serial";
+		argv[a++] = serial;
+		argv[a++] = "--serial-in";
+		argv[a++] = "none";
+		if (vsock) {
+			argv[a++] = "--vsock";
+			argv[a++] = vm.vsock_sock;
+		}
+		argv[a] = NULL;
+		pthread_mutex_lock(&d->lock);
+		ret = registry_vm_update(d->reg, &vm, err);
+		if (ret == 0)
+			ret = launch_locked(d, &s, argv, err);
+		pthread_mutex_unlock(&d->lock);
+		if (ret < 0)
+			goto fail;
+	}
+	ret = wait_answering(d, &s, 1, false, err);
+	if (ret < 0)
+		goto fail;
+	vms = json_array();
+	ret = finish_started(d, &s, 1, vms, err);
+	if (ret < 0)
+		goto fail;
+	*out = json_incref(json_array_get(vms, 0));
+	json_decref(vms);
+	return 0;
+fail:
+	json_decref(vms);
+	abort_started(d, &s, 1);
+	return fk_wrap(err, "%s", what);
+}
+
+/* ---- Listing ---- */
+
+int daemon_vm_list(struct daemon *d, json_t **out, struct fk_err *err)
+{
+	struct reg_vm *vms = NULL;
+	size_t n = 0;
+	json_t *arr;
+	int ret;
+
+	*out = NULL;
+	pthread_mutex_lock(&d->lock);
+	ret = registry_vm_list(d->reg, &vms, &n, err);
+	if (ret == 0) {
+		arr = json_array();
+		for (size_t i = 0; i < n; i++)
+			json_array_append_new(arr, vm_json(d, &vms[i]));
+		*out = json_pack("{s:o}", "vms", arr);
+	}
+	pthread_mutex_unlock(&d->lock);
+	free(vms);
+	return ret;
+}
+
+int daemon_vm_get(struct daemon *d, const char *id, json_t **out, struct fk_err *err)
+{
+	struct reg_vm vm;
+	int ret;
+
+	*out = NULL;
+	pthread_mutex_lock(&d->lock);
+	ret = registry_vm_get(d->reg, id, &vm, err);
+	if (ret == 0)
+		*out = vm_json(d, &vm);
+	pthread_mutex_unlock(&d->lock);
+	return ret;
+}
+
+int daemon_vm_agent_socket(struct daemon *d, const char *id, char *path, size_t len,
+			   struct fk_err *err)
+{
+	struct reg_vm vm;
+	int ret;
+
+	pthread_mutex_lock(&d->lock);
+	ret = registry_vm_get(d->reg, id, &vm, err);
+	pthread_mutex_unlock(&d->lock);
+	if (ret < 0)
+		return ret;
+	if (!live_state(vm.state))
+		return fk_fail(err, ENOTCONN, "vm %s is %s: expected a running VM", id,
+			       reg_vm_state_name(vm.state));
+	if (!vm.vsock_sock[0])
+		return fk_fail(err, ENOTCONN,
+			       "vm %s has no vsock device (create it with "
+			       "\"vsock\":true)",
+			       id);
+	if ((size_t)snprintf(path, len, "%s", vm.vsock_sock) >= len)
+		return fk_fail(err, ENAMETOOLONG, "vm %s: vsock path longer than %zu bytes", id,
+			       len - 1);
+	return 0;
+}
+
+int daemon_tree(struct daemon *d, json_t **out, struct fk_err *err)
+{
+	struct reg_lineage_node *nodes = NULL;
+	size_t n = 0;
+	json_t *arr;
+	int ret;
+
+	*out = NULL;
+	pthread_mutex_lock(&d->lock);
+	ret = registry_lineage(d->reg, &nodes, &n, err);
+	if (ret == 0) {
+		arr = json_array();
+		for (size_t i = 0; i < n; i++)
+			json_array_append_new(arr, json_pack("{s:o,s:i,s:b}", "vm",
+							     vm_json(d, &nodes[i].vm), "depth",
+							     (int)nodes[i].depth, "last_sibling",
+							     nodes[i].last_sibling));
+		*out = json_pack("{s:o}", "tree", arr);
+	}
+	pthread_mutex_unlock(&d->lock);
+	free(nodes);
+	return ret;
+}
+
+int daemon_health(struct daemon *d, json_t **out, struct fk_err *err)
+{
+	struct reg_vm *vms = NULL;
+	size_t n = 0;
+	int ret;
+
+	*out = NULL;
+	pthread_mutex_lock(&d->lock);
+	ret = registry_vm_list(d->reg, &vms, &n, err);
+	pthread_mutex_unlock(&d->lock);
+	free(vms);
+	if (ret < 0)
+		return ret;
+	*out = json_pack("{s:b,s:i}", "ok", 1, "vms", (int)n);
+	return 0;
+}
+
+int daemon_snapshot_list(struct daemon *d, json_t **out, struct fk_err *err)
+{
+	struct reg_snapshot *snaps = NULL;
+	size_t n = 0;
+	json_t *arr;
+	int ret;
+
+	*out = NULL;
+	pthread_mutex_lock(&d->lock);
+	ret = registry_snapshot_list(d->reg, false, &snaps, &n, err);
+	if (ret == 0) {
+		arr = json_array();
+		for (size_t i = 0; i < n; i++)
+			json_array_append_new(arr, snap_json(d, &snaps[i]));
+		*out = json_pack("{s:o}", "snapshots", arr);
+	}
+	pthread_mutex_unlock(&d->lock);
+	free(snaps);
+	return ret;
+}
+
+int daemon_snapshot_get(struct daemon *d, const char *tag, json_t **out, struct fk_err *err)
+{
+	struct reg_snapshot s;
+	int ret;
+
+	*out = NULL;
+	pthread_mutex_lock(&d->lock);
+	ret = registry_snapshot_get(d->reg, tag, &s, err);
+	if (ret == 0)
+		*out = snap_json(d, &s);
+	pthread_mutex_unlock(&d->lock);
+	return ret;
+}
+
+/* ---- Delete ---- */
+
+/* Sends req (consumed) to sock; 0 with *reply_out on "ok":true, else -errno naming what. */
+static int vmm_call(const char *what, const char *sock, json_t *req, int timeout_ms,
+		    json_t **reply_out, struct fk_err *err)
+{
+	json_t *reply = NULL;
+	int ret;
+
+	if (!req)
+		return fk_fail(err, ENOMEM, "%s: out of memory", what);
+	ret = control_call(sock, req, &reply, timeout_ms, err);
+	json_decref(req);
+	if (ret < 0)
+		return fk_wrap(err, "%s", what);
+	if (!json_is_true(json_object_get(reply, "ok"))) {
+		const char *msg = json_string_value(json_object_get(reply, "error"));
+
+		ret =
+		    fk_fail(err, EIO, "%s: the VMM refused: %s", what, msg ? msg : "(no message)");
+		json_decref(reply);
+		return ret;
+	}
+	if (reply_out)
+		*reply_out = reply;
+	else
+		json_decref(reply);
+	return 0;
+}
+
+/*
+ * Marks the VMs in[] (indices into all[]) busy, or fails with -EBUSY naming one already busy.
+ * Lock held.
+ */
+static int claim(struct daemon *d, const struct reg_vm *all, const bool *in, size_t n,
+		 struct fk_err *err)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct tracked *t = in[i] ? find_tracked(d, all[i].id) : NULL;
+
+		if (t && t->busy)
+			return fk_fail(
+			    err, EBUSY,
+			    "vm %s is busy (a branch, snapshot, start or delete of it is "
+			    "in progress); try again",
+			    all[i].id);
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct tracked *t = in[i] ? find_tracked(d, all[i].id) : NULL;
+
+		if (t)
+			t->busy = true;
+	}
+	return 0;
+}
+
+/* Adds every descendant of the VMs in in[] to in[]. */
+static void add_descendants(const struct reg_vm *all, bool *in, size_t n)
+{
+	bool grew = true;
+
+	while (grew) {
+		grew = false;
+		for (size_t i = 0; i < n; i++) {
+			if (in[i] || !all[i].parent_vm[0])
+				continue;
+			for (size_t j = 0; j < n; j++) {
+				if (in[j] && strcmp(all[i].parent_vm, all[j].id) == 0) {
+					in[i] = true;
+					grew = true;
+					break;
+				}
+			}
+		}
+	}
+}
+
+/* Lists the VMs of in[] that match (names for an error message). */
+static void name_list(const struct reg_vm *all, const bool *in, size_t n, char *buf, size_t len)
+{
+	size_t used = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < n && used < len; i++)
+		if (in[i])
+			used += (size_t)snprintf(buf + used, len - used, "%s%s", used ? ", " : "",
+						 all[i].id);
+}
+
+/* Whether every VM of in[] that was watched has died. Lock held. */
+static bool all_dead(struct daemon *d, const struct reg_vm *all, const bool *in, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct tracked *t = in[i] ? find_tracked(d, all[i].id) : NULL;
+
+		if (t && t->pidfd >= 0)
+			return false;
+	}
+	return true;
+}
+
+/* Waits (lock held) until all_dead or timeout_ms passed. */
+static void wait_all_dead(struct daemon *d, const struct reg_vm *all, const bool *in, size_t n,
+			  int timeout_ms)
+{
+	struct timespec until;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	while (!all_dead(d, all, in, n))
+		if (pthread_cond_timedwait(&d->cond, &d->lock, &until) == ETIMEDOUT)
+			return;
+}
+
+/*
+ * Stops the VMMs of in[]: `shutdown` to each, then SIGKILL to those still running after
+ * SHUTDOWN_WAIT_MS. Lock held on entry and return, dropped while talking to them and waiting.
+ */
+static void stop_all(struct daemon *d, const struct reg_vm *all, const bool *in, size_t n)
+{
+	if (all_dead(d, all, in, n))
+		return;
+	pthread_mutex_unlock(&d->lock);
+	for (size_t i = 0; i < n; i++) {
+		struct fk_err ignored = {0};
+
+		if (in[i] && live_state(all[i].state) && all[i].control_sock[0])
+			vmm_call("shutdown", all[i].control_sock,
+				 json_pack("{s:s}", "cmd", "shutdown"), STATUS_CALL_MS, NULL,
+				 &ignored);
+	}
+	pthread_mutex_lock(&d->lock);
+	wait_all_dead(d, all, in, n, SHUTDOWN_WAIT_MS);
+	for (size_t i = 0; i < n; i++) {
+		struct tracked *t = in[i] ? find_tracked(d, all[i].id) : NULL;
+
+		if (t && t->pidfd >= 0)
+			fk_pidfd_kill(t->pidfd, SIGKILL);
+	}
+	wait_all_dead(d, all, in, n, KILL_WAIT_MS);
+	for (size_t i = 0; i < n; i++) {
+		struct tracked *t = in[i] ? find_tracked(d, all[i].id) : NULL;
+
+		if (t && t->pidfd >= 0)
+			fprintf(stderr, "forkd serve: %s (pid %d) did not die after SIGKILL\n",
+				t->id, (int)t->pid);
+	}
+}
+
+/* A BRANCH child's files (console, overlay, sockets) are in its branch directory below its
+ * parent's directory: DIR/vms/<parent>/branches/<k>/child-<i>. */
+static void remove_branch_child_dir(struct daemon *d, const struct reg_vm *all, size_t n,
+				    const char *id)
+{
+	char dir[REG_SOCK_MAX], *slash;
+	size_t len = strlen(d->state_dir);
+
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(all[i].id, id) != 0 || !all[i].parent_vm[0])
+			continue;
+		snprintf(dir, sizeof(dir), "%s", all[i].control_sock);
+		slash = strrchr(dir, '/');
+		if (!slash || strncmp(dir, d->state_dir, len) != 0 || dir[len] != '/' ||
+		    !strstr(dir + len, "/branches/"))
+			return;
+		*slash = '\0';
+		fk_remove_tree(dir);
+		return;
+	}
+}
+
+static void forget_removed(struct daemon *d, const struct reg_ids *removed, json_t *arr,
+			   const struct reg_vm *all, size_t n)
+{
+	struct fk_err ignored = {0};
+	char dir[PATH_MAX];
+
+	for (size_t i = 0; i < removed->n; i++) {
+		remove_branch_child_dir(d, all, n, removed->ids[i]);
+		for (struct tracked *t = d->tracked; t;) {
+			struct tracked *next = t->next;
+			if (t->is_zygote && strcmp(t->vm, removed->ids[i]) == 0)
+				untrack(d, t->id);
+			t = next;
+		}
+		untrack(d, removed->ids[i]);
+		if (vm_dir(d, removed->ids[i], NULL, dir, sizeof(dir), &ignored) == 0)
+			fk_remove_tree(dir);
+		json_array_append_new(arr, json_string(removed->ids[i]));
+	}
+}
+
+static void release_claim(struct daemon *d, const struct reg_vm *all, const bool *in, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct tracked *t = in[i] ? find_tracked(d, all[i].id) : NULL;
+
+		if (t)
+			t->busy = false;
+	}
+}
+
+int daemon_vm_delete(struct daemon *d, const char *id, bool cascade, json_t **out,
+		     struct fk_err *err)
+{
+	struct reg_ids removed = {0};
+	struct reg_vm *all = NULL;
+	bool *in = NULL, claimed = false;
+	size_t n = 0, self = 0;
+	json_t *arr = NULL;
+	int ret;
+
+	*out = NULL;
+	pthread_mutex_lock(&d->lock);
+	ret = registry_vm_list(d->reg, &all, &n, err);
+	if (ret < 0)
+		goto out;
+	in = calloc(n ? n : 1, sizeof(*in));
+	if (!in) {
+		ret = fk_fail(err, ENOMEM, "delete vm %s: out of memory", id);
+		goto out;
+	}
+	for (self = 0; self < n && strcmp(all[self].id, id) != 0; self++)
+		;
+	if (self == n) {
+		ret = fk_fail(err, ENOENT, "vm %s: no such VM", id);
+		goto out;
+	}
+	in[self] = true;
+	add_descendants(all, in, n);
+	if (!cascade) {
+		char names[400];
+		bool any = false;
+
+		in[self] = false;
+		for (size_t i = 0; i < n; i++)
+			any |= in[i];
+		if (any) {
+			name_list(all, in, n, names, sizeof(names));
+			ret = fk_fail(err, EBUSY,
+				      "vm %s has descendants: %s (delete them first, or "
+				      "cascade=true)",
+				      id, names);
+			goto out;
+		}
+		in[self] = true;
+	}
+	ret = claim(d, all, in, n, err);
+	if (ret < 0)
+		goto out;
+	claimed = true;
+	stop_all(d, all, in, n);
+	ret = registry_vm_delete(d->reg, id, cascade, &removed, err);
+	if (ret < 0)
+		goto out;
+	arr = json_array();
+	forget_removed(d, &removed, arr, all, n);
+	*out = json_pack("{s:o}", "removed", arr);
+	claimed = false;
+out:
+	if (claimed)
+		release_claim(d, all, in, n);
+	pthread_mutex_unlock(&d->lock);
+	free(removed.ids);
+	free(all);
+	free(in);
+	return ret;
+}
+
+int daemon_snapshot_delete(struct daemon *d, const char *tag, bool cascade, json_t **out,
+			   struct fk_err *err)
+{
+	struct reg_ids removed = {0};
+	struct reg_snapshot snap;
+	struct reg_vm *all = NULL;
+	bool *in = NULL, claimed = false, any = false;
+	size_t n = 0;
+	char names[400];
+	json_t *arr;
+	int ret;
+
+	*out = NULL;
+	pthread_mutex_lock(&d->lock);
+	ret = registry_snapshot_get(d->reg, tag, &snap, err);
+	if (ret < 0)
+		goto out;
+	if (snap.state == REG_SNAP_WRITING) {
+		ret = fk_fail(err, EBUSY,
+			      "snapshot %s is being written; try again once it is ready", tag);
+		goto out;
+	}
+	ret = registry_vm_list(d->reg, &all, &n, err);
+	if (ret < 0)
+		goto out;
+	in = calloc(n ? n : 1, sizeof(*in));
+	if (!in) {
+		ret = fk_fail(err, ENOMEM, "delete snapshot %s: out of memory", tag);
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		in[i] = strcmp(all[i].snapshot, tag) == 0;
+		any |= in[i];
+	}
+	if (any && !cascade) {
+		name_list(all, in, n, names, sizeof(names));
+		ret = fk_fail(err, EBUSY,
+			      "snapshot %s has VMs spawned from it: %s (delete them first, or "
+			      "cascade=true)",
+			      tag, names);
+		goto out;
+	}
+	add_descendants(all, in, n);
+	ret = claim(d, all, in, n, err);
+	if (ret < 0)
+		goto out;
+	claimed = true;
+	stop_all(d, all, in, n);
+	ret = registry_snapshot_delete(d->reg, tag, cascade, &removed, err);
+	if (ret < 0)
+		goto out;
+	claimed = false;
+	arr = json_array();
+	forget_removed(d, &removed, arr, all, n);
+	json_array_append_new(arr, json_string(tag));
+	snap_meta_drop(d, tag);
+	fk_remove_tree(snap.path);
+	*out = json_pack("{s:o}", "removed", arr);
+out:
+	if (claimed)
+		release_claim(d, all, in, n);
+	pthread_mutex_unlock(&d->lock);
+	free(removed.ids);
+	free(all);
+	free(in);
+	return ret;
+}
+
+/* ---- Control calls ---- */
+
+/* Looks up a running VM for an operation and marks it busy. Lock held. */
+static int claim_running(struct daemon *d, const char *id, struct reg_vm *vm, struct fk_err *err)
+{
+	struct tracked *t;
+	int ret = registry_vm_get(d->reg, id, vm, err);
+
+	if (ret < 0)
+		return ret;
+	t = find_tracked(d, id);
+	if (!live_state(vm->state) || vm->state == REG_VM_STARTING || !t || t->pidfd < 0)
+		return fk_fail(err, ENOTCONN, "vm %s is %s: expected a running VM", id,
+			       reg_vm_state_name(vm->state));
+	if (t->busy)
+		return fk_fail(err, EBUSY,
+			       "vm %s is busy (a branch, snapshot or delete of it is in progress); "
+			       "try again",
+			       id);
+	t->busy = true;
+	return 0;
+}
+
+static void unclaim(struct daemon *d, const char *id)
+{
+	struct tracked *t;
+
+	pthread_mutex_lock(&d->lock);
+	t = find_tracked(d, id);
+	if (t)
+		t->busy = false;
+	pthread_mutex_unlock(&d->lock);
+}
+
+/* ---- Snapshot ---- */
+
+int daemon_vm_snapshot(struct daemon *d, const char *id, json_t *body, json_t **out,
+		       struct fk_err *err)
+{
+	static const char *const fields[] = {"tag", NULL};
+	const char *what = "snapshot", *tag = NULL;
+	struct reg_snapshot snap = {0};
+	struct reg_vm vm;
+	json_t *reply = NULL;
+	int ret;
+
+	*out = NULL;
+	if ((ret = check_fields(body, what, fields, err)) < 0 ||
+	    (ret = get_tag(body, what, &tag, err)) < 0)
+		return ret;
+	if (!tag)
+		return fk_fail(err, EINVAL, "%s: expected \"tag\" (the snapshot's name)", what);
+	snprintf(snap.tag, sizeof(snap.tag), "%s", tag);
+	snprintf(snap.parent_vm, sizeof(snap.parent_vm), "%s", id);
+	if ((ret = snap_dir(d, tag, snap.path, sizeof(snap.path), err)) < 0)
+		return ret;
+	pthread_mutex_lock(&d->lock);
+	ret = claim_running(d, id, &vm, err);
+	if (ret == 0) {
+		ret = registry_snapshot_add(d->reg, &snap, err);
+		if (ret < 0) {
+			struct tracked *t = find_tracked(d, id);
+			if (t)
+				t->busy = false;
+		}
+	}
+	pthread_mutex_unlock(&d->lock);
+	if (ret < 0)
+		return ret;
+	ret = vmm_call(what, vm.control_sock,
+		       json_pack("{s:s,s:s}", "cmd", "snapshot", "path", snap.path),
+		       SNAPSHOT_TIMEOUT_MS, &reply, err);
+	pthread_mutex_lock(&d->lock);
+	if (ret == 0) {
+		ret = registry_snapshot_mark_ready(d->reg, tag, err);
+		snap_meta_set(d, tag,
+			      (uint64_t)json_integer_value(json_object_get(reply, "pause_us")));
+	} else {
+		struct fk_err ignored = {0};
+		registry_snapshot_mark_failed(d->reg, tag, &ignored);
+		fk_remove_tree(snap.path);
+	}
+	if (ret == 0 && registry_snapshot_get(d->reg, tag, &snap, err) == 0)
+		*out = snap_json(d, &snap);
+	pthread_mutex_unlock(&d->lock);
+	json_decref(reply);
+	unclaim(d, id);
+	return ret;
+}
+
+/* ---- Branch ---- */
+
+/* A persist still writing when the branch returned: mark the snapshot, then release. */
+struct persist_job {
+	struct daemon *d;
+	char sock[REG_SOCK_MAX];
+	char tag[REG_TAG_MAX + 1];
+	char path[REG_PATH_MAX];
+	int zygote;
+};
+
+static void release_zygote(const char *sock, int zygote)
+{
+	struct fk_err ignored = {0};
+
+	vmm_call("zygote release", sock,
+		 json_pack("{s:s,s:s,s:i}", "cmd", "zygote", "action", "release", "id", zygote),
+		 STATUS_CALL_MS * 5, NULL, &ignored);
+}
+
+/* "writing", "ready", "failed", or NULL when the zygote is gone. */
+static const char *persist_state(const char *sock, int zygote, char *buf, size_t len)
+{
+	struct fk_err ignored = {0};
+	json_t *reply = NULL, *z;
+	size_t i;
+	const char *state = NULL;
+
+	if (vmm_call("zygote list", sock, json_pack("{s:s,s:s}", "cmd", "zygote", "action", "list"),
+		     STATUS_CALL_MS, &reply, &ignored) < 0)
+		return NULL;
+	json_array_foreach(json_object_get(reply, "zygotes"), i, z)
+	{
+		if (json_integer_value(json_object_get(z, "zygote")) == zygote) {
+			snprintf(buf, len, "%s",
+				 json_string_value(json_object_get(z, "persist")) ?: "");
+			state = buf;
+		}
+	}
+	json_decref(reply);
+	return state;
+}
+
+static void persist_done(struct daemon *d, const char *tag, const char *path, bool ready)
+{
+	struct fk_err err = {0};
+	struct reg_snapshot s;
+
+	if (registry_snapshot_get(d->reg, tag, &s, &err) < 0 || s.state != REG_SNAP_WRITING)
+		return;
+	if (ready && registry_snapshot_mark_ready(d->reg, tag, &err) == 0)
+		return;
+	registry_snapshot_mark_failed(d->reg, tag, &err);
+	fk_remove_tree(path);
+}
+
+static void *persist_main(void *arg)
+{
+	struct persist_job *job = arg;
+	struct daemon *d = job->d;
+	char buf[32];
+
+	for (;;) {
+		const char *state;
+		bool stopping;
+
+		usleep(PERSIST_POLL_MS * 1000);
+		pthread_mutex_lock(&d->lock);
+		stopping = d->stopping;
+		pthread_mutex_unlock(&d->lock);
+		if (stopping)
+			break; /* a later daemon_open settles the snapshot from its directory */
+		state = persist_state(job->sock, job->zygote, buf, sizeof(buf));
+		if (state && strcmp(state, "writing") == 0)
+			continue;
+		pthread_mutex_lock(&d->lock);
+		/* Zygote gone: the snapshot is complete only if it was renamed into place. */
+		persist_done(d, job->tag, job->path,
+			     state ? strcmp(state, "ready") == 0 : access(job->path, F_OK) == 0);
+		pthread_mutex_unlock(&d->lock);
+		if (state)
+			release_zygote(job->sock, job->zygote);
+		break;
+	}
+	pthread_mutex_lock(&d->lock);
+	d->nr_persist_threads--;
+	pthread_cond_broadcast(&d->cond);
+	pthread_mutex_unlock(&d->lock);
+	free(job);
+	return NULL;
+}
+
+static int start_persist_thread(struct daemon *d, const char *sock, int zygote, const char *tag,
+				const char *path)
+{
+	struct persist_job *job = calloc(1, sizeof(*job));
+	pthread_attr_t attr;
+	pthread_t th;
+	int ret;
+
+	if (!job)
+		return -ENOMEM;
+	job->d = d;
+	job->zygote = zygote;
+	snprintf(job->sock, sizeof(job->sock), "%s", sock);
+	snprintf(job->tag, sizeof(job->tag), "%s", tag);
+	snprintf(job->path, sizeof(job->path), "%s", path);
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_mutex_lock(&d->lock);
+	d->nr_persist_threads++;
+	ret = -pthread_create(&th, &attr, persist_main, job);
+	if (ret < 0)
+		d->nr_persist_threads--;
+	pthread_mutex_unlock(&d->lock);
+	pthread_attr_destroy(&attr);
+	if (ret < 0)
+		free(job);
+	return ret;
+}
+
+/* Records the children of a branch reply (lock held); appends their JSON to kids. */
+static void record_children(struct daemon *d, const struct reg_vm *src, const struct tracked *st,
+			    const struct reg_zygote *z, json_t *reply, int64_t branched_us,
+			    json_t *kids)
+{
+	json_t *c;
+	size_t i;
+
+	json_array_foreach(json_object_get(reply, "children"), i, c)
+	{
+		const char *cdir = json_string_value(json_object_get(c, "dir"));
+		pid_t pid = (pid_t)json_integer_value(json_object_get(c, "pid"));
+		struct fk_err err = {0};
+		struct reg_vm vm = {0};
+		char dir[PATH_MAX];
+		struct tracked *t;
+
+		vm.state = REG_VM_RUNNING;
+		vm.exit_status = REG_NO_EXIT;
+		snprintf(vm.parent_vm, sizeof(vm.parent_vm), "%s", src->id);
+		snprintf(vm.zygote, sizeof(vm.zygote), "%s", z->id);
+		vm.branched_us = branched_us;
+		vm.pause_us = z->pause_us;
+		snprintf(vm.image, sizeof(vm.image), "%s", src->image);
+		snprintf(vm.kernel, sizeof(vm.kernel), "%s", src->kernel);
+		if (!cdir ||
+		    path_fmt(vm.control_sock, sizeof(vm.control_sock), &err, "%s/control.sock",
+			     cdir) < 0 ||
+		    (src->vsock_sock[0] && path_fmt(vm.vsock_sock, sizeof(vm.vsock_sock), &err,
+						    "%s/vsock.sock", cdir) < 0))
+			vm.state =
+			    REG_VM_FAILED; /* cannot happen: daemon_open checked the lengths */
+		if (vm.state == REG_VM_RUNNING && registry_proc_probe(pid, &vm.proc, &err) < 0) {
+			vm.proc.pid = pid;
+			vm.state = REG_VM_EXITED;
+		}
+		if (registry_vm_add(d->reg, &vm, &err) < 0) {
+			fprintf(stderr, "forkd serve: branch of %s: child pid %d: %s\n", src->id,
+				(int)pid, err.msg);
+			kill(pid, SIGKILL);
+			continue;
+		}
+		t = track(d, vm.id, false);
+		if (t) {
+			t->mem_mib = st->mem_mib;
+			t->cpus = st->cpus;
+			if (vm.state == REG_VM_RUNNING && watch(d, t, pid, &err) < 0)
+				registry_vm_set_state(d->reg, vm.id, REG_VM_EXITED, REG_NO_EXIT,
+						      &err);
+		}
+		if (vm_dir(d, vm.id, NULL, dir, sizeof(dir), &err) == 0 && mkdir(dir, 0755) == 0)
+			meta_save(d, vm.id, st->mem_mib, st->cpus);
+		registry_vm_get(d->reg, vm.id, &vm, &err);
+		json_array_append_new(kids, vm_json(d, &vm));
+	}
+}
+
+int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **out,
+		     struct fk_err *err)
+{
+	static const char *const fields[] = {"n", "persist", "tag", "wait", NULL};
+	const char *what = "branch", *tag = NULL, *pstate = NULL;
+	long long n = 1;
+	bool persist = false, wait = true, persist_writing = false;
+	char bdir[REG_PATH_MAX], branches[PATH_MAX];
+	struct reg_snapshot snap = {0};
+	struct reg_zygote z = {0};
+	struct reg_vm src;
+	struct tracked *st, *zt;
+	json_t *req, *reply = NULL, *kids = NULL, *res;
+	int64_t branched_us;
+	int zygote_num, ret;
+
+	*out = NULL;
+	if ((ret = check_fields(body, what, fields, err)) < 0 ||
+	    (ret = get_int(body, what, "n", 0, DAEMON_MAX_CHILDREN, &n, err)) < 0 ||
+	    (ret = get_bool(body, what, "persist", &persist, err)) < 0 ||
+	    (ret = get_bool(body, what, "wait", &wait, err)) < 0 ||
+	    (ret = get_tag(body, what, &tag, err)) < 0)
+		return ret;
+	if (persist && !tag)
+		return fk_fail(err, EINVAL,
+			       "%s: \"persist\":true needs \"tag\" (the snapshot's name)", what);
+	if (!persist && tag)
+		return fk_fail(err, EINVAL,
+			       "%s: \"tag\" names the persisted snapshot: expected it only with "
+			       "\"persist\":true",
+			       what);
+	if (n == 0 && !persist)
+		return fk_fail(err, EINVAL,
+			       "%s: \"n\": 0 children only with \"persist\":true (expected 1..%d)",
+			       what, DAEMON_MAX_CHILDREN);
+	if (persist) {
+		snprintf(snap.tag, sizeof(snap.tag), "%s", tag);
+		snprintf(snap.parent_vm, sizeof(snap.parent_vm), "%s", id);
+		if ((ret = snap_dir(d, tag, snap.path, sizeof(snap.path), err)) < 0)
+			return ret;
+	}
+	if ((ret = vm_dir(d, id, "branches", branches, sizeof(branches), err)) < 0)
+		return ret;
+
+	pthread_mutex_lock(&d->lock);
+	ret = claim_running(d, id, &src, err);
+	if (ret == 0 && persist && (ret = registry_snapshot_add(d->reg, &snap, err)) < 0)
+		find_tracked(d, id)->busy = false;
+	pthread_mutex_unlock(&d->lock);
+	if (ret < 0)
+		return ret;
+
+	if (mkdir(branches, 0755) < 0 && errno != EEXIST) {
+		ret = fk_fail_errno(err, errno, "%s: create %s", what, branches);
+		goto fail;
+	}
+	for (int k = 0;; k++) {
+		struct stat sb;
+
+		if ((ret = path_fmt(bdir, sizeof(bdir), err, "%s/%d", branches, k)) < 0)
+			goto fail;
+		if (lstat(bdir, &sb) < 0)
+			break;
+	}
+	req = json_pack("{s:s,s:I,s:s,s:b}", "cmd", "branch", "n", (json_int_t)n, "dir", bdir,
+			"wait", wait);
+	if (req && persist)
+		json_object_set_new(req, "persist", json_string(snap.path));
+	branched_us = wall_us();
+	ret = vmm_call(what, src.control_sock, req, BRANCH_TIMEOUT_MS, &reply, err);
+	if (ret < 0)
+		goto fail;
+	zygote_num = (int)json_integer_value(json_object_get(reply, "zygote"));
+	pstate = json_string_value(json_object_get(reply, "persist"));
+	persist_writing = persist && pstate && strcmp(pstate, "writing") == 0;
+
+	kids = json_array();
+	pthread_mutex_lock(&d->lock);
+	st = find_tracked(d, id);
+	snprintf(z.vm, sizeof(z.vm), "%s", id);
+	snprintf(z.dir, sizeof(z.dir), "%s", bdir);
+	z.nr_children = (uint32_t)n;
+	z.pause_us = (uint64_t)json_integer_value(json_object_get(reply, "pause_us"));
+	if (registry_proc_probe((pid_t)json_integer_value(json_object_get(reply, "zygote_pid")),
+				&z.proc, err) < 0)
+		memset(&z.proc, 0, sizeof(z.proc));
+	ret = registry_zygote_add(d->reg, &z, err);
+	if (ret == 0) {
+		zt = track(d, z.id, true);
+		if (zt) {
+			snprintf(zt->vm, sizeof(zt->vm), "%s", id);
+			if (z.proc.pid)
+				watch(d, zt, z.proc.pid, err);
+		}
+		record_children(d, &src, st, &z, reply, branched_us, kids);
+	}
+	/* Without a zygote record the zygote is released below, ending a persist too. */
+	if (persist && (!persist_writing || ret < 0))
+		persist_done(d, tag, snap.path, ret == 0 && pstate && strcmp(pstate, "ready") == 0);
+	if (persist)
+		snap_meta_set(d, tag, z.pause_us);
+	if (persist && registry_snapshot_get(d->reg, tag, &snap, err) < 0)
+		persist = false;
+	if (st)
+		st->busy = false;
+	pthread_mutex_unlock(&d->lock);
+	if (ret < 0) {
+		/* Without a zygote record the children cannot be recorded: end them. */
+		json_t *c;
+		size_t i;
+		json_array_foreach(json_object_get(reply, "children"), i, c)
+		    kill((pid_t)json_integer_value(json_object_get(c, "pid")), SIGKILL);
+		release_zygote(src.control_sock, zygote_num);
+		json_decref(reply);
+		json_decref(kids);
+		return fk_wrap(err, "%s of %s", what, id);
+	}
+	report(d, DAEMON_METRIC_BRANCH_PAUSE, z.pause_us / 1e6);
+	if (!persist_writing ||
+	    start_persist_thread(d, src.control_sock, zygote_num, tag, snap.path) < 0)
+		release_zygote(src.control_sock, zygote_num);
+	res = json_pack("{s:s,s:I,s:o}", "zygote", z.id, "pause_us", (json_int_t)z.pause_us,
+			"children", kids);
+	if (persist) {
+		pthread_mutex_lock(&d->lock);
+		json_object_set_new(res, "snapshot", snap_json(d, &snap));
+		pthread_mutex_unlock(&d->lock);
+	}
+	json_decref(reply);
+	*out = res;
+	return 0;
+fail:
+	pthread_mutex_lock(&d->lock);
+	if (persist) {
+		struct fk_err ignored = {0};
+		registry_snapshot_mark_failed(d->reg, tag, &ignored);
+		fk_remove_tree(snap.path);
+	}
+	st = find_tracked(d, id);
+	if (st)
+		st->busy = false;
+	pthread_mutex_unlock(&d->lock);
+	return fk_wrap(err, "%s of %s", what, id);
+}
+
+/* ---- Spawn from a snapshot ---- */
+
+static bool snapshot_has_vsock(const char *path)
+{
+	struct fk_err ignored = {0};
+	struct snap_reader *r;
+	const void *data;
+	uint32_t type;
+	size_t len;
+	bool has;
+
+	if (snap_reader_open(path, &r, &ignored) < 0)
+		return false;
+	has = snap_reader_find_device(r, VM_DEVICE_INSTANCE_VSOCK, &type, &data, &len) == 0;
+	snap_reader_close(r);
+	return has;
+}
+
+static int start_restored(struct daemon *d, const char *snap_path, bool vsock, struct starting *s,
+			  struct fk_err *err)
+{
+	char overlay[PATH_MAX], serial[PATH_MAX], dir[PATH_MAX];
+	struct reg_vm vm;
+	int ret;
+
+	pthread_mutex_lock(&d->lock);
+	ret = registry_vm_get(d->reg, s->id, &vm, err);
+	pthread_mutex_unlock(&d->lock);
+	if (ret < 0)
+		return ret;
+	if ((ret = vm_dir(d, vm.id, NULL, dir, sizeof(dir), err)) < 0 ||
+	    (ret = vm_dir(d, vm.id, "overlay", overlay, sizeof(overlay), err)) < 0 ||
+	    (ret = vm_dir(d, vm.id, "control.sock", vm.control_sock, sizeof(vm.control_sock),
+			  err)) < 0 ||
+	    (ret = vm_dir(d, vm.id, "vsock.sock", vm.vsock_sock, sizeof(vm.vsock_sock), err)) < 0 ||
+	    (ret = vm_dir(d, vm.id, "serial.log", serial, sizeof(serial), err)) < 0 ||
+	    (ret = vm_dir(d, vm.id, "vmm.err", s->err_path, sizeof(s->err_path), err)) < 0)
+		return ret;
+	if (mkdir(dir, 0755) < 0)
+		return fk_fail_errno(err, errno, "%s: create %s", vm.id, dir);
+	if (!vsock)
+		vm.vsock_sock[0] = '\0';
+	snprintf(s->sock, sizeof(s->sock), "%s", vm.control_sock);
+	char *argv[] = {d->vmm,		 "--restore", (char *)snap_path,
+			"--overlay-dir", overlay,     "--control",
+			vm.control_sock, "--serial",  serial,
+			"--serial-in",	 "none",      vsock ? "--vsock" : NULL,
+			vm.vsock_sock,	 NULL};
+	pthread_mutex_lock(&d->lock);
+	ret = registry_vm_update(d->reg, &vm, err);
+	if (ret == 0)
+		ret = launch_locked(d, s, argv, err);
+	pthread_mutex_unlock(&d->lock);
+	return ret;
+}
+
+int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_t **out,
+			  struct fk_err *err)
+{
+	static const char *const fields[] = {"n", NULL};
+	const char *what = "spawn";
+	struct starting *s = NULL;
+	struct reg_snapshot snap;
+	struct reg_vm origin;
+	long long n = 1;
+	double t0 = mono_s();
+	json_t *vms = NULL;
+	bool vsock;
+	int ret;
+
+	*out = NULL;
+	if ((ret = check_fields(body, what, fields, err)) < 0 ||
+	    (ret = get_int(body, what, "n", 1, DAEMON_MAX_CHILDREN, &n, err)) < 0)
+		return ret;
+	pthread_mutex_lock(&d->lock);
+	ret = registry_snapshot_get(d->reg, tag, &snap, err);
+	pthread_mutex_unlock(&d->lock);
+	if (ret < 0)
+		return ret;
+	if (snap.state != REG_SNAP_READY)
+		return fk_fail(err, snap.state == REG_SNAP_WRITING ? EBUSY : EINVAL,
+			       "%s: snapshot %s is %s: expected a ready snapshot", what, tag,
+			       reg_snap_state_name(snap.state));
+	vsock = snapshot_has_vsock(snap.path);
+	s = calloc((size_t)n, sizeof(*s));
+	if (!s)
+		return fk_fail(err, ENOMEM, "%s: out of memory for %lld VMs", what, n);
+
+	pthread_mutex_lock(&d->lock);
+	/* A restored VM runs what its snapshot's VM booted, when that is still known. */
+	if (!snap.parent_vm[0] || registry_vm_get(d->reg, snap.parent_vm, &origin, err) < 0)
+		memset(&origin, 0, sizeof(origin));
+	for (long long i = 0; i < n && ret == 0; i++) {
+		struct reg_vm vm = {0};
+		struct tracked *t;
+
+		vm.state = REG_VM_STARTING;
+		vm.exit_status = REG_NO_EXIT;
+		snprintf(vm.snapshot, sizeof(vm.snapshot), "%s", tag);
+		snprintf(vm.image, sizeof(vm.image), "%s", origin.image);
+		snprintf(vm.kernel, sizeof(vm.kernel), "%s", origin.kernel);
+		ret = registry_vm_add(d->reg, &vm, err);
+		if (ret < 0)
+			break;
+		snprintf(s[i].id, sizeof(s[i].id), "%s", vm.id);
+		t = track(d, vm.id, false);
+		if (!t)
+			ret = fk_fail(err, ENOMEM, "%s: out of memory", vm.id);
+		else
+			t->busy = true;
+	}
+	pthread_mutex_unlock(&d->lock);
+	for (long long i = 0; i < n && ret == 0; i++)
+		ret = start_restored(d, snap.path, vsock, &s[i], err);
+	if (ret == 0)
+		ret = wait_answering(d, s, (size_t)n, true, err);
+	if (ret == 0) {
+		vms = json_array();
+		ret = finish_started(d, s, (size_t)n, vms, err);
+	}
+	if (ret < 0) {
+		json_decref(vms);
+		abort_started(d, s, (size_t)n);
+		free(s);
+		return fk_wrap(err, "%s %lld from snapshot %s", what, n, tag);
+	}
+	free(s);
+	report(d, DAEMON_METRIC_SPAWN, mono_s() - t0);
+	*out = json_pack("{s:o}", "vms", vms);
+	return 0;
+}
+
+/* ---- Open and close ---- */
+
+static int make_dir(const char *path, struct fk_err *err)
+{
+	if (mkdir(path, 0755) < 0 && errno != EEXIST)
+		return fk_fail_errno(err, errno, "state dir: cannot create %s", path);
+	return 0;
+}
+
+/*
+ * A snapshot an earlier daemon left "writing": if its source was re-adopted and its zygote is
+ * still persisting it, a persist thread (started by daemon_open once the lock is free, from
+ * jobs) follows it as before; if the zygote has finished, the snapshot takes its verdict;
+ * without a zygote it is complete only if it was renamed into place (snapshots are written
+ * under a temporary name). Lock held.
+ */
+static void settle_writing(struct daemon *d, const struct reg_snapshot *s, json_t *jobs)
+{
+	struct tracked *src = s->parent_vm[0] ? find_tracked(d, s->parent_vm) : NULL;
+	struct fk_err ignored = {0};
+	json_t *reply = NULL, *z;
+	struct reg_vm vm;
+	size_t i;
+
+	if (src && src->pidfd >= 0 && registry_vm_get(d->reg, src->id, &vm, &ignored) == 0 &&
+	    vmm_call("zygote list", vm.control_sock,
+		     json_pack("{s:s,s:s}", "cmd", "zygote", "action", "list"), STATUS_CALL_MS,
+		     &reply, &ignored) == 0) {
+		json_array_foreach(json_object_get(reply, "zygotes"), i, z)
+		{
+			const char *path = json_string_value(json_object_get(z, "persist_path"));
+			const char *state = json_string_value(json_object_get(z, "persist"));
+			int id = (int)json_integer_value(json_object_get(z, "zygote"));
+
+			if (!path || !state || strcmp(path, s->path) != 0)
+				continue;
+			if (strcmp(state, "writing") == 0) {
+				json_array_append_new(
+				    jobs, json_pack("{s:s,s:i,s:s,s:s}", "sock", vm.control_sock,
+						    "zygote", id, "tag", s->tag, "path", s->path));
+			} else {
+				persist_done(d, s->tag, s->path, strcmp(state, "ready") == 0);
+				release_zygote(vm.control_sock, id);
+			}
+			json_decref(reply);
+			return;
+		}
+		json_decref(reply);
+	}
+	persist_done(d, s->tag, s->path, access(s->path, F_OK) == 0);
+}
+
+/* Re-adopts the VMMs the registry lists as live; marks the others exited. Lock held. */
+static int readopt(struct daemon *d, int *adopted, json_t *jobs, struct fk_err *err)
+{
+	struct reg_snapshot *snaps = NULL;
+	struct reg_zygote *zs = NULL;
+	struct reg_vm *vms = NULL;
+	size_t n = 0, nz = 0, ns = 0;
+	int ret;
+
+	ret = registry_vm_list(d->reg, &vms, &n, err);
+	for (size_t i = 0; ret == 0 && i < n; i++) {
+		struct tracked *t = track(d, vms[i].id, false);
+		struct fk_err e = {0};
+		json_t *reply = NULL;
+		bool ok = false;
+
+		if (!t) {
+			ret = fk_fail(err, ENOMEM, "re-adopt: out of memory");
+			break;
+		}
+		meta_load(d, t);
+		if (!live_state(vms[i].state))
+			continue;
+		if (vms[i].proc.pid > 0 && registry_proc_still_same(&vms[i].proc, &e) == 1 &&
+		    vmm_call("status", vms[i].control_sock, json_pack("{s:s}", "cmd", "status"),
+			     STATUS_CALL_MS, &reply, &e) == 0 &&
+		    watch(d, t, vms[i].proc.pid, &e) == 0 &&
+		    registry_proc_still_same(&vms[i].proc, &e) == 1) {
+			const char *state = json_string_value(json_object_get(reply, "state"));
+			enum reg_vm_state s =
+			    state && strcmp(state, "paused") == 0 ? REG_VM_PAUSED : REG_VM_RUNNING;
+
+			ok = true;
+			if (!t->mem_mib)
+				t->mem_mib =
+				    (int)json_integer_value(json_object_get(reply, "mem_mib"));
+			if (!t->cpus)
+				t->cpus = (int)json_integer_value(json_object_get(reply, "vcpus"));
+			if (s != vms[i].state)
+				registry_vm_set_state(d->reg, vms[i].id, s, REG_NO_EXIT, &e);
+			if (adopted)
+				(*adopted)++;
+		}
+		json_decref(reply);
+		if (!ok) {
+			int status = REG_NO_EXIT, exited_code = 0, fd;
+
+			unwatch(d, t);
+			/* Dead while no daemon watched: if it is our zombie, reap it. */
+			if (vms[i].proc.pid > 0 &&
+			    registry_proc_still_same(&vms[i].proc, &e) == 1 &&
+			    (fd = fk_pidfd_open(vms[i].proc.pid)) >= 0) {
+				fk_pidfd_reap(fd, &status, &exited_code);
+				close(fd);
+			}
+			ret = registry_vm_set_state(d->reg, vms[i].id,
+						    exited_code && status != 0 ? REG_VM_FAILED
+									       : REG_VM_EXITED,
+						    status, err);
+		}
+	}
+	if (ret == 0)
+		ret = registry_zygote_list(d->reg, NULL, &zs, &nz, err);
+	for (size_t i = 0; ret == 0 && i < nz; i++) {
+		struct fk_err e = {0};
+		struct tracked *t;
+
+		if (!zs[i].proc.pid || registry_proc_still_same(&zs[i].proc, &e) != 1)
+			continue;
+		t = track(d, zs[i].id, true);
+		if (t) {
+			snprintf(t->vm, sizeof(t->vm), "%s", zs[i].vm);
+			watch(d, t, zs[i].proc.pid, &e);
+		}
+	}
+	if (ret == 0)
+		ret = registry_snapshot_list(d->reg, false, &snaps, &ns, err);
+	for (size_t i = 0; ret == 0 && i < ns; i++)
+		if (snaps[i].state == REG_SNAP_WRITING)
+			settle_writing(d, &snaps[i], jobs);
+
+	free(vms);
+	free(zs);
+	free(snaps);
+	return ret;
+}
+
+int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopted,
+		struct fk_err *err)
+{
+	struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0};
+	json_t *jobs = NULL, *job;
+	char path[PATH_MAX];
+	struct daemon *d;
+	size_t i;
+	int ret;
+
+	*out = NULL;
+	if (adopted)
+		*adopted = 0;
+	if (!cfg || !cfg->state_dir || !cfg->state_dir[0])
+		return fk_fail(err, EINVAL, "state dir: expected a directory path");
+	if (strlen(cfg->state_dir) + LONGEST_SOCK_TAIL >= REG_SOCK_MAX)
+		return fk_fail(err, ENAMETOOLONG,
+			       "state dir '%s': too long (expected at most %zu characters, so "
+			       "that the VMs' sockets below it fit a Unix socket address)",
+			       cfg->state_dir, (size_t)REG_SOCK_MAX - 1 - LONGEST_SOCK_TAIL);
+	d = calloc(1, sizeof(*d));
+	if (!d)
+		return fk_fail(err, ENOMEM, "daemon: out of memory");
+	d->lockfd = -1;
+	d->epfd = -1;
+	d->wakefd = -1;
+	pthread_mutex_init(&d->lock, NULL);
+	pthread_cond_init(&d->cond, NULL);
+	snprintf(d->state_dir, sizeof(d->state_dir), "%s", cfg->state_dir);
+	if (cfg->vmm_path)
+		snprintf(d->vmm, sizeof(d->vmm), "%s", cfg->vmm_path);
+	else if ((ret = vmm_default_path(d->vmm, sizeof(d->vmm), err)) < 0)
+		goto fail;
+	if (access(d->vmm, X_OK) < 0) {
+		ret =
+		    fk_fail_errno(err, errno, "vmm '%s': expected an executable forkd-vmm", d->vmm);
+		goto fail;
+	}
+	if ((ret = make_dir(d->state_dir, err)) < 0 ||
+	    (ret = path_fmt(path, sizeof(path), err, "%s/vms", d->state_dir)) < 0 ||
+	    (ret = make_dir(path, err)) < 0 ||
+	    (ret = path_fmt(path, sizeof(path), err, "%s/snapshots", d->state_dir)) < 0 ||
+	    (ret = make_dir(path, err)) < 0 ||
+	    (ret = path_fmt(path, sizeof(path), err, "%s/daemon.lock", d->state_dir)) < 0)
+		goto fail;
+	/* Two daemons re-adopting and watching the same VMMs would fight over them. */
+	d->lockfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (d->lockfd < 0) {
+		ret = fk_fail_errno(err, errno, "%s", path);
+		goto fail;
+	}
+	if (flock(d->lockfd, LOCK_EX | LOCK_NB) < 0) {
+		ret = errno == EWOULDBLOCK
+			  ? fk_fail(err, EBUSY,
+				    "%s: locked: another forkd serve uses this state dir", path)
+			  : fk_fail_errno(err, errno, "%s: flock", path);
+		goto fail;
+	}
+	if ((ret = path_fmt(path, sizeof(path), err, "%s/registry.db", d->state_dir)) < 0)
+		goto fail;
+	ret = registry_open(path, &d->reg, err);
+	if (ret < 0)
+		goto fail;
+	/* BRANCH children whose zygote and source are gone become ours to reap. */
+	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) {
+		ret = fk_fail_errno(err, errno, "prctl(PR_SET_CHILD_SUBREAPER)");
+		goto fail;
+	}
+	d->epfd = epoll_create1(EPOLL_CLOEXEC);
+	d->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (d->epfd < 0 || d->wakefd < 0 || epoll_ctl(d->epfd, EPOLL_CTL_ADD, d->wakefd, &ev) < 0) {
+		ret = fk_fail_errno(err, errno, "daemon: epoll");
+		goto fail;
+	}
+	jobs = json_array();
+	pthread_mutex_lock(&d->lock);
+	ret = jobs ? readopt(d, adopted, jobs, err) : fk_fail(err, ENOMEM, "out of memory");
+	pthread_mutex_unlock(&d->lock);
+	if (ret < 0)
+		goto fail;
+	json_array_foreach(jobs, i, job)
+	{
+		if (start_persist_thread(d, json_string_value(json_object_get(job, "sock")),
+					 (int)json_integer_value(json_object_get(job, "zygote")),
+					 json_string_value(json_object_get(job, "tag")),
+					 json_string_value(json_object_get(job, "path"))) < 0) {
+			pthread_mutex_lock(&d->lock);
+			persist_done(d, json_string_value(json_object_get(job, "tag")),
+				     json_string_value(json_object_get(job, "path")), false);
+			pthread_mutex_unlock(&d->lock);
+		}
+	}
+	json_decref(jobs);
+	jobs = NULL;
+	ret = -pthread_create(&d->monitor, NULL, monitor_main, d);
+	if (ret < 0) {
+		fk_fail_errno(err, -ret, "daemon: monitor thread");
+		goto fail;
+	}
+	d->monitor_started = true;
+	*out = d;
+	return 0;
+fail:
+	json_decref(jobs);
+	daemon_close(d);
+	return fk_wrap(err, "daemon %s", cfg->state_dir);
+}
+
+void daemon_close(struct daemon *d)
+{
+	uint64_t one = 1;
+
+	if (!d)
+		return;
+	pthread_mutex_lock(&d->lock);
+	d->stopping = true;
+	pthread_mutex_unlock(&d->lock);
+	if (d->monitor_started) {
+		if (write(d->wakefd, &one, sizeof(one)) < 0) {
+		}
+		pthread_join(d->monitor, NULL);
+	}
+	pthread_mutex_lock(&d->lock);
+	while (d->nr_persist_threads > 0)
+		pthread_cond_wait(&d->cond, &d->lock);
+	pthread_mutex_unlock(&d->lock);
+	while (d->tracked) {
+		struct tracked *t = d->tracked;
+		d->tracked = t->next;
+		if (t->pidfd >= 0)
+			close(t->pidfd);
+		free(t);
+	}
+	while (d->zombies) {
+		struct zombie *z = d->zombies;
+		d->zombies = z->next;
+		close(z->pidfd);
+		free(z);
+	}
+	while (d->snaps) {
+		struct snap_meta *m = d->snaps;
+		d->snaps = m->next;
+		free(m);
+	}
+	registry_close(d->reg);
+	if (d->epfd >= 0)
+		close(d->epfd);
+	if (d->wakefd >= 0)
+		close(d->wakefd);
+	if (d->lockfd >= 0)
+		close(d->lockfd);
+	pthread_cond_destroy(&d->cond);
+	pthread_mutex_destroy(&d->lock);
+	free(d);
+}
