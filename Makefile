@@ -97,6 +97,8 @@ unit-test: $(UNIT_BINS) $(UNIT_ASAN_BINS) $(FORKD) $(FORKD_ASAN) $(FORKD_AGENT)
 	  FORKD_AGENT=$(abspath $(FORKD_AGENT)) FORKD_CLI=$(abspath $(FORKD)) $$t; done; \
 	for t in $(UNIT_ASAN_BINS); do echo "== $$t"; \
 	  FORKD_AGENT=$(abspath $(FORKD_AGENT)) FORKD_CLI=$(abspath $(FORKD_ASAN)) $$t; done
+	@echo "== sdk/python (unittest, against a fake daemon)"
+	@python3 -m unittest discover -s sdk/python/tests
 
 # Each binary runs natively where this machine's KVM can run it, else in the
 # nested test host (tests/run-integration.sh, docs/testing.md); that and the
