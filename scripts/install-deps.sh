@@ -8,6 +8,7 @@ packages=(
 	libjansson-dev
 	liblz4-dev
 	libsqlite3-dev
+	libmicrohttpd-dev
 	busybox-static
 	cpio
 	acpica-tools

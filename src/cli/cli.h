@@ -36,4 +36,9 @@ int cli_image(int argc, char **argv);
  * v2, disk space) and a verdict; 0 when the report was printed, CLI_EXIT_USAGE for bad flags. */
 int cli_doctor(int argc, char **argv);
 
+/* `forkd serve --state-dir DIR [--socket PATH] [--listen HOST:PORT --token-file F [--tls-cert F
+ * --tls-key F]] [--audit-log F] [--vmm PATH]`: the daemon and its REST API (docs/rest-api.md)
+ * until SIGTERM/SIGINT; 0 after a clean stop, 1 if it could not start, 2 for bad flags. */
+int cli_serve(int argc, char **argv);
+
 #endif
