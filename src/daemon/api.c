@@ -623,7 +623,7 @@ static bool path_match(const char *pattern, const char *url, char *param, size_t
 	return *p == '\0' && *u == '\0';
 }
 
-/* The route for method and url; NULL with *path_known if only the method differs. */
+/* The route for method and url, or NULL with the methods the path allows in allow ("" if none). */
 static const struct api_route *route_find(struct api_call *c, const char *method, const char *url,
 					  char *allow, size_t allow_len)
 {
@@ -632,6 +632,8 @@ static const struct api_route *route_find(struct api_call *c, const char *method
 
 	allow[0] = '\0';
 	for (size_t i = 0; i < api_nr_routes(); i++) {
+		param[0] = '\0';
+		is_vm = false;
 		if (!path_match(routes[i].pattern, url, param, sizeof(param), &is_vm))
 			continue;
 		if (strcmp(routes[i].method, method) == 0) {

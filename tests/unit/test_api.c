@@ -1199,6 +1199,99 @@ static void test_tcp_token(void **state)
 	daemon_set_metrics(fake_daemon, api_metric, api);
 }
 
+/* Runs a shell command; its exit status, the first line of its stdout into out. */
+static int run_sh(const char *cmd, char *out, size_t len)
+{
+	FILE *f = popen(cmd, "r");
+	int status;
+
+	out[0] = '\0';
+	if (!f)
+		return -1;
+	if (!fgets(out, (int)len, f))
+		out[0] = '\0';
+	while (fgetc(f) != EOF)
+		;
+	status = pclose(f);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* TLS on the TCP listener, with a throw-away certificate (needs the openssl and curl tools). */
+static void test_tls(void **state)
+{
+	const char *token = "tls-token-0123456789";
+	char cmd[1400], out[256], cert[320], key[320];
+	struct fk_err err = {0};
+	struct api *tls = NULL;
+
+	(void)state;
+	if (run_sh("command -v openssl >/dev/null && command -v curl >/dev/null", out,
+		   sizeof(out)) != 0)
+		skip();
+	snprintf(cert, sizeof(cert), "%s/cert.pem", dir);
+	snprintf(key, sizeof(key), "%s/key.pem", dir);
+	snprintf(cmd, sizeof(cmd),
+		 "openssl req -x509 -newkey rsa:2048 -nodes -keyout '%s' -out '%s' -days 1 "
+		 "-subj /CN=localhost >/dev/null 2>&1",
+		 key, cert);
+	assert_int_equal(run_sh(cmd, out, sizeof(out)), 0);
+	struct api_config cfg = {
+	    .listen = "127.0.0.1:0", .token = token, .tls_cert_path = cert, .tls_key_path = key};
+	assert_int_equal(api_start(fake_daemon, &cfg, &tls, &err), 0);
+	snprintf(cmd, sizeof(cmd),
+		 "curl -s --max-time 10 --cacert '%s' --resolve localhost:%d:127.0.0.1 "
+		 "-H 'Authorization: Bearer %s' https://localhost:%d/healthz",
+		 cert, api_tcp_port(tls), token, api_tcp_port(tls));
+	assert_int_equal(run_sh(cmd, out, sizeof(out)), 0);
+	assert_non_null(strstr(out, "\"ok\":true"));
+	/* Plain HTTP to the TLS port is not served. */
+	snprintf(cmd, sizeof(cmd),
+		 "curl -s --max-time 5 -o /dev/null -w '%%{http_code}' "
+		 "-H 'Authorization: Bearer %s' http://127.0.0.1:%d/healthz",
+		 token, api_tcp_port(tls));
+	run_sh(cmd, out, sizeof(out));
+	assert_string_not_equal(out, "200");
+	api_stop(tls);
+	daemon_set_metrics(fake_daemon, api_metric, api);
+
+	/* A key that is not one fails at start, naming the problem. */
+	cfg.tls_key_path = "/no/such/key.pem";
+	assert_int_equal(api_start(fake_daemon, &cfg, &tls, &err), -ENOENT);
+	assert_non_null(strstr(err.msg, "/no/such/key.pem"));
+}
+
+/* `forkd serve`'s flags (FORKD_CLI): usage errors exit 2 before anything starts. */
+static void test_serve_flags(void **state)
+{
+	const char *cli = getenv("FORKD_CLI");
+	char cmd[2048], out[256];
+
+	(void)state;
+	if (!cli || !*cli)
+		cli = "build/forkd";
+	if (access(cli, X_OK) != 0)
+		skip();
+	static const char *const bad[] = {
+	    "--listen 127.0.0.1:0",				  /* TCP without a token */
+	    "--token-file /etc/hostname",			  /* a token without --listen */
+	    "--listen 127.0.0.1:0 --token-file /x --tls-cert /c", /* cert without key */
+	    "--frobnicate",
+	    "--socket",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(cmd, sizeof(cmd), "'%s' serve --state-dir '%s/state' %s 2>/dev/null", cli,
+			 dir, bad[i]);
+		if (run_sh(cmd, out, sizeof(out)) != 2)
+			fail_msg("forkd serve %s: expected exit status 2", bad[i]);
+	}
+	/* A token file with a short token. */
+	snprintf(cmd, sizeof(cmd),
+		 "printf 'short\\n' > '%s/token' && '%s' serve --state-dir '%s/state' --listen "
+		 "127.0.0.1:0 --token-file '%s/token' 2>/dev/null",
+		 dir, cli, dir, dir);
+	assert_int_equal(run_sh(cmd, out, sizeof(out)), 2);
+}
+
 /* ---- docs/api.yaml against the route table ---- */
 
 static const char *yaml_path(void)
@@ -1288,6 +1381,8 @@ int main(void)
 	    cmocka_unit_test(test_metrics),
 	    cmocka_unit_test(test_peer_cred),
 	    cmocka_unit_test(test_tcp_token),
+	    cmocka_unit_test(test_tls),
+	    cmocka_unit_test(test_serve_flags),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
