@@ -165,9 +165,14 @@ int cli_serve(int argc, char **argv)
 		fprintf(stderr, "forkd serve: %s\n", err.msg);
 		goto out;
 	}
-	printf("{\"ready\":true,\"socket\":\"%s\",\"tcp_port\":%d,\"tls\":%s,\"adopted\":%d}\n",
-	       a.socket, api_tcp_port(api), a.tls_cert ? "true" : "false", adopted);
+	json_t *ready =
+	    json_pack("{s:b,s:s,s:i,s:b,s:i}", "ready", 1, "socket", a.socket, "tcp_port",
+		      api_tcp_port(api), "tls", a.tls_cert != NULL, "adopted", adopted);
+	char *line = ready ? json_dumps(ready, JSON_COMPACT) : NULL;
+	printf("%s\n", line ? line : "{\"ready\":true}");
 	fflush(stdout);
+	free(line);
+	json_decref(ready);
 	for (;;) {
 		if (sigwait(&set, &sig) != 0)
 			continue;

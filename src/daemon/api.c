@@ -195,9 +195,9 @@ void api_reply_json(struct api_call *c, unsigned status, json_t *body)
 	char *text;
 
 	if (!body) {
-		reply_text(c, 500, "application/json",
-			   "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}", 56);
-		c->status = 500;
+		static const char oom[] =
+		    "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}\n";
+		reply_text(c, 500, "application/json", oom, sizeof(oom) - 1);
 		return;
 	}
 	text = json_dumps(body, JSON_COMPACT);

@@ -1292,6 +1292,65 @@ static void test_serve_flags(void **state)
 	assert_int_equal(run_sh(cmd, out, sizeof(out)), 2);
 }
 
+/*
+ * `forkd serve` for real: the ready line, a request, SIGHUP, then SIGTERM for a clean stop
+ * that removes the socket. Skipped while the daemon is the ENOSYS stub (no daemon.c).
+ */
+static void test_serve_lifecycle(void **state)
+{
+	const char *cli = getenv("FORKD_CLI");
+	char state_dir[320], sock[400], audit[400], line[1024] = "";
+	int out[2], status;
+	struct resp r;
+	pid_t pid;
+
+	(void)state;
+	if (!cli || !*cli)
+		cli = "build/forkd";
+	if (access(cli, X_OK) != 0)
+		skip();
+	snprintf(state_dir, sizeof(state_dir), "%s/serve-state", dir);
+	snprintf(sock, sizeof(sock), "%s/serve.sock", dir);
+	snprintf(audit, sizeof(audit), "%s/serve-audit.log", dir);
+	assert_int_equal(pipe(out), 0);
+	pid = fork();
+	if (pid == 0) {
+		dup2(out[1], STDOUT_FILENO);
+		close(out[0]);
+		execl(cli, "forkd", "serve", "--state-dir", state_dir, "--socket", sock,
+		      "--audit-log", audit, (char *)NULL);
+		_exit(127);
+	}
+	close(out[1]);
+	FILE *f = fdopen(out[0], "r");
+	assert_non_null(f);
+	if (!fgets(line, sizeof(line), f)) {
+		fclose(f);
+		assert_int_equal(waitpid(pid, &status, 0), pid);
+		assert_true(WIFEXITED(status));
+		assert_int_equal(WEXITSTATUS(status), 1); /* could not start: the stub daemon */
+		skip();
+	}
+	fclose(f);
+	json_t *ready = json_loads(line, 0, NULL);
+	assert_non_null(ready);
+	assert_string_equal(json_string_value(json_object_get(ready, "socket")), sock);
+	json_decref(ready);
+	assert_int_equal(http_fd(unix_connect(sock), "GET", "/healthz", NULL, NULL, 0, &r), 200);
+	resp_free(&r);
+	assert_int_equal(kill(pid, SIGHUP), 0);
+	assert_int_equal(http_fd(unix_connect(sock), "GET", "/v1/nothing", NULL, NULL, 0, &r), 404);
+	resp_free(&r);
+	assert_int_equal(kill(pid, SIGTERM), 0);
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	assert_int_equal(access(sock, F_OK), -1);
+	struct stat st;
+	assert_int_equal(stat(audit, &st), 0);
+	assert_true(st.st_size > 0);
+}
+
 /* ---- docs/api.yaml against the route table ---- */
 
 static const char *yaml_path(void)
@@ -1383,6 +1442,7 @@ int main(void)
 	    cmocka_unit_test(test_tcp_token),
 	    cmocka_unit_test(test_tls),
 	    cmocka_unit_test(test_serve_flags),
+	    cmocka_unit_test(test_serve_lifecycle),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
