@@ -34,7 +34,8 @@
 #include "daemon/daemon.h"
 #include "forkd/agent_proto.h"
 
-#define CONNECT_MS 5000
+#define CONNECT_MS	5000
+#define STREAM_LINE_MAX (96u * 1024u) /* an NDJSON line's base64 is at most 64 KiB */
 
 /* ---- the fake daemon: records each call, answers what the test set ---- */
 
@@ -51,7 +52,10 @@ static struct {
 	char agent_sock[300];
 	daemon_metric_fn metric_fn;
 	void *metric_opaque;
+	bool hold_branch; /* daemon_vm_branch waits until the test clears it */
+	bool branch_waiting;
 } fake;
+static pthread_cond_t fake_cond = PTHREAD_COND_INITIALIZER;
 
 static struct daemon *fake_daemon = (struct daemon *)&fake; /* any non-NULL pointer */
 
@@ -140,6 +144,13 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **re
 		     struct fk_err *err)
 {
 	(void)d;
+	pthread_mutex_lock(&fake_lock);
+	fake.branch_waiting = fake.hold_branch;
+	pthread_cond_broadcast(&fake_cond);
+	while (fake.hold_branch)
+		pthread_cond_wait(&fake_cond, &fake_lock);
+	fake.branch_waiting = false;
+	pthread_mutex_unlock(&fake_lock);
 	int ret = fake_record("vm_branch", id, body, -1, err);
 	if (ret == 0)
 		*result = json_pack("{s:s,s:i,s:[o]}", "zygote", "zy-1", "pause_us", 812,
@@ -773,6 +784,29 @@ static char *b64(const char *s)
 	return out;
 }
 
+/* Decodes base64 text (no validation: the server's output) into out; returns the length. */
+static size_t unb64(const char *in, char *out)
+{
+	static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t o = 0, n = strlen(in);
+
+	for (size_t i = 0; i + 4 <= n; i += 4) {
+		uint32_t v = 0;
+		int pad = 0;
+		for (int k = 0; k < 4; k++) {
+			const char *q = in[i + k] == '=' ? NULL : strchr(a, in[i + k]);
+			pad += !q;
+			v = v << 6 | (q ? (uint32_t)(q - a) : 0);
+		}
+		out[o++] = (char)(v >> 16);
+		if (pad < 2)
+			out[o++] = (char)(v >> 8);
+		if (pad < 1)
+			out[o++] = (char)v;
+	}
+	return o;
+}
+
 /* The NDJSON lines of an exec response, each parsed. */
 static json_t *ndjson(struct resp *r)
 {
@@ -928,27 +962,7 @@ static void test_exec_streams_and_cancels(void **state)
 	assert_int_equal(sscanf(line, "{\"stdout\":\"%63[^\"]", enc), 1);
 	char dec[64] = "";
 	pid_t pid;
-	{
-		static const char a[] =
-		    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-		size_t o = 0, n = strlen(enc);
-		for (size_t i = 0; i + 3 < n + 1 && i < n; i += 4) {
-			uint32_t v = 0;
-			int pad = 0;
-			for (int k = 0; k < 4; k++) {
-				const char *q = strchr(a, enc[i + k]);
-				if (enc[i + k] == '=' || !q)
-					pad++;
-				v = v << 6 | (q && enc[i + k] != '=' ? (uint32_t)(q - a) : 0);
-			}
-			dec[o++] = (char)(v >> 16);
-			if (pad < 2)
-				dec[o++] = (char)(v >> 8);
-			if (pad < 1)
-				dec[o++] = (char)v;
-		}
-		dec[o] = '\0';
-	}
+	dec[unb64(enc, dec)] = '\0';
 	pid = (pid_t)atoi(dec);
 	assert_true(pid > 1);
 	assert_int_equal(kill(pid, 0), 0);
@@ -1024,6 +1038,145 @@ static void test_files(void **state)
 	usleep(500 * 1000);
 	assert_int_equal(stat(path, &st), -1);
 	free(data);
+}
+
+/* Much more output than any buffer on the way, and a timeout. */
+static void test_exec_bulk_and_timeout(void **state)
+{
+	const size_t n = 8u << 20;
+	struct resp r;
+	json_t *lines, *line;
+	size_t i, total = 0;
+	char *buf = malloc(STREAM_LINE_MAX);
+
+	(void)state;
+	assert_non_null(buf);
+	fake_reset(0, NULL);
+	assert_int_equal(http("POST", "/v1/vms/vm-b/exec",
+			      "{\"argv\":[\"/bin/sh\",\"-c\",\"head -c 8388608 /dev/zero | tr "
+			      "'\\\\0' x\"]}",
+			      &r),
+			 200);
+	lines = ndjson(&r);
+	json_array_foreach(lines, i, line)
+	{
+		const char *s = json_string_value(json_object_get(line, "stdout"));
+		if (!s)
+			continue;
+		assert_true(strlen(s) < STREAM_LINE_MAX);
+		size_t got = unb64(s, buf);
+		for (size_t k = 0; k < got; k++)
+			if (buf[k] != 'x')
+				fail_msg("byte %zu of the output is 0x%02x", total + k,
+					 (unsigned char)buf[k]);
+		total += got;
+	}
+	assert_int_equal(total, n);
+	line = json_array_get(lines, json_array_size(lines) - 1);
+	assert_int_equal(json_integer_value(json_object_get(line, "exit")), 0);
+	json_decref(lines);
+	resp_free(&r);
+	free(buf);
+
+	assert_int_equal(http("POST", "/v1/vms/vm-b/exec",
+			      "{\"argv\":[\"sleep\",\"30\"],\"timeout_ms\":200}", &r),
+			 200);
+	lines = ndjson(&r);
+	line = json_array_get(lines, json_array_size(lines) - 1);
+	assert_int_equal(json_integer_value(json_object_get(line, "signal")), 9);
+	assert_true(json_is_true(json_object_get(line, "timed_out")));
+	json_decref(lines);
+	resp_free(&r);
+}
+
+/* A long operation (a BRANCH held by the fake) does not hold up other requests. */
+struct bg_request {
+	const char *method, *path, *body;
+	struct resp r;
+	int status;
+};
+
+static void *bg_main(void *arg)
+{
+	struct bg_request *b = arg;
+	int fd = unix_connect(sock_path);
+
+	memset(&b->r, 0, sizeof(b->r));
+	send_request(fd, b->method, b->path, NULL, b->body, strlen(b->body));
+	/* No cmocka asserts off the main thread: read by hand. */
+	char *buf = malloc(65536);
+	size_t have = 0;
+	ssize_t k;
+	while (buf && (k = recv(fd, buf + have, 65535 - have, 0)) > 0)
+		have += (size_t)k;
+	if (buf) {
+		buf[have] = '\0';
+		if (sscanf(buf, "HTTP/1.1 %d", &b->status) != 1)
+			b->status = -1;
+	}
+	free(buf);
+	close(fd);
+	return NULL;
+}
+
+static void test_concurrency(void **state)
+{
+	struct bg_request b = {
+	    .method = "POST", .path = "/v1/vms/vm-long/branch", .body = "{\"n\":2}"};
+	struct resp r;
+	pthread_t t;
+
+	(void)state;
+	fake_reset(0, NULL);
+	pthread_mutex_lock(&fake_lock);
+	fake.hold_branch = true;
+	pthread_mutex_unlock(&fake_lock);
+	assert_int_equal(pthread_create(&t, NULL, bg_main, &b), 0);
+	pthread_mutex_lock(&fake_lock);
+	while (!fake.branch_waiting)
+		pthread_cond_wait(&fake_cond, &fake_lock);
+	pthread_mutex_unlock(&fake_lock);
+	/* The branch is in progress: others are served meanwhile. */
+	for (int i = 0; i < 5; i++) {
+		assert_int_equal(http("GET", "/v1/vms", NULL, &r), 200);
+		resp_free(&r);
+	}
+	assert_int_equal(http("GET", "/healthz", NULL, &r), 200);
+	resp_free(&r);
+	pthread_mutex_lock(&fake_lock);
+	fake.hold_branch = false;
+	pthread_cond_broadcast(&fake_cond);
+	pthread_mutex_unlock(&fake_lock);
+	pthread_join(t, NULL);
+	assert_int_equal(b.status, 201);
+}
+
+/* A socket left by a dead server is replaced; a live one is not. */
+static void test_socket_stale_and_live(void **state)
+{
+	char path[400];
+	struct fk_err err = {0};
+	struct api *other = NULL;
+	struct resp r;
+	int fd;
+
+	(void)state;
+	snprintf(path, sizeof(path), "%s/stale.sock", dir);
+	fd = unix_listen(path);
+	assert_true(fd >= 0);
+	close(fd); /* nobody listens: stale */
+	struct api_config cfg = {.socket_path = path};
+	assert_int_equal(api_start(fake_daemon, &cfg, &other, &err), 0);
+	assert_int_equal(http_fd(unix_connect(path), "GET", "/healthz", NULL, NULL, 0, &r), 200);
+	resp_free(&r);
+	/* The main api's socket answers: refused. */
+	struct api *third = NULL;
+	struct api_config live = {.socket_path = sock_path};
+	assert_int_equal(api_start(fake_daemon, &live, &third, &err), -EADDRINUSE);
+	assert_non_null(strstr(err.msg, sock_path));
+	api_stop(other);
+	assert_int_equal(access(path, F_OK), -1); /* removed at stop */
+	daemon_set_metrics(fake_daemon, api_metric, api);
 }
 
 /* ---- audit log, metrics ---- */
@@ -1435,6 +1588,9 @@ int main(void)
 	    cmocka_unit_test(test_errno_mapping),
 	    cmocka_unit_test(test_exec),
 	    cmocka_unit_test(test_exec_streams_and_cancels),
+	    cmocka_unit_test(test_exec_bulk_and_timeout),
+	    cmocka_unit_test(test_concurrency),
+	    cmocka_unit_test(test_socket_stale_and_live),
 	    cmocka_unit_test(test_files),
 	    cmocka_unit_test(test_audit_log),
 	    cmocka_unit_test(test_metrics),
