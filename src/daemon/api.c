@@ -868,7 +868,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 		return;
 	if (c->upload_cancel)
 		c->upload_cancel(c, toe != MHD_REQUEST_TERMINATED_COMPLETED_OK || !c->queued);
-	api_metrics_count(&l->api->metrics, c->method, c->status);
+	if (c->status) /* 0: the client left before any response */
+		api_metrics_count(&l->api->metrics, c->method, c->status);
 	audit_write(l->api, c);
 	if (c->response)
 		MHD_destroy_response(c->response);
