@@ -794,6 +794,16 @@ static bool parse_body(struct api_call *c)
 	return true;
 }
 
+static bool has_body(struct MHD_Connection *conn)
+{
+	const char *len =
+	    MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+
+	return (len && strcmp(len, "0") != 0) ||
+	       MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+					   MHD_HTTP_HEADER_TRANSFER_ENCODING);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version, const char *upload_data,
 				  size_t *upload_data_size, void **con_cls)
@@ -813,11 +823,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		c->fd = client_fd(conn);
 		c->path = strdup(url);
 		snprintf(c->method, sizeof(c->method), "%s", method);
-		if (!request_begin(c, l, url, method))
-			return queue(c);
-		return MHD_YES;
+		if (request_begin(c, l, url, method))
+			return MHD_YES;
+		/*
+		 * Refused at its headers. Without a body, the answer waits for the end of the
+		 * request, so that the connection stays open for the next one (libmicrohttpd
+		 * closes a connection answered before its request was complete); with a body,
+		 * it goes now rather than after reading what nobody wants.
+		 */
+		if (!has_body(conn))
+			c->deferred = true;
+		return c->deferred ? MHD_YES : queue(c);
 	}
-	if (c->queued) {
+	if (c->deferred && !*upload_data_size)
+		return queue(c);
+	if (c->queued || c->deferred) {
 		*upload_data_size = 0; /* the rest of a refused body */
 		return MHD_YES;
 	}

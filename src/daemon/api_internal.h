@@ -46,7 +46,8 @@ struct api_call {
 	struct MHD_Response *response; /* set by the reply functions, queued by api.c */
 	unsigned status;
 	bool queued;
-	json_t *vms; /* VM ids for the audit log */
+	bool deferred; /* response set at the headers, queued when the request is complete */
+	json_t *vms;   /* VM ids for the audit log */
 };
 
 void api_reply_json(struct api_call *c, unsigned status, json_t *body); /* steals body */

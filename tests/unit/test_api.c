@@ -1151,6 +1151,79 @@ static void test_concurrency(void **state)
 	assert_int_equal(b.status, 201);
 }
 
+/*
+ * Reads one response from a keep-alive connection: the head, then a Content-Length body or a
+ * chunked one up to its last chunk. Returns the status; the body (decoded) in body.
+ */
+static int read_one(int fd, char *body, size_t body_len)
+{
+	char buf[65536];
+	size_t have = 0;
+	int status = -1;
+
+	for (;;) {
+		ssize_t n = recv(fd, buf + have, sizeof(buf) - 1 - have, 0);
+		if (n <= 0)
+			fail_msg("the connection closed after %zu bytes", have);
+		have += (size_t)n;
+		buf[have] = '\0';
+		char *sep = strstr(buf, "\r\n\r\n");
+		if (!sep)
+			continue;
+		char *b = sep + 4;
+		size_t got = have - (size_t)(b - buf);
+		const char *cl = strcasestr(buf, "Content-Length:");
+		if (cl && cl < sep) {
+			size_t want = strtoul(cl + 15, NULL, 10);
+			if (got < want)
+				continue;
+			snprintf(body, body_len, "%.*s", (int)want, b);
+		} else {
+			if (!strstr(b, "\r\n0\r\n\r\n") && strncmp(b, "0\r\n\r\n", 5) != 0)
+				continue;
+			size_t len = got;
+			assert_true(dechunk(b, &len));
+			snprintf(body, body_len, "%.*s", (int)len, b);
+		}
+		assert_int_equal(sscanf(buf, "HTTP/1.1 %d", &status), 1);
+		return status;
+	}
+}
+
+/* Several requests on one connection, as HTTP clients with a connection pool send them. */
+static void test_keep_alive(void **state)
+{
+	const char *exec = "{\"argv\":[\"echo\",\"kept\"]}";
+	char req[512], body[4096];
+	int fd = unix_connect(sock_path);
+
+	(void)state;
+	fake_reset(0, NULL);
+	assert_true(fd >= 0);
+	for (int i = 0; i < 3; i++) {
+		snprintf(req, sizeof(req), "GET /v1/vms/vm-k%d HTTP/1.1\r\nHost: f\r\n\r\n", i);
+		send_all(fd, req, strlen(req));
+		assert_int_equal(read_one(fd, body, sizeof(body)), 200);
+		char want[32];
+		snprintf(want, sizeof(want), "\"vm-k%d\"", i);
+		assert_non_null(strstr(body, want));
+		/* A streamed (chunked) exec, then the connection goes on. */
+		snprintf(
+		    req, sizeof(req),
+		    "POST /v1/vms/vm-k/exec HTTP/1.1\r\nHost: f\r\nContent-Length: %zu\r\n\r\n%s",
+		    strlen(exec), exec);
+		send_all(fd, req, strlen(req));
+		assert_int_equal(read_one(fd, body, sizeof(body)), 200);
+		assert_non_null(strstr(body, "{\"stdout\":\"a2VwdAo=\"}\n")); /* "kept\n" */
+		assert_non_null(strstr(body, "{\"exit\":0}\n"));
+		/* An error keeps the connection too. */
+		const char *nope = "GET /nope HTTP/1.1\r\nHost: f\r\n\r\n";
+		send_all(fd, nope, strlen(nope));
+		assert_int_equal(read_one(fd, body, sizeof(body)), 404);
+	}
+	close(fd);
+}
+
 /* A socket left by a dead server is replaced; a live one is not. */
 static void test_socket_stale_and_live(void **state)
 {
@@ -1616,6 +1689,7 @@ int main(void)
 	    cmocka_unit_test(test_exec_streams_and_cancels),
 	    cmocka_unit_test(test_exec_bulk_and_timeout),
 	    cmocka_unit_test(test_concurrency),
+	    cmocka_unit_test(test_keep_alive),
 	    cmocka_unit_test(test_socket_stale_and_live),
 	    cmocka_unit_test(test_files),
 	    cmocka_unit_test(test_audit_log),
