@@ -430,13 +430,18 @@ static void handle_health(struct api_call *c)
 
 /* ---- JSON routes ---- */
 
-/* ?cascade=true|false|1|0 (absent: false); false after replying 400. */
+/* ?cascade=true|false|1|0, or a bare ?cascade (true); absent: false. False after a 400. */
 static bool query_bool(struct api_call *c, const char *key, bool *out)
 {
-	const char *v = api_query(c, key);
+	const char *v = NULL;
 
 	*out = false;
-	if (!v || strcmp(v, "false") == 0 || strcmp(v, "0") == 0)
+	if (MHD_lookup_connection_value_n(c->conn, MHD_GET_ARGUMENT_KIND, key, strlen(key), &v,
+					  NULL) != MHD_YES)
+		return true;
+	if (!v)
+		v = "";
+	if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0)
 		return true;
 	if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0 || !v[0]) {
 		*out = true;

@@ -229,6 +229,10 @@ static json_t *exec_last_line(struct exec_stream *s)
 
 	if (s->ret < 0) {
 		api_errno_status(-s->ret, &code);
+		/* The agent could not be reached (or went away) before the command started. */
+		if (!s->res.pid && (s->ret == -ECONNREFUSED || s->ret == -ETIMEDOUT ||
+				    s->ret == -ECONNRESET || s->ret == -EPIPE))
+			code = "unavailable";
 		return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", s->err.msg);
 	}
 	if (s->res.signal) {

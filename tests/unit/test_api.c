@@ -617,6 +617,12 @@ static void test_routes(void **state)
 	assert_int_equal(http("DELETE", "/v1/vms/vm-1a2b3c4d", NULL, &r), 200);
 	assert_int_equal(fake.cascade, 0);
 	resp_free(&r);
+	assert_int_equal(http("DELETE", "/v1/vms/vm-1a2b3c4d?cascade", NULL, &r), 200);
+	assert_int_equal(fake.cascade, 1);
+	resp_free(&r);
+	assert_int_equal(http("DELETE", "/v1/vms/vm-1a2b3c4d?cascade=false", NULL, &r), 200);
+	assert_int_equal(fake.cascade, 0);
+	resp_free(&r);
 	assert_int_equal(http("DELETE", "/v1/vms/vm-1a2b3c4d?cascade=maybe", NULL, &r), 400);
 	assert_string_equal(error_code(&r), "bad_request");
 	resp_free(&r);
@@ -895,6 +901,27 @@ static void test_exec(void **state)
 	    strstr(json_string_value(json_object_get(e, "message")), "/no/such/binary"));
 	json_decref(lines);
 	resp_free(&r);
+	/* No agent behind the socket: the last line says the VM is unavailable. */
+	char dead[280], saved[300];
+	snprintf(dead, sizeof(dead), "%s/dead.sock", dir);
+	int dfd = unix_listen(dead);
+	assert_true(dfd >= 0);
+	close(dfd);
+	pthread_mutex_lock(&fake_lock);
+	snprintf(saved, sizeof(saved), "%s", fake.agent_sock);
+	snprintf(fake.agent_sock, sizeof(fake.agent_sock), "%s", dead);
+	pthread_mutex_unlock(&fake_lock);
+	assert_int_equal(http("POST", "/v1/vms/vm-e/exec", "{\"argv\":[\"true\"]}", &r), 200);
+	pthread_mutex_lock(&fake_lock);
+	snprintf(fake.agent_sock, sizeof(fake.agent_sock), "%s", saved);
+	pthread_mutex_unlock(&fake_lock);
+	lines = ndjson(&r);
+	assert_int_equal(json_array_size(lines), 1);
+	e = json_object_get(json_array_get(lines, 0), "error");
+	assert_string_equal(json_string_value(json_object_get(e, "code")), "unavailable");
+	json_decref(lines);
+	resp_free(&r);
+
 	assert_int_equal(http("POST", "/v1/vms/vm-e/exec", "{\"argv\":[]}", &r), 400);
 	resp_free(&r);
 	assert_int_equal(http("POST", "/v1/vms/vm-e/exec", "{\"argv\":[\"true\"],\"x\":1}", &r),
