@@ -7,11 +7,15 @@ CC       ?= gcc
 CFLAGS_BASE := -std=gnu11 -Wall -Wextra -Werror -g -D_GNU_SOURCE -Isrc -Iinclude -MMD -MP
 OPTFLAGS ?= -O2
 SANFLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
-LIBS     := -lpthread -ljansson -lxxhash -llz4 -lsqlite3
+LIBS     := -lpthread -ljansson -lxxhash -llz4 -lsqlite3 -lmicrohttpd
 TESTLIBS := -lcmocka
 CLI_LIBS := $(LIBS) -lcurl
 
 LIB_SRCS   := $(sort $(filter-out src/core/main.c src/cli/%.c,$(wildcard src/*/*.c)))
+# Until src/daemon/daemon.c exists, `forkd serve` links against stubs that fail with ENOSYS.
+ifeq ($(wildcard src/daemon/daemon.c),)
+LIB_SRCS   += src/daemon/stub/daemon_missing.c
+endif
 UNIT_SRCS  := $(sort $(wildcard tests/unit/test_*.c))
 ITEST_SRCS := $(sort $(wildcard tests/integration/test_*.c))
 ITEST_HELPERS := $(filter-out $(ITEST_SRCS),$(wildcard tests/integration/*.c))

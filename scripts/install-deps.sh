@@ -9,6 +9,9 @@ packages=(
 	liblz4-dev
 	libsqlite3-dev
 	libcurl4-openssl-dev
+	curl
+	openssl
+	libmicrohttpd-dev
 	busybox-static
 	cpio
 	acpica-tools

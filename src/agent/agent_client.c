@@ -163,6 +163,7 @@ struct session {
 	unsigned data_type, eof_type;
 	bool src_open;
 	int64_t deadline;
+	int cancel_fd; /* readable: abandon the operation (-ECANCELED); -1: never */
 };
 
 static int session_open(struct session *s, const char *uds, const char *what, int timeout_ms,
@@ -175,6 +176,7 @@ static int session_open(struct session *s, const char *uds, const char *what, in
 	s->uds = uds;
 	s->src_fd = -1;
 	s->deadline = -1;
+	s->cancel_fd = -1;
 	s->out = malloc(FK_AGENT_HDR_LEN + FK_AGENT_MAX_PAYLOAD);
 	if (!s->out)
 		return fk_fail(err, ENOMEM, "%s: out of memory", what);
@@ -294,18 +296,23 @@ typedef int (*frame_fn)(struct session *s, void *ctx, const struct fk_frame_hdr 
 static int session_run(struct session *s, frame_fn on_frame, void *ctx, struct fk_err *err)
 {
 	for (;;) {
-		struct pollfd p[2] = {{.fd = s->sock, .events = POLLIN}, {.fd = -1}};
+		struct pollfd p[3] = {{.fd = s->sock, .events = POLLIN},
+				      {.fd = -1},
+				      {.fd = s->cancel_fd, .events = POLLIN}};
 		int r;
 
 		if (s->out_off < s->out_len)
 			p[0].events |= POLLOUT;
 		else if (s->src_open)
 			p[1] = (struct pollfd){.fd = s->src_fd, .events = POLLIN};
-		r = poll(p, 2, poll_timeout(s->deadline));
+		r = poll(p, 3, poll_timeout(s->deadline));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
 			return fk_fail_errno(err, errno, "%s: poll", s->what);
+		/* Before the input: a cancelled upload must not end with its EOF frame. */
+		if (p[2].revents)
+			return fk_fail(err, ECANCELED, "%s: cancelled by the caller", s->what);
 		if (r == 0)
 			return fk_fail(err, ETIMEDOUT, "%s: the agent did not answer in time",
 				       s->what);
@@ -483,6 +490,13 @@ static int on_exec_frame(struct session *s, void *ctx, const struct fk_frame_hdr
 int fk_agent_exec(const char *uds_path, json_t *request, const struct fk_exec_io *io,
 		  int connect_timeout_ms, struct fk_exec_result *res, struct fk_err *err)
 {
+	return fk_agent_exec_cancel(uds_path, request, io, -1, connect_timeout_ms, res, err);
+}
+
+int fk_agent_exec_cancel(const char *uds_path, json_t *request, const struct fk_exec_io *io,
+			 int cancel_fd, int connect_timeout_ms, struct fk_exec_result *res,
+			 struct fk_err *err)
+{
 	struct exec_ctx ctx = {.io = io, .res = res};
 	struct session s;
 	int ret;
@@ -491,6 +505,7 @@ int fk_agent_exec(const char *uds_path, json_t *request, const struct fk_exec_io
 	ret = session_open(&s, uds_path, "exec", connect_timeout_ms, err);
 	if (ret < 0)
 		return ret;
+	s.cancel_fd = cancel_fd;
 	json_object_set_new(request, "op", json_string("exec"));
 	json_object_set_new(request, "stdin", json_boolean(io->in_fd >= 0));
 	ret = session_queue_json(&s, FK_FRAME_REQUEST, request, err);
@@ -537,7 +552,8 @@ static int on_put_frame(struct session *s, void *ctx, const struct fk_frame_hdr 
  * then src_fd streamed as DATA frames if it is >= 0, frames to on_frame.
  */
 static int file_op(const char *uds_path, const char *what, json_t *req, int src_fd,
-		   frame_fn on_frame, void *ctx, int connect_timeout_ms, struct fk_err *err)
+		   frame_fn on_frame, void *ctx, int cancel_fd, int connect_timeout_ms,
+		   struct fk_err *err)
 {
 	struct session s;
 	int ret;
@@ -547,6 +563,7 @@ static int file_op(const char *uds_path, const char *what, json_t *req, int src_
 	ret = session_open(&s, uds_path, what, connect_timeout_ms, err);
 	if (ret < 0)
 		return ret;
+	s.cancel_fd = cancel_fd;
 	ret = session_queue_json(&s, FK_FRAME_REQUEST, req, err);
 	if (ret == 0) {
 		s.src_fd = src_fd;
@@ -562,6 +579,13 @@ static int file_op(const char *uds_path, const char *what, json_t *req, int src_
 int fk_agent_put(const char *uds_path, int src_fd, const char *guest_path, unsigned mode,
 		 int connect_timeout_ms, uint64_t *bytes, struct fk_err *err)
 {
+	return fk_agent_put_cancel(uds_path, src_fd, guest_path, mode, -1, connect_timeout_ms,
+				   bytes, err);
+}
+
+int fk_agent_put_cancel(const char *uds_path, int src_fd, const char *guest_path, unsigned mode,
+			int cancel_fd, int connect_timeout_ms, uint64_t *bytes, struct fk_err *err)
+{
 	json_t *req =
 	    json_pack("{s:s,s:s,s:i}", "op", "put", "path", guest_path, "mode", (int)mode);
 	struct put_ctx ctx = {0};
@@ -569,7 +593,8 @@ int fk_agent_put(const char *uds_path, int src_fd, const char *guest_path, unsig
 	int ret;
 
 	snprintf(what, sizeof(what), "put %.280s", guest_path);
-	ret = file_op(uds_path, what, req, src_fd, on_put_frame, &ctx, connect_timeout_ms, err);
+	ret = file_op(uds_path, what, req, src_fd, on_put_frame, &ctx, cancel_fd,
+		      connect_timeout_ms, err);
 	json_decref(req);
 	if (ret == 0 && bytes)
 		*bytes = ctx.size;
@@ -629,13 +654,21 @@ static int on_get_frame(struct session *s, void *ctx, const struct fk_frame_hdr 
 int fk_agent_get(const char *uds_path, const char *guest_path, int dst_fd, int connect_timeout_ms,
 		 uint64_t *bytes, unsigned *mode, struct fk_err *err)
 {
+	return fk_agent_get_cancel(uds_path, guest_path, dst_fd, -1, connect_timeout_ms, bytes,
+				   mode, err);
+}
+
+int fk_agent_get_cancel(const char *uds_path, const char *guest_path, int dst_fd, int cancel_fd,
+			int connect_timeout_ms, uint64_t *bytes, unsigned *mode, struct fk_err *err)
+{
 	json_t *req = json_pack("{s:s,s:s}", "op", "get", "path", guest_path);
 	struct get_ctx ctx = {.dst_fd = dst_fd};
 	char what[300];
 	int ret;
 
 	snprintf(what, sizeof(what), "get %.280s", guest_path);
-	ret = file_op(uds_path, what, req, -1, on_get_frame, &ctx, connect_timeout_ms, err);
+	ret = file_op(uds_path, what, req, -1, on_get_frame, &ctx, cancel_fd, connect_timeout_ms,
+		      err);
 	json_decref(req);
 	if (ret == 0) {
 		if (bytes)

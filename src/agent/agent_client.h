@@ -68,6 +68,15 @@ struct fk_exec_result {
 int fk_agent_exec(const char *uds_path, json_t *request, const struct fk_exec_io *io,
 		  int connect_timeout_ms, struct fk_exec_result *res, struct fk_err *err);
 
+/*
+ * fk_agent_exec, abandoned with -ECANCELED as soon as cancel_fd becomes
+ * readable (e.g. the write end of a pipe closed): the agent then kills the
+ * command's process group. cancel_fd < 0: never.
+ */
+int fk_agent_exec_cancel(const char *uds_path, json_t *request, const struct fk_exec_io *io,
+			 int cancel_fd, int connect_timeout_ms, struct fk_exec_result *res,
+			 struct fk_err *err);
+
 /* Streams src_fd to guest_path (written atomically by the agent) with mode. */
 int fk_agent_put(const char *uds_path, int src_fd, const char *guest_path, unsigned mode,
 		 int connect_timeout_ms, uint64_t *bytes, struct fk_err *err);
@@ -75,5 +84,16 @@ int fk_agent_put(const char *uds_path, int src_fd, const char *guest_path, unsig
 /* Streams guest_path into dst_fd; *mode gets the file's mode bits. */
 int fk_agent_get(const char *uds_path, const char *guest_path, int dst_fd, int connect_timeout_ms,
 		 uint64_t *bytes, unsigned *mode, struct fk_err *err);
+
+/*
+ * fk_agent_put and fk_agent_get, abandoned with -ECANCELED when cancel_fd
+ * becomes readable: a cancelled put never sends its end of data, so the
+ * agent discards the partial file.
+ */
+int fk_agent_put_cancel(const char *uds_path, int src_fd, const char *guest_path, unsigned mode,
+			int cancel_fd, int connect_timeout_ms, uint64_t *bytes, struct fk_err *err);
+int fk_agent_get_cancel(const char *uds_path, const char *guest_path, int dst_fd, int cancel_fd,
+			int connect_timeout_ms, uint64_t *bytes, unsigned *mode,
+			struct fk_err *err);
 
 #endif

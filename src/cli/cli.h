@@ -58,5 +58,9 @@ struct dc_opts;
 /* `forkd cp` with one side ID:/path. */
 int cli_cp_daemon(const struct dc_opts *o, const char *src, const char *dst, const char *id,
 		  const char *guest_path, bool upload);
+/* `forkd serve --state-dir DIR [--socket PATH] [--listen HOST:PORT --token-file F [--tls-cert F
+ * --tls-key F]] [--audit-log F] [--vmm PATH]`: the daemon and its REST API (docs/rest-api.md)
+ * until SIGTERM/SIGINT; 0 after a clean stop, 1 if it could not start, 2 for bad flags. */
+int cli_serve(int argc, char **argv);
 
 #endif

@@ -41,6 +41,8 @@ static const char usage_text[] =
     "       forkd agent VM ping|stat PATH|ls PATH|rm [-r] PATH|shutdown [poweroff|reboot]\n"
     "       forkd image build NAME [--packages P1,P2,...] | ls | rm NAME\n"
     "       forkd doctor [--json]\n"
+    "       forkd serve [--state-dir DIR] [--socket PATH] [--listen HOST:PORT --token-file F\n"
+    "                   [--tls-cert F --tls-key F]] [--audit-log F] [--vmm PATH]\n"
     "\n"
     "Daemon commands: the daemon is at --daemon PATH, else $FORKD_SOCKET, else\n"
     "/var/lib/forkd/forkd.sock; or over TCP at --url http(s)://HOST:PORT with the bearer\n"
@@ -87,7 +89,14 @@ static const char usage_text[] =
     "only, none: the nested test host scripts/testhost.sh runs everything), the KVM API\n"
     "version and capabilities, userfaultfd, transparent huge pages, cgroup v2, free disk\n"
     "space for images and scratch files, and a verdict; --json prints one JSON object.\n"
-    "Exit status: 0 the machine was inspected (whatever it lacks), 2 usage error.\n";
+    "Exit status: 0 the machine was inspected (whatever it lacks), 2 usage error.\n"
+    "\n"
+    "serve: the daemon and its REST API (docs/rest-api.md) on a Unix socket (default\n"
+    "DIR/forkd.sock, DIR defaulting to /var/lib/forkd; root and this uid only) and, with\n"
+    "--listen, on TCP with a bearer token (--token-file, at least 16 bytes) and optional TLS.\n"
+    "Prints one JSON line with the socket when ready. SIGTERM/SIGINT stop it (the VMs keep\n"
+    "running; the next serve re-adopts them), SIGHUP reopens --audit-log.\n"
+    "Exit status: 0 stopped by a signal, 1 could not start, 2 usage error.\n";
 
 int cli_usage_error(const char *fmt, ...)
 {
@@ -241,7 +250,7 @@ int main(int argc, char **argv)
 	if (argc < 2)
 		return cli_usage_error(
 		    "%s", "expected a command (vm, branch, snapshot, snapshots, spawn, tree, exec, "
-			  "cp, kill, agent, image, doctor)");
+			  "cp, kill, agent, image, doctor, serve)");
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		fputs(usage_text, stdout);
@@ -271,7 +280,9 @@ int main(int argc, char **argv)
 		return cli_snapshots(argc - 2, argv + 2);
 	if (strcmp(argv[1], "tree") == 0)
 		return cli_tree(argc - 2, argv + 2);
+	if (strcmp(argv[1], "serve") == 0)
+		return cli_serve(argc - 2, argv + 2);
 	return cli_usage_error("unknown command '%s' (expected vm, branch, snapshot, snapshots, "
-			       "spawn, tree, exec, cp, kill, agent, image or doctor)",
+			       "spawn, tree, exec, cp, kill, agent, image, doctor or serve)",
 			       argv[1]);
 }
