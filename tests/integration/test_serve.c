@@ -1,0 +1,380 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * forkd serve end to end, with probe guests: the real daemon process driven
+ * through its REST API by the forkd CLI and by the Python SDK. A VM branched
+ * three levels deep, 50 VMs spawned from one snapshot, the tree, the daemon
+ * killed with SIGKILL and restarted with every VM re-adopted, deletes
+ * refused and cascaded, with the VMM processes checked from outside.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "harness.h"
+#include "where.h"
+
+#define SPAWN_N 50
+
+extern char **environ;
+
+static char dir[256], sock[320], state[300];
+static pid_t daemon_pid;
+
+static const char *cli(void)
+{
+	static char path[512];
+	const char *b = getenv("FORKD_BUILD");
+
+	snprintf(path, sizeof(path), "%s/forkd", b && *b ? b : "build");
+	return path;
+}
+
+/* Runs argv with FORKD_SOCKET set; returns its exit status and (malloc'd) stdout. */
+static int run(char **out, char *const argv[])
+{
+	int pipefd[2], status = -1;
+	posix_spawn_file_actions_t fa;
+	size_t len = 0, cap = 4096;
+	char *buf = malloc(cap);
+	pid_t pid;
+	ssize_t n;
+
+	assert_non_null(buf);
+	assert_int_equal(pipe(pipefd), 0);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, pipefd[1], STDOUT_FILENO);
+	posix_spawn_file_actions_addclose(&fa, pipefd[0]);
+	setenv("FORKD_SOCKET", sock, 1);
+	assert_int_equal(posix_spawn(&pid, argv[0], &fa, NULL, argv, environ), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	close(pipefd[1]);
+	while ((n = read(pipefd[0], buf + len, cap - len - 1)) > 0) {
+		len += (size_t)n;
+		if (cap - len < 2) {
+			buf = realloc(buf, cap *= 2);
+			assert_non_null(buf);
+		}
+	}
+	buf[len] = '\0';
+	close(pipefd[0]);
+	waitpid(pid, &status, 0);
+	if (out)
+		*out = buf;
+	else
+		free(buf);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static int forkd(char **out, ...)
+{
+	char *argv[32];
+	va_list ap;
+	int n = 0;
+
+	argv[n++] = (char *)cli();
+	va_start(ap, out);
+	while (n < 31 && (argv[n] = va_arg(ap, char *)))
+		n++;
+	va_end(ap);
+	argv[n] = NULL;
+	return run(out, argv);
+}
+
+static json_t *forkd_json(const char *what, ...)
+{
+	char *argv[32], *out = NULL;
+	json_error_t jerr;
+	json_t *j;
+	va_list ap;
+	int n = 0, rc;
+
+	argv[n++] = (char *)cli();
+	va_start(ap, what);
+	while (n < 30 && (argv[n] = va_arg(ap, char *)))
+		n++;
+	va_end(ap);
+	argv[n++] = "--json";
+	argv[n] = NULL;
+	rc = run(&out, argv);
+	if (rc != 0)
+		fail_msg("forkd %s --json: exit %d: %s", what, rc, out);
+	j = json_loads(out, 0, &jerr);
+	if (!j)
+		fail_msg("forkd %s --json: not JSON (%s): %s", what, jerr.text, out);
+	free(out);
+	return j;
+}
+
+static void start_daemon(void)
+{
+	char *argv[] = {(char *)cli(), "serve", "--state-dir",	       state, "--socket",
+			sock,	       "--vmm", (char *)harness_vmm(), NULL};
+	char log[400];
+	posix_spawn_file_actions_t fa;
+
+	snprintf(log, sizeof(log), "%s/serve.log", dir);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log, O_WRONLY | O_CREAT | O_APPEND,
+					 0600);
+	posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, log, O_WRONLY | O_CREAT | O_APPEND,
+					 0600);
+	assert_int_equal(posix_spawn(&daemon_pid, argv[0], &fa, NULL, argv, environ), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	for (long long end = harness_deadline(30000); now_ms() < end; usleep(50 * 1000))
+		if (forkd(NULL, "vm", "ls", NULL) == 0)
+			return;
+	fail_msg("forkd serve did not answer on %s (see %s)", sock, log);
+}
+
+static void kill_daemon(int sig)
+{
+	int status;
+
+	kill(daemon_pid, sig);
+	waitpid(daemon_pid, &status, 0);
+	daemon_pid = 0;
+}
+
+static int setup(void **state_)
+{
+	(void)state_;
+	if (harness_tmpdir_create(dir, sizeof(dir), "serve") < 0)
+		return -1;
+	snprintf(state, sizeof(state), "%s/state", dir);
+	snprintf(sock, sizeof(sock), "%s/forkd.sock", dir);
+	return 0;
+}
+
+static int teardown(void **state_)
+{
+	char *out = NULL;
+
+	(void)state_;
+	if (daemon_pid) {
+		/* Whatever a failed test left: every VM goes with its tree. */
+		if (forkd(&out, "vm", "ls", "--json", NULL) == 0) {
+			json_t *j = json_loads(out, 0, NULL), *vm;
+			size_t i;
+			json_array_foreach(json_object_get(j, "vms"), i, vm)
+			    forkd(NULL, "vm", "rm", "--cascade",
+				  json_string_value(json_object_get(vm, "id")), NULL);
+			json_decref(j);
+		}
+		free(out);
+		kill_daemon(SIGTERM);
+	}
+	return harness_tmpdir_remove(dir);
+}
+
+static char *create_probe(void)
+{
+	char *out = NULL, *nl;
+	int rc = forkd(&out, "vm", "create", "--kernel", (char *)harness_probe(), "--mem", "64",
+		       "--append", "work=idle", NULL);
+
+	if (rc != 0)
+		fail_msg("vm create: exit %d: %s", rc, out);
+	nl = strchr(out, '\n');
+	if (nl)
+		*nl = '\0';
+	assert_true(strncmp(out, "vm-", 3) == 0);
+	return out;
+}
+
+static char *branch_one(const char *id)
+{
+	char *out = NULL, *nl;
+	int rc = forkd(&out, "branch", (char *)id, "-n", "1", NULL);
+
+	if (rc != 0)
+		fail_msg("branch %s: exit %d: %s", id, rc, out);
+	nl = strchr(out, '\n');
+	if (nl)
+		*nl = '\0';
+	assert_true(strncmp(out, "vm-", 3) == 0);
+	return out;
+}
+
+static pid_t vm_pid(const char *id)
+{
+	json_t *j = forkd_json("vm ls", "vm", "ls", NULL), *vm;
+	pid_t pid = 0;
+	size_t i;
+
+	json_array_foreach(json_object_get(j, "vms"), i,
+			   vm) if (strcmp(json_string_value(json_object_get(vm, "id")), id) == 0)
+	    pid = (pid_t)json_integer_value(json_object_get(vm, "pid"));
+	json_decref(j);
+	return pid;
+}
+
+static bool process_gone(pid_t pid)
+{
+	for (long long end = harness_deadline(10000); now_ms() < end; usleep(20 * 1000)) {
+		char path[64], st = 0;
+		FILE *f;
+
+		snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+		f = fopen(path, "r");
+		if (!f)
+			return true;
+		/* A zombie is gone as a VMM: only its exit status is left to reap. */
+		if (fscanf(f, "%*d %*s %c", &st) == 1 && st == 'Z') {
+			fclose(f);
+			return true;
+		}
+		fclose(f);
+	}
+	return false;
+}
+
+/* The daemon's VM list, as an array the caller owns. */
+static json_t *list_vms(void)
+{
+	json_t *j = forkd_json("vm ls", "vm", "ls", NULL);
+	json_t *vms = json_incref(json_object_get(j, "vms"));
+
+	json_decref(j);
+	assert_true(json_is_array(vms));
+	return vms;
+}
+
+static size_t count_state(json_t *vms, const char *want)
+{
+	json_t *vm;
+	size_t i, n = 0;
+
+	json_array_foreach(vms, i, vm) n +=
+	    strcmp(json_string_value(json_object_get(vm, "state")), want) == 0;
+	return n;
+}
+
+static void run_sdk(const char *script)
+{
+	char pypath[600], *out = NULL;
+	char *argv[] = {"/usr/bin/env", "python3", "-c", (char *)script, NULL};
+	const char *src = getenv("FORKD_SRC");
+	int rc;
+
+	/* Integration tests run from the checkout's top (harness.c's defaults are relative). */
+	snprintf(pypath, sizeof(pypath), "%s/sdk/python", src && *src ? src : ".");
+	setenv("PYTHONPATH", pypath, 1);
+	rc = run(&out, argv);
+	if (rc != 0)
+		fail_msg("python SDK script: exit %d: %s", rc, out);
+	free(out);
+}
+
+static void test_lifecycle_through_cli_and_sdk(void **state_)
+{
+	char *a, *b, *c, *d, *out = NULL;
+	json_t *tree, *node, *vms;
+	pid_t pa, pd;
+	size_t i, depth3 = 0, from_snap = 0;
+	char n[8];
+
+	(void)state_;
+	start_daemon();
+	a = create_probe();
+	b = branch_one(a);
+	c = branch_one(b);
+	d = branch_one(c);
+	assert_int_equal(forkd(NULL, "snapshot", a, "--tag", "base", NULL), 0);
+	snprintf(n, sizeof(n), "%d", SPAWN_N);
+	assert_int_equal(forkd(&out, "spawn", "base", "-n", n, NULL), 0);
+	free(out);
+
+	tree = forkd_json("tree", "tree", NULL);
+	json_array_foreach(json_object_get(tree, "tree"), i, node)
+	{
+		json_t *vm = json_object_get(node, "vm");
+		if (json_integer_value(json_object_get(node, "depth")) == 3)
+			depth3 += strcmp(json_string_value(json_object_get(vm, "id")), d) == 0;
+		if (json_is_string(json_object_get(vm, "snapshot")))
+			from_snap++;
+	}
+	json_decref(tree);
+	assert_int_equal(depth3, 1);
+	assert_int_equal(from_snap, SPAWN_N);
+	assert_int_equal(forkd(&out, "tree", NULL), 0);
+	assert_non_null(strstr(out, d));
+	free(out);
+
+	/* The daemon dies hard; its VMMs run on and the next daemon adopts them all. */
+	kill_daemon(SIGKILL);
+	start_daemon();
+	vms = list_vms();
+	assert_int_equal(json_array_size(vms), 4 + SPAWN_N);
+	assert_int_equal(count_state(vms, "running"), 4 + SPAWN_N);
+	json_decref(vms);
+
+	/* The SDK against the same daemon: list, branch one more level, see it in the tree. */
+	{
+		char script[1500];
+		snprintf(script, sizeof(script),
+			 "import forkd\n"
+			 "c = forkd.Controller()\n"
+			 "ids = {v.id for v in c.vms()}\n"
+			 "assert '%s' in ids and len(ids) == %d, ids\n"
+			 "r = c.branch('%s', 2)\n"
+			 "assert len(r.children) == 2, r\n"
+			 "deep = [t for t in c.tree() if t.depth == 4]\n"
+			 "assert len(deep) == 2, deep\n"
+			 "try:\n"
+			 "    c.delete_vm('%s')\n"
+			 "    raise SystemExit('delete of a VM with children was not refused')\n"
+			 "except forkd.Conflict:\n"
+			 "    pass\n",
+			 d, 4 + SPAWN_N, d, a);
+		run_sdk(script);
+	}
+
+	/* Deleting the root: refused without --cascade, then the whole tree goes. */
+	pa = vm_pid(a);
+	pd = vm_pid(d);
+	assert_true(pa > 0 && pd > 0);
+	assert_int_equal(forkd(NULL, "vm", "rm", a, NULL), 1);
+	assert_int_equal(kill(pa, 0), 0);
+	assert_int_equal(forkd(NULL, "vm", "rm", a, "--cascade", NULL), 0);
+	assert_true(process_gone(pa));
+	assert_true(process_gone(pd));
+	vms = list_vms();
+	assert_int_equal(json_array_size(vms), SPAWN_N);
+	json_decref(vms);
+
+	/* The snapshot has dependents: refused, then cascaded. */
+	assert_int_equal(forkd(NULL, "snapshots", "rm", "base", NULL), 1);
+	assert_int_equal(forkd(NULL, "snapshots", "rm", "base", "--cascade", NULL), 0);
+	vms = list_vms();
+	assert_int_equal(json_array_size(vms), 0);
+	json_decref(vms);
+	free(a);
+	free(b);
+	free(c);
+	free(d);
+}
+
+int main(int argc, char **argv)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_lifecycle_through_cli_and_sdk),
+	};
+
+	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
+		return 1;
+	return cmocka_run_group_tests_name("forkd serve end to end", tests, setup, teardown);
+}
