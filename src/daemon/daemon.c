@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
 #include <sys/eventfd.h>
@@ -2044,6 +2045,45 @@ static void settle_writing(struct daemon *d, const struct reg_snapshot *s, json_
 	persist_done(d, s->tag, s->path, access(s->path, F_OK) == 0);
 }
 
+/*
+ * BRANCH children the registry never heard of: the daemon died between the
+ * source's branch and recording the children. Their VMMs answer on control
+ * sockets below their source's branches/ directory; stop them rather than
+ * leave orphans nobody manages. Lock held.
+ */
+static void stop_unregistered_children(struct daemon *d)
+{
+	struct reg_vm *vms = NULL;
+	struct fk_err e = {0};
+	char pattern[PATH_MAX];
+	glob_t g = {0};
+	size_t n = 0;
+
+	if (snprintf(pattern, sizeof(pattern), "%s/vms/*/branches/*/child-*/control.sock",
+		     d->state_dir) >= (int)sizeof(pattern) ||
+	    registry_vm_list(d->reg, &vms, &n, &e) < 0)
+		return;
+	if (glob(pattern, 0, NULL, &g) == 0) {
+		for (size_t i = 0; i < g.gl_pathc; i++) {
+			json_t *bye = NULL;
+			bool known = false;
+
+			for (size_t k = 0; k < n && !known; k++)
+				known = strcmp(vms[k].control_sock, g.gl_pathv[i]) == 0;
+			if (!known && vmm_call("shutdown", g.gl_pathv[i],
+					       json_pack("{s:s}", "cmd", "shutdown"),
+					       STATUS_CALL_MS, &bye, &e) == 0)
+				fprintf(
+				    stderr,
+				    "forkd serve: stopped the unregistered BRANCH child at %s\n",
+				    g.gl_pathv[i]);
+			json_decref(bye);
+		}
+	}
+	globfree(&g);
+	free(vms);
+}
+
 /* Re-adopts the VMMs the registry lists as live; marks the others exited. Lock held. */
 static int readopt(struct daemon *d, int *adopted, json_t *jobs, struct fk_err *err)
 {
@@ -2090,8 +2130,23 @@ static int readopt(struct daemon *d, int *adopted, json_t *jobs, struct fk_err *
 		json_decref(reply);
 		if (!ok) {
 			int status = REG_NO_EXIT, exited_code = 0, fd;
+			json_t *bye = NULL;
 
 			unwatch(d, t);
+			/*
+			 * A VMM that answers on this VM's control socket although it could
+			 * not be adopted (the daemon died after starting it and before
+			 * recording its pid, mid-spawn): stop it rather than leave an orphan.
+			 */
+			if (vms[i].control_sock[0] &&
+			    vmm_call("shutdown", vms[i].control_sock,
+				     json_pack("{s:s}", "cmd", "shutdown"), STATUS_CALL_MS, &bye,
+				     &e) == 0)
+				fprintf(stderr,
+					"forkd serve: %s: stopped its VMM, which ran without a "
+					"recorded pid\n",
+					vms[i].id);
+			json_decref(bye);
 			/* Dead while no daemon watched: if it is our zombie, reap it. */
 			if (vms[i].proc.pid > 0 &&
 			    registry_proc_still_same(&vms[i].proc, &e) == 1 &&
@@ -2208,6 +2263,8 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 	jobs = json_array();
 	pthread_mutex_lock(&d->lock);
 	ret = jobs ? readopt(d, adopted, jobs, err) : fk_fail(err, ENOMEM, "out of memory");
+	if (ret == 0)
+		stop_unregistered_children(d);
 	pthread_mutex_unlock(&d->lock);
 	if (ret < 0)
 		goto fail;

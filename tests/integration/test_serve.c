@@ -6,6 +6,7 @@
  * killed with SIGKILL and restarted with every VM re-adopted, deletes
  * refused and cascaded, with the VMM processes checked from outside.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -151,11 +152,14 @@ static void kill_daemon(int sig)
 
 static int setup(void **state_)
 {
+	static int counter;
+
 	(void)state_;
 	if (harness_tmpdir_create(dir, sizeof(dir), "serve") < 0)
 		return -1;
-	snprintf(state, sizeof(state), "%s/state", dir);
-	snprintf(sock, sizeof(sock), "%s/forkd.sock", dir);
+	counter++;
+	snprintf(state, sizeof(state), "%s/state%d", dir, counter);
+	snprintf(sock, sizeof(sock), "%s/forkd%d.sock", dir, counter);
 	return 0;
 }
 
@@ -368,13 +372,187 @@ static void test_lifecycle_through_cli_and_sdk(void **state_)
 	free(d);
 }
 
+/* pids of the forkd-vmm processes started for this test's state dir (argv mentions it). */
+static size_t vmm_pids(pid_t *out, size_t max)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+	size_t n = 0;
+
+	assert_non_null(d);
+	while ((e = readdir(d)) && n < max) {
+		char path[64], cmd[4096];
+		ssize_t len;
+		int fd;
+		pid_t pid = (pid_t)atoi(e->d_name);
+
+		if (pid <= 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+		fd = open(path, O_RDONLY);
+		if (fd < 0)
+			continue;
+		len = read(fd, cmd, sizeof(cmd) - 1);
+		close(fd);
+		if (len <= 0)
+			continue; /* a zombie has an empty cmdline */
+		cmd[len] = '\0';
+		/* argv[0] is forkd-vmm (the daemon's own argv names it after --vmm). */
+		if (strlen(cmd) < 9 || strcmp(cmd + strlen(cmd) - 9, "forkd-vmm") != 0)
+			continue;
+		for (ssize_t i = 0; i < len; i++)
+			if (!cmd[i])
+				cmd[i] = ' ';
+		cmd[len] = '\0';
+		if (strstr(cmd, "forkd-vmm") && strstr(cmd, state))
+			out[n++] = pid;
+	}
+	closedir(d);
+	return n;
+}
+
+/*
+ * No orphans: every VMM process of this state dir is a VM the daemon lists
+ * as running, and every VM it lists as running has its process. Polled: a
+ * VMM being stopped takes a moment to go.
+ */
+static void assert_registry_matches_processes(void)
+{
+	static pid_t pids[512];
+	char why[256] = "";
+
+	for (long long end = harness_deadline(15000); now_ms() < end; usleep(100 * 1000)) {
+		json_t *vms = list_vms(), *vm;
+		size_t n = vmm_pids(pids, 512), i, running = 0;
+		bool ok = true;
+
+		json_array_foreach(vms, i, vm)
+		{
+			pid_t pid = (pid_t)json_integer_value(json_object_get(vm, "pid"));
+			bool live =
+			    strcmp(json_string_value(json_object_get(vm, "state")), "running") == 0;
+			if (!live)
+				continue;
+			running++;
+			if (kill(pid, 0) < 0) {
+				snprintf(why, sizeof(why),
+					 "%s is listed running; its pid %d is gone",
+					 json_string_value(json_object_get(vm, "id")), (int)pid);
+				ok = false;
+			}
+		}
+		for (size_t k = 0; k < n && ok; k++) {
+			bool listed = false;
+			json_array_foreach(vms, i, vm) listed |=
+			    (pid_t)json_integer_value(json_object_get(vm, "pid")) == pids[k] &&
+			    strcmp(json_string_value(json_object_get(vm, "state")), "running") == 0;
+			if (!listed) {
+				char comm_path[64], comm[32] = "?";
+				FILE *f;
+
+				snprintf(comm_path, sizeof(comm_path), "/proc/%d/comm",
+					 (int)pids[k]);
+				f = fopen(comm_path, "r");
+				if (f && fgets(comm, sizeof(comm), f))
+					comm[strcspn(comm, "\n")] = '\0';
+				if (f)
+					fclose(f);
+				snprintf(why, sizeof(why),
+					 "VMM pid %d (%s) runs but no running VM has it",
+					 (int)pids[k], comm);
+				ok = false;
+			}
+		}
+		json_decref(vms);
+		if (ok && n == running)
+			return;
+	}
+	fail_msg("registry and processes disagree: %s", why);
+}
+
+/* SIGKILL of the daemon while it starts 50 VMs: the next daemon has no orphan and no ghost. */
+static void test_daemon_killed_during_spawn(void **state_)
+{
+	char *argv[] = {(char *)cli(), "spawn", "base", "-n", "50", NULL};
+	static pid_t pids[512];
+	posix_spawn_file_actions_t fa;
+	char *a, *out = NULL;
+	pid_t client;
+	int status;
+
+	(void)state_;
+	start_daemon();
+	a = create_probe();
+	assert_int_equal(forkd(NULL, "snapshot", a, "--tag", "base", NULL), 0);
+	setenv("FORKD_SOCKET", sock, 1);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+	posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+	assert_int_equal(posix_spawn(&client, argv[0], &fa, NULL, argv, environ), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	/* Kill it once some of the 50 VMMs run (the source is one of the VMMs counted). */
+	for (long long end = harness_deadline(30000); now_ms() < end; usleep(2 * 1000))
+		if (vmm_pids(pids, 512) >= 10)
+			break;
+	kill_daemon(SIGKILL);
+	waitpid(client, &status, 0);
+	start_daemon();
+	assert_registry_matches_processes();
+	/* The snapshot was complete before the spawn: it is still listed ready. */
+	assert_int_equal(forkd(&out, "snapshots", "--json", NULL), 0);
+	assert_non_null(strstr(out, "\"ready\""));
+	free(out);
+	assert_int_equal(forkd(NULL, "vm", "rm", a, "--cascade", NULL), 0);
+	free(a);
+}
+
+/* The source VMM dies while its branch is under way: no VM is listed for a dead process. */
+static void test_vmm_dies_mid_branch(void **state_)
+{
+	char *argv[] = {(char *)cli(), "branch", NULL, "-n", "4", NULL};
+	posix_spawn_file_actions_t fa;
+	pid_t client, pa;
+	char *a;
+	int status;
+
+	(void)state_;
+	start_daemon();
+	a = create_probe();
+	pa = vm_pid(a);
+	argv[2] = a;
+	setenv("FORKD_SOCKET", sock, 1);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+	posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+	assert_int_equal(posix_spawn(&client, argv[0], &fa, NULL, argv, environ), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	usleep(3 * 1000);
+	assert_int_equal(kill(pa, SIGKILL), 0);
+	waitpid(client, &status, 0);
+	assert_true(process_gone(pa));
+	assert_registry_matches_processes();
+	{
+		json_t *vms = list_vms(), *vm;
+		size_t i;
+		json_array_foreach(
+		    vms, i, vm) if (strcmp(json_string_value(json_object_get(vm, "id")), a) == 0)
+		    assert_string_not_equal(json_string_value(json_object_get(vm, "state")),
+					    "running");
+		json_decref(vms);
+	}
+	forkd(NULL, "vm", "rm", a, "--cascade", NULL);
+	free(a);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_lifecycle_through_cli_and_sdk),
+	    cmocka_unit_test_setup_teardown(test_lifecycle_through_cli_and_sdk, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_daemon_killed_during_spawn, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_vmm_dies_mid_branch, setup, teardown),
 	};
 
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;
-	return cmocka_run_group_tests_name("forkd serve end to end", tests, setup, teardown);
+	return cmocka_run_group_tests_name("forkd serve end to end", tests, NULL, NULL);
 }
