@@ -1,0 +1,449 @@
+#!/usr/bin/env python3
+"""The REST API's overhead: forkd serve against the raw control socket / agent.
+
+Starts a real `forkd serve` (build/forkd, build/forkd-vmm) on a Unix socket in
+a fresh state directory and times, alternating API and raw samples:
+
+  branch      POST /v1/vms/{id}/branch {"n":1} against the same BRANCH sent to
+              that VM's control socket ({"cmd":"branch","n":1,"dir":...,
+              "wait":true} then the zygote release, as the daemon does before
+              answering). Children are removed between samples (DELETE
+              ?cascade=true; raw: the child's `shutdown`), outside the timing.
+  spawn       POST /v1/snapshots/{tag}/spawn {"n":1} against starting
+              `forkd-vmm --restore SNAP --overlay-dir --control --serial
+              --serial-in none` directly and polling its control socket with
+              `status` every 1 ms until it answers.
+  exec        (Linux guest, image forkd-test-base) POST /v1/vms/{id}/exec
+              {"argv":["true"]}, NDJSON read to its end, against the same exec
+              sent to the agent over the VM's vsock socket from Python
+              (docs/agent-protocol.md: CONNECT 52, REQUEST, frames to EXIT).
+  concurrent  N requests at once from N threads (barrier): GET /v1/vms/{id},
+              GET /v1/tree and a few POST .../branch on VMs of their own.
+
+overhead_ms_pXX = api_ms_pXX - raw_ms_pXX (a difference of percentiles, not a
+percentile of differences). Latencies are client-side wall times, Python's own
+HTTP client included. JSON lines on stdout, progress on stderr.
+
+  api.py native [--samples N] [--concurrent N] [--host H]
+  api.py exec [--samples N] [--host H]
+"""
+import argparse, http.client, json, os, shutil, socket, struct, subprocess, sys, tempfile
+import threading, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = os.path.join(ROOT, "build", "forkd")
+VMM = os.path.join(ROOT, "build", "forkd-vmm")
+PROBE = os.path.join(ROOT, "build", "guest", "probe.elf")
+IMAGE = "forkd-test-base"
+# Pause between samples (the source re-collapses its RAM after a zygote release).
+GAP_S = float(os.environ.get("API_BENCH_GAP_MS", "200")) / 1000.0
+
+
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+
+
+def log(msg):
+    print("bench/api: " + msg, file=sys.stderr, flush=True)
+
+
+def pct(values, p):
+    v = sorted(values)
+    if not v:
+        return None
+    k = min(len(v) - 1, max(0, int(round(p / 100.0 * (len(v) - 1)))))
+    return v[k]
+
+
+def r3(x):
+    return None if x is None else round(x, 3)
+
+
+def host_fields(host):
+    """"host":"native", or "host":"nested","tcg":true|false (FORKD_TESTHOST_KIND's value)."""
+    if host.startswith("nested"):
+        return {"host": "nested", "tcg": host != "nested-kvm"}
+    return {"host": "native"}
+
+
+# ---- the daemon over HTTP/1.1 on its Unix socket (one connection per request) ----
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=120):
+        super().__init__("localhost", timeout=timeout)
+        self.path_ = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.path_)
+        self.sock = s
+
+
+def http(sock, method, path, body=None, timeout=120):
+    """Returns (status, body bytes); the body is read to its end (NDJSON streams too)."""
+    c = UnixHTTPConnection(sock, timeout)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        c.request(method, path, body=data, headers=headers)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def api(sock, method, path, body=None, want=(200, 201), timeout=120):
+    status, data = http(sock, method, path, body, timeout)
+    if status not in want:
+        raise RuntimeError(f"{method} {path}: {status} {data[:300]!r}")
+    return json.loads(data) if data else None
+
+
+# ---- the VMM's control socket (docs/control.md) ----
+
+def call(sock_path, req, timeout=120):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(sock_path)
+        s.sendall((json.dumps(req) + "\n").encode())
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    finally:
+        s.close()
+    reply = json.loads(buf)
+    if not reply.get("ok"):
+        raise RuntimeError(f"{req}: {reply.get('error')}")
+    return reply
+
+
+def wait_gone(pid, timeout=10):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.002)
+
+
+class Daemon:
+    def __init__(self, base):
+        self.state = os.path.join(base, "s")
+        self.sock = os.path.join(base, "api.sock")
+        self.log = open(os.path.join(base, "serve.log"), "w")
+        self.proc = subprocess.Popen(
+            [CLI, "serve", "--state-dir", self.state, "--socket", self.sock, "--vmm", VMM],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            try:
+                if http(self.sock, "GET", "/healthz", timeout=5)[0] == 200:
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"forkd serve did not answer on {self.sock} (see {self.log.name})")
+
+    def stop(self):
+        # Remove every VM (their VMMs outlive the daemon otherwise), then the daemon.
+        try:
+            for vm in api(self.sock, "GET", "/v1/vms")["vms"]:
+                if vm.get("parent") is None:
+                    http(self.sock, "DELETE", f"/v1/vms/{vm['id']}?cascade=true")
+            for vm in api(self.sock, "GET", "/v1/vms")["vms"]:
+                http(self.sock, "DELETE", f"/v1/vms/{vm['id']}?cascade=true")
+        except Exception as e:  # keep going: the daemon still has to stop
+            log(f"cleanup: {e}")
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def row(op, host, rawv, apiv, **extra):
+    out = {"bench": "api", "op": op, **host_fields(host), **extra, "samples": len(apiv),
+           "raw_ms_p50": r3(pct(rawv, 50)), "raw_ms_p99": r3(pct(rawv, 99)),
+           "api_ms_p50": r3(pct(apiv, 50)), "api_ms_p99": r3(pct(apiv, 99)),
+           "overhead_ms_p50": r3(pct(apiv, 50) - pct(rawv, 50)),
+           "overhead_ms_p99": r3(pct(apiv, 99) - pct(rawv, 99))}
+    emit(out)
+
+
+def create_probe(d):
+    return api(d.sock, "POST", "/v1/vms",
+               {"kernel": PROBE, "mem_mib": 64, "append": "work=idle"})
+
+
+# ---- branch ----
+
+def bench_branch(d, base, samples, host):
+    vm = create_probe(d)
+    vid, ctl = vm["id"], vm["control_socket"]
+    rawdir = os.path.join(base, "raw-branches")
+    os.mkdir(rawdir)
+    raw, apiv = [], []
+    for i in range(samples + 1):  # sample 0 of each: warm-up, not counted
+        t0 = time.monotonic()
+        res = api(d.sock, "POST", f"/v1/vms/{vid}/branch", {"n": 1})
+        t1 = time.monotonic()
+        if i:
+            apiv.append((t1 - t0) * 1000)
+        for c in res["children"]:
+            api(d.sock, "DELETE", f"/v1/vms/{c['id']}?cascade=true")
+            wait_gone(c["pid"])
+        time.sleep(GAP_S)
+
+        bdir = os.path.join(rawdir, str(i))
+        t0 = time.monotonic()
+        reply = call(ctl, {"cmd": "branch", "n": 1, "dir": bdir, "wait": True})
+        call(ctl, {"cmd": "zygote", "action": "release", "id": reply["zygote"]})
+        t1 = time.monotonic()
+        if i:
+            raw.append((t1 - t0) * 1000)
+        for c in reply["children"]:
+            call(os.path.join(c["dir"], "control.sock"), {"cmd": "shutdown"})
+            wait_gone(c["pid"])
+        shutil.rmtree(bdir, ignore_errors=True)
+        time.sleep(GAP_S)
+    row("branch", host, raw, apiv, mem_mib=64, guest="probe")
+    api(d.sock, "DELETE", f"/v1/vms/{vid}?cascade=true")
+
+
+# ---- spawn ----
+
+def raw_spawn(snap, vdir):
+    os.mkdir(vdir)
+    ctl = os.path.join(vdir, "control.sock")
+    err = open(os.path.join(vdir, "vmm.err"), "w")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [VMM, "--restore", snap, "--overlay-dir", os.path.join(vdir, "overlay"),
+         "--control", ctl, "--serial", os.path.join(vdir, "serial.log"), "--serial-in", "none"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+        start_new_session=True)
+    end = t0 + 30
+    while True:
+        try:
+            call(ctl, {"cmd": "status"}, timeout=1)
+            break
+        except (OSError, ValueError):
+            if proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"raw restore did not answer (see {err.name})")
+            time.sleep(0.001)
+    t1 = time.monotonic()
+    err.close()
+    return (t1 - t0) * 1000, proc, ctl
+
+
+def bench_spawn(d, base, samples, host):
+    vm = create_probe(d)
+    api(d.sock, "POST", f"/v1/vms/{vm['id']}/snapshot", {"tag": "base"})
+    snap = api(d.sock, "GET", "/v1/snapshots/base")["path"]
+    raw, apiv = [], []
+    for i in range(samples + 1):
+        t0 = time.monotonic()
+        res = api(d.sock, "POST", "/v1/snapshots/base/spawn", {"n": 1})
+        t1 = time.monotonic()
+        if i:
+            apiv.append((t1 - t0) * 1000)
+        for v in res["vms"]:
+            api(d.sock, "DELETE", f"/v1/vms/{v['id']}?cascade=true")
+        time.sleep(GAP_S)
+
+        vdir = os.path.join(base, f"raw-spawn-{i}")
+        ms, proc, ctl = raw_spawn(snap, vdir)
+        if i:
+            raw.append(ms)
+        call(ctl, {"cmd": "shutdown"})
+        proc.wait(timeout=10)
+        shutil.rmtree(vdir, ignore_errors=True)
+        time.sleep(GAP_S)
+    row("spawn", host, raw, apiv, mem_mib=64, guest="probe", raw_poll_ms=1)
+    api(d.sock, "DELETE", f"/v1/vms/{vm['id']}?cascade=true")
+    api(d.sock, "DELETE", "/v1/snapshots/base?cascade=true")
+
+
+# ---- concurrent ----
+
+def bench_concurrent(d, n, host):
+    target = create_probe(d)
+    # A few branches, each on a VM of its own (a second branch of one VM would be refused busy).
+    nbranch = max(1, n // 20)
+    sources = [create_probe(d)["id"] for _ in range(nbranch)]
+    jobs = []
+    for i in range(n):
+        if i % (n // nbranch) == 0 and len([j for j in jobs if j[0] == "POST"]) < nbranch:
+            jobs.append(("POST", f"/v1/vms/{sources.pop()}/branch", {"n": 1}))
+        elif i % 2:
+            jobs.append(("GET", "/v1/tree", None))
+        else:
+            jobs.append(("GET", f"/v1/vms/{target['id']}", None))
+    lat = [None] * n
+    errors = [0]
+    lock = threading.Lock()
+    barrier = threading.Barrier(n + 1)
+
+    def worker(k):
+        method, path, body = jobs[k]
+        barrier.wait()
+        t0 = time.monotonic()
+        try:
+            status, _ = http(d.sock, method, path, body, timeout=60)
+            ok = 200 <= status < 300
+        except Exception as e:
+            log(f"concurrent {method} {path}: {e}")
+            ok = False
+        lat[k] = (time.monotonic() - t0) * 1000
+        if not ok:
+            with lock:
+                errors[0] += 1
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.monotonic()
+    for t in threads:
+        t.join()
+    wall = (time.monotonic() - t0) * 1000
+    gets = [lat[k] for k in range(n) if jobs[k][0] == "GET"]
+    posts = [lat[k] for k in range(n) if jobs[k][0] == "POST"]
+    emit({"bench": "api", "op": "concurrent", "requests": n, "errors": errors[0],
+          "p50_ms": r3(pct(lat, 50)), "p99_ms": r3(pct(lat, 99)), **host_fields(host),
+          "gets": len(gets), "get_p50_ms": r3(pct(gets, 50)), "get_p99_ms": r3(pct(gets, 99)),
+          "branches": len(posts), "branch_p50_ms": r3(pct(posts, 50)),
+          "wall_ms": round(wall, 1)})
+
+
+# ---- exec (Linux guest with the agent) ----
+
+FRAME = struct.Struct("<HBBI")
+T_REQUEST, T_ERROR, T_EXIT = 1, 3, 8
+
+
+def agent_exec(vsock, argv, timeout=60):
+    """One exec over the agent protocol; returns the EXIT object."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(vsock)
+        s.sendall(b"CONNECT 52\n")
+        line = b""
+        while not line.endswith(b"\n"):
+            c = s.recv(1)
+            if not c:
+                raise ConnectionError("vsock closed before OK")
+            line += c
+        if not line.startswith(b"OK "):
+            raise ConnectionError(f"vsock: {line!r}")
+        req = json.dumps({"op": "exec", "argv": argv}).encode()
+        s.sendall(FRAME.pack(0x4b46, 1, T_REQUEST, len(req)) + req)
+        buf = b""
+        while True:
+            while len(buf) >= FRAME.size:
+                magic, ver, typ, ln = FRAME.unpack_from(buf)
+                if magic != 0x4b46 or ver != 1:
+                    raise ConnectionError("agent: bad frame")
+                if len(buf) < FRAME.size + ln:
+                    break
+                payload = buf[FRAME.size:FRAME.size + ln]
+                buf = buf[FRAME.size + ln:]
+                if typ == T_EXIT:
+                    return json.loads(payload)
+                if typ == T_ERROR:
+                    raise RuntimeError(f"agent: {payload!r}")
+            c = s.recv(65536)
+            if not c:
+                raise ConnectionError("agent closed the connection before EXIT")
+            buf += c
+    finally:
+        s.close()
+
+
+def api_exec(d, vid, argv):
+    status, data = http(d.sock, "POST", f"/v1/vms/{vid}/exec", {"argv": argv}, timeout=120)
+    lines = [json.loads(l) for l in data.splitlines() if l.strip()]
+    if status != 200 or not lines or "exit" not in lines[-1]:
+        raise RuntimeError(f"exec: {status} {data[:300]!r}")
+    return lines[-1]
+
+
+def bench_exec(d, samples, host):
+    t0 = time.monotonic()
+    vm = api(d.sock, "POST", "/v1/vms", {"image": IMAGE, "mem_mib": 512, "cpus": 1},
+             timeout=300)
+    vid, vsock = vm["id"], vm["vsock_socket"]
+    end = time.monotonic() + 600
+    while True:
+        try:
+            agent_exec(vsock, ["true"], timeout=30)
+            break
+        except (OSError, RuntimeError, ValueError) as e:
+            if time.monotonic() > end:
+                raise RuntimeError(f"the agent of {vid} did not answer: {e}")
+            time.sleep(0.5)
+    log(f"exec: {IMAGE} answering after {time.monotonic() - t0:.1f} s")
+    raw, apiv = [], []
+    for i in range(samples + 1):
+        t0 = time.monotonic()
+        r = api_exec(d, vid, ["true"])
+        t1 = time.monotonic()
+        if r.get("exit") != 0:
+            raise RuntimeError(f"exec true through the API: {r}")
+        if i:
+            apiv.append((t1 - t0) * 1000)
+        t0 = time.monotonic()
+        r = agent_exec(vsock, ["true"])
+        t1 = time.monotonic()
+        if r.get("exit_code") != 0:
+            raise RuntimeError(f"exec true through the agent: {r}")
+        if i:
+            raw.append((t1 - t0) * 1000)
+    row("exec", host, raw, apiv, guest=IMAGE, raw="agent protocol from Python")
+    api(d.sock, "DELETE", f"/v1/vms/{vid}?cascade=true")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("part", choices=["native", "exec"])
+    ap.add_argument("--samples", type=int, default=None)
+    ap.add_argument("--concurrent", type=int, default=200)
+    ap.add_argument("--host", default=os.environ.get("FORKD_TESTHOST_KIND", "native"))
+    a = ap.parse_args()
+    base = tempfile.mkdtemp(prefix="fk-api.", dir="/tmp")  # short: socket paths
+    d = None
+    try:
+        d = Daemon(base)
+        if a.part == "native":
+            n = a.samples or 30
+            log(f"branch: {n} samples each (API, raw alternating)")
+            bench_branch(d, base, n, a.host)
+            log(f"spawn: {n} samples each")
+            bench_spawn(d, base, n, a.host)
+            log(f"concurrent: {a.concurrent} requests")
+            bench_concurrent(d, a.concurrent, a.host)
+        else:
+            n = a.samples or 20
+            log(f"exec: {n} samples each")
+            bench_exec(d, n, a.host)
+    finally:
+        if d:
+            d.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
