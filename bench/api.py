@@ -17,12 +17,15 @@ a fresh state directory and times, alternating API and raw samples:
               {"argv":["true"]}, NDJSON read to its end, against the same exec
               sent to the agent over the VM's vsock socket from Python
               (docs/agent-protocol.md: CONNECT 52, REQUEST, frames to EXIT).
+  get         GET /healthz, /v1/vms/{id}, /v1/tree one after the other (the HTTP
+              floor; no raw peer).
   concurrent  N requests at once from N threads (barrier): GET /v1/vms/{id},
               GET /v1/tree and a few POST .../branch on VMs of their own.
 
 overhead_ms_pXX = api_ms_pXX - raw_ms_pXX (a difference of percentiles, not a
 percentile of differences). Latencies are client-side wall times, Python's own
-HTTP client included. JSON lines on stdout, progress on stderr.
+HTTP client included; server_ms_pXX is the daemon's own latency_ms from its
+audit log (request headers in to the answer sent). JSON lines on stdout, progress on stderr.
 
   api.py native [--samples N] [--concurrent N] [--host H]
   api.py exec [--samples N] [--host H]
@@ -139,8 +142,10 @@ class Daemon:
         self.state = os.path.join(base, "s")
         self.sock = os.path.join(base, "api.sock")
         self.log = open(os.path.join(base, "serve.log"), "w")
+        self.audit = os.path.join(base, "audit.log")
         self.proc = subprocess.Popen(
-            [CLI, "serve", "--state-dir", self.state, "--socket", self.sock, "--vmm", VMM],
+            [CLI, "serve", "--state-dir", self.state, "--socket", self.sock, "--vmm", VMM,
+             "--audit-log", self.audit],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         end = time.monotonic() + 30
         while time.monotonic() < end:
@@ -153,6 +158,17 @@ class Daemon:
                 break
             time.sleep(0.05)
         raise RuntimeError(f"forkd serve did not answer on {self.sock} (see {self.log.name})")
+
+    def server_ms(self, method, path):
+        """The daemon's own latency_ms (audit log: first request byte to the answer sent)
+        of each METHOD PATH request, in order."""
+        out = []
+        with open(self.audit) as f:
+            for line in f:
+                e = json.loads(line)
+                if e["method"] == method and e["path"] == path:
+                    out.append(e["latency_ms"])
+        return out
 
     def stop(self):
         # Remove every VM (their VMMs outlive the daemon otherwise), then the daemon.
@@ -173,12 +189,16 @@ class Daemon:
         self.log.close()
 
 
-def row(op, host, rawv, apiv, **extra):
+def row(op, host, rawv, apiv, server=None, **extra):
     out = {"bench": "api", "op": op, **host_fields(host), **extra, "samples": len(apiv),
            "raw_ms_p50": r3(pct(rawv, 50)), "raw_ms_p99": r3(pct(rawv, 99)),
            "api_ms_p50": r3(pct(apiv, 50)), "api_ms_p99": r3(pct(apiv, 99)),
            "overhead_ms_p50": r3(pct(apiv, 50) - pct(rawv, 50)),
            "overhead_ms_p99": r3(pct(apiv, 99) - pct(rawv, 99))}
+    if server:
+        server = server[-len(apiv):]  # without the warm-up
+        out["server_ms_p50"] = r3(pct(server, 50))
+        out["server_ms_p99"] = r3(pct(server, 99))
     emit(out)
 
 
@@ -194,13 +214,14 @@ def bench_branch(d, base, samples, host):
     vid, ctl = vm["id"], vm["control_socket"]
     rawdir = os.path.join(base, "raw-branches")
     os.mkdir(rawdir)
-    raw, apiv = [], []
+    raw, apiv, raw_pause, api_pause = [], [], [], []
     for i in range(samples + 1):  # sample 0 of each: warm-up, not counted
         t0 = time.monotonic()
         res = api(d.sock, "POST", f"/v1/vms/{vid}/branch", {"n": 1})
         t1 = time.monotonic()
         if i:
             apiv.append((t1 - t0) * 1000)
+            api_pause.append(res["pause_us"])
         for c in res["children"]:
             api(d.sock, "DELETE", f"/v1/vms/{c['id']}?cascade=true")
             wait_gone(c["pid"])
@@ -213,12 +234,15 @@ def bench_branch(d, base, samples, host):
         t1 = time.monotonic()
         if i:
             raw.append((t1 - t0) * 1000)
+            raw_pause.append(reply["pause_us"])
         for c in reply["children"]:
             call(os.path.join(c["dir"], "control.sock"), {"cmd": "shutdown"})
             wait_gone(c["pid"])
         shutil.rmtree(bdir, ignore_errors=True)
         time.sleep(GAP_S)
-    row("branch", host, raw, apiv, mem_mib=64, guest="probe")
+    row("branch", host, raw, apiv, d.server_ms("POST", f"/v1/vms/{vid}/branch"),
+        mem_mib=64, guest="probe", raw_pause_us_p50=pct(raw_pause, 50),
+        api_pause_us_p50=pct(api_pause, 50))
     api(d.sock, "DELETE", f"/v1/vms/{vid}?cascade=true")
 
 
@@ -271,9 +295,29 @@ def bench_spawn(d, base, samples, host):
         proc.wait(timeout=10)
         shutil.rmtree(vdir, ignore_errors=True)
         time.sleep(GAP_S)
-    row("spawn", host, raw, apiv, mem_mib=64, guest="probe", raw_poll_ms=1)
+    row("spawn", host, raw, apiv, d.server_ms("POST", "/v1/snapshots/base/spawn"),
+        mem_mib=64, guest="probe", raw_poll_ms=1)
     api(d.sock, "DELETE", f"/v1/vms/{vm['id']}?cascade=true")
     api(d.sock, "DELETE", "/v1/snapshots/base?cascade=true")
+
+
+# ---- a GET alone: the HTTP floor (no raw peer) ----
+
+def bench_get(d, samples, host):
+    vm = create_probe(d)
+    for path in ("/healthz", f"/v1/vms/{vm['id']}", "/v1/tree"):
+        lat = []
+        for i in range(samples + 1):
+            t0 = time.monotonic()
+            api(d.sock, "GET", path)
+            if i:
+                lat.append((time.monotonic() - t0) * 1000)
+        server = d.server_ms("GET", path)[-samples:]
+        emit({"bench": "api", "op": "get", **host_fields(host),
+              "path": path.replace(vm["id"], "{id}"), "samples": samples,
+              "api_ms_p50": r3(pct(lat, 50)), "api_ms_p99": r3(pct(lat, 99)),
+              "server_ms_p50": r3(pct(server, 50)), "server_ms_p99": r3(pct(server, 99))})
+    api(d.sock, "DELETE", f"/v1/vms/{vm['id']}?cascade=true")
 
 
 # ---- concurrent ----
@@ -311,6 +355,8 @@ def bench_concurrent(d, n, host):
             with lock:
                 errors[0] += 1
 
+    with open(d.audit) as f:
+        skip = len(f.readlines())
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(n)]
     for t in threads:
         t.start()
@@ -319,12 +365,16 @@ def bench_concurrent(d, n, host):
     for t in threads:
         t.join()
     wall = (time.monotonic() - t0) * 1000
+    time.sleep(0.2)  # the audit line is written after the answer
+    with open(d.audit) as f:
+        server = [json.loads(l)["latency_ms"] for l in f.readlines()[skip:]]
     gets = [lat[k] for k in range(n) if jobs[k][0] == "GET"]
     posts = [lat[k] for k in range(n) if jobs[k][0] == "POST"]
     emit({"bench": "api", "op": "concurrent", "requests": n, "errors": errors[0],
           "p50_ms": r3(pct(lat, 50)), "p99_ms": r3(pct(lat, 99)), **host_fields(host),
           "gets": len(gets), "get_p50_ms": r3(pct(gets, 50)), "get_p99_ms": r3(pct(gets, 99)),
           "branches": len(posts), "branch_p50_ms": r3(pct(posts, 50)),
+          "server_ms_p50": r3(pct(server, 50)), "server_ms_p99": r3(pct(server, 99)),
           "wall_ms": round(wall, 1)})
 
 
@@ -412,7 +462,8 @@ def bench_exec(d, samples, host):
             raise RuntimeError(f"exec true through the agent: {r}")
         if i:
             raw.append((t1 - t0) * 1000)
-    row("exec", host, raw, apiv, guest=IMAGE, raw="agent protocol from Python")
+    row("exec", host, raw, apiv, d.server_ms("POST", f"/v1/vms/{vid}/exec"),
+        guest=IMAGE, raw="agent protocol from Python")
     api(d.sock, "DELETE", f"/v1/vms/{vid}?cascade=true")
 
 
@@ -433,10 +484,12 @@ def main():
             bench_branch(d, base, n, a.host)
             log(f"spawn: {n} samples each")
             bench_spawn(d, base, n, a.host)
+            log("get: 100 sequential GETs of each of 3 routes")
+            bench_get(d, 100, a.host)
             log(f"concurrent: {a.concurrent} requests")
             bench_concurrent(d, a.concurrent, a.host)
         else:
-            n = a.samples or 20
+            n = a.samples or 50
             log(f"exec: {n} samples each")
             bench_exec(d, n, a.host)
     finally:

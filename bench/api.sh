@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 . scripts/kvm-kind.sh
 
 samples=30
-exec_samples=20
+exec_samples=50
 concurrent=200
 parts=both
 while [ $# -gt 0 ]; do
