@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon/vmm_launch.h"
 #include "cli/cli.h"
 #include "state/snapshot_format.h"
 #include "util/err.h"
@@ -66,24 +67,6 @@ static int child_path(char *buf, size_t len, const char *out, long i, const char
 
 	if (n < 0 || (size_t)n >= len)
 		return fk_fail(err, ENAMETOOLONG, "--out '%s': path of child %ld too long", out, i);
-	return 0;
-}
-
-/* forkd-vmm in the directory of the running forkd binary. */
-static int default_vmm_path(char *buf, size_t len, struct fk_err *err)
-{
-	char exe[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	char *slash;
-
-	if (n < 0)
-		return fk_fail_errno(err, errno, "/proc/self/exe: cannot find forkd's directory");
-	exe[n] = '\0';
-	slash = strrchr(exe, '/');
-	if (slash)
-		*slash = '\0';
-	if ((size_t)snprintf(buf, len, "%s/forkd-vmm", exe) >= len)
-		return fk_fail(err, ENAMETOOLONG, "%s/forkd-vmm: path too long", exe);
 	return 0;
 }
 
@@ -254,18 +237,6 @@ static int start_child(const struct spawn_args *a, long i, struct child *c, stru
 	return write_pid_file(a->out, i, c->pid, err);
 }
 
-static void first_line(const char *path, char *buf, size_t len)
-{
-	FILE *f = fopen(path, "r");
-
-	buf[0] = '\0';
-	if (!f)
-		return;
-	if (fgets(buf, (int)len, f))
-		buf[strcspn(buf, "\n")] = '\0';
-	fclose(f);
-}
-
 /* Kills and reaps every started child and removes its pid file, so nothing is left running. */
 static void kill_started(const struct spawn_args *a, struct child *children, long started)
 {
@@ -306,7 +277,7 @@ static int poll_child(const struct spawn_args *a, long i, struct child *c, struc
 		describe_exit(status, how, sizeof(how));
 		if (child_path(err_path, sizeof(err_path), a->out, i, "vmm.err", err) < 0)
 			return -err->code;
-		first_line(err_path, line, sizeof(line));
+		vmm_first_line(err_path, line, sizeof(line));
 		return fk_fail(err, ECHILD, "child %ld (pid %d) exited with %s before running: %s",
 			       i, (int)c->pid, how, line[0] ? line : "(vmm.err is empty)");
 	}
@@ -404,7 +375,7 @@ int cli_spawn(int argc, char **argv)
 	if (ret)
 		return ret;
 	if (!a.vmm) {
-		if (default_vmm_path(vmm, sizeof(vmm), &err) < 0) {
+		if (vmm_default_path(vmm, sizeof(vmm), &err) < 0) {
 			fprintf(stderr, "forkd: spawn: %s\n", err.msg);
 			return CLI_EXIT_NOT_OK;
 		}

@@ -730,7 +730,8 @@ static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool r
 			    "%zu of %zu VMs did not answer on their control socket within "
 			    "%d ms (see %s)",
 			    n - up, n, START_TIMEOUT_MS, s[0].err_path);
-		/* A restore answers in ~10 ms: a coarser poll shows up in every spawn (bench/api.sh). */
+		/* A restore answers in ~10 ms: a coarser poll shows up in every spawn
+		 * (bench/api.sh). */
 		usleep(1000);
 	}
 	return 0;
