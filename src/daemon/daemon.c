@@ -39,6 +39,7 @@
 
 #include "agent/agent_client.h"
 #include "control/control.h"
+#include "core/config.h"
 #include "daemon/registry.h"
 #include "daemon/vmm_launch.h"
 #include "state/snapshot_format.h"
@@ -899,6 +900,27 @@ static int check_file(const char *what, const char *key, const char *path, struc
 	return 0;
 }
 
+/*
+ * The image's root file system where forkd-vmm --image looks for it
+ * (src/core/config.c): a missing image is the client's mistake (400), not a
+ * VMM that failed to start (500).
+ */
+static int check_image(const char *what, const char *image, struct fk_err *err)
+{
+	const char *cache = getenv("FORKD_IMAGE_CACHE");
+	char path[PATH_MAX];
+
+	if (!cache || !*cache)
+		cache = VMM_IMAGE_CACHE_DEFAULT;
+	if (snprintf(path, sizeof(path), "%s/%s/rootfs.ext4", cache, image) >= (int)sizeof(path))
+		return fk_fail(err, ENAMETOOLONG, "%s: \"image\" '%s': path too long", what, image);
+	if (access(path, R_OK) < 0)
+		return fk_fail(err, EINVAL,
+			       "%s: \"image\" '%s': no %s (build it with `forkd image build %s`)",
+			       what, image, path, image);
+	return 0;
+}
+
 int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err *err)
 {
 	static const char *const fields[] = {"image", "kernel", "initrd", "append", "mem_mib",
@@ -944,6 +966,8 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 		    err, EINVAL,
 		    "%s: \"image\" '%s': expected an image name ([a-z0-9][a-z0-9._-]{0,62})", what,
 		    image);
+	if (image && (ret = check_image(what, image, err)) < 0)
+		return ret;
 	if (kernel && (ret = check_file(what, "kernel", kernel, err)) < 0)
 		return ret;
 	if (initrd && (ret = check_file(what, "initrd", initrd, err)) < 0)

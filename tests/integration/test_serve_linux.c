@@ -15,7 +15,9 @@
  *   their hostnames differ;
  * - the tree shows the 2 children under the parent; `vm rm` is refused
  *   without --cascade and with it every forkd-vmm process of this state dir
- *   is gone.
+ *   is gone;
+ * - sdk/python/tests/e2e_daemon.py, the SDK's whole flow, passes against the
+ *   same daemon and leaves no VMM behind.
  *
  * Needs a Linux guest (hardware-virtualization KVM, else the nested test host).
  */
@@ -641,12 +643,57 @@ static void test_tree_and_cascade(void **state_)
 	vm_id[0] = '\0';
 }
 
+/*
+ * sdk/python/tests/e2e_daemon.py, the SDK's own end-to-end flows (create,
+ * run, streaming, timeout, files, branch 4, tree, snapshot and spawn, a
+ * persisted branch, errors, metrics, cleanup) against this daemon; it removes
+ * what it made, so no VMM of this state dir is left after it.
+ */
+static void test_sdk_e2e_script(void **state_)
+{
+	char script[600], per_call[32], total[32], *out = NULL, *err = NULL;
+	char *argv[] = {"/usr/bin/timeout", "-k",  "10",	total,	  "python3", script,
+			"--image",	    IMAGE, "--timeout", per_call, NULL};
+	const char *src = getenv("FORKD_SRC");
+	static pid_t pids[64];
+	long long t0 = now_ms();
+	size_t n = 0;
+	int rc;
+
+	(void)state_;
+	if (!daemon_pid)
+		fail_msg("no daemon: test_cli_exec_and_cp did not start it");
+	snprintf(script, sizeof(script), "%s/sdk/python/tests/e2e_daemon.py",
+		 src && *src ? src : ".");
+	snprintf(per_call, sizeof(per_call), "%lld", (harness_deadline(60000) - now_ms()) / 1000);
+	snprintf(total, sizeof(total), "%lld", (harness_deadline(300000) - now_ms()) / 1000);
+	setenv("PYTHONDONTWRITEBYTECODE", "1", 1);
+	rc = run2(&out, &err, argv);
+	printf("serve-linux: e2e_daemon.py took %lld ms, exit %d:\n%s", now_ms() - t0, rc, out);
+	if (rc != 0) {
+		dump_log();
+		fail_msg("sdk/python/tests/e2e_daemon.py: exit %d%s:\n%s%s", rc,
+			 rc == 124 ? " (killed at its time limit)" : "", out, err);
+	}
+	if (!strstr(out, " 0 failed"))
+		fail_msg("e2e_daemon.py exited 0 without '0 failed':\n%s", out);
+	free(out);
+	free(err);
+	for (long long end = harness_deadline(15000); now_ms() < end; usleep(100 * 1000))
+		if ((n = vmm_pids(pids, 64)) == 0)
+			break;
+	if (n)
+		fail_msg("%zu forkd-vmm processes of %s still run after e2e_daemon.py's cleanup", n,
+			 state);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_cli_exec_and_cp),
 	    cmocka_unit_test(test_sdk_sandbox_and_branch),
 	    cmocka_unit_test(test_tree_and_cascade),
+	    cmocka_unit_test(test_sdk_e2e_script),
 	};
 
 	if (where_begin(argc, argv, NEEDS_LINUX, sizeof(tests) / sizeof(tests[0])) < 0)
