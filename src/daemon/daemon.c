@@ -37,7 +37,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent/agent_client.h"
 #include "control/control.h"
+#include "core/config.h"
 #include "daemon/registry.h"
 #include "daemon/vmm_launch.h"
 #include "state/snapshot_format.h"
@@ -46,6 +48,8 @@
 
 #define STATUS_CALL_MS	    1000   /* one `status` call while waiting for a VMM */
 #define START_TIMEOUT_MS    30000  /* launch to the control socket answering */
+#define AGENT_BOOT_MS	    120000 /* an image VM's control socket to its agent answering ping */
+#define AGENT_PING_MS	    1000   /* one ping while waiting for the agent */
 #define SHUTDOWN_WAIT_MS    3000   /* `shutdown` to exit, before SIGKILL */
 #define KILL_WAIT_MS	    5000   /* SIGKILL to exit */
 #define BRANCH_TIMEOUT_MS   120000 /* a branch call (children started, persist waited for) */
@@ -737,6 +741,83 @@ static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool r
 	return 0;
 }
 
+/* The last non-empty line of a (console) file, for a message: the VM's directory goes with it. */
+static void last_line(const char *path, char *buf, size_t len)
+{
+	char tail[4096];
+	ssize_t n = 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	char *end, *start;
+
+	buf[0] = '\0';
+	if (fd >= 0) {
+		off_t size = lseek(fd, 0, SEEK_END);
+
+		n = pread(fd, tail, sizeof(tail) - 1,
+			  size > (off_t)sizeof(tail) - 1 ? size - (off_t)sizeof(tail) + 1 : 0);
+		close(fd);
+	}
+	if (n <= 0)
+		return;
+	tail[n] = '\0';
+	end = tail + n;
+	while (end > tail && (end[-1] == '\n' || end[-1] == '\r'))
+		*--end = '\0';
+	start = strrchr(tail, '\n');
+	start = start ? start + 1 : tail;
+	if (strlen(start) >= len)
+		start[len - 1] = '\0';
+	memcpy(buf, start, strlen(start) + 1);
+}
+
+/*
+ * An image VM is usable once its guest agent answers, which is seconds after
+ * its VMM's control socket (the guest boots Linux first): pings it until it
+ * does, so that exec and files work on the VM POST /v1/vms returns. Fails
+ * when the VMM exits or AGENT_BOOT_MS pass. Lock not held.
+ */
+static int wait_agent(struct daemon *d, const struct starting *s, const char *vsock_sock,
+		      const char *serial, struct fk_err *err)
+{
+	double deadline = mono_s() + AGENT_BOOT_MS / 1000.0;
+	struct fk_err call_err = {0};
+	char line[256];
+
+	for (;;) {
+		json_t *req = json_pack("{s:s}", "op", "ping"), *reply = NULL;
+		struct tracked *t;
+		bool dead;
+		int ret;
+
+		if (!req)
+			return fk_fail(err, ENOMEM, "ping request");
+		ret = fk_agent_call(vsock_sock, req, &reply, AGENT_PING_MS, &call_err);
+		json_decref(req);
+		json_decref(reply);
+		if (ret == 0)
+			return 0;
+		pthread_mutex_lock(&d->lock);
+		t = find_tracked(d, s->id);
+		dead = !t || t->dead;
+		pthread_mutex_unlock(&d->lock);
+		if (dead) {
+			vmm_first_line(s->err_path, line, sizeof(line));
+			return fk_fail(err, ECHILD,
+				       "%s: forkd-vmm exited before the guest agent answered: %s",
+				       s->id, line[0] ? line : "(no message)");
+		}
+		if (mono_s() > deadline) {
+			last_line(serial, line, sizeof(line));
+			return fk_fail(err, ETIMEDOUT,
+				       "%s: the guest agent did not answer within %d ms (%s); the "
+				       "console's last line: %s",
+				       s->id, AGENT_BOOT_MS, call_err.msg,
+				       line[0] ? line : "(none)");
+		}
+		usleep(100 * 1000);
+	}
+}
+
 /* Kills and forgets VMs whose start failed: nothing partial is left. Lock not held. */
 static void abort_started(struct daemon *d, struct starting *s, size_t n)
 {
@@ -821,6 +902,27 @@ static int check_file(const char *what, const char *key, const char *path, struc
 	return 0;
 }
 
+/*
+ * The image's root file system where forkd-vmm --image looks for it
+ * (src/core/config.c): a missing image is the client's mistake (400), not a
+ * VMM that failed to start (500).
+ */
+static int check_image(const char *what, const char *image, struct fk_err *err)
+{
+	const char *cache = getenv("FORKD_IMAGE_CACHE");
+	char path[PATH_MAX];
+
+	if (!cache || !*cache)
+		cache = VMM_IMAGE_CACHE_DEFAULT;
+	if (snprintf(path, sizeof(path), "%s/%s/rootfs.ext4", cache, image) >= (int)sizeof(path))
+		return fk_fail(err, ENAMETOOLONG, "%s: \"image\" '%s': path too long", what, image);
+	if (access(path, R_OK) < 0)
+		return fk_fail(err, EINVAL,
+			       "%s: \"image\" '%s': no %s (build it with `forkd image build %s`)",
+			       what, image, path, image);
+	return 0;
+}
+
 int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err *err)
 {
 	static const char *const fields[] = {"image", "kernel", "initrd", "append", "mem_mib",
@@ -866,6 +968,8 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 		    err, EINVAL,
 		    "%s: \"image\" '%s': expected an image name ([a-z0-9][a-z0-9._-]{0,62})", what,
 		    image);
+	if (image && (ret = check_image(what, image, err)) < 0)
+		return ret;
 	if (kernel && (ret = check_file(what, "kernel", kernel, err)) < 0)
 		return ret;
 	if (initrd && (ret = check_file(what, "initrd", initrd, err)) < 0)
@@ -955,6 +1059,8 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 			goto fail;
 	}
 	ret = wait_answering(d, &s, 1, false, err);
+	if (ret == 0 && image && vsock)
+		ret = wait_agent(d, &s, vm.vsock_sock, serial, err);
 	if (ret < 0)
 		goto fail;
 	vms = json_array();
