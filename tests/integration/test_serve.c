@@ -544,12 +544,44 @@ static void test_vmm_dies_mid_branch(void **state_)
 	free(a);
 }
 
+/* A client that goes away mid-branch: the branch completes or not, and the registry says which. */
+static void test_client_disconnects_mid_branch(void **state_)
+{
+	char *argv[] = {(char *)cli(), "branch", NULL, "-n", "8", NULL};
+	posix_spawn_file_actions_t fa;
+	pid_t client;
+	char *a;
+	int status;
+
+	(void)state_;
+	start_daemon();
+	a = create_probe();
+	argv[2] = a;
+	setenv("FORKD_SOCKET", sock, 1);
+	for (int round = 0; round < 3; round++) {
+		posix_spawn_file_actions_init(&fa);
+		posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+		posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+		assert_int_equal(posix_spawn(&client, argv[0], &fa, NULL, argv, environ), 0);
+		posix_spawn_file_actions_destroy(&fa);
+		usleep((useconds_t)(1000 + round * 4000));
+		kill(client, SIGKILL);
+		waitpid(client, &status, 0);
+	}
+	/* The daemon still answers, and what it lists is what runs. */
+	assert_registry_matches_processes();
+	assert_int_equal(forkd(NULL, "vm", "rm", a, "--cascade", NULL), 0);
+	assert_registry_matches_processes();
+	free(a);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_lifecycle_through_cli_and_sdk, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_daemon_killed_during_spawn, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_vmm_dies_mid_branch, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_client_disconnects_mid_branch, setup, teardown),
 	};
 
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
