@@ -238,6 +238,70 @@ static int grow(void *arrp, size_t *cap, size_t n, size_t elem, struct fk_err *e
 	return 0;
 }
 
+/* Reads the current row of a SELECT into one record (a struct reg_vm, reg_zygote, ...). */
+typedef int (*row_reader)(sqlite3_stmt *st, void *record, struct fk_err *err);
+
+/* Reads the one row that sql, keyed by ?1, selects; no row is ENOENT, "<kind> <key>: no such
+ * <kind>". */
+static int get_row(struct registry *r, const char *sql, const char *key, row_reader read,
+		   void *record, const char *kind, struct fk_err *err)
+{
+	sqlite3_stmt *st = NULL;
+	char what[32];
+	int rc, ret = prep(r, &st, sql, err);
+
+	if (ret)
+		return ret;
+	bind_str(st, 1, key, false);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		ret = read(st, record, err);
+	} else if (rc == SQLITE_DONE) {
+		ret = fk_fail(err, ENOENT, "%s %s: no such %s", kind, key, kind);
+	} else {
+		snprintf(what, sizeof(what), "get %s", kind);
+		ret = sql_fail(r, err, what);
+	}
+	sqlite3_finalize(st);
+	return ret;
+}
+
+/* Reads every row that sql selects into a new array *out of elem-byte records (out points to
+ * a pointer to the element type, as for grow); ?1, where sql has it, is key (NULL binds SQL
+ * NULL). On failure *out is NULL and *n 0. */
+static int list_rows(struct registry *r, const char *sql, const char *key, row_reader read,
+		     size_t elem, void *out, size_t *n, const char *what, struct fk_err *err)
+{
+	sqlite3_stmt *st = NULL;
+	char *arr = NULL;
+	size_t nr = 0, cap = 0;
+	int rc = SQLITE_DONE, ret = prep(r, &st, sql, err);
+
+	if (ret == 0 && sqlite3_bind_parameter_count(st) > 0) {
+		if (key)
+			bind_str(st, 1, key, false);
+		else
+			sqlite3_bind_null(st, 1);
+	}
+	while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		ret = grow(&arr, &cap, nr, elem, err);
+		if (ret == 0)
+			ret = read(st, arr + nr * elem, err);
+		nr += ret == 0;
+	}
+	if (ret == 0 && rc != SQLITE_DONE)
+		ret = sql_fail(r, err, what);
+	sqlite3_finalize(st);
+	if (ret) {
+		free(arr);
+		arr = NULL;
+		nr = 0;
+	}
+	memcpy(out, &arr, sizeof(arr));
+	*n = nr;
+	return ret;
+}
+
 /* A caller's fixed-size string must hold its NUL. */
 static int check_len(const char *what, const char *s, size_t size, struct fk_err *err)
 {
@@ -446,8 +510,9 @@ void registry_close(struct registry *r)
 	"id, pid, start_time, boot_id, control_sock, vsock_sock, state, parent_vm, zygote, "       \
 	"snapshot, branched_us, pause_us, image, kernel, tag, created_us, exit_status"
 
-static int read_vm(sqlite3_stmt *st, struct reg_vm *vm, struct fk_err *err)
+static int read_vm(sqlite3_stmt *st, void *record, struct fk_err *err)
 {
+	struct reg_vm *vm = record;
 	char state[16];
 	int s, ret;
 
@@ -724,74 +789,21 @@ int registry_vm_set_state(struct registry *r, const char *id, enum reg_vm_state 
 
 int registry_vm_get(struct registry *r, const char *id, struct reg_vm *out, struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	int rc, ret = prep(r, &st, "SELECT " VM_COLS " FROM vms WHERE id = ?1", err);
-
-	if (ret)
-		return ret;
-	bind_str(st, 1, id, false);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		ret = read_vm(st, out, err);
-	else if (rc == SQLITE_DONE)
-		ret = fk_fail(err, ENOENT, "VM %s: no such VM", id);
-	else
-		ret = sql_fail(r, err, "get VM");
-	sqlite3_finalize(st);
-	return ret;
+	return get_row(r, "SELECT " VM_COLS " FROM vms WHERE id = ?1", id, read_vm, out, "VM", err);
 }
 
 int registry_vm_list(struct registry *r, struct reg_vm **out, size_t *n, struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	struct reg_vm *vms = NULL;
-	size_t nr = 0, cap = 0;
-	int rc, ret = prep(r, &st, "SELECT " VM_COLS " FROM vms ORDER BY created_us, rowid", err);
-
-	while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		ret = grow(&vms, &cap, nr, sizeof(*vms), err);
-		if (ret == 0)
-			ret = read_vm(st, &vms[nr], err);
-		nr += ret == 0;
-	}
-	if (ret == 0 && rc != SQLITE_DONE)
-		ret = sql_fail(r, err, "list VMs");
-	sqlite3_finalize(st);
-	if (ret) {
-		free(vms);
-		vms = NULL;
-		nr = 0;
-	}
-	*out = vms;
-	*n = nr;
-	return ret;
+	return list_rows(r, "SELECT " VM_COLS " FROM vms ORDER BY created_us, rowid", NULL, read_vm,
+			 sizeof(**out), out, n, "list VMs", err);
 }
 
 /* ---- Deletes with dependents ---- */
 
-/* Collects the first column of every row of st into ids. */
-static int collect_ids(struct registry *r, sqlite3_stmt *st, struct reg_ids *ids,
-		       struct fk_err *err)
+/* One VM id, the first column of a row. */
+static int read_id(sqlite3_stmt *st, void *record, struct fk_err *err)
 {
-	size_t cap = 0;
-	int rc, ret = 0;
-
-	ids->n = 0;
-	ids->ids = NULL;
-	while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		ret = grow(&ids->ids, &cap, ids->n, sizeof(*ids->ids), err);
-		if (ret == 0)
-			ret = col_str(st, 0, ids->ids[ids->n], REG_ID_MAX, "VM id", err);
-		ids->n += ret == 0;
-	}
-	if (ret == 0 && rc != SQLITE_DONE)
-		ret = sql_fail(r, err, "find dependents");
-	if (ret) {
-		free(ids->ids);
-		ids->ids = NULL;
-		ids->n = 0;
-	}
-	return ret;
+	return col_str(st, 0, record, REG_ID_MAX, "VM id", err);
 }
 
 /* "vm-1, vm-2, ... and N more" into buf, skipping the first `skip` ids. */
@@ -824,15 +836,8 @@ static void name_ids(char *buf, size_t size, const struct reg_ids *ids, size_t s
 static int find_ids(struct registry *r, const char *sql, const char *key, struct reg_ids *found,
 		    struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	int ret = prep(r, &st, sql, err);
-
-	if (ret)
-		return ret;
-	bind_str(st, 1, key, false);
-	ret = collect_ids(r, st, found, err);
-	sqlite3_finalize(st);
-	return ret;
+	return list_rows(r, sql, key, read_id, sizeof(*found->ids), &found->ids, &found->n,
+			 "find dependents", err);
 }
 
 static int run_keyed(struct registry *r, const char *sql, const char *key, const char *what,
@@ -903,6 +908,17 @@ out:
 
 /* ---- Lineage ---- */
 
+/* A VM and, after its columns, its depth in the tree. */
+static int read_lineage_node(sqlite3_stmt *st, void *record, struct fk_err *err)
+{
+	struct reg_lineage_node *node = record;
+	int ret = read_vm(st, &node->vm, err);
+
+	if (ret == 0)
+		node->depth = (unsigned)sqlite3_column_int64(st, 17);
+	return ret;
+}
+
 int registry_lineage(struct registry *r, struct reg_lineage_node **out, size_t *n,
 		     struct fk_err *err)
 {
@@ -918,29 +934,18 @@ int registry_lineage(struct registry *r, struct reg_lineage_node **out, size_t *
 	    " FROM vms v JOIN tree t ON v.parent_vm = t.tid)"
 	    " SELECT " VM_COLS ", tree.depth FROM tree JOIN vms ON vms.id = tree.tid"
 	    " ORDER BY tree.sortkey";
-	sqlite3_stmt *st = NULL;
 	struct reg_lineage_node *nodes = NULL;
-	size_t nr = 0, cap = 0;
+	size_t nr = 0;
 	int64_t total = 0;
-	int rc = SQLITE_DONE, ret;
+	int ret;
 
 	*out = NULL;
 	*n = 0;
 	ret = tx_begin(r, false, err);
 	if (ret)
 		return ret;
-	ret = prep(r, &st, sql, err);
-	while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		ret = grow(&nodes, &cap, nr, sizeof(*nodes), err);
-		if (ret == 0)
-			ret = read_vm(st, &nodes[nr].vm, err);
-		if (ret == 0)
-			nodes[nr].depth = (unsigned)sqlite3_column_int64(st, 17);
-		nr += ret == 0;
-	}
-	if (ret == 0 && rc != SQLITE_DONE)
-		ret = sql_fail(r, err, "lineage");
-	sqlite3_finalize(st);
+	ret =
+	    list_rows(r, sql, NULL, read_lineage_node, sizeof(*nodes), &nodes, &nr, "lineage", err);
 	if (ret == 0)
 		ret = pragma_int(r, "SELECT count(*) FROM vms", &total, err);
 	if (ret == 0 && (size_t)total != nr)
@@ -972,8 +977,9 @@ int registry_lineage(struct registry *r, struct reg_lineage_node **out, size_t *
 
 #define ZYGOTE_COLS "id, vm, pid, start_time, boot_id, dir, nr_children, created_us, pause_us"
 
-static int read_zygote(sqlite3_stmt *st, struct reg_zygote *z, struct fk_err *err)
+static int read_zygote(sqlite3_stmt *st, void *record, struct fk_err *err)
 {
+	struct reg_zygote *z = record;
 	int ret;
 
 	memset(z, 0, sizeof(*z));
@@ -1066,57 +1072,17 @@ int registry_zygote_set_children(struct registry *r, const char *id, uint32_t nr
 int registry_zygote_get(struct registry *r, const char *id, struct reg_zygote *out,
 			struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	int rc, ret = prep(r, &st, "SELECT " ZYGOTE_COLS " FROM zygotes WHERE id = ?1", err);
-
-	if (ret)
-		return ret;
-	bind_str(st, 1, id, false);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		ret = read_zygote(st, out, err);
-	else if (rc == SQLITE_DONE)
-		ret = fk_fail(err, ENOENT, "zygote %s: no such zygote", id);
-	else
-		ret = sql_fail(r, err, "get zygote");
-	sqlite3_finalize(st);
-	return ret;
+	return get_row(r, "SELECT " ZYGOTE_COLS " FROM zygotes WHERE id = ?1", id, read_zygote, out,
+		       "zygote", err);
 }
 
 int registry_zygote_list(struct registry *r, const char *vm, struct reg_zygote **out, size_t *n,
 			 struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	struct reg_zygote *zs = NULL;
-	size_t nr = 0, cap = 0;
-	int rc, ret = prep(r, &st,
-			   "SELECT " ZYGOTE_COLS " FROM zygotes WHERE ?1 IS NULL OR vm = ?1"
-			   " ORDER BY created_us, rowid",
-			   err);
-
-	if (ret == 0) {
-		if (vm)
-			bind_str(st, 1, vm, false);
-		else
-			sqlite3_bind_null(st, 1);
-	}
-	while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		ret = grow(&zs, &cap, nr, sizeof(*zs), err);
-		if (ret == 0)
-			ret = read_zygote(st, &zs[nr], err);
-		nr += ret == 0;
-	}
-	if (ret == 0 && rc != SQLITE_DONE)
-		ret = sql_fail(r, err, "list zygotes");
-	sqlite3_finalize(st);
-	if (ret) {
-		free(zs);
-		zs = NULL;
-		nr = 0;
-	}
-	*out = zs;
-	*n = nr;
-	return ret;
+	return list_rows(r,
+			 "SELECT " ZYGOTE_COLS " FROM zygotes WHERE ?1 IS NULL OR vm = ?1"
+			 " ORDER BY created_us, rowid",
+			 vm, read_zygote, sizeof(**out), out, n, "list zygotes", err);
 }
 
 int registry_zygote_delete(struct registry *r, const char *id, struct fk_err *err)
@@ -1165,8 +1131,9 @@ int registry_tag_check(const char *tag, struct fk_err *err)
 
 #define SNAP_COLS "tag, path, state, parent_vm, created_us"
 
-static int read_snapshot(sqlite3_stmt *st, struct reg_snapshot *s, struct fk_err *err)
+static int read_snapshot(sqlite3_stmt *st, void *record, struct fk_err *err)
 {
+	struct reg_snapshot *s = record;
 	char state[16];
 	int ret, v;
 
@@ -1242,21 +1209,8 @@ out:
 int registry_snapshot_get(struct registry *r, const char *tag, struct reg_snapshot *out,
 			  struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	int rc, ret = prep(r, &st, "SELECT " SNAP_COLS " FROM snapshots WHERE tag = ?1", err);
-
-	if (ret)
-		return ret;
-	bind_str(st, 1, tag, false);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		ret = read_snapshot(st, out, err);
-	else if (rc == SQLITE_DONE)
-		ret = fk_fail(err, ENOENT, "snapshot %s: no such snapshot", tag);
-	else
-		ret = sql_fail(r, err, "get snapshot");
-	sqlite3_finalize(st);
-	return ret;
+	return get_row(r, "SELECT " SNAP_COLS " FROM snapshots WHERE tag = ?1", tag, read_snapshot,
+		       out, "snapshot", err);
 }
 
 /* writing -> to; anything else is refused, naming the state it is in. */
@@ -1297,33 +1251,12 @@ int registry_snapshot_mark_failed(struct registry *r, const char *tag, struct fk
 int registry_snapshot_list(struct registry *r, bool ready_only, struct reg_snapshot **out,
 			   size_t *n, struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	struct reg_snapshot *ss = NULL;
-	size_t nr = 0, cap = 0;
-	int rc, ret = prep(r, &st,
-			   ready_only ? "SELECT " SNAP_COLS " FROM snapshots WHERE state = 'ready'"
-					" ORDER BY created_us, rowid"
-				      : "SELECT " SNAP_COLS
-					" FROM snapshots ORDER BY created_us, rowid",
-			   err);
-
-	while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		ret = grow(&ss, &cap, nr, sizeof(*ss), err);
-		if (ret == 0)
-			ret = read_snapshot(st, &ss[nr], err);
-		nr += ret == 0;
-	}
-	if (ret == 0 && rc != SQLITE_DONE)
-		ret = sql_fail(r, err, "list snapshots");
-	sqlite3_finalize(st);
-	if (ret) {
-		free(ss);
-		ss = NULL;
-		nr = 0;
-	}
-	*out = ss;
-	*n = nr;
-	return ret;
+	return list_rows(r,
+			 ready_only ? "SELECT " SNAP_COLS " FROM snapshots WHERE state = 'ready'"
+				      " ORDER BY created_us, rowid"
+				    : "SELECT " SNAP_COLS
+				      " FROM snapshots ORDER BY created_us, rowid",
+			 NULL, read_snapshot, sizeof(**out), out, n, "list snapshots", err);
 }
 
 int registry_snapshot_delete(struct registry *r, const char *tag, bool cascade,
