@@ -75,6 +75,9 @@ static const char *const snap_state_names[] = {
 };
 #define NR_SNAP_STATES (sizeof(snap_state_names) / sizeof(snap_state_names[0]))
 
+/* Room for any state name read back from the file, with its NUL. */
+#define STATE_NAME_SIZE 16
+
 const char *reg_vm_state_name(enum reg_vm_state s)
 {
 	return (unsigned)s < NR_VM_STATES ? vm_state_names[s] : "unknown";
@@ -242,26 +245,23 @@ static int grow(void *arrp, size_t *cap, size_t n, size_t elem, struct fk_err *e
 typedef int (*row_reader)(sqlite3_stmt *st, void *record, struct fk_err *err);
 
 /* Reads the one row that sql, keyed by ?1, selects; no row is ENOENT, "<kind> <key>: no such
- * <kind>". */
+ * <kind>"; what names the look-up in SQLite's errors. */
 static int get_row(struct registry *r, const char *sql, const char *key, row_reader read,
-		   void *record, const char *kind, struct fk_err *err)
+		   void *record, const char *kind, const char *what, struct fk_err *err)
 {
 	sqlite3_stmt *st = NULL;
-	char what[32];
 	int rc, ret = prep(r, &st, sql, err);
 
 	if (ret)
 		return ret;
 	bind_str(st, 1, key, false);
 	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
+	if (rc == SQLITE_ROW)
 		ret = read(st, record, err);
-	} else if (rc == SQLITE_DONE) {
+	else if (rc == SQLITE_DONE)
 		ret = fk_fail(err, ENOENT, "%s %s: no such %s", kind, key, kind);
-	} else {
-		snprintf(what, sizeof(what), "get %s", kind);
+	else
 		ret = sql_fail(r, err, what);
-	}
 	sqlite3_finalize(st);
 	return ret;
 }
@@ -513,7 +513,7 @@ void registry_close(struct registry *r)
 static int read_vm(sqlite3_stmt *st, void *record, struct fk_err *err)
 {
 	struct reg_vm *vm = record;
-	char state[16];
+	char state[STATE_NAME_SIZE];
 	int s, ret;
 
 	memset(vm, 0, sizeof(*vm));
@@ -605,12 +605,21 @@ static int exists(struct registry *r, const char *sql, const char *key, struct f
 	return ret;
 }
 
+static int read_zygote_owner(sqlite3_stmt *st, void *record, struct fk_err *err)
+{
+	return col_str(st, 0, record, REG_ID_MAX, "zygote owner", err);
+}
+
+static int read_snapshot_state(sqlite3_stmt *st, void *record, struct fk_err *err)
+{
+	return col_str(st, 0, record, STATE_NAME_SIZE, "snapshot state", err);
+}
+
 /* The lineage a new VM claims must be there: parent, its zygote, a ready snapshot. */
 static int check_vm_origin(struct registry *r, const struct reg_vm *vm, struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	char owner[REG_ID_MAX], state[16];
-	int rc, ret = 0;
+	char owner[REG_ID_MAX], state[STATE_NAME_SIZE];
+	int ret = 0;
 
 	if (vm->zygote[0] && !vm->parent_vm[0])
 		return fk_fail(err, EINVAL,
@@ -630,42 +639,22 @@ static int check_vm_origin(struct registry *r, const struct reg_vm *vm, struct f
 		ret = 0;
 	}
 	if (vm->zygote[0]) {
-		ret = prep(r, &st, "SELECT vm FROM zygotes WHERE id = ?1", err);
-		if (ret)
-			return ret;
-		sqlite3_bind_text(st, 1, vm->zygote, -1, SQLITE_TRANSIENT);
-		rc = sqlite3_step(st);
-		if (rc == SQLITE_ROW)
-			ret = col_str(st, 0, owner, sizeof(owner), "zygote owner", err);
-		else if (rc == SQLITE_DONE)
-			ret = fk_fail(err, ENOENT, "zygote %s: no such zygote", vm->zygote);
-		else
-			ret = sql_fail(r, err, "look up zygote");
+		ret = get_row(r, "SELECT vm FROM zygotes WHERE id = ?1", vm->zygote,
+			      read_zygote_owner, owner, "zygote", "look up zygote", err);
 		if (ret == 0 && strcmp(owner, vm->parent_vm) != 0)
 			ret =
 			    fk_fail(err, EINVAL, "zygote %s belongs to VM %s, not to parent VM %s",
 				    vm->zygote, owner, vm->parent_vm);
-		sqlite3_finalize(st);
 		if (ret)
 			return ret;
 	}
 	if (vm->snapshot[0]) {
-		ret = prep(r, &st, "SELECT state FROM snapshots WHERE tag = ?1", err);
-		if (ret)
-			return ret;
-		sqlite3_bind_text(st, 1, vm->snapshot, -1, SQLITE_TRANSIENT);
-		rc = sqlite3_step(st);
-		if (rc == SQLITE_ROW)
-			ret = col_str(st, 0, state, sizeof(state), "snapshot state", err);
-		else if (rc == SQLITE_DONE)
-			ret = fk_fail(err, ENOENT, "snapshot %s: no such snapshot", vm->snapshot);
-		else
-			ret = sql_fail(r, err, "look up snapshot");
+		ret = get_row(r, "SELECT state FROM snapshots WHERE tag = ?1", vm->snapshot,
+			      read_snapshot_state, state, "snapshot", "look up snapshot", err);
 		if (ret == 0 && strcmp(state, "ready") != 0)
 			ret = fk_fail(err, EINVAL,
 				      "snapshot %s is %s, not ready: no VM can start from it",
 				      vm->snapshot, state);
-		sqlite3_finalize(st);
 	}
 	return ret;
 }
@@ -789,7 +778,8 @@ int registry_vm_set_state(struct registry *r, const char *id, enum reg_vm_state 
 
 int registry_vm_get(struct registry *r, const char *id, struct reg_vm *out, struct fk_err *err)
 {
-	return get_row(r, "SELECT " VM_COLS " FROM vms WHERE id = ?1", id, read_vm, out, "VM", err);
+	return get_row(r, "SELECT " VM_COLS " FROM vms WHERE id = ?1", id, read_vm, out, "VM",
+		       "get VM", err);
 }
 
 int registry_vm_list(struct registry *r, struct reg_vm **out, size_t *n, struct fk_err *err)
@@ -1073,7 +1063,7 @@ int registry_zygote_get(struct registry *r, const char *id, struct reg_zygote *o
 			struct fk_err *err)
 {
 	return get_row(r, "SELECT " ZYGOTE_COLS " FROM zygotes WHERE id = ?1", id, read_zygote, out,
-		       "zygote", err);
+		       "zygote", "get zygote", err);
 }
 
 int registry_zygote_list(struct registry *r, const char *vm, struct reg_zygote **out, size_t *n,
@@ -1134,7 +1124,7 @@ int registry_tag_check(const char *tag, struct fk_err *err)
 static int read_snapshot(sqlite3_stmt *st, void *record, struct fk_err *err)
 {
 	struct reg_snapshot *s = record;
-	char state[16];
+	char state[STATE_NAME_SIZE];
 	int ret, v;
 
 	memset(s, 0, sizeof(*s));
@@ -1210,7 +1200,7 @@ int registry_snapshot_get(struct registry *r, const char *tag, struct reg_snapsh
 			  struct fk_err *err)
 {
 	return get_row(r, "SELECT " SNAP_COLS " FROM snapshots WHERE tag = ?1", tag, read_snapshot,
-		       out, "snapshot", err);
+		       out, "snapshot", "get snapshot", err);
 }
 
 /* writing -> to; anything else is refused, naming the state it is in. */
