@@ -103,6 +103,28 @@ static char *path_of(const char *fmt, const char *name)
 	return path;
 }
 
+/* POSTs body to fmt with key as its path segment; body is freed here (NULL: json_pack ran out
+ * of memory). */
+static int post_keyed(const struct dc_opts *o, const char *ctx, const char *fmt, const char *key,
+		      json_t *body, const char *progress, struct dc_response *res)
+{
+	char *path = path_of(fmt, key);
+	int status = CLI_EXIT_NOT_OK;
+
+	if (body && path)
+		status = call(o, ctx, "POST", path, body, progress, res);
+	json_decref(body);
+	free(path);
+	return status;
+}
+
+/* Frees the response; the exit status is the first failure, printing or flushing stdout. */
+static int print_done(struct dc_response *res, int status)
+{
+	json_decref(res->json);
+	return status ? status : (fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK);
+}
+
 /* ---- vm create | ls | rm ---- */
 
 static int vm_create(const struct dc_opts *o, int argc, char **argv)
@@ -190,8 +212,7 @@ static int vm_create(const struct dc_opts *o, int argc, char **argv)
 		status = print_json(res.json);
 	else
 		printf("%s\n", str(res.json, "id"));
-	json_decref(res.json);
-	return status ? status : (fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK);
+	return print_done(&res, status);
 }
 
 static int vm_ls(const struct dc_opts *o, int argc, char **argv)
@@ -329,7 +350,6 @@ int cli_branch(int argc, char **argv)
 	bool persist = false, wait = true;
 	struct dc_response res;
 	json_t *body, *snap;
-	char *path;
 	int status = dc_take_options(&argc, argv, &o);
 
 	if (status)
@@ -378,15 +398,7 @@ int cli_branch(int argc, char **argv)
 	body = json_pack("{s:I,s:b,s:b}", "n", (json_int_t)n, "persist", persist, "wait", wait);
 	if (body && tag)
 		json_object_set_new(body, "tag", json_string(tag));
-	path = path_of("/v1/vms/%s/branch", id);
-	if (!body || !path) {
-		json_decref(body);
-		free(path);
-		return CLI_EXIT_NOT_OK;
-	}
-	status = call(&o, "branch", "POST", path, body, "branching", &res);
-	json_decref(body);
-	free(path);
+	status = post_keyed(&o, "branch", "/v1/vms/%s/branch", id, body, "branching", &res);
 	if (status)
 		return status;
 	snap = json_object_get(res.json, "snapshot");
@@ -399,8 +411,7 @@ int cli_branch(int argc, char **argv)
 		status = print_json(res.json);
 	else
 		print_vm_ids(json_object_get(res.json, "children"));
-	json_decref(res.json);
-	return status ? status : (fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK);
+	return print_done(&res, status);
 }
 
 static void print_snapshot_row(const json_t *s)
@@ -426,7 +437,6 @@ int cli_snapshot(int argc, char **argv)
 	const char *id = NULL, *tag = NULL;
 	struct dc_response res;
 	json_t *body;
-	char *path;
 	int status = dc_take_options(&argc, argv, &o);
 
 	if (status)
@@ -453,15 +463,8 @@ int cli_snapshot(int argc, char **argv)
 				       "0-9 . _ -, not starting with . or -",
 				       tag ? tag : "");
 	body = json_pack("{s:s}", "tag", tag);
-	path = path_of("/v1/vms/%s/snapshot", id);
-	if (!body || !path) {
-		json_decref(body);
-		free(path);
-		return CLI_EXIT_NOT_OK;
-	}
-	status = call(&o, "snapshot", "POST", path, body, "writing snapshot", &res);
-	json_decref(body);
-	free(path);
+	status =
+	    post_keyed(&o, "snapshot", "/v1/vms/%s/snapshot", id, body, "writing snapshot", &res);
 	if (status)
 		return status;
 	dc_progress_done("snapshot %s of %s %s (paused %.1f ms) in %.2f s", tag, id,
@@ -472,8 +475,7 @@ int cli_snapshot(int argc, char **argv)
 		print_snapshot_header();
 		print_snapshot_row(res.json);
 	}
-	json_decref(res.json);
-	return status ? status : (fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK);
+	return print_done(&res, status);
 }
 
 /* `forkd spawn TAG -n N`: argv still holds the shared daemon options. */
@@ -484,7 +486,6 @@ int cli_spawn_daemon(int argc, char **argv)
 	long n = -1;
 	struct dc_response res;
 	json_t *body;
-	char *path;
 	int status = dc_take_options(&argc, argv, &o);
 
 	if (status)
@@ -517,15 +518,7 @@ int cli_spawn_daemon(int argc, char **argv)
 	if (n < 0)
 		return cli_usage_error("%s", "spawn: expected -n N");
 	body = json_pack("{s:I}", "n", (json_int_t)n);
-	path = path_of("/v1/snapshots/%s/spawn", tag);
-	if (!body || !path) {
-		json_decref(body);
-		free(path);
-		return CLI_EXIT_NOT_OK;
-	}
-	status = call(&o, "spawn", "POST", path, body, "spawning", &res);
-	json_decref(body);
-	free(path);
+	status = post_keyed(&o, "spawn", "/v1/snapshots/%s/spawn", tag, body, "spawning", &res);
 	if (status)
 		return status;
 	dc_progress_done("spawned %zu VMs from %s in %.2f s",
@@ -534,8 +527,7 @@ int cli_spawn_daemon(int argc, char **argv)
 		status = print_json(res.json);
 	else
 		print_vm_ids(json_object_get(res.json, "vms"));
-	json_decref(res.json);
-	return status ? status : (fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK);
+	return print_done(&res, status);
 }
 
 /* `forkd snapshots [ls | rm TAG [--cascade]]` */
