@@ -227,11 +227,8 @@ static int vm_ls(const struct dc_opts *o, int argc, char **argv)
 	status = call(o, "vm ls", "GET", "/v1/vms", NULL, NULL, &res);
 	if (status)
 		return status;
-	if (o->json) {
-		status = print_json(res.json);
-		json_decref(res.json);
-		return status;
-	}
+	if (o->json)
+		return print_done(&res, print_json(res.json));
 	printf("%-11s  %-8s  %7s  %6s  %4s  %-11s  %-16s  %s\n", "ID", "STATE", "PID", "MEM",
 	       "CPUS", "PARENT", "TAG", "FROM");
 	json_array_foreach(json_object_get(res.json, "vms"), i, vm)
@@ -251,8 +248,7 @@ static int vm_ls(const struct dc_opts *o, int argc, char **argv)
 		       *str(vm, "parent") ? str(vm, "parent") : "-",
 		       *str(vm, "tag") ? str(vm, "tag") : "-", origin[0] ? origin : "-");
 	}
-	json_decref(res.json);
-	return fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK;
+	return print_done(&res, 0);
 }
 
 /* Prints {"removed":[...]} one per line (or as JSON). */
@@ -552,17 +548,13 @@ int cli_snapshots(int argc, char **argv)
 	status = call(&o, "snapshots", "GET", "/v1/snapshots", NULL, NULL, &res);
 	if (status)
 		return status;
-	if (o.json) {
-		status = print_json(res.json);
-		json_decref(res.json);
-		return status;
-	}
+	if (o.json)
+		return print_done(&res, print_json(res.json));
 	print_snapshot_header();
 	s = json_object_get(res.json, "snapshots");
 	for (i = 0; i < json_array_size(s); i++)
 		print_snapshot_row(json_array_get(s, i));
-	json_decref(res.json);
-	return fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK;
+	return print_done(&res, 0);
 }
 
 /* ---- tree ---- */
@@ -605,11 +597,8 @@ int cli_tree(int argc, char **argv)
 	status = call(&o, "tree", "GET", "/v1/tree", NULL, NULL, &res);
 	if (status)
 		return status;
-	if (o.json) {
-		status = print_json(res.json);
-		json_decref(res.json);
-		return status;
-	}
+	if (o.json)
+		return print_done(&res, print_json(res.json));
 	json_array_foreach(json_object_get(res.json, "tree"), i, node)
 	{
 		json_int_t depth = json_integer_value(json_object_get(node, "depth"));
@@ -625,8 +614,7 @@ int cli_tree(int argc, char **argv)
 	}
 	if (json_array_size(json_object_get(res.json, "tree")) == 0)
 		fputs("(no VMs)\n", stderr);
-	json_decref(res.json);
-	return fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK;
+	return print_done(&res, 0);
 }
 
 /* ---- exec ---- */
