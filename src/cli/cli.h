@@ -24,6 +24,17 @@ int cli_kill(int argc, char **argv);
  * the command's exit status, 124 timed out, 125 not run, 126 not executable, 127 not found. */
 int cli_exec(int argc, char **argv);
 
+/* The parts of an exec request that `forkd exec` builds alike for a local VM and through the
+ * daemon; each returns 0, or -EINVAL after printing a usage error whose exit status goes to
+ * *status (left alone on success: it holds the caller's status for later failures). */
+struct json_t;
+/* `--env NAME=VALUE` into the object env. */
+int cli_exec_env(struct json_t *env, const char *value, int *status);
+/* The command after the `--` at argv[i] into the array args, set as req's "argv"; env, unless it
+ * is empty, as req's "env". */
+int cli_exec_command(struct json_t *req, struct json_t *args, struct json_t *env, int argc,
+		     char **argv, int i, int *status);
+
 /* `forkd cp SRC DST`, one of them VM:/path; returns an exit status. */
 int cli_cp(int argc, char **argv);
 

@@ -804,17 +804,8 @@ int cli_exec_daemon(int argc, char **argv)
 			goto out;
 		}
 		if (arg[1] == 'e' || strcmp(arg, "--env") == 0) {
-			const char *eq = strchr(value, '=');
-			char *name;
-
-			if (!eq || eq == value) {
-				status =
-				    cli_usage_error("exec --env '%s': expected NAME=VALUE", value);
+			if (cli_exec_env(env, value, &status) < 0)
 				goto out;
-			}
-			name = strndup(value, (size_t)(eq - value));
-			json_object_set_new(env, name ? name : "", json_string(eq + 1));
-			free(name);
 		} else if (strcmp(arg, "--cwd") == 0) {
 			json_object_set_new(body, "cwd", json_string(value));
 		} else if (strcmp(arg, "--uid") == 0) {
@@ -839,15 +830,8 @@ int cli_exec_daemon(int argc, char **argv)
 					 id ? id : "");
 		goto out;
 	}
-	if (i + 1 >= argc) {
-		status = cli_usage_error("%s", "exec: expected -- and a command after the VM");
+	if (cli_exec_command(body, args, env, argc, argv, i, &status) < 0)
 		goto out;
-	}
-	for (i++; i < argc; i++)
-		json_array_append_new(args, json_string(argv[i]));
-	json_object_set(body, "argv", args);
-	if (json_object_size(env))
-		json_object_set(body, "env", env);
 	if (with_stdin) {
 		int ret = read_stdin(&in);
 

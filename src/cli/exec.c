@@ -36,6 +36,36 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 	return 0;
 }
 
+int cli_exec_env(json_t *env, const char *value, int *status)
+{
+	const char *eq = strchr(value, '=');
+	char *name;
+
+	if (!eq || eq == value) {
+		*status = cli_usage_error("exec --env '%s': expected NAME=VALUE", value);
+		return -EINVAL;
+	}
+	name = strndup(value, (size_t)(eq - value));
+	json_object_set_new(env, name ? name : "", json_string(eq + 1));
+	free(name);
+	return 0;
+}
+
+int cli_exec_command(json_t *req, json_t *args, json_t *env, int argc, char **argv, int i,
+		     int *status)
+{
+	if (i + 1 >= argc) {
+		*status = cli_usage_error("%s", "exec: expected -- and a command after the VM");
+		return -EINVAL;
+	}
+	for (i++; i < argc; i++)
+		json_array_append_new(args, json_string(argv[i]));
+	json_object_set(req, "argv", args);
+	if (json_object_size(env))
+		json_object_set(req, "env", env);
+	return 0;
+}
+
 /* Through the daemon: the VM is a VM id (vm-xxxxxxxx, not a file here), or --daemon/--url. */
 static bool exec_via_daemon(int argc, char **argv)
 {
@@ -104,15 +134,8 @@ int cli_exec(int argc, char **argv)
 		}
 		i++;
 		if (strcmp(arg, "--env") == 0 || strcmp(arg, "-e") == 0) {
-			const char *eq = strchr(value, '=');
-			if (!eq || eq == value) {
-				status =
-				    cli_usage_error("exec --env '%s': expected NAME=VALUE", value);
+			if (cli_exec_env(env, value, &status) < 0)
 				goto out;
-			}
-			char *name = strndup(value, (size_t)(eq - value));
-			json_object_set_new(env, name ? name : "", json_string(eq + 1));
-			free(name);
 		} else if (strcmp(arg, "--cwd") == 0) {
 			json_object_set_new(req, "cwd", json_string(value));
 		} else if (strcmp(arg, "--uid") == 0 || strcmp(arg, "--gid") == 0) {
@@ -140,15 +163,8 @@ int cli_exec(int argc, char **argv)
 		    cli_usage_error("%s", "exec: expected a VM (its directory or vsock socket)");
 		goto out;
 	}
-	if (i + 1 >= argc) {
-		status = cli_usage_error("%s", "exec: expected -- and a command after the VM");
+	if (cli_exec_command(req, args, env, argc, argv, i, &status) < 0)
 		goto out;
-	}
-	for (i++; i < argc; i++)
-		json_array_append_new(args, json_string(argv[i]));
-	json_object_set(req, "argv", args);
-	if (json_object_size(env))
-		json_object_set(req, "env", env);
 	if (fk_agent_socket_path(vm, uds, sizeof(uds), &err) < 0) {
 		fprintf(stderr, "forkd exec: %s\n", err.msg);
 		goto out;
