@@ -37,6 +37,10 @@ int cli_exec_command(struct json_t *req, struct json_t *args, struct json_t *env
 
 /* `forkd cp SRC DST`, one of them VM:/path; returns an exit status. */
 int cli_cp(int argc, char **argv);
+struct stat;
+/* Opens SRC of an upload, which must be a regular file (its mode goes along); -1 after printing
+ * why not. Shared by the local and the daemon cp. */
+int cli_cp_open_source(const char *src, struct stat *st);
 
 /* `forkd agent VM ping|stat|ls|rm|shutdown ...`; returns an exit status. */
 int cli_agent(int argc, char **argv);

@@ -896,15 +896,9 @@ int cli_cp_daemon(const struct dc_opts *o, const char *src, const char *dst, con
 	if (!vm || !gp)
 		goto out;
 	if (upload) {
-		fd = open(src, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || fstat(fd, &st) < 0) {
-			fprintf(stderr, "forkd cp: %s: %s\n", src, strerror(errno));
+		fd = cli_cp_open_source(src, &st);
+		if (fd < 0)
 			goto out;
-		}
-		if (!S_ISREG(st.st_mode)) {
-			fprintf(stderr, "forkd cp: %s: expected a regular file\n", src);
-			goto out;
-		}
 		if (asprintf(&path, "/v1/vms/%s/files?path=%s&mode=0%o", vm, gp,
 			     (unsigned)(st.st_mode & 07777)) < 0) {
 			path = NULL;

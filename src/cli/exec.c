@@ -66,6 +66,25 @@ int cli_exec_command(json_t *req, json_t *args, json_t *env, int argc, char **ar
 	return 0;
 }
 
+int cli_cp_open_source(const char *src, struct stat *st)
+{
+	int fd = open(src, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0 || fstat(fd, st) < 0) {
+		fprintf(stderr, "forkd cp: %s: %s\n", src, strerror(errno));
+		goto fail;
+	}
+	if (!S_ISREG(st->st_mode)) {
+		fprintf(stderr, "forkd cp: %s: expected a regular file\n", src);
+		goto fail;
+	}
+	return fd;
+fail:
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
 /* Through the daemon: the VM is a VM id (vm-xxxxxxxx, not a file here), or --daemon/--url. */
 static bool exec_via_daemon(int argc, char **argv)
 {
@@ -249,15 +268,9 @@ int cli_cp(int argc, char **argv)
 		goto out;
 	}
 	if (upload) {
-		fd = open(src, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || fstat(fd, &st) < 0) {
-			fprintf(stderr, "forkd cp: %s: %s\n", src, strerror(errno));
+		fd = cli_cp_open_source(src, &st);
+		if (fd < 0)
 			goto out;
-		}
-		if (!S_ISREG(st.st_mode)) {
-			fprintf(stderr, "forkd cp: %s: expected a regular file\n", src);
-			goto out;
-		}
 		ret = fk_agent_put(uds, fd, guest_path, st.st_mode & 07777, CONNECT_TIMEOUT_MS,
 				   &bytes, &err);
 	} else {
