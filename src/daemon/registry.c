@@ -844,14 +844,24 @@ static int run_keyed(struct registry *r, const char *sql, const char *key, const
 	return ret;
 }
 
-static void give_ids(struct reg_ids *ids, struct reg_ids *removed)
+/* Ends a delete's transaction after ret: committed, the deleted VMs' ids go to removed (if
+ * wanted); failed, it is rolled back. */
+static int end_delete(struct registry *r, int ret, struct reg_ids *ids, struct reg_ids *removed,
+		      struct fk_err *err)
 {
-	if (removed)
-		*removed = *ids;
-	else
+	if (ret == 0)
+		ret = tx_commit(r, err);
+	if (ret) {
+		tx_rollback(r);
 		free(ids->ids);
+	} else if (removed) {
+		*removed = *ids;
+	} else {
+		free(ids->ids);
+	}
 	ids->ids = NULL;
 	ids->n = 0;
+	return ret;
 }
 
 int registry_vm_delete(struct registry *r, const char *id, bool cascade, struct reg_ids *removed,
@@ -884,16 +894,8 @@ int registry_vm_delete(struct registry *r, const char *id, bool cascade, struct 
 	}
 	ret = run_keyed(r, DESCENDANTS(VM_SEED) "DELETE FROM vms WHERE id IN d", id, "delete VMs",
 			err);
-	if (ret == 0)
-		ret = tx_commit(r, err);
 out:
-	if (ret) {
-		tx_rollback(r);
-		free(ids.ids);
-		return ret;
-	}
-	give_ids(&ids, removed);
-	return 0;
+	return end_delete(r, ret, &ids, removed, err);
 }
 
 /* ---- Lineage ---- */
@@ -1282,16 +1284,8 @@ int registry_snapshot_delete(struct registry *r, const char *tag, bool cascade,
 	if (ret == 0)
 		ret = run_keyed(r, "DELETE FROM snapshots WHERE tag = ?1", tag, "delete snapshot",
 				err);
-	if (ret == 0)
-		ret = tx_commit(r, err);
 out:
-	if (ret) {
-		tx_rollback(r);
-		free(ids.ids);
-		return ret;
-	}
-	give_ids(&ids, removed);
-	return 0;
+	return end_delete(r, ret, &ids, removed, err);
 }
 
 /* ---- Processes ---- */
