@@ -4,6 +4,7 @@
 #define FORKD_CLI_CLI_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #define CLI_EXIT_NOT_OK 1
 #define CLI_EXIT_USAGE	2
@@ -41,6 +42,9 @@ struct stat;
 /* Opens SRC of an upload, which must be a regular file (its mode goes along); -1 after printing
  * why not. Shared by the local and the daemon cp. */
 int cli_cp_open_source(const char *src, struct stat *st);
+/* Creates the temporary file beside DST that a download goes into (renamed to DST once whole),
+ * its name in tmp; -1 after printing why not. */
+int cli_cp_open_temp(const char *dst, char *tmp, size_t size);
 
 /* `forkd agent VM ping|stat|ls|rm|shutdown ...`; returns an exit status. */
 int cli_agent(int argc, char **argv);

@@ -907,15 +907,9 @@ int cli_cp_daemon(const struct dc_opts *o, const char *src, const char *dst, con
 		r.method = "PUT";
 		r.upload_fd = fd;
 	} else {
-		if (snprintf(tmp, sizeof(tmp), "%s.forkd-XXXXXX", dst) >= (int)sizeof(tmp)) {
-			fprintf(stderr, "forkd cp: %s: path too long\n", dst);
+		fd = cli_cp_open_temp(dst, tmp, sizeof(tmp));
+		if (fd < 0)
 			goto out;
-		}
-		fd = mkostemp(tmp, O_CLOEXEC);
-		if (fd < 0) {
-			fprintf(stderr, "forkd cp: %s: %s\n", dst, strerror(errno));
-			goto out;
-		}
 		if (asprintf(&path, "/v1/vms/%s/files?path=%s", vm, gp) < 0) {
 			path = NULL;
 			unlink(tmp);

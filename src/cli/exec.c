@@ -85,6 +85,20 @@ fail:
 	return -1;
 }
 
+int cli_cp_open_temp(const char *dst, char *tmp, size_t size)
+{
+	int fd;
+
+	if (snprintf(tmp, size, "%s.forkd-XXXXXX", dst) >= (int)size) {
+		fprintf(stderr, "forkd cp: %s: path too long\n", dst);
+		return -1;
+	}
+	fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0)
+		fprintf(stderr, "forkd cp: %s: %s\n", dst, strerror(errno));
+	return fd;
+}
+
 /* Through the daemon: the VM is a VM id (vm-xxxxxxxx, not a file here), or --daemon/--url. */
 static bool exec_via_daemon(int argc, char **argv)
 {
@@ -275,15 +289,9 @@ int cli_cp(int argc, char **argv)
 				   &bytes, &err);
 	} else {
 		/* Into a temporary file beside DST, renamed once whole. */
-		if (snprintf(tmp, sizeof(tmp), "%s.forkd-XXXXXX", dst) >= (int)sizeof(tmp)) {
-			fprintf(stderr, "forkd cp: %s: path too long\n", dst);
+		fd = cli_cp_open_temp(dst, tmp, sizeof(tmp));
+		if (fd < 0)
 			goto out;
-		}
-		fd = mkostemp(tmp, O_CLOEXEC);
-		if (fd < 0) {
-			fprintf(stderr, "forkd cp: %s: %s\n", dst, strerror(errno));
-			goto out;
-		}
 		ret = fk_agent_get(uds, guest_path, fd, CONNECT_TIMEOUT_MS, &bytes, &mode, &err);
 		if (ret == 0 && (fchmod(fd, mode) < 0 || fsync(fd) < 0 || rename(tmp, dst) < 0))
 			ret = fk_fail_errno(&err, errno, "%s", dst);
