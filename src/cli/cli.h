@@ -4,6 +4,7 @@
 #define FORKD_CLI_CLI_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #define CLI_EXIT_NOT_OK 1
 #define CLI_EXIT_USAGE	2
@@ -24,8 +25,26 @@ int cli_kill(int argc, char **argv);
  * the command's exit status, 124 timed out, 125 not run, 126 not executable, 127 not found. */
 int cli_exec(int argc, char **argv);
 
+/* The parts of an exec request that `forkd exec` builds alike for a local VM and through the
+ * daemon; each returns 0, or -EINVAL after printing a usage error whose exit status goes to
+ * *status (left alone on success: it holds the caller's status for later failures). */
+struct json_t;
+/* `--env NAME=VALUE` into the object env. */
+int cli_exec_env(struct json_t *env, const char *value, int *status);
+/* The command after the `--` at argv[i] into the array args, set as req's "argv"; env, unless it
+ * is empty, as req's "env". */
+int cli_exec_command(struct json_t *req, struct json_t *args, struct json_t *env, int argc,
+		     char **argv, int i, int *status);
+
 /* `forkd cp SRC DST`, one of them VM:/path; returns an exit status. */
 int cli_cp(int argc, char **argv);
+struct stat;
+/* Opens SRC of an upload, which must be a regular file (its mode goes along); -1 after printing
+ * why not. Shared by the local and the daemon cp. */
+int cli_cp_open_source(const char *src, struct stat *st);
+/* Creates the temporary file beside DST that a download goes into (renamed to DST once whole),
+ * its name in tmp; -1 after printing why not. */
+int cli_cp_open_temp(const char *dst, char *tmp, size_t size);
 
 /* `forkd agent VM ping|stat|ls|rm|shutdown ...`; returns an exit status. */
 int cli_agent(int argc, char **argv);

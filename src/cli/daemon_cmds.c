@@ -103,6 +103,28 @@ static char *path_of(const char *fmt, const char *name)
 	return path;
 }
 
+/* POSTs body to fmt with key as its path segment; body is freed here (NULL: json_pack ran out
+ * of memory). */
+static int post_keyed(const struct dc_opts *o, const char *ctx, const char *fmt, const char *key,
+		      json_t *body, const char *progress, struct dc_response *res)
+{
+	char *path = path_of(fmt, key);
+	int status = CLI_EXIT_NOT_OK;
+
+	if (body && path)
+		status = call(o, ctx, "POST", path, body, progress, res);
+	json_decref(body);
+	free(path);
+	return status;
+}
+
+/* Frees the response; the exit status is the first failure, printing or flushing stdout. */
+static int print_done(struct dc_response *res, int status)
+{
+	json_decref(res->json);
+	return status ? status : (fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK);
+}
+
 /* ---- vm create | ls | rm ---- */
 
 static int vm_create(const struct dc_opts *o, int argc, char **argv)
@@ -190,8 +212,7 @@ static int vm_create(const struct dc_opts *o, int argc, char **argv)
 		status = print_json(res.json);
 	else
 		printf("%s\n", str(res.json, "id"));
-	json_decref(res.json);
-	return status ? status : (fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK);
+	return print_done(&res, status);
 }
 
 static int vm_ls(const struct dc_opts *o, int argc, char **argv)
@@ -206,11 +227,8 @@ static int vm_ls(const struct dc_opts *o, int argc, char **argv)
 	status = call(o, "vm ls", "GET", "/v1/vms", NULL, NULL, &res);
 	if (status)
 		return status;
-	if (o->json) {
-		status = print_json(res.json);
-		json_decref(res.json);
-		return status;
-	}
+	if (o->json)
+		return print_done(&res, print_json(res.json));
 	printf("%-11s  %-8s  %7s  %6s  %4s  %-11s  %-16s  %s\n", "ID", "STATE", "PID", "MEM",
 	       "CPUS", "PARENT", "TAG", "FROM");
 	json_array_foreach(json_object_get(res.json, "vms"), i, vm)
@@ -230,8 +248,7 @@ static int vm_ls(const struct dc_opts *o, int argc, char **argv)
 		       *str(vm, "parent") ? str(vm, "parent") : "-",
 		       *str(vm, "tag") ? str(vm, "tag") : "-", origin[0] ? origin : "-");
 	}
-	json_decref(res.json);
-	return fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK;
+	return print_done(&res, 0);
 }
 
 /* Prints {"removed":[...]} one per line (or as JSON). */
@@ -329,7 +346,6 @@ int cli_branch(int argc, char **argv)
 	bool persist = false, wait = true;
 	struct dc_response res;
 	json_t *body, *snap;
-	char *path;
 	int status = dc_take_options(&argc, argv, &o);
 
 	if (status)
@@ -378,15 +394,7 @@ int cli_branch(int argc, char **argv)
 	body = json_pack("{s:I,s:b,s:b}", "n", (json_int_t)n, "persist", persist, "wait", wait);
 	if (body && tag)
 		json_object_set_new(body, "tag", json_string(tag));
-	path = path_of("/v1/vms/%s/branch", id);
-	if (!body || !path) {
-		json_decref(body);
-		free(path);
-		return CLI_EXIT_NOT_OK;
-	}
-	status = call(&o, "branch", "POST", path, body, "branching", &res);
-	json_decref(body);
-	free(path);
+	status = post_keyed(&o, "branch", "/v1/vms/%s/branch", id, body, "branching", &res);
 	if (status)
 		return status;
 	snap = json_object_get(res.json, "snapshot");
@@ -399,8 +407,7 @@ int cli_branch(int argc, char **argv)
 		status = print_json(res.json);
 	else
 		print_vm_ids(json_object_get(res.json, "children"));
-	json_decref(res.json);
-	return status ? status : (fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK);
+	return print_done(&res, status);
 }
 
 static void print_snapshot_row(const json_t *s)
@@ -426,7 +433,6 @@ int cli_snapshot(int argc, char **argv)
 	const char *id = NULL, *tag = NULL;
 	struct dc_response res;
 	json_t *body;
-	char *path;
 	int status = dc_take_options(&argc, argv, &o);
 
 	if (status)
@@ -453,15 +459,8 @@ int cli_snapshot(int argc, char **argv)
 				       "0-9 . _ -, not starting with . or -",
 				       tag ? tag : "");
 	body = json_pack("{s:s}", "tag", tag);
-	path = path_of("/v1/vms/%s/snapshot", id);
-	if (!body || !path) {
-		json_decref(body);
-		free(path);
-		return CLI_EXIT_NOT_OK;
-	}
-	status = call(&o, "snapshot", "POST", path, body, "writing snapshot", &res);
-	json_decref(body);
-	free(path);
+	status =
+	    post_keyed(&o, "snapshot", "/v1/vms/%s/snapshot", id, body, "writing snapshot", &res);
 	if (status)
 		return status;
 	dc_progress_done("snapshot %s of %s %s (paused %.1f ms) in %.2f s", tag, id,
@@ -472,8 +471,7 @@ int cli_snapshot(int argc, char **argv)
 		print_snapshot_header();
 		print_snapshot_row(res.json);
 	}
-	json_decref(res.json);
-	return status ? status : (fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK);
+	return print_done(&res, status);
 }
 
 /* `forkd spawn TAG -n N`: argv still holds the shared daemon options. */
@@ -484,7 +482,6 @@ int cli_spawn_daemon(int argc, char **argv)
 	long n = -1;
 	struct dc_response res;
 	json_t *body;
-	char *path;
 	int status = dc_take_options(&argc, argv, &o);
 
 	if (status)
@@ -517,15 +514,7 @@ int cli_spawn_daemon(int argc, char **argv)
 	if (n < 0)
 		return cli_usage_error("%s", "spawn: expected -n N");
 	body = json_pack("{s:I}", "n", (json_int_t)n);
-	path = path_of("/v1/snapshots/%s/spawn", tag);
-	if (!body || !path) {
-		json_decref(body);
-		free(path);
-		return CLI_EXIT_NOT_OK;
-	}
-	status = call(&o, "spawn", "POST", path, body, "spawning", &res);
-	json_decref(body);
-	free(path);
+	status = post_keyed(&o, "spawn", "/v1/snapshots/%s/spawn", tag, body, "spawning", &res);
 	if (status)
 		return status;
 	dc_progress_done("spawned %zu VMs from %s in %.2f s",
@@ -534,8 +523,7 @@ int cli_spawn_daemon(int argc, char **argv)
 		status = print_json(res.json);
 	else
 		print_vm_ids(json_object_get(res.json, "vms"));
-	json_decref(res.json);
-	return status ? status : (fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK);
+	return print_done(&res, status);
 }
 
 /* `forkd snapshots [ls | rm TAG [--cascade]]` */
@@ -560,17 +548,13 @@ int cli_snapshots(int argc, char **argv)
 	status = call(&o, "snapshots", "GET", "/v1/snapshots", NULL, NULL, &res);
 	if (status)
 		return status;
-	if (o.json) {
-		status = print_json(res.json);
-		json_decref(res.json);
-		return status;
-	}
+	if (o.json)
+		return print_done(&res, print_json(res.json));
 	print_snapshot_header();
 	s = json_object_get(res.json, "snapshots");
 	for (i = 0; i < json_array_size(s); i++)
 		print_snapshot_row(json_array_get(s, i));
-	json_decref(res.json);
-	return fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK;
+	return print_done(&res, 0);
 }
 
 /* ---- tree ---- */
@@ -613,11 +597,8 @@ int cli_tree(int argc, char **argv)
 	status = call(&o, "tree", "GET", "/v1/tree", NULL, NULL, &res);
 	if (status)
 		return status;
-	if (o.json) {
-		status = print_json(res.json);
-		json_decref(res.json);
-		return status;
-	}
+	if (o.json)
+		return print_done(&res, print_json(res.json));
 	json_array_foreach(json_object_get(res.json, "tree"), i, node)
 	{
 		json_int_t depth = json_integer_value(json_object_get(node, "depth"));
@@ -633,8 +614,7 @@ int cli_tree(int argc, char **argv)
 	}
 	if (json_array_size(json_object_get(res.json, "tree")) == 0)
 		fputs("(no VMs)\n", stderr);
-	json_decref(res.json);
-	return fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK;
+	return print_done(&res, 0);
 }
 
 /* ---- exec ---- */
@@ -824,17 +804,8 @@ int cli_exec_daemon(int argc, char **argv)
 			goto out;
 		}
 		if (arg[1] == 'e' || strcmp(arg, "--env") == 0) {
-			const char *eq = strchr(value, '=');
-			char *name;
-
-			if (!eq || eq == value) {
-				status =
-				    cli_usage_error("exec --env '%s': expected NAME=VALUE", value);
+			if (cli_exec_env(env, value, &status) < 0)
 				goto out;
-			}
-			name = strndup(value, (size_t)(eq - value));
-			json_object_set_new(env, name ? name : "", json_string(eq + 1));
-			free(name);
 		} else if (strcmp(arg, "--cwd") == 0) {
 			json_object_set_new(body, "cwd", json_string(value));
 		} else if (strcmp(arg, "--uid") == 0) {
@@ -859,15 +830,8 @@ int cli_exec_daemon(int argc, char **argv)
 					 id ? id : "");
 		goto out;
 	}
-	if (i + 1 >= argc) {
-		status = cli_usage_error("%s", "exec: expected -- and a command after the VM");
+	if (cli_exec_command(body, args, env, argc, argv, i, &status) < 0)
 		goto out;
-	}
-	for (i++; i < argc; i++)
-		json_array_append_new(args, json_string(argv[i]));
-	json_object_set(body, "argv", args);
-	if (json_object_size(env))
-		json_object_set(body, "env", env);
 	if (with_stdin) {
 		int ret = read_stdin(&in);
 
@@ -932,15 +896,9 @@ int cli_cp_daemon(const struct dc_opts *o, const char *src, const char *dst, con
 	if (!vm || !gp)
 		goto out;
 	if (upload) {
-		fd = open(src, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || fstat(fd, &st) < 0) {
-			fprintf(stderr, "forkd cp: %s: %s\n", src, strerror(errno));
+		fd = cli_cp_open_source(src, &st);
+		if (fd < 0)
 			goto out;
-		}
-		if (!S_ISREG(st.st_mode)) {
-			fprintf(stderr, "forkd cp: %s: expected a regular file\n", src);
-			goto out;
-		}
 		if (asprintf(&path, "/v1/vms/%s/files?path=%s&mode=0%o", vm, gp,
 			     (unsigned)(st.st_mode & 07777)) < 0) {
 			path = NULL;
@@ -949,15 +907,9 @@ int cli_cp_daemon(const struct dc_opts *o, const char *src, const char *dst, con
 		r.method = "PUT";
 		r.upload_fd = fd;
 	} else {
-		if (snprintf(tmp, sizeof(tmp), "%s.forkd-XXXXXX", dst) >= (int)sizeof(tmp)) {
-			fprintf(stderr, "forkd cp: %s: path too long\n", dst);
+		fd = cli_cp_open_temp(dst, tmp, sizeof(tmp));
+		if (fd < 0)
 			goto out;
-		}
-		fd = mkostemp(tmp, O_CLOEXEC);
-		if (fd < 0) {
-			fprintf(stderr, "forkd cp: %s: %s\n", dst, strerror(errno));
-			goto out;
-		}
 		if (asprintf(&path, "/v1/vms/%s/files?path=%s", vm, gp) < 0) {
 			path = NULL;
 			unlink(tmp);

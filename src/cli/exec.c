@@ -36,6 +36,69 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 	return 0;
 }
 
+int cli_exec_env(json_t *env, const char *value, int *status)
+{
+	const char *eq = strchr(value, '=');
+	char *name;
+
+	if (!eq || eq == value) {
+		*status = cli_usage_error("exec --env '%s': expected NAME=VALUE", value);
+		return -EINVAL;
+	}
+	name = strndup(value, (size_t)(eq - value));
+	json_object_set_new(env, name ? name : "", json_string(eq + 1));
+	free(name);
+	return 0;
+}
+
+int cli_exec_command(json_t *req, json_t *args, json_t *env, int argc, char **argv, int i,
+		     int *status)
+{
+	if (i + 1 >= argc) {
+		*status = cli_usage_error("%s", "exec: expected -- and a command after the VM");
+		return -EINVAL;
+	}
+	for (i++; i < argc; i++)
+		json_array_append_new(args, json_string(argv[i]));
+	json_object_set(req, "argv", args);
+	if (json_object_size(env))
+		json_object_set(req, "env", env);
+	return 0;
+}
+
+int cli_cp_open_source(const char *src, struct stat *st)
+{
+	int fd = open(src, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0 || fstat(fd, st) < 0) {
+		fprintf(stderr, "forkd cp: %s: %s\n", src, strerror(errno));
+		goto fail;
+	}
+	if (!S_ISREG(st->st_mode)) {
+		fprintf(stderr, "forkd cp: %s: expected a regular file\n", src);
+		goto fail;
+	}
+	return fd;
+fail:
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+int cli_cp_open_temp(const char *dst, char *tmp, size_t size)
+{
+	int fd;
+
+	if (snprintf(tmp, size, "%s.forkd-XXXXXX", dst) >= (int)size) {
+		fprintf(stderr, "forkd cp: %s: path too long\n", dst);
+		return -1;
+	}
+	fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0)
+		fprintf(stderr, "forkd cp: %s: %s\n", dst, strerror(errno));
+	return fd;
+}
+
 /* Through the daemon: the VM is a VM id (vm-xxxxxxxx, not a file here), or --daemon/--url. */
 static bool exec_via_daemon(int argc, char **argv)
 {
@@ -104,15 +167,8 @@ int cli_exec(int argc, char **argv)
 		}
 		i++;
 		if (strcmp(arg, "--env") == 0 || strcmp(arg, "-e") == 0) {
-			const char *eq = strchr(value, '=');
-			if (!eq || eq == value) {
-				status =
-				    cli_usage_error("exec --env '%s': expected NAME=VALUE", value);
+			if (cli_exec_env(env, value, &status) < 0)
 				goto out;
-			}
-			char *name = strndup(value, (size_t)(eq - value));
-			json_object_set_new(env, name ? name : "", json_string(eq + 1));
-			free(name);
 		} else if (strcmp(arg, "--cwd") == 0) {
 			json_object_set_new(req, "cwd", json_string(value));
 		} else if (strcmp(arg, "--uid") == 0 || strcmp(arg, "--gid") == 0) {
@@ -140,15 +196,8 @@ int cli_exec(int argc, char **argv)
 		    cli_usage_error("%s", "exec: expected a VM (its directory or vsock socket)");
 		goto out;
 	}
-	if (i + 1 >= argc) {
-		status = cli_usage_error("%s", "exec: expected -- and a command after the VM");
+	if (cli_exec_command(req, args, env, argc, argv, i, &status) < 0)
 		goto out;
-	}
-	for (i++; i < argc; i++)
-		json_array_append_new(args, json_string(argv[i]));
-	json_object_set(req, "argv", args);
-	if (json_object_size(env))
-		json_object_set(req, "env", env);
 	if (fk_agent_socket_path(vm, uds, sizeof(uds), &err) < 0) {
 		fprintf(stderr, "forkd exec: %s\n", err.msg);
 		goto out;
@@ -233,28 +282,16 @@ int cli_cp(int argc, char **argv)
 		goto out;
 	}
 	if (upload) {
-		fd = open(src, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || fstat(fd, &st) < 0) {
-			fprintf(stderr, "forkd cp: %s: %s\n", src, strerror(errno));
+		fd = cli_cp_open_source(src, &st);
+		if (fd < 0)
 			goto out;
-		}
-		if (!S_ISREG(st.st_mode)) {
-			fprintf(stderr, "forkd cp: %s: expected a regular file\n", src);
-			goto out;
-		}
 		ret = fk_agent_put(uds, fd, guest_path, st.st_mode & 07777, CONNECT_TIMEOUT_MS,
 				   &bytes, &err);
 	} else {
 		/* Into a temporary file beside DST, renamed once whole. */
-		if (snprintf(tmp, sizeof(tmp), "%s.forkd-XXXXXX", dst) >= (int)sizeof(tmp)) {
-			fprintf(stderr, "forkd cp: %s: path too long\n", dst);
+		fd = cli_cp_open_temp(dst, tmp, sizeof(tmp));
+		if (fd < 0)
 			goto out;
-		}
-		fd = mkostemp(tmp, O_CLOEXEC);
-		if (fd < 0) {
-			fprintf(stderr, "forkd cp: %s: %s\n", dst, strerror(errno));
-			goto out;
-		}
 		ret = fk_agent_get(uds, guest_path, fd, CONNECT_TIMEOUT_MS, &bytes, &mode, &err);
 		if (ret == 0 && (fchmod(fd, mode) < 0 || fsync(fd) < 0 || rename(tmp, dst) < 0))
 			ret = fk_fail_errno(&err, errno, "%s", dst);

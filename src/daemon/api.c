@@ -416,18 +416,6 @@ static void handle_metrics(struct api_call *c)
 	free(text);
 }
 
-static void handle_health(struct api_call *c)
-{
-	struct fk_err err = {0};
-	json_t *out = NULL;
-	int ret = daemon_health(c->api->d, &out, &err);
-
-	if (ret < 0)
-		api_reply_errno(c, ret, &err);
-	else
-		api_reply_json(c, 200, out);
-}
-
 /* ---- JSON routes ---- */
 
 /* ?cascade=true|false|1|0, or a bare ?cascade (true); absent: false. False after a 400. */
@@ -461,6 +449,62 @@ static void finish(struct api_call *c, int ret, struct fk_err *err, unsigned sta
 	}
 }
 
+/* The daemon operations behind the JSON routes, by what they take from the call. */
+typedef int (*daemon_op)(struct daemon *d, json_t **out, struct fk_err *err);
+typedef int (*daemon_key_op)(struct daemon *d, const char *key, json_t **out, struct fk_err *err);
+typedef int (*daemon_key_body_op)(struct daemon *d, const char *key, json_t *body, json_t **out,
+				  struct fk_err *err);
+typedef int (*daemon_delete_op)(struct daemon *d, const char *key, bool cascade, json_t **out,
+				struct fk_err *err);
+
+static void reply_op(struct api_call *c, unsigned status, daemon_op op)
+{
+	struct fk_err err = {0};
+	json_t *out = NULL;
+	int ret = op(c->api->d, &out, &err);
+
+	finish(c, ret, &err, status, out);
+}
+
+/* op on the {id} or {tag} of the path. */
+static void reply_key_op(struct api_call *c, unsigned status, daemon_key_op op)
+{
+	struct fk_err err = {0};
+	json_t *out = NULL;
+	int ret = op(c->api->d, c->param, &out, &err);
+
+	finish(c, ret, &err, status, out);
+}
+
+/* op on the {id} or {tag} of the path with the request's JSON body. */
+static void reply_key_body_op(struct api_call *c, unsigned status, daemon_key_body_op op)
+{
+	struct fk_err err = {0};
+	json_t *out = NULL;
+	int ret = op(c->api->d, c->param, c->body, &out, &err);
+
+	finish(c, ret, &err, status, out);
+}
+
+/* A DELETE of the {id} or {tag} of the path, cascading with ?cascade=true. */
+static void reply_delete(struct api_call *c, daemon_delete_op op)
+{
+	struct fk_err err = {0};
+	json_t *out = NULL;
+	bool cascade;
+	int ret;
+
+	if (!query_bool(c, "cascade", &cascade))
+		return;
+	ret = op(c->api->d, c->param, cascade, &out, &err);
+	finish(c, ret, &err, 200, out);
+}
+
+static void handle_health(struct api_call *c)
+{
+	reply_op(c, 200, daemon_health);
+}
+
 static void handle_vm_create(struct api_call *c)
 {
 	struct fk_err err = {0};
@@ -472,100 +516,52 @@ static void handle_vm_create(struct api_call *c)
 
 static void handle_vm_list(struct api_call *c)
 {
-	struct fk_err err = {0};
-	json_t *out = NULL;
-	int ret = daemon_vm_list(c->api->d, &out, &err);
-
-	finish(c, ret, &err, 200, out);
+	reply_op(c, 200, daemon_vm_list);
 }
 
 static void handle_vm_get(struct api_call *c)
 {
-	struct fk_err err = {0};
-	json_t *out = NULL;
-	int ret = daemon_vm_get(c->api->d, c->param, &out, &err);
-
-	finish(c, ret, &err, 200, out);
+	reply_key_op(c, 200, daemon_vm_get);
 }
 
 static void handle_vm_delete(struct api_call *c)
 {
-	struct fk_err err = {0};
-	json_t *out = NULL;
-	bool cascade;
-	int ret;
-
-	if (!query_bool(c, "cascade", &cascade))
-		return;
-	ret = daemon_vm_delete(c->api->d, c->param, cascade, &out, &err);
-	finish(c, ret, &err, 200, out);
+	reply_delete(c, daemon_vm_delete);
 }
 
 static void handle_vm_branch(struct api_call *c)
 {
-	struct fk_err err = {0};
-	json_t *out = NULL;
-	int ret = daemon_vm_branch(c->api->d, c->param, c->body, &out, &err);
-
-	finish(c, ret, &err, 201, out);
+	reply_key_body_op(c, 201, daemon_vm_branch);
 }
 
 static void handle_vm_snapshot(struct api_call *c)
 {
-	struct fk_err err = {0};
-	json_t *out = NULL;
-	int ret = daemon_vm_snapshot(c->api->d, c->param, c->body, &out, &err);
-
-	finish(c, ret, &err, 201, out);
+	reply_key_body_op(c, 201, daemon_vm_snapshot);
 }
 
 static void handle_snapshot_spawn(struct api_call *c)
 {
-	struct fk_err err = {0};
-	json_t *out = NULL;
-	int ret = daemon_snapshot_spawn(c->api->d, c->param, c->body, &out, &err);
-
-	finish(c, ret, &err, 201, out);
+	reply_key_body_op(c, 201, daemon_snapshot_spawn);
 }
 
 static void handle_snapshot_list(struct api_call *c)
 {
-	struct fk_err err = {0};
-	json_t *out = NULL;
-	int ret = daemon_snapshot_list(c->api->d, &out, &err);
-
-	finish(c, ret, &err, 200, out);
+	reply_op(c, 200, daemon_snapshot_list);
 }
 
 static void handle_snapshot_get(struct api_call *c)
 {
-	struct fk_err err = {0};
-	json_t *out = NULL;
-	int ret = daemon_snapshot_get(c->api->d, c->param, &out, &err);
-
-	finish(c, ret, &err, 200, out);
+	reply_key_op(c, 200, daemon_snapshot_get);
 }
 
 static void handle_snapshot_delete(struct api_call *c)
 {
-	struct fk_err err = {0};
-	json_t *out = NULL;
-	bool cascade;
-	int ret;
-
-	if (!query_bool(c, "cascade", &cascade))
-		return;
-	ret = daemon_snapshot_delete(c->api->d, c->param, cascade, &out, &err);
-	finish(c, ret, &err, 200, out);
+	reply_delete(c, daemon_snapshot_delete);
 }
 
 static void handle_tree(struct api_call *c)
 {
-	struct fk_err err = {0};
-	json_t *out = NULL;
-	int ret = daemon_tree(c->api->d, &out, &err);
-
-	finish(c, ret, &err, 200, out);
+	reply_op(c, 200, daemon_tree);
 }
 
 static const struct api_route routes[] = {

@@ -75,6 +75,9 @@ static const char *const snap_state_names[] = {
 };
 #define NR_SNAP_STATES (sizeof(snap_state_names) / sizeof(snap_state_names[0]))
 
+/* Room for any state name read back from the file, with its NUL. */
+#define STATE_NAME_SIZE 16
+
 const char *reg_vm_state_name(enum reg_vm_state s)
 {
 	return (unsigned)s < NR_VM_STATES ? vm_state_names[s] : "unknown";
@@ -236,6 +239,67 @@ static int grow(void *arrp, size_t *cap, size_t n, size_t elem, struct fk_err *e
 	memcpy(arrp, &p, sizeof(p));
 	*cap = ncap;
 	return 0;
+}
+
+/* Reads the current row of a SELECT into one record (a struct reg_vm, reg_zygote, ...). */
+typedef int (*row_reader)(sqlite3_stmt *st, void *record, struct fk_err *err);
+
+/* Reads the one row that sql, keyed by ?1, selects; no row is ENOENT, "<kind> <key>: no such
+ * <kind>"; what names the look-up in SQLite's errors. */
+static int get_row(struct registry *r, const char *sql, const char *key, row_reader read,
+		   void *record, const char *kind, const char *what, struct fk_err *err)
+{
+	sqlite3_stmt *st = NULL;
+	int rc, ret = prep(r, &st, sql, err);
+
+	if (ret)
+		return ret;
+	bind_str(st, 1, key, false);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		ret = read(st, record, err);
+	else if (rc == SQLITE_DONE)
+		ret = fk_fail(err, ENOENT, "%s %s: no such %s", kind, key, kind);
+	else
+		ret = sql_fail(r, err, what);
+	sqlite3_finalize(st);
+	return ret;
+}
+
+/* Reads every row that sql selects into a new array *out of elem-byte records (out points to
+ * a pointer to the element type, as for grow); ?1, where sql has it, is key (NULL binds SQL
+ * NULL). On failure *out is NULL and *n 0. */
+static int list_rows(struct registry *r, const char *sql, const char *key, row_reader read,
+		     size_t elem, void *out, size_t *n, const char *what, struct fk_err *err)
+{
+	sqlite3_stmt *st = NULL;
+	char *arr = NULL;
+	size_t nr = 0, cap = 0;
+	int rc = SQLITE_DONE, ret = prep(r, &st, sql, err);
+
+	if (ret == 0 && sqlite3_bind_parameter_count(st) > 0) {
+		if (key)
+			bind_str(st, 1, key, false);
+		else
+			sqlite3_bind_null(st, 1);
+	}
+	while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		ret = grow(&arr, &cap, nr, elem, err);
+		if (ret == 0)
+			ret = read(st, arr + nr * elem, err);
+		nr += ret == 0;
+	}
+	if (ret == 0 && rc != SQLITE_DONE)
+		ret = sql_fail(r, err, what);
+	sqlite3_finalize(st);
+	if (ret) {
+		free(arr);
+		arr = NULL;
+		nr = 0;
+	}
+	memcpy(out, &arr, sizeof(arr));
+	*n = nr;
+	return ret;
 }
 
 /* A caller's fixed-size string must hold its NUL. */
@@ -446,9 +510,10 @@ void registry_close(struct registry *r)
 	"id, pid, start_time, boot_id, control_sock, vsock_sock, state, parent_vm, zygote, "       \
 	"snapshot, branched_us, pause_us, image, kernel, tag, created_us, exit_status"
 
-static int read_vm(sqlite3_stmt *st, struct reg_vm *vm, struct fk_err *err)
+static int read_vm(sqlite3_stmt *st, void *record, struct fk_err *err)
 {
-	char state[16];
+	struct reg_vm *vm = record;
+	char state[STATE_NAME_SIZE];
 	int s, ret;
 
 	memset(vm, 0, sizeof(*vm));
@@ -540,12 +605,21 @@ static int exists(struct registry *r, const char *sql, const char *key, struct f
 	return ret;
 }
 
+static int read_zygote_owner(sqlite3_stmt *st, void *record, struct fk_err *err)
+{
+	return col_str(st, 0, record, REG_ID_MAX, "zygote owner", err);
+}
+
+static int read_snapshot_state(sqlite3_stmt *st, void *record, struct fk_err *err)
+{
+	return col_str(st, 0, record, STATE_NAME_SIZE, "snapshot state", err);
+}
+
 /* The lineage a new VM claims must be there: parent, its zygote, a ready snapshot. */
 static int check_vm_origin(struct registry *r, const struct reg_vm *vm, struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	char owner[REG_ID_MAX], state[16];
-	int rc, ret = 0;
+	char owner[REG_ID_MAX], state[STATE_NAME_SIZE];
+	int ret = 0;
 
 	if (vm->zygote[0] && !vm->parent_vm[0])
 		return fk_fail(err, EINVAL,
@@ -565,42 +639,22 @@ static int check_vm_origin(struct registry *r, const struct reg_vm *vm, struct f
 		ret = 0;
 	}
 	if (vm->zygote[0]) {
-		ret = prep(r, &st, "SELECT vm FROM zygotes WHERE id = ?1", err);
-		if (ret)
-			return ret;
-		sqlite3_bind_text(st, 1, vm->zygote, -1, SQLITE_TRANSIENT);
-		rc = sqlite3_step(st);
-		if (rc == SQLITE_ROW)
-			ret = col_str(st, 0, owner, sizeof(owner), "zygote owner", err);
-		else if (rc == SQLITE_DONE)
-			ret = fk_fail(err, ENOENT, "zygote %s: no such zygote", vm->zygote);
-		else
-			ret = sql_fail(r, err, "look up zygote");
+		ret = get_row(r, "SELECT vm FROM zygotes WHERE id = ?1", vm->zygote,
+			      read_zygote_owner, owner, "zygote", "look up zygote", err);
 		if (ret == 0 && strcmp(owner, vm->parent_vm) != 0)
 			ret =
 			    fk_fail(err, EINVAL, "zygote %s belongs to VM %s, not to parent VM %s",
 				    vm->zygote, owner, vm->parent_vm);
-		sqlite3_finalize(st);
 		if (ret)
 			return ret;
 	}
 	if (vm->snapshot[0]) {
-		ret = prep(r, &st, "SELECT state FROM snapshots WHERE tag = ?1", err);
-		if (ret)
-			return ret;
-		sqlite3_bind_text(st, 1, vm->snapshot, -1, SQLITE_TRANSIENT);
-		rc = sqlite3_step(st);
-		if (rc == SQLITE_ROW)
-			ret = col_str(st, 0, state, sizeof(state), "snapshot state", err);
-		else if (rc == SQLITE_DONE)
-			ret = fk_fail(err, ENOENT, "snapshot %s: no such snapshot", vm->snapshot);
-		else
-			ret = sql_fail(r, err, "look up snapshot");
+		ret = get_row(r, "SELECT state FROM snapshots WHERE tag = ?1", vm->snapshot,
+			      read_snapshot_state, state, "snapshot", "look up snapshot", err);
 		if (ret == 0 && strcmp(state, "ready") != 0)
 			ret = fk_fail(err, EINVAL,
 				      "snapshot %s is %s, not ready: no VM can start from it",
 				      vm->snapshot, state);
-		sqlite3_finalize(st);
 	}
 	return ret;
 }
@@ -724,74 +778,22 @@ int registry_vm_set_state(struct registry *r, const char *id, enum reg_vm_state 
 
 int registry_vm_get(struct registry *r, const char *id, struct reg_vm *out, struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	int rc, ret = prep(r, &st, "SELECT " VM_COLS " FROM vms WHERE id = ?1", err);
-
-	if (ret)
-		return ret;
-	bind_str(st, 1, id, false);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		ret = read_vm(st, out, err);
-	else if (rc == SQLITE_DONE)
-		ret = fk_fail(err, ENOENT, "VM %s: no such VM", id);
-	else
-		ret = sql_fail(r, err, "get VM");
-	sqlite3_finalize(st);
-	return ret;
+	return get_row(r, "SELECT " VM_COLS " FROM vms WHERE id = ?1", id, read_vm, out, "VM",
+		       "get VM", err);
 }
 
 int registry_vm_list(struct registry *r, struct reg_vm **out, size_t *n, struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	struct reg_vm *vms = NULL;
-	size_t nr = 0, cap = 0;
-	int rc, ret = prep(r, &st, "SELECT " VM_COLS " FROM vms ORDER BY created_us, rowid", err);
-
-	while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		ret = grow(&vms, &cap, nr, sizeof(*vms), err);
-		if (ret == 0)
-			ret = read_vm(st, &vms[nr], err);
-		nr += ret == 0;
-	}
-	if (ret == 0 && rc != SQLITE_DONE)
-		ret = sql_fail(r, err, "list VMs");
-	sqlite3_finalize(st);
-	if (ret) {
-		free(vms);
-		vms = NULL;
-		nr = 0;
-	}
-	*out = vms;
-	*n = nr;
-	return ret;
+	return list_rows(r, "SELECT " VM_COLS " FROM vms ORDER BY created_us, rowid", NULL, read_vm,
+			 sizeof(**out), out, n, "list VMs", err);
 }
 
 /* ---- Deletes with dependents ---- */
 
-/* Collects the first column of every row of st into ids. */
-static int collect_ids(struct registry *r, sqlite3_stmt *st, struct reg_ids *ids,
-		       struct fk_err *err)
+/* One VM id, the first column of a row. */
+static int read_id(sqlite3_stmt *st, void *record, struct fk_err *err)
 {
-	size_t cap = 0;
-	int rc, ret = 0;
-
-	ids->n = 0;
-	ids->ids = NULL;
-	while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		ret = grow(&ids->ids, &cap, ids->n, sizeof(*ids->ids), err);
-		if (ret == 0)
-			ret = col_str(st, 0, ids->ids[ids->n], REG_ID_MAX, "VM id", err);
-		ids->n += ret == 0;
-	}
-	if (ret == 0 && rc != SQLITE_DONE)
-		ret = sql_fail(r, err, "find dependents");
-	if (ret) {
-		free(ids->ids);
-		ids->ids = NULL;
-		ids->n = 0;
-	}
-	return ret;
+	return col_str(st, 0, record, REG_ID_MAX, "VM id", err);
 }
 
 /* "vm-1, vm-2, ... and N more" into buf, skipping the first `skip` ids. */
@@ -824,15 +826,8 @@ static void name_ids(char *buf, size_t size, const struct reg_ids *ids, size_t s
 static int find_ids(struct registry *r, const char *sql, const char *key, struct reg_ids *found,
 		    struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	int ret = prep(r, &st, sql, err);
-
-	if (ret)
-		return ret;
-	bind_str(st, 1, key, false);
-	ret = collect_ids(r, st, found, err);
-	sqlite3_finalize(st);
-	return ret;
+	return list_rows(r, sql, key, read_id, sizeof(*found->ids), &found->ids, &found->n,
+			 "find dependents", err);
 }
 
 static int run_keyed(struct registry *r, const char *sql, const char *key, const char *what,
@@ -849,14 +844,24 @@ static int run_keyed(struct registry *r, const char *sql, const char *key, const
 	return ret;
 }
 
-static void give_ids(struct reg_ids *ids, struct reg_ids *removed)
+/* Ends a delete's transaction after ret: committed, the deleted VMs' ids go to removed (if
+ * wanted); failed, it is rolled back. */
+static int end_delete(struct registry *r, int ret, struct reg_ids *ids, struct reg_ids *removed,
+		      struct fk_err *err)
 {
-	if (removed)
-		*removed = *ids;
-	else
+	if (ret == 0)
+		ret = tx_commit(r, err);
+	if (ret) {
+		tx_rollback(r);
 		free(ids->ids);
+	} else if (removed) {
+		*removed = *ids;
+	} else {
+		free(ids->ids);
+	}
 	ids->ids = NULL;
 	ids->n = 0;
+	return ret;
 }
 
 int registry_vm_delete(struct registry *r, const char *id, bool cascade, struct reg_ids *removed,
@@ -889,19 +894,22 @@ int registry_vm_delete(struct registry *r, const char *id, bool cascade, struct 
 	}
 	ret = run_keyed(r, DESCENDANTS(VM_SEED) "DELETE FROM vms WHERE id IN d", id, "delete VMs",
 			err);
-	if (ret == 0)
-		ret = tx_commit(r, err);
 out:
-	if (ret) {
-		tx_rollback(r);
-		free(ids.ids);
-		return ret;
-	}
-	give_ids(&ids, removed);
-	return 0;
+	return end_delete(r, ret, &ids, removed, err);
 }
 
 /* ---- Lineage ---- */
+
+/* A VM and, after its columns, its depth in the tree. */
+static int read_lineage_node(sqlite3_stmt *st, void *record, struct fk_err *err)
+{
+	struct reg_lineage_node *node = record;
+	int ret = read_vm(st, &node->vm, err);
+
+	if (ret == 0)
+		node->depth = (unsigned)sqlite3_column_int64(st, 17);
+	return ret;
+}
 
 int registry_lineage(struct registry *r, struct reg_lineage_node **out, size_t *n,
 		     struct fk_err *err)
@@ -918,29 +926,18 @@ int registry_lineage(struct registry *r, struct reg_lineage_node **out, size_t *
 	    " FROM vms v JOIN tree t ON v.parent_vm = t.tid)"
 	    " SELECT " VM_COLS ", tree.depth FROM tree JOIN vms ON vms.id = tree.tid"
 	    " ORDER BY tree.sortkey";
-	sqlite3_stmt *st = NULL;
 	struct reg_lineage_node *nodes = NULL;
-	size_t nr = 0, cap = 0;
+	size_t nr = 0;
 	int64_t total = 0;
-	int rc = SQLITE_DONE, ret;
+	int ret;
 
 	*out = NULL;
 	*n = 0;
 	ret = tx_begin(r, false, err);
 	if (ret)
 		return ret;
-	ret = prep(r, &st, sql, err);
-	while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		ret = grow(&nodes, &cap, nr, sizeof(*nodes), err);
-		if (ret == 0)
-			ret = read_vm(st, &nodes[nr].vm, err);
-		if (ret == 0)
-			nodes[nr].depth = (unsigned)sqlite3_column_int64(st, 17);
-		nr += ret == 0;
-	}
-	if (ret == 0 && rc != SQLITE_DONE)
-		ret = sql_fail(r, err, "lineage");
-	sqlite3_finalize(st);
+	ret =
+	    list_rows(r, sql, NULL, read_lineage_node, sizeof(*nodes), &nodes, &nr, "lineage", err);
 	if (ret == 0)
 		ret = pragma_int(r, "SELECT count(*) FROM vms", &total, err);
 	if (ret == 0 && (size_t)total != nr)
@@ -972,8 +969,9 @@ int registry_lineage(struct registry *r, struct reg_lineage_node **out, size_t *
 
 #define ZYGOTE_COLS "id, vm, pid, start_time, boot_id, dir, nr_children, created_us, pause_us"
 
-static int read_zygote(sqlite3_stmt *st, struct reg_zygote *z, struct fk_err *err)
+static int read_zygote(sqlite3_stmt *st, void *record, struct fk_err *err)
 {
+	struct reg_zygote *z = record;
 	int ret;
 
 	memset(z, 0, sizeof(*z));
@@ -1066,57 +1064,17 @@ int registry_zygote_set_children(struct registry *r, const char *id, uint32_t nr
 int registry_zygote_get(struct registry *r, const char *id, struct reg_zygote *out,
 			struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	int rc, ret = prep(r, &st, "SELECT " ZYGOTE_COLS " FROM zygotes WHERE id = ?1", err);
-
-	if (ret)
-		return ret;
-	bind_str(st, 1, id, false);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		ret = read_zygote(st, out, err);
-	else if (rc == SQLITE_DONE)
-		ret = fk_fail(err, ENOENT, "zygote %s: no such zygote", id);
-	else
-		ret = sql_fail(r, err, "get zygote");
-	sqlite3_finalize(st);
-	return ret;
+	return get_row(r, "SELECT " ZYGOTE_COLS " FROM zygotes WHERE id = ?1", id, read_zygote, out,
+		       "zygote", "get zygote", err);
 }
 
 int registry_zygote_list(struct registry *r, const char *vm, struct reg_zygote **out, size_t *n,
 			 struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	struct reg_zygote *zs = NULL;
-	size_t nr = 0, cap = 0;
-	int rc, ret = prep(r, &st,
-			   "SELECT " ZYGOTE_COLS " FROM zygotes WHERE ?1 IS NULL OR vm = ?1"
-			   " ORDER BY created_us, rowid",
-			   err);
-
-	if (ret == 0) {
-		if (vm)
-			bind_str(st, 1, vm, false);
-		else
-			sqlite3_bind_null(st, 1);
-	}
-	while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		ret = grow(&zs, &cap, nr, sizeof(*zs), err);
-		if (ret == 0)
-			ret = read_zygote(st, &zs[nr], err);
-		nr += ret == 0;
-	}
-	if (ret == 0 && rc != SQLITE_DONE)
-		ret = sql_fail(r, err, "list zygotes");
-	sqlite3_finalize(st);
-	if (ret) {
-		free(zs);
-		zs = NULL;
-		nr = 0;
-	}
-	*out = zs;
-	*n = nr;
-	return ret;
+	return list_rows(r,
+			 "SELECT " ZYGOTE_COLS " FROM zygotes WHERE ?1 IS NULL OR vm = ?1"
+			 " ORDER BY created_us, rowid",
+			 vm, read_zygote, sizeof(**out), out, n, "list zygotes", err);
 }
 
 int registry_zygote_delete(struct registry *r, const char *id, struct fk_err *err)
@@ -1165,9 +1123,10 @@ int registry_tag_check(const char *tag, struct fk_err *err)
 
 #define SNAP_COLS "tag, path, state, parent_vm, created_us"
 
-static int read_snapshot(sqlite3_stmt *st, struct reg_snapshot *s, struct fk_err *err)
+static int read_snapshot(sqlite3_stmt *st, void *record, struct fk_err *err)
 {
-	char state[16];
+	struct reg_snapshot *s = record;
+	char state[STATE_NAME_SIZE];
 	int ret, v;
 
 	memset(s, 0, sizeof(*s));
@@ -1242,21 +1201,8 @@ out:
 int registry_snapshot_get(struct registry *r, const char *tag, struct reg_snapshot *out,
 			  struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	int rc, ret = prep(r, &st, "SELECT " SNAP_COLS " FROM snapshots WHERE tag = ?1", err);
-
-	if (ret)
-		return ret;
-	bind_str(st, 1, tag, false);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		ret = read_snapshot(st, out, err);
-	else if (rc == SQLITE_DONE)
-		ret = fk_fail(err, ENOENT, "snapshot %s: no such snapshot", tag);
-	else
-		ret = sql_fail(r, err, "get snapshot");
-	sqlite3_finalize(st);
-	return ret;
+	return get_row(r, "SELECT " SNAP_COLS " FROM snapshots WHERE tag = ?1", tag, read_snapshot,
+		       out, "snapshot", "get snapshot", err);
 }
 
 /* writing -> to; anything else is refused, naming the state it is in. */
@@ -1297,33 +1243,12 @@ int registry_snapshot_mark_failed(struct registry *r, const char *tag, struct fk
 int registry_snapshot_list(struct registry *r, bool ready_only, struct reg_snapshot **out,
 			   size_t *n, struct fk_err *err)
 {
-	sqlite3_stmt *st = NULL;
-	struct reg_snapshot *ss = NULL;
-	size_t nr = 0, cap = 0;
-	int rc, ret = prep(r, &st,
-			   ready_only ? "SELECT " SNAP_COLS " FROM snapshots WHERE state = 'ready'"
-					" ORDER BY created_us, rowid"
-				      : "SELECT " SNAP_COLS
-					" FROM snapshots ORDER BY created_us, rowid",
-			   err);
-
-	while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		ret = grow(&ss, &cap, nr, sizeof(*ss), err);
-		if (ret == 0)
-			ret = read_snapshot(st, &ss[nr], err);
-		nr += ret == 0;
-	}
-	if (ret == 0 && rc != SQLITE_DONE)
-		ret = sql_fail(r, err, "list snapshots");
-	sqlite3_finalize(st);
-	if (ret) {
-		free(ss);
-		ss = NULL;
-		nr = 0;
-	}
-	*out = ss;
-	*n = nr;
-	return ret;
+	return list_rows(r,
+			 ready_only ? "SELECT " SNAP_COLS " FROM snapshots WHERE state = 'ready'"
+				      " ORDER BY created_us, rowid"
+				    : "SELECT " SNAP_COLS
+				      " FROM snapshots ORDER BY created_us, rowid",
+			 NULL, read_snapshot, sizeof(**out), out, n, "list snapshots", err);
 }
 
 int registry_snapshot_delete(struct registry *r, const char *tag, bool cascade,
@@ -1359,16 +1284,8 @@ int registry_snapshot_delete(struct registry *r, const char *tag, bool cascade,
 	if (ret == 0)
 		ret = run_keyed(r, "DELETE FROM snapshots WHERE tag = ?1", tag, "delete snapshot",
 				err);
-	if (ret == 0)
-		ret = tx_commit(r, err);
 out:
-	if (ret) {
-		tx_rollback(r);
-		free(ids.ids);
-		return ret;
-	}
-	give_ids(&ids, removed);
-	return 0;
+	return end_delete(r, ret, &ids, removed, err);
 }
 
 /* ---- Processes ---- */

@@ -34,6 +34,8 @@
 #include "daemon/daemon.h"
 #include "forkd/agent_proto.h"
 
+#include "agent_relay.h"
+
 #define CONNECT_MS	5000
 #define STREAM_LINE_MAX (96u * 1024u) /* an NDJSON line's base64 is at most 64 KiB */
 
@@ -255,117 +257,14 @@ static void fake_reset(int fail, const char *msg)
 	pthread_mutex_unlock(&fake_lock);
 }
 
-/* ---- the agent on this host, behind a hybrid-vsock relay ---- */
+/* ---- setup: the API on the fake daemon, the agent behind its relay (agent_relay.h) ---- */
 
-static char dir[256], sock_path[300], audit_path[300], agent_sock[300], relay_sock[300];
-static pid_t agent_pid = -1;
-static int relay_fd = -1;
+static char dir[256], sock_path[300], audit_path[300];
 static struct api *api;
-
-static int unix_listen(const char *path)
-{
-	struct sockaddr_un a = {.sun_family = AF_UNIX};
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-	if (fd < 0 || strlen(path) >= sizeof(a.sun_path))
-		return -1;
-	memcpy(a.sun_path, path, strlen(path) + 1);
-	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 64) < 0)
-		return -1;
-	return fd;
-}
-
-static int unix_connect(const char *path)
-{
-	struct sockaddr_un a = {.sun_family = AF_UNIX};
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-	if (fd < 0 || strlen(path) >= sizeof(a.sun_path))
-		return -1;
-	memcpy(a.sun_path, path, strlen(path) + 1);
-	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
-		close(fd);
-		return -1;
-	}
-	return fd;
-}
-
-struct pump {
-	int from, to;
-};
-
-static void *pump_main(void *arg)
-{
-	struct pump *p = arg;
-	char buf[65536];
-	ssize_t n;
-
-	while ((n = read(p->from, buf, sizeof(buf))) > 0)
-		for (ssize_t off = 0; off < n;) {
-			ssize_t w = send(p->to, buf + off, (size_t)(n - off), MSG_NOSIGNAL);
-			if (w <= 0)
-				goto out;
-			off += w;
-		}
-out:
-	shutdown(p->to, SHUT_WR);
-	return NULL;
-}
-
-static void *relay_one(void *arg)
-{
-	int host = (int)(intptr_t)arg, guest = -1;
-	char line[40];
-	size_t have = 0;
-	unsigned port;
-
-	while (have < sizeof(line) - 1 && read(host, line + have, 1) == 1)
-		if (line[have++] == '\n')
-			break;
-	line[have] = '\0';
-	if (sscanf(line, "CONNECT %u\n", &port) != 1 || port != FK_AGENT_PORT ||
-	    (guest = unix_connect(agent_sock)) < 0)
-		goto out;
-	if (write(host, "OK 1024\n", 8) != 8)
-		goto out;
-	struct pump up = {.from = host, .to = guest}, down = {.from = guest, .to = host};
-	pthread_t t;
-	if (pthread_create(&t, NULL, pump_main, &up) == 0) {
-		pump_main(&down);
-		pthread_join(t, NULL);
-	}
-out:
-	close(host);
-	if (guest >= 0)
-		close(guest);
-	return NULL;
-}
-
-static void *relay_main(void *arg)
-{
-	(void)arg;
-	for (;;) {
-		int c = accept4(relay_fd, NULL, NULL, SOCK_CLOEXEC);
-		pthread_t t;
-		if (c < 0)
-			return NULL;
-		pthread_create(&t, NULL, relay_one, (void *)(intptr_t)c);
-		pthread_detach(t);
-	}
-}
-
-static const char *agent_path(void)
-{
-	const char *p = getenv("FORKD_AGENT");
-	return p && *p ? p : "build/guest/forkd-agent";
-}
 
 static int setup(void **state)
 {
-	char listen_arg[320];
 	struct fk_err err = {0};
-	pthread_t relay_thread;
-	struct stat st;
 
 	(void)state;
 	signal(SIGPIPE, SIG_IGN);
@@ -375,25 +274,9 @@ static int setup(void **state)
 		return -1;
 	snprintf(sock_path, sizeof(sock_path), "%s/forkd.sock", dir);
 	snprintf(audit_path, sizeof(audit_path), "%s/audit.log", dir);
-	snprintf(agent_sock, sizeof(agent_sock), "%s/agent.sock", dir);
-	snprintf(relay_sock, sizeof(relay_sock), "%s/vsock.sock", dir);
+	if (agent_relay_start(dir) < 0)
+		return -1;
 	snprintf(fake.agent_sock, sizeof(fake.agent_sock), "%s", relay_sock);
-	snprintf(listen_arg, sizeof(listen_arg), "unix:%s", agent_sock);
-	agent_pid = fork();
-	if (agent_pid == 0) {
-		execl(agent_path(), "forkd-agent", "--listen", listen_arg, "--no-identity",
-		      (char *)NULL);
-		fprintf(stderr, "exec %s: %s\n", agent_path(), strerror(errno));
-		_exit(127);
-	}
-	for (int i = 0; i < 500 && stat(agent_sock, &st) < 0; i++)
-		usleep(10 * 1000);
-	relay_fd = unix_listen(relay_sock);
-	if (relay_fd < 0 || stat(agent_sock, &st) < 0)
-		return -1;
-	if (pthread_create(&relay_thread, NULL, relay_main, NULL))
-		return -1;
-	pthread_detach(relay_thread);
 
 	struct api_config cfg = {.socket_path = sock_path, .audit_log_path = audit_path};
 	if (api_start(fake_daemon, &cfg, &api, &err) < 0) {
@@ -409,10 +292,7 @@ static int teardown(void **state)
 
 	(void)state;
 	api_stop(api);
-	kill(agent_pid, SIGTERM);
-	waitpid(agent_pid, NULL, 0);
-	shutdown(relay_fd, SHUT_RDWR);
-	close(relay_fd);
+	agent_relay_stop();
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	return system(cmd) == 0 ? 0 : -1;
 }
