@@ -185,6 +185,30 @@ static int snap_dir(struct daemon *d, const char *tag, char *buf, size_t len, st
 }
 
 /* DIR/vms/<id>/vm.json keeps what the registry has no column for (mem_mib, cpus). */
+/*
+ * Writes a small JSON file atomically (temp file, rename): a daemon killed
+ * mid-write leaves the old file or the new one, never half of one. No fsync,
+ * like the registry's synchronous=NORMAL: after a power loss the VMs these
+ * files describe are gone too.
+ */
+static void json_write_atomic(json_t *o, const char *path)
+{
+	char tmp[PATH_MAX + 8];
+	bool ok;
+	int fd;
+
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
+		return;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return;
+	ok = json_dumpfd(o, fd, 0) == 0;
+	if (close(fd) < 0)
+		ok = false;
+	if (!ok || rename(tmp, path) < 0)
+		unlink(tmp);
+}
+
 static void meta_save(struct daemon *d, const char *id, int mem_mib, int cpus)
 {
 	struct fk_err ignored = {0};
@@ -195,7 +219,7 @@ static void meta_save(struct daemon *d, const char *id, int mem_mib, int cpus)
 		return;
 	o = json_pack("{s:i,s:i}", "mem_mib", mem_mib, "cpus", cpus);
 	if (o)
-		json_dump_file(o, path, 0);
+		json_write_atomic(o, path);
 	json_decref(o);
 }
 
@@ -517,7 +541,7 @@ static void snap_meta_set(struct daemon *d, const char *tag, uint64_t pause_us)
 		return;
 	if (snap_meta_path(d, tag, path, sizeof(path)) == 0 &&
 	    (o = json_pack("{s:I}", "pause_us", (json_int_t)pause_us))) {
-		json_dump_file(o, path, 0);
+		json_write_atomic(o, path);
 		json_decref(o);
 	}
 	snprintf(m->tag, sizeof(m->tag), "%s", tag);
