@@ -46,8 +46,8 @@
 #include "state/vm_state.h"
 #include "util/json_kind.h"
 
-#define STATUS_CALL_MS	    1000   /* one `status` call while waiting for a VMM */
-#define START_TIMEOUT_MS    30000  /* launch to the control socket answering */
+#define STATUS_CALL_MS	    1000  /* one `status` call while waiting for a VMM */
+#define START_TIMEOUT_MS    30000 /* launch to the control socket answering; see start_timeout_ms */
 #define AGENT_BOOT_MS	    120000 /* an image VM's control socket to its agent answering ping */
 #define AGENT_PING_MS	    1000   /* one ping while waiting for the agent */
 #define SHUTDOWN_WAIT_MS    3000   /* `shutdown` to exit, before SIGKILL */
@@ -694,10 +694,36 @@ static int launch_locked(struct daemon *d, struct starting *s, char *const argv[
  * Waits until every VMM in s answers `status` on its control socket (the VMM serves it once
  * booted or restored); fills mem_mib and cpus from the reply. Lock not held.
  */
+
+/*
+ * How long VMMs may take from launch to answering: START_TIMEOUT_MS, or
+ * FORKD_VMM_START_TIMEOUT_MS (1000..3600000) where VMs start slowly, e.g.
+ * 50 at once inside the nested test host under TCG.
+ */
+static int start_timeout_ms(void)
+{
+	const char *v = getenv("FORKD_VMM_START_TIMEOUT_MS");
+	char *end;
+	long ms;
+
+	if (!v || !*v)
+		return START_TIMEOUT_MS;
+	errno = 0;
+	ms = strtol(v, &end, 10);
+	if (errno || *end || ms < 1000 || ms > 3600000) {
+		fprintf(stderr,
+			"forkd serve: FORKD_VMM_START_TIMEOUT_MS='%s': expected 1000..3600000 ms; "
+			"using %d\n",
+			v, START_TIMEOUT_MS);
+		return START_TIMEOUT_MS;
+	}
+	return (int)ms;
+}
+
 static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool restore_metric,
 			  struct fk_err *err)
 {
-	double deadline = mono_s() + START_TIMEOUT_MS / 1000.0;
+	double deadline = mono_s() + start_timeout_ms() / 1000.0;
 	size_t up = 0;
 
 	while (up < n) {
@@ -757,7 +783,7 @@ static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool r
 			    err, ETIMEDOUT,
 			    "%zu of %zu VMs did not answer on their control socket within "
 			    "%d ms (see %s)",
-			    n - up, n, START_TIMEOUT_MS, s[0].err_path);
+			    n - up, n, start_timeout_ms(), s[0].err_path);
 		/* A restore answers in ~10 ms: a coarser poll shows up in every spawn
 		 * (bench/api.sh). */
 		usleep(1000);

@@ -495,3 +495,11 @@ int vmm_count_lines(const struct vmm_proc *p, const char *prefix)
 		n += strncmp(p->lines[i], prefix, strlen(prefix)) == 0;
 	return n;
 }
+
+void harness_set_vmm_start_timeout(void)
+{
+	char ms[24];
+
+	snprintf(ms, sizeof(ms), "%lld", harness_deadline(30000) - now_ms());
+	setenv("FORKD_VMM_START_TIMEOUT_MS", ms, 1);
+}

@@ -64,6 +64,13 @@ long long now_ms(void);
 #define HARNESS_NESTED_SLOWDOWN 4
 long long harness_deadline(int timeout_ms);
 
+/*
+ * Sets FORKD_VMM_START_TIMEOUT_MS for a forkd serve this process starts (or
+ * the daemon code it runs): 30 s, stretched like harness_deadline where VMs
+ * start slowly (the nested test host).
+ */
+void harness_set_vmm_start_timeout(void);
+
 #include <jansson.h>
 
 /* Sends one JSON request (text) to a control socket; returns the reply (caller decrefs) or NULL. */

@@ -54,6 +54,7 @@ static void open_daemon(int *adopted)
 static int setup(void **state)
 {
 	(void)state;
+	harness_set_vmm_start_timeout();
 	if (harness_tmpdir_create(dir, sizeof(dir), "daemon") < 0)
 		return -1;
 	snprintf(state_dir, sizeof(state_dir), "%s/s", dir);

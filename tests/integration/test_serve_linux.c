@@ -202,6 +202,7 @@ static void start_daemon(void)
 	char log[400];
 	posix_spawn_file_actions_t fa;
 
+	harness_set_vmm_start_timeout();
 	snprintf(log, sizeof(log), "%s/serve.log", dir);
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log, O_WRONLY | O_CREAT | O_APPEND,
