@@ -205,7 +205,10 @@ child_main(struct vm *source, const struct snap_writer *w, const char *dir, int 
 		}
 		_exit(VMM_EXIT_ERROR);
 	}
-	if (write(ready_fd, "ok", 2) < 0) {
+	if (write(ready_fd, "ok", 2) != 2) {
+		/* Nobody learned of this child (its zygote is gone): running on would be an orphan.
+		 */
+		_exit(VMM_EXIT_ERROR);
 	}
 	close(ready_fd);
 	status = vm_run(c);

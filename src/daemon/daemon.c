@@ -19,6 +19,7 @@
  */
 #include "daemon/daemon.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <limits.h>
@@ -1874,6 +1875,44 @@ static void record_children(struct daemon *d, const struct reg_vm *src, const st
 	}
 }
 
+/*
+ * A branch whose source failed before answering (it died mid-branch) may
+ * still have made children nobody will record: stop whatever answers below
+ * its directory, for a short while (a child reports only once its control
+ * socket is up; one that cannot report exits by itself).
+ */
+static void stop_children_of_failed_branch(const char *bdir)
+{
+	char pattern[PATH_MAX];
+
+	/* The VMM refused before making the branch directory (or removed it): no children. */
+	if (access(bdir, F_OK) < 0 ||
+	    (size_t)snprintf(pattern, sizeof(pattern), "%s/child-*/control.sock", bdir) >=
+		sizeof(pattern))
+		return;
+	for (int round = 0; round < 20; round++) {
+		glob_t g = {0};
+
+		if (glob(pattern, 0, NULL, &g) == 0) {
+			for (size_t i = 0; i < g.gl_pathc; i++) {
+				struct fk_err e = {0};
+				json_t *bye = NULL;
+
+				if (vmm_call("shutdown", g.gl_pathv[i],
+					     json_pack("{s:s}", "cmd", "shutdown"), STATUS_CALL_MS,
+					     &bye, &e) == 0)
+					fprintf(
+					    stderr,
+					    "forkd serve: stopped %s, a child of a failed branch\n",
+					    g.gl_pathv[i]);
+				json_decref(bye);
+			}
+		}
+		globfree(&g);
+		usleep(100 * 1000);
+	}
+}
+
 int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **out,
 		     struct fk_err *err)
 {
@@ -1944,8 +1983,10 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 		json_object_set_new(req, "persist", json_string(snap.path));
 	branched_us = wall_us();
 	ret = vmm_call(what, src.control_sock, req, BRANCH_TIMEOUT_MS, &reply, err);
-	if (ret < 0)
+	if (ret < 0) {
+		stop_children_of_failed_branch(bdir);
 		goto fail;
+	}
 	zygote_num = (int)json_integer_value(json_object_get(reply, "zygote"));
 	pstate = json_string_value(json_object_get(reply, "persist"));
 	persist_writing = persist && pstate && strcmp(pstate, "writing") == 0;
@@ -2242,6 +2283,54 @@ static void stop_unregistered_children(struct daemon *d)
 	free(vms);
 }
 
+/*
+ * Kills the forkd-vmm processes started with `--control SOCK`: a VM that
+ * cannot be adopted may have a VMM still starting (no socket yet, no pid
+ * recorded: the daemon died mid-spawn), which would run on as an orphan.
+ */
+static void kill_vmms_serving(const char *sock, const struct reg_vm *known, size_t nr_known)
+{
+	DIR *proc = opendir("/proc");
+	struct dirent *e;
+
+	while (proc && (e = readdir(proc))) {
+		char path[64], cmd[8192];
+		pid_t pid = (pid_t)atoi(e->d_name);
+		bool is_vmm = false, has_sock = false;
+		ssize_t len;
+		int fd;
+
+		if (pid <= 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		len = read(fd, cmd, sizeof(cmd) - 1);
+		close(fd);
+		if (len <= 0)
+			continue;
+		cmd[len] = '\0';
+		/* argv is NUL-separated: argv[0] first, then "--control" and the path. */
+		is_vmm = strlen(cmd) >= 9 && strcmp(cmd + strlen(cmd) - 9, "forkd-vmm") == 0;
+		for (ssize_t i = 0; is_vmm && i < len; i += (ssize_t)strlen(cmd + i) + 1)
+			if (strcmp(cmd + i, "--control") == 0 && i + 10 < len &&
+			    strcmp(cmd + i + 10, sock) == 0)
+				has_sock = true;
+		/* BRANCH children carry their source's argv: a VM the registry knows is spared. */
+		for (size_t k = 0; has_sock && k < nr_known; k++)
+			if (known[k].proc.pid == pid)
+				has_sock = false;
+		if (has_sock) {
+			kill(pid, SIGKILL);
+			fprintf(stderr, "forkd serve: killed VMM pid %d of %s, never adopted\n",
+				(int)pid, sock);
+		}
+	}
+	if (proc)
+		closedir(proc);
+}
+
 /* Re-adopts the VMMs the registry lists as live; marks the others exited. Lock held. */
 static int readopt(struct daemon *d, int *adopted, json_t *jobs, struct fk_err *err)
 {
@@ -2305,6 +2394,8 @@ static int readopt(struct daemon *d, int *adopted, json_t *jobs, struct fk_err *
 					"recorded pid\n",
 					vms[i].id);
 			json_decref(bye);
+			if (vms[i].control_sock[0])
+				kill_vmms_serving(vms[i].control_sock, vms, n);
 			/* Dead while no daemon watched: if it is our zombie, reap it. */
 			if (vms[i].proc.pid > 0 &&
 			    registry_proc_still_same(&vms[i].proc, &e) == 1 &&
