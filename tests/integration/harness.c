@@ -4,6 +4,7 @@
 #include "control/control.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -502,4 +503,41 @@ void harness_set_vmm_start_timeout(void)
 
 	snprintf(ms, sizeof(ms), "%lld", harness_deadline(30000) - now_ms());
 	setenv("FORKD_VMM_START_TIMEOUT_MS", ms, 1);
+}
+
+size_t harness_vmm_pids(const char *needle, pid_t *out, size_t max)
+{
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+	size_t n = 0;
+
+	while (d && (e = readdir(d)) && n < max) {
+		char path[64], cmd[4096];
+		pid_t pid = (pid_t)atoi(e->d_name);
+		ssize_t len;
+		int fd;
+
+		if (pid <= 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		len = read(fd, cmd, sizeof(cmd) - 1);
+		close(fd);
+		if (len <= 0)
+			continue; /* a zombie has an empty cmdline */
+		cmd[len] = '\0';
+		/* argv[0] is forkd-vmm (a daemon's own argv names it after --vmm). */
+		if (strlen(cmd) < 9 || strcmp(cmd + strlen(cmd) - 9, "forkd-vmm") != 0)
+			continue;
+		for (ssize_t i = 0; i < len; i++)
+			if (!cmd[i])
+				cmd[i] = ' ';
+		if (strstr(cmd, needle))
+			out[n++] = pid;
+	}
+	if (d)
+		closedir(d);
+	return n;
 }

@@ -71,6 +71,12 @@ long long harness_deadline(int timeout_ms);
  */
 void harness_set_vmm_start_timeout(void);
 
+/*
+ * pids (at most max) of live forkd-vmm processes (argv[0] ends in forkd-vmm)
+ * whose argv mentions needle, e.g. a daemon's state dir.
+ */
+size_t harness_vmm_pids(const char *needle, pid_t *out, size_t max);
+
 #include <jansson.h>
 
 /* Sends one JSON request (text) to a control socket; returns the reply (caller decrefs) or NULL. */

@@ -217,42 +217,11 @@ static void start_daemon(void)
 	fail_msg("forkd serve did not answer on %s (see %s)", sock, log);
 }
 
-/* pids of the forkd-vmm processes started for this state dir (argv mentions it). */
+/* pids of the forkd-vmm processes started for this test's state dir (argv mentions it). */
 static size_t vmm_pids(pid_t *out, size_t max)
 {
-	DIR *d = opendir("/proc");
-	struct dirent *e;
-	size_t n = 0;
-
-	assert_non_null(d);
-	while ((e = readdir(d)) && n < max) {
-		char path[64], cmd[4096];
-		ssize_t len;
-		int fd;
-		pid_t pid = (pid_t)atoi(e->d_name);
-
-		if (pid <= 0)
-			continue;
-		snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
-		fd = open(path, O_RDONLY);
-		if (fd < 0)
-			continue;
-		len = read(fd, cmd, sizeof(cmd) - 1);
-		close(fd);
-		if (len <= 0)
-			continue; /* a zombie has an empty cmdline */
-		cmd[len] = '\0';
-		/* argv[0] is forkd-vmm (the daemon's own argv names it after --vmm). */
-		if (strlen(cmd) < 9 || strcmp(cmd + strlen(cmd) - 9, "forkd-vmm") != 0)
-			continue;
-		for (ssize_t i = 0; i < len; i++)
-			if (!cmd[i])
-				cmd[i] = ' ';
-		if (strstr(cmd, state))
-			out[n++] = pid;
-	}
-	closedir(d);
-	return n;
+	assert_int_equal(access("/proc", R_OK), 0);
+	return harness_vmm_pids(state, out, max);
 }
 
 static int group_setup(void **state_)
