@@ -12,8 +12,8 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-#define TUN_PATH   "/dev/net/tun"
-#define NETNS_DIR  "/run/netns"
+#define TUN_PATH  "/dev/net/tun"
+#define NETNS_DIR "/run/netns"
 
 /* Opens the tap in the calling thread's network namespace. */
 static int open_here(const char *name, const char *where, struct fk_err *err)
@@ -27,8 +27,7 @@ static int open_here(const char *name, const char *where, struct fk_err *err)
 			return fk_fail_errno(err, errno,
 					     "tap %s%s: no usable %s (is the tun module loaded?)",
 					     name, where, TUN_PATH);
-		return fk_fail_errno(err, errno, "tap %s%s: cannot open %s", name, where,
-				     TUN_PATH);
+		return fk_fail_errno(err, errno, "tap %s%s: cannot open %s", name, where, TUN_PATH);
 	}
 	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
 	ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
@@ -111,8 +110,8 @@ int tap_open(const char *name, const char *netns, struct fk_err *err)
 	o.ns_fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (o.ns_fd < 0) {
 		if (errno == ENOENT)
-			return fk_fail(err, ENOENT, "tap %s: unknown netns %s (no %s)", name,
-				       netns, path);
+			return fk_fail(err, ENOENT, "tap %s: unknown netns %s (no %s)", name, netns,
+				       path);
 		return fk_fail_errno(err, errno, "tap %s: netns %s: cannot open %s", name, netns,
 				     path);
 	}

@@ -330,15 +330,17 @@ static int rx_deliver(struct virtio_net *net)
 			vq->last_avail_idx = saved;
 			return 0;
 		}
-		if (net->chain.readable_len || net->chain.writable_len < (n ? 1 : VIRTIO_NET_HDR_SIZE)) {
+		if (net->chain.readable_len ||
+		    net->chain.writable_len < (n ? 1 : VIRTIO_NET_HDR_SIZE)) {
 			char why[128];
 
-			snprintf(why, sizeof(why),
-				 "rx chain at head %u: %llu device-readable and %llu writable bytes, "
-				 "need none and at least %u",
-				 net->chain.head, (unsigned long long)net->chain.readable_len,
-				 (unsigned long long)net->chain.writable_len,
-				 n ? 1 : VIRTIO_NET_HDR_SIZE);
+			snprintf(
+			    why, sizeof(why),
+			    "rx chain at head %u: %llu device-readable and %llu writable bytes, "
+			    "need none and at least %u",
+			    net->chain.head, (unsigned long long)net->chain.readable_len,
+			    (unsigned long long)net->chain.writable_len,
+			    n ? 1 : VIRTIO_NET_HDR_SIZE);
 			vq->last_avail_idx = saved;
 			virtio_mmio_set_needs_reset(t, why);
 			net_log(net, "%s", why);
@@ -413,7 +415,8 @@ static void rx_process(struct virtio_net *net)
 		}
 		ret = rx_deliver(net);
 		if (ret == 0) {
-			/* No buffers: leave the rest in the tap's queue until the guest posts some. */
+			/* No buffers: leave the rest in the tap's queue until the guest posts some.
+			 */
 			net->stats.rx_no_buffers++;
 			set_rx_armed(net, false);
 			break;
@@ -504,9 +507,8 @@ static void tx_one(struct virtio_net *net)
 	}
 	/* One copy of the header: the guest may rewrite it while the tap reads it. */
 	for (int i = 0; i < c->nr_segs && got < VIRTIO_NET_HDR_SIZE; i++) {
-		uint64_t k = c->segs[i].len < VIRTIO_NET_HDR_SIZE - got
-				 ? c->segs[i].len
-				 : VIRTIO_NET_HDR_SIZE - got;
+		uint64_t k = c->segs[i].len < VIRTIO_NET_HDR_SIZE - got ? c->segs[i].len
+									: VIRTIO_NET_HDR_SIZE - got;
 		memcpy(hdr + got, c->segs[i].hva, k);
 		got += k;
 	}
@@ -657,8 +659,7 @@ int virtio_net_process_events(struct virtio_net *net)
 	return n < 0 ? 0 : n;
 }
 
-int virtio_net_attach_tap(struct virtio_net *net, int tap_fd, const char *name,
-			  struct fk_err *err)
+int virtio_net_attach_tap(struct virtio_net *net, int tap_fd, const char *name, struct fk_err *err)
 {
 	struct epoll_event ev = {.events = 0, .data.u64 = TAG_TAP};
 	struct virtio_mmio *t = net->t;

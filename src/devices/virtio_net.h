@@ -48,20 +48,20 @@
 #define VIRTIO_NET_QUEUE_SIZE 256
 
 /* struct virtio_net_hdr_v1: 12 bytes, little-endian. */
-#define VIRTIO_NET_HDR_SIZE	      12
-#define VIRTIO_NET_HDR_FLAGS	      0
-#define VIRTIO_NET_HDR_GSO_TYPE	      1
-#define VIRTIO_NET_HDR_NUM_BUFFERS    10
-#define VIRTIO_NET_HDR_F_NEEDS_CSUM   1
-#define VIRTIO_NET_HDR_F_DATA_VALID   2
-#define VIRTIO_NET_HDR_GSO_NONE	      0
-#define VIRTIO_NET_HDR_GSO_TCPV4      1
-#define VIRTIO_NET_HDR_GSO_TCPV6      4
-#define VIRTIO_NET_HDR_GSO_ECN	      0x80
+#define VIRTIO_NET_HDR_SIZE	    12
+#define VIRTIO_NET_HDR_FLAGS	    0
+#define VIRTIO_NET_HDR_GSO_TYPE	    1
+#define VIRTIO_NET_HDR_NUM_BUFFERS  10
+#define VIRTIO_NET_HDR_F_NEEDS_CSUM 1
+#define VIRTIO_NET_HDR_F_DATA_VALID 2
+#define VIRTIO_NET_HDR_GSO_NONE	    0
+#define VIRTIO_NET_HDR_GSO_TCPV4    1
+#define VIRTIO_NET_HDR_GSO_TCPV6    4
+#define VIRTIO_NET_HDR_GSO_ECN	    0x80
 
 /* Config space: mac[6], le16 status. */
-#define VIRTIO_NET_CFG_MAC    0
-#define VIRTIO_NET_CFG_STATUS 6
+#define VIRTIO_NET_CFG_MAC     0
+#define VIRTIO_NET_CFG_STATUS  6
 #define VIRTIO_NET_CONFIG_SIZE 8
 
 #define VIRTIO_NET_ETH_HLEN 14
@@ -102,8 +102,7 @@ int virtio_net_watch_notify(struct virtio_net *net, uint32_t q, int fd, struct f
  * goes up and the guest gets a configuration-change interrupt. fd -1 takes
  * the link down. For a BRANCH child, which must not share its source's tap.
  */
-int virtio_net_attach_tap(struct virtio_net *net, int tap_fd, const char *name,
-			  struct fk_err *err);
+int virtio_net_attach_tap(struct virtio_net *net, int tap_fd, const char *name, struct fk_err *err);
 void virtio_net_get_mac(const struct virtio_net *net, uint8_t mac[6]);
 const char *virtio_net_tap_name(const struct virtio_net *net);
 bool virtio_net_link_up(const struct virtio_net *net);
@@ -111,16 +110,16 @@ bool virtio_net_link_up(const struct virtio_net *net);
 void virtio_net_restored(struct virtio_net *net);
 
 struct virtio_net_stats {
-	uint64_t rx_packets, rx_bytes;	 /* delivered to the guest */
-	uint64_t rx_dropped;		 /* read from the tap and dropped (bad buffers, broken ring) */
-	uint64_t rx_no_buffers;		 /* times the tap was paused for lack of rx buffers */
-	uint64_t tx_packets, tx_bytes;	 /* written to the tap */
-	uint64_t tx_dropped_link_down;	 /* taken from the guest with no tap attached */
-	uint64_t tx_malformed;		 /* refused: bad header, lengths, descriptor direction */
-	uint64_t tx_errors;		 /* the tap refused the write */
-	uint64_t rx_budget_exhausted;	 /* wakeups that stopped at VIRTIO_NET_RX_BUDGET */
-	uint64_t tx_budget_exhausted;	 /* wakeups that stopped at VIRTIO_NET_TX_BUDGET */
-	uint32_t offloads;		 /* TUN_F_* now set on the tap */
+	uint64_t rx_packets, rx_bytes; /* delivered to the guest */
+	uint64_t rx_dropped;	/* read from the tap and dropped (bad buffers, broken ring) */
+	uint64_t rx_no_buffers; /* times the tap was paused for lack of rx buffers */
+	uint64_t tx_packets, tx_bytes; /* written to the tap */
+	uint64_t tx_dropped_link_down; /* taken from the guest with no tap attached */
+	uint64_t tx_malformed;	       /* refused: bad header, lengths, descriptor direction */
+	uint64_t tx_errors;	       /* the tap refused the write */
+	uint64_t rx_budget_exhausted;  /* wakeups that stopped at VIRTIO_NET_RX_BUDGET */
+	uint64_t tx_budget_exhausted;  /* wakeups that stopped at VIRTIO_NET_TX_BUDGET */
+	uint32_t offloads;	       /* TUN_F_* now set on the tap */
 };
 void virtio_net_get_stats(struct virtio_net *net, struct virtio_net_stats *stats);
 
