@@ -9,13 +9,13 @@
  */
 #include "net.h"
 
-#define LINK_POLL_US   20000
-#define RX_KICK_BATCH  32
-#define RX_PER_ROUND   64
-#define ECHO_MARK      "forkd-echo "
-#define HOST_MARK      "forkd-host"
-#define COUNT_MARK     "forkd-count"
-#define NET_SEND_MAX   100000000UL
+#define LINK_POLL_US  20000
+#define RX_KICK_BATCH 32
+#define RX_PER_ROUND  64
+#define ECHO_MARK     "forkd-echo "
+#define HOST_MARK     "forkd-host"
+#define COUNT_MARK    "forkd-count"
+#define NET_SEND_MAX  100000000UL
 
 static uint8_t *at(const struct net *n, uint64_t off)
 {
@@ -87,8 +87,9 @@ int net_open(struct net *n, uint64_t mem, bool mrg, uint32_t rxbuf_len)
 	/* Without MRG_RXBUF one buffer takes a whole frame; with it the first needs the header. */
 	n->rxbuf_len = NET_BUF_STRIDE;
 	if (n->mrg && rxbuf_len)
-		n->rxbuf_len = rxbuf_len < 64 ? 64 : rxbuf_len > NET_BUF_STRIDE ? NET_BUF_STRIDE
-										: rxbuf_len;
+		n->rxbuf_len = rxbuf_len < 64		    ? 64
+			       : rxbuf_len > NET_BUF_STRIDE ? NET_BUF_STRIDE
+							    : rxbuf_len;
 	lo = virtio_config_read32(&n->dev, 0);
 	hi = virtio_config_read32(&n->dev, 4);
 	for (int i = 0; i < 4; i++)
@@ -294,8 +295,8 @@ static void say_ready(void)
 {
 	const uint8_t *m = nw.n.mac;
 
-	say("net.ready mac=%02x:%02x:%02x:%02x:%02x:%02x link=%d mrg=%d rxbuf=%u", m[0], m[1],
-	    m[2], m[3], m[4], m[5], nw.link, nw.n.mrg ? 1 : 0, nw.n.rxbuf_len);
+	say("net.ready mac=%02x:%02x:%02x:%02x:%02x:%02x link=%d mrg=%d rxbuf=%u", m[0], m[1], m[2],
+	    m[3], m[4], m[5], nw.link, nw.n.mrg ? 1 : 0, nw.n.rxbuf_len);
 }
 
 static bool net_start(struct cpu *c)
@@ -315,7 +316,8 @@ static void send_some(void)
 
 	net_tx_reap(&nw.n);
 	while (nw.send_left) {
-		uint32_t len = build_frame(f, bcast, nw.n.mac, nw.send_seq_no, (uint32_t)nw.send_len);
+		uint32_t len =
+		    build_frame(f, bcast, nw.n.mac, nw.send_seq_no, (uint32_t)nw.send_len);
 
 		if (!net_tx_frame(&nw.n, f, len))
 			break;
@@ -407,11 +409,12 @@ void net_cmd(char *arg)
 	}
 	if (str_eq(word, "status")) {
 		say("net.status tag=%s net.rx=%lu net.rx_bytes=%lu net.rx_bad=%lu net.rx_other=%lu "
-		    "net.echoed=%lu net.echo_dropped=%lu net.counted=%lu net.tx=%lu net.tx_bytes=%lu "
+		    "net.echoed=%lu net.echo_dropped=%lu net.counted=%lu net.tx=%lu "
+		    "net.tx_bytes=%lu "
 		    "net.link=%d net.resets=%lu net.sending=%lu",
-		    *rest ? rest : "-", nw.rx_frames, nw.rx_bytes, nw.rx_bad, nw.rx_other, nw.echoed,
-		    nw.echo_dropped, nw.counted, nw.tx_frames, nw.tx_bytes, nw.link, nw.resets,
-		    nw.send_left);
+		    *rest ? rest : "-", nw.rx_frames, nw.rx_bytes, nw.rx_bad, nw.rx_other,
+		    nw.echoed, nw.echo_dropped, nw.counted, nw.tx_frames, nw.tx_bytes, nw.link,
+		    nw.resets, nw.send_left);
 		return;
 	}
 	if (str_eq(word, "send")) {
