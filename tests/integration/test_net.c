@@ -224,6 +224,9 @@ static size_t host_frame(uint8_t *f, size_t len, const uint8_t *dst, unsigned se
 	return len;
 }
 
+/* The control socket whose status a failed echo prints. */
+static const char *echo_status_sock;
+
 /* Sends n host frames of the given lengths and checks each echo byte for byte. */
 static void echo_check(int fd, const uint8_t *guest_mac, const size_t *lens, int n)
 {
@@ -237,9 +240,19 @@ static void echo_check(int fd, const uint8_t *guest_mac, const size_t *lens, int
 
 		send_frame(fd, f, len);
 		got = recv_frame(fd, e, sizeof(e), FRAME_TIMEOUT_MS);
-		if (got != (int)want)
+		if (got != (int)want) {
 			fprintf(stderr, "echo %d of a %zu-byte frame: %d bytes, expected %zu\n", i,
 				len, got, want);
+			if (echo_status_sock) {
+				json_t *st =
+				    harness_call(echo_status_sock, "{\"cmd\":\"status\"}", NULL, 0);
+				char *text = st ? json_dumps(st, 0) : NULL;
+
+				fprintf(stderr, "VMM status: %s\n", text ? text : "(none)");
+				free(text);
+				json_decref(st);
+			}
+		}
 		assert_int_equal(got, (int)want);
 		assert_memory_equal(e, f + 6, 6); /* back to the sender */
 		assert_memory_equal(e + 6, guest_mac, 6);
@@ -262,10 +275,10 @@ static void vm_start(struct vm *vm, const char *vmm, const char *ns, const char 
 
 	snprintf(vm->control, sizeof(vm->control), "%s/c%d.sock", dir, ++counter);
 	snprintf(net, sizeof(net), "tap=%s,netns=%s", tap, ns);
-	probe_start(&vm->p, vmm, "128M", "1", append, "--net", net, "--control", vm->control,
-		    NULL);
+	probe_start(&vm->p, vmm, "128M", "1", append, "--net", net, "--control", vm->control, NULL);
 	probe_need_line(&vm->p, "READY", BOOT_TIMEOUT_MS);
 	probe_need_line(&vm->p, "net.ready", BOOT_TIMEOUT_MS);
+	echo_status_sock = vm->control;
 	assert_non_null(vmm_value(&vm->p, "mac", macbuf, sizeof(macbuf)));
 	parse_mac(macbuf, vm->mac);
 }
@@ -329,7 +342,10 @@ static void test_frames_both_ways(void **state)
 	close(fd);
 }
 
-/* MRG_RXBUF with 256-byte buffers: a 1514-byte frame spans seven of them. */
+/*
+ * MRG_RXBUF with 256-byte buffers: a 1514-byte frame spans seven of them.
+ * The guest also accepts the receive offloads: the tap is told so.
+ */
 static void test_mergeable_rx_buffers(void **state)
 {
 	static const size_t lens[] = {1514, 60, 245, 256, 257, 1000, 1514, 1514};
@@ -340,10 +356,14 @@ static void test_mergeable_rx_buffers(void **state)
 	(void)state;
 	tap_new(ns, "fktap0");
 	fd = packet_socket(ns, "fktap0");
-	vm_start(&vm, NULL, ns, "fktap0", "work=net net_tx=0 net_mrg=1 net_rxbuf=256");
+	vm_start(&vm, NULL, ns, "fktap0",
+		 "work=net net_tx=0 net_mrg=1 net_rxbuf=256 net_offload=1");
 	probe_expect_kv(&vm.p, "mrg", "1");
 	probe_expect_kv(&vm.p, "rxbuf", "256");
 	echo_check(fd, vm.mac, lens, (int)(sizeof(lens) / sizeof(lens[0])));
+	/* TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 */
+	assert_int_equal(status_int(vm.control, "net_offloads"), 7);
+	assert_int_equal(status_int(vm.control, "net_errors"), 0);
 	vmm_send(&vm.p, "net status m\n");
 	probe_need_line(&vm.p, "net.status tag=m ", FRAME_TIMEOUT_MS);
 	probe_expect_kv(&vm.p, "net.rx_bad", "0");
@@ -633,8 +653,8 @@ static void test_snapshot_restore(void **state)
 	snprintf(net, sizeof(net), "tap=fktap1,netns=%s", ns);
 	snprintf(ctl, sizeof(ctl), "%s/r%d.sock", dir, counter);
 	{
-		char *argv[] = {(char *)harness_vmm(), "--restore", snap, "--net", net,
-				"--control", ctl, "--serial-in", "stdin", NULL};
+		char *argv[] = {(char *)harness_vmm(), "--restore", snap,	   "--net", net,
+				"--control",	       ctl,	    "--serial-in", "stdin", NULL};
 		assert_int_equal(vmm_start(&r, argv), 0);
 	}
 	/* The restored guest runs (and the tap is attached) once it sees its new generation. */
@@ -673,17 +693,20 @@ static void test_bad_input(void **state)
 
 	(void)state;
 	{
-		char *argv[] = {(char *)harness_vmm(), "--kernel", (char *)harness_probe(), "--net",
+		char *argv[] = {(char *)harness_vmm(),	       "--kernel",
+				(char *)harness_probe(),       "--net",
 				"tap=fkx,netns=fk-no-such-ns", NULL};
 		assert_int_equal(run_vmm_err(argv, "unknown netns fk-no-such-ns"), 2);
 	}
 	{
-		char *argv[] = {(char *)harness_vmm(), "--kernel", (char *)harness_probe(), "--net",
+		char *argv[] = {(char *)harness_vmm(),		 "--kernel",
+				(char *)harness_probe(),	 "--net",
 				"tap=fkx,mac=01:02:03:04:05:06", NULL};
 		assert_int_equal(run_vmm_err(argv, "not a unicast MAC"), 2);
 	}
 	{
-		char *argv[] = {(char *)harness_vmm(), "--kernel", (char *)harness_probe(), "--net",
+		char *argv[] = {(char *)harness_vmm(),	 "--kernel",
+				(char *)harness_probe(), "--net",
 				"mac=02:02:03:04:05:06", NULL};
 		assert_int_equal(run_vmm_err(argv, "expected tap=NAME"), 2);
 	}
@@ -697,8 +720,8 @@ static void test_bad_input(void **state)
 		ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
 		assert_int_equal(ioctl(busy, TUNSETIFF, &ifr), 0);
 		snprintf(net, sizeof(net), "tap=%s", ifr.ifr_name);
-		char *argv[] = {(char *)harness_vmm(), "--kernel", (char *)harness_probe(), "--net",
-				net, NULL};
+		char *argv[] = {
+		    (char *)harness_vmm(), "--kernel", (char *)harness_probe(), "--net", net, NULL};
 		assert_int_equal(run_vmm_err(argv, "busy"), 1);
 	}
 	close(busy);
@@ -717,6 +740,9 @@ int main(int argc, char **argv)
 	};
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;
+	/* FORKD_TEST_FILTER=test_x runs only that test (while debugging one). */
+	if (getenv("FORKD_TEST_FILTER"))
+		cmocka_set_test_filter(getenv("FORKD_TEST_FILTER"));
 	return cmocka_run_group_tests_name("virtio-net with the probe guest", tests, setup,
 					   teardown);
 }
