@@ -361,8 +361,8 @@ static int rx_deliver(struct virtio_net *net)
 	if (off < len) {
 		/* The buffers taken hand back empty: the guest sees a short packet and drops it. */
 		net->stats.rx_dropped++;
-		net_log(net, "rx: a %u-byte packet does not fit the guest's buffers%s", len,
-			mrg ? "" : " (MRG_RXBUF not negotiated)");
+		net_log(net, "rx: a %u-byte frame does not fit the guest's buffers%s",
+			len - VIRTIO_NET_HDR_SIZE, mrg ? "" : " (MRG_RXBUF not negotiated)");
 		for (unsigned i = 0; i < n; i++)
 			net->rx_lens[i] = 0;
 	} else {
