@@ -15,15 +15,14 @@
 #include "core/config.h"
 #include "devices/virtio_net.h"
 
-#define QNUM	   256
-#define RXQ_DESC   0x1000ULL
-#define TXQ_DESC   0x4000ULL
-#define RX_BUF_GPA 0x10000ULL /* RX_STRIDE apart */
-#define RX_STRIDE  0x800ULL
-#define TX_GPA	   0x100000ULL /* TX_STRIDE apart */
-#define TX_STRIDE  0x800ULL
-#define BASE_FEATURES                                                                              \
-	((1ULL << VIRTIO_F_VERSION_1) | VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS)
+#define QNUM	      256
+#define RXQ_DESC      0x1000ULL
+#define TXQ_DESC      0x4000ULL
+#define RX_BUF_GPA    0x10000ULL /* RX_STRIDE apart */
+#define RX_STRIDE     0x800ULL
+#define TX_GPA	      0x100000ULL /* TX_STRIDE apart */
+#define TX_STRIDE     0x800ULL
+#define BASE_FEATURES ((1ULL << VIRTIO_F_VERSION_1) | VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS)
 
 static const uint8_t test_mac[6] = {0x02, 0x11, 0x22, 0x33, 0x44, 0x55};
 
@@ -140,8 +139,8 @@ static void rx_post(struct nfx *f, uint16_t i, uint32_t len)
 }
 
 /* A tx chain at slot i: header (12 bytes, given flags/gso) and frame split at `split`. */
-static void tx_packet(struct nfx *f, uint16_t i, const uint8_t *frame, uint32_t len,
-		      uint8_t flags, uint8_t gso, uint32_t split)
+static void tx_packet(struct nfx *f, uint16_t i, const uint8_t *frame, uint32_t len, uint8_t flags,
+		      uint8_t gso, uint32_t split)
 {
 	uint64_t gpa = TX_GPA + i * TX_STRIDE;
 	uint8_t *p = vg_ptr(&f->mem, gpa, VIRTIO_NET_HDR_SIZE + len);
@@ -331,7 +330,8 @@ static void test_tx_broken_rings(void **state)
 			vg_set_avail_idx(&f->mem, &f->txq, cases[c].jump);
 		vg_notify(&f->t, VIRTIO_NET_QUEUE_TX);
 		assert_true(vg_status(&f->t) & VIRTIO_STATUS_DEVICE_NEEDS_RESET);
-		assert_true(vg_read32(&f->t, VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG);
+		assert_true(vg_read32(&f->t, VIRTIO_MMIO_INTERRUPT_STATUS) &
+			    VIRTIO_MMIO_INT_CONFIG);
 		assert_true(vg_irqs(f->irq) >= 1);
 		/* Further notifications are ignored until reset. */
 		vg_notify(&f->t, VIRTIO_NET_QUEUE_TX);
@@ -641,8 +641,8 @@ static void test_config_net(void **state)
 				 bad[i].msg);
 	}
 	{
-		char *argv[] = {"forkd-vmm", "--kernel", "k", "--net", "tap=a", "--net", "tap=b",
-				NULL};
+		char *argv[] = {"forkd-vmm", "--kernel", "k",	  "--net",
+				"tap=a",     "--net",	 "tap=b", NULL};
 		assert_int_equal(vmm_config_parse(&cfg, 7, argv, &err), -EINVAL);
 		assert_non_null(strstr(err.msg, "given twice"));
 	}
