@@ -176,6 +176,5 @@ int main(int argc, char **argv)
 	};
 	if (where_begin(argc, argv, NEEDS_LINUX, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;
-	return cmocka_run_group_tests_name("virtio-net with a Linux guest", tests, setup,
-					   teardown);
+	return cmocka_run_group_tests_name("virtio-net with a Linux guest", tests, setup, teardown);
 }
