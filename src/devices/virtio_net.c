@@ -316,7 +316,6 @@ static int rx_deliver(struct virtio_net *net)
 	bool mrg = negotiated(net) & VIRTIO_NET_F_MRG_RXBUF;
 	uint32_t len = net->rx_len, off = 0;
 	unsigned n = 0;
-	uint16_t nbufs;
 	struct fk_err err;
 	int ret;
 
@@ -366,10 +365,9 @@ static int rx_deliver(struct virtio_net *net)
 		for (unsigned i = 0; i < n; i++)
 			net->rx_lens[i] = 0;
 	} else {
-		nbufs = htole16((uint16_t)n);
-		/* num_buffers sits in the first chain; its bytes may straddle descriptors. */
-		*net->hdr_bytes[VIRTIO_NET_HDR_NUM_BUFFERS] = (uint8_t)nbufs;
-		*net->hdr_bytes[VIRTIO_NET_HDR_NUM_BUFFERS + 1] = (uint8_t)(nbufs >> 8);
+		/* le16 num_buffers in the first chain; its bytes may straddle descriptors. */
+		*net->hdr_bytes[VIRTIO_NET_HDR_NUM_BUFFERS] = (uint8_t)(n & 0xff);
+		*net->hdr_bytes[VIRTIO_NET_HDR_NUM_BUFFERS + 1] = (uint8_t)(n >> 8);
 		net->stats.rx_packets++;
 		net->stats.rx_bytes += len - VIRTIO_NET_HDR_SIZE;
 	}
