@@ -1,28 +1,37 @@
-// The SDK's flows against a real `forkd serve` with probe guests (no Linux
-// guest needed, so it runs natively on KVM). Not a node --test suite: run by
-// test/e2e_probe.sh, which starts the daemon, or by hand:
+// The SDK's flows against a real `forkd serve`. Not a node --test suite: run
+// by test/e2e_serve.sh, which starts the daemon, or by hand:
 //
 //   FORKD_SOCKET=/path/forkd.sock FORKD_PROBE=build/guest/probe.elf \
-//     node build/sdk/typescript/test/e2e_daemon.js
+//     [FORKD_E2E_IMAGE=forkd-test-base] node build/sdk/typescript/test/e2e_daemon.js
 //
-// Each step prints PASS or FAIL with the reason, then one closing line
-// "e2e_daemon: N passed, N failed"; exit status 0 only if every step passed.
-// Without FORKD_SOCKET or FORKD_PROBE it fails (exit 2) and says so. Every VM
-// and snapshot it made is removed at the end, and their VMM processes are
-// checked gone from outside (by pid).
+// With FORKD_PROBE: the lineage flows on probe guests (no Linux, so natively on
+// KVM-PVM). With FORKD_E2E_IMAGE: a Linux image's sandbox too (exec streamed,
+// exit codes, signals, time limits, files, branch with fresh entropy), which
+// needs the nested test host here. Each step prints PASS or FAIL with the
+// reason, then one closing line "e2e_daemon: N passed, N failed"; exit status 0
+// only if every step passed. Without FORKD_SOCKET, or with neither FORKD_PROBE
+// nor FORKD_E2E_IMAGE, it fails (exit 2) and says so. Every VM and snapshot it
+// made is removed at the end, and their VMM processes are checked gone from
+// outside (by pid).
 
 import * as assert from "assert/strict";
+import { createHash, randomBytes } from "crypto";
 import * as fs from "fs";
 import * as path from "path";
-import { BadRequest, Conflict, Controller, NotFound, Sandbox, Unavailable, VM } from "../src/index";
+import { BadRequest, CommandTimeout, Conflict, Controller, NotFound, Sandbox, Unavailable, VM } from "../src/index";
 
 const socket = process.env.FORKD_SOCKET;
 const probe = process.env.FORKD_PROBE;
-if (!socket || !probe) {
-  console.error("e2e_daemon: FAIL: needs FORKD_SOCKET (a running forkd serve) and FORKD_PROBE (build/guest/probe.elf)");
+const image = process.env.FORKD_E2E_IMAGE;
+if (!socket || (!probe && !image)) {
+  console.error(
+    "e2e_daemon: FAIL: needs FORKD_SOCKET (a running forkd serve) and FORKD_PROBE (build/guest/probe.elf) " +
+      "and/or FORKD_E2E_IMAGE (a Linux image, e.g. forkd-test-base)",
+  );
+  console.log("e2e_daemon: 0 passed, 1 failed");
   process.exit(2);
 }
-const kernel = path.resolve(probe);
+const kernel = path.resolve(probe ?? "/nonexistent");
 const c = new Controller({ socket, timeoutMs: 120_000 });
 const tag = `tssdk-e2e-${process.pid}`;
 const persistTag = `${tag}-persist`;
@@ -63,6 +72,11 @@ async function step(name: string, fn: () => Promise<void>): Promise<boolean> {
 }
 
 async function main(): Promise<void> {
+  if (probe) await probeFlows();
+  if (image) await linuxFlows(image);
+}
+
+async function probeFlows(): Promise<void> {
   let baseline = 0;
   let root: VM | null = null;
   let kids: VM[] = [];
@@ -221,6 +235,95 @@ async function main(): Promise<void> {
   });
 }
 
+// A Linux image's sandbox: what the probe guest cannot do (it has no agent).
+async function linuxFlows(img: string): Promise<void> {
+  const w = "/tmp/forkd-tssdk-e2e";
+  let sb: Sandbox | null = null;
+  if (!(await step(`Linux: create a sandbox of ${img}`, async () => {
+    const t0 = Date.now();
+    sb = await Sandbox.create({ controller: c, image: img, memMib: 512 });
+    numbers.push(`create (${img}, 512 MiB, agent answering): ${Date.now() - t0} ms`);
+    roots.add(sb.id);
+    if (sb.vm) remember(sb.vm);
+    assert.equal(sb.vm?.image, img);
+    assert.equal((await sb.commands.run(["mkdir", "-p", w])).exitCode, 0);
+  }))) return;
+  const s = sb as unknown as Sandbox;
+
+  await step("Linux: exit codes, stderr, argv, stdin, env, cwd, signal", async () => {
+    const r = await s.commands.run("echo hello; echo oops >&2; exit 3");
+    assert.deepEqual([r.exitCode, r.stdout, r.stderr, r.ok], [3, "hello\n", "oops\n", false]);
+    assert.equal((await s.commands.run(["/bin/echo", "a b", "$HOME"])).stdout, "a b $HOME\n");
+    const io = await s.commands.run('cat; echo " $V"; pwd', { stdin: "in", env: { V: "vé" }, cwd: w });
+    assert.equal(io.stdout, `in vé\n${w}\n`);
+    const k = await s.commands.run("echo before; kill -TERM $$; echo after");
+    assert.deepEqual([k.signal, k.exitCode, k.stdout], [15, null, "before\n"]);
+    const nobody = await s.commands.run("id -u", { user: "nobody" });
+    assert.ok(!["", "0"].includes(nobody.stdout.trim()), `user nobody ran as ${nobody.stdout}`);
+  });
+
+  await step("Linux: output streams to the callbacks as it arrives", async () => {
+    const got: Array<[number, string]> = [];
+    const t0 = Date.now();
+    const r = await s.commands.run("for i in 1 2 3 4; do echo $i; sleep 1; done", {
+      onStdout: (t) => got.push([Date.now() - t0, t]),
+    });
+    const end = Date.now() - t0;
+    assert.equal(r.stdout, "1\n2\n3\n4\n");
+    assert.equal(got.map((g) => g[1]).join(""), r.stdout);
+    assert.ok(got.length >= 2 && got[0][0] < end - 1000, `first output at ${got[0]?.[0]} ms, end at ${end} ms`);
+    const parts: string[] = [];
+    const u = await s.commands.run("printf '\\303'; sleep 0.5; printf '\\251\\n'", { onStdout: (t) => parts.push(t) });
+    assert.equal(u.stdout, "é\n");
+    assert.ok(parts.every((p) => !p.includes("\ufffd")), JSON.stringify(parts));
+  });
+
+  await step("Linux: a time limit kills the command: CommandTimeout", async () => {
+    const t0 = Date.now();
+    await assert.rejects(s.commands.run("echo before; sleep 60", { timeoutMs: 3000 }), (e: unknown) => {
+      assert.ok(e instanceof CommandTimeout, String(e));
+      assert.equal(e.stdout, "before\n");
+      return true;
+    });
+    assert.ok(Date.now() - t0 < 30_000, `took ${Date.now() - t0} ms`);
+    assert.equal((await s.commands.run("true")).exitCode, 0);
+  });
+
+  await step("Linux: files round trip, checked inside the guest", async () => {
+    const data = randomBytes(256 * 1024);
+    await s.files.write(`${w}/data.bin`, data, { mode: 0o600 });
+    assert.ok((await s.files.read(`${w}/data.bin`)).equals(data), "read back differs");
+    const inside = await s.commands.run(`sha256sum ${w}/data.bin | cut -d' ' -f1; stat -c %a ${w}/data.bin`);
+    assert.equal(inside.stdout, `${createHash("sha256").update(data).digest("hex")}\n600\n`);
+    await s.commands.run(`printf 'héllo\\n' > ${w}/text.txt`);
+    assert.equal(await s.files.readText(`${w}/text.txt`), "héllo\n");
+    await assert.rejects(s.files.read(`${w}/missing`), NotFound);
+  });
+
+  await step("Linux: branch 3: the same instant, fresh entropy, separate disks", async () => {
+    await s.files.write(`${w}/mark`, "before-branch\n");
+    const t0 = Date.now();
+    const kids = await s.branch(3);
+    numbers.push(`branch n=3 of a Linux sandbox: ${Date.now() - t0} ms round trip, source paused ${kids[0]?.vm?.pauseUs} us`);
+    for (const k of kids) if (k.vm) remember(k.vm);
+    assert.equal(kids.length, 3);
+    const rnd = new Set<string>();
+    for (const k of kids) {
+      assert.equal(k.vm?.parent, s.id);
+      assert.equal(await k.files.readText(`${w}/mark`), "before-branch\n");
+      rnd.add((await k.commands.run("head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'")).stdout);
+      await k.files.write(`${w}/only-${k.id}`, k.id);
+    }
+    assert.equal(rnd.size, 3, `children share /dev/urandom: ${[...rnd]}`);
+    await assert.rejects(s.files.read(`${w}/only-${kids[0].id}`), NotFound);
+    await assert.rejects(kids[1].files.read(`${w}/only-${kids[0].id}`), NotFound);
+    assert.equal((await s.commands.run("true")).exitCode, 0, "the source does not run on");
+    await assert.rejects(s.kill(), Conflict);
+    assert.deepEqual(new Set(await s.kill({ cascade: true })), new Set([s.id, ...kids.map((k) => k.id)]));
+    roots.delete(s.id);
+  });
+}
+
 async function cleanup(): Promise<void> {
   for (const t of tags) await c.deleteSnapshot(t, { cascade: true }).catch(() => undefined);
   for (const id of roots) await c.deleteVm(id, { cascade: true }).catch(() => undefined);
@@ -233,8 +336,10 @@ async function cleanup(): Promise<void> {
       left = left.filter(([, pid]) => alive(pid));
     }
     assert.deepEqual(left, [], `still running: ${left.map(([id, pid]) => `${id}=${pid}`).join(", ")}`);
-    // root, 3 children, 2 grandchildren, 4 spawned, the sandbox and its 2 children.
-    assert.equal(pids.size, 13, `${pids.size} VM pids seen, expected 13`);
+    // Probe: root, 3 children, 2 grandchildren, 4 spawned, the sandbox and its 2
+    // children; Linux: the sandbox and its 3 children.
+    const expected = (probe ? 13 : 0) + (image ? 4 : 0);
+    assert.equal(pids.size, expected, `${pids.size} VM pids seen, expected ${expected}`);
   });
 }
 

@@ -245,3 +245,12 @@ declare class URL {
   readonly host: string;
   readonly search: string;
 }
+
+declare module "crypto" {
+  interface Hash {
+    update(data: string | Uint8Array): Hash;
+    digest(encoding: "hex" | "base64"): string;
+  }
+  function createHash(algorithm: string): Hash;
+  function randomBytes(size: number): Buffer;
+}
