@@ -63,14 +63,13 @@ export function checkTimeout(what: string, ms: unknown, allowNull: boolean): num
   return ms;
 }
 
-type Phase = "connect" | "answer" | "body" | "done";
+type Phase = "connect" | "answer" | "body";
 
 /** One request on its own connection: the answer's headers are in, its body
  * not yet read. `failure` is set when the exchange was cut short on purpose
  * (a timeout): readers report it rather than the socket's own error. */
 export class Exchange {
   failure: ForkdError | null = null;
-  phase: Phase = "connect";
   /** What a timeout while the body streams is reported as (exec overrides it). */
   bodyTimeout: () => ForkdError;
 
@@ -89,7 +88,6 @@ export class Exchange {
   }
 
   close(): void {
-    this.phase = "done";
     this.req.destroy();
   }
 
@@ -279,7 +277,6 @@ export class Transport {
         phase = "body";
         const status = res.statusCode ?? 0;
         const ex = new Exchange(res, req, where, timeoutMs);
-        ex.phase = "body";
         exchange = ex;
         if (status < 400) {
           resolve(ex);
