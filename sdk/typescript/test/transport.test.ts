@@ -193,6 +193,27 @@ describe("TCP, token, TLS", () => {
   });
 });
 
+describe("what goes on the wire", () => {
+  test("ids and query values are percent-encoded; mode is octal", async () => {
+    const c = new Controller({ socket: unixPath });
+    await assert.rejects(c.vm("a/b?c"), Unauthorized);
+    assert.equal(seen[seen.length - 1].url, "/v1/vms/a%2Fb%3Fc");
+    await assert.rejects(c.readFile("vm-1", "/tmp/a b/é&x=1"), Unauthorized);
+    assert.equal(seen[seen.length - 1].url, "/v1/vms/vm-1/files?path=%2Ftmp%2Fa%20b%2F%C3%A9%26x%3D1");
+    await assert.rejects(c.writeFile("vm-1", "/f", "data", { mode: 0o640 }), Unauthorized);
+    const put = seen[seen.length - 1];
+    assert.deepEqual([put.method, put.url, put.body], ["PUT", "/v1/vms/vm-1/files?path=%2Ff&mode=0640", "data"]);
+    await assert.rejects(c.deleteVm("vm-1", { cascade: true }), Unauthorized);
+    assert.equal(seen[seen.length - 1].url, "/v1/vms/vm-1?cascade=true");
+    await assert.rejects(c.branch("vm-1", { n: 0, persist: true, tag: "t1", wait: false }), Unauthorized);
+    assert.deepEqual(JSON.parse(seen[seen.length - 1].body ?? ""), { n: 0, persist: true, wait: false, tag: "t1" });
+    await assert.rejects(c.createVm({ kernel: "/k", initrd: "/i", append: "a=1", memMib: 64, cpus: 2, tag: "x", vsock: false }), Unauthorized);
+    assert.deepEqual(JSON.parse(seen[seen.length - 1].body ?? ""), {
+      kernel: "/k", initrd: "/i", append: "a=1", mem_mib: 64, cpus: 2, tag: "x", vsock: false,
+    });
+  });
+});
+
 describe("timeouts", () => {
   test("no answer within the call's timeout: RequestTimeout", async () => {
     const c = new Controller({ socket: unixPath });
