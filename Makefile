@@ -104,9 +104,15 @@ unit-test: $(UNIT_BINS) $(UNIT_ASAN_BINS) $(FORKD) $(FORKD_ASAN) $(FORKD_AGENT) 
 	@echo "== sdk/python (unittest, against a fake daemon)"
 	@python3 -m unittest discover -s sdk/python/tests
 	@echo "== sdk/typescript (tsc strict, node --test against the simulated daemon)"
+	@$(MAKE) --no-print-directory ts-sdk
+	@node --test $(BUILD)/sdk/typescript/test/*.test.js
+
+# The TypeScript SDK and its tests, compiled into $(BUILD)/sdk/typescript (its
+# e2e, test/e2e_daemon.js, runs against a real daemon: sdk/typescript/README.md).
+.PHONY: ts-sdk
+ts-sdk:
 	@command -v tsc >/dev/null || { echo "tsc not found: scripts/install-deps.sh installs node-typescript" >&2; exit 1; }
 	@tsc -p sdk/typescript --outDir $(BUILD)/sdk/typescript
-	@node --test $(BUILD)/sdk/typescript/test/*.test.js
 
 # Each binary runs natively where this machine's KVM can run it, else in the
 # nested test host (tests/run-integration.sh, docs/testing.md); that and the
