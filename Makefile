@@ -96,7 +96,7 @@ $(BUILD)/bench/%: bench/%.c
 
 # Some unit tests run the guest agent and the CLI on this host (no VM needed).
 # The sanitized tests run the sanitized CLI.
-unit-test: $(UNIT_BINS) $(UNIT_ASAN_BINS) $(FORKD) $(FORKD_ASAN) $(FORKD_AGENT) $(VMM)
+unit-test: $(UNIT_BINS) $(UNIT_ASAN_BINS) $(FORKD) $(FORKD_ASAN) $(FORKD_AGENT) $(VMM) $(VMM_ASAN)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; \
 	  FORKD_AGENT=$(abspath $(FORKD_AGENT)) FORKD_CLI=$(abspath $(FORKD)) $$t; done; \
 	for t in $(UNIT_ASAN_BINS); do echo "== $$t"; \
