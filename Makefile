@@ -123,7 +123,7 @@ TEST_ROOTFS := forkd-test-base
 test-rootfs: $(FORKD) $(FORKD_AGENT)
 	$(FORKD) image build $(TEST_ROOTFS) --packages python3
 
-integration-test: $(VMM) $(VMM_ASAN) $(ITEST_BINS) probe images test-rootfs
+integration-test: $(VMM) $(VMM_ASAN) $(ITEST_BINS) probe images test-rootfs ts-sdk
 	@FORKD_VMM=$(abspath $(VMM)) FORKD_VMM_ASAN=$(abspath $(VMM_ASAN)) \
 	  FORKD_PROBE=$(abspath $(PROBE_ELF)) FORKD_BUILD=$(abspath $(BUILD)) \
 	  FORKD_IMAGES=$(abspath $(IMAGES_DIR)) tests/run-integration.sh $(ITEST_BINS)
