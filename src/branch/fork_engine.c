@@ -169,6 +169,16 @@ static int build_child(const struct vm *source, const struct snap_writer *w, con
 			    index, cdir, sizeof(c->restored_cfg.vsock_path) - 1);
 	}
 
+	/*
+	 * The child must not share its source's tap (both would read each
+	 * other's packets): its network device starts link-down and gets a tap
+	 * of its own through the control socket's net-attach. The inherited
+	 * tap fd itself went with close_fds_except.
+	 */
+	c->restored_cfg.net_tap[0] = '\0';
+	c->restored_cfg.net_netns[0] = '\0';
+	c->restored_cfg.net_mac_given = false;
+
 	ret = vm_prepare(c, &c->restored_cfg, err);
 	if (ret < 0)
 		return ret;

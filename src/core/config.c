@@ -128,6 +128,10 @@ void vmm_config_usage(FILE *out)
 	      "                       /dev/vda read-only with an overlay and the guest agent;\n"
 	      "                       kernel and initrd default to $FORKD_IMAGES or\n"
 	      "                       /var/cache/forkd/images (give --vsock to reach the agent)\n"
+	      "  --net tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,netns=NS]\n"
+	      "                       one virtio-net device on tap NAME (attached, or created),\n"
+	      "                       opened inside /run/netns/NS if given; default MAC random\n"
+	      "                       (with --restore, the snapshot's). See docs/net-device.md\n"
 	      "  --control PATH       serve the JSON control protocol on this Unix socket\n"
 	      "                       (status, pause, resume, shutdown; see docs/control.md)\n"
 	      "  -h, --help           this text\n"
@@ -296,6 +300,91 @@ static int parse_vsock(struct vmm_config *cfg, const char *arg, struct fk_err *e
 	return 0;
 }
 
+/* "52:54:00:12:34:56": six two-digit hex bytes; a multicast MAC cannot be a NIC's. */
+static int parse_mac(const char *s, size_t len, uint8_t mac[6])
+{
+	unsigned v[6];
+	int used = 0;
+
+	if (len != 17 ||
+	    sscanf(s, "%2x:%2x:%2x:%2x:%2x:%2x%n", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+		   &used) != 6 ||
+	    used != 17)
+		return -EINVAL;
+	for (int i = 0; i < 17; i++)
+		if (i % 3 == 2 ? s[i] != ':' : !isxdigit((unsigned char)s[i]))
+			return -EINVAL;
+	for (int i = 0; i < 6; i++)
+		mac[i] = (uint8_t)v[i];
+	return (mac[0] & 1) ? -EINVAL : 0;
+}
+
+/* A name we can put in a path or an ifreq: no '/', no leading '.', printable, short. */
+static bool net_name_ok(const char *s, size_t len, size_t max)
+{
+	if (len == 0 || len >= max || s[0] == '.')
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (s[i] == '/' || !isgraph((unsigned char)s[i]) || s[i] == ':')
+			return false;
+	return true;
+}
+
+static int parse_net(struct vmm_config *cfg, const char *arg, struct fk_err *err)
+{
+	const char *opt = arg;
+
+	if (cfg->net_tap[0])
+		return fk_fail(err, EINVAL, "--net '%s': given twice (one network device per VM)",
+			       arg);
+	while (*opt) {
+		size_t len = strcspn(opt, ",");
+		const char *eq = memchr(opt, '=', len);
+		size_t klen = eq ? (size_t)(eq - opt) : len;
+		const char *val = eq ? eq + 1 : opt + len;
+		size_t vlen = eq ? len - klen - 1 : 0;
+
+		if (eq && klen == 3 && strncmp(opt, "tap", 3) == 0) {
+			if (!net_name_ok(val, vlen, sizeof(cfg->net_tap)))
+				return fk_fail(err, EINVAL,
+					       "--net '%s': tap '%.*s' is not an interface name (1 "
+					       "to %zu printable characters, no '/' or ':')",
+					       arg, (int)vlen, val, sizeof(cfg->net_tap) - 1);
+			memcpy(cfg->net_tap, val, vlen);
+			cfg->net_tap[vlen] = '\0';
+		} else if (eq && klen == 3 && strncmp(opt, "mac", 3) == 0) {
+			if (parse_mac(val, vlen, cfg->net_mac) < 0)
+				return fk_fail(
+				    err, EINVAL,
+				    "--net '%s': mac '%.*s' is not a unicast MAC such as "
+				    "52:54:00:12:34:56",
+				    arg, (int)vlen, val);
+			cfg->net_mac_given = true;
+		} else if (eq && klen == 5 && strncmp(opt, "netns", 5) == 0) {
+			if (!net_name_ok(val, vlen, sizeof(cfg->net_netns)))
+				return fk_fail(
+				    err, EINVAL,
+				    "--net '%s': netns '%.*s' is not a name in /run/netns", arg,
+				    (int)vlen, val);
+			memcpy(cfg->net_netns, val, vlen);
+			cfg->net_netns[vlen] = '\0';
+		} else {
+			return fk_fail(err, EINVAL,
+				       "--net '%s': unknown option '%.*s' (expected "
+				       "tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,netns=NS])",
+				       arg, (int)len, opt);
+		}
+		opt += len;
+		if (*opt == ',')
+			opt++;
+	}
+	if (!cfg->net_tap[0])
+		return fk_fail(err, EINVAL,
+			       "--net '%s': expected tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,netns=NS]",
+			       arg);
+	return 0;
+}
+
 int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_err *err)
 {
 	enum {
@@ -313,7 +402,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_OVERLAY_DIR,
 		OPT_CPUID_HIDE,
 		OPT_VSOCK,
-		OPT_IMAGE
+		OPT_IMAGE,
+		OPT_NET
 	};
 	static const struct option opts[] = {
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
@@ -331,6 +421,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"cpuid-hide", required_argument, NULL, OPT_CPUID_HIDE},
 	    {"vsock", required_argument, NULL, OPT_VSOCK},
 	    {"image", required_argument, NULL, OPT_IMAGE},
+	    {"net", required_argument, NULL, OPT_NET},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -427,6 +518,11 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			break;
 		case OPT_IMAGE:
 			cfg->image = optarg;
+			break;
+		case OPT_NET:
+			ret = parse_net(cfg, optarg, err);
+			if (ret < 0)
+				return ret;
 			break;
 		case 'h':
 			cfg->help = true;
