@@ -47,6 +47,11 @@ static void put_net_status(struct vm *vm, json_t *reply)
 	json_object_set_new(reply, "net_tx_budget_exhausted",
 			    json_integer((json_int_t)st.tx_budget_exhausted));
 	json_object_set_new(reply, "net_offloads", json_integer(st.offloads));
+	/* --net-policy: the VM's own namespace, and where the host reaches the guest */
+	if (vm->cfg->net_netns_owned) {
+		json_object_set_new(reply, "net_netns", json_string(vm->cfg->net_netns));
+		json_object_set_new(reply, "net_host_addr", json_string(vm->cfg->net_host_addr));
+	}
 }
 
 static int cmd_status(void *opaque, json_t *request, json_t *reply, struct fk_err *err)

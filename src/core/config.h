@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <stdio.h>
 
 #include "util/err.h"
@@ -86,6 +87,18 @@ struct vmm_config {
 	char net_netns[VMM_NET_NETNS_MAX]; /* "" : the VMM's own namespace */
 	uint8_t net_mac[6];
 	bool net_mac_given; /* else a random locally administered MAC (a snapshot keeps its own) */
+	/*
+	 * --net-policy none|host|nat[,id=ID] (enum fk_net_policy, src/net/,
+	 * docs/networking.md): the VMM makes its own namespace forkd-<ID> and
+	 * sets net_tap/net_netns to its tap; net_host_addr is where the host
+	 * reaches the guest. The owner pid keeps a zygote or child (which copy
+	 * this config) from removing its source's namespace.
+	 */
+	int net_policy;
+	char net_id[33];
+	bool net_netns_owned;
+	pid_t net_netns_owner;
+	char net_host_addr[16];
 	bool mem_given, cpus_given;
 	bool help;
 	/*
