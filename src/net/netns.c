@@ -255,6 +255,23 @@ static int sysctl_set(const char *netns, const char *key, const char *value, str
 	return 0;
 }
 
+/* The first word of a small file into buf: 0 or -errno. */
+static int fk_read_file_word(const char *path, char *buf, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, size - 1);
+	close(fd);
+	if (n < 0)
+		return -errno;
+	buf[n] = '\0';
+	buf[strcspn(buf, " \n")] = '\0';
+	return 0;
+}
+
 /* --- records: DIR/ns-<name> = "pid starttime slot policy" --- */
 
 struct record {
@@ -361,6 +378,200 @@ static bool root_link_exists(const char *ifname)
 	return if_nametoindex(ifname) != 0;
 }
 
+/* --- uplinks: where nat traffic leaves the machine and its replies come back --- */
+
+#define UPLINKS_MAX 8
+
+/*
+ * The uplinks: $FORKD_NET_UPLINK (comma-separated interface names; "none":
+ * leave every interface alone), else the interfaces of this namespace's
+ * IPv4 default routes. Returns how many.
+ */
+static int find_uplinks(char names[UPLINKS_MAX][IFNAMSIZ])
+{
+	const char *set = getenv("FORKD_NET_UPLINK");
+	char line[256];
+	int n = 0;
+	FILE *f;
+
+	if (set && strcmp(set, "none") == 0)
+		return 0;
+	if (set && set[0]) {
+		while (*set && n < UPLINKS_MAX) {
+			size_t len = strcspn(set, ",");
+
+			if (len > 0 && len < IFNAMSIZ) {
+				memcpy(names[n], set, len);
+				names[n++][len] = '\0';
+			}
+			set += len + (set[len] == ',');
+		}
+		return n;
+	}
+	f = fopen("/proc/net/route", "r");
+	if (!f)
+		return 0;
+	while (n < UPLINKS_MAX && fgets(line, sizeof(line), f)) {
+		char ifname[IFNAMSIZ + 1];
+		unsigned dest, mask;
+		bool dup = false;
+
+		if (sscanf(line, "%16s %x %*x %*x %*d %*d %*d %x", ifname, &dest, &mask) != 3 ||
+		    dest != 0 || mask != 0 || strlen(ifname) >= IFNAMSIZ)
+			continue;
+		for (int i = 0; i < n; i++)
+			dup |= strcmp(names[i], ifname) == 0;
+		if (!dup) {
+			memcpy(names[n], ifname, strlen(ifname) + 1); /* < IFNAMSIZ: checked */
+			n++;
+		}
+	}
+	fclose(f);
+	return n;
+}
+
+static void uplink_path(const char *ifname, char *path, size_t size)
+{
+	snprintf(path, size, "%s/uplink-%s", fk_net_dir(), ifname);
+}
+
+/* The uplinks forkd switched forwarding on for (DIR/uplink-<if> holds the value before). */
+static int flipped_uplinks(char names[UPLINKS_MAX][IFNAMSIZ])
+{
+	struct dirent *de;
+	DIR *d = opendir(fk_net_dir());
+	int n = 0;
+
+	if (!d)
+		return 0;
+	while (n < UPLINKS_MAX && (de = readdir(d))) {
+		if (strncmp(de->d_name, "uplink-", 7) == 0 && strlen(de->d_name + 7) < IFNAMSIZ)
+			snprintf(names[n++], IFNAMSIZ, "%s", de->d_name + 7);
+	}
+	closedir(d);
+	return n;
+}
+
+/* The guard table for the flipped uplinks, or none when no uplink is flipped. */
+static int uplink_guard(struct fk_err *err)
+{
+	char names[UPLINKS_MAX][IFNAMSIZ], rules[RULES_MAX];
+	const char *list[UPLINKS_MAX];
+	int n = flipped_uplinks(names), ret;
+
+	if (n == 0) {
+		ret = nft(NULL,
+			  "add table ip " FK_NFT_UPLINK_TABLE "\n"
+			  "delete table ip " FK_NFT_UPLINK_TABLE "\n",
+			  err);
+		return ret < 0 ? fk_wrap(err, "removing the uplink guard") : 0;
+	}
+	for (int i = 0; i < n; i++)
+		list[i] = names[i];
+	ret = fk_nft_uplink_rules(list, n, rules, sizeof(rules), err);
+	if (ret == 0)
+		ret = nft(NULL, rules, err);
+	return ret < 0 ? fk_wrap(err, "the uplink guard") : 0;
+}
+
+/*
+ * nat: replies to masqueraded traffic arrive on the uplink and are routed
+ * on to our veth, which the kernel does only if the uplink forwards. Where
+ * it does not, switch it on for that interface alone, note the old value,
+ * and guard it (nft.h: FK_NFT_UPLINK_TABLE) so nothing else is forwarded.
+ */
+static int uplinks_acquire(struct fk_err *err)
+{
+	struct fk_slots slots = net_slots();
+	char names[UPLINKS_MAX][IFNAMSIZ], key[192], path[600], value[16];
+	int n = find_uplinks(names), lock, ret = 0;
+	bool flipped = false;
+
+	if (n == 0)
+		return 0;
+	lock = fk_slots_lock(&slots, err);
+	if (lock < 0)
+		return lock;
+	for (int i = 0; i < n && ret == 0; i++) {
+		snprintf(key, sizeof(key), "/proc/sys/net/ipv4/conf/%s/forwarding", names[i]);
+		ret = fk_read_file_word(key, value, sizeof(value));
+		if (ret < 0) {
+			ret = fk_fail_errno(err, -ret, "uplink %s: %s", names[i], key);
+			break;
+		}
+		if (strcmp(value, "0") != 0)
+			continue; /* forwarding already, by the machine's choice or ours */
+		uplink_path(names[i], path, sizeof(path));
+		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (fd >= 0) {
+			ret = fk_write_all(fd, "0\n", 2);
+			close(fd);
+		}
+		if (ret == 0)
+			ret = sysctl_set(NULL, key + strlen("/proc/sys/"), "1", err);
+		flipped = true;
+	}
+	if (ret == 0 && flipped)
+		ret = uplink_guard(err);
+	close(lock);
+	return ret;
+}
+
+static bool any_nat_record(void)
+{
+	struct dirent *de;
+	DIR *d = opendir(fk_net_dir());
+	bool found = false;
+
+	if (!d)
+		return false;
+	while (!found && (de = readdir(d))) {
+		struct record rec;
+
+		if (strncmp(de->d_name, "ns-", 3) == 0 && !strchr(de->d_name + 3, '.') &&
+		    record_read(de->d_name + 3, &rec) == 0 && rec.policy == FK_NET_NAT)
+			found = true;
+	}
+	closedir(d);
+	return found;
+}
+
+/* When no nat namespace is left: every flipped uplink gets its old value back, the guard goes. */
+static int uplinks_release(struct fk_err *err)
+{
+	struct fk_slots slots = net_slots();
+	char names[UPLINKS_MAX][IFNAMSIZ], key[192], path[600], value[16];
+	int n, lock, ret = 0;
+
+	lock = fk_slots_lock(&slots, err);
+	if (lock < 0)
+		return lock;
+	n = flipped_uplinks(names);
+	if (n == 0 || any_nat_record())
+		goto out;
+	for (int i = 0; i < n; i++) {
+		uplink_path(names[i], path, sizeof(path));
+		if (fk_read_file_word(path, value, sizeof(value)) < 0)
+			snprintf(value, sizeof(value), "0");
+		snprintf(key, sizeof(key), "net/ipv4/conf/%s/forwarding", names[i]);
+		/* an uplink that went away meanwhile has nothing to restore */
+		if (if_nametoindex(names[i]) != 0) {
+			int r = sysctl_set(NULL, key, value, err);
+
+			if (r < 0) {
+				ret = r;
+				continue;
+			}
+		}
+		unlink(path);
+	}
+	if (ret == 0)
+		ret = uplink_guard(err);
+out:
+	close(lock);
+	return ret;
+}
+
 /* --- create / destroy --- */
 
 static int setup_links(struct fk_netns *ns, struct fk_err *err)
@@ -411,6 +622,9 @@ static int setup_links(struct fk_netns *ns, struct fk_err *err)
 	snprintf(key, sizeof(key), "net/ipv4/conf/%s/forwarding", host_if);
 	ret = sysctl_set(NULL, key, ns->policy == FK_NET_NAT ? "1" : "0", err);
 	if (ret == 0 && ns->policy == FK_NET_NAT) {
+		ret = uplinks_acquire(err);
+		if (ret < 0)
+			return fk_wrap(err, "nat");
 		ret = fk_nft_root_rules((unsigned)ns->slot, host_if, ns->ns_addr, rules,
 					sizeof(rules), err);
 		if (ret == 0)
@@ -580,6 +794,8 @@ int fk_netns_destroy(const char *name, struct fk_err *err)
 	if (unlink(path) < 0 && errno != ENOENT)
 		return fk_fail_errno(err, errno, "destroy network namespace %s: unlink %s", name,
 				     path);
+	if (rec.policy == FK_NET_NAT && uplinks_release(err) < 0)
+		return fk_wrap(err, "destroy network namespace %s", name);
 	return 0;
 }
 

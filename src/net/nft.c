@@ -176,3 +176,35 @@ int fk_nft_root_rules(unsigned slot, const char *host_if, const char *ns_addr, c
 		return fk_fail(err, ENOSPC, "nft rules: %zu-byte buffer too small", size);
 	return 0;
 }
+
+int fk_nft_uplink_rules(const char *const *uplinks, int nr, char *buf, size_t size,
+			struct fk_err *err)
+{
+	size_t used = 0;
+	int ret;
+
+	if (nr <= 0)
+		return fk_fail(err, EINVAL, "nft rules: no uplink");
+	for (int i = 0; i < nr; i++) {
+		ret = check_word("uplink", uplinks[i], err);
+		if (ret < 0)
+			return ret;
+	}
+	ret = append(buf, size, &used,
+		     "add table ip " FK_NFT_UPLINK_TABLE "\n"
+		     "delete table ip " FK_NFT_UPLINK_TABLE "\n"
+		     "table ip " FK_NFT_UPLINK_TABLE " {\n"
+		     "\tchain forward {\n"
+		     "\t\ttype filter hook forward priority filter; policy accept;\n");
+	for (int i = 0; i < nr && ret == 0; i++)
+		ret = append(buf, size, &used,
+			     "\t\tiifname \"%s\" oifname != \"fkv*\" drop\n"
+			     "\t\tiifname \"%s\" ct state established,related accept\n"
+			     "\t\tiifname \"%s\" drop\n",
+			     uplinks[i], uplinks[i], uplinks[i]);
+	if (ret == 0)
+		ret = append(buf, size, &used, "\t}\n}\n");
+	if (ret < 0)
+		return fk_fail(err, ENOSPC, "nft rules: %zu-byte buffer too small", size);
+	return 0;
+}

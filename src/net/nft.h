@@ -51,6 +51,16 @@ int fk_nft_ns_rules(const struct fk_nft_ns *ns, char *buf, size_t size, struct f
 int fk_nft_root_rules(unsigned slot, const char *host_if, const char *ns_addr, char *buf,
 		      size_t size, struct fk_err *err);
 
+/*
+ * The root namespace's table `ip forkd_uplink` while forkd has switched
+ * forwarding on for uplinks (nat replies come back through them): what
+ * arrives on an uplink is forwarded only to our veths (fkv*), and only
+ * for connections made from inside, as with forwarding off before.
+ */
+#define FK_NFT_UPLINK_TABLE "forkd_uplink"
+int fk_nft_uplink_rules(const char *const *uplinks, int nr, char *buf, size_t size,
+			struct fk_err *err);
+
 /* The root table's name for a slot ("forkd_<slot>") into buf. */
 void fk_nft_root_table(unsigned slot, char *buf, size_t size);
 

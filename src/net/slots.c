@@ -101,6 +101,13 @@ static int lock_dir(const struct fk_slots *slots, struct fk_err *err)
 	return fd;
 }
 
+int fk_slots_lock(const struct fk_slots *slots, struct fk_err *err)
+{
+	int ret = check_slots(slots, err);
+
+	return ret < 0 ? ret : lock_dir(slots, err);
+}
+
 static void slot_path(const struct fk_slots *slots, unsigned slot, char *path, size_t size)
 {
 	snprintf(path, size, "%s/slot-%u", slots->dir, slot);

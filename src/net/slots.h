@@ -37,6 +37,9 @@ void fk_ipv4_str(uint32_t addr, char *buf);
 /* Creates the directory (0700, with its parents) if missing. */
 int fk_slots_prepare(const struct fk_slots *slots, struct fk_err *err);
 
+/* Takes DIR/lock (flock): returns the fd, whose close releases it, or -errno. */
+int fk_slots_lock(const struct fk_slots *slots, struct fk_err *err);
+
 /* Takes the lowest free slot for `name`. -ENOSPC "slot space exhausted" when none is left. */
 int fk_slot_alloc(const struct fk_slots *slots, const char *name, unsigned *slot,
 		  struct fk_err *err);

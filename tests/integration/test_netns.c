@@ -443,11 +443,8 @@ static void ext_start(void)
 	    "ip addr add %s/30 dev %s && ip link set %s up && "
 	    "ip -n %s addr add %s/30 dev eth0 && ip -n %s link set eth0 up",
 	    ext_ns, ext_if, ext_ns, EXT_ROOT, ext_if, ext_if, ext_ns, EXT_ADDR, ext_ns);
-	/*
-	 * The uplink a nat namespace's replies come back on must forward: set
-	 * on this test's own link only (docs/networking.md, "Uplink").
-	 */
-	run("echo 1 > /proc/sys/net/ipv4/conf/%s/forwarding", ext_if);
+	/* nat namespaces take this test's link as their uplink, never the machine's */
+	setenv("FORKD_NET_UPLINK", ext_if, 1);
 	ext_server = start_server(ext_ns, "0.0.0.0", EXT_PORT, "outside");
 }
 
@@ -478,6 +475,7 @@ static int teardown(void **state)
 		vm_ids[i][0] = '\0';
 	}
 	stop(&ext_server);
+	setenv("FORKD_NET_UPLINK", "none", 1);
 	if (ext_ns[0]) {
 		snprintf(cmd, sizeof(cmd),
 			 "ip link del %s 2>/dev/null; ip netns del %s 2>/dev/null", ext_if, ext_ns);
@@ -541,6 +539,7 @@ static void read_sysctl(const char *path, char *buf, size_t size)
 static void check_policy(enum fk_net_policy policy)
 {
 	char reply[256], want[128], path[128], fwd[8], global_before[8], global_after[8];
+	char uplink_fwd[8], out[2048];
 	pid_t host_server;
 	struct fk_netns vm;
 	int ret;
@@ -559,12 +558,22 @@ static void check_policy(enum fk_net_policy policy)
 	ret = ask(guests[0].ns, EXT_ADDR, EXT_PORT, reply, sizeof(reply));
 	snprintf(path, sizeof(path), "/proc/sys/net/ipv4/conf/%s/forwarding", vm.host_if);
 	read_sysctl(path, fwd, sizeof(fwd));
+	snprintf(path, sizeof(path), "/proc/sys/net/ipv4/conf/%s/forwarding", ext_if);
+	read_sysctl(path, uplink_fwd, sizeof(uplink_fwd));
 	if (policy == FK_NET_NAT) {
 		assert_int_equal(ret, 0);
 		snprintf(want, sizeof(want), "outside %s %s hello\n", EXT_ADDR, EXT_ROOT);
 		assert_string_equal(reply, want);
 		assert_string_equal(fwd, "1\n");
+		/* the uplink forwards while a nat namespace exists, guarded */
+		assert_string_equal(uplink_fwd, "1\n");
+		capture(out, sizeof(out), "nft list table ip forkd_uplink 2>&1");
+		assert_non_null(strstr(out, ext_if));
+		/* nothing from outside reaches the guest, even with a route to it */
+		run("ip -n %s route add 10.200.0.0/16 via %s", ext_ns, EXT_ROOT);
+		assert_int_not_equal(ask(ext_ns, vm.ns_addr, GUEST_PORT, reply, sizeof(reply)), 0);
 	} else {
+		assert_string_equal(uplink_fwd, "0\n");
 		/* refused at the namespace's forward chain (admin-prohibited), not left to time out
 		 */
 		assert_int_equal(ret, -EHOSTUNREACH);
@@ -578,6 +587,11 @@ static void check_policy(enum fk_net_policy policy)
 	stop(&host_server);
 	guest_stop(&guests[0]);
 	vm_destroy(0, &vm);
+	/* the last nat namespace gone: the uplink is as it was, its guard gone */
+	read_sysctl(path, uplink_fwd, sizeof(uplink_fwd));
+	assert_string_equal(uplink_fwd, "0\n");
+	capture(out, sizeof(out), "nft list table ip forkd_uplink >/dev/null 2>&1; echo rc=$?");
+	assert_string_equal(out, "rc=1\n");
 }
 
 static void test_policy_host(void **state)
@@ -771,6 +785,8 @@ int main(int argc, char **argv)
 	};
 	if (where_begin(argc, argv, NEEDS_NOTHING, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;
+	/* no test touches this machine's uplink: ext_start() names the test's own */
+	setenv("FORKD_NET_UPLINK", "none", 1);
 	if (geteuid() != 0) {
 		fprintf(stderr, "itest_netns: needs root (network namespaces, veths, nftables)\n");
 		return 1;

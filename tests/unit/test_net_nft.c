@@ -127,6 +127,33 @@ static void test_root_rules(void **state)
 			 -EINVAL);
 }
 
+static void test_uplink_rules(void **state)
+{
+	const char *const two[] = {"eth0", "ens3"}, *const bad[] = {"eth0 accept"};
+	struct fk_err err = {0};
+	char buf[1024];
+
+	(void)state;
+	assert_int_equal(fk_nft_uplink_rules(two, 2, buf, sizeof(buf), &err), 0);
+	assert_string_equal(buf, "add table ip forkd_uplink\n"
+				 "delete table ip forkd_uplink\n"
+				 "table ip forkd_uplink {\n"
+				 "\tchain forward {\n"
+				 "\t\ttype filter hook forward priority filter; policy accept;\n"
+				 "\t\tiifname \"eth0\" oifname != \"fkv*\" drop\n"
+				 "\t\tiifname \"eth0\" ct state established,related accept\n"
+				 "\t\tiifname \"eth0\" drop\n"
+				 "\t\tiifname \"ens3\" oifname != \"fkv*\" drop\n"
+				 "\t\tiifname \"ens3\" ct state established,related accept\n"
+				 "\t\tiifname \"ens3\" drop\n"
+				 "\t}\n"
+				 "}\n");
+	assert_int_equal(fk_nft_uplink_rules(two, 0, buf, sizeof(buf), &err), -EINVAL);
+	assert_int_equal(fk_nft_uplink_rules(bad, 1, buf, sizeof(buf), &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "uplink 'eth0 accept'"));
+	assert_int_equal(fk_nft_uplink_rules(two, 2, buf, 64, &err), -ENOSPC);
+}
+
 static void test_namespace_ids(void **state)
 {
 	struct fk_err err = {0};
@@ -156,9 +183,10 @@ static void test_namespace_ids(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_policy_words), cmocka_unit_test(test_ns_rules_host),
-	    cmocka_unit_test(test_ns_rules_nat), cmocka_unit_test(test_ns_rules_bad),
-	    cmocka_unit_test(test_root_rules),	 cmocka_unit_test(test_namespace_ids),
+	    cmocka_unit_test(test_policy_words),  cmocka_unit_test(test_ns_rules_host),
+	    cmocka_unit_test(test_ns_rules_nat),  cmocka_unit_test(test_ns_rules_bad),
+	    cmocka_unit_test(test_root_rules),	  cmocka_unit_test(test_uplink_rules),
+	    cmocka_unit_test(test_namespace_ids),
 	};
 	return cmocka_run_group_tests_name("net nft rules and names", tests, NULL, NULL);
 }
