@@ -19,6 +19,9 @@ packages=(
 	qemu-system-x86
 	socat
 	debootstrap
+	# VM networking (docs/networking.md): namespaces, veths and taps with ip, rules with nft
+	iproute2
+	nftables
 )
 missing=()
 for p in "${packages[@]}"; do
