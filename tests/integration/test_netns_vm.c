@@ -306,6 +306,46 @@ static void test_killed_vmm_swept_by_next(void **state)
 	expect_netns_gone(ns2);
 }
 
+/* A VM restored from a snapshot gets a namespace of its own too, its guest's MAC unchanged. */
+static void test_restore_gets_own_namespace(void **state)
+{
+	char sock[300], rsock[300], req[600], ns[64], rns[64], addr[16], raddr[16];
+	char *argv[] = {(char *)harness_vmm(), "--restore", NULL,	"--net-policy", "host",
+			"--control",	       rsock,	    "--serial", "none",		NULL};
+	char snap[300];
+	struct vmm_proc p, r;
+	int fd;
+
+	(void)state;
+	snprintf(sock, sizeof(sock), "%s/s.sock", dir);
+	snprintf(rsock, sizeof(rsock), "%s/r.sock", dir);
+	snprintf(snap, sizeof(snap), "%s/snap", dir);
+	argv[2] = snap;
+	vm_start(&p, sock, "host");
+	net_status(sock, ns, sizeof(ns), addr, sizeof(addr));
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\"}", snap);
+	json_decref(control(sock, req));
+
+	assert_int_equal(vmm_start(&r, argv), 0);
+	for (long long deadline = harness_deadline(BOOT_TIMEOUT_MS);
+	     access(rsock, F_OK) != 0 && now_ms() < deadline;)
+		usleep(20000);
+	net_status(rsock, rns, sizeof(rns), raddr, sizeof(raddr));
+	assert_string_not_equal(rns, ns);
+	assert_string_not_equal(raddr, addr);
+	fd = tap_socket(rns);
+	echo_check(fd, "restored");
+	close(fd);
+	json_decref(control(rsock, "{\"cmd\":\"shutdown\"}"));
+	assert_true(vmm_wait(&r, BOOT_TIMEOUT_MS) >= 0);
+	vmm_free(&r);
+	expect_netns_gone(rns);
+	vmm_send(&p, "poweroff\n");
+	probe_expect_exit(&p, 0, BOOT_TIMEOUT_MS);
+	vmm_free(&p);
+	expect_netns_gone(ns);
+}
+
 /* Bad input to --net-policy: a usage error naming it. */
 static void test_bad_policy(void **state)
 {
@@ -346,6 +386,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test_setup_teardown(test_branch_children_get_own_namespaces, setup,
 					    teardown),
 	    cmocka_unit_test_setup_teardown(test_killed_vmm_swept_by_next, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_restore_gets_own_namespace, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_bad_policy, setup, teardown),
 	};
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
