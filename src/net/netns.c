@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -111,7 +112,7 @@ static int enter_netns(const char *name)
  */
 static int run_tool(const char *netns, char *const argv[], const char *input, struct fk_err *err)
 {
-	int in[2] = {-1, -1}, out[2] = {-1, -1}, status, ret = 0;
+	int in = -1, out[2] = {-1, -1}, status, ret = 0;
 	char said[512] = "", cmd[256] = "";
 	size_t said_len = 0, cmd_len = 0;
 	pid_t pid;
@@ -124,7 +125,21 @@ static int run_tool(const char *netns, char *const argv[], const char *input, st
 
 		cmd_len = n < 0 ? cmd_len : cmd_len + (size_t)n;
 	}
-	if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0) {
+	/*
+	 * stdin is a memfd written in full before the fork, not a pipe: a tool
+	 * that exits without reading (or crashes) cannot SIGPIPE the caller,
+	 * and nothing blocks on its reading.
+	 */
+	in = memfd_create("forkd-net-input", MFD_CLOEXEC);
+	if (in < 0) {
+		ret = fk_fail_errno(err, errno, "%s: memfd_create", cmd);
+		goto out;
+	}
+	if (input && (ret = fk_write_all(in, input, strlen(input))) < 0) {
+		ret = fk_fail_errno(err, -ret, "%s: writing its input", cmd);
+		goto out;
+	}
+	if (lseek(in, 0, SEEK_SET) < 0 || pipe2(out, O_CLOEXEC) < 0) {
 		ret = fk_fail_errno(err, errno, "%s: pipe", cmd);
 		goto out;
 	}
@@ -136,19 +151,13 @@ static int run_tool(const char *netns, char *const argv[], const char *input, st
 	if (pid == 0) {
 		if (netns && enter_netns(netns) < 0)
 			_exit(126);
-		if (dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0 || dup2(out[1], 2) < 0)
+		if (dup2(in, 0) < 0 || dup2(out[1], 1) < 0 || dup2(out[1], 2) < 0)
 			_exit(127);
 		execv(argv[0], argv);
 		_exit(127);
 	}
-	close(in[0]);
 	close(out[1]);
-	in[0] = out[1] = -1;
-	/* rule files are a few KiB: below the pipe's buffer, so this write cannot block on nft */
-	if (input)
-		fk_write_all(in[1], input, strlen(input));
-	close(in[1]);
-	in[1] = -1;
+	out[1] = -1;
 	for (;;) {
 		char chunk[512];
 		ssize_t n = read(out[0], chunk, sizeof(chunk));
@@ -184,9 +193,9 @@ static int run_tool(const char *netns, char *const argv[], const char *input, st
 	else
 		ret = fk_fail(err, EIO, "%s: killed by signal %d", cmd, WTERMSIG(status));
 out:
+	if (in >= 0)
+		close(in);
 	for (int i = 0; i < 2; i++) {
-		if (in[i] >= 0)
-			close(in[i]);
 		if (out[i] >= 0)
 			close(out[i]);
 	}
@@ -763,7 +772,10 @@ int fk_netns_destroy(const char *name, struct fk_err *err)
 
 	fk_err_clear(err);
 	r = record_read(name, &rec);
-	if (r < 0 && r != -ENOENT)
+	if (r == -ENOENT)
+		return 0; /* not ours (or already gone): a namespace without a record is left alone
+			   */
+	if (r < 0)
 		rec.slot = -1; /* unreadable: remove what its name alone finds */
 	if (rec.slot >= 0) {
 		snprintf(host_if, sizeof(host_if), "fkv%d", rec.slot);
@@ -777,13 +789,17 @@ int fk_netns_destroy(const char *name, struct fk_err *err)
 			else
 				fk_err_clear(err);
 		}
-		if (root_link_exists(host_if) && (r = ip(err, "link", "del", host_if, NULL)) < 0)
+		/* another sweeper may remove it first: an error only if it is still there */
+		if (root_link_exists(host_if) && (r = ip(err, "link", "del", host_if, NULL)) < 0 &&
+		    root_link_exists(host_if))
 			ret = r;
 	}
-	if (netns_exists(name) && (r = ip(err, "netns", "del", name, NULL)) < 0)
+	if (netns_exists(name) && (r = ip(err, "netns", "del", name, NULL)) < 0 &&
+	    netns_exists(name))
 		ret = r;
 	if (ret < 0)
 		return fk_wrap(err, "destroy network namespace %s", name);
+	fk_err_clear(err);
 	if (rec.slot >= 0) {
 		r = fk_slot_free(&slots, (unsigned)rec.slot, name, err);
 		if (r < 0 && r != -ENOENT && r != -EPERM)

@@ -31,7 +31,8 @@ int vm_netns_setup(struct vmm_config *cfg, bool child, struct fk_err *err)
 		cfg->net_id[0] = '\0';
 	cfg->net_tap[0] = cfg->net_netns[0] = '\0';
 	cfg->net_netns_owned = false;
-	ret = fk_netns_sweep(err);
+	/* the source swept when it started; N children sweeping at once would only race */
+	ret = child ? 0 : fk_netns_sweep(err);
 	if (ret < 0)
 		return fk_wrap(err, "--net-policy: removing namespaces of VMs that are gone");
 	if (cfg->net_id[0])

@@ -674,7 +674,7 @@ static void test_errors(void **state)
 {
 	struct fk_netns vm, other;
 	struct fk_err err = {0};
-	char id[32], name[64];
+	char id[32], name[64], path[128];
 
 	(void)state;
 	vm_create(0, FK_NET_HOST, &vm);
@@ -689,6 +689,10 @@ static void test_errors(void **state)
 	run("ip netns add %s", name);
 	assert_int_equal(fk_netns_create(id, FK_NET_HOST, 0, &other, &err), -EEXIST);
 	assert_non_null(strstr(err.msg, "forkd has no record of it"));
+	/* and destroy leaves what is not forkd's alone */
+	assert_int_equal(fk_netns_destroy(name, &err), 0);
+	snprintf(path, sizeof(path), "/run/netns/%s", name);
+	assert_int_equal(access(path, F_OK), 0);
 	run("ip netns del %s", name);
 
 	assert_int_equal(fk_netns_create("Bad/Name", FK_NET_HOST, 0, &other, &err), -EINVAL);
