@@ -221,6 +221,15 @@ static int ip(struct fk_err *err, ...)
 	return run_tool(NULL, argv, NULL, err);
 }
 
+/* `ip -batch -` inside namespace netns: one command a line, stopping at the first failure. */
+static int ip_batch(const char *netns, const char *commands, struct fk_err *err)
+{
+	char path[256], *argv[] = {path, "-batch", "-", NULL};
+	int ret = find_tool("ip", "FORKD_IP", "iproute2", path, sizeof(path), err);
+
+	return ret < 0 ? ret : run_tool(netns, argv, commands, err);
+}
+
 static int nft(const char *netns, const char *rules, struct fk_err *err)
 {
 	char path[256], *argv[] = {path, "-f", "-", NULL};
@@ -585,7 +594,7 @@ out:
 
 static int setup_links(struct fk_netns *ns, struct fk_err *err)
 {
-	char host_cidr[24], ns_cidr[24], gw_cidr[24], key[96], rules[RULES_MAX];
+	char host_cidr[24], ns_cidr[24], gw_cidr[24], key[96], rules[RULES_MAX], batch[512];
 	struct fk_nft_ns spec = {
 	    .policy = ns->policy,
 	    .ns_if = FK_NET_NS_VETH,
@@ -603,18 +612,21 @@ static int setup_links(struct fk_netns *ns, struct fk_err *err)
 	snprintf(gw_cidr, sizeof(gw_cidr), "%s/30", FK_NET_GATEWAY_ADDR);
 	if ((ret = ip(err, "link", "add", host_if, "type", "veth", "peer", "name", FK_NET_NS_VETH,
 		      "netns", name, NULL)) < 0 ||
-	    (ret = ip(err, "addr", "add", host_cidr, "dev", host_if, NULL)) < 0 ||
-	    (ret = ip(err, "-n", name, "addr", "add", ns_cidr, "dev", FK_NET_NS_VETH, NULL)) < 0 ||
-	    (ret = ip(err, "-n", name, "link", "set", FK_NET_NS_VETH, "up", NULL)) < 0 ||
-	    (ret = ip(err, "-n", name, "route", "add", "default", "via", ns->host_addr, NULL)) <
-		0 ||
-	    (ret = ip(err, "-n", name, "tuntap", "add", "dev", FK_NET_TAP, "mode", "tap",
-		      "vnet_hdr", NULL)) < 0 ||
-	    (ret = ip(err, "-n", name, "link", "set", FK_NET_TAP, "address", FK_NET_GATEWAY_MAC,
-		      NULL)) < 0 ||
-	    (ret = ip(err, "-n", name, "addr", "add", gw_cidr, "dev", FK_NET_TAP, NULL)) < 0 ||
-	    (ret = ip(err, "-n", name, "link", "set", FK_NET_TAP, "up", NULL)) < 0)
+	    (ret = ip(err, "addr", "add", host_cidr, "dev", host_if, NULL)) < 0)
 		return ret;
+	/* the namespace's side in one `ip -batch` run inside it: one process instead of eight */
+	snprintf(batch, sizeof(batch),
+		 "addr add %s dev " FK_NET_NS_VETH "\n"
+		 "link set " FK_NET_NS_VETH " up\n"
+		 "route add default via %s\n"
+		 "tuntap add dev " FK_NET_TAP " mode tap vnet_hdr\n"
+		 "link set " FK_NET_TAP " address " FK_NET_GATEWAY_MAC "\n"
+		 "addr add %s dev " FK_NET_TAP "\n"
+		 "link set " FK_NET_TAP " up\n",
+		 ns_cidr, ns->host_addr, gw_cidr);
+	ret = ip_batch(name, batch, err);
+	if (ret < 0)
+		return fk_wrap(err, "in %s", name);
 	/* the namespace's own forwarding switch: a fresh namespace's, nobody else's */
 	ret = sysctl_set(name, "net/ipv4/ip_forward", "1", err);
 	if (ret < 0)
