@@ -98,6 +98,7 @@ static void parse_option(const char *k, size_t klen, const char *v, size_t vlen)
 	    {"net_mrg", &cfg.net_mrg},
 	    {"net_rxbuf", &cfg.net_rxbuf},
 	    {"net_flood", &cfg.net_flood},
+	    {"net_offload", &cfg.net_offload},
 	};
 
 	if (tok_eq(k, klen, "work")) {

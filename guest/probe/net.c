@@ -60,11 +60,15 @@ static void rx_kick(struct net *n)
 	n->rx_unkicked = 0;
 }
 
-int net_open(struct net *n, uint64_t mem, bool mrg, uint32_t rxbuf_len)
+int net_open(struct net *n, uint64_t mem, bool mrg, uint32_t rxbuf_len, bool offload)
 {
 	uint64_t base = virtio_find(VIRTIO_ID_NET, 0);
-	uint64_t want = 1ULL << VIRTIO_NET_F_MAC | 1ULL << VIRTIO_NET_F_STATUS |
-			(mrg ? 1ULL << VIRTIO_NET_F_MRG_RXBUF : 0);
+	uint64_t want =
+	    1ULL << VIRTIO_NET_F_MAC | 1ULL << VIRTIO_NET_F_STATUS |
+	    (mrg || offload ? 1ULL << VIRTIO_NET_F_MRG_RXBUF : 0) |
+	    (offload ? 1ULL << VIRTIO_NET_F_GUEST_CSUM | 1ULL << VIRTIO_NET_F_GUEST_TSO4 |
+			   1ULL << VIRTIO_NET_F_GUEST_TSO6
+		     : 0);
 	uint32_t lo, hi;
 
 	memset(n, 0, sizeof(*n));
@@ -295,13 +299,15 @@ static void say_ready(void)
 {
 	const uint8_t *m = nw.n.mac;
 
-	say("net.ready mac=%02x:%02x:%02x:%02x:%02x:%02x link=%d mrg=%d rxbuf=%u", m[0], m[1], m[2],
-	    m[3], m[4], m[5], nw.link, nw.n.mrg ? 1 : 0, nw.n.rxbuf_len);
+	say("net.ready mac=%02x:%02x:%02x:%02x:%02x:%02x link=%d mrg=%d rxbuf=%u features=0x%lx",
+	    m[0], m[1], m[2], m[3], m[4], m[5], nw.link, nw.n.mrg ? 1 : 0, nw.n.rxbuf_len,
+	    nw.n.dev.accepted);
 }
 
 static bool net_start(struct cpu *c)
 {
-	if (net_open(&nw.n, c->mem_base, cfg.net_mrg != 0, (uint32_t)cfg.net_rxbuf) < 0)
+	if (net_open(&nw.n, c->mem_base, cfg.net_mrg != 0, (uint32_t)cfg.net_rxbuf,
+		     cfg.net_offload != 0) < 0)
 		return false;
 	nw.link = net_link(&nw.n);
 	return true;

@@ -2,24 +2,26 @@
 /*
  * The probe's polling virtio-net driver (virtio 1.x section 5.1): queues rx
  * and tx of 128 each, the 12-byte v1 header, avail NO_INTERRUPT. Negotiates
- * MAC and STATUS, and MRG_RXBUF with net_mrg=1 (then its rx buffers are
- * net_rxbuf bytes, so a full frame spans several). No offloads: frames are
- * at most 1514 bytes each way. Shared by the `net` and `nethostile`
- * workloads.
+ * MAC and STATUS, GUEST_CSUM/TSO4/TSO6 with net_offload=1, MRG_RXBUF with net_mrg=1 (then its rx
+ * buffers are net_rxbuf bytes, so a full frame spans several). No offloads: frames are at most 1514
+ * bytes each way. Shared by the `net` and `nethostile` workloads.
  */
 #ifndef PROBE_NET_H
 #define PROBE_NET_H
 
 #include "virtio.h"
 
-#define VIRTIO_ID_NET	       1
-#define VIRTIO_NET_F_MAC       5
-#define VIRTIO_NET_F_MRG_RXBUF 15
-#define VIRTIO_NET_F_STATUS    16
-#define NET_HDR_SIZE	       12
-#define NET_ETH_HLEN	       14
-#define NET_MAX_FRAME	       1514
-#define NET_ETHERTYPE	       0x88b5 /* IEEE local experimental */
+#define VIRTIO_ID_NET		1
+#define VIRTIO_NET_F_GUEST_CSUM 1
+#define VIRTIO_NET_F_GUEST_TSO4 7
+#define VIRTIO_NET_F_GUEST_TSO6 8
+#define VIRTIO_NET_F_MAC	5
+#define VIRTIO_NET_F_MRG_RXBUF	15
+#define VIRTIO_NET_F_STATUS	16
+#define NET_HDR_SIZE		12
+#define NET_ETH_HLEN		14
+#define NET_MAX_FRAME		1514
+#define NET_ETHERTYPE		0x88b5 /* IEEE local experimental */
 
 #define NET_QUEUE_SIZE 128
 #define NET_BUF_STRIDE 2048
@@ -46,8 +48,13 @@ struct net {
 	bool gather_bad;
 };
 
-/* Finds the first virtio-net device and starts it (rx buffers posted); 0 or -1 (said). */
-int net_open(struct net *n, uint64_t mem, bool mrg, uint32_t rxbuf_len);
+/*
+ * Finds the first virtio-net device and starts it (rx buffers posted); 0 or
+ * -1 (said). offload also accepts GUEST_CSUM and GUEST_TSO4/6 (the frames
+ * we send carry no offload), which needs mrg: a 64 KiB packet then spans
+ * 33 of our buffers.
+ */
+int net_open(struct net *n, uint64_t mem, bool mrg, uint32_t rxbuf_len, bool offload);
 /* The device said DEVICE_NEEDS_RESET. */
 bool net_needs_reset(const struct net *n);
 /* 1 if the device reports the link up, 0 down. */

@@ -108,6 +108,7 @@ struct config {
 	uint64_t net_mrg;	   /* net: negotiate MRG_RXBUF */
 	uint64_t net_rxbuf;	   /* net: rx buffer bytes with MRG_RXBUF (0: 2048) */
 	uint64_t net_flood;	   /* nethostile: frames in the flood */
+	uint64_t net_offload;	   /* net: accept GUEST_CSUM and GUEST_TSO4/6 */
 	enum then then;
 };
 /* Written by the BSP before READY, read-only afterwards. */

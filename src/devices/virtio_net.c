@@ -251,6 +251,12 @@ static uint32_t offloads_for(uint64_t features)
 	return f;
 }
 
+/*
+ * TUNSETOFFLOAD only when the wanted set differs from the tap's: a tap from
+ * tap_open starts with none. If the tap refuses, it keeps what it had;
+ * fewer offloads than the driver accepted is always safe (the kernel
+ * checksums and segments for us).
+ */
 static void apply_offloads(struct virtio_net *net)
 {
 	struct fk_err err;
@@ -262,12 +268,12 @@ static void apply_offloads(struct virtio_net *net)
 	if (net->offloads_applied && features == net->offload_features)
 		return;
 	want = offloads_for(features);
-	if (net->tap_fd >= 0 && tap_set_offload(net->tap_fd, want, &err) < 0) {
-		net_log(net, "tap offloads: %s", err.msg);
-		want = 0;
-		tap_set_offload(net->tap_fd, 0, &err);
+	if (net->tap_fd >= 0 && want != net->offloads) {
+		if (tap_set_offload(net->tap_fd, want, &err) < 0)
+			net_log(net, "tap offloads: %s", err.msg);
+		else
+			net->offloads = want;
 	}
-	net->offloads = want;
 	net->offload_features = features;
 	net->offloads_applied = true;
 }
@@ -355,8 +361,8 @@ static int rx_deliver(struct virtio_net *net)
 	if (off < len) {
 		/* The buffers taken hand back empty: the guest sees a short packet and drops it. */
 		net->stats.rx_dropped++;
-		net_log(net, "rx: a %u-byte packet does not fit the guest's buffers%s", len,
-			mrg ? "" : " (MRG_RXBUF not negotiated)");
+		net_log(net, "rx: a %u-byte frame does not fit the guest's buffers%s",
+			len - VIRTIO_NET_HDR_SIZE, mrg ? "" : " (MRG_RXBUF not negotiated)");
 		for (unsigned i = 0; i < n; i++)
 			net->rx_lens[i] = 0;
 	} else {
@@ -678,6 +684,7 @@ int virtio_net_attach_tap(struct virtio_net *net, int tap_fd, const char *name, 
 	net->tap_fd = tap_fd;
 	net->rx_armed = false;
 	net->rx_len = 0;
+	net->offloads = 0; /* a new tap starts without (tap_open) */
 	snprintf(net->tap_name, sizeof(net->tap_name), "%s", tap_fd >= 0 && name ? name : "");
 	net->offloads_applied = false;
 	apply_offloads(net);

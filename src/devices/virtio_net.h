@@ -68,8 +68,8 @@
 /* Largest frame either way: a 64 KiB GSO packet plus its Ethernet header. */
 #define VIRTIO_NET_MAX_FRAME (65536 + VIRTIO_NET_ETH_HLEN)
 /* Work per event-loop wakeup (docs/net-device.md, "Bounded work"). */
-#define VIRTIO_NET_RX_BUDGET 256
-#define VIRTIO_NET_TX_BUDGET 256
+#define VIRTIO_NET_RX_BUDGET 64
+#define VIRTIO_NET_TX_BUDGET 64
 /* Guest mistakes logged to stderr before the rest are only counted. */
 #define VIRTIO_NET_LOG_LIMIT 16
 
