@@ -19,6 +19,9 @@ packages=(
 	qemu-system-x86
 	socat
 	debootstrap
+	# VM networking (docs/networking.md): namespaces, veths and taps with ip, rules with nft
+	iproute2
+	nftables
 )
 # The TypeScript SDK (sdk/typescript) needs node >= 18 and Debian's tsc; a
 # node already on the PATH (e.g. a newer nodejs from another repository) is kept.

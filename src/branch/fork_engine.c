@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "branch/fork_engine.h"
+#include "net/vm_netns.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -169,6 +170,20 @@ static int build_child(const struct vm *source, const struct snap_writer *w, con
 			    index, cdir, sizeof(c->restored_cfg.vsock_path) - 1);
 	}
 
+	/*
+	 * The child must not share its source's tap (both would read each
+	 * other's packets): its network device starts link-down and gets a tap
+	 * of its own through the control socket's net-attach. The inherited
+	 * tap fd itself went with close_fds_except.
+	 */
+	c->restored_cfg.net_tap[0] = '\0';
+	c->restored_cfg.net_netns[0] = '\0';
+	c->restored_cfg.net_mac_given = false;
+	/* --net-policy: this child makes its own namespace and tap (src/net/vm_netns.h) */
+	ret = vm_netns_setup(&c->restored_cfg, true, err);
+	if (ret < 0)
+		return fk_wrap(err, "child %d", index);
+
 	ret = vm_prepare(c, &c->restored_cfg, err);
 	if (ret < 0)
 		return ret;
@@ -203,11 +218,14 @@ child_main(struct vm *source, const struct snap_writer *w, const char *dir, int 
 	if (build_child(source, w, dir, index, &c, &err) < 0) {
 		if (write(ready_fd, err.msg, strlen(err.msg)) < 0) {
 		}
+		if (c)
+			vm_netns_release(&c->restored_cfg);
 		_exit(VMM_EXIT_ERROR);
 	}
 	if (write(ready_fd, "ok", 2) != 2) {
 		/* Nobody learned of this child (its zygote is gone): running on would be an orphan.
 		 */
+		vm_netns_release(&c->restored_cfg);
 		_exit(VMM_EXIT_ERROR);
 	}
 	close(ready_fd);
@@ -215,6 +233,7 @@ child_main(struct vm *source, const struct snap_writer *w, const char *dir, int 
 	if (status != VMM_EXIT_POWEROFF)
 		fprintf(stderr, "forkd-vmm: %s (exit status %d)\n", c->exit_reason, status);
 	vm_destroy(c);
+	vm_netns_release(&c->restored_cfg);
 	_exit(status);
 }
 

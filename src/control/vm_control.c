@@ -7,7 +7,52 @@
 
 #include "branch/fork_engine.h"
 #include "core/vm.h"
+#include "devices/tap.h"
 #include "state/vm_snapshot.h"
+
+/* The network device: what it is attached to and what the guest (or the host) cost it. */
+static void put_net_status(struct vm *vm, json_t *reply)
+{
+	struct virtio_net_stats st;
+	uint8_t m[6];
+	char mac[18];
+
+	virtio_net_get_stats(vm->net.dev, &st);
+	virtio_net_get_mac(vm->net.dev, m);
+	snprintf(mac, sizeof(mac), "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4],
+		 m[5]);
+	json_object_set_new(reply, "net_mac", json_string(mac));
+	pthread_mutex_lock(&vm->net.transport.lock);
+	json_object_set_new(reply, "net_tap", json_string(virtio_net_tap_name(vm->net.dev)));
+	json_object_set_new(reply, "net_link_up", json_boolean(virtio_net_link_up(vm->net.dev)));
+	json_object_set_new(reply, "net_errors",
+			    json_integer((json_int_t)vm->net.transport.errors));
+	json_object_set_new(reply, "net_last_error", json_string(vm->net.transport.last_error));
+	json_object_set_new(
+	    reply, "net_needs_reset",
+	    json_boolean(vm->net.transport.state.status & VIRTIO_STATUS_DEVICE_NEEDS_RESET));
+	pthread_mutex_unlock(&vm->net.transport.lock);
+	json_object_set_new(reply, "net_rx_packets", json_integer((json_int_t)st.rx_packets));
+	json_object_set_new(reply, "net_rx_bytes", json_integer((json_int_t)st.rx_bytes));
+	json_object_set_new(reply, "net_rx_dropped", json_integer((json_int_t)st.rx_dropped));
+	json_object_set_new(reply, "net_rx_no_buffers", json_integer((json_int_t)st.rx_no_buffers));
+	json_object_set_new(reply, "net_tx_packets", json_integer((json_int_t)st.tx_packets));
+	json_object_set_new(reply, "net_tx_bytes", json_integer((json_int_t)st.tx_bytes));
+	json_object_set_new(reply, "net_tx_dropped_link_down",
+			    json_integer((json_int_t)st.tx_dropped_link_down));
+	json_object_set_new(reply, "net_tx_malformed", json_integer((json_int_t)st.tx_malformed));
+	json_object_set_new(reply, "net_tx_errors", json_integer((json_int_t)st.tx_errors));
+	json_object_set_new(reply, "net_rx_budget_exhausted",
+			    json_integer((json_int_t)st.rx_budget_exhausted));
+	json_object_set_new(reply, "net_tx_budget_exhausted",
+			    json_integer((json_int_t)st.tx_budget_exhausted));
+	json_object_set_new(reply, "net_offloads", json_integer(st.offloads));
+	/* --net-policy: the VM's own namespace, and where the host reaches the guest */
+	if (vm->cfg->net_netns_owned) {
+		json_object_set_new(reply, "net_netns", json_string(vm->cfg->net_netns));
+		json_object_set_new(reply, "net_host_addr", json_string(vm->cfg->net_host_addr));
+	}
+}
 
 static int cmd_status(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
 {
@@ -61,6 +106,8 @@ static int cmd_status(void *opaque, json_t *request, json_t *reply, struct fk_er
 			json_object_set_new(reply, "fork_notify_error",
 					    json_string(vm->fork_notify.error));
 	}
+	if (vm->net.dev)
+		put_net_status(vm, reply);
 	return 0;
 }
 
@@ -257,6 +304,35 @@ static int cmd_zygote(void *opaque, json_t *request, json_t *reply, struct fk_er
 	return fk_fail(err, EINVAL, "action '%s': expected list, spawn or release", action);
 }
 
+/*
+ * Gives the network device a tap of its own (a BRANCH child starts without
+ * one), or with tap "" takes the link down.
+ */
+static int cmd_net_attach(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
+{
+	struct vm *vm = opaque;
+	const char *tap = NULL, *netns = NULL;
+	int ret, fd = -1;
+
+	ret = control_arg_string(request, "tap", true, &tap, err);
+	if (!ret)
+		ret = control_arg_string(request, "netns", false, &netns, err);
+	if (ret < 0)
+		return ret;
+	if (!vm->net.dev)
+		return fk_fail(err, ENODEV, "net-attach: this VM has no network device (--net)");
+	if (*tap) {
+		fd = tap_open(tap, netns, err);
+		if (fd < 0)
+			return fk_wrap(err, "net-attach");
+	}
+	ret = virtio_net_attach_tap(vm->net.dev, fd, tap, err);
+	if (ret < 0)
+		return fk_wrap(err, "net-attach");
+	json_object_set_new(reply, "net_link_up", json_boolean(fd >= 0));
+	return 0;
+}
+
 static const struct control_command vm_commands[] = {
     {"status", cmd_status, "state (running|paused), vcpus, mem_mib, disks, uptime_ms"},
     {"pause", cmd_pause, "stop all vCPUs at a safe point; replies with pause_us"},
@@ -267,6 +343,8 @@ static const struct control_command vm_commands[] = {
     {"branch", cmd_branch,
      "n (default 1), dir, persist (snapshot path), wait: N children continue from this instant"},
     {"zygote", cmd_zygote, "action: list | spawn (id, n) | release (id)"},
+    {"net-attach", cmd_net_attach,
+     "tap (\"\" takes the link down), netns: give the network device a tap of its own"},
     {NULL, NULL, NULL},
 };
 
