@@ -24,6 +24,7 @@ static const char usage_text[] =
     "       forkd vm rm ID [--cascade]\n"
     "       forkd branch ID [-n N] [--persist --tag T] [--no-wait] [--json]\n"
     "       forkd snapshot ID --tag T [--json]\n"
+    "       forkd snapshot verify DIR [--json]\n"
     "       forkd spawn TAG -n N [--json]\n"
     "       forkd snapshots [ls [--json] | rm TAG [--cascade]]\n"
     "       forkd tree [--json]\n"
@@ -274,6 +275,8 @@ int main(int argc, char **argv)
 		return cli_doctor(argc - 2, argv + 2);
 	if (strcmp(argv[1], "branch") == 0)
 		return cli_branch(argc - 2, argv + 2);
+	if (strcmp(argv[1], "snapshot") == 0 && argc > 2 && strcmp(argv[2], "verify") == 0)
+		return cli_snapshot_verify(argc - 3, argv + 3);
 	if (strcmp(argv[1], "snapshot") == 0)
 		return cli_snapshot(argc - 2, argv + 2);
 	if (strcmp(argv[1], "snapshots") == 0)

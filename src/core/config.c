@@ -119,6 +119,9 @@ void vmm_config_usage(FILE *out)
 	      "  --overlay-dir DIR    with --restore: where the VM's private copies of the\n"
 	      "                       snapshot's writable disks go (default: a new directory\n"
 	      "                       under $TMPDIR or /tmp)\n"
+	      "  --verify             with --restore: check every chunk of the memory file\n"
+	      "                       against its recorded XXH3 before running (without it,\n"
+	      "                       a restore does not read the memory file up front)\n"
 	      "  --vsock PATH[,cid=N] virtio-vsock device whose host side is the Unix socket\n"
 	      "                       PATH (\"CONNECT <port>\\n\" reaches guest port <port>;\n"
 	      "                       guest connects to port P reach PATH_P); guest cid N,\n"
@@ -313,7 +316,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_OVERLAY_DIR,
 		OPT_CPUID_HIDE,
 		OPT_VSOCK,
-		OPT_IMAGE
+		OPT_IMAGE,
+		OPT_VERIFY
 	};
 	static const struct option opts[] = {
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
@@ -331,6 +335,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"cpuid-hide", required_argument, NULL, OPT_CPUID_HIDE},
 	    {"vsock", required_argument, NULL, OPT_VSOCK},
 	    {"image", required_argument, NULL, OPT_IMAGE},
+	    {"verify", no_argument, NULL, OPT_VERIFY},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -405,6 +410,9 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 					       "--restore: expected a snapshot directory");
 			cfg->restore_dir = optarg;
 			break;
+		case OPT_VERIFY:
+			cfg->restore_verify = true;
+			break;
 		case OPT_OVERLAY_DIR:
 			if (!*optarg)
 				return fk_fail(err, EINVAL, "--overlay-dir: expected a directory");
@@ -465,6 +473,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	}
 	if (cfg->overlay_dir)
 		return fk_fail(err, EINVAL, "--overlay-dir only applies with --restore");
+	if (cfg->restore_verify)
+		return fk_fail(err, EINVAL, "--verify only applies with --restore");
 	if (!cfg->kernel)
 		return fk_fail(err, EINVAL, "--kernel PATH is required (see --help)");
 	return 0;
