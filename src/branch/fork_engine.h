@@ -52,7 +52,7 @@ struct zygote {
 	int nr_children;
 	enum persist_state persist;
 	char persist_path[2048];
-	char persist_error[256];
+	char persist_error[FK_ERR_MSG_MAX];
 	enum zygote_disks disks;
 	uint64_t disk_copy_us; /* branch instant to the last disk copied */
 	char disk_error[256];
@@ -69,7 +69,7 @@ struct snapshot_job {
 	uint64_t seq; /* the oldest record is reused */
 	char path[2048];
 	enum persist_state state;
-	char error[256];
+	char error[FK_ERR_MSG_MAX];
 	uint64_t pause_us;
 	uint64_t write_us;
 	uint64_t hash_us;
@@ -103,7 +103,7 @@ struct branch_result {
 	int nr_children;
 	struct branch_child children[BRANCH_MAX_CHILDREN];
 	enum persist_state persist;
-	char persist_error[256];
+	char persist_error[FK_ERR_MSG_MAX];
 	uint32_t inflight; /* virtio requests queued by the guest, not yet taken, at the instant */
 	uint64_t write_us; /* persist: request to written (0 while writing) */
 	uint64_t hash_us;

@@ -149,6 +149,8 @@ static int snapshot_live(struct vm *vm, const char *path, bool wait, json_t *rep
 	json_object_set_new(reply, "park_us", json_integer((json_int_t)res->park_us));
 	json_object_set_new(reply, "capture_us", json_integer((json_int_t)res->capture_us));
 	json_object_set_new(reply, "fork_us", json_integer((json_int_t)res->fork_us));
+	/* The writer, while it writes (e.g. to watch or stop it); gone once written. */
+	json_object_set_new(reply, "zygote_pid", json_integer(res->zygote_pid));
 	json_object_set_new(reply, "disk_copy_us", json_integer((json_int_t)res->disk_copy_us));
 	json_object_set_new(reply, "write_us", json_integer((json_int_t)res->write_us));
 	json_object_set_new(reply, "hash_us", json_integer((json_int_t)res->hash_us));

@@ -727,6 +727,9 @@ int snap_writer_commit(struct snap_writer *w, const char *dir, const struct snap
 	rc = snap_tmp_mark_writer(dirfd, tmp, err);
 	if (rc)
 		goto out;
+	/* Test hook (docs/snapshot-format.md): a writer slow enough to be killed mid-write. */
+	if (getenv("FORKD_FAULT_INJECT") && !strcmp(getenv("FORKD_FAULT_INJECT"), "snapshot-slow"))
+		sleep(3);
 	t0 = now_us();
 	rc = write_memory(dirfd, tmp, &mw, err);
 	if (rc)
