@@ -329,10 +329,11 @@ struct mem_write {
 	const struct snap_memory_source *mem;
 	uint64_t total;
 	uint64_t nr_chunks;
-	uint8_t *chunk_has_data; /* per SNAP_HASH_CHUNK: 1 if any page in it was written */
-	uint64_t *hashes;	 /* per chunk, filled by hash_memory */
-	uint64_t free_at_start;	 /* bytes free on the target's filesystem, for ENOSPC errors */
-	uint64_t data_bytes;	 /* non-zero bytes written */
+	uint64_t *hashes;	/* per chunk, filled by write_memory */
+	uint64_t hashed_bytes;	/* bytes of the chunks that had data */
+	uint64_t hash_us;	/* time spent hashing, inside the write */
+	uint64_t free_at_start; /* bytes free on the target's filesystem, for ENOSPC errors */
+	uint64_t data_bytes;	/* non-zero bytes written */
 };
 
 static uint64_t count_nonzero_bytes(const struct snap_memory_source *mem)
@@ -398,62 +399,38 @@ static int pwrite_all(int fd, const uint8_t *p, uint64_t len, uint64_t off, cons
 	return 0;
 }
 
-static void mark_chunks(struct mem_write *mw, uint64_t off, uint64_t len)
+/* The pieces of file range [off, off + len): a chunk may span the end of one region. */
+struct mem_piece {
+	const uint8_t *host;
+	uint64_t len;
+	uint64_t file_off;
+};
+
+static int chunk_pieces(const struct snap_memory_source *mem, uint64_t off, uint64_t len,
+			struct mem_piece *out, int max)
 {
-	for (uint64_t c = off >> SNAP_HASH_CHUNK_SHIFT;
-	     c <= (off + len - 1) >> SNAP_HASH_CHUNK_SHIFT; c++)
-		mw->chunk_has_data[c] = 1;
-}
+	uint64_t region_start = 0;
+	int n = 0;
 
-/* Packs the regions in order; runs of non-zero pages go out in one pwrite, zero pages stay holes.
- */
-static int write_memory(int dirfd, const char *tmp, struct mem_write *mw, struct fk_err *err)
-{
-	const struct snap_memory_source *mem = mw->mem;
-	char path[4096];
-	uint64_t file_off = 0;
-	int fd, rc = 0;
+	for (uint32_t r = 0; r < mem->nr_regions && len; r++) {
+		uint64_t size = mem->regions[r].size;
 
-	snprintf(path, sizeof(path), "%s/%s", tmp, SNAP_MEMORY_FILE);
-	fd = openat(dirfd, SNAP_MEMORY_FILE, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return fk_fail_errno(err, errno, "memory file %s: create", path);
-	if (ftruncate(fd, (off_t)mw->total) < 0) {
-		rc = write_failed(err, errno, path, 0, mw);
-		goto out;
-	}
-	for (uint32_t r = 0; r < mem->nr_regions; r++) {
-		const uint8_t *host = mem->regions[r].host;
-		uint64_t pages = mem->regions[r].size / SNAP_PAGE_SIZE;
-		uint64_t i = 0;
+		if (off < region_start + size) {
+			uint64_t in = off - region_start;
+			uint64_t piece = size - in < len ? size - in : len;
 
-		while (i < pages) {
-			uint64_t start;
-
-			while (i < pages && page_is_zero(host + i * SNAP_PAGE_SIZE))
-				i++;
-			start = i;
-			while (i < pages && !page_is_zero(host + i * SNAP_PAGE_SIZE))
-				i++;
-			if (i > start) {
-				uint64_t off = file_off + start * SNAP_PAGE_SIZE;
-				uint64_t len = (i - start) * SNAP_PAGE_SIZE;
-
-				rc = pwrite_all(fd, host + start * SNAP_PAGE_SIZE, len, off, path,
-						mw, err);
-				if (rc)
-					goto out;
-				mark_chunks(mw, off, len);
-				mw->data_bytes += len;
-			}
+			if (n == max)
+				break;
+			out[n++] =
+			    (struct mem_piece){.host = (const uint8_t *)mem->regions[r].host + in,
+					       .len = piece,
+					       .file_off = off};
+			off += piece;
+			len -= piece;
 		}
-		file_off += mem->regions[r].size;
+		region_start += size;
 	}
-	if (fsync(fd) < 0)
-		rc = write_failed(err, errno, path, mw->total, mw);
-out:
-	close(fd);
-	return rc;
+	return n;
 }
 
 uint64_t snap_zero_chunk_hash(uint64_t len)
@@ -474,50 +451,84 @@ uint64_t snap_zero_chunk_hash(uint64_t len)
 }
 
 /*
- * XXH3 of each chunk of the memory file as written, from the bytes in memory
- * (the zygote's frozen copy, or the paused VM's). A chunk nothing was written
- * to is a hole: its checksum is that of zeros, computed once.
+ * One chunk at a time: its runs of non-zero pages go out in one pwrite each,
+ * zero pages stay holes, and a chunk that had data is hashed right after
+ * (while its bytes are still in the CPU cache) for MEM_HASHES. A chunk with no
+ * data is a hole; its checksum is that of zeros, computed once.
  */
-static int hash_memory(struct mem_write *mw, struct fk_err *err)
+static int write_memory(int dirfd, const char *tmp, struct mem_write *mw, struct fk_err *err)
 {
 	const struct snap_memory_source *mem = mw->mem;
+	uint64_t zero_full = snap_zero_chunk_hash(SNAP_HASH_CHUNK), hash_us = 0;
 	XXH3_state_t *st = XXH3_createState();
-	uint64_t zero_full = snap_zero_chunk_hash(SNAP_HASH_CHUNK);
-	uint32_t r = 0;
-	uint64_t region_start = 0;
+	char path[4096];
+	int fd, rc = 0;
 
+	snprintf(path, sizeof(path), "%s/%s", tmp, SNAP_MEMORY_FILE);
 	if (!st)
-		return fk_fail(err, ENOMEM, "memory checksums: out of memory");
+		return fk_fail(err, ENOMEM, "memory file %s: out of memory", path);
+	fd = openat(dirfd, SNAP_MEMORY_FILE, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		XXH3_freeState(st);
+		return fk_fail_errno(err, errno, "memory file %s: create", path);
+	}
+	if (ftruncate(fd, (off_t)mw->total) < 0) {
+		rc = write_failed(err, errno, path, 0, mw);
+		goto out;
+	}
 	for (uint64_t c = 0; c < mw->nr_chunks; c++) {
-		uint64_t off = c << SNAP_HASH_CHUNK_SHIFT;
+		uint64_t off = c << SNAP_HASH_CHUNK_SHIFT, t0;
 		uint64_t len =
 		    mw->total - off < SNAP_HASH_CHUNK ? mw->total - off : SNAP_HASH_CHUNK;
+		struct mem_piece pieces[4];
+		int np = chunk_pieces(mem, off, len, pieces, 4);
+		bool has_data = false;
 
-		if (!mw->chunk_has_data[c]) {
+		for (int k = 0; k < np; k++) {
+			const uint8_t *host = pieces[k].host;
+			uint64_t pages = pieces[k].len / SNAP_PAGE_SIZE, i = 0;
+
+			while (i < pages) {
+				uint64_t start;
+
+				while (i < pages && page_is_zero(host + i * SNAP_PAGE_SIZE))
+					i++;
+				start = i;
+				while (i < pages && !page_is_zero(host + i * SNAP_PAGE_SIZE))
+					i++;
+				if (i > start) {
+					uint64_t at = pieces[k].file_off + start * SNAP_PAGE_SIZE;
+					uint64_t run = (i - start) * SNAP_PAGE_SIZE;
+
+					rc = pwrite_all(fd, host + start * SNAP_PAGE_SIZE, run, at,
+							path, mw, err);
+					if (rc)
+						goto out;
+					mw->data_bytes += run;
+					has_data = true;
+				}
+			}
+		}
+		if (!has_data) {
 			mw->hashes[c] =
 			    len == SNAP_HASH_CHUNK ? zero_full : snap_zero_chunk_hash(len);
 			continue;
 		}
-		/* A chunk may span the end of one region and the start of the next. */
+		t0 = now_us();
 		XXH3_64bits_reset(st);
-		for (uint64_t done = 0; done < len;) {
-			uint64_t at = off + done, piece;
-
-			while (at >= region_start + mem->regions[r].size)
-				region_start += mem->regions[r++].size;
-			piece = region_start + mem->regions[r].size - at;
-			if (piece > len - done)
-				piece = len - done;
-			XXH3_64bits_update(
-			    st, (const uint8_t *)mem->regions[r].host + (at - region_start),
-			    (size_t)piece);
-			done += piece;
-		}
+		for (int k = 0; k < np; k++)
+			XXH3_64bits_update(st, pieces[k].host, (size_t)pieces[k].len);
 		mw->hashes[c] = XXH3_64bits_digest(st);
-		mw->chunk_has_data[c] = 2; /* hashed */
+		mw->hashed_bytes += len;
+		hash_us += now_us() - t0;
 	}
+	if (fsync(fd) < 0)
+		rc = write_failed(err, errno, path, mw->total, mw);
+out:
+	mw->hash_us = hash_us;
 	XXH3_freeState(st);
-	return 0;
+	close(fd);
+	return rc;
 }
 
 static void encode_vm_info(uint8_t *p, const struct snap_writer *w,
@@ -693,9 +704,8 @@ int snap_writer_commit(struct snap_writer *w, const char *dir, const struct snap
 	mw.free_at_start =
 	    statvfs(parent_dir, &vfs) == 0 ? (uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize : 0;
 	mw.nr_chunks = (mw.total + SNAP_HASH_CHUNK - 1) >> SNAP_HASH_CHUNK_SHIFT;
-	mw.chunk_has_data = calloc(mw.nr_chunks ? mw.nr_chunks : 1, 1);
 	mw.hashes = calloc(mw.nr_chunks ? mw.nr_chunks : 1, sizeof(*mw.hashes));
-	if (!mw.chunk_has_data || !mw.hashes) {
+	if (!mw.hashes) {
 		rc = fk_fail(err, ENOMEM, "snapshot %s: out of memory for %llu chunk checksums",
 			     target, (unsigned long long)mw.nr_chunks);
 		goto out;
@@ -736,17 +746,8 @@ int snap_writer_commit(struct snap_writer *w, const char *dir, const struct snap
 		goto out;
 	w->stats.memory_us = now_us() - t0;
 	w->stats.data_bytes = mw.data_bytes;
-	t0 = now_us();
-	rc = hash_memory(&mw, err);
-	if (rc)
-		goto out;
-	w->stats.hash_us = now_us() - t0;
-	for (uint64_t c = 0; c < mw.nr_chunks; c++)
-		if (mw.chunk_has_data[c])
-			w->stats.hashed_bytes +=
-			    mw.total - (c << SNAP_HASH_CHUNK_SHIFT) < SNAP_HASH_CHUNK
-				? mw.total - (c << SNAP_HASH_CHUNK_SHIFT)
-				: SNAP_HASH_CHUNK;
+	w->stats.hash_us = mw.hash_us;
+	w->stats.hashed_bytes = mw.hashed_bytes;
 	rc = build_state(w, &mw, target, &state, &state_len, err);
 	if (rc)
 		goto out;
@@ -787,7 +788,6 @@ out:
 	if (dirfd >= 0)
 		close(dirfd);
 	free(state);
-	free(mw.chunk_has_data);
 	free(mw.hashes);
 	free(parent);
 	free(tmp);
