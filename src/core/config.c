@@ -120,6 +120,9 @@ void vmm_config_usage(FILE *out)
 	      "  --overlay-dir DIR    with --restore: where the VM's private copies of the\n"
 	      "                       snapshot's writable disks go (default: a new directory\n"
 	      "                       under $TMPDIR or /tmp)\n"
+	      "  --verify             with --restore: check every chunk of the memory file\n"
+	      "                       against its recorded XXH3 before running (without it,\n"
+	      "                       a restore does not read the memory file up front)\n"
 	      "  --vsock PATH[,cid=N] virtio-vsock device whose host side is the Unix socket\n"
 	      "                       PATH (\"CONNECT <port>\\n\" reaches guest port <port>;\n"
 	      "                       guest connects to port P reach PATH_P); guest cid N,\n"
@@ -441,7 +444,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_VSOCK,
 		OPT_IMAGE,
 		OPT_NET,
-		OPT_NET_POLICY
+		OPT_NET_POLICY,
+		OPT_VERIFY
 	};
 	static const struct option opts[] = {
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
@@ -461,6 +465,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"image", required_argument, NULL, OPT_IMAGE},
 	    {"net", required_argument, NULL, OPT_NET},
 	    {"net-policy", required_argument, NULL, OPT_NET_POLICY},
+	    {"verify", no_argument, NULL, OPT_VERIFY},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -534,6 +539,9 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 				return fk_fail(err, EINVAL,
 					       "--restore: expected a snapshot directory");
 			cfg->restore_dir = optarg;
+			break;
+		case OPT_VERIFY:
+			cfg->restore_verify = true;
 			break;
 		case OPT_OVERLAY_DIR:
 			if (!*optarg)
@@ -611,6 +619,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	}
 	if (cfg->overlay_dir)
 		return fk_fail(err, EINVAL, "--overlay-dir only applies with --restore");
+	if (cfg->restore_verify)
+		return fk_fail(err, EINVAL, "--verify only applies with --restore");
 	if (!cfg->kernel)
 		return fk_fail(err, EINVAL, "--kernel PATH is required (see --help)");
 	return 0;
