@@ -30,6 +30,9 @@ WANTED_MODULES=(virtio virtio_ring virtio_mmio virtio_blk vsock vmw_vsock_virtio
 # serial console, and KVM (kvm_amd under QEMU's TCG; kvm_intel too for -accel kvm); tun and
 # veth for the network tests' taps and namespace links (docs/net-device.md).
 TESTHOST_MODULES=(virtio_pci virtiofs irqbypass kvm kvm_amd kvm_intel tun veth)
+# VM network namespaces' nftables rules (src/net/nft.c: NAT, conntrack, reject) in the nested host
+TESTHOST_MODULES+=(nf_tables nf_conntrack nf_nat nft_chain_nat nft_nat nft_masq nft_ct nft_reject
+	nft_reject_ipv4 nf_reject_ipv4)
 REQUIRED_CONFIG=(CONFIG_PVH=y CONFIG_BLK_DEV_INITRD=y CONFIG_DEVTMPFS=y CONFIG_MODULES=y
 	CONFIG_ACPI=y CONFIG_SERIAL_8250_CONSOLE=y)
 

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "core/config.h"
+#include "net/netns.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -119,6 +120,9 @@ void vmm_config_usage(FILE *out)
 	      "  --overlay-dir DIR    with --restore: where the VM's private copies of the\n"
 	      "                       snapshot's writable disks go (default: a new directory\n"
 	      "                       under $TMPDIR or /tmp)\n"
+	      "  --verify             with --restore: check every chunk of the memory file\n"
+	      "                       against its recorded XXH3 before running (without it,\n"
+	      "                       a restore does not read the memory file up front)\n"
 	      "  --vsock PATH[,cid=N] virtio-vsock device whose host side is the Unix socket\n"
 	      "                       PATH (\"CONNECT <port>\\n\" reaches guest port <port>;\n"
 	      "                       guest connects to port P reach PATH_P); guest cid N,\n"
@@ -132,6 +136,11 @@ void vmm_config_usage(FILE *out)
 	      "                       one virtio-net device on tap NAME (attached, or created),\n"
 	      "                       opened inside /run/netns/NS if given; default MAC random\n"
 	      "                       (with --restore, the snapshot's). See docs/net-device.md\n"
+	      "  --net-policy none|host|nat[,id=ID]\n"
+	      "                       the VMM makes network namespace forkd-<ID> (default\n"
+	      "                       p<pid>) with the guest at 172.16.0.2 behind its tap0, the\n"
+	      "                       host reaching it at 10.200.S.2; BRANCH children get their\n"
+	      "                       own. See docs/networking.md\n"
 	      "  --control PATH       serve the JSON control protocol on this Unix socket\n"
 	      "                       (status, pause, resume, shutdown; see docs/control.md)\n"
 	      "  -h, --help           this text\n"
@@ -330,6 +339,37 @@ static bool net_name_ok(const char *s, size_t len, size_t max)
 	return true;
 }
 
+/* --net-policy none|host|nat[,id=ID] (docs/networking.md). */
+static int parse_net_policy(struct vmm_config *cfg, const char *arg, struct fk_err *err)
+{
+	const char *comma = strchr(arg, ',');
+	char word[16];
+	enum fk_net_policy policy;
+	size_t len = comma ? (size_t)(comma - arg) : strlen(arg);
+	int ret;
+
+	if (len >= sizeof(word))
+		return fk_fail(err, EINVAL, "--net-policy '%s': expected none, host or nat[,id=ID]",
+			       arg);
+	memcpy(word, arg, len);
+	word[len] = '\0';
+	ret = fk_net_policy_parse(word, &policy, err);
+	if (ret < 0)
+		return fk_wrap(err, "--net-policy");
+	cfg->net_policy = (int)policy;
+	if (!comma)
+		return 0;
+	if (strncmp(comma + 1, "id=", 3) != 0)
+		return fk_fail(err, EINVAL,
+			       "--net-policy '%s': unknown option '%s' (expected id=ID)", arg,
+			       comma + 1);
+	ret = fk_netns_id_valid(comma + 4, err);
+	if (ret < 0)
+		return fk_wrap(err, "--net-policy");
+	snprintf(cfg->net_id, sizeof(cfg->net_id), "%s", comma + 4);
+	return 0;
+}
+
 static int parse_net(struct vmm_config *cfg, const char *arg, struct fk_err *err)
 {
 	const char *opt = arg;
@@ -403,7 +443,9 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_CPUID_HIDE,
 		OPT_VSOCK,
 		OPT_IMAGE,
-		OPT_NET
+		OPT_NET,
+		OPT_NET_POLICY,
+		OPT_VERIFY
 	};
 	static const struct option opts[] = {
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
@@ -422,6 +464,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"vsock", required_argument, NULL, OPT_VSOCK},
 	    {"image", required_argument, NULL, OPT_IMAGE},
 	    {"net", required_argument, NULL, OPT_NET},
+	    {"net-policy", required_argument, NULL, OPT_NET_POLICY},
+	    {"verify", no_argument, NULL, OPT_VERIFY},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -496,6 +540,9 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 					       "--restore: expected a snapshot directory");
 			cfg->restore_dir = optarg;
 			break;
+		case OPT_VERIFY:
+			cfg->restore_verify = true;
+			break;
 		case OPT_OVERLAY_DIR:
 			if (!*optarg)
 				return fk_fail(err, EINVAL, "--overlay-dir: expected a directory");
@@ -524,6 +571,11 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			if (ret < 0)
 				return ret;
 			break;
+		case OPT_NET_POLICY:
+			ret = parse_net_policy(cfg, optarg, err);
+			if (ret < 0)
+				return ret;
+			break;
 		case 'h':
 			cfg->help = true;
 			return 0;
@@ -540,6 +592,12 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	}
 	if (optind < argc)
 		return fk_fail(err, EINVAL, "unexpected argument '%s' (see --help)", argv[optind]);
+	if (cfg->net_policy != FK_NET_NONE && cfg->net_tap[0])
+		return fk_fail(
+		    err, EINVAL,
+		    "--net-policy %s and --net: the policy makes the namespace and its tap "
+		    "itself (drop --net)",
+		    fk_net_policy_name((enum fk_net_policy)cfg->net_policy));
 	if (!*cfg->serial_out || !*cfg->serial_in)
 		return fk_fail(err, EINVAL,
 			       "--serial/--serial-in: expected a path, stdout/stdin or none");
@@ -561,6 +619,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	}
 	if (cfg->overlay_dir)
 		return fk_fail(err, EINVAL, "--overlay-dir only applies with --restore");
+	if (cfg->restore_verify)
+		return fk_fail(err, EINVAL, "--verify only applies with --restore");
 	if (!cfg->kernel)
 		return fk_fail(err, EINVAL, "--kernel PATH is required (see --help)");
 	return 0;

@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <stdio.h>
 
 #include "util/err.h"
@@ -73,6 +74,7 @@ struct vmm_config {
 	const char *control_path; /* Unix socket for the control protocol, or NULL */
 	const char *restore_dir;  /* --restore: start from this snapshot instead of booting */
 	const char *overlay_dir;  /* --overlay-dir: where a restored VM's private disk copies go */
+	bool restore_verify;	  /* --verify: check the memory file's chunk checksums first */
 	unsigned cpuid_hide;	  /* enum vmm_cpuid_hide bits */
 	/* --vsock PATH[,cid=N]: hybrid-vsock Unix socket, "" for no vsock device. */
 	char vsock_path[VMM_VSOCK_PATH_MAX];
@@ -86,6 +88,18 @@ struct vmm_config {
 	char net_netns[VMM_NET_NETNS_MAX]; /* "" : the VMM's own namespace */
 	uint8_t net_mac[6];
 	bool net_mac_given; /* else a random locally administered MAC (a snapshot keeps its own) */
+	/*
+	 * --net-policy none|host|nat[,id=ID] (enum fk_net_policy, src/net/,
+	 * docs/networking.md): the VMM makes its own namespace forkd-<ID> and
+	 * sets net_tap/net_netns to its tap; net_host_addr is where the host
+	 * reaches the guest. The owner pid keeps a zygote or child (which copy
+	 * this config) from removing its source's namespace.
+	 */
+	int net_policy;
+	char net_id[33];
+	bool net_netns_owned;
+	pid_t net_netns_owner;
+	char net_host_addr[16];
 	bool mem_given, cpus_given;
 	bool help;
 	/*

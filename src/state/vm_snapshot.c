@@ -79,6 +79,15 @@ static uint32_t queued_requests(const struct vm *vm, const struct virtio_mmio_st
 	return n;
 }
 
+uint32_t vm_snapshot_inflight(const struct vm *vm)
+{
+	uint32_t n = 0;
+
+	for (int i = 0; i < vm->nr_disks; i++)
+		n += queued_requests(vm, &vm->disks[i].transport.state);
+	return n;
+}
+
 static int save_vsock(struct vm *vm, struct snap_writer *w, struct fk_err *err)
 {
 	struct virtio_mmio *t = &vm->vsock.transport;
@@ -184,8 +193,7 @@ int vm_snapshot_take(struct vm *vm, const char *dir, bool resume, struct vm_snap
 	ret = vm_state_save(vm, &w, err);
 	if (ret < 0)
 		goto out;
-	for (int i = 0; i < vm->nr_disks; i++)
-		res->inflight += queued_requests(vm, &vm->disks[i].transport.state);
+	res->inflight = vm_snapshot_inflight(vm);
 	t2 = monotonic_us();
 	for (int i = 0; i < vm->mem.nr_regions; i++)
 		regions[i] = (struct snap_mem_region){.gpa = vm->mem.regions[i].gpa,
@@ -193,6 +201,8 @@ int vm_snapshot_take(struct vm *vm, const char *dir, bool resume, struct vm_snap
 						      .host = vm->mem.regions[i].hva};
 	src.nr_regions = (uint32_t)vm->mem.nr_regions;
 	ret = snap_writer_commit(&w, dir, &src, err);
+	res->hash_us = w.stats.hash_us;
+	res->data_bytes = w.stats.data_bytes;
 	res->capture_us = t2 - t1;
 	res->write_us = monotonic_us() - t2;
 	res->mem_bytes = vm->mem.total_size;
@@ -568,6 +578,16 @@ int vm_restore_init(struct vm *vm, struct fk_err *err)
 	ret = snap_reader_open(dir, &r, err);
 	if (ret < 0)
 		return fk_wrap(err, "restore snapshot %s", dir);
+	/* Opt-in: reading the whole memory file up front is what a lazy restore avoids. */
+	if (cfg->restore_verify) {
+		struct snap_verify_stats vs;
+
+		ret = snap_verify_memory(r, &vs, err);
+		if (ret < 0) {
+			fk_wrap(err, "--verify");
+			goto out;
+		}
+	}
 	info = snap_reader_vm_info(r);
 	ret = check_layout(info, err);
 	if (ret < 0)
