@@ -614,47 +614,59 @@ static void test_tree_and_cascade(void **state_)
 }
 
 /*
- * sdk/python/tests/e2e_daemon.py, the SDK's own end-to-end flows (create,
- * run, streaming, timeout, files, branch 4, tree, snapshot and spawn, a
- * persisted branch, errors, metrics, cleanup) against this daemon; it removes
- * what it made, so no VMM of this state dir is left after it.
+ * Runs an SDK's end-to-end script (argv, whose name is `what`) against this
+ * daemon: it must exit 0 with a closing line saying "0 failed", and no VMM of
+ * this state dir may be left once it cleaned up after itself.
  */
-static void test_sdk_e2e_script(void **state_)
+static void run_e2e_script(const char *what, char **argv)
 {
-	char script[600], per_call[32], total[32], *out = NULL, *err = NULL;
-	char *argv[] = {"/usr/bin/timeout", "-k",  "10",	total,	  "python3", script,
-			"--image",	    IMAGE, "--timeout", per_call, NULL};
-	const char *src = getenv("FORKD_SRC");
+	char *out = NULL, *err = NULL;
 	static pid_t pids[64];
 	long long t0 = now_ms();
 	size_t n = 0;
 	int rc;
 
-	(void)state_;
 	if (!daemon_pid)
 		fail_msg("no daemon: test_cli_exec_and_cp did not start it");
-	snprintf(script, sizeof(script), "%s/sdk/python/tests/e2e_daemon.py",
-		 src && *src ? src : ".");
-	snprintf(per_call, sizeof(per_call), "%lld", (harness_deadline(60000) - now_ms()) / 1000);
-	snprintf(total, sizeof(total), "%lld", (harness_deadline(300000) - now_ms()) / 1000);
 	setenv("PYTHONDONTWRITEBYTECODE", "1", 1);
 	rc = run2(&out, &err, argv);
-	printf("serve-linux: e2e_daemon.py took %lld ms, exit %d:\n%s", now_ms() - t0, rc, out);
+	printf("serve-linux: %s took %lld ms, exit %d:\n%s", what, now_ms() - t0, rc, out);
 	if (rc != 0) {
 		dump_log();
-		fail_msg("sdk/python/tests/e2e_daemon.py: exit %d%s:\n%s%s", rc,
+		fail_msg("%s: exit %d%s:\n%s%s", what, rc,
 			 rc == 124 ? " (killed at its time limit)" : "", out, err);
 	}
 	if (!strstr(out, " 0 failed"))
-		fail_msg("e2e_daemon.py exited 0 without '0 failed':\n%s", out);
+		fail_msg("%s exited 0 without '0 failed':\n%s", what, out);
 	free(out);
 	free(err);
 	for (long long end = harness_deadline(15000); now_ms() < end; usleep(100 * 1000))
 		if ((n = vmm_pids(pids, 64)) == 0)
 			break;
 	if (n)
-		fail_msg("%zu forkd-vmm processes of %s still run after e2e_daemon.py's cleanup", n,
-			 state);
+		fail_msg("%zu forkd-vmm processes of %s still run after %s's cleanup", n, state,
+			 what);
+}
+
+/*
+ * sdk/python/tests/e2e_daemon.py, the SDK's own end-to-end flows (create,
+ * run, streaming, timeout, files, branch 4, tree, snapshot and spawn, a
+ * persisted branch, errors, metrics, the MCP server, cleanup) against this
+ * daemon.
+ */
+static void test_sdk_e2e_script(void **state_)
+{
+	char script[600], per_call[32], total[32];
+	char *argv[] = {"/usr/bin/timeout", "-k",  "10",	total,	  "python3", script,
+			"--image",	    IMAGE, "--timeout", per_call, NULL};
+	const char *src = getenv("FORKD_SRC");
+
+	(void)state_;
+	snprintf(script, sizeof(script), "%s/sdk/python/tests/e2e_daemon.py",
+		 src && *src ? src : ".");
+	snprintf(per_call, sizeof(per_call), "%lld", (harness_deadline(60000) - now_ms()) / 1000);
+	snprintf(total, sizeof(total), "%lld", (harness_deadline(300000) - now_ms()) / 1000);
+	run_e2e_script("sdk/python/tests/e2e_daemon.py", argv);
 }
 
 /*
@@ -662,21 +674,15 @@ static void test_sdk_e2e_script(void **state_)
  * compiled by `make ts-sdk`) against this daemon: probe-guest lineage (create,
  * branch three levels, snapshot, spawn, cascades, errors) and the Linux
  * image's sandbox (exec streamed, signals, time limits, files, branch with
- * fresh entropy). It removes what it made and checks their VMMs gone by pid.
+ * fresh entropy). It also checks its VMMs gone by pid.
  */
 static void test_ts_sdk_e2e_script(void **state_)
 {
-	char script[600], total[32], *out = NULL, *err = NULL;
+	char script[600], total[32];
 	char *argv[] = {"/usr/bin/timeout", "-k", "10", total, "node", script, NULL};
 	const char *b = getenv("FORKD_BUILD");
-	static pid_t pids[64];
-	long long t0 = now_ms();
-	size_t n = 0;
-	int rc;
 
 	(void)state_;
-	if (!daemon_pid)
-		fail_msg("no daemon: test_cli_exec_and_cp did not start it");
 	snprintf(script, sizeof(script), "%s/sdk/typescript/test/e2e_daemon.js",
 		 b && *b ? b : "build");
 	if (access(script, R_OK) != 0)
@@ -684,23 +690,7 @@ static void test_ts_sdk_e2e_script(void **state_)
 	snprintf(total, sizeof(total), "%lld", (harness_deadline(300000) - now_ms()) / 1000);
 	setenv("FORKD_E2E_IMAGE", IMAGE, 1);
 	setenv("FORKD_PROBE", harness_probe(), 1);
-	rc = run2(&out, &err, argv);
-	printf("serve-linux: e2e_daemon.js took %lld ms, exit %d:\n%s", now_ms() - t0, rc, out);
-	if (rc != 0) {
-		dump_log();
-		fail_msg("sdk/typescript/test/e2e_daemon.js: exit %d%s:\n%s%s", rc,
-			 rc == 124 ? " (killed at its time limit)" : "", out, err);
-	}
-	if (!strstr(out, " 0 failed"))
-		fail_msg("e2e_daemon.js exited 0 without '0 failed':\n%s", out);
-	free(out);
-	free(err);
-	for (long long end = harness_deadline(15000); now_ms() < end; usleep(100 * 1000))
-		if ((n = vmm_pids(pids, 64)) == 0)
-			break;
-	if (n)
-		fail_msg("%zu forkd-vmm processes of %s still run after e2e_daemon.js's cleanup", n,
-			 state);
+	run_e2e_script("sdk/typescript/test/e2e_daemon.js", argv);
 }
 
 int main(int argc, char **argv)
