@@ -3,6 +3,7 @@
 #include "daemon/registry.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <sqlite3.h>
@@ -16,6 +17,7 @@
 struct registry {
 	sqlite3 *db;
 	char path[REG_PATH_MAX];
+	bool in_batch; /* registry_batch_begin: each operation is a savepoint inside it */
 };
 
 /* Version 1. Text states keep the file readable with the sqlite3 shell. Lineage references that
@@ -169,18 +171,50 @@ static int prep(struct registry *r, sqlite3_stmt **st, const char *sql, struct f
  * timeout) instead of one failing when it upgrades a read transaction. */
 static int tx_begin(struct registry *r, bool write, struct fk_err *err)
 {
+	if (r->in_batch)
+		return exec(r, "SAVEPOINT reg_op", err);
 	return exec(r, write ? "BEGIN IMMEDIATE" : "BEGIN", err);
 }
 
 static int tx_commit(struct registry *r, struct fk_err *err)
 {
-	return exec(r, "COMMIT", err);
+	return exec(r, r->in_batch ? "RELEASE reg_op" : "COMMIT", err);
 }
 
+/* Inside a batch only this operation's changes are undone: the batch's earlier ones stay. */
 static void tx_rollback(struct registry *r)
 {
-	if (!sqlite3_get_autocommit(r->db))
+	if (sqlite3_get_autocommit(r->db))
+		return;
+	if (r->in_batch)
+		sqlite3_exec(r->db, "ROLLBACK TO reg_op; RELEASE reg_op", NULL, NULL, NULL);
+	else
 		sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+int registry_batch_begin(struct registry *r, struct fk_err *err)
+{
+	int ret;
+
+	if (r->in_batch)
+		return fk_fail(err, EINVAL, "registry %s: a batch is already open", r->path);
+	ret = exec(r, "BEGIN IMMEDIATE", err);
+	if (ret == 0)
+		r->in_batch = true;
+	return ret;
+}
+
+int registry_batch_end(struct registry *r, struct fk_err *err)
+{
+	int ret;
+
+	if (!r->in_batch)
+		return fk_fail(err, EINVAL, "registry %s: no batch open", r->path);
+	r->in_batch = false;
+	ret = exec(r, "COMMIT", err);
+	if (ret)
+		tx_rollback(r);
+	return ret;
 }
 
 /* Binds s, or NULL for "" when the column is optional. */
@@ -285,6 +319,9 @@ static int list_rows(struct registry *r, const char *sql, const char *key, row_r
 	}
 	while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
 		ret = grow(&arr, &cap, nr, elem, err);
+		/* Zeroed first: padding and fields a reader leaves alone compare equal (memcmp). */
+		if (ret == 0)
+			memset(arr + nr * elem, 0, elem);
 		if (ret == 0)
 			ret = read(st, arr + nr * elem, err);
 		nr += ret == 0;
@@ -1318,6 +1355,24 @@ static int read_small(const char *path, char *buf, size_t size, int *errnum)
 	return 0;
 }
 
+/*
+ * The kernel's boot id, read once per process: it cannot change while this
+ * process runs, and every branch and spawn probes a few processes (bench/api.sh).
+ * Written once under pthread_once, read-only after.
+ */
+static char boot_id[REG_BOOT_ID_MAX];
+static int boot_id_errno;
+static pthread_once_t boot_id_once = PTHREAD_ONCE_INIT;
+
+static void read_boot_id(void)
+{
+	if (read_small("/proc/sys/kernel/random/boot_id", boot_id, sizeof(boot_id),
+		       &boot_id_errno) == 0)
+		boot_id[strcspn(boot_id, "\n")] = '\0';
+	else
+		boot_id[0] = '\0';
+}
+
 int registry_proc_probe(pid_t pid, struct reg_proc *out, struct fk_err *err)
 {
 	char path[64], buf[4096], *p, *end;
@@ -1344,11 +1399,11 @@ int registry_proc_probe(pid_t pid, struct reg_proc *out, struct fk_err *err)
 	if (errno || end == p + 1 || (*end != ' ' && *end != '\n' && *end != '\0'))
 		return fk_fail(err, EBADMSG, "process %d: %s: field 22 is not a start time",
 			       (int)pid, path);
-	if (read_small("/proc/sys/kernel/random/boot_id", out->boot_id, sizeof(out->boot_id),
-		       &errnum))
-		return fk_fail_errno(err, errnum, "process %d: /proc/sys/kernel/random/boot_id",
-				     (int)pid);
-	out->boot_id[strcspn(out->boot_id, "\n")] = '\0';
+	pthread_once(&boot_id_once, read_boot_id);
+	if (!boot_id[0])
+		return fk_fail_errno(err, boot_id_errno ? boot_id_errno : EIO,
+				     "process %d: /proc/sys/kernel/random/boot_id", (int)pid);
+	memcpy(out->boot_id, boot_id, sizeof(out->boot_id));
 	out->pid = pid;
 	return 0;
 }

@@ -138,6 +138,16 @@ struct reg_ids {
 int registry_open(const char *path, struct registry **out, struct fk_err *err);
 void registry_close(struct registry *r);
 
+/*
+ * Batch: every change until registry_batch_end commits as one transaction
+ * (one WAL commit instead of one per change: a branch records its zygote and
+ * children together). Inside it, an operation that fails undoes only its own
+ * changes. A daemon killed before the end leaves none of them in the file.
+ * Not nested; registry_batch_end commits (and on failure rolls back) the lot.
+ */
+int registry_batch_begin(struct registry *r, struct fk_err *err);
+int registry_batch_end(struct registry *r, struct fk_err *err);
+
 /* ---- VMs ---- */
 
 /* Adds vm (state, pid, sockets, lineage, ...), filling vm->id and vm->created_us. A parent must
