@@ -495,6 +495,10 @@ def main():
     finally:
         if d:
             d.stop()
+            # With FORKD_SERVE_TIMING=1 the daemon's log has each branch's and spawn's
+            # spans (docs/daemon.md): keep it where FORKD_BENCH_SERVE_LOG says.
+            if os.environ.get("FORKD_BENCH_SERVE_LOG"):
+                shutil.copy(d.log.name, os.environ["FORKD_BENCH_SERVE_LOG"])
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -32,6 +32,8 @@
 #include <glob.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
+#include <sys/inotify.h>
+#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -96,6 +98,18 @@ struct zombie {
 	int pidfd;
 };
 
+/*
+ * A read-only use of the registry file on a connection of its own, so that
+ * listing queries (GET /v1/tree, GET /v1/vms) run without d->lock: WAL lets
+ * readers run beside the one writer, each seeing the last commit. A handle
+ * is one thread's at a time (registry.h): each has its own mutex.
+ */
+#define NR_READERS 4
+struct reader {
+	pthread_mutex_t lock;
+	struct registry *reg; /* NULL: not opened, the queries use d->reg under d->lock */
+};
+
 struct daemon {
 	char state_dir[PATH_MAX];
 	char vmm[PATH_MAX];
@@ -115,6 +129,9 @@ struct daemon {
 	int nr_persist_threads;
 	daemon_metric_fn metric;
 	void *metric_opaque;
+	bool timing; /* FORKD_SERVE_TIMING=1: each branch and spawn logs its spans (op_timer) */
+	struct reader readers[NR_READERS];
+	unsigned next_reader; /* round robin when all readers are busy; atomic */
 };
 
 static double mono_s(void)
@@ -152,6 +169,47 @@ void daemon_set_metrics(struct daemon *d, daemon_metric_fn fn, void *opaque)
 	d->metric = fn;
 	d->metric_opaque = opaque;
 	pthread_mutex_unlock(&d->lock);
+}
+
+/*
+ * Where an operation's time goes, for bench/api.sh's overhead: with
+ * FORKD_SERVE_TIMING=1 in the daemon's environment, each branch and spawn
+ * prints one line on stderr, `forkd serve: timing OP: SPAN MS ... total MS`,
+ * each span the wall time since the previous mark. Off, a mark is one
+ * clock_gettime.
+ */
+struct op_timer {
+	double t0, last;
+	char line[512];
+	size_t len;
+};
+
+static void timer_start(struct op_timer *tm)
+{
+	tm->t0 = tm->last = mono_s();
+	tm->len = 0;
+	tm->line[0] = '\0';
+}
+
+static void timer_mark(struct op_timer *tm, const char *span)
+{
+	double now = mono_s();
+	int n;
+
+	if (tm->len < sizeof(tm->line)) {
+		n = snprintf(tm->line + tm->len, sizeof(tm->line) - tm->len, " %s %.3f", span,
+			     (now - tm->last) * 1e3);
+		if (n > 0)
+			tm->len += (size_t)n;
+	}
+	tm->last = now;
+}
+
+static void timer_end(const struct daemon *d, const struct op_timer *tm, const char *op)
+{
+	if (d->timing)
+		fprintf(stderr, "forkd serve: timing %s:%s total %.3f\n", op, tm->line,
+			(mono_s() - tm->t0) * 1e3);
 }
 
 /* ---- Paths ---- */
@@ -457,9 +515,9 @@ static json_t *iso_time(int64_t us)
 	return json_string(out);
 }
 
-static json_t *vm_json(struct daemon *d, const struct reg_vm *vm)
+/* mem_mib and cpus: what the registry has no column for (0: unknown). */
+static json_t *vm_json_sized(const struct reg_vm *vm, int mem_mib, int cpus)
 {
-	struct tracked *t = find_tracked(d, vm->id);
 	bool branched = vm->parent_vm[0] != '\0';
 	json_t *o = json_object();
 
@@ -472,8 +530,8 @@ static json_t *vm_json(struct daemon *d, const struct reg_vm *vm)
 	json_object_set_new(o, "tag", str_or_null(vm->tag));
 	json_object_set_new(o, "image", str_or_null(vm->image));
 	json_object_set_new(o, "kernel", str_or_null(vm->kernel));
-	json_object_set_new(o, "mem_mib", t && t->mem_mib ? json_integer(t->mem_mib) : json_null());
-	json_object_set_new(o, "cpus", t && t->cpus ? json_integer(t->cpus) : json_null());
+	json_object_set_new(o, "mem_mib", mem_mib ? json_integer(mem_mib) : json_null());
+	json_object_set_new(o, "cpus", cpus ? json_integer(cpus) : json_null());
 	json_object_set_new(o, "created", iso_time(vm->created_us));
 	json_object_set_new(o, "branched_at", branched ? iso_time(vm->branched_us) : json_null());
 	json_object_set_new(o, "pause_us",
@@ -484,6 +542,62 @@ static json_t *vm_json(struct daemon *d, const struct reg_vm *vm)
 			    vm->exit_status == REG_NO_EXIT ? json_null()
 							   : json_integer(vm->exit_status));
 	return o;
+}
+
+/* Lock held (the tracked list). */
+static json_t *vm_json(struct daemon *d, const struct reg_vm *vm)
+{
+	struct tracked *t = find_tracked(d, vm->id);
+
+	return vm_json_sized(vm, t ? t->mem_mib : 0, t ? t->cpus : 0);
+}
+
+/* ---- Readers ---- */
+
+/* A free reader, or (all busy) the next one in turn, waited for; NULL if none was opened. */
+static struct reader *reader_get(struct daemon *d)
+{
+	unsigned k;
+
+	if (!d->readers[0].reg)
+		return NULL;
+	for (unsigned i = 0; i < NR_READERS; i++)
+		if (d->readers[i].reg && pthread_mutex_trylock(&d->readers[i].lock) == 0)
+			return &d->readers[i];
+	k = __atomic_fetch_add(&d->next_reader, 1, __ATOMIC_RELAXED) % NR_READERS;
+	while (!d->readers[k].reg)
+		k = (k + 1) % NR_READERS;
+	pthread_mutex_lock(&d->readers[k].lock);
+	return &d->readers[k];
+}
+
+static void reader_put(struct reader *r)
+{
+	if (r)
+		pthread_mutex_unlock(&r->lock);
+}
+
+/* The sizes of n VMs (mem_mib, cpus) from the tracked list, under the lock only for the copy. */
+static int sizes_of(struct daemon *d, const struct reg_vm *const *vms, size_t n, int **out,
+		    struct fk_err *err)
+{
+	int *sz = calloc(n ? 2 * n : 1, sizeof(*sz));
+
+	*out = NULL;
+	if (!sz)
+		return fk_fail(err, ENOMEM, "out of memory for %zu VMs", n);
+	pthread_mutex_lock(&d->lock);
+	for (size_t i = 0; i < n; i++) {
+		struct tracked *t = find_tracked(d, vms[i]->id);
+
+		if (t) {
+			sz[2 * i] = t->mem_mib;
+			sz[2 * i + 1] = t->cpus;
+		}
+	}
+	pthread_mutex_unlock(&d->lock);
+	*out = sz;
+	return 0;
 }
 
 /* DIR/snapshots/.<tag>.json keeps a snapshot's pause_us across restarts (tags never start
@@ -721,13 +835,62 @@ static int start_timeout_ms(void)
 	return (int)ms;
 }
 
+/*
+ * An inotify descriptor watching the directories of s's control sockets for
+ * the socket to appear (the VMM binds it once restored or booted), so that
+ * wait_answering wakes as it does instead of polling; -1 if inotify is
+ * unavailable (then it polls every millisecond).
+ */
+static int watch_socket_dirs(const struct starting *s, size_t n)
+{
+	int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+
+	if (fd < 0)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		char dir[REG_SOCK_MAX], *slash;
+
+		snprintf(dir, sizeof(dir), "%s", s[i].sock);
+		slash = strrchr(dir, '/');
+		if (slash)
+			*slash = '\0';
+		if (!slash ||
+		    inotify_add_watch(fd, dir, IN_CREATE | IN_MOVED_TO | IN_ONLYDIR) < 0) {
+			close(fd);
+			return -1;
+		}
+	}
+	return fd;
+}
+
+/* Sleeps until a socket may have appeared (an inotify event) or timeout_ms passed. */
+static void wait_socket_event(int ifd, int timeout_ms)
+{
+	char events[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+	struct pollfd pfd = {.fd = ifd, .events = POLLIN};
+
+	if (ifd < 0 || timeout_ms <= 1) {
+		usleep(1000);
+		return;
+	}
+	if (poll(&pfd, 1, timeout_ms) > 0)
+		while (read(ifd, events, sizeof(events)) > 0)
+			; /* drained: the loop checks every socket anyway */
+}
+
 static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool restore_metric,
 			  struct fk_err *err)
 {
 	double deadline = mono_s() + start_timeout_ms() / 1000.0;
+	int ifd = watch_socket_dirs(s, n);
 	size_t up = 0;
+	int ret = 0;
 
 	while (up < n) {
+		/* A socket that exists but did not answer (bound, not yet listening): retry soon.
+		 */
+		bool retry_soon = false;
+
 		for (size_t i = 0; i < n; i++) {
 			struct fk_err call_err = {0};
 			json_t *req, *reply = NULL;
@@ -747,17 +910,19 @@ static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool r
 				char line[256];
 
 				vmm_first_line(s[i].err_path, line, sizeof(line));
-				return fk_fail(
-				    err, ECHILD,
-				    "%s: forkd-vmm exited (status %d) before its control "
-				    "socket answered: %s",
-				    s[i].id, status, line[0] ? line : "(no message)");
+				ret = fk_fail(err, ECHILD,
+					      "%s: forkd-vmm exited (status %d) before its control "
+					      "socket answered: %s",
+					      s[i].id, status, line[0] ? line : "(no message)");
+				goto out;
 			}
 			if (access(s[i].sock, F_OK) < 0)
 				continue;
 			req = json_pack("{s:s}", "cmd", "status");
-			if (!req)
-				return fk_fail(err, ENOMEM, "status request");
+			if (!req) {
+				ret = fk_fail(err, ENOMEM, "status request");
+				goto out;
+			}
 			if (control_call(s[i].sock, req, &reply, STATUS_CALL_MS, &call_err) == 0 &&
 			    json_is_true(json_object_get(reply, "ok"))) {
 				s[i].up = true;
@@ -773,23 +938,30 @@ static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool r
 				pthread_mutex_unlock(&d->lock);
 				if (restore_metric)
 					report(d, DAEMON_METRIC_RESTORE, mono_s() - s[i].t0);
+			} else {
+				retry_soon = true;
 			}
 			json_decref(req);
 			json_decref(reply);
 		}
 		if (up == n)
 			break;
-		if (mono_s() > deadline)
-			return fk_fail(
-			    err, ETIMEDOUT,
-			    "%zu of %zu VMs did not answer on their control socket within "
-			    "%d ms (see %s)",
-			    n - up, n, start_timeout_ms(), s[0].err_path);
-		/* A restore answers in ~10 ms: a coarser poll shows up in every spawn
-		 * (bench/api.sh). */
-		usleep(1000);
+		if (mono_s() > deadline) {
+			ret =
+			    fk_fail(err, ETIMEDOUT,
+				    "%zu of %zu VMs did not answer on their control socket within "
+				    "%d ms (see %s)",
+				    n - up, n, start_timeout_ms(), s[0].err_path);
+			goto out;
+		}
+		/* A restore answers in ~10 ms: waking late shows up in every spawn (bench/api.sh).
+		 * The 20 ms bound is how soon a VMM that died before binding is noticed. */
+		wait_socket_event(ifd, retry_soon ? 1 : 20);
 	}
-	return 0;
+out:
+	if (ifd >= 0)
+		close(ifd);
+	return ret;
 }
 
 /* The last non-empty line of a (console) file, for a message: the VM's directory goes with it. */
@@ -1129,23 +1301,44 @@ fail:
 
 /* ---- Listing ---- */
 
+/*
+ * Lists are read on a reader connection, not under d->lock (many GETs at once
+ * would queue behind each other and behind every operation's bookkeeping);
+ * the lock is taken only to copy the VMs' sizes, and the JSON is built after.
+ */
 int daemon_vm_list(struct daemon *d, json_t **out, struct fk_err *err)
 {
+	struct reader *rd = reader_get(d);
+	const struct reg_vm **refs = NULL;
 	struct reg_vm *vms = NULL;
+	int *sz = NULL;
 	size_t n = 0;
 	json_t *arr;
 	int ret;
 
 	*out = NULL;
-	pthread_mutex_lock(&d->lock);
-	ret = registry_vm_list(d->reg, &vms, &n, err);
+	if (!rd)
+		pthread_mutex_lock(&d->lock);
+	ret = registry_vm_list(rd ? rd->reg : d->reg, &vms, &n, err);
+	if (rd)
+		reader_put(rd);
+	else
+		pthread_mutex_unlock(&d->lock);
+	if (ret == 0 && !(refs = calloc(n ? n : 1, sizeof(*refs))))
+		ret = fk_fail(err, ENOMEM, "out of memory for %zu VMs", n);
+	for (size_t i = 0; ret == 0 && i < n; i++)
+		refs[i] = &vms[i];
+	if (ret == 0)
+		ret = sizes_of(d, refs, n, &sz, err);
 	if (ret == 0) {
 		arr = json_array();
 		for (size_t i = 0; i < n; i++)
-			json_array_append_new(arr, vm_json(d, &vms[i]));
+			json_array_append_new(arr,
+					      vm_json_sized(&vms[i], sz[2 * i], sz[2 * i + 1]));
 		*out = json_pack("{s:o}", "vms", arr);
 	}
-	pthread_mutex_unlock(&d->lock);
+	free(sz);
+	free(refs);
 	free(vms);
 	return ret;
 }
@@ -1189,26 +1382,43 @@ int daemon_vm_agent_socket(struct daemon *d, const char *id, char *path, size_t 
 	return 0;
 }
 
+/* As daemon_vm_list: the lineage query on a reader, the JSON outside the lock. */
 int daemon_tree(struct daemon *d, json_t **out, struct fk_err *err)
 {
+	struct reader *rd = reader_get(d);
+	const struct reg_vm **refs = NULL;
+	int *sz = NULL;
 	struct reg_lineage_node *nodes = NULL;
 	size_t n = 0;
 	json_t *arr;
 	int ret;
 
 	*out = NULL;
-	pthread_mutex_lock(&d->lock);
-	ret = registry_lineage(d->reg, &nodes, &n, err);
+	if (!rd)
+		pthread_mutex_lock(&d->lock);
+	ret = registry_lineage(rd ? rd->reg : d->reg, &nodes, &n, err);
+	if (rd)
+		reader_put(rd);
+	else
+		pthread_mutex_unlock(&d->lock);
+	if (ret == 0 && !(refs = calloc(n ? n : 1, sizeof(*refs))))
+		ret = fk_fail(err, ENOMEM, "out of memory for %zu VMs", n);
+	for (size_t i = 0; ret == 0 && i < n; i++)
+		refs[i] = &nodes[i].vm;
+	if (ret == 0)
+		ret = sizes_of(d, refs, n, &sz, err);
 	if (ret == 0) {
 		arr = json_array();
 		for (size_t i = 0; i < n; i++)
-			json_array_append_new(arr, json_pack("{s:o,s:i,s:b}", "vm",
-							     vm_json(d, &nodes[i].vm), "depth",
-							     (int)nodes[i].depth, "last_sibling",
-							     nodes[i].last_sibling));
+			json_array_append_new(
+			    arr, json_pack("{s:o,s:i,s:b}", "vm",
+					   vm_json_sized(&nodes[i].vm, sz[2 * i], sz[2 * i + 1]),
+					   "depth", (int)nodes[i].depth, "last_sibling",
+					   nodes[i].last_sibling));
 		*out = json_pack("{s:o}", "tree", arr);
 	}
-	pthread_mutex_unlock(&d->lock);
+	free(sz);
+	free(refs);
 	free(nodes);
 	return ret;
 }
@@ -1928,8 +2138,11 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	json_t *req, *reply = NULL, *kids = NULL, *res;
 	int64_t branched_us;
 	int zygote_num, ret;
+	struct op_timer tm;
+	bool batch;
 
 	*out = NULL;
+	timer_start(&tm);
 	if ((ret = check_fields(body, what, fields, err)) < 0 ||
 	    (ret = get_int(body, what, "n", 0, DAEMON_MAX_CHILDREN, &n, err)) < 0 ||
 	    (ret = get_bool(body, what, "persist", &persist, err)) < 0 ||
@@ -1964,6 +2177,7 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	pthread_mutex_unlock(&d->lock);
 	if (ret < 0)
 		return ret;
+	timer_mark(&tm, "claim");
 
 	if (mkdir(branches, 0755) < 0 && errno != EEXIST) {
 		ret = fk_fail_errno(err, errno, "%s: create %s", what, branches);
@@ -1982,7 +2196,9 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	if (req && persist)
 		json_object_set_new(req, "persist", json_string(snap.path));
 	branched_us = wall_us();
+	timer_mark(&tm, "dir");
 	ret = vmm_call(what, src.control_sock, req, BRANCH_TIMEOUT_MS, &reply, err);
+	timer_mark(&tm, "vmm");
 	if (ret < 0) {
 		stop_children_of_failed_branch(bdir);
 		goto fail;
@@ -2001,7 +2217,13 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	if (registry_proc_probe((pid_t)json_integer_value(json_object_get(reply, "zygote_pid")),
 				&z.proc, err) < 0)
 		memset(&z.proc, 0, sizeof(z.proc));
+	timer_mark(&tm, "zprobe");
+	/* The zygote and its children in one commit: a daemon killed before it leaves none of
+	 * them recorded, and re-adoption stops the unrecorded children
+	 * (stop_unregistered_children). */
+	batch = registry_batch_begin(d->reg, err) == 0;
 	ret = registry_zygote_add(d->reg, &z, err);
+	timer_mark(&tm, "zadd");
 	if (ret == 0) {
 		zt = track(d, z.id, true);
 		if (zt) {
@@ -2009,8 +2231,22 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 			if (z.proc.pid)
 				watch(d, zt, z.proc.pid, err);
 		}
+		timer_mark(&tm, "zwatch");
 		record_children(d, &src, st, &z, reply, branched_us, kids);
+		timer_mark(&tm, "children");
 	}
+	if (batch && registry_batch_end(d->reg, err) < 0 && ret == 0) {
+		/* Nothing of the branch was recorded: handled as a failed zygote add. */
+		json_t *k;
+		size_t i;
+
+		json_array_foreach(kids, i, k)
+		    untrack(d, json_string_value(json_object_get(k, "id")));
+		untrack(d, z.id);
+		json_array_clear(kids);
+		ret = -EIO;
+	}
+	timer_mark(&tm, "commit");
 	/* Without a zygote record the zygote is released below, ending a persist too. */
 	if (persist && (!persist_writing || ret < 0))
 		persist_done(d, tag, snap.path, ret == 0 && pstate && strcmp(pstate, "ready") == 0);
@@ -2032,10 +2268,12 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 		json_decref(kids);
 		return fk_wrap(err, "%s of %s", what, id);
 	}
+	timer_mark(&tm, "record");
 	report(d, DAEMON_METRIC_BRANCH_PAUSE, z.pause_us / 1e6);
 	if (!persist_writing ||
 	    start_persist_thread(d, src.control_sock, zygote_num, tag, snap.path) < 0)
 		release_zygote(src.control_sock, zygote_num);
+	timer_mark(&tm, "release");
 	res = json_pack("{s:s,s:I,s:o}", "zygote", z.id, "pause_us", (json_int_t)z.pause_us,
 			"children", kids);
 	if (persist) {
@@ -2045,6 +2283,8 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	}
 	json_decref(reply);
 	*out = res;
+	timer_mark(&tm, "json");
+	timer_end(d, &tm, what);
 	return 0;
 fail:
 	pthread_mutex_lock(&d->lock);
@@ -2129,8 +2369,10 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	json_t *vms = NULL;
 	bool vsock;
 	int ret;
+	struct op_timer tm;
 
 	*out = NULL;
+	timer_start(&tm);
 	if ((ret = check_fields(body, what, fields, err)) < 0 ||
 	    (ret = get_int(body, what, "n", 1, DAEMON_MAX_CHILDREN, &n, err)) < 0)
 		return ret;
@@ -2144,6 +2386,7 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 			       "%s: snapshot %s is %s: expected a ready snapshot", what, tag,
 			       reg_snap_state_name(snap.state));
 	vsock = snapshot_has_vsock(snap.path);
+	timer_mark(&tm, "snapshot");
 	s = calloc((size_t)n, sizeof(*s));
 	if (!s)
 		return fk_fail(err, ENOMEM, "%s: out of memory for %lld VMs", what, n);
@@ -2172,14 +2415,18 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 			t->busy = true;
 	}
 	pthread_mutex_unlock(&d->lock);
+	timer_mark(&tm, "register");
 	for (long long i = 0; i < n && ret == 0; i++)
 		ret = start_restored(d, snap.path, vsock, &s[i], err);
+	timer_mark(&tm, "launch");
 	if (ret == 0)
 		ret = wait_answering(d, s, (size_t)n, true, err);
+	timer_mark(&tm, "answer");
 	if (ret == 0) {
 		vms = json_array();
 		ret = finish_started(d, s, (size_t)n, vms, err);
 	}
+	timer_mark(&tm, "finish");
 	if (ret < 0) {
 		json_decref(vms);
 		abort_started(d, s, (size_t)n);
@@ -2189,6 +2436,7 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	free(s);
 	report(d, DAEMON_METRIC_SPAWN, mono_s() - t0);
 	*out = json_pack("{s:o}", "vms", vms);
+	timer_end(d, &tm, what);
 	return 0;
 }
 
@@ -2463,6 +2711,9 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 	d->wakefd = -1;
 	pthread_mutex_init(&d->lock, NULL);
 	pthread_cond_init(&d->cond, NULL);
+	for (i = 0; i < NR_READERS; i++)
+		pthread_mutex_init(&d->readers[i].lock, NULL);
+	d->timing = getenv("FORKD_SERVE_TIMING") && strcmp(getenv("FORKD_SERVE_TIMING"), "1") == 0;
 	snprintf(d->state_dir, sizeof(d->state_dir), "%s", cfg->state_dir);
 	if (cfg->vmm_path)
 		snprintf(d->vmm, sizeof(d->vmm), "%s", cfg->vmm_path);
@@ -2498,6 +2749,16 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 	ret = registry_open(path, &d->reg, err);
 	if (ret < 0)
 		goto fail;
+	for (i = 0; i < NR_READERS; i++) {
+		struct fk_err reader_err = {0};
+
+		/* Without readers the lists fall back to d->reg under the lock: slower, correct. */
+		if (registry_open(path, &d->readers[i].reg, &reader_err) < 0) {
+			fprintf(stderr, "forkd serve: registry reader: %s (lists take the lock)\n",
+				reader_err.msg);
+			break;
+		}
+	}
 	/* BRANCH children whose zygote and source are gone become ours to reap. */
 	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) {
 		ret = fk_fail_errno(err, errno, "prctl(PR_SET_CHILD_SUBREAPER)");
@@ -2582,6 +2843,10 @@ void daemon_close(struct daemon *d)
 		free(m);
 	}
 	registry_close(d->reg);
+	for (size_t i = 0; i < NR_READERS; i++) {
+		registry_close(d->readers[i].reg);
+		pthread_mutex_destroy(&d->readers[i].lock);
+	}
 	if (d->epfd >= 0)
 		close(d->epfd);
 	if (d->wakefd >= 0)
