@@ -64,6 +64,11 @@ static const char schema_v1[] =
     " parent_vm TEXT,"
     " created_us INTEGER NOT NULL);";
 
+/* Version 2: the image a snapshot's VM booted, kept when that VM is deleted (DELETE
+ * /v1/images refuses while a snapshot of it exists). "" in rows from version 1. */
+static const char schema_v1_to_v2[] =
+    "ALTER TABLE snapshots ADD COLUMN image TEXT NOT NULL DEFAULT '';";
+
 static const char *const vm_state_names[] = {
     [REG_VM_STARTING] = "starting", [REG_VM_RUNNING] = "running", [REG_VM_PAUSED] = "paused",
     [REG_VM_EXITED] = "exited",	    [REG_VM_FAILED] = "failed",
@@ -435,11 +440,38 @@ static int set_wal(struct registry *r, struct fk_err *err)
 	return ret;
 }
 
+/* Brings a file of an older version to REG_SCHEMA_VERSION, one step per version, each in the
+ * write transaction that also reads the version (two daemons upgrading cannot both apply a
+ * step). */
+static int upgrade_schema(struct registry *r, struct fk_err *err)
+{
+	int64_t version = 0;
+	char sql[64];
+	int ret = tx_begin(r, true, err);
+
+	if (ret)
+		return ret;
+	ret = pragma_int(r, "PRAGMA user_version", &version, err);
+	if (ret == 0 && version == 1)
+		ret = exec(r, schema_v1_to_v2, err);
+	if (ret == 0 && version < REG_SCHEMA_VERSION) {
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", REG_SCHEMA_VERSION);
+		ret = exec(r, sql, err);
+	}
+	if (ret == 0)
+		ret = tx_commit(r, err);
+	if (ret) {
+		tx_rollback(r);
+		fk_wrap(err, "registry %s: upgrading schema version %" PRId64 " to %d", r->path,
+			version, REG_SCHEMA_VERSION);
+	}
+	return ret;
+}
+
 /* Creates the schema in a new file; leaves a file another forkd initialised meanwhile alone. */
 static int init_schema(struct registry *r, struct fk_err *err)
 {
 	int64_t version, nr_objects;
-	char sql[64];
 	int ret = tx_begin(r, true, err);
 
 	if (ret)
@@ -463,8 +495,7 @@ static int init_schema(struct registry *r, struct fk_err *err)
 	ret = exec(r, schema_v1, err);
 	if (ret)
 		goto out;
-	snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", REG_SCHEMA_VERSION);
-	ret = exec(r, sql, err);
+	ret = exec(r, "PRAGMA user_version = 1", err);
 out:
 	if (ret == 0)
 		ret = tx_commit(r, err);
@@ -524,6 +555,8 @@ int registry_open(const char *path, struct registry **out, struct fk_err *err)
 		ret = exec(r, "PRAGMA synchronous = NORMAL", err);
 	if (ret == 0 && version == 0)
 		ret = init_schema(r, err);
+	if (ret == 0 && version < REG_SCHEMA_VERSION)
+		ret = upgrade_schema(r, err);
 	if (ret)
 		goto fail;
 	*out = r;
@@ -1158,7 +1191,7 @@ int registry_tag_check(const char *tag, struct fk_err *err)
 	return 0;
 }
 
-#define SNAP_COLS "tag, path, state, parent_vm, created_us"
+#define SNAP_COLS "tag, path, state, parent_vm, created_us, image"
 
 static int read_snapshot(sqlite3_stmt *st, void *record, struct fk_err *err)
 {
@@ -1174,6 +1207,8 @@ static int read_snapshot(sqlite3_stmt *st, void *record, struct fk_err *err)
 		ret = col_str(st, 2, state, sizeof(state), "snapshot state", err);
 	if (ret == 0)
 		ret = col_str(st, 3, s->parent_vm, sizeof(s->parent_vm), "snapshot VM", err);
+	if (ret == 0)
+		ret = col_str(st, 5, s->image, sizeof(s->image), "snapshot image", err);
 	if (ret)
 		return ret;
 	v = state_from_name(snap_state_names, NR_SNAP_STATES, state);
@@ -1195,6 +1230,8 @@ int registry_snapshot_add(struct registry *r, struct reg_snapshot *s, struct fk_
 	ret = check_len("snapshot path", s->path, sizeof(s->path), err);
 	if (ret == 0)
 		ret = check_len("snapshot VM", s->parent_vm, sizeof(s->parent_vm), err);
+	if (ret == 0)
+		ret = check_len("snapshot image", s->image, sizeof(s->image), err);
 	if (ret == 0 && !s->path[0])
 		ret = fk_fail(err, EINVAL, "snapshot %s: empty path", s->tag);
 	if (ret)
@@ -1213,10 +1250,10 @@ int registry_snapshot_add(struct registry *r, struct reg_snapshot *s, struct fk_
 				 : ret;
 	}
 	if (ret == 0)
-		ret =
-		    prep(r, &st,
-			 "INSERT INTO snapshots (" SNAP_COLS ") VALUES (?1, ?2, 'writing', ?3, ?4)",
-			 err);
+		ret = prep(r, &st,
+			   "INSERT INTO snapshots (" SNAP_COLS
+			   ") VALUES (?1, ?2, 'writing', ?3, ?4, ?5)",
+			   err);
 	if (ret)
 		goto out;
 	s->state = REG_SNAP_WRITING;
@@ -1225,6 +1262,7 @@ int registry_snapshot_add(struct registry *r, struct reg_snapshot *s, struct fk_
 	bind_str(st, 2, s->path, false);
 	bind_str(st, 3, s->parent_vm, true);
 	sqlite3_bind_int64(st, 4, s->created_us);
+	bind_str(st, 5, s->image, false);
 	ret = step_done(r, st, "add snapshot", err);
 	if (ret == 0)
 		ret = tx_commit(r, err);

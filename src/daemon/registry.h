@@ -46,7 +46,7 @@
 
 #include "util/err.h"
 
-#define REG_SCHEMA_VERSION  1 /* PRAGMA user_version of the files this code writes */
+#define REG_SCHEMA_VERSION  2 /* PRAGMA user_version of the files this code writes */
 #define REG_BUSY_TIMEOUT_MS 5000
 
 #define REG_ID_MAX	16  /* "vm-1a2b3c4d" + NUL, with room */
@@ -114,6 +114,7 @@ struct reg_snapshot {
 	enum reg_snap_state state;  /* registry_snapshot_add always records REG_SNAP_WRITING */
 	char parent_vm[REG_ID_MAX]; /* the VM it was taken from, or "" (kept after that VM goes) */
 	int64_t created_us;	    /* filled by registry_snapshot_add */
+	char image[REG_NAME_MAX];   /* the image that VM booted, or "" (also kept) */
 };
 
 /* One row of the lineage: registry_lineage returns them in depth-first order, children after

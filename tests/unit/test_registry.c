@@ -982,10 +982,47 @@ static void test_newer_schema(void **state)
 	assert_int_equal(sql_int(f->db, "PRAGMA user_version"), 7);
 	assert_int_equal(sql_int(f->db, "SELECT count(*) FROM vms"), 1);
 
-	sql_exec(f->db, "PRAGMA user_version = 1");
+	sql_exec(f->db, "PRAGMA user_version = 2");
 	if (registry_open(f->db, &f->r, &err) != 0)
 		fail_msg("reopen: %s", err.msg);
 	assert_true(vm_exists(f->r, id));
+}
+
+/* A version 1 file (no snapshot image) is upgraded in place: its rows stay, with image "". */
+static void test_upgrade_from_v1(void **state)
+{
+	struct fixture *f = *state;
+	struct fk_err err = {0};
+	struct reg_snapshot s = {.tag = "new", .path = "/s/new", .image = "py"}, got;
+	char id[REG_ID_MAX];
+
+	add_vm(f->r, "v", NULL, NULL, id);
+	add_ready_snapshot(f->r, "old", id);
+	registry_close(f->r);
+	f->r = NULL;
+	/* What version 1 wrote: the same tables without snapshots.image. */
+	sql_exec(f->db, "ALTER TABLE snapshots DROP COLUMN image");
+	sql_exec(f->db, "PRAGMA user_version = 1");
+
+	if (registry_open(f->db, &f->r, &err) != 0)
+		fail_msg("open a version 1 file: %s", err.msg);
+	assert_int_equal(sql_int(f->db, "PRAGMA user_version"), REG_SCHEMA_VERSION);
+	assert_true(vm_exists(f->r, id));
+	assert_int_equal(registry_snapshot_get(f->r, "old", &got, &err), 0);
+	assert_int_equal(got.state, REG_SNAP_READY);
+	assert_string_equal(got.parent_vm, id);
+	assert_string_equal(got.image, "");
+	assert_int_equal(registry_snapshot_add(f->r, &s, &err), 0);
+	assert_int_equal(registry_snapshot_get(f->r, "new", &got, &err), 0);
+	assert_string_equal(got.image, "py");
+
+	/* Opening it again changes nothing more. */
+	registry_close(f->r);
+	f->r = NULL;
+	if (registry_open(f->db, &f->r, &err) != 0)
+		fail_msg("reopen: %s", err.msg);
+	assert_int_equal(registry_snapshot_get(f->r, "new", &got, &err), 0);
+	assert_string_equal(got.image, "py");
 }
 
 /* ---- Two handles ---- */
@@ -1254,6 +1291,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_not_a_database, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_damaged_registry, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_newer_schema, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_upgrade_from_v1, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_two_handles, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cascade_is_atomic, setup, teardown),
