@@ -641,6 +641,7 @@ static json_t *snap_json(struct daemon *d, const struct reg_snapshot *s)
 	json_object_set_new(o, "state", json_string(reg_snap_state_name(s->state)));
 	json_object_set_new(o, "path", json_string(s->path));
 	json_object_set_new(o, "parent_vm", str_or_null(s->parent_vm));
+	json_object_set_new(o, "image", str_or_null(s->image));
 	json_object_set_new(o, "created", iso_time(s->created_us));
 	json_object_set_new(o, "pause_us", m ? json_integer((json_int_t)m->pause_us) : json_null());
 	return o;
@@ -1096,17 +1097,12 @@ static int finish_started(struct daemon *d, struct starting *s, size_t n, json_t
 	return ret;
 }
 
-static bool image_name_ok(const char *s)
+/* The image cache, where forkd-vmm --image looks (src/core/config.c). */
+static const char *image_cache(void)
 {
-	size_t len = strlen(s);
+	const char *cache = getenv("FORKD_IMAGE_CACHE");
 
-	if (len < 1 || len > 63 || !((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= '0' && s[0] <= '9')))
-		return false;
-	for (size_t i = 0; i < len; i++)
-		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '.' ||
-		      s[i] == '_' || s[i] == '-'))
-			return false;
-	return true;
+	return cache && *cache ? cache : VMM_IMAGE_CACHE_DEFAULT;
 }
 
 static int check_file(const char *what, const char *key, const char *path, struct fk_err *err)
@@ -1132,11 +1128,9 @@ static int check_file(const char *what, const char *key, const char *path, struc
  */
 static int check_image(const char *what, const char *image, struct fk_err *err)
 {
-	const char *cache = getenv("FORKD_IMAGE_CACHE");
+	const char *cache = image_cache();
 	char path[PATH_MAX];
 
-	if (!cache || !*cache)
-		cache = VMM_IMAGE_CACHE_DEFAULT;
 	if (snprintf(path, sizeof(path), "%s/%s/rootfs.ext4", cache, image) >= (int)sizeof(path))
 		return fk_fail(err, ENAMETOOLONG, "%s: \"image\" '%s': path too long", what, image);
 	if (access(path, R_OK) < 0)
@@ -1186,7 +1180,7 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 			       "%s: \"%s\" comes with \"kernel\", not with \"image\" (the image "
 			       "brings its own)",
 			       what, initrd ? "initrd" : "append");
-	if (image && !image_name_ok(image))
+	if (image && !daemon_image_name_ok(image))
 		return fk_fail(
 		    err, EINVAL,
 		    "%s: \"image\" '%s': expected an image name ([a-z0-9][a-z0-9._-]{0,62})", what,
@@ -1876,6 +1870,7 @@ int daemon_vm_snapshot(struct daemon *d, const char *id, json_t *body, json_t **
 	pthread_mutex_lock(&d->lock);
 	ret = claim_running(d, id, &vm, err);
 	if (ret == 0) {
+		snprintf(snap.image, sizeof(snap.image), "%s", vm.image);
 		ret = registry_snapshot_add(d->reg, &snap, err);
 		if (ret < 0) {
 			struct tracked *t = find_tracked(d, id);
@@ -2172,6 +2167,8 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 
 	pthread_mutex_lock(&d->lock);
 	ret = claim_running(d, id, &src, err);
+	if (ret == 0 && persist)
+		snprintf(snap.image, sizeof(snap.image), "%s", src.image);
 	if (ret == 0 && persist && (ret = registry_snapshot_add(d->reg, &snap, err)) < 0)
 		find_tracked(d, id)->busy = false;
 	pthread_mutex_unlock(&d->lock);
@@ -2437,6 +2434,254 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	report(d, DAEMON_METRIC_SPAWN, mono_s() - t0);
 	*out = json_pack("{s:o}", "vms", vms);
 	timer_end(d, &tm, what);
+	return 0;
+}
+
+/* ---- Images ---- */
+
+/*
+ * What of the registry uses an image: VMs recorded with it (created from it,
+ * branched or restored from such a VM), and snapshots taken from such a VM
+ * (recorded with the snapshot; for snapshots of registries before schema
+ * version 2, their parent or a VM spawned from them says which). A live VM
+ * or a snapshot that is not failed holds it: *busy. Arrays of IDs and tags.
+ */
+static void image_users(const char *name, const struct reg_vm *vms, size_t nv,
+			const struct reg_snapshot *snaps, size_t ns, json_t *vm_ids, json_t *tags,
+			bool *busy)
+{
+	for (size_t i = 0; i < nv; i++) {
+		if (strcmp(vms[i].image, name) != 0)
+			continue;
+		json_array_append_new(vm_ids, json_string(vms[i].id));
+		if (live_state(vms[i].state))
+			*busy = true;
+	}
+	for (size_t k = 0; k < ns; k++) {
+		bool uses = strcmp(snaps[k].image, name) == 0;
+
+		for (size_t i = 0; i < nv && !uses && !snaps[k].image[0]; i++)
+			uses = strcmp(vms[i].image, name) == 0 &&
+			       (strcmp(vms[i].id, snaps[k].parent_vm) == 0 ||
+				strcmp(vms[i].snapshot, snaps[k].tag) == 0);
+		if (!uses)
+			continue;
+		json_array_append_new(tags, json_string(snaps[k].tag));
+		if (snaps[k].state != REG_SNAP_FAILED)
+			*busy = true;
+	}
+}
+
+/* "VMs vm-1, vm-2 and snapshots t1" of an image's JSON, for a message (cut at len). */
+static void image_users_text(const json_t *img, char *buf, size_t len)
+{
+	static const char *const keys[] = {"vms", "snapshots"};
+	static const char *const labels[] = {"VMs", "snapshots"};
+	size_t used = 0;
+
+	buf[0] = '\0';
+	for (int k = 0; k < 2; k++) {
+		const json_t *arr = json_object_get(img, keys[k]);
+		size_t i;
+		json_t *v;
+
+		if (!json_array_size(arr))
+			continue;
+		used += (size_t)snprintf(buf + used, used < len ? len - used : 0, "%s%s",
+					 used ? " and " : "", labels[k]);
+		json_array_foreach(arr, i, v) used +=
+		    (size_t)snprintf(buf + used, used < len ? len - used : 0, "%s %s", i ? "," : "",
+				     json_string_value(v));
+	}
+}
+
+/* Every VM and snapshot, read on a reader connection (or under the lock without one). */
+static int read_all(struct daemon *d, struct reg_vm **vms, size_t *nv, struct reg_snapshot **snaps,
+		    size_t *ns, bool locked, struct fk_err *err)
+{
+	struct reader *rd = locked ? NULL : reader_get(d);
+	struct registry *reg = rd ? rd->reg : d->reg;
+	int ret;
+
+	if (!rd && !locked)
+		pthread_mutex_lock(&d->lock);
+	ret = registry_vm_list(reg, vms, nv, err);
+	if (ret == 0 && (ret = registry_snapshot_list(reg, false, snaps, ns, err)) < 0) {
+		free(*vms);
+		*vms = NULL;
+	}
+	if (rd)
+		reader_put(rd);
+	else if (!locked)
+		pthread_mutex_unlock(&d->lock);
+	return ret;
+}
+
+/* -EINVAL for a name that is no image name (never a path: no '/', no leading '.'). */
+static int image_name_check(const char *what, const char *name, struct fk_err *err)
+{
+	if (!daemon_image_name_ok(name))
+		return fk_fail(err, EINVAL,
+			       "%s '%.80s': expected an image name of 1 to 63 characters: a-z 0-9 "
+			       ". _ - starting with a letter or digit",
+			       what, name);
+	return 0;
+}
+
+/* The image's JSON, or NULL when the cache has no NAME/rootfs.ext4. */
+static json_t *image_json(const char *cache, const char *name, const struct reg_vm *vms, size_t nv,
+			  const struct reg_snapshot *snaps, size_t ns)
+{
+	char path[PATH_MAX], manifest[PATH_MAX];
+	json_t *o, *m, *vm_ids, *tags, *created = NULL;
+	bool busy = false;
+	struct stat st;
+
+	if ((size_t)snprintf(path, sizeof(path), "%s/%s/rootfs.ext4", cache, name) >=
+		sizeof(path) ||
+	    (size_t)snprintf(manifest, sizeof(manifest), "%s/%s/manifest.json", cache, name) >=
+		sizeof(manifest) ||
+	    stat(path, &st) < 0 || !S_ISREG(st.st_mode))
+		return NULL;
+	/* The manifest (images/rootfs.sh) says when it was built and from what; an image
+	 * made another way has none: its file's time stands in. */
+	m = json_load_file(manifest, 0, NULL);
+	if (json_is_string(json_object_get(m, "created")))
+		created = json_incref(json_object_get(m, "created"));
+	else
+		created =
+		    iso_time((int64_t)st.st_mtim.tv_sec * 1000000 + st.st_mtim.tv_nsec / 1000);
+	vm_ids = json_array();
+	tags = json_array();
+	image_users(name, vms, nv, snaps, ns, vm_ids, tags, &busy);
+	o = json_pack("{s:s,s:s,s:I,s:o,s:O,s:o,s:o,s:b}", "name", name, "path", path, "size",
+		      (json_int_t)st.st_size, "created", created, "packages",
+		      json_is_array(json_object_get(m, "packages")) ? json_object_get(m, "packages")
+								    : json_null(),
+		      "vms", vm_ids, "snapshots", tags, "in_use", busy);
+	json_decref(m);
+	return o;
+}
+
+static int skip_dots(const struct dirent *e)
+{
+	return daemon_image_name_ok(e->d_name);
+}
+
+int daemon_image_list(struct daemon *d, json_t **out, struct fk_err *err)
+{
+	const char *cache = image_cache();
+	struct reg_snapshot *snaps = NULL;
+	struct reg_vm *vms = NULL;
+	struct dirent **names = NULL;
+	size_t nv = 0, ns = 0;
+	json_t *arr;
+	int n, ret;
+
+	*out = NULL;
+	n = scandir(cache, &names, skip_dots, alphasort);
+	if (n < 0 && errno != ENOENT)
+		return fk_fail_errno(err, errno, "image cache %s", cache);
+	ret = read_all(d, &vms, &nv, &snaps, &ns, false, err);
+	arr = json_array();
+	for (int i = 0; i < n; i++) {
+		json_t *img =
+		    ret == 0 ? image_json(cache, names[i]->d_name, vms, nv, snaps, ns) : NULL;
+
+		if (img)
+			json_array_append_new(arr, img);
+		free(names[i]);
+	}
+	free(names);
+	free(vms);
+	free(snaps);
+	if (ret < 0) {
+		json_decref(arr);
+		return ret;
+	}
+	*out = json_pack("{s:o}", "images", arr);
+	return 0;
+}
+
+int daemon_image_get(struct daemon *d, const char *name, json_t **out, struct fk_err *err)
+{
+	struct reg_snapshot *snaps = NULL;
+	struct reg_vm *vms = NULL;
+	size_t nv = 0, ns = 0;
+	int ret;
+
+	*out = NULL;
+	if ((ret = image_name_check("image", name, err)) < 0 ||
+	    (ret = read_all(d, &vms, &nv, &snaps, &ns, false, err)) < 0)
+		return ret;
+	*out = image_json(image_cache(), name, vms, nv, snaps, ns);
+	free(vms);
+	free(snaps);
+	if (!*out)
+		return fk_fail(err, ENOENT,
+			       "image %s: no such image in %s (forkd image ls lists them)", name,
+			       image_cache());
+	return 0;
+}
+
+/*
+ * Under the lock, so that no VM is registered with the image between the
+ * check and the removal (create registers its VM under the lock before it
+ * starts the VMM); a create that checked the image before is refused by
+ * forkd-vmm (no rootfs) and leaves nothing. The directory is renamed away
+ * first (as images/rootfs.sh --rm does): nobody sees half an image.
+ */
+int daemon_image_delete(struct daemon *d, const char *name, json_t **out, struct fk_err *err)
+{
+	const char *cache = image_cache();
+	struct reg_snapshot *snaps = NULL;
+	struct reg_vm *vms = NULL;
+	char dir[PATH_MAX], gone[PATH_MAX], moved[PATH_MAX], lock[PATH_MAX];
+	json_t *img = NULL;
+	size_t nv = 0, ns = 0;
+	bool made_gone;
+	int ret;
+
+	*out = NULL;
+	if ((ret = image_name_check("image", name, err)) < 0)
+		return ret;
+	if ((size_t)snprintf(dir, sizeof(dir), "%s/%s", cache, name) >= sizeof(dir) ||
+	    (size_t)snprintf(gone, sizeof(gone), "%s/.rm-%s.XXXXXX", cache, name) >= sizeof(gone) ||
+	    (size_t)snprintf(lock, sizeof(lock), "%s/.%s.lock", cache, name) >= sizeof(lock))
+		return fk_fail(err, ENAMETOOLONG, "image %s: path in %s too long", name, cache);
+	pthread_mutex_lock(&d->lock);
+	ret = read_all(d, &vms, &nv, &snaps, &ns, true, err);
+	if (ret == 0) {
+		img = image_json(cache, name, vms, nv, snaps, ns);
+		if (!img)
+			ret = fk_fail(err, ENOENT, "image %s: no such image in %s", name, cache);
+	}
+	if (ret == 0 && json_is_true(json_object_get(img, "in_use"))) {
+		char users[512];
+
+		image_users_text(img, users, sizeof(users));
+		ret =
+		    fk_fail(err, EBUSY, "image %s is in use by %s: delete them first", name, users);
+	}
+	if (ret == 0 && !mkdtemp(gone))
+		ret = fk_fail_errno(err, errno, "image %s: %s", name, gone);
+	made_gone = ret == 0;
+	if (ret == 0 &&
+	    (size_t)snprintf(moved, sizeof(moved), "%s/%s", gone, name) >= sizeof(moved))
+		ret = fk_fail(err, ENAMETOOLONG, "image %s: path in %s too long", name, gone);
+	else if (ret == 0 && rename(dir, moved) < 0)
+		ret = fk_fail_errno(err, errno, "image %s: move %s away", name, dir);
+	if (ret < 0 && made_gone)
+		rmdir(gone); /* still empty */
+	pthread_mutex_unlock(&d->lock);
+	json_decref(img);
+	free(vms);
+	free(snaps);
+	if (ret < 0)
+		return ret;
+	fk_remove_tree(gone);
+	unlink(lock);
+	*out = json_pack("{s:[s]}", "removed", name);
 	return 0;
 }
 
