@@ -1337,6 +1337,50 @@ int daemon_vm_list(struct daemon *d, json_t **out, struct fk_err *err)
 	return ret;
 }
 
+/*
+ * A VM paused or resumed through its own control socket (forkd vm call) is
+ * not seen by the daemon, so a single VM's GET asks its VMM: `status` says
+ * running or paused, and the registry is set to what it says (the list then
+ * shows it too). Not while an operation holds the VM (a branch pauses it for
+ * its own sake) nor for a VMM that does not answer within STATUS_ASK_MS: the
+ * registry's state stands then.
+ */
+#define STATUS_ASK_MS 250
+
+static int vmm_call(const char *what, const char *sock, json_t *req, int timeout_ms,
+		    json_t **reply_out, struct fk_err *err);
+
+static void refresh_paused(struct daemon *d, struct reg_vm *vm)
+{
+	struct fk_err ignored = {0};
+	json_t *reply = NULL;
+	const char *state;
+	enum reg_vm_state now;
+	struct tracked *t;
+	bool ask;
+
+	pthread_mutex_lock(&d->lock);
+	t = find_tracked(d, vm->id);
+	ask = (vm->state == REG_VM_RUNNING || vm->state == REG_VM_PAUSED) && t && !t->busy &&
+	      !t->dead && t->pidfd >= 0;
+	pthread_mutex_unlock(&d->lock);
+	if (!ask || vmm_call("status", vm->control_sock, json_pack("{s:s}", "cmd", "status"),
+			     STATUS_ASK_MS, &reply, &ignored) < 0)
+		return;
+	state = json_string_value(json_object_get(reply, "state"));
+	if (state && (strcmp(state, "paused") == 0 || strcmp(state, "running") == 0)) {
+		now = strcmp(state, "paused") == 0 ? REG_VM_PAUSED : REG_VM_RUNNING;
+		pthread_mutex_lock(&d->lock);
+		t = find_tracked(d, vm->id);
+		/* Unless it died or an operation took it meanwhile. */
+		if (now != vm->state && t && !t->busy && !t->dead &&
+		    registry_vm_set_state(d->reg, vm->id, now, REG_NO_EXIT, &ignored) == 0)
+			vm->state = now;
+		pthread_mutex_unlock(&d->lock);
+	}
+	json_decref(reply);
+}
+
 int daemon_vm_get(struct daemon *d, const char *id, json_t **out, struct fk_err *err)
 {
 	struct reg_vm vm;
@@ -1345,10 +1389,14 @@ int daemon_vm_get(struct daemon *d, const char *id, json_t **out, struct fk_err 
 	*out = NULL;
 	pthread_mutex_lock(&d->lock);
 	ret = registry_vm_get(d->reg, id, &vm, err);
-	if (ret == 0)
-		*out = vm_json(d, &vm);
 	pthread_mutex_unlock(&d->lock);
-	return ret;
+	if (ret < 0)
+		return ret;
+	refresh_paused(d, &vm);
+	pthread_mutex_lock(&d->lock);
+	*out = vm_json(d, &vm);
+	pthread_mutex_unlock(&d->lock);
+	return 0;
 }
 
 int daemon_vm_agent_socket(struct daemon *d, const char *id, char *path, size_t len,

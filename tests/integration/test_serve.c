@@ -552,6 +552,51 @@ static void test_client_disconnects_mid_branch(void **state_)
 	free(a);
 }
 
+/* A VM paused through its own control socket: GET /v1/vms/{id} asks its VMM and says so. */
+static void test_paused_through_control_socket(void **state_)
+{
+	char script[1200], *a, ctl[400] = "";
+	json_t *vms, *vm;
+	size_t i;
+
+	(void)state_;
+	start_daemon();
+	a = create_probe();
+	vms = list_vms();
+	json_array_foreach(vms, i,
+			   vm) if (strcmp(json_string_value(json_object_get(vm, "id")), a) == 0)
+	    snprintf(ctl, sizeof(ctl), "%s",
+		     json_string_value(json_object_get(vm, "control_socket")));
+	json_decref(vms);
+	assert_true(ctl[0] != '\0');
+	assert_int_equal(forkd(NULL, "vm", "pause", "--socket", ctl, NULL), 0);
+	/* The list (the registry) learns it from the single GET. */
+	snprintf(script, sizeof(script),
+		 "import forkd\n"
+		 "c = forkd.Controller()\n"
+		 "assert c.vm('%s').state == 'paused', c.vm('%s')\n"
+		 "assert [v.state for v in c.vms() if v.id == '%s'] == ['paused'], c.vms()\n",
+		 a, a, a);
+	run_sdk(script);
+	/* From outside: the VMM itself says paused, and resumed it is running again. */
+	assert_int_equal(forkd(NULL, "vm", "resume", "--socket", ctl, NULL), 0);
+	snprintf(script, sizeof(script),
+		 "import forkd\n"
+		 "c = forkd.Controller()\n"
+		 "assert c.vm('%s').state == 'running', c.vm('%s')\n",
+		 a, a);
+	run_sdk(script);
+	/* Paused again, a branch is refused by the VMM (resume it first) and nothing is lost:
+	 * the VM is still listed, running once resumed, and branches then. */
+	assert_int_equal(forkd(NULL, "vm", "pause", "--socket", ctl, NULL), 0);
+	assert_int_equal(forkd(NULL, "branch", a, "-n", "1", NULL), 1);
+	assert_int_equal(forkd(NULL, "vm", "resume", "--socket", ctl, NULL), 0);
+	run_sdk(script);
+	free(branch_one(a));
+	assert_int_equal(forkd(NULL, "vm", "rm", "--cascade", a, NULL), 0);
+	free(a);
+}
+
 static void write_file(const char *path, const char *text, off_t size)
 {
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -753,6 +798,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test_setup_teardown(test_vmm_dies_mid_branch, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_client_disconnects_mid_branch, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_images, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_paused_through_control_socket, setup, teardown),
 	};
 
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
