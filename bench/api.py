@@ -6,8 +6,8 @@ a fresh state directory and times, alternating API and raw samples:
 
   branch      POST /v1/vms/{id}/branch {"n":1} against the same BRANCH sent to
               that VM's control socket ({"cmd":"branch","n":1,"dir":...,
-              "wait":true} then the zygote release, as the daemon does before
-              answering). Children are removed between samples (DELETE
+              "wait":true}; the zygote release follows outside the timing, as the
+              daemon releases it after answering). Children are removed between samples (DELETE
               ?cascade=true; raw: the child's `shutdown`), outside the timing.
   spawn       POST /v1/snapshots/{tag}/spawn {"n":1} against starting
               `forkd-vmm --restore SNAP --overlay-dir --control --serial
@@ -230,8 +230,9 @@ def bench_branch(d, base, samples, host):
         bdir = os.path.join(rawdir, str(i))
         t0 = time.monotonic()
         reply = call(ctl, {"cmd": "branch", "n": 1, "dir": bdir, "wait": True})
-        call(ctl, {"cmd": "zygote", "action": "release", "id": reply["zygote"]})
         t1 = time.monotonic()
+        # Released after the timing, as the daemon does after answering (docs/daemon.md).
+        call(ctl, {"cmd": "zygote", "action": "release", "id": reply["zygote"]})
         if i:
             raw.append((t1 - t0) * 1000)
             raw_pause.append(reply["pause_us"])
