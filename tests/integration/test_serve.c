@@ -570,21 +570,28 @@ static void test_paused_through_control_socket(void **state_)
 	json_decref(vms);
 	assert_true(ctl[0] != '\0');
 	assert_int_equal(forkd(NULL, "vm", "pause", "--socket", ctl, NULL), 0);
-	/* The list (the registry) learns it from the single GET. */
+	/* The list (the registry) learns it from the single GET. A GET asks the VMM at most
+	 * every 100 ms (docs/daemon.md), hence the few tries. */
 	snprintf(script, sizeof(script),
-		 "import forkd\n"
+		 "import forkd, time\n"
 		 "c = forkd.Controller()\n"
+		 "for _ in range(40):\n"
+		 "    if c.vm('%s').state == 'paused': break\n"
+		 "    time.sleep(0.05)\n"
 		 "assert c.vm('%s').state == 'paused', c.vm('%s')\n"
 		 "assert [v.state for v in c.vms() if v.id == '%s'] == ['paused'], c.vms()\n",
-		 a, a, a);
+		 a, a, a, a);
 	run_sdk(script);
 	/* From outside: the VMM itself says paused, and resumed it is running again. */
 	assert_int_equal(forkd(NULL, "vm", "resume", "--socket", ctl, NULL), 0);
 	snprintf(script, sizeof(script),
-		 "import forkd\n"
+		 "import forkd, time\n"
 		 "c = forkd.Controller()\n"
+		 "for _ in range(40):\n"
+		 "    if c.vm('%s').state == 'running': break\n"
+		 "    time.sleep(0.05)\n"
 		 "assert c.vm('%s').state == 'running', c.vm('%s')\n",
-		 a, a);
+		 a, a, a);
 	run_sdk(script);
 	/* Paused again, a branch is refused by the VMM (resume it first) and nothing is lost:
 	 * the VM is still listed, running once resumed, and branches then. */
