@@ -940,6 +940,13 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /* ---- listening sockets ---- */
 
+/*
+ * Connections waiting for libmicrohttpd's one accepting thread: with 128, a
+ * burst of 200 clients at once (bench/api.sh, concurrent) saw connect(2) fail
+ * with EAGAIN on the Unix socket. The kernel caps it at net.core.somaxconn.
+ */
+#define LISTEN_BACKLOG 1024
+
 static int unix_listen(const char *path, struct fk_err *err)
 {
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};
@@ -964,7 +971,7 @@ static int unix_listen(const char *path, struct fk_err *err)
 		ret = fk_fail_errno(err, errno, "API socket %s: chmod 0660", path);
 		goto fail_unlink;
 	}
-	if (listen(fd, 128) < 0) {
+	if (listen(fd, LISTEN_BACKLOG) < 0) {
 		ret = fk_fail_errno(err, errno, "API socket %s: listen", path);
 		goto fail_unlink;
 	}
@@ -1008,7 +1015,7 @@ static int tcp_listen(const char *listen_arg, int *port_out, struct fk_err *err)
 		goto out;
 	}
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 128) < 0 ||
+	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, LISTEN_BACKLOG) < 0 ||
 	    getsockname(fd, (struct sockaddr *)&ss, &sl) < 0) {
 		ret = fk_fail_errno(err, errno, "--listen %s: bind", listen_arg);
 		close(fd);
