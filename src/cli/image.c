@@ -8,9 +8,11 @@
  * ls and rm go through the daemon (GET/DELETE /v1/images, docs/rest-api.md)
  * when one answers, so that rm is refused while its VMs or snapshots use the
  * image; with no daemon at the default socket they work on the local cache.
- * A daemon named with --daemon, --url or $FORKD_SOCKET must answer. Which of
- * the two was used is said on stderr. build is always local (minutes of
- * debootstrap are not a request).
+ * A daemon named with --daemon, --url or $FORKD_SOCKET must answer. With
+ * $FORKD_IMAGE_CACHE set and no daemon named, the local cache is meant (the
+ * daemon has its own environment, maybe another cache). Which of the two
+ * was used is said on stderr. build is always local (minutes of debootstrap
+ * are not a request).
  */
 #include <errno.h>
 #include <limits.h>
@@ -167,11 +169,17 @@ static const char *daemon_where(const struct dc_opts *o)
 static int ask_daemon(const struct dc_opts *o, const char *ctx, const char *method,
 		      const char *path, struct dc_response *res)
 {
-	const char *env = getenv("FORKD_SOCKET");
+	const char *env = getenv("FORKD_SOCKET"), *cache = getenv("FORKD_IMAGE_CACHE");
 	bool named = o->url || o->socket || (env && *env);
 	struct dc_request r = {.method = method, .path = path, .upload_fd = -1};
 	struct fk_err err = {0};
 
+	if (!named && cache && *cache) {
+		fprintf(stderr,
+			"forkd %s: FORKD_IMAGE_CACHE is set: using the local image cache %s\n", ctx,
+			cache);
+		return -1;
+	}
 	if (dc_request(o, &r, res, &err) == 0)
 		return 0;
 	if (res->status == 0 && !named) {
