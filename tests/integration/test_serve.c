@@ -816,6 +816,18 @@ static void test_images(void **state_)
 			    "imgsnap");
 	json_decref(imgs);
 
+	/* The same through the SDK. */
+	run_sdk("import forkd\n"
+		"c = forkd.Controller()\n"
+		"i = c.image('probeimg')\n"
+		"assert i.in_use and i.snapshots == ['imgsnap'] and len(i.vms) == 2, i\n"
+		"assert {x.name for x in c.images()} == {'probeimg', 'spare'}, c.images()\n"
+		"try:\n"
+		"    c.delete_image('probeimg')\n"
+		"    raise SystemExit('delete of an image in use was not refused')\n"
+		"except forkd.Conflict:\n"
+		"    pass\n");
+
 	/* Refused while used; the unused one goes. */
 	snprintf(path, sizeof(path), "%s/probeimg/rootfs.ext4", cache);
 	assert_int_equal(forkd(NULL, "image", "rm", "probeimg", NULL), 1);
