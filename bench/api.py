@@ -6,8 +6,8 @@ a fresh state directory and times, alternating API and raw samples:
 
   branch      POST /v1/vms/{id}/branch {"n":1} against the same BRANCH sent to
               that VM's control socket ({"cmd":"branch","n":1,"dir":...,
-              "wait":true} then the zygote release, as the daemon does before
-              answering). Children are removed between samples (DELETE
+              "wait":true}; the zygote release follows outside the timing, as the
+              daemon releases it after answering). Children are removed between samples (DELETE
               ?cascade=true; raw: the child's `shutdown`), outside the timing.
   spawn       POST /v1/snapshots/{tag}/spawn {"n":1} against starting
               `forkd-vmm --restore SNAP --overlay-dir --control --serial
@@ -230,8 +230,9 @@ def bench_branch(d, base, samples, host):
         bdir = os.path.join(rawdir, str(i))
         t0 = time.monotonic()
         reply = call(ctl, {"cmd": "branch", "n": 1, "dir": bdir, "wait": True})
-        call(ctl, {"cmd": "zygote", "action": "release", "id": reply["zygote"]})
         t1 = time.monotonic()
+        # Released after the timing, as the daemon does after answering (docs/daemon.md).
+        call(ctl, {"cmd": "zygote", "action": "release", "id": reply["zygote"]})
         if i:
             raw.append((t1 - t0) * 1000)
             raw_pause.append(reply["pause_us"])
@@ -367,7 +368,13 @@ def bench_concurrent(d, n, host):
     wall = (time.monotonic() - t0) * 1000
     time.sleep(0.2)  # the audit line is written after the answer
     with open(d.audit) as f:
-        server = [json.loads(l)["latency_ms"] for l in f.readlines()[skip:]]
+        lines = [json.loads(l) for l in f.readlines()[skip:]]
+    server = [e["latency_ms"] for e in lines]
+    # Per route inside the daemon: GET /v1/tree used to hold the daemon's lock for its whole
+    # query and JSON; GET /v1/vms/{id} asks the VM's VMM for its state.
+    tree_server = [e["latency_ms"] for e in lines if e["path"] == "/v1/tree"]
+    vm_server = [e["latency_ms"] for e in lines
+                 if e["method"] == "GET" and e["path"].startswith("/v1/vms/")]
     gets = [lat[k] for k in range(n) if jobs[k][0] == "GET"]
     posts = [lat[k] for k in range(n) if jobs[k][0] == "POST"]
     emit({"bench": "api", "op": "concurrent", "requests": n, "errors": errors[0],
@@ -375,7 +382,9 @@ def bench_concurrent(d, n, host):
           "gets": len(gets), "get_p50_ms": r3(pct(gets, 50)), "get_p99_ms": r3(pct(gets, 99)),
           "branches": len(posts), "branch_p50_ms": r3(pct(posts, 50)),
           "server_ms_p50": r3(pct(server, 50)), "server_ms_p99": r3(pct(server, 99)),
-          "wall_ms": round(wall, 1)})
+          "tree_server_ms_p50": r3(pct(tree_server, 50)),
+          "tree_server_ms_p99": r3(pct(tree_server, 99)),
+          "vm_get_server_ms_p50": r3(pct(vm_server, 50)), "wall_ms": round(wall, 1)})
 
 
 # ---- exec (Linux guest with the agent) ----
@@ -495,6 +504,10 @@ def main():
     finally:
         if d:
             d.stop()
+            # With FORKD_SERVE_TIMING=1 the daemon's log has each branch's and spawn's
+            # spans (docs/daemon.md): keep it where FORKD_BENCH_SERVE_LOG says.
+            if os.environ.get("FORKD_BENCH_SERVE_LOG"):
+                shutil.copy(d.log.name, os.environ["FORKD_BENCH_SERVE_LOG"])
         shutil.rmtree(base, ignore_errors=True)
 
 

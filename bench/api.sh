@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The REST API's overhead over the raw control socket: see bench/api.py.
 # JSON lines on stdout (progress on stderr):
-#   branch      POST /v1/vms/{id}/branch {"n":1} vs {"cmd":"branch"} + zygote release
-#               on the VM's control socket (probe guest, native)
+#   branch      POST /v1/vms/{id}/branch {"n":1} vs {"cmd":"branch"} on the VM's control
+#               socket, the zygote released after the timing on both (probe guest, native)
 #   spawn       POST /v1/snapshots/{tag}/spawn {"n":1} vs forkd-vmm --restore started
 #               directly until its control socket answers status (probe guest, native)
 #   concurrent  N requests at once (GET /v1/vms/{id}, GET /v1/tree, a few branches)

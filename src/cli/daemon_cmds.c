@@ -133,18 +133,25 @@ static int vm_create(const struct dc_opts *o, int argc, char **argv)
 	long mem = -1, cpus = -1;
 	struct dc_response res;
 	json_t *body = NULL;
+	bool no_vsock = false;
 	int status = 0;
 
 	for (int i = 0; i < argc; i++) {
 		const char *arg = argv[i], *v;
 
+		/* An image VM without the vsock device: no guest agent is waited for (and
+		 * none answers exec or files). */
+		if (strcmp(arg, "--no-vsock") == 0) {
+			no_vsock = true;
+			continue;
+		}
 		if (strcmp(arg, "--image") && strcmp(arg, "--kernel") && strcmp(arg, "--initrd") &&
 		    strcmp(arg, "--append") && strcmp(arg, "--mem") && strcmp(arg, "--cpus") &&
 		    strcmp(arg, "--tag"))
 			return cli_usage_error(
 			    "vm create: %s '%s' (expected --image NAME or "
 			    "--kernel PATH, and --initrd, --append, --mem, "
-			    "--cpus, --tag)",
+			    "--cpus, --tag, --no-vsock)",
 			    arg[0] == '-' ? "unknown option" : "unexpected argument", arg);
 		v = flag_value(argc, argv, &i, "vm create", &status);
 		if (!v)
@@ -195,6 +202,8 @@ static int vm_create(const struct dc_opts *o, int argc, char **argv)
 	}
 	if (append)
 		json_object_set_new(body, "append", json_string(append));
+	if (no_vsock)
+		json_object_set_new(body, "vsock", json_false());
 	if (mem > 0)
 		json_object_set_new(body, "mem_mib", json_integer(mem));
 	if (cpus > 0)

@@ -4,6 +4,15 @@
  * the work (debootstrap, the image cache; docs/images.md). Validates the
  * arguments, then execs the script with stdio as is, so its progress reaches
  * the terminal and its exit status becomes ours.
+ *
+ * ls and rm go through the daemon (GET/DELETE /v1/images, docs/rest-api.md)
+ * when one answers, so that rm is refused while its VMs or snapshots use the
+ * image; with no daemon at the default socket they work on the local cache.
+ * A daemon named with --daemon, --url or $FORKD_SOCKET must answer. With
+ * $FORKD_IMAGE_CACHE set and no daemon named, the local cache is meant (the
+ * daemon has its own environment, maybe another cache). Which of the two
+ * was used is said on stderr. build is always local (minutes of debootstrap
+ * are not a request).
  */
 #include <errno.h>
 #include <limits.h>
@@ -13,6 +22,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/daemon_client.h"
 
 #define IMAGE_NAME_MAX 63
 
@@ -138,23 +148,121 @@ static int image_build(int argc, char **argv)
 	return run_script(args);
 }
 
+/* Where the daemon is asked, for the message saying so. */
+static const char *daemon_where(const struct dc_opts *o)
+{
+	const char *env = getenv("FORKD_SOCKET");
+
+	if (o->url)
+		return o->url;
+	if (o->socket)
+		return o->socket;
+	return env && *env ? env : DC_DEFAULT_SOCKET;
+}
+
+/*
+ * Sends the request to the daemon. Returns 0 when it answered 2xx, the exit
+ * status when it answered otherwise or a named daemon could not be reached
+ * (the message printed), or -1 when the default daemon is not there: the
+ * caller then uses the local cache.
+ */
+static int ask_daemon(const struct dc_opts *o, const char *ctx, const char *method,
+		      const char *path, struct dc_response *res)
+{
+	const char *env = getenv("FORKD_SOCKET"), *cache = getenv("FORKD_IMAGE_CACHE");
+	bool named = o->url || o->socket || (env && *env);
+	struct dc_request r = {.method = method, .path = path, .upload_fd = -1};
+	struct fk_err err = {0};
+
+	if (!named && cache && *cache) {
+		fprintf(stderr,
+			"forkd %s: FORKD_IMAGE_CACHE is set: using the local image cache %s\n", ctx,
+			cache);
+		return -1;
+	}
+	if (dc_request(o, &r, res, &err) == 0)
+		return 0;
+	if (res->status == 0 && !named) {
+		fprintf(stderr, "forkd %s: no daemon at %s: using the local image cache\n", ctx,
+			daemon_where(o));
+		return -1;
+	}
+	fprintf(stderr, "forkd %s: %s\n", ctx, err.msg);
+	return dc_exit_status(res);
+}
+
+static int image_ls(const struct dc_opts *o)
+{
+	struct dc_response res = {0};
+	json_t *img;
+	size_t i;
+	int status = ask_daemon(o, "image ls", "GET", "/v1/images", &res);
+
+	if (status < 0)
+		return run_script((const char *const[]){"--list", NULL});
+	if (status)
+		return status;
+	fprintf(stderr, "forkd image ls: through the daemon at %s\n", daemon_where(o));
+	if (o->json) {
+		json_dumpf(res.json, stdout, JSON_INDENT(2));
+		putchar('\n');
+	} else {
+		/* One JSON line per image, as the local listing prints them. */
+		json_array_foreach(json_object_get(res.json, "images"), i, img)
+		{
+			json_dumpf(img, stdout, JSON_COMPACT);
+			putchar('\n');
+		}
+	}
+	json_decref(res.json);
+	return fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK;
+}
+
+static int image_rm(const struct dc_opts *o, const char *name)
+{
+	struct dc_response res = {0};
+	char path[128];
+	int status;
+
+	snprintf(path, sizeof(path), "/v1/images/%s", name); /* a valid name needs no escaping */
+	status = ask_daemon(o, "image rm", "DELETE", path, &res);
+	if (status < 0)
+		return run_script((const char *const[]){"--rm", name, NULL});
+	if (status)
+		return status;
+	json_decref(res.json);
+	fprintf(stderr, "forkd image rm: removed %s (through the daemon at %s)\n", name,
+		daemon_where(o));
+	return 0;
+}
+
 int cli_image(int argc, char **argv)
 {
+	struct dc_opts o = {0};
+	const char *action;
+	int status;
+
 	if (argc < 1)
 		return cli_usage_error("%s", "image: expected build, ls or rm");
 	if (strcmp(argv[0], "build") == 0)
 		return image_build(argc - 1, argv + 1);
-	if (strcmp(argv[0], "ls") == 0) {
-		if (argc != 1)
-			return cli_usage_error("image ls: unexpected argument '%s'", argv[1]);
-		return run_script((const char *const[]){"--list", NULL});
+	if (strcmp(argv[0], "ls") != 0 && strcmp(argv[0], "rm") != 0)
+		return cli_usage_error("image '%s': unknown action (expected build, ls or rm)",
+				       argv[0]);
+	action = argv[0];
+	argc--;
+	argv++;
+	status = dc_take_options(&argc, argv, &o);
+	if (status)
+		return status;
+	if (strcmp(action, "ls") == 0) {
+		if (argc != 0)
+			return cli_usage_error("image ls: unexpected argument '%s'", argv[0]);
+		return image_ls(&o);
 	}
-	if (strcmp(argv[0], "rm") == 0) {
-		if (argc != 2)
-			return cli_usage_error("%s", "image rm: expected exactly one image name");
-		if (!valid_image_name(argv[1]))
-			return name_error("rm", argv[1]);
-		return run_script((const char *const[]){"--rm", argv[1], NULL});
-	}
-	return cli_usage_error("image '%s': unknown action (expected build, ls or rm)", argv[0]);
+	if (argc != 1)
+		return cli_usage_error("%s", "image rm: expected exactly one image name");
+	if (!valid_image_name(argv[0]))
+		return name_error("rm", argv[0]);
+	return image_rm(&o, argv[0]);
 }

@@ -74,8 +74,10 @@ struct tracked {
 	int pidfd; /* -1: not watched */
 	bool dead;
 	int exit_status;
-	bool busy;   /* VMs: an operation is changing it */
-	int mem_mib; /* VMs: 0 when unknown */
+	bool busy;	 /* VMs: an operation is changing it */
+	bool asking;	 /* VMs: a GET is asking its VMM's status (refresh_paused) */
+	double asked_at; /* VMs: when a GET last asked (mono_s) */
+	int mem_mib;	 /* VMs: 0 when unknown */
 	int cpus;
 };
 
@@ -96,6 +98,18 @@ struct zombie {
 	int pidfd;
 };
 
+/*
+ * A read-only use of the registry file on a connection of its own, so that
+ * listing queries (GET /v1/tree, GET /v1/vms) run without d->lock: WAL lets
+ * readers run beside the one writer, each seeing the last commit. A handle
+ * is one thread's at a time (registry.h): each has its own mutex.
+ */
+#define NR_READERS 4
+struct reader {
+	pthread_mutex_t lock;
+	struct registry *reg; /* NULL: not opened, the queries use d->reg under d->lock */
+};
+
 struct daemon {
 	char state_dir[PATH_MAX];
 	char vmm[PATH_MAX];
@@ -112,9 +126,12 @@ struct daemon {
 	pthread_t monitor;
 	bool monitor_started;
 	bool stopping;
-	int nr_persist_threads;
+	int nr_persist_threads; /* background threads (persists, zygote releases): close waits */
 	daemon_metric_fn metric;
 	void *metric_opaque;
+	bool timing; /* FORKD_SERVE_TIMING=1: each branch and spawn logs its spans (op_timer) */
+	struct reader readers[NR_READERS];
+	unsigned next_reader; /* round robin when all readers are busy; atomic */
 };
 
 static double mono_s(void)
@@ -152,6 +169,47 @@ void daemon_set_metrics(struct daemon *d, daemon_metric_fn fn, void *opaque)
 	d->metric = fn;
 	d->metric_opaque = opaque;
 	pthread_mutex_unlock(&d->lock);
+}
+
+/*
+ * Where an operation's time goes, for bench/api.sh's overhead: with
+ * FORKD_SERVE_TIMING=1 in the daemon's environment, each branch and spawn
+ * prints one line on stderr, `forkd serve: timing OP: SPAN MS ... total MS`,
+ * each span the wall time since the previous mark. Off, a mark is one
+ * clock_gettime.
+ */
+struct op_timer {
+	double t0, last;
+	char line[512];
+	size_t len;
+};
+
+static void timer_start(struct op_timer *tm)
+{
+	tm->t0 = tm->last = mono_s();
+	tm->len = 0;
+	tm->line[0] = '\0';
+}
+
+static void timer_mark(struct op_timer *tm, const char *span)
+{
+	double now = mono_s();
+	int n;
+
+	if (tm->len < sizeof(tm->line)) {
+		n = snprintf(tm->line + tm->len, sizeof(tm->line) - tm->len, " %s %.3f", span,
+			     (now - tm->last) * 1e3);
+		if (n > 0)
+			tm->len += (size_t)n;
+	}
+	tm->last = now;
+}
+
+static void timer_end(const struct daemon *d, const struct op_timer *tm, const char *op)
+{
+	if (d->timing)
+		fprintf(stderr, "forkd serve: timing %s:%s total %.3f\n", op, tm->line,
+			(mono_s() - tm->t0) * 1e3);
 }
 
 /* ---- Paths ---- */
@@ -457,9 +515,9 @@ static json_t *iso_time(int64_t us)
 	return json_string(out);
 }
 
-static json_t *vm_json(struct daemon *d, const struct reg_vm *vm)
+/* mem_mib and cpus: what the registry has no column for (0: unknown). */
+static json_t *vm_json_sized(const struct reg_vm *vm, int mem_mib, int cpus)
 {
-	struct tracked *t = find_tracked(d, vm->id);
 	bool branched = vm->parent_vm[0] != '\0';
 	json_t *o = json_object();
 
@@ -472,8 +530,8 @@ static json_t *vm_json(struct daemon *d, const struct reg_vm *vm)
 	json_object_set_new(o, "tag", str_or_null(vm->tag));
 	json_object_set_new(o, "image", str_or_null(vm->image));
 	json_object_set_new(o, "kernel", str_or_null(vm->kernel));
-	json_object_set_new(o, "mem_mib", t && t->mem_mib ? json_integer(t->mem_mib) : json_null());
-	json_object_set_new(o, "cpus", t && t->cpus ? json_integer(t->cpus) : json_null());
+	json_object_set_new(o, "mem_mib", mem_mib ? json_integer(mem_mib) : json_null());
+	json_object_set_new(o, "cpus", cpus ? json_integer(cpus) : json_null());
 	json_object_set_new(o, "created", iso_time(vm->created_us));
 	json_object_set_new(o, "branched_at", branched ? iso_time(vm->branched_us) : json_null());
 	json_object_set_new(o, "pause_us",
@@ -484,6 +542,62 @@ static json_t *vm_json(struct daemon *d, const struct reg_vm *vm)
 			    vm->exit_status == REG_NO_EXIT ? json_null()
 							   : json_integer(vm->exit_status));
 	return o;
+}
+
+/* Lock held (the tracked list). */
+static json_t *vm_json(struct daemon *d, const struct reg_vm *vm)
+{
+	struct tracked *t = find_tracked(d, vm->id);
+
+	return vm_json_sized(vm, t ? t->mem_mib : 0, t ? t->cpus : 0);
+}
+
+/* ---- Readers ---- */
+
+/* A free reader, or (all busy) the next one in turn, waited for; NULL if none was opened. */
+static struct reader *reader_get(struct daemon *d)
+{
+	unsigned k;
+
+	if (!d->readers[0].reg)
+		return NULL;
+	for (unsigned i = 0; i < NR_READERS; i++)
+		if (d->readers[i].reg && pthread_mutex_trylock(&d->readers[i].lock) == 0)
+			return &d->readers[i];
+	k = __atomic_fetch_add(&d->next_reader, 1, __ATOMIC_RELAXED) % NR_READERS;
+	while (!d->readers[k].reg)
+		k = (k + 1) % NR_READERS;
+	pthread_mutex_lock(&d->readers[k].lock);
+	return &d->readers[k];
+}
+
+static void reader_put(struct reader *r)
+{
+	if (r)
+		pthread_mutex_unlock(&r->lock);
+}
+
+/* The sizes of n VMs (mem_mib, cpus) from the tracked list, under the lock only for the copy. */
+static int sizes_of(struct daemon *d, const struct reg_vm *const *vms, size_t n, int **out,
+		    struct fk_err *err)
+{
+	int *sz = calloc(n ? 2 * n : 1, sizeof(*sz));
+
+	*out = NULL;
+	if (!sz)
+		return fk_fail(err, ENOMEM, "out of memory for %zu VMs", n);
+	pthread_mutex_lock(&d->lock);
+	for (size_t i = 0; i < n; i++) {
+		struct tracked *t = find_tracked(d, vms[i]->id);
+
+		if (t) {
+			sz[2 * i] = t->mem_mib;
+			sz[2 * i + 1] = t->cpus;
+		}
+	}
+	pthread_mutex_unlock(&d->lock);
+	*out = sz;
+	return 0;
 }
 
 /* DIR/snapshots/.<tag>.json keeps a snapshot's pause_us across restarts (tags never start
@@ -527,6 +641,7 @@ static json_t *snap_json(struct daemon *d, const struct reg_snapshot *s)
 	json_object_set_new(o, "state", json_string(reg_snap_state_name(s->state)));
 	json_object_set_new(o, "path", json_string(s->path));
 	json_object_set_new(o, "parent_vm", str_or_null(s->parent_vm));
+	json_object_set_new(o, "image", str_or_null(s->image));
 	json_object_set_new(o, "created", iso_time(s->created_us));
 	json_object_set_new(o, "pause_us", m ? json_integer((json_int_t)m->pause_us) : json_null());
 	return o;
@@ -785,8 +900,12 @@ static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool r
 			    "%zu of %zu VMs did not answer on their control socket within "
 			    "%d ms (see %s)",
 			    n - up, n, start_timeout_ms(), s[0].err_path);
-		/* A restore answers in ~10 ms: a coarser poll shows up in every spawn
-		 * (bench/api.sh). */
+		/*
+		 * A restore answers in ~10 ms: a coarser poll shows up in every spawn
+		 * (bench/api.sh). Waiting on inotify for the socket instead measured
+		 * slower end to end (bench/RESULTS.md: the VMM answered ~12 ms later
+		 * with a watch on its directory), so this polls.
+		 */
 		usleep(1000);
 	}
 	return 0;
@@ -924,17 +1043,12 @@ static int finish_started(struct daemon *d, struct starting *s, size_t n, json_t
 	return ret;
 }
 
-static bool image_name_ok(const char *s)
+/* The image cache, where forkd-vmm --image looks (src/core/config.c). */
+static const char *image_cache(void)
 {
-	size_t len = strlen(s);
+	const char *cache = getenv("FORKD_IMAGE_CACHE");
 
-	if (len < 1 || len > 63 || !((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= '0' && s[0] <= '9')))
-		return false;
-	for (size_t i = 0; i < len; i++)
-		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '.' ||
-		      s[i] == '_' || s[i] == '-'))
-			return false;
-	return true;
+	return cache && *cache ? cache : VMM_IMAGE_CACHE_DEFAULT;
 }
 
 static int check_file(const char *what, const char *key, const char *path, struct fk_err *err)
@@ -960,11 +1074,9 @@ static int check_file(const char *what, const char *key, const char *path, struc
  */
 static int check_image(const char *what, const char *image, struct fk_err *err)
 {
-	const char *cache = getenv("FORKD_IMAGE_CACHE");
+	const char *cache = image_cache();
 	char path[PATH_MAX];
 
-	if (!cache || !*cache)
-		cache = VMM_IMAGE_CACHE_DEFAULT;
 	if (snprintf(path, sizeof(path), "%s/%s/rootfs.ext4", cache, image) >= (int)sizeof(path))
 		return fk_fail(err, ENAMETOOLONG, "%s: \"image\" '%s': path too long", what, image);
 	if (access(path, R_OK) < 0)
@@ -1014,7 +1126,7 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 			       "%s: \"%s\" comes with \"kernel\", not with \"image\" (the image "
 			       "brings its own)",
 			       what, initrd ? "initrd" : "append");
-	if (image && !image_name_ok(image))
+	if (image && !daemon_image_name_ok(image))
 		return fk_fail(
 		    err, EINVAL,
 		    "%s: \"image\" '%s': expected an image name ([a-z0-9][a-z0-9._-]{0,62})", what,
@@ -1129,25 +1241,108 @@ fail:
 
 /* ---- Listing ---- */
 
+/*
+ * Lists are read on a reader connection, not under d->lock (many GETs at once
+ * would queue behind each other and behind every operation's bookkeeping);
+ * the lock is taken only to copy the VMs' sizes, and the JSON is built after.
+ */
 int daemon_vm_list(struct daemon *d, json_t **out, struct fk_err *err)
 {
+	struct reader *rd = reader_get(d);
+	const struct reg_vm **refs = NULL;
 	struct reg_vm *vms = NULL;
+	int *sz = NULL;
 	size_t n = 0;
 	json_t *arr;
 	int ret;
 
 	*out = NULL;
-	pthread_mutex_lock(&d->lock);
-	ret = registry_vm_list(d->reg, &vms, &n, err);
+	if (!rd)
+		pthread_mutex_lock(&d->lock);
+	ret = registry_vm_list(rd ? rd->reg : d->reg, &vms, &n, err);
+	if (rd)
+		reader_put(rd);
+	else
+		pthread_mutex_unlock(&d->lock);
+	if (ret == 0 && !(refs = calloc(n ? n : 1, sizeof(*refs))))
+		ret = fk_fail(err, ENOMEM, "out of memory for %zu VMs", n);
+	for (size_t i = 0; ret == 0 && i < n; i++)
+		refs[i] = &vms[i];
+	if (ret == 0)
+		ret = sizes_of(d, refs, n, &sz, err);
 	if (ret == 0) {
 		arr = json_array();
 		for (size_t i = 0; i < n; i++)
-			json_array_append_new(arr, vm_json(d, &vms[i]));
+			json_array_append_new(arr,
+					      vm_json_sized(&vms[i], sz[2 * i], sz[2 * i + 1]));
 		*out = json_pack("{s:o}", "vms", arr);
 	}
-	pthread_mutex_unlock(&d->lock);
+	free(sz);
+	free(refs);
 	free(vms);
 	return ret;
+}
+
+/*
+ * A VM paused or resumed through its own control socket (forkd vm call) is
+ * not seen by the daemon, so a single VM's GET asks its VMM: `status` says
+ * running or paused, and the registry is set to what it says (the list then
+ * shows it too). Not while an operation holds the VM (a branch pauses it for
+ * its own sake) nor for a VMM that does not answer within STATUS_ASK_MS: the
+ * registry's state stands then. At most one ask per VM at a time and none
+ * within STATUS_FRESH_S of the last: 100 GETs of one VM at once asked its
+ * VMM 100 times (its control server takes a few clients at a time) and took
+ * up to 250 ms each (bench/api.sh, concurrent); they now read what the last
+ * ask recorded.
+ */
+#define STATUS_ASK_MS  250
+#define STATUS_FRESH_S 0.1 /* a VM's state asked this recently is not asked again */
+
+static int vmm_call(const char *what, const char *sock, json_t *req, int timeout_ms,
+		    json_t **reply_out, struct fk_err *err);
+
+static void refresh_paused(struct daemon *d, struct reg_vm *vm)
+{
+	struct fk_err ignored = {0};
+	json_t *reply = NULL;
+	const char *state;
+	enum reg_vm_state now;
+	struct tracked *t;
+	bool ask;
+	int ret;
+
+	pthread_mutex_lock(&d->lock);
+	t = find_tracked(d, vm->id);
+	ask = (vm->state == REG_VM_RUNNING || vm->state == REG_VM_PAUSED) && t && !t->busy &&
+	      !t->dead && t->pidfd >= 0 && !t->asking && mono_s() - t->asked_at >= STATUS_FRESH_S;
+	if (ask)
+		t->asking = true;
+	pthread_mutex_unlock(&d->lock);
+	if (!ask)
+		return;
+	ret = vmm_call("status", vm->control_sock, json_pack("{s:s}", "cmd", "status"),
+		       STATUS_ASK_MS, &reply, &ignored);
+	pthread_mutex_lock(&d->lock);
+	t = find_tracked(d, vm->id);
+	if (t) {
+		t->asking = false;
+		t->asked_at = mono_s();
+	}
+	pthread_mutex_unlock(&d->lock);
+	if (ret < 0)
+		return;
+	state = json_string_value(json_object_get(reply, "state"));
+	if (state && (strcmp(state, "paused") == 0 || strcmp(state, "running") == 0)) {
+		now = strcmp(state, "paused") == 0 ? REG_VM_PAUSED : REG_VM_RUNNING;
+		pthread_mutex_lock(&d->lock);
+		t = find_tracked(d, vm->id);
+		/* Unless it died or an operation took it meanwhile. */
+		if (now != vm->state && t && !t->busy && !t->dead &&
+		    registry_vm_set_state(d->reg, vm->id, now, REG_NO_EXIT, &ignored) == 0)
+			vm->state = now;
+		pthread_mutex_unlock(&d->lock);
+	}
+	json_decref(reply);
 }
 
 int daemon_vm_get(struct daemon *d, const char *id, json_t **out, struct fk_err *err)
@@ -1158,10 +1353,14 @@ int daemon_vm_get(struct daemon *d, const char *id, json_t **out, struct fk_err 
 	*out = NULL;
 	pthread_mutex_lock(&d->lock);
 	ret = registry_vm_get(d->reg, id, &vm, err);
-	if (ret == 0)
-		*out = vm_json(d, &vm);
 	pthread_mutex_unlock(&d->lock);
-	return ret;
+	if (ret < 0)
+		return ret;
+	refresh_paused(d, &vm);
+	pthread_mutex_lock(&d->lock);
+	*out = vm_json(d, &vm);
+	pthread_mutex_unlock(&d->lock);
+	return 0;
 }
 
 int daemon_vm_agent_socket(struct daemon *d, const char *id, char *path, size_t len,
@@ -1189,26 +1388,43 @@ int daemon_vm_agent_socket(struct daemon *d, const char *id, char *path, size_t 
 	return 0;
 }
 
+/* As daemon_vm_list: the lineage query on a reader, the JSON outside the lock. */
 int daemon_tree(struct daemon *d, json_t **out, struct fk_err *err)
 {
+	struct reader *rd = reader_get(d);
+	const struct reg_vm **refs = NULL;
+	int *sz = NULL;
 	struct reg_lineage_node *nodes = NULL;
 	size_t n = 0;
 	json_t *arr;
 	int ret;
 
 	*out = NULL;
-	pthread_mutex_lock(&d->lock);
-	ret = registry_lineage(d->reg, &nodes, &n, err);
+	if (!rd)
+		pthread_mutex_lock(&d->lock);
+	ret = registry_lineage(rd ? rd->reg : d->reg, &nodes, &n, err);
+	if (rd)
+		reader_put(rd);
+	else
+		pthread_mutex_unlock(&d->lock);
+	if (ret == 0 && !(refs = calloc(n ? n : 1, sizeof(*refs))))
+		ret = fk_fail(err, ENOMEM, "out of memory for %zu VMs", n);
+	for (size_t i = 0; ret == 0 && i < n; i++)
+		refs[i] = &nodes[i].vm;
+	if (ret == 0)
+		ret = sizes_of(d, refs, n, &sz, err);
 	if (ret == 0) {
 		arr = json_array();
 		for (size_t i = 0; i < n; i++)
-			json_array_append_new(arr, json_pack("{s:o,s:i,s:b}", "vm",
-							     vm_json(d, &nodes[i].vm), "depth",
-							     (int)nodes[i].depth, "last_sibling",
-							     nodes[i].last_sibling));
+			json_array_append_new(
+			    arr, json_pack("{s:o,s:i,s:b}", "vm",
+					   vm_json_sized(&nodes[i].vm, sz[2 * i], sz[2 * i + 1]),
+					   "depth", (int)nodes[i].depth, "last_sibling",
+					   nodes[i].last_sibling));
 		*out = json_pack("{s:o}", "tree", arr);
 	}
-	pthread_mutex_unlock(&d->lock);
+	free(sz);
+	free(refs);
 	free(nodes);
 	return ret;
 }
@@ -1666,6 +1882,7 @@ int daemon_vm_snapshot(struct daemon *d, const char *id, json_t *body, json_t **
 	pthread_mutex_lock(&d->lock);
 	ret = claim_running(d, id, &vm, err);
 	if (ret == 0) {
+		snprintf(snap.image, sizeof(snap.image), "%s", vm.image);
 		ret = registry_snapshot_add(d->reg, &snap, err);
 		if (ret < 0) {
 			struct tracked *t = find_tracked(d, id);
@@ -1818,6 +2035,61 @@ static int start_persist_thread(struct daemon *d, const char *sock, int zygote, 
 	return ret;
 }
 
+/* A zygote to release after the branch has answered. */
+struct release_job {
+	struct daemon *d;
+	char sock[REG_SOCK_MAX];
+	int zygote;
+};
+
+static void *release_main(void *arg)
+{
+	struct release_job *job = arg;
+	struct daemon *d = job->d;
+
+	release_zygote(job->sock, job->zygote);
+	pthread_mutex_lock(&d->lock);
+	d->nr_persist_threads--;
+	pthread_cond_broadcast(&d->cond);
+	pthread_mutex_unlock(&d->lock);
+	free(job);
+	return NULL;
+}
+
+/*
+ * Releases the zygote after the branch has answered, not before: the children
+ * run already, and the release (a control call) and the source re-collapsing
+ * its memory right after it only delay the answer (bench/api.sh). A daemon
+ * killed before the release leaves the zygote held: the next daemon_open
+ * releases it (release_stray_zygotes). Releases at once if no thread starts.
+ */
+static void release_zygote_later(struct daemon *d, const char *sock, int zygote)
+{
+	struct release_job *job = calloc(1, sizeof(*job));
+	pthread_attr_t attr;
+	pthread_t th;
+	int ret = -ENOMEM;
+
+	if (job) {
+		job->d = d;
+		job->zygote = zygote;
+		snprintf(job->sock, sizeof(job->sock), "%s", sock);
+		pthread_attr_init(&attr);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		pthread_mutex_lock(&d->lock);
+		d->nr_persist_threads++;
+		ret = -pthread_create(&th, &attr, release_main, job);
+		if (ret < 0)
+			d->nr_persist_threads--;
+		pthread_mutex_unlock(&d->lock);
+		pthread_attr_destroy(&attr);
+	}
+	if (ret < 0) {
+		free(job);
+		release_zygote(sock, zygote);
+	}
+}
+
 /* Records the children of a branch reply (lock held); appends their JSON to kids. */
 static void record_children(struct daemon *d, const struct reg_vm *src, const struct tracked *st,
 			    const struct reg_zygote *z, json_t *reply, int64_t branched_us,
@@ -1928,8 +2200,11 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	json_t *req, *reply = NULL, *kids = NULL, *res;
 	int64_t branched_us;
 	int zygote_num, ret;
+	struct op_timer tm;
+	bool batch;
 
 	*out = NULL;
+	timer_start(&tm);
 	if ((ret = check_fields(body, what, fields, err)) < 0 ||
 	    (ret = get_int(body, what, "n", 0, DAEMON_MAX_CHILDREN, &n, err)) < 0 ||
 	    (ret = get_bool(body, what, "persist", &persist, err)) < 0 ||
@@ -1959,11 +2234,14 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 
 	pthread_mutex_lock(&d->lock);
 	ret = claim_running(d, id, &src, err);
+	if (ret == 0 && persist)
+		snprintf(snap.image, sizeof(snap.image), "%s", src.image);
 	if (ret == 0 && persist && (ret = registry_snapshot_add(d->reg, &snap, err)) < 0)
 		find_tracked(d, id)->busy = false;
 	pthread_mutex_unlock(&d->lock);
 	if (ret < 0)
 		return ret;
+	timer_mark(&tm, "claim");
 
 	if (mkdir(branches, 0755) < 0 && errno != EEXIST) {
 		ret = fk_fail_errno(err, errno, "%s: create %s", what, branches);
@@ -1982,7 +2260,9 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	if (req && persist)
 		json_object_set_new(req, "persist", json_string(snap.path));
 	branched_us = wall_us();
+	timer_mark(&tm, "dir");
 	ret = vmm_call(what, src.control_sock, req, BRANCH_TIMEOUT_MS, &reply, err);
+	timer_mark(&tm, "vmm");
 	if (ret < 0) {
 		stop_children_of_failed_branch(bdir);
 		goto fail;
@@ -2001,7 +2281,13 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	if (registry_proc_probe((pid_t)json_integer_value(json_object_get(reply, "zygote_pid")),
 				&z.proc, err) < 0)
 		memset(&z.proc, 0, sizeof(z.proc));
+	timer_mark(&tm, "zprobe");
+	/* The zygote and its children in one commit: a daemon killed before it leaves none of
+	 * them recorded, and re-adoption stops the unrecorded children
+	 * (stop_unregistered_children). */
+	batch = registry_batch_begin(d->reg, err) == 0;
 	ret = registry_zygote_add(d->reg, &z, err);
+	timer_mark(&tm, "zadd");
 	if (ret == 0) {
 		zt = track(d, z.id, true);
 		if (zt) {
@@ -2009,8 +2295,22 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 			if (z.proc.pid)
 				watch(d, zt, z.proc.pid, err);
 		}
+		timer_mark(&tm, "zwatch");
 		record_children(d, &src, st, &z, reply, branched_us, kids);
+		timer_mark(&tm, "children");
 	}
+	if (batch && registry_batch_end(d->reg, err) < 0 && ret == 0) {
+		/* Nothing of the branch was recorded: handled as a failed zygote add. */
+		json_t *k;
+		size_t i;
+
+		json_array_foreach(kids, i, k)
+		    untrack(d, json_string_value(json_object_get(k, "id")));
+		untrack(d, z.id);
+		json_array_clear(kids);
+		ret = -EIO;
+	}
+	timer_mark(&tm, "commit");
 	/* Without a zygote record the zygote is released below, ending a persist too. */
 	if (persist && (!persist_writing || ret < 0))
 		persist_done(d, tag, snap.path, ret == 0 && pstate && strcmp(pstate, "ready") == 0);
@@ -2032,10 +2332,13 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 		json_decref(kids);
 		return fk_wrap(err, "%s of %s", what, id);
 	}
+	timer_mark(&tm, "record");
 	report(d, DAEMON_METRIC_BRANCH_PAUSE, z.pause_us / 1e6);
-	if (!persist_writing ||
-	    start_persist_thread(d, src.control_sock, zygote_num, tag, snap.path) < 0)
+	if (!persist_writing)
+		release_zygote_later(d, src.control_sock, zygote_num);
+	else if (start_persist_thread(d, src.control_sock, zygote_num, tag, snap.path) < 0)
 		release_zygote(src.control_sock, zygote_num);
+	timer_mark(&tm, "release");
 	res = json_pack("{s:s,s:I,s:o}", "zygote", z.id, "pause_us", (json_int_t)z.pause_us,
 			"children", kids);
 	if (persist) {
@@ -2045,6 +2348,8 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	}
 	json_decref(reply);
 	*out = res;
+	timer_mark(&tm, "json");
+	timer_end(d, &tm, what);
 	return 0;
 fail:
 	pthread_mutex_lock(&d->lock);
@@ -2129,8 +2434,10 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	json_t *vms = NULL;
 	bool vsock;
 	int ret;
+	struct op_timer tm;
 
 	*out = NULL;
+	timer_start(&tm);
 	if ((ret = check_fields(body, what, fields, err)) < 0 ||
 	    (ret = get_int(body, what, "n", 1, DAEMON_MAX_CHILDREN, &n, err)) < 0)
 		return ret;
@@ -2144,6 +2451,7 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 			       "%s: snapshot %s is %s: expected a ready snapshot", what, tag,
 			       reg_snap_state_name(snap.state));
 	vsock = snapshot_has_vsock(snap.path);
+	timer_mark(&tm, "snapshot");
 	s = calloc((size_t)n, sizeof(*s));
 	if (!s)
 		return fk_fail(err, ENOMEM, "%s: out of memory for %lld VMs", what, n);
@@ -2172,14 +2480,18 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 			t->busy = true;
 	}
 	pthread_mutex_unlock(&d->lock);
+	timer_mark(&tm, "register");
 	for (long long i = 0; i < n && ret == 0; i++)
 		ret = start_restored(d, snap.path, vsock, &s[i], err);
+	timer_mark(&tm, "launch");
 	if (ret == 0)
 		ret = wait_answering(d, s, (size_t)n, true, err);
+	timer_mark(&tm, "answer");
 	if (ret == 0) {
 		vms = json_array();
 		ret = finish_started(d, s, (size_t)n, vms, err);
 	}
+	timer_mark(&tm, "finish");
 	if (ret < 0) {
 		json_decref(vms);
 		abort_started(d, s, (size_t)n);
@@ -2189,6 +2501,255 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	free(s);
 	report(d, DAEMON_METRIC_SPAWN, mono_s() - t0);
 	*out = json_pack("{s:o}", "vms", vms);
+	timer_end(d, &tm, what);
+	return 0;
+}
+
+/* ---- Images ---- */
+
+/*
+ * What of the registry uses an image: VMs recorded with it (created from it,
+ * branched or restored from such a VM), and snapshots taken from such a VM
+ * (recorded with the snapshot; for snapshots of registries before schema
+ * version 2, their parent or a VM spawned from them says which). A live VM
+ * or a snapshot that is not failed holds it: *busy. Arrays of IDs and tags.
+ */
+static void image_users(const char *name, const struct reg_vm *vms, size_t nv,
+			const struct reg_snapshot *snaps, size_t ns, json_t *vm_ids, json_t *tags,
+			bool *busy)
+{
+	for (size_t i = 0; i < nv; i++) {
+		if (strcmp(vms[i].image, name) != 0)
+			continue;
+		json_array_append_new(vm_ids, json_string(vms[i].id));
+		if (live_state(vms[i].state))
+			*busy = true;
+	}
+	for (size_t k = 0; k < ns; k++) {
+		bool uses = strcmp(snaps[k].image, name) == 0;
+
+		for (size_t i = 0; i < nv && !uses && !snaps[k].image[0]; i++)
+			uses = strcmp(vms[i].image, name) == 0 &&
+			       (strcmp(vms[i].id, snaps[k].parent_vm) == 0 ||
+				strcmp(vms[i].snapshot, snaps[k].tag) == 0);
+		if (!uses)
+			continue;
+		json_array_append_new(tags, json_string(snaps[k].tag));
+		if (snaps[k].state != REG_SNAP_FAILED)
+			*busy = true;
+	}
+}
+
+/* "VMs vm-1, vm-2 and snapshots t1" of an image's JSON, for a message (cut at len). */
+static void image_users_text(const json_t *img, char *buf, size_t len)
+{
+	static const char *const keys[] = {"vms", "snapshots"};
+	static const char *const labels[] = {"VMs", "snapshots"};
+	size_t used = 0;
+
+	buf[0] = '\0';
+	for (int k = 0; k < 2; k++) {
+		const json_t *arr = json_object_get(img, keys[k]);
+		size_t i;
+		json_t *v;
+
+		if (!json_array_size(arr))
+			continue;
+		used += (size_t)snprintf(buf + used, used < len ? len - used : 0, "%s%s",
+					 used ? " and " : "", labels[k]);
+		json_array_foreach(arr, i, v) used +=
+		    (size_t)snprintf(buf + used, used < len ? len - used : 0, "%s %s", i ? "," : "",
+				     json_string_value(v));
+	}
+}
+
+/* Every VM and snapshot, read on a reader connection (or under the lock without one). */
+static int read_all(struct daemon *d, struct reg_vm **vms, size_t *nv, struct reg_snapshot **snaps,
+		    size_t *ns, bool locked, struct fk_err *err)
+{
+	struct reader *rd = locked ? NULL : reader_get(d);
+	struct registry *reg = rd ? rd->reg : d->reg;
+	int ret;
+
+	if (!rd && !locked)
+		pthread_mutex_lock(&d->lock);
+	ret = registry_vm_list(reg, vms, nv, err);
+	if (ret == 0 && (ret = registry_snapshot_list(reg, false, snaps, ns, err)) < 0) {
+		free(*vms);
+		*vms = NULL;
+	}
+	if (rd)
+		reader_put(rd);
+	else if (!locked)
+		pthread_mutex_unlock(&d->lock);
+	return ret;
+}
+
+/* -EINVAL for a name that is no image name (never a path: no '/', no leading '.'). */
+static int image_name_check(const char *what, const char *name, struct fk_err *err)
+{
+	if (!daemon_image_name_ok(name))
+		return fk_fail(err, EINVAL,
+			       "%s '%.80s': expected an image name of 1 to 63 characters: a-z 0-9 "
+			       ". _ - starting with a letter or digit",
+			       what, name);
+	return 0;
+}
+
+/* The image's JSON, or NULL when the cache has no NAME/rootfs.ext4. */
+static json_t *image_json(const char *cache, const char *name, const struct reg_vm *vms, size_t nv,
+			  const struct reg_snapshot *snaps, size_t ns)
+{
+	char path[PATH_MAX], manifest[PATH_MAX];
+	json_t *o, *m, *vm_ids, *tags, *created = NULL;
+	bool busy = false;
+	struct stat st;
+
+	if ((size_t)snprintf(path, sizeof(path), "%s/%s/rootfs.ext4", cache, name) >=
+		sizeof(path) ||
+	    (size_t)snprintf(manifest, sizeof(manifest), "%s/%s/manifest.json", cache, name) >=
+		sizeof(manifest) ||
+	    stat(path, &st) < 0 || !S_ISREG(st.st_mode))
+		return NULL;
+	/* The manifest (images/rootfs.sh) says when it was built and from what; an image
+	 * made another way has none: its file's time stands in. */
+	m = json_load_file(manifest, 0, NULL);
+	if (json_is_string(json_object_get(m, "created")))
+		created = json_incref(json_object_get(m, "created"));
+	else
+		created =
+		    iso_time((int64_t)st.st_mtim.tv_sec * 1000000 + st.st_mtim.tv_nsec / 1000);
+	vm_ids = json_array();
+	tags = json_array();
+	image_users(name, vms, nv, snaps, ns, vm_ids, tags, &busy);
+	o = json_pack("{s:s,s:s,s:I,s:o,s:O,s:o,s:o,s:b}", "name", name, "path", path, "size",
+		      (json_int_t)st.st_size, "created", created, "packages",
+		      json_is_array(json_object_get(m, "packages")) ? json_object_get(m, "packages")
+								    : json_null(),
+		      "vms", vm_ids, "snapshots", tags, "in_use", busy);
+	json_decref(m);
+	return o;
+}
+
+static int skip_dots(const struct dirent *e)
+{
+	return daemon_image_name_ok(e->d_name);
+}
+
+int daemon_image_list(struct daemon *d, json_t **out, struct fk_err *err)
+{
+	const char *cache = image_cache();
+	struct reg_snapshot *snaps = NULL;
+	struct reg_vm *vms = NULL;
+	struct dirent **names = NULL;
+	size_t nv = 0, ns = 0;
+	json_t *arr;
+	int n, ret;
+
+	*out = NULL;
+	n = scandir(cache, &names, skip_dots, alphasort);
+	if (n < 0 && errno != ENOENT)
+		return fk_fail_errno(err, errno, "image cache %s", cache);
+	ret = read_all(d, &vms, &nv, &snaps, &ns, false, err);
+	arr = json_array();
+	for (int i = 0; i < n; i++) {
+		json_t *img =
+		    ret == 0 ? image_json(cache, names[i]->d_name, vms, nv, snaps, ns) : NULL;
+
+		if (img)
+			json_array_append_new(arr, img);
+		free(names[i]);
+	}
+	free(names);
+	free(vms);
+	free(snaps);
+	if (ret < 0) {
+		json_decref(arr);
+		return ret;
+	}
+	*out = json_pack("{s:o}", "images", arr);
+	return 0;
+}
+
+int daemon_image_get(struct daemon *d, const char *name, json_t **out, struct fk_err *err)
+{
+	struct reg_snapshot *snaps = NULL;
+	struct reg_vm *vms = NULL;
+	size_t nv = 0, ns = 0;
+	int ret;
+
+	*out = NULL;
+	if ((ret = image_name_check("image", name, err)) < 0 ||
+	    (ret = read_all(d, &vms, &nv, &snaps, &ns, false, err)) < 0)
+		return ret;
+	*out = image_json(image_cache(), name, vms, nv, snaps, ns);
+	free(vms);
+	free(snaps);
+	if (!*out)
+		return fk_fail(err, ENOENT,
+			       "image %s: no such image in %s (forkd image ls lists them)", name,
+			       image_cache());
+	return 0;
+}
+
+/*
+ * Under the lock, so that no VM is registered with the image between the
+ * check and the removal (create registers its VM under the lock before it
+ * starts the VMM); a create that checked the image before is refused by
+ * forkd-vmm (no rootfs) and leaves nothing. The directory is renamed away
+ * first (as images/rootfs.sh --rm does): nobody sees half an image.
+ */
+int daemon_image_delete(struct daemon *d, const char *name, json_t **out, struct fk_err *err)
+{
+	const char *cache = image_cache();
+	struct reg_snapshot *snaps = NULL;
+	struct reg_vm *vms = NULL;
+	char dir[PATH_MAX], gone[PATH_MAX], moved[PATH_MAX], lock[PATH_MAX];
+	json_t *img = NULL;
+	size_t nv = 0, ns = 0;
+	bool made_gone;
+	int ret;
+
+	*out = NULL;
+	if ((ret = image_name_check("image", name, err)) < 0)
+		return ret;
+	if ((size_t)snprintf(dir, sizeof(dir), "%s/%s", cache, name) >= sizeof(dir) ||
+	    (size_t)snprintf(gone, sizeof(gone), "%s/.rm-%s.XXXXXX", cache, name) >= sizeof(gone) ||
+	    (size_t)snprintf(lock, sizeof(lock), "%s/.%s.lock", cache, name) >= sizeof(lock))
+		return fk_fail(err, ENAMETOOLONG, "image %s: path in %s too long", name, cache);
+	pthread_mutex_lock(&d->lock);
+	ret = read_all(d, &vms, &nv, &snaps, &ns, true, err);
+	if (ret == 0) {
+		img = image_json(cache, name, vms, nv, snaps, ns);
+		if (!img)
+			ret = fk_fail(err, ENOENT, "image %s: no such image in %s", name, cache);
+	}
+	if (ret == 0 && json_is_true(json_object_get(img, "in_use"))) {
+		char users[512];
+
+		image_users_text(img, users, sizeof(users));
+		ret =
+		    fk_fail(err, EBUSY, "image %s is in use by %s: delete them first", name, users);
+	}
+	if (ret == 0 && !mkdtemp(gone))
+		ret = fk_fail_errno(err, errno, "image %s: %s", name, gone);
+	made_gone = ret == 0;
+	if (ret == 0 &&
+	    (size_t)snprintf(moved, sizeof(moved), "%s/%s", gone, name) >= sizeof(moved))
+		ret = fk_fail(err, ENAMETOOLONG, "image %s: path in %s too long", name, gone);
+	else if (ret == 0 && rename(dir, moved) < 0)
+		ret = fk_fail_errno(err, errno, "image %s: move %s away", name, dir);
+	if (ret < 0 && made_gone)
+		rmdir(gone); /* still empty */
+	pthread_mutex_unlock(&d->lock);
+	json_decref(img);
+	free(vms);
+	free(snaps);
+	if (ret < 0)
+		return ret;
+	fk_remove_tree(gone);
+	unlink(lock);
+	*out = json_pack("{s:[s]}", "removed", name);
 	return 0;
 }
 
@@ -2332,6 +2893,46 @@ static void kill_vmms_serving(const char *sock, const struct reg_vm *known, size
 }
 
 /* Re-adopts the VMMs the registry lists as live; marks the others exited. Lock held. */
+/*
+ * Zygotes a previous daemon left held (killed between a branch's answer and
+ * its release): every zygote of an adopted VM that is not writing a persist
+ * (those are followed by settle_writing) is released. Lock held.
+ */
+static void release_stray_zygotes(struct daemon *d)
+{
+	struct fk_err ignored = {0};
+	struct reg_vm *vms = NULL;
+	size_t n = 0;
+
+	if (registry_vm_list(d->reg, &vms, &n, &ignored) < 0)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		struct tracked *t = find_tracked(d, vms[i].id);
+		json_t *reply = NULL, *z;
+		size_t k;
+
+		if (!t || t->pidfd < 0 || t->dead ||
+		    vmm_call("zygote list", vms[i].control_sock,
+			     json_pack("{s:s,s:s}", "cmd", "zygote", "action", "list"),
+			     STATUS_CALL_MS, &reply, &ignored) < 0)
+			continue;
+		json_array_foreach(json_object_get(reply, "zygotes"), k, z)
+		{
+			const char *persist = json_string_value(json_object_get(z, "persist"));
+
+			if (persist && strcmp(persist, "writing") == 0)
+				continue;
+			fprintf(stderr, "forkd serve: %s: releasing zygote %lld left held\n",
+				vms[i].id,
+				(long long)json_integer_value(json_object_get(z, "zygote")));
+			release_zygote(vms[i].control_sock,
+				       (int)json_integer_value(json_object_get(z, "zygote")));
+		}
+		json_decref(reply);
+	}
+	free(vms);
+}
+
 static int readopt(struct daemon *d, int *adopted, json_t *jobs, struct fk_err *err)
 {
 	struct reg_snapshot *snaps = NULL;
@@ -2463,6 +3064,9 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 	d->wakefd = -1;
 	pthread_mutex_init(&d->lock, NULL);
 	pthread_cond_init(&d->cond, NULL);
+	for (i = 0; i < NR_READERS; i++)
+		pthread_mutex_init(&d->readers[i].lock, NULL);
+	d->timing = getenv("FORKD_SERVE_TIMING") && strcmp(getenv("FORKD_SERVE_TIMING"), "1") == 0;
 	snprintf(d->state_dir, sizeof(d->state_dir), "%s", cfg->state_dir);
 	if (cfg->vmm_path)
 		snprintf(d->vmm, sizeof(d->vmm), "%s", cfg->vmm_path);
@@ -2498,6 +3102,16 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 	ret = registry_open(path, &d->reg, err);
 	if (ret < 0)
 		goto fail;
+	for (i = 0; i < NR_READERS; i++) {
+		struct fk_err reader_err = {0};
+
+		/* Without readers the lists fall back to d->reg under the lock: slower, correct. */
+		if (registry_open(path, &d->readers[i].reg, &reader_err) < 0) {
+			fprintf(stderr, "forkd serve: registry reader: %s (lists take the lock)\n",
+				reader_err.msg);
+			break;
+		}
+	}
 	/* BRANCH children whose zygote and source are gone become ours to reap. */
 	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0) {
 		ret = fk_fail_errno(err, errno, "prctl(PR_SET_CHILD_SUBREAPER)");
@@ -2514,6 +3128,8 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 	ret = jobs ? readopt(d, adopted, jobs, err) : fk_fail(err, ENOMEM, "out of memory");
 	if (ret == 0)
 		stop_unregistered_children(d);
+	if (ret == 0)
+		release_stray_zygotes(d);
 	pthread_mutex_unlock(&d->lock);
 	if (ret < 0)
 		goto fail;
@@ -2582,6 +3198,10 @@ void daemon_close(struct daemon *d)
 		free(m);
 	}
 	registry_close(d->reg);
+	for (size_t i = 0; i < NR_READERS; i++) {
+		registry_close(d->readers[i].reg);
+		pthread_mutex_destroy(&d->readers[i].lock);
+	}
 	if (d->epfd >= 0)
 		close(d->epfd);
 	if (d->wakefd >= 0)

@@ -25,6 +25,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "util/err.h"
@@ -78,6 +79,34 @@ int daemon_snapshot_delete(struct daemon *d, const char *tag, bool cascade, json
 			   struct fk_err *err);
 
 int daemon_tree(struct daemon *d, json_t **tree, struct fk_err *err); /* {"tree":[...]} */
+
+/*
+ * Root file system images in the cache ($FORKD_IMAGE_CACHE, else
+ * /var/cache/forkd/rootfs: where forkd-vmm --image looks), each with the VMs
+ * and snapshots of the registry made from it. Building stays with
+ * `forkd image build` (images/rootfs.sh: minutes of debootstrap).
+ * get and delete: -EINVAL for a name that is not an image name (so never a
+ * path), -ENOENT for no such image; delete: -EBUSY naming the live VMs and
+ * the snapshots (not failed) made from it.
+ */
+int daemon_image_list(struct daemon *d, json_t **images, struct fk_err *err); /* {"images":[]} */
+int daemon_image_get(struct daemon *d, const char *name, json_t **image, struct fk_err *err);
+int daemon_image_delete(struct daemon *d, const char *name, json_t **removed, struct fk_err *err);
+
+/* [a-z0-9][a-z0-9._-]{0,62}, as `forkd image build` accepts: also a safe directory name. */
+static inline bool daemon_image_name_ok(const char *s)
+{
+	size_t len = 0;
+
+	if (!s || !((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= '0' && s[0] <= '9')))
+		return false;
+	for (; s[len]; len++)
+		if (len >= 63 ||
+		    !((s[len] >= 'a' && s[len] <= 'z') || (s[len] >= '0' && s[len] <= '9') ||
+		      s[len] == '.' || s[len] == '_' || s[len] == '-'))
+			return false;
+	return true;
+}
 int daemon_health(struct daemon *d, json_t **health, struct fk_err *err);
 
 /*

@@ -3,6 +3,7 @@
 #include "daemon/registry.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <sqlite3.h>
@@ -16,6 +17,7 @@
 struct registry {
 	sqlite3 *db;
 	char path[REG_PATH_MAX];
+	bool in_batch; /* registry_batch_begin: each operation is a savepoint inside it */
 };
 
 /* Version 1. Text states keep the file readable with the sqlite3 shell. Lineage references that
@@ -61,6 +63,11 @@ static const char schema_v1[] =
     " state TEXT NOT NULL CHECK (state IN ('writing','ready','failed')),"
     " parent_vm TEXT,"
     " created_us INTEGER NOT NULL);";
+
+/* Version 2: the image a snapshot's VM booted, kept when that VM is deleted (DELETE
+ * /v1/images refuses while a snapshot of it exists). "" in rows from version 1. */
+static const char schema_v1_to_v2[] =
+    "ALTER TABLE snapshots ADD COLUMN image TEXT NOT NULL DEFAULT '';";
 
 static const char *const vm_state_names[] = {
     [REG_VM_STARTING] = "starting", [REG_VM_RUNNING] = "running", [REG_VM_PAUSED] = "paused",
@@ -169,18 +176,50 @@ static int prep(struct registry *r, sqlite3_stmt **st, const char *sql, struct f
  * timeout) instead of one failing when it upgrades a read transaction. */
 static int tx_begin(struct registry *r, bool write, struct fk_err *err)
 {
+	if (r->in_batch)
+		return exec(r, "SAVEPOINT reg_op", err);
 	return exec(r, write ? "BEGIN IMMEDIATE" : "BEGIN", err);
 }
 
 static int tx_commit(struct registry *r, struct fk_err *err)
 {
-	return exec(r, "COMMIT", err);
+	return exec(r, r->in_batch ? "RELEASE reg_op" : "COMMIT", err);
 }
 
+/* Inside a batch only this operation's changes are undone: the batch's earlier ones stay. */
 static void tx_rollback(struct registry *r)
 {
-	if (!sqlite3_get_autocommit(r->db))
+	if (sqlite3_get_autocommit(r->db))
+		return;
+	if (r->in_batch)
+		sqlite3_exec(r->db, "ROLLBACK TO reg_op; RELEASE reg_op", NULL, NULL, NULL);
+	else
 		sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
+}
+
+int registry_batch_begin(struct registry *r, struct fk_err *err)
+{
+	int ret;
+
+	if (r->in_batch)
+		return fk_fail(err, EINVAL, "registry %s: a batch is already open", r->path);
+	ret = exec(r, "BEGIN IMMEDIATE", err);
+	if (ret == 0)
+		r->in_batch = true;
+	return ret;
+}
+
+int registry_batch_end(struct registry *r, struct fk_err *err)
+{
+	int ret;
+
+	if (!r->in_batch)
+		return fk_fail(err, EINVAL, "registry %s: no batch open", r->path);
+	r->in_batch = false;
+	ret = exec(r, "COMMIT", err);
+	if (ret)
+		tx_rollback(r);
+	return ret;
 }
 
 /* Binds s, or NULL for "" when the column is optional. */
@@ -285,6 +324,9 @@ static int list_rows(struct registry *r, const char *sql, const char *key, row_r
 	}
 	while (ret == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
 		ret = grow(&arr, &cap, nr, elem, err);
+		/* Zeroed first: padding and fields a reader leaves alone compare equal (memcmp). */
+		if (ret == 0)
+			memset(arr + nr * elem, 0, elem);
 		if (ret == 0)
 			ret = read(st, arr + nr * elem, err);
 		nr += ret == 0;
@@ -398,11 +440,38 @@ static int set_wal(struct registry *r, struct fk_err *err)
 	return ret;
 }
 
+/* Brings a file of an older version to REG_SCHEMA_VERSION, one step per version, each in the
+ * write transaction that also reads the version (two daemons upgrading cannot both apply a
+ * step). */
+static int upgrade_schema(struct registry *r, struct fk_err *err)
+{
+	int64_t version = 0;
+	char sql[64];
+	int ret = tx_begin(r, true, err);
+
+	if (ret)
+		return ret;
+	ret = pragma_int(r, "PRAGMA user_version", &version, err);
+	if (ret == 0 && version == 1)
+		ret = exec(r, schema_v1_to_v2, err);
+	if (ret == 0 && version < REG_SCHEMA_VERSION) {
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", REG_SCHEMA_VERSION);
+		ret = exec(r, sql, err);
+	}
+	if (ret == 0)
+		ret = tx_commit(r, err);
+	if (ret) {
+		tx_rollback(r);
+		fk_wrap(err, "registry %s: upgrading schema version %" PRId64 " to %d", r->path,
+			version, REG_SCHEMA_VERSION);
+	}
+	return ret;
+}
+
 /* Creates the schema in a new file; leaves a file another forkd initialised meanwhile alone. */
 static int init_schema(struct registry *r, struct fk_err *err)
 {
 	int64_t version, nr_objects;
-	char sql[64];
 	int ret = tx_begin(r, true, err);
 
 	if (ret)
@@ -426,8 +495,7 @@ static int init_schema(struct registry *r, struct fk_err *err)
 	ret = exec(r, schema_v1, err);
 	if (ret)
 		goto out;
-	snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", REG_SCHEMA_VERSION);
-	ret = exec(r, sql, err);
+	ret = exec(r, "PRAGMA user_version = 1", err);
 out:
 	if (ret == 0)
 		ret = tx_commit(r, err);
@@ -487,6 +555,8 @@ int registry_open(const char *path, struct registry **out, struct fk_err *err)
 		ret = exec(r, "PRAGMA synchronous = NORMAL", err);
 	if (ret == 0 && version == 0)
 		ret = init_schema(r, err);
+	if (ret == 0 && version < REG_SCHEMA_VERSION)
+		ret = upgrade_schema(r, err);
 	if (ret)
 		goto fail;
 	*out = r;
@@ -1121,7 +1191,7 @@ int registry_tag_check(const char *tag, struct fk_err *err)
 	return 0;
 }
 
-#define SNAP_COLS "tag, path, state, parent_vm, created_us"
+#define SNAP_COLS "tag, path, state, parent_vm, created_us, image"
 
 static int read_snapshot(sqlite3_stmt *st, void *record, struct fk_err *err)
 {
@@ -1137,6 +1207,8 @@ static int read_snapshot(sqlite3_stmt *st, void *record, struct fk_err *err)
 		ret = col_str(st, 2, state, sizeof(state), "snapshot state", err);
 	if (ret == 0)
 		ret = col_str(st, 3, s->parent_vm, sizeof(s->parent_vm), "snapshot VM", err);
+	if (ret == 0)
+		ret = col_str(st, 5, s->image, sizeof(s->image), "snapshot image", err);
 	if (ret)
 		return ret;
 	v = state_from_name(snap_state_names, NR_SNAP_STATES, state);
@@ -1158,6 +1230,8 @@ int registry_snapshot_add(struct registry *r, struct reg_snapshot *s, struct fk_
 	ret = check_len("snapshot path", s->path, sizeof(s->path), err);
 	if (ret == 0)
 		ret = check_len("snapshot VM", s->parent_vm, sizeof(s->parent_vm), err);
+	if (ret == 0)
+		ret = check_len("snapshot image", s->image, sizeof(s->image), err);
 	if (ret == 0 && !s->path[0])
 		ret = fk_fail(err, EINVAL, "snapshot %s: empty path", s->tag);
 	if (ret)
@@ -1176,10 +1250,10 @@ int registry_snapshot_add(struct registry *r, struct reg_snapshot *s, struct fk_
 				 : ret;
 	}
 	if (ret == 0)
-		ret =
-		    prep(r, &st,
-			 "INSERT INTO snapshots (" SNAP_COLS ") VALUES (?1, ?2, 'writing', ?3, ?4)",
-			 err);
+		ret = prep(r, &st,
+			   "INSERT INTO snapshots (" SNAP_COLS
+			   ") VALUES (?1, ?2, 'writing', ?3, ?4, ?5)",
+			   err);
 	if (ret)
 		goto out;
 	s->state = REG_SNAP_WRITING;
@@ -1188,6 +1262,7 @@ int registry_snapshot_add(struct registry *r, struct reg_snapshot *s, struct fk_
 	bind_str(st, 2, s->path, false);
 	bind_str(st, 3, s->parent_vm, true);
 	sqlite3_bind_int64(st, 4, s->created_us);
+	bind_str(st, 5, s->image, false);
 	ret = step_done(r, st, "add snapshot", err);
 	if (ret == 0)
 		ret = tx_commit(r, err);
@@ -1318,6 +1393,24 @@ static int read_small(const char *path, char *buf, size_t size, int *errnum)
 	return 0;
 }
 
+/*
+ * The kernel's boot id, read once per process: it cannot change while this
+ * process runs, and every branch and spawn probes a few processes (bench/api.sh).
+ * Written once under pthread_once, read-only after.
+ */
+static char boot_id[REG_BOOT_ID_MAX];
+static int boot_id_errno;
+static pthread_once_t boot_id_once = PTHREAD_ONCE_INIT;
+
+static void read_boot_id(void)
+{
+	if (read_small("/proc/sys/kernel/random/boot_id", boot_id, sizeof(boot_id),
+		       &boot_id_errno) == 0)
+		boot_id[strcspn(boot_id, "\n")] = '\0';
+	else
+		boot_id[0] = '\0';
+}
+
 int registry_proc_probe(pid_t pid, struct reg_proc *out, struct fk_err *err)
 {
 	char path[64], buf[4096], *p, *end;
@@ -1344,11 +1437,11 @@ int registry_proc_probe(pid_t pid, struct reg_proc *out, struct fk_err *err)
 	if (errno || end == p + 1 || (*end != ' ' && *end != '\n' && *end != '\0'))
 		return fk_fail(err, EBADMSG, "process %d: %s: field 22 is not a start time",
 			       (int)pid, path);
-	if (read_small("/proc/sys/kernel/random/boot_id", out->boot_id, sizeof(out->boot_id),
-		       &errnum))
-		return fk_fail_errno(err, errnum, "process %d: /proc/sys/kernel/random/boot_id",
-				     (int)pid);
-	out->boot_id[strcspn(out->boot_id, "\n")] = '\0';
+	pthread_once(&boot_id_once, read_boot_id);
+	if (!boot_id[0])
+		return fk_fail_errno(err, boot_id_errno ? boot_id_errno : EIO,
+				     "process %d: /proc/sys/kernel/random/boot_id", (int)pid);
+	memcpy(out->boot_id, boot_id, sizeof(out->boot_id));
 	out->pid = pid;
 	return 0;
 }

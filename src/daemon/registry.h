@@ -46,7 +46,7 @@
 
 #include "util/err.h"
 
-#define REG_SCHEMA_VERSION  1 /* PRAGMA user_version of the files this code writes */
+#define REG_SCHEMA_VERSION  2 /* PRAGMA user_version of the files this code writes */
 #define REG_BUSY_TIMEOUT_MS 5000
 
 #define REG_ID_MAX	16  /* "vm-1a2b3c4d" + NUL, with room */
@@ -114,6 +114,7 @@ struct reg_snapshot {
 	enum reg_snap_state state;  /* registry_snapshot_add always records REG_SNAP_WRITING */
 	char parent_vm[REG_ID_MAX]; /* the VM it was taken from, or "" (kept after that VM goes) */
 	int64_t created_us;	    /* filled by registry_snapshot_add */
+	char image[REG_NAME_MAX];   /* the image that VM booted, or "" (also kept) */
 };
 
 /* One row of the lineage: registry_lineage returns them in depth-first order, children after
@@ -137,6 +138,16 @@ struct reg_ids {
  * REG_SCHEMA_VERSION, -EIO if WAL mode cannot be turned on. */
 int registry_open(const char *path, struct registry **out, struct fk_err *err);
 void registry_close(struct registry *r);
+
+/*
+ * Batch: every change until registry_batch_end commits as one transaction
+ * (one WAL commit instead of one per change: a branch records its zygote and
+ * children together). Inside it, an operation that fails undoes only its own
+ * changes. A daemon killed before the end leaves none of them in the file.
+ * Not nested; registry_batch_end commits (and on failure rolls back) the lot.
+ */
+int registry_batch_begin(struct registry *r, struct fk_err *err);
+int registry_batch_end(struct registry *r, struct fk_err *err);
 
 /* ---- VMs ---- */
 

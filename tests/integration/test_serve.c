@@ -156,6 +156,9 @@ static int setup(void **state_)
 	static int counter;
 
 	(void)state_;
+	/* Only test_images sets these, for its own daemon. */
+	unsetenv("FORKD_IMAGE_CACHE");
+	unsetenv("FORKD_IMAGES");
 	if (harness_tmpdir_create(dir, sizeof(dir), "serve") < 0)
 		return -1;
 	counter++;
@@ -539,9 +542,333 @@ static void test_client_disconnects_mid_branch(void **state_)
 	}
 	/* The daemon still answers, and what it lists is what runs. */
 	assert_registry_matches_processes();
-	assert_int_equal(forkd(NULL, "vm", "rm", a, "--cascade", NULL), 0);
+	/* The last branch may still be running (the daemon finishes it without its client):
+	 * the VM is busy (409) until then, by design. */
+	int rc = 1;
+	for (long long end = harness_deadline(20000); rc == 1 && now_ms() < end; usleep(50 * 1000))
+		rc = forkd(NULL, "vm", "rm", a, "--cascade", NULL);
+	assert_int_equal(rc, 0);
 	assert_registry_matches_processes();
 	free(a);
+}
+
+/* A VM paused through its own control socket: GET /v1/vms/{id} asks its VMM and says so. */
+static void test_paused_through_control_socket(void **state_)
+{
+	char script[1200], *a, ctl[400] = "";
+	json_t *vms, *vm;
+	size_t i;
+
+	(void)state_;
+	start_daemon();
+	a = create_probe();
+	vms = list_vms();
+	json_array_foreach(vms, i,
+			   vm) if (strcmp(json_string_value(json_object_get(vm, "id")), a) == 0)
+	    snprintf(ctl, sizeof(ctl), "%s",
+		     json_string_value(json_object_get(vm, "control_socket")));
+	json_decref(vms);
+	assert_true(ctl[0] != '\0');
+	assert_int_equal(forkd(NULL, "vm", "pause", "--socket", ctl, NULL), 0);
+	/* The list (the registry) learns it from the single GET. A GET asks the VMM at most
+	 * every 100 ms (docs/daemon.md), hence the few tries. */
+	snprintf(script, sizeof(script),
+		 "import forkd, time\n"
+		 "c = forkd.Controller()\n"
+		 "for _ in range(40):\n"
+		 "    if c.vm('%s').state == 'paused': break\n"
+		 "    time.sleep(0.05)\n"
+		 "assert c.vm('%s').state == 'paused', c.vm('%s')\n"
+		 "assert [v.state for v in c.vms() if v.id == '%s'] == ['paused'], c.vms()\n",
+		 a, a, a, a);
+	run_sdk(script);
+	/* From outside: the VMM itself says paused, and resumed it is running again. */
+	assert_int_equal(forkd(NULL, "vm", "resume", "--socket", ctl, NULL), 0);
+	snprintf(script, sizeof(script),
+		 "import forkd, time\n"
+		 "c = forkd.Controller()\n"
+		 "for _ in range(40):\n"
+		 "    if c.vm('%s').state == 'running': break\n"
+		 "    time.sleep(0.05)\n"
+		 "assert c.vm('%s').state == 'running', c.vm('%s')\n",
+		 a, a, a);
+	run_sdk(script);
+	/* Paused again, a branch is refused by the VMM (resume it first) and nothing is lost:
+	 * the VM is still listed, running once resumed, and branches then. */
+	assert_int_equal(forkd(NULL, "vm", "pause", "--socket", ctl, NULL), 0);
+	assert_int_equal(forkd(NULL, "branch", a, "-n", "1", NULL), 1);
+	assert_int_equal(forkd(NULL, "vm", "resume", "--socket", ctl, NULL), 0);
+	run_sdk(script);
+	free(branch_one(a));
+	assert_int_equal(forkd(NULL, "vm", "rm", "--cascade", a, NULL), 0);
+	free(a);
+}
+
+/* `forkd vm call --socket CTL REQ`: the VMM's reply (fails the test unless it says ok). */
+static json_t *vm_call(const char *ctl, const char *req)
+{
+	char *out = NULL;
+	json_t *j;
+	int rc = forkd(&out, "vm", "call", "--socket", (char *)ctl, (char *)req, NULL);
+
+	j = json_loads(out, 0, NULL);
+	if (rc != 0 || !json_is_true(json_object_get(j, "ok")))
+		fail_msg("vm call %s: exit %d: %s", req, rc, out);
+	free(out);
+	return j;
+}
+
+/*
+ * A zygote the daemon did not release (it died between a branch's answer and the
+ * release; here: a BRANCH sent around it) is released by the next daemon, and the
+ * child nobody recorded is stopped.
+ */
+static void test_stray_zygote_released_on_restart(void **state_)
+{
+	char ctl[400] = "", req[800], *a;
+	json_t *vms, *vm, *reply;
+	pid_t zpid, cpid;
+	size_t i;
+
+	(void)state_;
+	start_daemon();
+	a = create_probe();
+	vms = list_vms();
+	json_array_foreach(vms, i,
+			   vm) if (strcmp(json_string_value(json_object_get(vm, "id")), a) == 0)
+	    snprintf(ctl, sizeof(ctl), "%s",
+		     json_string_value(json_object_get(vm, "control_socket")));
+	json_decref(vms);
+	assert_true(ctl[0] != '\0');
+	/* Where the daemon's own branches go (the VMM makes only the last component). */
+	snprintf(req, sizeof(req), "%s/vms/%s/branches", state, a);
+	assert_true(mkdir(req, 0755) == 0 || errno == EEXIST);
+	snprintf(req, sizeof(req),
+		 "{\"cmd\":\"branch\",\"n\":1,\"dir\":\"%s/vms/%s/branches/77\",\"wait\":true}",
+		 state, a);
+	reply = vm_call(ctl, req);
+	zpid = (pid_t)json_integer_value(json_object_get(reply, "zygote_pid"));
+	cpid = (pid_t)json_integer_value(
+	    json_object_get(json_array_get(json_object_get(reply, "children"), 0), "pid"));
+	json_decref(reply);
+	assert_true(zpid > 0 && cpid > 0);
+	assert_int_equal(kill(zpid, 0), 0);
+
+	kill_daemon(SIGKILL);
+	start_daemon();
+	reply = vm_call(ctl, "{\"cmd\":\"zygote\",\"action\":\"list\"}");
+	assert_int_equal(json_array_size(json_object_get(reply, "zygotes")), 0);
+	json_decref(reply);
+	assert_true(process_gone(zpid));
+	assert_true(process_gone(cpid));
+	assert_registry_matches_processes();
+	assert_int_equal(forkd(NULL, "vm", "rm", "--cascade", a, NULL), 0);
+	free(a);
+}
+
+static void write_file(const char *path, const char *text, off_t size)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+	assert_true(fd >= 0);
+	if (text)
+		assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	else
+		assert_int_equal(ftruncate(fd, size), 0);
+	close(fd);
+}
+
+/* One JSON object per line of `forkd image ls`, by name. */
+static json_t *image_lines(const char *out)
+{
+	json_t *by_name = json_object();
+	const char *p = out;
+
+	while (*p) {
+		const char *nl = strchr(p, '\n');
+		size_t len = nl ? (size_t)(nl - p) : strlen(p);
+		json_t *img = json_loadb(p, len, 0, NULL);
+
+		if (!img)
+			fail_msg("image ls: not a JSON line: %.*s", (int)len, p);
+		json_object_set_new(by_name, json_string_value(json_object_get(img, "name")), img);
+		p += len + (nl ? 1 : 0);
+	}
+	return by_name;
+}
+
+static bool exists(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0;
+}
+
+/*
+ * Images through the daemon: an image directory fabricated in a temporary
+ * $FORKD_IMAGE_CACHE is listed (the probe stands in for its kernel:
+ * $FORKD_IMAGES/vmlinux), a VM created from it, a snapshot and a branch of
+ * it say so, and `forkd image rm` is refused while any of them is in the
+ * registry, allowed after; the cache is checked from outside.
+ */
+static void test_images(void **state_)
+{
+	char cache[400], kimages[400], path[600], *out = NULL, *id, *kid;
+	json_t *imgs, *img, *j, *node;
+	char cmdline[4096] = "";
+	size_t i, n;
+	int fd;
+
+	(void)state_;
+	snprintf(cache, sizeof(cache), "%s/cache", dir);
+	snprintf(kimages, sizeof(kimages), "%s/kimages", dir);
+	assert_int_equal(mkdir(cache, 0755), 0);
+	assert_int_equal(mkdir(kimages, 0755), 0);
+	snprintf(path, sizeof(path), "%s/probeimg", cache);
+	assert_int_equal(mkdir(path, 0755), 0);
+	snprintf(path, sizeof(path), "%s/probeimg/rootfs.ext4", cache);
+	write_file(path, NULL, 1 << 20);
+	snprintf(path, sizeof(path), "%s/probeimg/manifest.json", cache);
+	write_file(path,
+		   "{\"name\":\"probeimg\",\"packages\":[\"python3\"],"
+		   "\"created\":\"2026-12-04T10:00:00Z\"}\n",
+		   0);
+	snprintf(path, sizeof(path), "%s/spare", cache);
+	assert_int_equal(mkdir(path, 0755), 0);
+	snprintf(path, sizeof(path), "%s/spare/rootfs.ext4", cache);
+	write_file(path, NULL, 2 << 20);
+	/* Not images: the script's tarball cache, a name no image has, a folder without one. */
+	snprintf(path, sizeof(path), "%s/.debootstrap", cache);
+	assert_int_equal(mkdir(path, 0755), 0);
+	snprintf(path, sizeof(path), "%s/Upper", cache);
+	assert_int_equal(mkdir(path, 0755), 0);
+	snprintf(path, sizeof(path), "%s/Upper/rootfs.ext4", cache);
+	write_file(path, NULL, 4096);
+	snprintf(path, sizeof(path), "%s/empty", cache);
+	assert_int_equal(mkdir(path, 0755), 0);
+	snprintf(path, sizeof(path), "%s/vmlinux", kimages);
+	char *probe = realpath(harness_probe(), NULL);
+	assert_non_null(probe);
+	assert_int_equal(symlink(probe, path), 0);
+	free(probe);
+	snprintf(path, sizeof(path), "%s/initramfs.cpio", kimages);
+	write_file(path, NULL, 4096);
+	setenv("FORKD_IMAGE_CACHE", cache, 1);
+	setenv("FORKD_IMAGES", kimages, 1);
+	start_daemon();
+
+	assert_int_equal(forkd(&out, "image", "ls", NULL), 0);
+	imgs = image_lines(out);
+	free(out);
+	assert_int_equal(json_object_size(imgs), 2);
+	img = json_object_get(imgs, "probeimg");
+	assert_int_equal(json_integer_value(json_object_get(img, "size")), 1 << 20);
+	assert_string_equal(json_string_value(json_object_get(img, "created")),
+			    "2026-12-04T10:00:00Z");
+	assert_string_equal(json_string_value(json_array_get(json_object_get(img, "packages"), 0)),
+			    "python3");
+	assert_false(json_is_true(json_object_get(img, "in_use")));
+	assert_true(json_is_null(json_object_get(json_object_get(imgs, "spare"), "packages")));
+	json_decref(imgs);
+
+	/* A VM from the image (no vsock: the probe runs no agent). */
+	assert_int_equal(
+	    forkd(&out, "vm", "create", "--image", "probeimg", "--no-vsock", "--mem", "64", NULL),
+	    0);
+	id = strndup(out, strcspn(out, "\n"));
+	free(out);
+	/* From outside: its VMM was started on the image. */
+	snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)vm_pid(id));
+	fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	n = (size_t)read(fd, cmdline, sizeof(cmdline) - 1);
+	close(fd);
+	for (i = 0; i + 1 < n; i++)
+		if (cmdline[i] == '\0')
+			cmdline[i] = ' ';
+	assert_non_null(strstr(cmdline, "--image probeimg"));
+	assert_int_equal(forkd(&out, "snapshot", id, "--tag", "imgsnap", NULL), 0);
+	free(out);
+	kid = branch_one(id);
+	j = forkd_json("tree", "tree", NULL);
+	n = 0;
+	json_array_foreach(json_object_get(j, "tree"), i, node)
+	{
+		json_t *vm = json_object_get(node, "vm");
+		const char *vid = json_string_value(json_object_get(vm, "id"));
+
+		if (strcmp(vid, id) == 0 || strcmp(vid, kid) == 0) {
+			assert_string_equal(json_string_value(json_object_get(vm, "image")),
+					    "probeimg");
+			n++;
+		}
+	}
+	assert_int_equal(n, 2);
+	json_decref(j);
+
+	assert_int_equal(forkd(&out, "image", "ls", NULL), 0);
+	imgs = image_lines(out);
+	free(out);
+	img = json_object_get(imgs, "probeimg");
+	assert_true(json_is_true(json_object_get(img, "in_use")));
+	assert_int_equal(json_array_size(json_object_get(img, "vms")), 2);
+	assert_string_equal(json_string_value(json_array_get(json_object_get(img, "snapshots"), 0)),
+			    "imgsnap");
+	json_decref(imgs);
+
+	/* The same through the SDK. */
+	run_sdk("import forkd\n"
+		"c = forkd.Controller()\n"
+		"i = c.image('probeimg')\n"
+		"assert i.in_use and i.snapshots == ['imgsnap'] and len(i.vms) == 2, i\n"
+		"assert {x.name for x in c.images()} == {'probeimg', 'spare'}, c.images()\n"
+		"try:\n"
+		"    c.delete_image('probeimg')\n"
+		"    raise SystemExit('delete of an image in use was not refused')\n"
+		"except forkd.Conflict:\n"
+		"    pass\n");
+
+	/* Refused while used; the unused one goes. */
+	snprintf(path, sizeof(path), "%s/probeimg/rootfs.ext4", cache);
+	assert_int_equal(forkd(NULL, "image", "rm", "probeimg", NULL), 1);
+	assert_true(exists(path));
+	assert_int_equal(forkd(NULL, "image", "rm", "spare", NULL), 0);
+	snprintf(path, sizeof(path), "%s/spare", cache);
+	assert_false(exists(path));
+	assert_int_equal(forkd(NULL, "image", "rm", "spare", NULL), 1); /* now unknown: 404 */
+	assert_int_equal(forkd(NULL, "image", "rm", "../spare", NULL), 2);
+
+	/* The VMs gone, the snapshot still holds it (it outlives its VM); then it goes. */
+	assert_int_equal(forkd(NULL, "vm", "rm", "--cascade", id, NULL), 0);
+	snprintf(path, sizeof(path), "%s/probeimg/rootfs.ext4", cache);
+	assert_int_equal(forkd(NULL, "image", "rm", "probeimg", NULL), 1);
+	assert_true(exists(path));
+	assert_int_equal(forkd(NULL, "snapshots", "rm", "imgsnap", NULL), 0);
+	assert_int_equal(forkd(NULL, "image", "rm", "probeimg", NULL), 0);
+	snprintf(path, sizeof(path), "%s/probeimg", cache);
+	assert_false(exists(path));
+	assert_int_equal(forkd(&out, "image", "ls", NULL), 0);
+	assert_string_equal(out, "");
+	free(out);
+	/* Nothing of a removal is left in the cache, and what is no image is untouched. */
+	DIR *dh = opendir(cache);
+	struct dirent *e;
+
+	assert_non_null(dh);
+	n = 0;
+	while ((e = readdir(dh)))
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+			if (strcmp(e->d_name, ".debootstrap") && strcmp(e->d_name, "Upper") &&
+			    strcmp(e->d_name, "empty"))
+				fail_msg("image cache: %s left after the removals", e->d_name);
+			n++;
+		}
+	closedir(dh);
+	assert_int_equal(n, 3);
+	free(id);
+	free(kid);
+	unsetenv("FORKD_IMAGE_CACHE");
+	unsetenv("FORKD_IMAGES");
 }
 
 int main(int argc, char **argv)
@@ -551,6 +878,9 @@ int main(int argc, char **argv)
 	    cmocka_unit_test_setup_teardown(test_daemon_killed_during_spawn, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_vmm_dies_mid_branch, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_client_disconnects_mid_branch, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_images, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_paused_through_control_socket, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_stray_zygote_released_on_restart, setup, teardown),
 	};
 
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)

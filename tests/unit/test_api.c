@@ -229,6 +229,33 @@ int daemon_tree(struct daemon *d, json_t **tree, struct fk_err *err)
 	return ret;
 }
 
+int daemon_image_list(struct daemon *d, json_t **images, struct fk_err *err)
+{
+	(void)d;
+	int ret = fake_record("image_list", NULL, NULL, -1, err);
+	if (ret == 0)
+		*images = json_pack("{s:[{s:s,s:i}]}", "images", "name", "py", "size", 4096);
+	return ret;
+}
+
+int daemon_image_get(struct daemon *d, const char *name, json_t **image, struct fk_err *err)
+{
+	(void)d;
+	int ret = fake_record("image_get", name, NULL, -1, err);
+	if (ret == 0)
+		*image = json_pack("{s:s,s:i}", "name", name, "size", 4096);
+	return ret;
+}
+
+int daemon_image_delete(struct daemon *d, const char *name, json_t **removed, struct fk_err *err)
+{
+	(void)d;
+	int ret = fake_record("image_delete", name, NULL, -1, err);
+	if (ret == 0)
+		*removed = json_pack("{s:[s]}", "removed", name);
+	return ret;
+}
+
 int daemon_health(struct daemon *d, json_t **health, struct fk_err *err)
 {
 	(void)d;
@@ -539,6 +566,79 @@ static void test_routes(void **state)
 	expect_op("tree", "", "");
 	assert_int_equal(json_array_size(json_object_get(r.json, "tree")), 1);
 	resp_free(&r);
+
+	assert_int_equal(http("GET", "/v1/images", NULL, &r), 200);
+	expect_op("image_list", "", "");
+	assert_int_equal(json_array_size(json_object_get(r.json, "images")), 1);
+	resp_free(&r);
+	assert_int_equal(http("GET", "/v1/images/py-3.11_x", NULL, &r), 200);
+	expect_op("image_get", "py-3.11_x", "");
+	resp_free(&r);
+	assert_int_equal(http("DELETE", "/v1/images/py", NULL, &r), 200);
+	expect_op("image_delete", "py", "");
+	assert_string_equal(
+	    json_string_value(json_array_get(json_object_get(r.json, "removed"), 0)), "py");
+	resp_free(&r);
+	assert_int_equal(http("POST", "/v1/images", "{}", &r), 405);
+	resp_free(&r);
+}
+
+/* Image names become directories of the cache: nothing but a name reaches the daemon. */
+static void test_image_names(void **state)
+{
+	static const char *const bad[] = {
+	    "/v1/images/Py",	  /* upper case */
+	    "/v1/images/.hidden", /* a dot first: also "." and ".." */
+	    "/v1/images/..",
+	    "/v1/images/-rf",
+	    "/v1/images/a%2F..%2Fb", /* a '/' decoded from %2F */
+	    "/v1/images/..%2F..%2Fetc",
+	    "/v1/images/a%00b", /* a NUL */
+	    "/v1/images/a%20b",
+	    "/v1/images/"
+	    "a123456789012345678901234567890123456789012345678901234567890123", /* 64 */
+	};
+	struct resp r;
+	int before;
+
+	(void)state;
+	fake_reset(0, NULL);
+	before = fake.calls;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int st = http("GET", bad[i], NULL, &r);
+
+		/* 400 naming what an image name is, or 404 when the path is no image route
+		 * at all (a decoded '/' adds a segment): either way the daemon is not asked. */
+		if (st != 400 && st != 404)
+			fail_msg("GET %s: %d, expected 400 or 404", bad[i], st);
+		if (st == 400)
+			assert_non_null(strstr(r.body, "expected an image name"));
+		resp_free(&r);
+		st = http("DELETE", bad[i], NULL, &r);
+		if (st != 400 && st != 404)
+			fail_msg("DELETE %s: %d, expected 400 or 404", bad[i], st);
+		resp_free(&r);
+	}
+	assert_int_equal(fake.calls, before);
+	assert_int_equal(http("GET", "/v1/images/..", NULL, &r), 400);
+	assert_string_equal(error_code(&r), "bad_request");
+	resp_free(&r);
+
+	/* %00 is never decoded: an id does not end early at a NUL (the daemon gets it whole). */
+	assert_int_equal(http("GET", "/v1/vms/vm-1a2b3c4d%00x", NULL, &r), 200);
+	expect_op("vm_get", "vm-1a2b3c4d%00x", "");
+	resp_free(&r);
+
+	/* The daemon's refusals keep their status: in use 409, unknown 404. */
+	fake_reset(-EBUSY, "image py is in use");
+	assert_int_equal(http("DELETE", "/v1/images/py", NULL, &r), 409);
+	assert_string_equal(error_code(&r), "conflict");
+	resp_free(&r);
+	fake_reset(-ENOENT, "no such image");
+	assert_int_equal(http("GET", "/v1/images/nope", NULL, &r), 404);
+	assert_string_equal(error_code(&r), "not_found");
+	resp_free(&r);
+	fake_reset(0, NULL);
 }
 
 static void test_bad_requests(void **state)
@@ -1593,6 +1693,7 @@ int main(void)
 	    cmocka_unit_test(test_openapi_matches_routes),
 	    cmocka_unit_test(test_routes),
 	    cmocka_unit_test(test_bad_requests),
+	    cmocka_unit_test(test_image_names),
 	    cmocka_unit_test(test_errno_mapping),
 	    cmocka_unit_test(test_exec),
 	    cmocka_unit_test(test_exec_streams_and_cancels),

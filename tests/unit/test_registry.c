@@ -982,10 +982,47 @@ static void test_newer_schema(void **state)
 	assert_int_equal(sql_int(f->db, "PRAGMA user_version"), 7);
 	assert_int_equal(sql_int(f->db, "SELECT count(*) FROM vms"), 1);
 
-	sql_exec(f->db, "PRAGMA user_version = 1");
+	sql_exec(f->db, "PRAGMA user_version = 2");
 	if (registry_open(f->db, &f->r, &err) != 0)
 		fail_msg("reopen: %s", err.msg);
 	assert_true(vm_exists(f->r, id));
+}
+
+/* A version 1 file (no snapshot image) is upgraded in place: its rows stay, with image "". */
+static void test_upgrade_from_v1(void **state)
+{
+	struct fixture *f = *state;
+	struct fk_err err = {0};
+	struct reg_snapshot s = {.tag = "new", .path = "/s/new", .image = "py"}, got;
+	char id[REG_ID_MAX];
+
+	add_vm(f->r, "v", NULL, NULL, id);
+	add_ready_snapshot(f->r, "old", id);
+	registry_close(f->r);
+	f->r = NULL;
+	/* What version 1 wrote: the same tables without snapshots.image. */
+	sql_exec(f->db, "ALTER TABLE snapshots DROP COLUMN image");
+	sql_exec(f->db, "PRAGMA user_version = 1");
+
+	if (registry_open(f->db, &f->r, &err) != 0)
+		fail_msg("open a version 1 file: %s", err.msg);
+	assert_int_equal(sql_int(f->db, "PRAGMA user_version"), REG_SCHEMA_VERSION);
+	assert_true(vm_exists(f->r, id));
+	assert_int_equal(registry_snapshot_get(f->r, "old", &got, &err), 0);
+	assert_int_equal(got.state, REG_SNAP_READY);
+	assert_string_equal(got.parent_vm, id);
+	assert_string_equal(got.image, "");
+	assert_int_equal(registry_snapshot_add(f->r, &s, &err), 0);
+	assert_int_equal(registry_snapshot_get(f->r, "new", &got, &err), 0);
+	assert_string_equal(got.image, "py");
+
+	/* Opening it again changes nothing more. */
+	registry_close(f->r);
+	f->r = NULL;
+	if (registry_open(f->db, &f->r, &err) != 0)
+		fail_msg("reopen: %s", err.msg);
+	assert_int_equal(registry_snapshot_get(f->r, "new", &got, &err), 0);
+	assert_string_equal(got.image, "py");
 }
 
 /* ---- Two handles ---- */
@@ -1176,6 +1213,63 @@ static void test_proc_identity(void **state)
 	assert_int_equal(registry_proc_probe(0, &child, &err), -EINVAL);
 }
 
+/* A batch commits as one: another handle sees none of it before the end and all of it after;
+ * a failing operation inside undoes only itself; a process killed mid-batch leaves nothing. */
+static void test_batch(void **state)
+{
+	struct fixture *f = *state;
+	struct fk_err err = {0};
+	struct registry *other = NULL;
+	char root[REG_ID_MAX], zy[REG_ID_MAX], kid[REG_ID_MAX];
+	struct reg_vm orphan = sample_vm("orphan"), got;
+	struct reg_vm *vms = NULL;
+	size_t n = 0;
+	pid_t pid;
+	int status;
+
+	add_vm(f->r, "root", NULL, NULL, root);
+	assert_int_equal(registry_open(f->db, &other, &err), 0);
+	assert_int_equal(registry_batch_begin(f->r, &err), 0);
+	assert_int_equal(registry_batch_begin(f->r, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "already open"));
+	add_zygote(f->r, root, zy);
+	add_vm(f->r, "kid", root, zy, kid);
+	strcpy(orphan.parent_vm, "vm-00000000");
+	assert_int_equal(registry_vm_add(f->r, &orphan, &err), -ENOENT);
+	/* The failed add did not end the batch: the earlier rows are still in it. */
+	assert_int_equal(registry_vm_get(f->r, kid, &got, &err), 0);
+	assert_int_equal(registry_vm_get(other, kid, &got, &err), -ENOENT);
+	assert_int_equal(registry_batch_end(f->r, &err), 0);
+	assert_int_equal(registry_batch_end(f->r, &err), -EINVAL);
+	assert_int_equal(registry_vm_get(other, kid, &got, &err), 0);
+	assert_string_equal(got.zygote, zy);
+	assert_int_equal(registry_vm_list(other, &vms, &n, &err), 0);
+	assert_int_equal(n, 2);
+	free(vms);
+
+	/* Killed between the first change and the end: none of the batch is in the file. */
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct registry *r = NULL;
+		char id[REG_ID_MAX];
+
+		if (registry_open(f->db, &r, &err) != 0 || registry_batch_begin(r, &err) != 0)
+			_exit(1);
+		add_vm(r, "lost", root, NULL, id);
+		raise(SIGKILL);
+		_exit(2);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+	assert_int_equal(registry_vm_list(other, &vms, &n, &err), 0);
+	assert_int_equal(n, 2);
+	free(vms);
+	/* And the file is writable again at once (the killed writer's lock is gone). */
+	add_vm(other, "after", root, NULL, kid);
+	registry_close(other);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1197,9 +1291,11 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_not_a_database, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_damaged_registry, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_newer_schema, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_upgrade_from_v1, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_two_handles, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cascade_is_atomic, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_batch, setup, teardown),
 	    cmocka_unit_test(test_proc_identity),
 	};
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from ._transport import DEFAULT_TIMEOUT, Transport
 from .errors import CommandTimeout, ConnectionFailed, RequestTimeout, error_from_object
-from .models import VM, BranchResult, CommandResult, Snapshot, TreeNode
+from .models import VM, BranchResult, CommandResult, Image, Snapshot, TreeNode
 
 #: Default time limit of a command (seconds), as in E2B; 0 means none.
 DEFAULT_COMMAND_TIMEOUT = 60.0
@@ -165,6 +165,23 @@ class Controller:
         """DELETE /v1/snapshots/{tag}; returns the removed ids and tags."""
         q = {"cascade": "true"} if cascade else None
         doc = self._json("DELETE", f"/v1/snapshots/{_seg(tag)}", query=q, timeout=timeout)
+        return list(_list(doc, "removed"))
+
+    # -- images -------------------------------------------------------------
+
+    def images(self, *, timeout=_MISSING) -> List[Image]:
+        """GET /v1/images: the daemon's image cache, with the VMs and snapshots
+        made from each (images are built with `forkd image build`, not here)."""
+        doc = self._json("GET", "/v1/images", timeout=timeout)
+        return [Image.from_json(i) for i in _list(doc, "images")]
+
+    def image(self, name: str, *, timeout=_MISSING) -> Image:
+        """GET /v1/images/{name}."""
+        return Image.from_json(self._json("GET", f"/v1/images/{_seg(name)}", timeout=timeout))
+
+    def delete_image(self, name: str, *, timeout=_MISSING) -> List[str]:
+        """DELETE /v1/images/{name}; Conflict while a live VM or a snapshot uses it."""
+        doc = self._json("DELETE", f"/v1/images/{_seg(name)}", timeout=timeout)
         return list(_list(doc, "removed"))
 
     def tree(self, *, timeout=_MISSING) -> List[TreeNode]:

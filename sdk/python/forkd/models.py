@@ -63,12 +63,31 @@ class Snapshot:
     state: Optional[str] = None  # writing | ready | failed
     path: Optional[str] = None
     parent_vm: Optional[str] = None
+    image: Optional[str] = None  # the image its VM booted
     created: Optional[str] = None
     pause_us: Optional[int] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_json(cls, obj: Any) -> "Snapshot":
+        return cls(**_split(cls, obj))
+
+
+@dataclass
+class Image:
+    """A root file system image in the daemon's cache (by name), with what uses it."""
+    name: str
+    path: Optional[str] = None
+    size: Optional[int] = None
+    created: Optional[str] = None
+    packages: Optional[List[str]] = None
+    vms: List[str] = field(default_factory=list)
+    snapshots: List[str] = field(default_factory=list)
+    in_use: bool = False  # DELETE is refused (Conflict) while True
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "Image":
         return cls(**_split(cls, obj))
 
 

@@ -166,6 +166,28 @@ class ControllerTest(unittest.TestCase):
         self.assertEqual(self.c.delete_snapshot("t1", cascade=True), ["vm-s0", "t1"])
         self.check("DELETE", "/v1/snapshots/t1", query={"cascade": "true"})
 
+    def test_images(self):
+        img = {"name": "py", "path": "/c/py/rootfs.ext4", "size": 4096,
+               "created": "2026-12-04T10:00:00Z", "packages": ["python3"], "vms": ["vm-1"],
+               "snapshots": ["t1"], "in_use": True, "extra": 1}
+        self.route("GET", "/v1/images", Reply(obj={"images": [img]}))
+        imgs = self.c.images()
+        self.check("GET", "/v1/images")
+        self.assertEqual([(i.name, i.size, i.vms, i.snapshots, i.in_use) for i in imgs],
+                         [("py", 4096, ["vm-1"], ["t1"], True)])
+        self.assertEqual(imgs[0].raw["extra"], 1)
+        self.route("GET", "/v1/images/py", Reply(obj=img))
+        self.assertEqual(self.c.image("py").packages, ["python3"])
+        self.check("GET", "/v1/images/py")
+        self.route("DELETE", "/v1/images/py", Reply(obj={"removed": ["py"]}))
+        self.assertEqual(self.c.delete_image("py"), ["py"])
+        self.check("DELETE", "/v1/images/py")
+        self.route("DELETE", "/v1/images/py",
+                   Reply(409, obj={"error": {"code": "conflict",
+                                             "message": "image py is in use by VMs vm-1"}}))
+        with self.assertRaises(forkd.Conflict):
+            self.c.delete_image("py")
+
     def test_tree(self):
         tree = [{"vm": vm_json("vm-1"), "depth": 0, "last_sibling": True},
                 {"vm": vm_json("vm-2", parent="vm-1"), "depth": 1, "last_sibling": False},
