@@ -75,23 +75,32 @@ bool cgroup_has_word(const char *text, const char *word)
 	return false;
 }
 
-int cgroup_check_v2(const char *path, struct fk_err *err)
+/* given: the --cgroup the user gave; path: the directory looked at (it or its parent). */
+static int check_v2(const char *given, const char *path, struct fk_err *err)
 {
 	struct statfs fs;
+	char where[CGROUP_PATH_MAX + 16] = "";
 
+	if (strcmp(given, path) != 0)
+		snprintf(where, sizeof(where), " (its parent %s)", path);
 	if (statfs(path, &fs) < 0)
-		return fk_fail_errno(err, errno, "--cgroup %s: cannot look at it", path);
+		return fk_fail_errno(err, errno, "--cgroup %s%s: cannot look at it", given, where);
 	if (fs.f_type == CGROUP2_SUPER_MAGIC)
 		return 0;
 	return fk_fail(err, ENOTSUP,
-		       "--cgroup %s: not on a cgroup v2 filesystem (%s): cgroup v2 is not "
+		       "--cgroup %s%s: not on a cgroup v2 filesystem (%s): cgroup v2 is not "
 		       "mounted there; mount it (mount -t cgroup2 none /sys/fs/cgroup) or give "
 		       "--cgroup a directory of the cgroup2 mount",
-		       path,
+		       given, where,
 		       fs.f_type == TMPFS_MAGIC		 ? "a tmpfs: this host mounts cgroup v1 "
 							   "hierarchies under it"
 		       : fs.f_type == CGROUP_SUPER_MAGIC ? "cgroup v1"
 							 : "another filesystem");
+}
+
+int cgroup_check_v2(const char *path, struct fk_err *err)
+{
+	return check_v2(path, path, err);
 }
 
 static int read_text(const char *path, char *buf, size_t len)
@@ -345,7 +354,7 @@ int cgroup_vm_join(const char *parent, const char *name, const struct cgroup_lim
 		slash = strrchr(grand, '/');
 		if (slash && slash != grand)
 			*slash = '\0';
-		ret = cgroup_check_v2(grand, err);
+		ret = check_v2(parent, grand, err);
 		if (ret < 0)
 			return ret;
 		if (mkdir(parent, 0755) < 0 && errno != EEXIST)
