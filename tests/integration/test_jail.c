@@ -152,6 +152,11 @@ static void expect_jailed(pid_t pid, const char *jail)
 	fclose(f);
 	if (!root_is_jail)
 		fail_msg("pid %d: no mount of %s at / in its mount namespace", (int)pid, jail);
+	/* Non-dumpable after the uid switch: its /proc files are root's, so no other uid's
+	 * process can ptrace it or read its memory. */
+	snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_uid, 0);
 	/* Through its root, the host's /etc and /usr are not there. */
 	snprintf(path, sizeof(path), "/proc/%d/root/etc", (int)pid);
 	assert_int_equal(stat(path, &st), -1);
