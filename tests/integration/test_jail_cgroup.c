@@ -286,6 +286,27 @@ static void test_cpu_max_throttles(void **state)
 		100.0 * (double)(u1 - u0) / (double)((t1 - t0) * 1000), t1 - t0,
 		cg_key(file, "nr_throttled"));
 	/* A writer spinning on its vCPU would use 100%: the quota holds it near 20%. */
+	/* A second VM asking for the same name is refused, and the first keeps its cgroup. */
+	{
+		struct vmm_proc q;
+		char *argv[] = {(char *)harness_vmm(),
+				"--kernel",
+				(char *)harness_probe(),
+				"--cgroup",
+				PARENT,
+				"--cgroup-name",
+				"cpu",
+				"--pids-max",
+				"64",
+				NULL};
+		int status = vmm_run_to_exit(&q, argv, TIMEOUT_MS);
+		if (status != 2 || !strstr(q.err_text, "vm-cpu exists"))
+			fail_msg("second vm-cpu: status %d, stderr: %s", status, q.err_text);
+		vmm_free(&q);
+		snprintf(file, sizeof(file), "%s/vm-cpu/cgroup.procs", PARENT);
+		assert_true(cg_value(file) == p.pid);
+		snprintf(file, sizeof(file), "%s/vm-cpu/cpu.stat", PARENT);
+	}
 	assert_true((u1 - u0) <= (t1 - t0) * 1000 * 30 / 100);
 	assert_true(cg_key(file, "nr_throttled") > 0);
 	shutdown_vm(&p, sock);
