@@ -178,6 +178,8 @@ static void test_memory_max_contains_the_guest(void **state)
 	start(&hog, "hog", "1280M", "1", "work=touch touch_mib=1024", "--memory-max", "256M",
 	      hog_sock, sizeof(hog_sock));
 	snprintf(cg, sizeof(cg), "%s/vm-hog", PARENT);
+	/* READY comes before the touch starts, and after the VMM joined its cgroup. */
+	need_line(&hog, "READY");
 	snprintf(file, sizeof(file), "%s/memory.max", cg);
 	assert_int_equal(cg_value(file), 256 * MiB);
 	snprintf(file, sizeof(file), "%s/memory.peak", cg);
