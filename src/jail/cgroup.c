@@ -278,9 +278,12 @@ static void __attribute__((noreturn)) remover_main(const char *cg, int pipe_fd)
 		dup2(null_fd, STDOUT_FILENO);
 		dup2(null_fd, STDERR_FILENO);
 	}
-	for (int i = 3; i < 1024; i++)
-		if (i != pipe_fd)
-			close(i);
+	/* Nothing of the VM's: keep the pipe alone, as fd 3. */
+	if (pipe_fd != 3) {
+		dup2(pipe_fd, 3);
+		pipe_fd = 3;
+	}
+	close_range(4, ~0U, 0);
 	if (read(pipe_fd, &b, 1) != 1) {
 		rmdir(cg);
 		_exit(0);
