@@ -96,13 +96,23 @@ $(BUILD)/bench/%: bench/%.c
 
 # Some unit tests run the guest agent and the CLI on this host (no VM needed).
 # The sanitized tests run the sanitized CLI.
-unit-test: $(UNIT_BINS) $(UNIT_ASAN_BINS) $(FORKD) $(FORKD_ASAN) $(FORKD_AGENT) $(VMM)
+unit-test: $(UNIT_BINS) $(UNIT_ASAN_BINS) $(FORKD) $(FORKD_ASAN) $(FORKD_AGENT) $(VMM) $(VMM_ASAN)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; \
 	  FORKD_AGENT=$(abspath $(FORKD_AGENT)) FORKD_CLI=$(abspath $(FORKD)) $$t; done; \
 	for t in $(UNIT_ASAN_BINS); do echo "== $$t"; \
 	  FORKD_AGENT=$(abspath $(FORKD_AGENT)) FORKD_CLI=$(abspath $(FORKD_ASAN)) $$t; done
 	@echo "== sdk/python (unittest, against a fake daemon)"
 	@python3 -m unittest discover -s sdk/python/tests
+	@echo "== sdk/typescript (tsc strict, node --test against the simulated daemon)"
+	@$(MAKE) --no-print-directory ts-sdk
+	@node --test $(BUILD)/sdk/typescript/test/*.test.js
+
+# The TypeScript SDK and its tests, compiled into $(BUILD)/sdk/typescript (its
+# e2e, test/e2e_daemon.js, runs against a real daemon: sdk/typescript/README.md).
+.PHONY: ts-sdk
+ts-sdk:
+	@command -v tsc >/dev/null || { echo "tsc not found: scripts/install-deps.sh installs node-typescript" >&2; exit 1; }
+	@tsc -p sdk/typescript --outDir $(BUILD)/sdk/typescript
 
 # Each binary runs natively where this machine's KVM can run it, else in the
 # nested test host (tests/run-integration.sh, docs/testing.md); that and the
@@ -113,7 +123,7 @@ TEST_ROOTFS := forkd-test-base
 test-rootfs: $(FORKD) $(FORKD_AGENT)
 	$(FORKD) image build $(TEST_ROOTFS) --packages python3
 
-integration-test: $(VMM) $(VMM_ASAN) $(ITEST_BINS) probe images test-rootfs
+integration-test: $(VMM) $(VMM_ASAN) $(ITEST_BINS) probe images test-rootfs ts-sdk
 	@FORKD_VMM=$(abspath $(VMM)) FORKD_VMM_ASAN=$(abspath $(VMM_ASAN)) \
 	  FORKD_PROBE=$(abspath $(PROBE_ELF)) FORKD_BUILD=$(abspath $(BUILD)) \
 	  FORKD_IMAGES=$(abspath $(IMAGES_DIR)) tests/run-integration.sh $(ITEST_BINS)

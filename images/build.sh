@@ -27,8 +27,12 @@ PINNED_KERNEL_PKG=linux-image-6.1.0-50-cloud-amd64-unsigned
 WANTED_MODULES=(virtio virtio_ring virtio_mmio virtio_blk vsock vmw_vsock_virtio_transport_common
 	vmw_vsock_virtio_transport failover net_failover virtio_net ext4 overlay)
 # The nested test host (L1): virtio-pci, virtiofs for the machine's root, the
-# serial console, and KVM (kvm_amd under QEMU's TCG; kvm_intel too for -accel kvm).
-TESTHOST_MODULES=(virtio_pci virtiofs irqbypass kvm kvm_amd kvm_intel)
+# serial console, and KVM (kvm_amd under QEMU's TCG; kvm_intel too for -accel kvm); tun and
+# veth for the network tests' taps and namespace links (docs/net-device.md).
+TESTHOST_MODULES=(virtio_pci virtiofs irqbypass kvm kvm_amd kvm_intel tun veth)
+# VM network namespaces' nftables rules (src/net/nft.c: NAT, conntrack, reject) in the nested host
+TESTHOST_MODULES+=(nf_tables nf_conntrack nf_nat nft_chain_nat nft_nat nft_masq nft_ct nft_reject
+	nft_reject_ipv4 nf_reject_ipv4)
 REQUIRED_CONFIG=(CONFIG_PVH=y CONFIG_BLK_DEV_INITRD=y CONFIG_DEVTMPFS=y CONFIG_MODULES=y
 	CONFIG_ACPI=y CONFIG_SERIAL_8250_CONSOLE=y)
 

@@ -19,7 +19,14 @@ packages=(
 	qemu-system-x86
 	socat
 	debootstrap
+	# VM networking (docs/networking.md): namespaces, veths and taps with ip, rules with nft
+	iproute2
+	nftables
 )
+# The TypeScript SDK (sdk/typescript) needs node >= 18 and Debian's tsc; a
+# node already on the PATH (e.g. a newer nodejs from another repository) is kept.
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v tsc >/dev/null 2>&1 || packages+=(node-typescript)
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -11,12 +11,17 @@ struct config cfg = {
     .vsock_probe_port = 9,
     .vsock_flood_port = 1000,
     .vsock_flood = 1100,
+    .net_tx = 4,
+    .net_len = 128,
+    .net_flood = 20000,
 };
 
 static const char *const work_names[] = {
-    [WORK_IDLE] = "idle",	[WORK_TOUCH] = "touch", [WORK_PATTERN] = "pattern",
-    [WORK_STALL] = "stall",	[WORK_BLK] = "blk",	[WORK_HOSTILE] = "hostile",
+    [WORK_IDLE] = "idle",	[WORK_TOUCH] = "touch",
+    [WORK_PATTERN] = "pattern", [WORK_STALL] = "stall",
+    [WORK_BLK] = "blk",		[WORK_HOSTILE] = "hostile",
     [WORK_BLKLOOP] = "blkloop", [WORK_VSOCK] = "vsock",
+    [WORK_NET] = "net",		[WORK_NETHOSTILE] = "nethostile",
 };
 
 const char *work_name(enum work w)
@@ -26,7 +31,7 @@ const char *work_name(enum work w)
 
 bool work_is_finite(enum work w)
 {
-	return w == WORK_TOUCH || w == WORK_BLK || w == WORK_HOSTILE;
+	return w == WORK_TOUCH || w == WORK_BLK || w == WORK_HOSTILE || w == WORK_NETHOSTILE;
 }
 
 static void parse_work(const char *v, size_t n)
@@ -88,6 +93,12 @@ static void parse_option(const char *k, size_t klen, const char *v, size_t vlen)
 	    {"vsock_probe_port", &cfg.vsock_probe_port},
 	    {"vsock_flood_port", &cfg.vsock_flood_port},
 	    {"vsock_flood", &cfg.vsock_flood},
+	    {"net_tx", &cfg.net_tx},
+	    {"net_len", &cfg.net_len},
+	    {"net_mrg", &cfg.net_mrg},
+	    {"net_rxbuf", &cfg.net_rxbuf},
+	    {"net_flood", &cfg.net_flood},
+	    {"net_offload", &cfg.net_offload},
 	};
 
 	if (tok_eq(k, klen, "work")) {

@@ -5,6 +5,7 @@
  * serves console commands.
  */
 #include "probe.h"
+#include "net.h"
 #include "vsock.h"
 
 #define SERVICE_INTERVAL_US 5000
@@ -123,6 +124,8 @@ void run_command(char *line)
 		blk_cmd_read(arg);
 	} else if (str_eq(cmd, "vsock")) {
 		vsock_cmd(arg);
+	} else if (str_eq(cmd, "net")) {
+		net_cmd(arg);
 	} else if (str_eq(cmd, "costs")) {
 		costs_run();
 	} else if (str_eq(cmd, "poweroff")) {
@@ -172,6 +175,12 @@ static NORETURN void run_workload(struct cpu *c)
 		break;
 	case WORK_VSOCK:
 		vsock_run(c);
+	case WORK_NET:
+		net_run(c);
+		break;
+	case WORK_NETHOSTILE:
+		nethostile_run(c);
+		break;
 	case WORK_IDLE:
 		idle_forever(c);
 	}
@@ -217,6 +226,10 @@ static void assign_workloads(void)
 			break;
 		case WORK_VSOCK:
 			bytes = VSOCK_MEM_BYTES;
+			break;
+		case WORK_NET:
+		case WORK_NETHOSTILE:
+			bytes = NET_MEM_BYTES;
 			break;
 		default:
 			break;

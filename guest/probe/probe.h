@@ -78,7 +78,9 @@ enum work {
 	WORK_BLK,
 	WORK_HOSTILE,
 	WORK_BLKLOOP,
-	WORK_VSOCK
+	WORK_VSOCK,
+	WORK_NET,
+	WORK_NETHOSTILE
 };
 enum then { THEN_NOTHING, THEN_POWEROFF, THEN_REBOOT };
 #define CMDLINE_MAX 2048
@@ -101,6 +103,12 @@ struct config {
 	uint64_t vsock_probe_port; /* hostile: a host port nobody listens on (liveness) */
 	uint64_t vsock_flood_port; /* hostile: the host port the REQUEST flood goes to */
 	uint64_t vsock_flood;	   /* hostile: how many REQUESTs the flood sends */
+	uint64_t net_tx;	   /* net: frames sent at start */
+	uint64_t net_len;	   /* net: their length (Ethernet header included) */
+	uint64_t net_mrg;	   /* net: negotiate MRG_RXBUF */
+	uint64_t net_rxbuf;	   /* net: rx buffer bytes with MRG_RXBUF (0: 2048) */
+	uint64_t net_flood;	   /* nethostile: frames in the flood */
+	uint64_t net_offload;	   /* net: accept GUEST_CSUM and GUEST_TSO4/6 */
 	enum then then;
 };
 /* Written by the BSP before READY, read-only afterwards. */

@@ -43,6 +43,12 @@ void boot_acpi_config(const struct vm *vm, struct acpi_config *acpi)
 		d->size = VIRTIO_MMIO_SIZE;
 		d->gsi = vm->vsock.transport.irq.gsi;
 	}
+	if (vm->net.transport_ready) {
+		struct acpi_virtio_dev *d = &acpi->virtio[acpi->nr_virtio++];
+		d->base = vm->net.transport.base;
+		d->size = VIRTIO_MMIO_SIZE;
+		d->gsi = vm->net.transport.irq.gsi;
+	}
 }
 
 int boot_load_initrd(struct vm *vm, uint64_t kernel_end, uint64_t limit, uint64_t *gpa,

@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 #include "branch/fork_engine.h"
+#include "net/vm_netns.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -176,6 +178,20 @@ static int build_child(const struct vm *source, const struct snap_writer *w, con
 			    index, cdir, sizeof(c->restored_cfg.vsock_path) - 1);
 	}
 
+	/*
+	 * The child must not share its source's tap (both would read each
+	 * other's packets): its network device starts link-down and gets a tap
+	 * of its own through the control socket's net-attach. The inherited
+	 * tap fd itself went with close_fds_except.
+	 */
+	c->restored_cfg.net_tap[0] = '\0';
+	c->restored_cfg.net_netns[0] = '\0';
+	c->restored_cfg.net_mac_given = false;
+	/* --net-policy: this child makes its own namespace and tap (src/net/vm_netns.h) */
+	ret = vm_netns_setup(&c->restored_cfg, true, err);
+	if (ret < 0)
+		return fk_wrap(err, "child %d", index);
+
 	ret = vm_prepare(c, &c->restored_cfg, err);
 	if (ret < 0)
 		return ret;
@@ -210,11 +226,14 @@ child_main(struct vm *source, const struct snap_writer *w, const char *dir, int 
 	if (build_child(source, w, dir, index, &c, &err) < 0) {
 		if (write(ready_fd, err.msg, strlen(err.msg)) < 0) {
 		}
+		if (c)
+			vm_netns_release(&c->restored_cfg);
 		_exit(VMM_EXIT_ERROR);
 	}
 	if (write(ready_fd, "ok", 2) != 2) {
 		/* Nobody learned of this child (its zygote is gone): running on would be an orphan.
 		 */
+		vm_netns_release(&c->restored_cfg);
 		_exit(VMM_EXIT_ERROR);
 	}
 	close(ready_fd);
@@ -222,6 +241,7 @@ child_main(struct vm *source, const struct snap_writer *w, const char *dir, int 
 	if (status != VMM_EXIT_POWEROFF)
 		fprintf(stderr, "forkd-vmm: %s (exit status %d)\n", c->exit_reason, status);
 	vm_destroy(c);
+	vm_netns_release(&c->restored_cfg);
 	_exit(status);
 }
 
@@ -323,7 +343,8 @@ static void zygote_persist(struct vm *source, struct snap_writer *w, const char 
 	if (ret < 0)
 		send_msg(sock, "persist-done error %s", err.msg);
 	else
-		send_msg(sock, "persist-done ok");
+		send_msg(sock, "persist-done ok hash_us=%llu",
+			 (unsigned long long)w->stats.hash_us);
 }
 
 static void __attribute__((noreturn))
@@ -411,13 +432,107 @@ static struct zygote *find_zygote(struct vm *vm, int id)
 	return NULL;
 }
 
+const struct snapshot_job *branch_snapshot_job(const struct vm *vm, const char *path)
+{
+	const struct snapshot_job *best = NULL;
+
+	if (!vm->branch)
+		return NULL;
+	for (int i = 0; i < BRANCH_MAX_SNAPSHOT_JOBS; i++) {
+		const struct snapshot_job *j = &vm->branch->snapshot_jobs[i];
+		if (j->in_use && strcmp(j->path, path) == 0 && (!best || j->seq > best->seq))
+			best = j;
+	}
+	return best;
+}
+
+/* Records a live snapshot being written, reusing the oldest record. */
+static void snapshot_job_start(struct vm *vm, const char *path, uint64_t pause_us)
+{
+	struct snapshot_job *j = &vm->branch->snapshot_jobs[0];
+
+	for (int i = 0; i < BRANCH_MAX_SNAPSHOT_JOBS; i++) {
+		struct snapshot_job *c = &vm->branch->snapshot_jobs[i];
+		if (!c->in_use) {
+			j = c;
+			break;
+		}
+		if (c->seq < j->seq)
+			j = c;
+	}
+	memset(j, 0, sizeof(*j));
+	j->in_use = true;
+	j->seq = ++vm->branch->next_snapshot_seq;
+	snprintf(j->path, sizeof(j->path), "%s", path);
+	j->state = PERSIST_WRITING;
+	j->pause_us = pause_us;
+}
+
+static void snapshot_job_update(struct zygote *z)
+{
+	struct snapshot_job *j = (struct snapshot_job *)branch_snapshot_job(z->vm, z->persist_path);
+
+	if (!z->snapshot_only || !j || j->state != PERSIST_WRITING)
+		return;
+	j->state = z->persist;
+	j->write_us = z->write_us;
+	j->hash_us = z->hash_us;
+	snprintf(j->error, sizeof(j->error), "%s", z->persist_error);
+}
+
+/* Only what a branch created: the disk copies and the zygote's log, then the directory. */
+static void remove_branch_dir(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *e;
+
+	while (d && (e = readdir(d)))
+		if (e->d_name[0] != '.')
+			unlinkat(dirfd(d), e->d_name, 0);
+	if (d)
+		closedir(d);
+	rmdir(path);
+}
+
+/*
+ * A zygote killed while writing (kill -9, OOM) leaves the snapshot's
+ * `NAME.tmp-XXXXXX` behind: its record names a writer that is gone now.
+ */
+static void remove_dead_writers_tmp(const char *snapshot_path)
+{
+	char a[2048], b[2048];
+	struct fk_err ignored = {0};
+
+	snprintf(a, sizeof(a), "%s", snapshot_path);
+	snprintf(b, sizeof(b), "%s", snapshot_path);
+	for (size_t n = strlen(b); n > 1 && b[n - 1] == '/'; n--)
+		b[n - 1] = a[n - 1] = '\0';
+	if (snap_tmp_clean_stale(dirname(a), basename(b), &ignored) < 0)
+		fprintf(stderr, "forkd-vmm: %s\n", ignored.msg);
+}
+
+static void zygote_gone(struct vm *vm, struct zygote *z);
+
 static void handle_zygote_msg(struct zygote *z, const char *msg)
 {
-	if (strcmp(msg, "persist-done ok") == 0) {
+	unsigned long long hash_us = 0;
+
+	if (strncmp(msg, "persist-done ok", 15) == 0) {
 		z->persist = PERSIST_READY;
+		if (sscanf(msg + 15, " hash_us=%llu", &hash_us) == 1)
+			z->hash_us = hash_us;
 	} else if (strncmp(msg, "persist-done error ", 19) == 0) {
 		z->persist = PERSIST_FAILED;
 		snprintf(z->persist_error, sizeof(z->persist_error), "%s", msg + 19);
+	} else {
+		return;
+	}
+	z->write_us = monotonic_us() - z->persist_start_us;
+	snapshot_job_update(z);
+	/* A live snapshot's zygote has nothing more to give: free its copy-on-write memory. */
+	if (z->snapshot_only && z->in_use) {
+		send_msg(z->sock, "exit");
+		zygote_gone(z->vm, z);
 	}
 }
 
@@ -433,8 +548,16 @@ static void zygote_gone(struct vm *vm, struct zygote *z)
 	waitpid(z->pid, NULL, 0);
 	if (z->persist == PERSIST_WRITING) {
 		z->persist = PERSIST_FAILED;
-		snprintf(z->persist_error, sizeof(z->persist_error), "the zygote exited");
+		snprintf(z->persist_error, sizeof(z->persist_error),
+			 "the zygote (pid %d) writing it exited before it was complete",
+			 (int)z->pid);
+		z->write_us = monotonic_us() - z->persist_start_us;
+		/* Reaped above: its pid is gone, so its temp dir counts as stale. */
+		remove_dead_writers_tmp(z->persist_path);
+		snapshot_job_update(z);
 	}
+	if (z->snapshot_only)
+		remove_branch_dir(z->dir);
 	z->in_use = false;
 	for (int i = 0; i < BRANCH_MAX_ZYGOTES; i++)
 		if (vm->branch->zygotes[i].in_use)
@@ -695,6 +818,7 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 		ret = disk_copies_begin(vm, &w, z->dir, err);
 	if (ret < 0)
 		goto fail;
+	res->inflight = vm_snapshot_inflight(vm);
 	t2 = monotonic_us();
 	if (fault_injected("fork")) {
 		errno = ENOMEM;
@@ -725,6 +849,7 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 	z->in_use = true;
 	z->pid = pid;
 	z->sock = sv[0];
+	z->snapshot_only = req->snapshot && req->n == 0 && req->persist;
 	/* A pidfd tells the loop when the zygote exits, without racing pid reuse. */
 	z->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	res->zygote_id = z->id;
@@ -746,6 +871,9 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 		struct fk_err disk_err;
 		snprintf(z->persist_path, sizeof(z->persist_path), "%s", req->persist);
 		z->persist = PERSIST_WRITING;
+		z->persist_start_us = monotonic_us();
+		if (z->snapshot_only)
+			snapshot_job_start(vm, req->persist, res->pause_us);
 		if (zygote_disks_ready(vm, z, &disk_err) < 0) {
 			z->persist = PERSIST_FAILED;
 			snprintf(z->persist_error, sizeof(z->persist_error), "%.250s",
@@ -764,8 +892,18 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 			}
 			handle_zygote_msg(z, msg);
 		}
+		if (z->snapshot_only && z->in_use && z->persist == PERSIST_FAILED) {
+			/* Never asked to write (its disk copy failed, or it was unreachable). */
+			snapshot_job_update(z);
+			send_msg(z->sock, "exit");
+			zygote_gone(vm, z);
+		}
 		res->persist = z->persist;
 		res->disk_copy_us = z->disk_copy_us;
+		if (z->persist != PERSIST_WRITING) {
+			res->write_us = z->write_us;
+			res->hash_us = z->hash_us;
+		}
 		snprintf(res->persist_error, sizeof(res->persist_error), "%s", z->persist_error);
 	}
 	if (z->in_use) {

@@ -52,11 +52,30 @@ struct zygote {
 	int nr_children;
 	enum persist_state persist;
 	char persist_path[2048];
-	char persist_error[256];
+	char persist_error[FK_ERR_MSG_MAX];
 	enum zygote_disks disks;
 	uint64_t disk_copy_us; /* branch instant to the last disk copied */
 	char disk_error[256];
+	/* A live snapshot's zygote: released, and its dir removed, once the snapshot is written. */
+	bool snapshot_only;
+	uint64_t persist_start_us;
+	uint64_t write_us; /* persist request to written, as the source saw it */
+	uint64_t hash_us;  /* the zygote's XXH3 of the memory chunks, inside write_us */
 };
+
+/* What became of a live snapshot (`snapshot-status`), kept after its zygote is gone. */
+struct snapshot_job {
+	bool in_use;
+	uint64_t seq; /* the oldest record is reused */
+	char path[2048];
+	enum persist_state state;
+	char error[FK_ERR_MSG_MAX];
+	uint64_t pause_us;
+	uint64_t write_us;
+	uint64_t hash_us;
+};
+
+#define BRANCH_MAX_SNAPSHOT_JOBS 16
 
 struct branch_child {
 	int index;
@@ -68,6 +87,7 @@ struct branch_request {
 	const char *dir;     /* where the zygote and children live; NULL: default */
 	const char *persist; /* snapshot directory to write from the zygote, or NULL */
 	bool wait;	     /* wait until the snapshot is written */
+	bool snapshot;	     /* a live snapshot: the zygote goes once persist is written */
 };
 
 struct branch_result {
@@ -83,7 +103,10 @@ struct branch_result {
 	int nr_children;
 	struct branch_child children[BRANCH_MAX_CHILDREN];
 	enum persist_state persist;
-	char persist_error[256];
+	char persist_error[FK_ERR_MSG_MAX];
+	uint32_t inflight; /* virtio requests queued by the guest, not yet taken, at the instant */
+	uint64_t write_us; /* persist: request to written (0 while writing) */
+	uint64_t hash_us;
 };
 
 int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_result *res,
@@ -103,7 +126,12 @@ struct branch_state {
 	struct zygote zygotes[BRANCH_MAX_ZYGOTES];
 	int next_zygote_id;
 	struct recollapse recollapse;
+	struct snapshot_job snapshot_jobs[BRANCH_MAX_SNAPSHOT_JOBS];
+	uint64_t next_snapshot_seq;
 };
+
+/* The newest live snapshot written to `path`, or NULL. */
+const struct snapshot_job *branch_snapshot_job(const struct vm *vm, const char *path);
 
 /* The VM's zygote slots; NULL when it never branched. */
 const struct zygote *branch_zygotes(const struct vm *vm);

@@ -4,7 +4,9 @@
  * /dev/kvm (hardware, KVM-PVM or none: src/util/kvm_host.c), the KVM API
  * version and the capabilities forkd-vmm needs, userfaultfd (the syscall and
  * /dev/userfaultfd, UFFDIO_API feature bits), transparent huge pages, cgroup
- * v2, free disk space where images and scratch files go, and ends with a
+ * v2 and whether forkd can delegate in it, seccomp filters, what VM
+ * networking needs (/dev/net/tun, nft, ip; 10.200.0.0/16 free), free disk
+ * space where images and scratch files go, and ends with a
  * verdict. Every probe fills one part of a JSON report, or says why it could
  * not; the human form is printed from the same report. A machine without KVM
  * is a finding: the exit status is 0 whenever the report was printed.
@@ -15,6 +17,7 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <linux/kvm.h>
+#include <linux/seccomp.h>
 #include <linux/userfaultfd.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -22,6 +25,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
@@ -320,6 +324,143 @@ static json_t *probe_cgroup(void)
 	return o;
 }
 
+/*
+ * Delegation: forkd puts each VM in a cgroup of its own under the one it
+ * runs in, which needs that cgroup writable and its controllers enabled
+ * for children (cgroup.subtree_control).
+ */
+static void probe_cgroup_delegation(json_t *cg)
+{
+	const char *v2 = json_string_value(json_object_get(cg, "cgroup2_path"));
+	char self[4096], dir[PATH_MAX], path[PATH_MAX + 32], buf[1024], *line;
+	json_t *sub;
+	int r;
+
+	if (!v2)
+		return;
+	r = fk_read_small_file("/proc/self/cgroup", self, sizeof(self));
+	/* cgroup v2's line is "0::/path" (the last one on a hybrid machine) */
+	line = r < 0 ? NULL : strncmp(self, "0::", 3) == 0 ? self : strstr(self, "\n0::");
+	if (!line) {
+		set_error(cg, "delegation_error", r < 0 ? -r : 0,
+			  "no cgroup v2 line in /proc/self/cgroup");
+		return;
+	}
+	line += line[0] == '\n' ? 4 : 3;
+	line[strcspn(line, "\n")] = '\0';
+	snprintf(dir, sizeof(dir), "%s%s", v2, strcmp(line, "/") == 0 ? "" : line);
+	json_object_set_new(cg, "own_cgroup", json_string(dir));
+	json_object_set_new(cg, "own_cgroup_writable", json_boolean(access(dir, W_OK) == 0));
+	snprintf(path, sizeof(path), "%s/cgroup.subtree_control", dir);
+	r = fk_read_small_file(path, buf, sizeof(buf));
+	if (r < 0) {
+		set_error(cg, "delegation_error", -r, "cannot read %s", path);
+		return;
+	}
+	sub = json_array();
+	fk_split_words(buf, sub);
+	json_object_set_new(cg, "subtree_control", sub);
+}
+
+/* ---- seccomp ---- */
+
+static json_t *probe_seccomp(bool *usable)
+{
+	json_t *o = json_object();
+	uint32_t action = SECCOMP_RET_KILL_PROCESS;
+	char buf[256];
+	int r;
+
+	/* asks for an action only a kernel with seccomp filters knows; installs nothing */
+	*usable = syscall(SYS_seccomp, SECCOMP_GET_ACTION_AVAIL, 0, &action) == 0;
+	json_object_set_new(o, "filters", json_boolean(*usable));
+	if (!*usable)
+		set_error(o, "error", errno, "seccomp(SECCOMP_GET_ACTION_AVAIL)");
+	r = fk_read_small_file("/proc/sys/kernel/seccomp/actions_avail", buf, sizeof(buf));
+	if (r >= 0) {
+		json_t *actions = json_array();
+		fk_split_words(buf, actions);
+		json_object_set_new(o, "actions", actions);
+	}
+	return o;
+}
+
+/* ---- VM networking (docs/networking.md) ---- */
+
+static bool find_tool(const char *tool, char *out, size_t size)
+{
+	static const char *const dirs[] = {"/usr/sbin", "/sbin", "/usr/bin", "/bin"};
+
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		snprintf(out, size, "%s/%s", dirs[i], tool);
+		if (access(out, X_OK) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Routes of 10.200.0.0/16 (where VM namespaces take their /30s) through an
+ * interface that is not one of ours (fkv<slot>): such a network would clash.
+ */
+static json_t *foreign_10_200_routes(void)
+{
+	json_t *clash = json_array();
+	char line[256];
+	FILE *f = fopen("/proc/net/route", "r");
+
+	if (!f)
+		return clash;
+	while (fgets(line, sizeof(line), f)) {
+		char ifname[32];
+		unsigned dest, mask;
+
+		if (sscanf(line, "%31s %x %*x %*x %*d %*d %*d %x", ifname, &dest, &mask) != 3)
+			continue;
+		/* /proc/net/route is in network byte order: 10.200.x.x reads 0x....c80a */
+		if (mask == 0 || (dest & 0xffff & mask) != (0xc80a & mask) ||
+		    strncmp(ifname, "fkv", 3) == 0)
+			continue;
+		json_array_append_new(clash, json_string(ifname));
+	}
+	fclose(f);
+	return clash;
+}
+
+static json_t *probe_net(bool *usable)
+{
+	json_t *o = json_object(), *clash;
+	char path[PATH_MAX];
+	struct stat st;
+	int fd;
+
+	*usable = true;
+	if (stat("/dev/net/tun", &st) < 0) {
+		set_error(o, "tun_error", errno, "/dev/net/tun");
+		*usable = false;
+	} else if (!S_ISCHR(st.st_mode) || major(st.st_rdev) != 10 || minor(st.st_rdev) != 200) {
+		set_error(o, "tun_error", 0, "/dev/net/tun is not the tun device (char 10:200)");
+		*usable = false;
+	} else if ((fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC)) < 0) {
+		set_error(o, "tun_error", errno, "open /dev/net/tun");
+		*usable = false;
+	} else {
+		close(fd);
+	}
+	json_object_set_new(o, "tun", json_boolean(!json_object_get(o, "tun_error")));
+	json_object_set_new(o, "nft",
+			    find_tool("nft", path, sizeof(path)) ? json_string(path) : json_null());
+	json_object_set_new(o, "ip",
+			    find_tool("ip", path, sizeof(path)) ? json_string(path) : json_null());
+	if (json_is_null(json_object_get(o, "nft")) || json_is_null(json_object_get(o, "ip")))
+		*usable = false;
+	clash = foreign_10_200_routes();
+	if (json_array_size(clash))
+		*usable = false;
+	json_object_set_new(o, "slot_net_clash", clash);
+	return o;
+}
+
 /* ---- disk space ---- */
 
 static json_t *probe_dir(const char *what, const char *env, const char *fallback, bool *low)
@@ -378,7 +519,7 @@ static bool in_path(const char *prog, char *out, size_t size)
 }
 
 static json_t *verdict(enum fk_kvm_kind kind, bool caps_ok, bool uffd, bool thp_never,
-		       bool low_disk, json_t *nested)
+		       bool low_disk, json_t *nested, json_t *net, bool seccomp)
 {
 	json_t *o = json_object(), *notes = json_array();
 	const char *probe = "native", *linux_ = "native", *text;
@@ -415,6 +556,23 @@ static json_t *verdict(enum fk_kvm_kind kind, bool caps_ok, bool uffd, bool thp_
 	if (low_disk)
 		json_array_append_new(notes, json_string("less than 2 GiB free where images or "
 							 "scratch files go"));
+	if (json_object_get(net, "tun_error"))
+		json_array_append_new(notes,
+				      json_string("no usable /dev/net/tun: VMs get no network "
+						  "(modprobe tun)"));
+	if (json_is_null(json_object_get(net, "nft")))
+		json_array_append_new(notes,
+				      json_string("nft not found: --net-policy host|nat needs "
+						  "nftables (scripts/install-deps.sh)"));
+	if (json_is_null(json_object_get(net, "ip")))
+		json_array_append_new(notes,
+				      json_string("ip not found: --net-policy needs iproute2"));
+	if (json_array_size(json_object_get(net, "slot_net_clash")))
+		json_array_append_new(notes, json_string("10.200.0.0/16 is already routed here: VM "
+							 "namespaces' /30s would clash"));
+	if (!seccomp)
+		json_array_append_new(notes, json_string("seccomp filters unavailable: VMMs run "
+							 "without a syscall filter"));
 	json_object_set_new(o, "kvm", json_string(fk_kvm_kind_name(kind)));
 	json_object_set_new(o, "probe_guests", json_string(probe));
 	json_object_set_new(o, "linux_guests", json_string(linux_));
@@ -531,6 +689,41 @@ static void print_human(json_t *r)
 		       json_object_get(cg, "error") ? str(cg, "error") : "no cgroup2 mounted");
 	}
 	putchar('\n');
+	if (json_is_string(json_object_get(cg, "own_cgroup"))) {
+		printf("%-13s own cgroup %s (%s), subtree_control: ", "", str(cg, "own_cgroup"),
+		       json_is_true(json_object_get(cg, "own_cgroup_writable")) ? "writable"
+										: "not writable");
+		if (json_object_get(cg, "subtree_control"))
+			print_list(json_object_get(cg, "subtree_control"), "none");
+		else
+			printf("%s", str(cg, "delegation_error"));
+		putchar('\n');
+	}
+
+	{
+		json_t *sc = json_object_get(r, "seccomp");
+		printf("%-13s %s", "seccomp",
+		       json_is_true(json_object_get(sc, "filters")) ? "filters available"
+								    : str(sc, "error"));
+		if (json_object_get(sc, "actions")) {
+			printf(", actions: ");
+			print_list(json_object_get(sc, "actions"), "none");
+		}
+		putchar('\n');
+	}
+
+	{
+		json_t *net = json_object_get(r, "net");
+		printf("%-13s tun %s, nft %s, ip %s", "net",
+		       json_is_true(json_object_get(net, "tun")) ? "ok" : str(net, "tun_error"),
+		       json_is_string(json_object_get(net, "nft")) ? str(net, "nft") : "not found",
+		       json_is_string(json_object_get(net, "ip")) ? str(net, "ip") : "not found");
+		if (json_array_size(json_object_get(net, "slot_net_clash"))) {
+			printf("; 10.200.0.0/16 already routed via ");
+			print_list(json_object_get(net, "slot_net_clash"), "");
+		}
+		putchar('\n');
+	}
 
 	json_array_foreach(json_object_get(r, "disk"), i, d)
 	{
@@ -557,8 +750,8 @@ static void print_human(json_t *r)
 
 int cli_doctor(int argc, char **argv)
 {
-	json_t *r = NULL, *disk, *nested;
-	bool as_json = false, caps_ok, uffd_ok, thp_never, low = false;
+	json_t *r = NULL, *disk, *nested, *cgroup, *net;
+	bool as_json = false, caps_ok, uffd_ok, thp_never, low = false, seccomp_ok, net_ok;
 	enum fk_kvm_kind kind;
 	struct utsname u;
 	int unpriv, ret = 0;
@@ -589,14 +782,20 @@ int cli_doctor(int argc, char **argv)
 	json_object_set_new(r, "kvm", probe_kvm(&kind, &caps_ok));
 	json_object_set_new(r, "userfaultfd", probe_uffd(&unpriv, &uffd_ok));
 	json_object_set_new(r, "thp", probe_thp(&thp_never));
-	json_object_set_new(r, "cgroup", probe_cgroup());
+	cgroup = probe_cgroup();
+	probe_cgroup_delegation(cgroup);
+	json_object_set_new(r, "cgroup", cgroup);
+	json_object_set_new(r, "seccomp", probe_seccomp(&seccomp_ok));
+	net = probe_net(&net_ok);
+	json_object_set_new(r, "net", net);
 	json_array_append_new(
 	    disk, probe_dir("image cache", "FORKD_IMAGE_CACHE", IMAGE_CACHE_DEFAULT, &low));
 	json_array_append_new(
 	    disk, probe_dir("kernel images", "FORKD_IMAGES", KERNEL_IMAGES_DEFAULT, &low));
 	json_array_append_new(disk, probe_dir("scratch", "TMPDIR", "/tmp", &low));
 	json_object_set_new(r, "disk", disk);
-	json_object_set_new(r, "verdict", verdict(kind, caps_ok, uffd_ok, thp_never, low, nested));
+	json_object_set_new(
+	    r, "verdict", verdict(kind, caps_ok, uffd_ok, thp_never, low, nested, net, seccomp_ok));
 	json_object_set_new(r, "nested_host", nested);
 
 	if (as_json) {

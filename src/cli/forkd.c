@@ -35,6 +35,7 @@ static const char usage_text[] =
     "       forkd vm call --socket PATH [--timeout MS] '<json request>'\n"
     "       forkd spawn SNAPSHOT_DIR -n N --out DIR [--vmm PATH] [--timeout MS]\n"
     "       forkd kill DIR\n"
+    "       forkd snapshot verify DIR [--json]\n"
     "       forkd exec VM [-i] [--env K=V]... [--cwd DIR] [--uid N] [--gid N] [--timeout MS] -- "
     "CMD [ARG]...\n"
     "       forkd cp SRC DST            (one of them VM:/absolute/path)\n"
@@ -68,6 +69,10 @@ static const char usage_text[] =
     "--vmm defaults to forkd-vmm next to forkd; --timeout (default 30000) bounds the wait.\n"
     "Exit status: 0 all running, 1 a child failed or the timeout passed (all children\n"
     "are then killed), 2 usage error.\n"
+    "\n"
+    "snapshot verify: checks every 1 MiB chunk of DIR/memory against the XXH3 recorded\n"
+    "when the snapshot was written, naming the first bad chunk's offset.\n"
+    "Exit status: 0 intact, 1 corrupt or unreadable, 2 usage error.\n"
     "\n"
     "kill: SIGTERM to every child recorded under DIR, SIGKILL after 2 s; one JSON line each.\n"
     "Exit status: 0 all gone, 1 a child could not be killed or none was recorded, 2 usage.\n"
@@ -274,6 +279,8 @@ int main(int argc, char **argv)
 		return cli_doctor(argc - 2, argv + 2);
 	if (strcmp(argv[1], "branch") == 0)
 		return cli_branch(argc - 2, argv + 2);
+	if (strcmp(argv[1], "snapshot") == 0 && argc > 2 && strcmp(argv[2], "verify") == 0)
+		return cli_snapshot_verify(argc - 3, argv + 3);
 	if (strcmp(argv[1], "snapshot") == 0)
 		return cli_snapshot(argc - 2, argv + 2);
 	if (strcmp(argv[1], "snapshots") == 0)

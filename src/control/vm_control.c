@@ -7,7 +7,52 @@
 
 #include "branch/fork_engine.h"
 #include "core/vm.h"
+#include "devices/tap.h"
 #include "state/vm_snapshot.h"
+
+/* The network device: what it is attached to and what the guest (or the host) cost it. */
+static void put_net_status(struct vm *vm, json_t *reply)
+{
+	struct virtio_net_stats st;
+	uint8_t m[6];
+	char mac[18];
+
+	virtio_net_get_stats(vm->net.dev, &st);
+	virtio_net_get_mac(vm->net.dev, m);
+	snprintf(mac, sizeof(mac), "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4],
+		 m[5]);
+	json_object_set_new(reply, "net_mac", json_string(mac));
+	pthread_mutex_lock(&vm->net.transport.lock);
+	json_object_set_new(reply, "net_tap", json_string(virtio_net_tap_name(vm->net.dev)));
+	json_object_set_new(reply, "net_link_up", json_boolean(virtio_net_link_up(vm->net.dev)));
+	json_object_set_new(reply, "net_errors",
+			    json_integer((json_int_t)vm->net.transport.errors));
+	json_object_set_new(reply, "net_last_error", json_string(vm->net.transport.last_error));
+	json_object_set_new(
+	    reply, "net_needs_reset",
+	    json_boolean(vm->net.transport.state.status & VIRTIO_STATUS_DEVICE_NEEDS_RESET));
+	pthread_mutex_unlock(&vm->net.transport.lock);
+	json_object_set_new(reply, "net_rx_packets", json_integer((json_int_t)st.rx_packets));
+	json_object_set_new(reply, "net_rx_bytes", json_integer((json_int_t)st.rx_bytes));
+	json_object_set_new(reply, "net_rx_dropped", json_integer((json_int_t)st.rx_dropped));
+	json_object_set_new(reply, "net_rx_no_buffers", json_integer((json_int_t)st.rx_no_buffers));
+	json_object_set_new(reply, "net_tx_packets", json_integer((json_int_t)st.tx_packets));
+	json_object_set_new(reply, "net_tx_bytes", json_integer((json_int_t)st.tx_bytes));
+	json_object_set_new(reply, "net_tx_dropped_link_down",
+			    json_integer((json_int_t)st.tx_dropped_link_down));
+	json_object_set_new(reply, "net_tx_malformed", json_integer((json_int_t)st.tx_malformed));
+	json_object_set_new(reply, "net_tx_errors", json_integer((json_int_t)st.tx_errors));
+	json_object_set_new(reply, "net_rx_budget_exhausted",
+			    json_integer((json_int_t)st.rx_budget_exhausted));
+	json_object_set_new(reply, "net_tx_budget_exhausted",
+			    json_integer((json_int_t)st.tx_budget_exhausted));
+	json_object_set_new(reply, "net_offloads", json_integer(st.offloads));
+	/* --net-policy: the VM's own namespace, and where the host reaches the guest */
+	if (vm->cfg->net_netns_owned) {
+		json_object_set_new(reply, "net_netns", json_string(vm->cfg->net_netns));
+		json_object_set_new(reply, "net_host_addr", json_string(vm->cfg->net_host_addr));
+	}
+}
 
 static int cmd_status(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
 {
@@ -61,6 +106,8 @@ static int cmd_status(void *opaque, json_t *request, json_t *reply, struct fk_er
 			json_object_set_new(reply, "fork_notify_error",
 					    json_string(vm->fork_notify.error));
 	}
+	if (vm->net.dev)
+		put_net_status(vm, reply);
 	return 0;
 }
 
@@ -102,30 +149,129 @@ static int cmd_shutdown(void *opaque, json_t *request, json_t *reply, struct fk_
 	return 0;
 }
 
+/*
+ * Stop-and-save: the VM stays paused while the whole memory is written
+ * (a stuck VM's registers can be saved this way too: it works paused).
+ */
+static int snapshot_stop(struct vm *vm, const char *path, bool resume, json_t *reply,
+			 struct fk_err *err)
+{
+	struct vm_snapshot_result res;
+	int ret = vm_snapshot_take(vm, path, resume, &res, err);
+
+	if (ret < 0)
+		return ret;
+	json_object_set_new(reply, "pause_us", json_integer((json_int_t)res.pause_us));
+	json_object_set_new(reply, "capture_us", json_integer((json_int_t)res.capture_us));
+	json_object_set_new(reply, "write_us", json_integer((json_int_t)res.write_us));
+	json_object_set_new(reply, "hash_us", json_integer((json_int_t)res.hash_us));
+	json_object_set_new(reply, "mem_bytes", json_integer((json_int_t)res.mem_bytes));
+	json_object_set_new(reply, "inflight", json_integer(res.inflight));
+	json_object_set_new(reply, "snapshot", json_string("ready"));
+	return 0;
+}
+
+/*
+ * Live: a persisted BRANCH with no children. The pause is the BRANCH pause
+ * (park, capture, fork); the zygote writes the memory it holds copy-on-write
+ * while the VM runs on, and goes once the snapshot is complete.
+ */
+static int snapshot_live(struct vm *vm, const char *path, bool wait, json_t *reply,
+			 struct fk_err *err)
+{
+	struct branch_request req = {.n = 0, .persist = path, .wait = wait, .snapshot = true};
+	struct branch_result *res = malloc(sizeof(*res));
+	int ret;
+
+	if (!res)
+		return fk_fail(err, ENOMEM, "snapshot: out of memory");
+	ret = branch_vm(vm, &req, res, err);
+	if (ret < 0)
+		goto out;
+	if (res->persist == PERSIST_FAILED) {
+		ret = fk_fail(err, EIO, "%s", res->persist_error);
+		goto out;
+	}
+	json_object_set_new(reply, "pause_us", json_integer((json_int_t)res->pause_us));
+	json_object_set_new(reply, "park_us", json_integer((json_int_t)res->park_us));
+	json_object_set_new(reply, "capture_us", json_integer((json_int_t)res->capture_us));
+	json_object_set_new(reply, "fork_us", json_integer((json_int_t)res->fork_us));
+	/* The writer, while it writes (e.g. to watch or stop it); gone once written. */
+	json_object_set_new(reply, "zygote_pid", json_integer(res->zygote_pid));
+	json_object_set_new(reply, "disk_copy_us", json_integer((json_int_t)res->disk_copy_us));
+	json_object_set_new(reply, "write_us", json_integer((json_int_t)res->write_us));
+	json_object_set_new(reply, "hash_us", json_integer((json_int_t)res->hash_us));
+	json_object_set_new(reply, "mem_bytes", json_integer((json_int_t)vm->mem.total_size));
+	json_object_set_new(reply, "inflight", json_integer(res->inflight));
+	json_object_set_new(reply, "snapshot", json_string(persist_state_name(res->persist)));
+out:
+	free(res);
+	return ret;
+}
+
 static int cmd_snapshot(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
 {
 	struct vm *vm = opaque;
-	struct vm_snapshot_result res;
+	const char *path, *mode = NULL;
+	bool resume = true, wait = true, live;
+	int ret;
+
+	ret = control_arg_string(request, "path", true, &path, err);
+	if (!ret)
+		ret = control_arg_bool(request, "resume", false, &resume, err);
+	if (!ret)
+		ret = control_arg_string(request, "mode", false, &mode, err);
+	if (!ret)
+		ret = control_arg_bool(request, "wait", false, &wait, err);
+	if (ret < 0)
+		return ret;
+	if (mode && strcmp(mode, "live") != 0 && strcmp(mode, "stop") != 0)
+		return fk_fail(err, EINVAL, "mode '%s': expected live or stop", mode);
+	/* A paused VM, or one to stay paused, has no running guest to snapshot live. */
+	live = mode ? strcmp(mode, "live") == 0 : !vm_is_paused(vm) && resume;
+	if (live && (vm_is_paused(vm) || !resume))
+		return fk_fail(err, EINVAL,
+			       "mode live: the VM %s; a live snapshot leaves it running (expected "
+			       "mode stop)",
+			       vm_is_paused(vm) ? "is paused" : "is to stay paused (resume false)");
+	if (!live && !wait)
+		return fk_fail(err, EINVAL,
+			       "wait false: only a live snapshot is written in the background");
+	ret = live ? snapshot_live(vm, path, wait, reply, err)
+		   : snapshot_stop(vm, path, resume, reply, err);
+	if (ret < 0)
+		return ret;
+	json_object_set_new(reply, "path", json_string(path));
+	json_object_set_new(reply, "mode", json_string(live ? "live" : "stop"));
+	json_object_set_new(reply, "state", json_string(vm_is_paused(vm) ? "paused" : "running"));
+	return 0;
+}
+
+static int cmd_snapshot_status(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
+{
+	struct vm *vm = opaque;
+	const struct snapshot_job *j;
 	const char *path;
-	bool resume = true;
 	int ret;
 
 	ret = control_arg_string(request, "path", true, &path, err);
 	if (ret < 0)
 		return ret;
-	ret = control_arg_bool(request, "resume", false, &resume, err);
-	if (ret < 0)
-		return ret;
-	ret = vm_snapshot_take(vm, path, resume, &res, err);
-	if (ret < 0)
-		return ret;
-	json_object_set_new(reply, "path", json_string(path));
-	json_object_set_new(reply, "pause_us", json_integer((json_int_t)res.pause_us));
-	json_object_set_new(reply, "capture_us", json_integer((json_int_t)res.capture_us));
-	json_object_set_new(reply, "write_us", json_integer((json_int_t)res.write_us));
-	json_object_set_new(reply, "mem_bytes", json_integer((json_int_t)res.mem_bytes));
-	json_object_set_new(reply, "inflight", json_integer(res.inflight));
-	json_object_set_new(reply, "state", json_string(vm_is_paused(vm) ? "paused" : "running"));
+	j = branch_snapshot_job(vm, path);
+	if (!j)
+		return fk_fail(err, ENOENT,
+			       "path %s: no live snapshot of this VM was written there (the last "
+			       "%d are kept)",
+			       path, BRANCH_MAX_SNAPSHOT_JOBS);
+	json_object_set_new(reply, "path", json_string(j->path));
+	json_object_set_new(reply, "snapshot", json_string(persist_state_name(j->state)));
+	json_object_set_new(reply, "pause_us", json_integer((json_int_t)j->pause_us));
+	if (j->state != PERSIST_WRITING) {
+		json_object_set_new(reply, "write_us", json_integer((json_int_t)j->write_us));
+		json_object_set_new(reply, "hash_us", json_integer((json_int_t)j->hash_us));
+	}
+	if (j->state == PERSIST_FAILED)
+		json_object_set_new(reply, "error", json_string(j->error));
 	return 0;
 }
 
@@ -257,16 +403,50 @@ static int cmd_zygote(void *opaque, json_t *request, json_t *reply, struct fk_er
 	return fk_fail(err, EINVAL, "action '%s': expected list, spawn or release", action);
 }
 
+/*
+ * Gives the network device a tap of its own (a BRANCH child starts without
+ * one), or with tap "" takes the link down.
+ */
+static int cmd_net_attach(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
+{
+	struct vm *vm = opaque;
+	const char *tap = NULL, *netns = NULL;
+	int ret, fd = -1;
+
+	ret = control_arg_string(request, "tap", true, &tap, err);
+	if (!ret)
+		ret = control_arg_string(request, "netns", false, &netns, err);
+	if (ret < 0)
+		return ret;
+	if (!vm->net.dev)
+		return fk_fail(err, ENODEV, "net-attach: this VM has no network device (--net)");
+	if (*tap) {
+		fd = tap_open(tap, netns, err);
+		if (fd < 0)
+			return fk_wrap(err, "net-attach");
+	}
+	ret = virtio_net_attach_tap(vm->net.dev, fd, tap, err);
+	if (ret < 0)
+		return fk_wrap(err, "net-attach");
+	json_object_set_new(reply, "net_link_up", json_boolean(fd >= 0));
+	return 0;
+}
+
 static const struct control_command vm_commands[] = {
     {"status", cmd_status, "state (running|paused), vcpus, mem_mib, disks, uptime_ms"},
     {"pause", cmd_pause, "stop all vCPUs at a safe point; replies with pause_us"},
     {"resume", cmd_resume, "run the vCPUs again"},
     {"shutdown", cmd_shutdown, "stop the VM; forkd-vmm exits with status 0"},
     {"snapshot", cmd_snapshot,
-     "path: new directory; resume (default true): write a snapshot of the whole VM"},
+     "path: new directory; mode live (default: a BRANCH pause, written while the VM runs) or "
+     "stop; wait (default true); resume (default true)"},
+    {"snapshot-status", cmd_snapshot_status,
+     "path: a live snapshot's state: writing, ready or failed (with error)"},
     {"branch", cmd_branch,
      "n (default 1), dir, persist (snapshot path), wait: N children continue from this instant"},
     {"zygote", cmd_zygote, "action: list | spawn (id, n) | release (id)"},
+    {"net-attach", cmd_net_attach,
+     "tap (\"\" takes the link down), netns: give the network device a tap of its own"},
     {NULL, NULL, NULL},
 };
 

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "core/config.h"
+#include "net/netns.h"
 
 #include "jail/cgroup.h"
 
@@ -121,6 +122,9 @@ void vmm_config_usage(FILE *out)
 	      "  --overlay-dir DIR    with --restore: where the VM's private copies of the\n"
 	      "                       snapshot's writable disks go (default: a new directory\n"
 	      "                       under $TMPDIR or /tmp)\n"
+	      "  --verify             with --restore: check every chunk of the memory file\n"
+	      "                       against its recorded XXH3 before running (without it,\n"
+	      "                       a restore does not read the memory file up front)\n"
 	      "  --vsock PATH[,cid=N] virtio-vsock device whose host side is the Unix socket\n"
 	      "                       PATH (\"CONNECT <port>\\n\" reaches guest port <port>;\n"
 	      "                       guest connects to port P reach PATH_P); guest cid N,\n"
@@ -130,6 +134,15 @@ void vmm_config_usage(FILE *out)
 	      "                       /dev/vda read-only with an overlay and the guest agent;\n"
 	      "                       kernel and initrd default to $FORKD_IMAGES or\n"
 	      "                       /var/cache/forkd/images (give --vsock to reach the agent)\n"
+	      "  --net tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,netns=NS]\n"
+	      "                       one virtio-net device on tap NAME (attached, or created),\n"
+	      "                       opened inside /run/netns/NS if given; default MAC random\n"
+	      "                       (with --restore, the snapshot's). See docs/net-device.md\n"
+	      "  --net-policy none|host|nat[,id=ID]\n"
+	      "                       the VMM makes network namespace forkd-<ID> (default\n"
+	      "                       p<pid>) with the guest at 172.16.0.2 behind its tap0, the\n"
+	      "                       host reaching it at 10.200.S.2; BRANCH children get their\n"
+	      "                       own. See docs/networking.md\n"
 	      "  --control PATH       serve the JSON control protocol on this Unix socket\n"
 	      "                       (status, pause, resume, shutdown; see docs/control.md)\n"
 	      "  --jail DIR           build a jail in DIR (new or empty) and run in it: own\n"
@@ -394,6 +407,122 @@ static int parse_jail_option(struct vmm_config *cfg, int which, const char *arg,
 	return 0;
 }
 
+/* "52:54:00:12:34:56": six two-digit hex bytes; a multicast MAC cannot be a NIC's. */
+static int parse_mac(const char *s, size_t len, uint8_t mac[6])
+{
+	unsigned v[6];
+	int used = 0;
+
+	if (len != 17 ||
+	    sscanf(s, "%2x:%2x:%2x:%2x:%2x:%2x%n", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5],
+		   &used) != 6 ||
+	    used != 17)
+		return -EINVAL;
+	for (int i = 0; i < 17; i++)
+		if (i % 3 == 2 ? s[i] != ':' : !isxdigit((unsigned char)s[i]))
+			return -EINVAL;
+	for (int i = 0; i < 6; i++)
+		mac[i] = (uint8_t)v[i];
+	return (mac[0] & 1) ? -EINVAL : 0;
+}
+
+/* A name we can put in a path or an ifreq: no '/', no leading '.', printable, short. */
+static bool net_name_ok(const char *s, size_t len, size_t max)
+{
+	if (len == 0 || len >= max || s[0] == '.')
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if (s[i] == '/' || !isgraph((unsigned char)s[i]) || s[i] == ':')
+			return false;
+	return true;
+}
+
+/* --net-policy none|host|nat[,id=ID] (docs/networking.md). */
+static int parse_net_policy(struct vmm_config *cfg, const char *arg, struct fk_err *err)
+{
+	const char *comma = strchr(arg, ',');
+	char word[16];
+	enum fk_net_policy policy;
+	size_t len = comma ? (size_t)(comma - arg) : strlen(arg);
+	int ret;
+
+	if (len >= sizeof(word))
+		return fk_fail(err, EINVAL, "--net-policy '%s': expected none, host or nat[,id=ID]",
+			       arg);
+	memcpy(word, arg, len);
+	word[len] = '\0';
+	ret = fk_net_policy_parse(word, &policy, err);
+	if (ret < 0)
+		return fk_wrap(err, "--net-policy");
+	cfg->net_policy = (int)policy;
+	if (!comma)
+		return 0;
+	if (strncmp(comma + 1, "id=", 3) != 0)
+		return fk_fail(err, EINVAL,
+			       "--net-policy '%s': unknown option '%s' (expected id=ID)", arg,
+			       comma + 1);
+	ret = fk_netns_id_valid(comma + 4, err);
+	if (ret < 0)
+		return fk_wrap(err, "--net-policy");
+	snprintf(cfg->net_id, sizeof(cfg->net_id), "%s", comma + 4);
+	return 0;
+}
+
+static int parse_net(struct vmm_config *cfg, const char *arg, struct fk_err *err)
+{
+	const char *opt = arg;
+
+	if (cfg->net_tap[0])
+		return fk_fail(err, EINVAL, "--net '%s': given twice (one network device per VM)",
+			       arg);
+	while (*opt) {
+		size_t len = strcspn(opt, ",");
+		const char *eq = memchr(opt, '=', len);
+		size_t klen = eq ? (size_t)(eq - opt) : len;
+		const char *val = eq ? eq + 1 : opt + len;
+		size_t vlen = eq ? len - klen - 1 : 0;
+
+		if (eq && klen == 3 && strncmp(opt, "tap", 3) == 0) {
+			if (!net_name_ok(val, vlen, sizeof(cfg->net_tap)))
+				return fk_fail(err, EINVAL,
+					       "--net '%s': tap '%.*s' is not an interface name (1 "
+					       "to %zu printable characters, no '/' or ':')",
+					       arg, (int)vlen, val, sizeof(cfg->net_tap) - 1);
+			memcpy(cfg->net_tap, val, vlen);
+			cfg->net_tap[vlen] = '\0';
+		} else if (eq && klen == 3 && strncmp(opt, "mac", 3) == 0) {
+			if (parse_mac(val, vlen, cfg->net_mac) < 0)
+				return fk_fail(
+				    err, EINVAL,
+				    "--net '%s': mac '%.*s' is not a unicast MAC such as "
+				    "52:54:00:12:34:56",
+				    arg, (int)vlen, val);
+			cfg->net_mac_given = true;
+		} else if (eq && klen == 5 && strncmp(opt, "netns", 5) == 0) {
+			if (!net_name_ok(val, vlen, sizeof(cfg->net_netns)))
+				return fk_fail(
+				    err, EINVAL,
+				    "--net '%s': netns '%.*s' is not a name in /run/netns", arg,
+				    (int)vlen, val);
+			memcpy(cfg->net_netns, val, vlen);
+			cfg->net_netns[vlen] = '\0';
+		} else {
+			return fk_fail(err, EINVAL,
+				       "--net '%s': unknown option '%.*s' (expected "
+				       "tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,netns=NS])",
+				       arg, (int)len, opt);
+		}
+		opt += len;
+		if (*opt == ',')
+			opt++;
+	}
+	if (!cfg->net_tap[0])
+		return fk_fail(err, EINVAL,
+			       "--net '%s': expected tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,netns=NS]",
+			       arg);
+	return 0;
+}
+
 int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_err *err)
 {
 	enum {
@@ -420,7 +549,10 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_CGROUP_NAME,
 		OPT_MEMORY_MAX,
 		OPT_CPU_MAX,
-		OPT_PIDS_MAX
+		OPT_PIDS_MAX,
+		OPT_NET,
+		OPT_NET_POLICY,
+		OPT_VERIFY
 	};
 	static const struct option opts[] = {
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
@@ -447,6 +579,9 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"memory-max", required_argument, NULL, OPT_MEMORY_MAX},
 	    {"cpu-max", required_argument, NULL, OPT_CPU_MAX},
 	    {"pids-max", required_argument, NULL, OPT_PIDS_MAX},
+	    {"net", required_argument, NULL, OPT_NET},
+	    {"net-policy", required_argument, NULL, OPT_NET_POLICY},
+	    {"verify", no_argument, NULL, OPT_VERIFY},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -521,6 +656,9 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 					       "--restore: expected a snapshot directory");
 			cfg->restore_dir = optarg;
 			break;
+		case OPT_VERIFY:
+			cfg->restore_verify = true;
+			break;
 		case OPT_OVERLAY_DIR:
 			if (!*optarg)
 				return fk_fail(err, EINVAL, "--overlay-dir: expected a directory");
@@ -557,6 +695,16 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			if (ret < 0)
 				return ret;
 			break;
+		case OPT_NET:
+			ret = parse_net(cfg, optarg, err);
+			if (ret < 0)
+				return ret;
+			break;
+		case OPT_NET_POLICY:
+			ret = parse_net_policy(cfg, optarg, err);
+			if (ret < 0)
+				return ret;
+			break;
 		case 'h':
 			cfg->help = true;
 			return 0;
@@ -573,11 +721,32 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	}
 	if (optind < argc)
 		return fk_fail(err, EINVAL, "unexpected argument '%s' (see --help)", argv[optind]);
+	if (cfg->net_policy != FK_NET_NONE && cfg->net_tap[0])
+		return fk_fail(
+		    err, EINVAL,
+		    "--net-policy %s and --net: the policy makes the namespace and its tap "
+		    "itself (drop --net)",
+		    fk_net_policy_name((enum fk_net_policy)cfg->net_policy));
 	if (!*cfg->serial_out || !*cfg->serial_in)
 		return fk_fail(err, EINVAL,
 			       "--serial/--serial-in: expected a path, stdout/stdin or none");
 	if ((cfg->jail_uid_given || cfg->jail_gid_given || cfg->nr_jail_binds) && !cfg->jail_dir)
 		return fk_fail(err, EINVAL, "--uid, --gid and --jail-bind only apply with --jail");
+	/*
+	 * A jailed VMM has no capabilities left: it could neither make a BRANCH
+	 * child's namespace (--net-policy) nor enter /run/netns/NS (docs/jail.md).
+	 */
+	if (cfg->jail_dir && (cfg->net_policy == FK_NET_HOST || cfg->net_policy == FK_NET_NAT))
+		return fk_fail(err, EINVAL,
+			       "--jail and --net-policy %s: not together yet (a jailed VMM has no "
+			       "capability to make its BRANCH children's namespaces); give --net "
+			       "tap=NAME with a tap owned by the VM's uid",
+			       fk_net_policy_name((enum fk_net_policy)cfg->net_policy));
+	if (cfg->jail_dir && cfg->net_netns[0])
+		return fk_fail(err, EINVAL,
+			       "--jail and --net ...,netns=%s: a jailed VMM cannot enter another "
+			       "network namespace; start it inside that namespace instead",
+			       cfg->net_netns);
 	if (cfg->cgroup_name && !cfg->cgroup_wanted)
 		return fk_fail(err, EINVAL,
 			       "--cgroup-name only applies with --cgroup or a limit (--memory-max, "
@@ -602,6 +771,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	}
 	if (cfg->overlay_dir)
 		return fk_fail(err, EINVAL, "--overlay-dir only applies with --restore");
+	if (cfg->restore_verify)
+		return fk_fail(err, EINVAL, "--verify only applies with --restore");
 	if (!cfg->kernel)
 		return fk_fail(err, EINVAL, "--kernel PATH is required (see --help)");
 	return 0;

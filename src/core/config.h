@@ -5,6 +5,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <stdio.h>
 
 #include "util/err.h"
@@ -24,6 +25,10 @@
 #define VMM_MAX_JAIL_BINDS 8
 /* --cgroup: where per-VM cgroups are made. */
 #define VMM_CGROUP_PARENT_DEFAULT "/sys/fs/cgroup/forkd"
+/* --net: an interface name fits IFNAMSIZ (16 with its NUL); a netns name is a file in /run/netns.
+ */
+#define VMM_NET_IFNAME_MAX 16
+#define VMM_NET_NETNS_MAX  64
 
 /* Exit statuses of forkd-vmm, documented in docs/vmm.md. */
 enum vmm_exit_status {
@@ -73,11 +78,32 @@ struct vmm_config {
 	const char *control_path; /* Unix socket for the control protocol, or NULL */
 	const char *restore_dir;  /* --restore: start from this snapshot instead of booting */
 	const char *overlay_dir;  /* --overlay-dir: where a restored VM's private disk copies go */
+	bool restore_verify;	  /* --verify: check the memory file's chunk checksums first */
 	unsigned cpuid_hide;	  /* enum vmm_cpuid_hide bits */
 	/* --vsock PATH[,cid=N]: hybrid-vsock Unix socket, "" for no vsock device. */
 	char vsock_path[VMM_VSOCK_PATH_MAX];
 	uint64_t vsock_cid;
 	bool vsock_cid_given; /* with --restore: override the snapshot's cid */
+	/*
+	 * --net tap=NAME[,mac=..][,netns=NS]: one virtio-net device on a tap
+	 * (docs/net-device.md); net_tap "" for none.
+	 */
+	char net_tap[VMM_NET_IFNAME_MAX];
+	char net_netns[VMM_NET_NETNS_MAX]; /* "" : the VMM's own namespace */
+	uint8_t net_mac[6];
+	bool net_mac_given; /* else a random locally administered MAC (a snapshot keeps its own) */
+	/*
+	 * --net-policy none|host|nat[,id=ID] (enum fk_net_policy, src/net/,
+	 * docs/networking.md): the VMM makes its own namespace forkd-<ID> and
+	 * sets net_tap/net_netns to its tap; net_host_addr is where the host
+	 * reaches the guest. The owner pid keeps a zygote or child (which copy
+	 * this config) from removing its source's namespace.
+	 */
+	int net_policy;
+	char net_id[33];
+	bool net_netns_owned;
+	pid_t net_netns_owner;
+	char net_host_addr[16];
 	bool mem_given, cpus_given;
 	bool help;
 	/*

@@ -8,6 +8,7 @@
 #include "core/vm.h"
 #include "jail/cgroup.h"
 #include "jail/jail.h"
+#include "net/vm_netns.h"
 
 /* Failures caused by what the user gave us are usage errors (exit 2). */
 static int init_failure_status(int code)
@@ -50,6 +51,11 @@ int main(int argc, char **argv)
 		vmm_config_usage(stdout);
 		return 0;
 	}
+	/* --net-policy: the namespace and its tap exist before the VM opens the tap */
+	if (vm_netns_setup(&cfg, false, &err) < 0) {
+		fprintf(stderr, "forkd-vmm: %s\n", err.msg);
+		return init_failure_status(err.code);
+	}
 	/*
 	 * Isolation before the VM is built: the cgroup first (its files are
 	 * outside the jail; guest RAM is then charged to it), then the jail,
@@ -75,6 +81,7 @@ int main(int argc, char **argv)
 	vm = malloc(sizeof(*vm));
 	if (!vm) {
 		fprintf(stderr, "forkd-vmm: out of memory\n");
+		vm_netns_release(&cfg);
 		return VMM_EXIT_ERROR;
 	}
 	if (vm_init(vm, &cfg, &err) < 0) {
@@ -82,6 +89,7 @@ int main(int argc, char **argv)
 		status = init_failure_status(err.code);
 		vm_destroy(vm);
 		free(vm);
+		vm_netns_release(&cfg);
 		return status;
 	}
 	status = vm_run(vm);
@@ -89,5 +97,6 @@ int main(int argc, char **argv)
 		fprintf(stderr, "forkd-vmm: %s (exit status %d)\n", vm->exit_reason, status);
 	vm_destroy(vm);
 	free(vm);
+	vm_netns_release(&cfg);
 	return status;
 }

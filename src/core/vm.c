@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "boot/boot.h"
+#include "devices/tap.h"
 #include "core/layout.h"
 #include "core/vm.h"
 #include "state/vm_snapshot.h"
@@ -439,6 +440,105 @@ static void vsock_destroy(struct vm *vm)
 	*v = (struct vm_vsock){0};
 }
 
+static void on_net_event(void *opaque, uint32_t events)
+{
+	struct vm *vm = opaque;
+
+	(void)events;
+	virtio_net_process_events(vm->net.dev);
+}
+
+int vm_open_net_tap(const struct vmm_config *cfg, uint8_t mac[6], struct fk_err *err)
+{
+	int fd;
+
+	if (cfg->net_mac_given) {
+		memcpy(mac, cfg->net_mac, 6);
+	} else {
+		/* Locally administered, unicast; the rest random so VMs on one bridge differ. */
+		if (getrandom(mac, 6, 0) != 6)
+			return fk_fail_errno(err, errno, "--net: random MAC");
+		mac[0] = (uint8_t)((mac[0] & 0xfe) | 0x02);
+	}
+	fd = tap_open(cfg->net_tap, cfg->net_netns, err);
+	if (fd < 0)
+		return fk_wrap(err, "--net");
+	return fd;
+}
+
+/*
+ * Like vsock: the next virtio-mmio window and GSI, its tap and queue
+ * notifications in the device's own epoll set (one event-loop slot).
+ */
+int vm_setup_net(struct vm *vm, const uint8_t mac[6], int tap_fd, const char *tap_name,
+		 struct fk_err *err)
+{
+	struct vm_net *v = &vm->net;
+	uint32_t index = (uint32_t)vm->nr_disks + (vm->vsock.transport_ready ? 1 : 0);
+	uint64_t base = LAYOUT_VIRTIO_MMIO_BASE + (uint64_t)index * VIRTIO_MMIO_SIZE;
+	struct irq_line irq;
+	struct fk_err soft;
+	int ret;
+
+	v->present = true;
+	v->irq_fd = -1;
+	ret = virtio_net_create(&v->dev, mac, tap_fd, tap_name, err);
+	if (ret < 0)
+		return ret;
+	v->irq_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (v->irq_fd < 0)
+		return fk_fail_errno(err, errno, "eventfd");
+	irq = (struct irq_line){.gsi = LAYOUT_VIRTIO_GSI_BASE + index, .eventfd = v->irq_fd};
+	ret = kvm_irqfd(vm, v->irq_fd, irq.gsi, err);
+	if (ret < 0)
+		return ret;
+	ret = virtio_mmio_init(&v->transport, &virtio_net_ops, v->dev, &vm->mem, irq, base, err);
+	if (ret < 0)
+		return ret;
+	v->transport_ready = true;
+	virtio_net_attach(v->dev, &v->transport);
+	ret = bus_register(&vm->mmio, base, VIRTIO_MMIO_SIZE, &virtio_mmio_bus_ops, &v->transport,
+			   err);
+	if (ret < 0)
+		return ret;
+	for (uint32_t q = 0; q < VIRTIO_NET_NR_QUEUES; q++) {
+		int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+
+		if (fd < 0)
+			return fk_fail_errno(err, errno, "eventfd");
+		/*
+		 * Refused by KVM: notifications arrive as MMIO writes, and the fd
+		 * still serves the tx queue to re-kick itself after a full batch.
+		 */
+		kvm_ioeventfd_mmio(vm, fd, base + VIRTIO_MMIO_QUEUE_NOTIFY, 4, q, &soft);
+		ret = virtio_net_watch_notify(v->dev, q, fd, err);
+		if (ret < 0)
+			return ret;
+	}
+	ret = event_loop_add_device(&vm->loop, virtio_net_epoll_fd(v->dev), EPOLLIN, on_net_event,
+				    vm, err);
+	if (ret < 0)
+		return ret;
+	v->loop_watched = true;
+	return 0;
+}
+
+static void net_destroy(struct vm *vm)
+{
+	struct vm_net *v = &vm->net;
+
+	if (!v->present)
+		return;
+	if (v->loop_watched)
+		event_loop_remove(&vm->loop, virtio_net_epoll_fd(v->dev));
+	if (v->transport_ready)
+		virtio_mmio_destroy(&v->transport);
+	virtio_net_close(v->dev);
+	if (v->irq_fd >= 0)
+		close(v->irq_fd);
+	*v = (struct vm_net){0};
+}
+
 static int setup_pio_devices(struct vm *vm, struct fk_err *err)
 {
 	int ret;
@@ -637,6 +737,16 @@ int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 		if (ret < 0)
 			return ret;
 	}
+	if (cfg->net_tap[0]) {
+		uint8_t mac[6];
+		int fd = vm_open_net_tap(cfg, mac, err);
+
+		if (fd < 0)
+			return fd;
+		ret = vm_setup_net(vm, mac, fd, cfg->net_tap, err);
+		if (ret < 0)
+			return ret;
+	}
 	ret = boot_setup(vm, err);
 	if (ret < 0)
 		return ret;
@@ -695,6 +805,7 @@ void vm_destroy(struct vm *vm)
 			close(vm->vcpus[i].fd);
 	}
 	free(vm->vcpus);
+	net_destroy(vm);
 	vsock_destroy(vm);
 	for (int i = 0; i < vm->nr_disks; i++) {
 		struct vm_disk *d = &vm->disks[i];

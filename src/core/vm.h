@@ -14,6 +14,7 @@
 #include "devices/serial.h"
 #include "devices/virtio_blk.h"
 #include "devices/virtio_mmio.h"
+#include "devices/virtio_net.h"
 #include "devices/virtio_vsock.h"
 #include "core/bus.h"
 #include "core/config.h"
@@ -60,6 +61,16 @@ struct vm_vsock {
 	bool loop_watched;
 };
 
+/* The virtio-net device (--net), in the virtio-mmio window after the vsock device's. */
+struct vm_net {
+	bool present; /* setup started: the fds below are valid (or -1) */
+	struct virtio_net *dev;
+	struct virtio_mmio transport;
+	bool transport_ready;
+	int irq_fd; /* irqfd for the device's GSI; its notify fds belong to dev */
+	bool loop_watched;
+};
+
 enum boot_protocol {
 	BOOT_PROTOCOL_PVH = 0,	   /* ELF: 32-bit entry, hvm_start_info in EBX */
 	BOOT_PROTOCOL_LINUX64 = 1, /* bzImage: 64-bit entry, boot_params in RSI */
@@ -83,6 +94,7 @@ struct vm {
 	int nr_disks;
 	struct vm_disk disks[VMM_MAX_DISKS];
 	struct vm_vsock vsock;
+	struct vm_net net;
 	/* A restored VM's or BRANCH child's notification to its guest agent (src/agent/). */
 	struct fork_notify fork_notify;
 
@@ -170,6 +182,14 @@ int vm_setup_devices(struct vm *vm, struct fk_err *err);
 int vm_setup_disks(struct vm *vm, struct fk_err *err);
 /* The vsock device of vm->cfg->vsock_path with vm->cfg->vsock_cid; call after the disks. */
 int vm_setup_vsock(struct vm *vm, struct fk_err *err);
+/*
+ * The virtio-net device with MAC mac on tap_fd (owned from now on; -1: no
+ * tap, link down) called tap_name; call after the vsock device.
+ */
+int vm_setup_net(struct vm *vm, const uint8_t mac[6], int tap_fd, const char *tap_name,
+		 struct fk_err *err);
+/* --net's tap (opened in its netns) and MAC, or a random one: for vm_setup_net. */
+int vm_open_net_tap(const struct vmm_config *cfg, uint8_t mac[6], struct fk_err *err);
 int vm_create_vcpus(struct vm *vm, struct fk_err *err);
 void vm_new_generation_id(struct vm *vm);
 int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err);

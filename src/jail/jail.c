@@ -174,6 +174,9 @@ int jail_plan_build(const struct vmm_config *cfg, struct jail_plan *plan, struct
 		ret = plan_add(plan, "--kvm", cfg->kvm_path, JAIL_CHAR_DEV, true, err);
 	else
 		ret = plan_add(plan, "--kvm", cfg->kvm_path, JAIL_FILE, true, err);
+	/* A network device opens its tap through /dev/net/tun: a node of its own, like KVM's. */
+	if (!ret && cfg->net_tap[0])
+		ret = plan_add(plan, "--net", "/dev/net/tun", JAIL_CHAR_DEV, true, err);
 	if (!ret && cfg->kernel)
 		ret = plan_add(plan, "--kernel", cfg->kernel, JAIL_FILE, false, err);
 	if (!ret && cfg->initrd)
@@ -529,15 +532,16 @@ int jail_enter(const struct vmm_config *cfg, struct fk_err *err)
 		goto out;
 	/*
 	 * No pid namespace: its init's death kills every process in it, and
-	 * BRANCH children must outlive their source (docs/jail.md). No network
-	 * namespace escape either: forkd-vmm has no network device yet, and
-	 * vsock's host side is a Unix socket path, which crosses namespaces.
+	 * BRANCH children must outlive their source (docs/jail.md). A network
+	 * namespace of its own (empty) unless the VM has a network device,
+	 * whose tap lives in the namespace forkd-vmm was started in; vsock's
+	 * host side is a Unix socket path, which crosses namespaces.
 	 */
-	if (unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET) < 0) {
-		ret = fk_fail_errno(err, errno,
-				    "--jail %s: unshare the mount, ipc, uts and "
-				    "network namespaces",
-				    dir);
+	if (unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS |
+		    (cfg->net_tap[0] ? 0 : CLONE_NEWNET)) < 0) {
+		ret =
+		    fk_fail_errno(err, errno, "--jail %s: unshare the mount, ipc, uts%s namespaces",
+				  dir, cfg->net_tap[0] ? "" : " and network");
 		goto out;
 	}
 	/* Nothing we mount propagates back to the host, nor the host's to us. */

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "util/err.h"
 
@@ -53,8 +54,15 @@ enum snap_section_type {
 	SNAP_SEC_CLOCK = 6,	   /* opaque */
 	SNAP_SEC_DEVICE = 7,	   /* instance = device index; u32 device type + opaque */
 	SNAP_SEC_OPAQUE = 8,	   /* anything else */
+	SNAP_SEC_MEM_HASHES = 9,   /* written by snap_writer_commit: XXH3 of each memory chunk */
 };
-#define SNAP_SEC_MAX SNAP_SEC_OPAQUE
+#define SNAP_SEC_MAX SNAP_SEC_MEM_HASHES
+
+/* The memory file is checksummed in chunks of this many bytes (MEM_HASHES section). */
+#define SNAP_HASH_CHUNK_SHIFT 20
+#define SNAP_HASH_CHUNK	      (1ull << SNAP_HASH_CHUNK_SHIFT)
+/* The temp directory's record of the process writing it (snapshot_tmp.c). */
+#define SNAP_WRITER_FILE "writer"
 
 /* "VCPU", "DEVICE", ...; "UNKNOWN" for values outside the enum. */
 const char *snap_section_type_name(uint32_t type);
@@ -101,6 +109,15 @@ struct snap_writer_file {
 	int src_fd; /* owned by the caller; read from offset 0 at commit */
 };
 
+/* What the last snap_writer_commit spent, for replies and benches. */
+struct snap_commit_stats {
+	uint64_t memory_us;  /* zero scan, pwrite and fsync of the memory file */
+	uint64_t hash_us;    /* XXH3 of every non-zero chunk (zero chunks cost nothing) */
+	uint64_t data_bytes; /* non-zero bytes written to the memory file */
+	uint64_t hashed_bytes;
+	int stale_removed; /* stale temp directories of dead writers removed first */
+};
+
 struct snap_writer {
 	struct snap_writer_section *sections;
 	size_t nr_sections;
@@ -108,6 +125,7 @@ struct snap_writer {
 	uint32_t nr_vcpus;
 	int nr_files;
 	struct snap_writer_file files[SNAP_MAX_FILES];
+	struct snap_commit_stats stats;
 };
 
 void snap_writer_init(struct snap_writer *w, uint32_t nr_vcpus);
@@ -143,11 +161,14 @@ int snap_writer_find_device(const struct snap_writer *w, uint32_t instance, uint
 int snap_copy_fd(int src_fd, int dst_fd, struct fk_err *err);
 
 /*
- * Writes the snapshot directory `dir` atomically: builds `dir.tmp-XXXXXX`,
- * writes `memory` (only non-zero pages; zero pages stay holes) and `state`,
- * fsyncs both and the temp dir, renames it to `dir` (refusing if `dir`
- * exists) and fsyncs the parent. On failure the temp dir is removed; a crash
- * leaves no `dir` or a complete one (plus perhaps a stale `dir.tmp-*`).
+ * Writes the snapshot directory `dir` atomically: removes stale temp
+ * directories of dead writers next to it, builds `dir.tmp-XXXXXX` (recording
+ * this process as its writer), writes `memory` (only non-zero pages; zero
+ * pages stay holes) with an XXH3 per SNAP_HASH_CHUNK in a MEM_HASHES section,
+ * and `state`, fsyncs both and the temp dir, renames it to `dir` (refusing if
+ * `dir` exists) and fsyncs the parent. On failure the temp dir is removed; a
+ * crash leaves no `dir` or a complete one, plus perhaps a `dir.tmp-*` that
+ * the next commit into the same directory (or the writer's parent) removes.
  */
 int snap_writer_commit(struct snap_writer *w, const char *dir, const struct snap_memory_source *mem,
 		       struct fk_err *err);
@@ -179,6 +200,50 @@ void snap_reader_section(const struct snap_reader *r, uint32_t index, uint32_t *
 const struct snap_vm_info *snap_reader_vm_info(const struct snap_reader *r);
 /* The open memory file (O_RDONLY), owned by the reader; dup() it to keep it past close. */
 int snap_reader_memory_fd(const struct snap_reader *r);
+const char *snap_reader_memory_path(const struct snap_reader *r);
+
+/* ---- Integrity of the memory file (snapshot_integrity.c) ---- */
+
+/* The MEM_HASHES section: -ENOENT when the snapshot has none (written before it existed). */
+int snap_reader_mem_hashes(const struct snap_reader *r, uint64_t *chunk_size, uint64_t *nr_chunks,
+			   const uint8_t **hashes_le64);
+
+struct snap_verify_stats {
+	uint64_t chunks;
+	uint64_t hole_chunks; /* all-hole chunks, checked without reading */
+	uint64_t bytes_read;
+	uint64_t bad_chunks;
+	uint64_t first_bad_offset; /* valid when bad_chunks > 0 */
+	uint64_t us;
+};
+
+/*
+ * Reads the memory file and checks every chunk against its recorded XXH3.
+ * Fails (-EBADMSG) naming the first bad chunk's offset and how many are bad;
+ * -ENOENT if the snapshot has no checksums to check against.
+ */
+int snap_verify_memory(const struct snap_reader *r, struct snap_verify_stats *stats,
+		       struct fk_err *err);
+
+/* XXH3 of `len` zero bytes, the checksum of a chunk that is a hole. */
+uint64_t snap_zero_chunk_hash(uint64_t len);
+
+/* ---- Temp directories of writers that died (snapshot_tmp.c) ---- */
+
+/* Writes SNAP_WRITER_FILE (pid, start time, boot id of this process) into the open dir. */
+int snap_tmp_mark_writer(int dirfd, const char *dir, struct fk_err *err);
+
+/*
+ * Removes every `NAME.tmp-XXXXXX` in `parent` (only those of `base`, when not
+ * NULL) whose recorded writer is no longer running (its pid gone, or reused by
+ * a process started at another time, or another boot). A temp dir without a
+ * writer record, or whose writer runs, is left alone. Returns how many were
+ * removed (>= 0) or -errno when `parent` cannot be read.
+ */
+int snap_tmp_clean_stale(const char *parent, const char *base, struct fk_err *err);
+
+/* Start time of `pid` in clock ticks since boot (/proc/PID/stat field 22); 0 if gone. */
+unsigned long long snap_proc_start_time(pid_t pid);
 
 /* ---- CPU identity ---- */
 

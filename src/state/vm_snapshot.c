@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "core/layout.h"
+#include "devices/tap.h"
 #include "state/vm_state.h"
 
 #define VM_PARAMS_VERSION 1
@@ -46,6 +47,23 @@ struct vsock_state {
 	struct virtio_mmio_state transport;
 };
 
+#define NET_STATE_VERSION 1
+
+/*
+ * DEVICE section payload of the virtio-net device: where it sits, its MAC
+ * and the transport (features, queues). Not the tap: a restored VM gets
+ * the tap of its own --net, or none (link down); a packet the device held
+ * for want of rx buffers is lost, as on a wire.
+ */
+struct net_state {
+	uint32_t version;
+	uint32_t gsi;
+	uint64_t mmio_base;
+	uint8_t mac[6];
+	uint8_t reserved[2];
+	struct virtio_mmio_state transport;
+};
+
 static uint32_t queued_requests(const struct vm *vm, const struct virtio_mmio_state *st)
 {
 	uint32_t n = 0;
@@ -58,6 +76,15 @@ static uint32_t queued_requests(const struct vm *vm, const struct virtio_mmio_st
 			continue;
 		n += (uint16_t)(avail_idx - vq->last_avail_idx);
 	}
+	return n;
+}
+
+uint32_t vm_snapshot_inflight(const struct vm *vm)
+{
+	uint32_t n = 0;
+
+	for (int i = 0; i < vm->nr_disks; i++)
+		n += queued_requests(vm, &vm->disks[i].transport.state);
 	return n;
 }
 
@@ -74,6 +101,20 @@ static int save_vsock(struct vm *vm, struct snap_writer *w, struct fk_err *err)
 	pthread_mutex_unlock(&t->lock);
 	return snap_writer_add_device(w, VM_DEVICE_INSTANCE_VSOCK, VM_DEVICE_VIRTIO_VSOCK, &vs,
 				      sizeof(vs), err);
+}
+
+static int save_net(struct vm *vm, struct snap_writer *w, struct fk_err *err)
+{
+	struct virtio_mmio *t = &vm->net.transport;
+	struct net_state ns = {
+	    .version = NET_STATE_VERSION, .gsi = t->irq.gsi, .mmio_base = t->base};
+
+	virtio_net_get_mac(vm->net.dev, ns.mac);
+	pthread_mutex_lock(&t->lock);
+	ns.transport = t->state;
+	pthread_mutex_unlock(&t->lock);
+	return snap_writer_add_device(w, VM_DEVICE_INSTANCE_NET, VM_DEVICE_VIRTIO_NET, &ns,
+				      sizeof(ns), err);
 }
 
 int vm_snapshot_save_devices(struct vm *vm, struct snap_writer *w, struct fk_err *err)
@@ -123,9 +164,11 @@ int vm_snapshot_save_devices(struct vm *vm, struct snap_writer *w, struct fk_err
 			break;
 	}
 	free(ds);
-	if (ret < 0 || !vm->vsock.transport_ready)
-		return ret;
-	return save_vsock(vm, w, err);
+	if (ret == 0 && vm->vsock.transport_ready)
+		ret = save_vsock(vm, w, err);
+	if (ret == 0 && vm->net.transport_ready)
+		ret = save_net(vm, w, err);
+	return ret;
 }
 
 int vm_snapshot_take(struct vm *vm, const char *dir, bool resume, struct vm_snapshot_result *res,
@@ -150,8 +193,7 @@ int vm_snapshot_take(struct vm *vm, const char *dir, bool resume, struct vm_snap
 	ret = vm_state_save(vm, &w, err);
 	if (ret < 0)
 		goto out;
-	for (int i = 0; i < vm->nr_disks; i++)
-		res->inflight += queued_requests(vm, &vm->disks[i].transport.state);
+	res->inflight = vm_snapshot_inflight(vm);
 	t2 = monotonic_us();
 	for (int i = 0; i < vm->mem.nr_regions; i++)
 		regions[i] = (struct snap_mem_region){.gpa = vm->mem.regions[i].gpa,
@@ -159,6 +201,8 @@ int vm_snapshot_take(struct vm *vm, const char *dir, bool resume, struct vm_snap
 						      .host = vm->mem.regions[i].hva};
 	src.nr_regions = (uint32_t)vm->mem.nr_regions;
 	ret = snap_writer_commit(&w, dir, &src, err);
+	res->hash_us = w.stats.hash_us;
+	res->data_bytes = w.stats.data_bytes;
 	res->capture_us = t2 - t1;
 	res->write_us = monotonic_us() - t2;
 	res->mem_bytes = vm->mem.total_size;
@@ -372,6 +416,60 @@ static int restore_vsock(struct vm *vm, const struct state_source *src, struct f
 	return 0;
 }
 
+/*
+ * The network device comes back with its MAC and transport state on the
+ * tap of this VM's own --net, or with none: link down until one is
+ * attached (a BRANCH child never gets its source's tap).
+ */
+static int restore_net(struct vm *vm, const struct state_source *src, struct fk_err *err)
+{
+	const struct vmm_config *cfg = &vm->restored_cfg;
+	struct net_state ns;
+	const void *data;
+	uint32_t type;
+	size_t len;
+	int ret, fd = -1;
+
+	if (state_find_device(src, VM_DEVICE_INSTANCE_NET, &type, &data, &len) < 0) {
+		if (cfg->net_tap[0])
+			return fk_fail(err, EINVAL,
+				       "--net tap=%s: the snapshot has no network device (a "
+				       "device cannot be added to a saved guest)",
+				       cfg->net_tap);
+		return 0;
+	}
+	if (type != VM_DEVICE_VIRTIO_NET || len != sizeof(ns))
+		return fk_fail(err, EINVAL, "net state of the wrong type or size");
+	memcpy(&ns, data, sizeof(ns));
+	if (ns.version != NET_STATE_VERSION)
+		return fk_fail(err, EINVAL, "net state version %u, expected %u", ns.version,
+			       NET_STATE_VERSION);
+	if (ns.mac[0] & 1)
+		return fk_fail(err, EINVAL, "net state: MAC is a multicast address");
+	if (cfg->net_mac_given)
+		return fk_fail(err, EINVAL,
+			       "--net mac=: a restored guest keeps its snapshot's MAC "
+			       "%02x:%02x:%02x:%02x:%02x:%02x",
+			       ns.mac[0], ns.mac[1], ns.mac[2], ns.mac[3], ns.mac[4], ns.mac[5]);
+	if (cfg->net_tap[0]) {
+		fd = tap_open(cfg->net_tap, cfg->net_netns, err);
+		if (fd < 0)
+			return fk_wrap(err, "--net");
+	}
+	ret = vm_setup_net(vm, ns.mac, fd, cfg->net_tap, err);
+	if (ret < 0)
+		return ret;
+	if (vm->net.transport.base != ns.mmio_base || vm->net.transport.irq.gsi != ns.gsi)
+		return fk_fail(err, EINVAL,
+			       "net state: device at 0x%llx GSI %u, but this VM puts it at 0x%llx "
+			       "GSI %u",
+			       (unsigned long long)ns.mmio_base, ns.gsi,
+			       (unsigned long long)vm->net.transport.base,
+			       vm->net.transport.irq.gsi);
+	ret = restore_transport(vm, &vm->net.transport, &ns.transport, err);
+	return ret < 0 ? fk_wrap(err, "net state") : 0;
+}
+
 static int restore_devices(struct vm *vm, const struct state_source *src, uint32_t nr_disks,
 			   struct fk_err *err)
 {
@@ -417,6 +515,8 @@ static int restore_devices(struct vm *vm, const struct state_source *src, uint32
 		}
 	}
 	ret = restore_vsock(vm, src, err);
+	if (ret == 0)
+		ret = restore_net(vm, src, err);
 out:
 	if (ret < 0 && nr_disks)
 		remove_overlays(vm, (int)nr_disks, dir_created);
@@ -478,6 +578,16 @@ int vm_restore_init(struct vm *vm, struct fk_err *err)
 	ret = snap_reader_open(dir, &r, err);
 	if (ret < 0)
 		return fk_wrap(err, "restore snapshot %s", dir);
+	/* Opt-in: reading the whole memory file up front is what a lazy restore avoids. */
+	if (cfg->restore_verify) {
+		struct snap_verify_stats vs;
+
+		ret = snap_verify_memory(r, &vs, err);
+		if (ret < 0) {
+			fk_wrap(err, "--verify");
+			goto out;
+		}
+	}
 	info = snap_reader_vm_info(r);
 	ret = check_layout(info, err);
 	if (ret < 0)
@@ -540,6 +650,8 @@ void vm_restore_started(struct vm *vm)
 	/* Requests the guest queued before the snapshot lost their notification: serve them. */
 	for (int i = 0; i < vm->nr_disks; i++)
 		virtio_mmio_notify(&vm->disks[i].transport, 0);
+	if (vm->net.dev)
+		virtio_net_restored(vm->net.dev);
 	/* The guest's vsock sockets are gone: TRANSPORT_RESET, and RSTs for stale packets. */
 	if (vm->vsock.dev) {
 		struct fk_err err = {0};

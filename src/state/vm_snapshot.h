@@ -11,7 +11,9 @@ struct vm_snapshot_result {
 	uint64_t capture_us; /* vCPU, chip and device state */
 	uint64_t write_us;   /* writing and fsyncing the directory */
 	uint64_t mem_bytes;
-	uint32_t inflight; /* virtio requests the guest had queued but the device not yet taken */
+	uint64_t hash_us;    /* XXH3 of the memory chunks, inside write_us */
+	uint64_t data_bytes; /* non-zero bytes in the memory file */
+	uint32_t inflight;   /* virtio requests the guest had queued but the device not yet taken */
 };
 
 /*
@@ -21,6 +23,9 @@ struct vm_snapshot_result {
  */
 int vm_snapshot_take(struct vm *vm, const char *dir, bool resume, struct vm_snapshot_result *res,
 		     struct fk_err *err);
+
+/* Virtio requests the guest queued that its devices have not taken yet (call paused). */
+uint32_t vm_snapshot_inflight(const struct vm *vm);
 
 /* Adds the device sections (serial, each disk with a copy of its image if writable). */
 int vm_snapshot_save_devices(struct vm *vm, struct snap_writer *w, struct fk_err *err);

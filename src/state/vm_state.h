@@ -15,6 +15,7 @@ enum vm_device_type {
 	VM_DEVICE_SERIAL = 1,
 	VM_DEVICE_VIRTIO_BLK = 2,
 	VM_DEVICE_VIRTIO_VSOCK = 3,
+	VM_DEVICE_VIRTIO_NET = 4,
 };
 
 /*
@@ -23,6 +24,8 @@ enum vm_device_type {
  * one (older, or no --vsock) simply lacks the section.
  */
 #define VM_DEVICE_INSTANCE_VSOCK 64
+/* The virtio-net device, optional the same way (no --net, or an older snapshot). */
+#define VM_DEVICE_INSTANCE_NET 65
 
 /*
  * Where restored state comes from: a snapshot on disk (reader) or a capture

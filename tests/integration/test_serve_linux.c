@@ -657,13 +657,58 @@ static void test_sdk_e2e_script(void **state_)
 			 state);
 }
 
+/*
+ * The TypeScript SDK's end-to-end flows (sdk/typescript/test/e2e_daemon.ts,
+ * compiled by `make ts-sdk`) against this daemon: probe-guest lineage (create,
+ * branch three levels, snapshot, spawn, cascades, errors) and the Linux
+ * image's sandbox (exec streamed, signals, time limits, files, branch with
+ * fresh entropy). It removes what it made and checks their VMMs gone by pid.
+ */
+static void test_ts_sdk_e2e_script(void **state_)
+{
+	char script[600], total[32], *out = NULL, *err = NULL;
+	char *argv[] = {"/usr/bin/timeout", "-k", "10", total, "node", script, NULL};
+	const char *b = getenv("FORKD_BUILD");
+	static pid_t pids[64];
+	long long t0 = now_ms();
+	size_t n = 0;
+	int rc;
+
+	(void)state_;
+	if (!daemon_pid)
+		fail_msg("no daemon: test_cli_exec_and_cp did not start it");
+	snprintf(script, sizeof(script), "%s/sdk/typescript/test/e2e_daemon.js",
+		 b && *b ? b : "build");
+	if (access(script, R_OK) != 0)
+		fail_msg("%s: %s (make ts-sdk compiles it)", script, strerror(errno));
+	snprintf(total, sizeof(total), "%lld", (harness_deadline(300000) - now_ms()) / 1000);
+	setenv("FORKD_E2E_IMAGE", IMAGE, 1);
+	setenv("FORKD_PROBE", harness_probe(), 1);
+	rc = run2(&out, &err, argv);
+	printf("serve-linux: e2e_daemon.js took %lld ms, exit %d:\n%s", now_ms() - t0, rc, out);
+	if (rc != 0) {
+		dump_log();
+		fail_msg("sdk/typescript/test/e2e_daemon.js: exit %d%s:\n%s%s", rc,
+			 rc == 124 ? " (killed at its time limit)" : "", out, err);
+	}
+	if (!strstr(out, " 0 failed"))
+		fail_msg("e2e_daemon.js exited 0 without '0 failed':\n%s", out);
+	free(out);
+	free(err);
+	for (long long end = harness_deadline(15000); now_ms() < end; usleep(100 * 1000))
+		if ((n = vmm_pids(pids, 64)) == 0)
+			break;
+	if (n)
+		fail_msg("%zu forkd-vmm processes of %s still run after e2e_daemon.js's cleanup", n,
+			 state);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_cli_exec_and_cp),
-	    cmocka_unit_test(test_sdk_sandbox_and_branch),
-	    cmocka_unit_test(test_tree_and_cascade),
-	    cmocka_unit_test(test_sdk_e2e_script),
+	    cmocka_unit_test(test_cli_exec_and_cp),   cmocka_unit_test(test_sdk_sandbox_and_branch),
+	    cmocka_unit_test(test_tree_and_cascade),  cmocka_unit_test(test_sdk_e2e_script),
+	    cmocka_unit_test(test_ts_sdk_e2e_script),
 	};
 
 	if (where_begin(argc, argv, NEEDS_LINUX, sizeof(tests) / sizeof(tests[0])) < 0)

@@ -12,13 +12,18 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -583,8 +588,8 @@ static void test_snapshot_from_another_cpu_is_refused(void **state)
 		const void *data;
 		size_t len;
 		snap_reader_section(r, i, &type, &instance, &data, &len);
-		if (type == SNAP_SEC_VM_INFO)
-			continue;
+		if (type == SNAP_SEC_VM_INFO || type == SNAP_SEC_MEM_HASHES)
+			continue; /* commit writes these */
 		if (type == SNAP_SEC_CPU_IDENTITY) {
 			struct snap_cpu_identity id;
 			uint8_t *buf;
@@ -662,6 +667,438 @@ static void test_forkd_spawn_and_kill(void **state)
 	assert_int_equal(system(cmd), 0);
 }
 
+/* ---- live snapshots, integrity, and what a failed or killed writer leaves ---- */
+
+static const char *str_of(json_t *o, const char *key)
+{
+	const char *v = json_string_value(json_object_get(o, key));
+
+	if (!v)
+		fail_msg("reply has no string \"%s\"", key);
+	return v;
+}
+
+static long long int_of(json_t *o, const char *key)
+{
+	json_t *v = json_object_get(o, key);
+
+	if (!json_is_integer(v))
+		fail_msg("reply has no integer \"%s\"", key);
+	return json_integer_value(v);
+}
+
+/* Entries of `in` named `name.tmp-*` (a writer's temp dirs). */
+static int count_tmp_dirs(const char *in, const char *name)
+{
+	char prefix[300];
+	DIR *d = opendir(in);
+	struct dirent *e;
+	int n = 0;
+
+	assert_non_null(d);
+	snprintf(prefix, sizeof(prefix), "%s.tmp-", name);
+	while ((e = readdir(d)))
+		if (strncmp(e->d_name, prefix, strlen(prefix)) == 0)
+			n++;
+	closedir(d);
+	return n;
+}
+
+static bool path_exists(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0;
+}
+
+/* A live snapshot's zygote and its branch directory go once the snapshot is written. */
+static void expect_no_writer_left(const char *sock, pid_t source)
+{
+	char path[300];
+	json_t *r = call(sock, "{\"cmd\":\"zygote\",\"action\":\"list\"}", true);
+
+	assert_int_equal(json_array_size(json_object_get(r, "zygotes")), 0);
+	json_decref(r);
+	snprintf(path, sizeof(path), "%s/forkd-branch-%d-1",
+		 getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)source);
+	assert_false(path_exists(path));
+}
+
+static void restore_verify_strict(const char *snap, int writers)
+{
+	char sock[300], want[64], buf[32];
+	char *argv[] = {(char *)harness_vmm(), "--restore", (char *)snap, "--control", sock, NULL};
+	struct vmm_proc p;
+
+	path_in(sock, sizeof(sock), "strict.sock");
+	assert_int_equal(vmm_start(&p, argv), 0);
+	need_line(&p, "pattern.frozen=1");
+	vmm_send(&p, "verify strict\n");
+	for (int i = 0; i < writers; i++) {
+		snprintf(want, sizeof(want), "cpu%d.verify=", i);
+		const char *l = need_line(&p, want);
+		snprintf(want, sizeof(want), "cpu%d.verify", i);
+		assert_non_null(vmm_value(&p, want, buf, sizeof(buf)));
+		if (strcmp(buf, "ok") != 0 || !strstr(l, "mode=strict")) {
+			vmm_dump(&p);
+			fail_msg("restored %s: %s", snap, l);
+		}
+	}
+	json_decref(call(sock, "{\"cmd\":\"shutdown\"}", true));
+	assert_int_equal(vmm_wait(&p, TIMEOUT_MS), 0);
+	vmm_free(&p);
+}
+
+static void start_pattern_source(struct vmm_proc *p, const char *sock, const char *mem,
+				 const char *append)
+{
+	char *argv[] = {(char *)harness_vmm(),
+			"--kernel",
+			(char *)harness_probe(),
+			"--cpus",
+			"2",
+			"--mem",
+			(char *)mem,
+			"--append",
+			(char *)append,
+			"--control",
+			(char *)sock,
+			NULL};
+
+	assert_int_equal(vmm_start(p, argv), 0);
+	need_line(p, "DONE");
+	usleep(200 * 1000);
+}
+
+static void stop_vm(struct vmm_proc *p, const char *sock)
+{
+	json_decref(call(sock, "{\"cmd\":\"shutdown\"}", true));
+	assert_int_equal(vmm_wait(p, TIMEOUT_MS), 0);
+	vmm_free(p);
+}
+
+static char live_snap[300];
+
+/*
+ * Under a write-heavy pattern, a live snapshot pauses the VM only for the
+ * BRANCH pause, is written while the guest writes on, and restores to a
+ * guest whose memory is exactly one instant (strict verify, inside).
+ */
+static void test_live_snapshot_under_write_load(void **state)
+{
+	char sock[300], snap2[300], req[700];
+	struct vmm_proc p;
+	unsigned long long seq0, seq1;
+	json_t *r;
+
+	(void)state;
+	path_in(sock, sizeof(sock), "live.sock");
+	path_in(live_snap, sizeof(live_snap), "snap-live");
+	path_in(snap2, sizeof(snap2), "snap-live-nowait");
+	start_pattern_source(&p, sock, "256M",
+			     "work=pattern,pattern pattern_mib=64 pattern_freeze=genid");
+	vmm_send(&p, "report\n");
+	need_line(&p, "report.end");
+	seq0 = value_u64(&p, "cpu0.pattern_seq");
+
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\"}", live_snap);
+	r = call(sock, req, true);
+	assert_string_equal(str_of(r, "mode"), "live");
+	assert_string_equal(str_of(r, "snapshot"), "ready");
+	assert_string_equal(str_of(r, "state"), "running");
+	/* The VM's pause is reported, and it is the BRANCH pause: not the write. */
+	assert_true(int_of(r, "pause_us") > 0);
+	assert_true(int_of(r, "park_us") > 0 && int_of(r, "fork_us") > 0);
+	assert_true(int_of(r, "write_us") > int_of(r, "pause_us"));
+	assert_true(int_of(r, "hash_us") > 0);
+	fprintf(
+	    stderr,
+	    "live snapshot of 256 MiB under write load: pause %lld us (park %lld, capture %lld, "
+	    "fork %lld), written in %lld us (hashing %lld us)\n",
+	    int_of(r, "pause_us"), int_of(r, "park_us"), int_of(r, "capture_us"),
+	    int_of(r, "fork_us"), int_of(r, "write_us"), int_of(r, "hash_us"));
+	json_decref(r);
+	expect_no_writer_left(sock, p.pid);
+
+	/* wait:false answers at once with "writing"; snapshot-status follows it to ready. */
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"wait\":false}", snap2);
+	r = call(sock, req, true);
+	assert_string_equal(str_of(r, "snapshot"), "writing");
+	assert_false(path_exists(snap2)); /* only under its temporary name while written */
+	json_decref(r);
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot-status\",\"path\":\"%s\"}", snap2);
+	for (long long end = harness_deadline(TIMEOUT_MS);;) {
+		r = call(sock, req, true);
+		if (strcmp(str_of(r, "snapshot"), "writing") != 0 || now_ms() > end)
+			break;
+		json_decref(r);
+		usleep(50 * 1000);
+	}
+	assert_string_equal(str_of(r, "snapshot"), "ready");
+	assert_true(int_of(r, "write_us") > 0);
+	json_decref(r);
+	assert_true(path_exists(snap2));
+
+	/* The source wrote on throughout, and its own memory is intact. */
+	vmm_send(&p, "report\n");
+	while (vmm_count_lines(&p, "report.end") < 2 && vmm_wait_line(&p, "\x01", 100) == NULL &&
+	       !p.exited)
+		;
+	seq1 = value_u64(&p, "cpu0.pattern_seq");
+	assert_true(seq1 > seq0);
+	vmm_send(&p, "verify\n");
+	need_line(&p, "cpu1.verify=");
+	stop_vm(&p, sock);
+
+	restore_verify_strict(live_snap, 2);
+	restore_verify_strict(snap2, 2);
+}
+
+static int run_forkd(char *out, size_t len, const char *args)
+{
+	char cmd[1200];
+	FILE *f;
+	size_t n = 0;
+	int status;
+
+	snprintf(cmd, sizeof(cmd), "'%s/forkd' %s 2>&1",
+		 getenv("FORKD_BUILD") ? getenv("FORKD_BUILD") : "build", args);
+	f = popen(cmd, "r");
+	assert_non_null(f);
+	while (n + 1 < len && fgets(out + n, (int)(len - n), f))
+		n += strlen(out + n);
+	out[n] = '\0';
+	status = pclose(f);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Start and length of the longest run of data in `path` (the pattern writers' memory). */
+static void longest_data_extent(const char *path, off_t *start, off_t *len)
+{
+	int fd = open(path, O_RDONLY);
+	off_t at = 0, end, size;
+
+	assert_true(fd >= 0);
+	size = lseek(fd, 0, SEEK_END);
+	*start = *len = 0;
+	while (at < size && (at = lseek(fd, at, SEEK_DATA)) >= 0) {
+		end = lseek(fd, at, SEEK_HOLE);
+		if (end - at > *len) {
+			*start = at;
+			*len = end - at;
+		}
+		at = end;
+	}
+	close(fd);
+	assert_true(*len >= (off_t)(4 << 20));
+}
+
+/*
+ * One flipped bit in the memory file: `forkd snapshot verify` and
+ * `--restore --verify` name its chunk; a restore without --verify does not
+ * read the memory file up front and starts (docs/snapshot-format.md).
+ */
+static void test_corrupt_chunk_is_named(void **state)
+{
+	char snap[300], mem[400], out[2048], args[1200], want[120], sock[300];
+	char *plain[] = {(char *)harness_vmm(), "--restore", snap, "--control", sock, NULL};
+	off_t start, len, flip;
+	struct vmm_proc p;
+	uint8_t b;
+	int fd;
+
+	(void)state;
+	assert_true(live_snap[0]); /* from test_live_snapshot_under_write_load */
+	path_in(snap, sizeof(snap), "snap-corrupt");
+	path_in(sock, sizeof(sock), "corrupt.sock");
+	snprintf(args, sizeof(args), "rm -rf '%s' && cp -r --sparse=always '%s' '%s'", snap,
+		 live_snap, snap);
+	assert_int_equal(system(args), 0);
+
+	snprintf(args, sizeof(args), "snapshot verify '%s'", snap);
+	if (run_forkd(out, sizeof(out), args) != 0)
+		fail_msg("a good snapshot does not verify: %s", out);
+	assert_non_null(strstr(out, ": ok:"));
+
+	snprintf(mem, sizeof(mem), "%s/memory", snap);
+	longest_data_extent(mem, &start, &len);
+	/* Mid-page of a pattern page: the writers only use each page's first 16 bytes. */
+	flip = (start + len / 2) / 4096 * 4096 + 2048;
+	fd = open(mem, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &b, 1, flip), 1);
+	b ^= 0x08;
+	assert_int_equal(pwrite(fd, &b, 1, flip), 1);
+	close(fd);
+	snprintf(want, sizeof(want), "chunk %lld at offset %lld", (long long)(flip >> 20),
+		 (long long)(flip >> 20 << 20));
+
+	assert_int_equal(run_forkd(out, sizeof(out), args), 1);
+	if (!strstr(out, want) || !strstr(out, mem) || !strstr(out, "1 of 256 chunks"))
+		fail_msg("forkd snapshot verify: expected '%s' and %s in: %s", want, mem, out);
+	snprintf(args, sizeof(args), "snapshot verify --json '%s'", snap);
+	assert_int_equal(run_forkd(out, sizeof(out), args), 1);
+	{
+		json_t *j = json_loads(out, 0, NULL);
+		assert_non_null(j);
+		assert_false(json_is_true(json_object_get(j, "ok")));
+		assert_int_equal(int_of(j, "first_bad_offset"), flip >> 20 << 20);
+		assert_int_equal(int_of(j, "bad_chunks"), 1);
+		json_decref(j);
+	}
+
+	expect_refused(snap, want, "--verify", "--verify", NULL);
+
+	/* Without --verify nothing reads the memory file first: the VM starts (on bad data). */
+	assert_int_equal(vmm_start(&p, plain), 0);
+	need_line(&p, "pattern.frozen=1");
+	vmm_send(&p, "ping\n");
+	need_line(&p, "pong");
+	stop_vm(&p, sock);
+}
+
+/* A private mount namespace with a 64 MiB tmpfs at `at`: ENOSPC on demand. */
+static void mount_small_tmpfs(const char *at)
+{
+	assert_int_equal(unshare(CLONE_NEWNS), 0);
+	assert_int_equal(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), 0);
+	assert_int_equal(mkdir(at, 0700), 0);
+	if (mount("forkd-enospc", at, "tmpfs", 0, "size=64m") < 0)
+		fail_msg("mount tmpfs at %s: %s", at, strerror(errno));
+}
+
+static uint64_t used_bytes(const char *at)
+{
+	struct statvfs v;
+
+	assert_int_equal(statvfs(at, &v), 0);
+	return (uint64_t)(v.f_blocks - v.f_bfree) * v.f_frsize;
+}
+
+/*
+ * 96 MiB of non-zero guest memory into a 64 MiB filesystem, live and
+ * stop-and-save: a clear error naming the file and the size needed, nothing
+ * renamed into place, no temp dir and no space left behind.
+ */
+static void test_enospc_leaves_nothing(void **state)
+{
+	const char *modes[] = {"live", "stop"};
+	char small[300], sock[300], snap[400], req[1000];
+	struct vmm_proc p;
+
+	(void)state;
+	path_in(small, sizeof(small), "small");
+	path_in(sock, sizeof(sock), "enospc.sock");
+	mount_small_tmpfs(small);
+	start_pattern_source(&p, sock, "256M", "work=pattern,pattern pattern_mib=48");
+	for (int m = 0; m < 2; m++) {
+		json_t *r;
+		const char *e;
+
+		snprintf(snap, sizeof(snap), "%s/full-%s", small, modes[m]);
+		snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"mode\":\"%s\"}",
+			 snap, modes[m]);
+		r = call(sock, req, false);
+		e = str_of(r, "error");
+		fprintf(stderr, "%s: %s\n", modes[m], e);
+		if (!strstr(e, "No space left on device") || !strstr(e, "/memory") ||
+		    !strstr(e, snap) || !strstr(e, "the snapshot needs") || !strstr(e, "MiB free"))
+			fail_msg("%s snapshot into a full filesystem: %s", modes[m], e);
+		json_decref(r);
+		assert_false(path_exists(snap));
+		assert_int_equal(count_tmp_dirs(small, m ? "full-stop" : "full-live"), 0);
+		assert_true(used_bytes(small) < (1 << 20));
+		if (m == 0) {
+			snprintf(req, sizeof(req), "{\"cmd\":\"snapshot-status\",\"path\":\"%s\"}",
+				 snap);
+			r = call(sock, req, true);
+			assert_string_equal(str_of(r, "snapshot"), "failed");
+			json_decref(r);
+			expect_no_writer_left(sock, p.pid);
+		}
+	}
+	/* The VM runs on unharmed. */
+	vmm_send(&p, "ping\n");
+	need_line(&p, "pong");
+	stop_vm(&p, sock);
+	assert_int_equal(umount(small), 0);
+}
+
+/*
+ * A writer killed with -9 mid-write: the source sees its zygote die and
+ * removes the temp dir; a stop-and-save writer (the VMM itself) killed with
+ * -9 leaves one, which the next snapshot written there removes.
+ */
+static void test_killed_writer_leaves_no_temp_dir(void **state)
+{
+	char sock[300], snap[400], req[1000], in[300];
+	struct vmm_proc p;
+	json_t *r;
+	int zpid;
+
+	(void)state;
+	path_in(in, sizeof(in), "killed");
+	assert_int_equal(mkdir(in, 0700), 0);
+	path_in(sock, sizeof(sock), "killed.sock");
+	snprintf(snap, sizeof(snap), "%s/k", in);
+	setenv("FORKD_FAULT_INJECT", "snapshot-slow", 1); /* 3 s between mkdtemp and the write */
+	start_pattern_source(&p, sock, "128M", "work=pattern pattern_mib=16");
+	unsetenv("FORKD_FAULT_INJECT");
+
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"wait\":false}", snap);
+	r = call(sock, req, true);
+	zpid = (int)int_of(r, "zygote_pid");
+	json_decref(r);
+	for (long long end = harness_deadline(10000);
+	     count_tmp_dirs(in, "k") == 0 && now_ms() < end;)
+		usleep(10 * 1000);
+	assert_int_equal(count_tmp_dirs(in, "k"), 1);
+	assert_int_equal(kill(zpid, SIGKILL), 0);
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot-status\",\"path\":\"%s\"}", snap);
+	for (long long end = harness_deadline(10000);;) {
+		r = call(sock, req, true);
+		if (strcmp(str_of(r, "snapshot"), "writing") != 0 || now_ms() > end)
+			break;
+		json_decref(r);
+		usleep(20 * 1000);
+	}
+	assert_string_equal(str_of(r, "snapshot"), "failed");
+	assert_non_null(strstr(str_of(r, "error"), "exited before it was complete"));
+	json_decref(r);
+	assert_int_equal(count_tmp_dirs(in, "k"), 0);
+	assert_false(path_exists(snap));
+	expect_no_writer_left(sock, p.pid);
+
+	/* Stop-and-save: the VMM writes, and nobody is left to clean up after its kill -9. */
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"mode\":\"stop\"}",
+		 snap);
+	{
+		char err_buf[256];
+		pid_t caller = fork();
+		assert_true(caller >= 0);
+		if (caller == 0) {
+			json_t *ignored = harness_call(sock, req, err_buf, sizeof(err_buf));
+			(void)ignored;
+			_exit(0);
+		}
+		for (long long end = harness_deadline(10000);
+		     count_tmp_dirs(in, "k") == 0 && now_ms() < end;)
+			usleep(10 * 1000);
+		assert_int_equal(count_tmp_dirs(in, "k"), 1);
+		vmm_kill(&p);
+		waitpid(caller, NULL, 0);
+	}
+	vmm_free(&p);
+	assert_int_equal(count_tmp_dirs(in, "k"), 1);
+
+	/* The next writer into that directory removes it; a different name, so no clash. */
+	start_pattern_source(&p, sock, "128M", "work=pattern pattern_mib=16");
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s/next\"}", in);
+	json_decref(call(sock, req, true));
+	assert_int_equal(count_tmp_dirs(in, "k"), 0);
+	stop_vm(&p, sock);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -671,6 +1108,11 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_damaged_snapshots_are_refused),
 	    cmocka_unit_test(test_snapshot_from_another_cpu_is_refused),
 	    cmocka_unit_test(test_forkd_spawn_and_kill),
+	    cmocka_unit_test(test_live_snapshot_under_write_load),
+	    cmocka_unit_test(test_corrupt_chunk_is_named),
+	    cmocka_unit_test(test_killed_writer_leaves_no_temp_dir),
+	    /* Last: it moves this process into its own mount namespace. */
+	    cmocka_unit_test(test_enospc_leaves_nothing),
 	};
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;

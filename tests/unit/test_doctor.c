@@ -335,12 +335,48 @@ static void test_human_and_bad_flags(void **state)
 	assert_non_null(strstr(err, "doctor: unexpected argument 'now'"));
 }
 
+/* VM networking, seccomp and cgroup delegation, each against what this test finds itself. */
+static void test_net_seccomp_delegation(void **state)
+{
+	json_t *r = doctor_json(NULL), *net = json_object_get(r, "net");
+	json_t *sc = json_object_get(r, "seccomp"), *cg = json_object_get(r, "cgroup");
+	int tun = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+	const char *nft = get_str(net, "nft");
+	bool nft_here = exists("/usr/sbin/nft") || exists("/sbin/nft") || exists("/usr/bin/nft");
+
+	(void)state;
+	assert_int_equal(json_is_true(json_object_get(net, "tun")), tun >= 0);
+	if (tun >= 0)
+		close(tun);
+	assert_int_equal(nft != NULL, nft_here);
+	if (nft)
+		assert_true(exists(nft));
+	assert_true(json_is_array(json_object_get(net, "slot_net_clash")));
+	/* seccomp: the kernel's own list of actions when it has filters */
+	assert_int_equal(json_is_true(json_object_get(sc, "filters")),
+			 exists("/proc/sys/kernel/seccomp/actions_avail"));
+	if (get_str(cg, "cgroup2_path") && get_str(cg, "own_cgroup")) {
+		const char *own = get_str(cg, "own_cgroup");
+
+		assert_int_equal(
+		    strncmp(own, get_str(cg, "cgroup2_path"), strlen(get_str(cg, "cgroup2_path"))),
+		    0);
+		assert_int_equal(json_is_true(json_object_get(cg, "own_cgroup_writable")),
+				 access(own, W_OK) == 0);
+	}
+	json_decref(r);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_kvm),	   cmocka_unit_test(test_thp),
-	    cmocka_unit_test(test_cgroup), cmocka_unit_test(test_userfaultfd),
-	    cmocka_unit_test(test_disk),   cmocka_unit_test(test_human_and_bad_flags),
+	    cmocka_unit_test(test_kvm),
+	    cmocka_unit_test(test_thp),
+	    cmocka_unit_test(test_cgroup),
+	    cmocka_unit_test(test_userfaultfd),
+	    cmocka_unit_test(test_disk),
+	    cmocka_unit_test(test_human_and_bad_flags),
+	    cmocka_unit_test(test_net_seccomp_delegation),
 	};
 	return cmocka_run_group_tests_name("forkd doctor against this machine", tests, setup,
 					   teardown);

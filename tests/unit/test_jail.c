@@ -244,6 +244,36 @@ static void test_options_and_their_errors(void **state)
 	assert_null(cfg.jail_dir);
 }
 
+/* A network device: /dev/net/tun in the jail; what a VMM without capabilities cannot do, refused.
+ */
+static void test_network_in_the_jail(void **state)
+{
+	struct vmm_config cfg;
+	struct jail_plan plan;
+	struct fk_err err = {0};
+	const struct jail_entry *e;
+
+	(void)state;
+	assert_int_equal(PARSE(&cfg, &err, "--kernel", "/k", "--net", "tap=fk0", "--jail", "/j"),
+			 0);
+	assert_int_equal(jail_plan_build(&cfg, &plan, &err), 0);
+	e = find(&plan, "/dev/net/tun");
+	assert_non_null(e);
+	assert_int_equal(e->kind, JAIL_CHAR_DEV);
+	assert_string_equal(e->option, "--net");
+	assert_int_equal(PARSE(&cfg, &err, "--kernel", "/k", "--net-policy", "nat", "--jail", "/j"),
+			 -EINVAL);
+	assert_non_null(strstr(err.msg, "--jail and --net-policy nat"));
+	assert_int_equal(
+	    PARSE(&cfg, &err, "--kernel", "/k", "--net", "tap=fk0,netns=blue", "--jail", "/j"),
+	    -EINVAL);
+	assert_non_null(strstr(err.msg, "netns=blue"));
+	/* Without a network device there is no tun node. */
+	assert_int_equal(PARSE(&cfg, &err, "--kernel", "/k", "--jail", "/j"), 0);
+	assert_int_equal(jail_plan_build(&cfg, &plan, &err), 0);
+	assert_null(find(&plan, "/dev/net/tun"));
+}
+
 static void test_jail_path_and_ids(void **state)
 {
 	char out[32];
@@ -345,6 +375,7 @@ int main(void)
 	    cmocka_unit_test(test_plan_rw_inside_ro_is_kept),
 	    cmocka_unit_test(test_plan_refusals),
 	    cmocka_unit_test(test_options_and_their_errors),
+	    cmocka_unit_test(test_network_in_the_jail),
 	    cmocka_unit_test(test_jail_path_and_ids),
 	    cmocka_unit_test(test_drop_privileges),
 	};

@@ -269,7 +269,7 @@ static void test_round_trip(void **state)
 	assert_int_equal(dev_type, 0x4001);
 	assert_int_equal(len, sizeof(uart));
 	assert_memory_equal(data, uart, sizeof(uart));
-	assert_int_equal(snap_reader_nr_sections(r), 9); /* 8 added + VM_INFO */
+	assert_int_equal(snap_reader_nr_sections(r), 10); /* 8 added + VM_INFO + MEM_HASHES */
 	for (uint32_t i = 0; i < snap_reader_nr_sections(r); i++) {
 		uint32_t type, instance;
 

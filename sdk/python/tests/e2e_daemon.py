@@ -199,6 +199,49 @@ class E2E:
         for name in ("forkd_branch_pause_seconds", "forkd_http_requests_total"):
             check(name in text, f"{name} missing from /metrics")
 
+    def mcp(self):
+        """The MCP server (python3 -m forkd.mcp) as an agent would drive it:
+        a command in the sandbox, a BRANCH, the child's view of the file the
+        branch step wrote, and the child removed."""
+        import json
+        import subprocess
+        env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(
+            os.path.abspath(__file__)))}
+        p = subprocess.Popen([sys.executable, "-m", "forkd.mcp", "--socket",
+                              os.environ["FORKD_SOCKET"]], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        ids = iter(range(1, 100))
+
+        def call(method, params):
+            msg_id = next(ids)
+            p.stdin.write(json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method,
+                                      "params": params}) + "\n")
+            p.stdin.flush()
+            answer = json.loads(p.stdout.readline() or "null")
+            check(isinstance(answer, dict) and answer.get("id") == msg_id, f"answer {answer!r}")
+            check("result" in answer, f"{method}: {answer.get('error')}")
+            return answer["result"]
+
+        def tool(name, **arguments):
+            r = call("tools/call", {"name": name, "arguments": arguments})
+            check(r.get("isError") is False, f"{name}: {r.get('content')}")
+            return r["structuredContent"]
+
+        try:
+            init = call("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                       "clientInfo": {"name": "sdk-e2e", "version": "0"}})
+            check(init["serverInfo"]["name"] == "forkd", repr(init))
+            r = tool("sandbox_exec", id=self.sb.id, command="cat /etc/hostname; exit 4")
+            check(r["exit_code"] == 4 and r["stdout"].strip(), repr(r))
+            kids = tool("sandbox_branch", id=self.sb.id, n=1)["children"]
+            check(len(kids) == 1, repr(kids))
+            r = tool("sandbox_read_file", id=kids[0], path=f"{self.w}/mark")
+            check(r["content"] == "before-branch\n", repr(r))
+            check(kids[0] in tool("sandbox_delete", id=kids[0])["removed"], "child not removed")
+        finally:
+            p.stdin.close()
+            check(p.wait(timeout=30) == 0, f"forkd.mcp exited {p.returncode}")
+
     def cleanup(self):
         for tag in list(self.tags):
             self.c.delete_snapshot(tag, cascade=True)
@@ -217,7 +260,7 @@ class E2E:
         if not self.step("create", self.create):
             return
         for name in ("run_basic", "run_streaming", "run_timeout", "files", "branch", "tree",
-                     "snapshot_spawn", "branch_persist", "errors", "metrics"):
+                     "snapshot_spawn", "branch_persist", "errors", "metrics", "mcp"):
             self.step(name, getattr(self, name))
         if not self.args.keep:
             self.step("cleanup", self.cleanup)

@@ -55,7 +55,7 @@ class E2EScriptTest(unittest.TestCase):
         self.assertIn(" 0 failed", r.stdout)
         for step in ("health", "create", "run_basic", "run_streaming", "run_timeout", "files",
                      "branch", "tree", "snapshot_spawn", "branch_persist", "errors", "metrics",
-                     "cleanup"):
+                     "mcp", "cleanup"):
             self.assertIn(f"PASS {step} ", r.stdout)
         self.assertEqual(srv.sim.vms, {})
         self.assertEqual(srv.sim.snaps, {})

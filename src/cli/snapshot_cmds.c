@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: MIT */
+/* `forkd snapshot verify DIR [--json]`: a snapshot's memory file against its chunk checksums. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "cli/cli.h"
+#include "state/snapshot_format.h"
+
+int cli_snapshot_verify(int argc, char **argv)
+{
+	const char *dir = NULL;
+	struct snap_verify_stats vs;
+	struct snap_reader *r = NULL;
+	struct fk_err err = {0};
+	uint64_t chunk = 0, nr = 0;
+	const uint8_t *hashes;
+	bool json = false;
+	int ret;
+
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--json") == 0)
+			json = true;
+		else if (argv[i][0] == '-')
+			return cli_usage_error(
+			    "snapshot verify: unknown option '%s' (expected --json)", argv[i]);
+		else if (dir)
+			return cli_usage_error(
+			    "snapshot verify: unexpected argument '%s' (expected "
+			    "one snapshot directory)",
+			    argv[i]);
+		else
+			dir = argv[i];
+	}
+	if (!dir)
+		return cli_usage_error("snapshot verify: expected a snapshot directory");
+	ret = snap_reader_open(dir, &r, &err);
+	if (ret == 0) {
+		ret = snap_verify_memory(r, &vs, &err);
+		snap_reader_mem_hashes(r, &chunk, &nr, &hashes);
+	}
+	if (json) {
+		json_t *o = json_pack("{s:s,s:b}", "path", dir, "ok", ret == 0);
+
+		if (ret < 0)
+			json_object_set_new(o, "error", json_string(err.msg));
+		if (r && ret != -ENOENT) {
+			json_object_set_new(o, "chunk_bytes", json_integer((json_int_t)chunk));
+			json_object_set_new(o, "chunks", json_integer((json_int_t)vs.chunks));
+			json_object_set_new(o, "hole_chunks",
+					    json_integer((json_int_t)vs.hole_chunks));
+			json_object_set_new(o, "bytes_read",
+					    json_integer((json_int_t)vs.bytes_read));
+			json_object_set_new(o, "bad_chunks",
+					    json_integer((json_int_t)vs.bad_chunks));
+			if (vs.bad_chunks)
+				json_object_set_new(o, "first_bad_offset",
+						    json_integer((json_int_t)vs.first_bad_offset));
+			json_object_set_new(o, "verify_us", json_integer((json_int_t)vs.us));
+		}
+		json_dumpf(o, stdout, JSON_COMPACT);
+		putchar('\n');
+		json_decref(o);
+	} else if (ret == 0) {
+		printf("%s: ok: %llu chunks of %llu KiB (%llu holes, not read), %llu MiB read in "
+		       "%llu ms\n",
+		       dir, (unsigned long long)vs.chunks, (unsigned long long)(chunk >> 10),
+		       (unsigned long long)vs.hole_chunks,
+		       (unsigned long long)(vs.bytes_read >> 20),
+		       (unsigned long long)(vs.us / 1000));
+	}
+	if (ret < 0 && !json)
+		fprintf(stderr, "forkd: snapshot verify: %s\n", err.msg);
+	snap_reader_close(r);
+	return ret < 0 ? CLI_EXIT_NOT_OK : 0;
+}
