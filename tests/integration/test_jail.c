@@ -117,10 +117,10 @@ static bool same_ns(pid_t pid, const char *ns)
 static void expect_jailed(pid_t pid, const char *jail)
 {
 	static const char *const caps[] = {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"};
-	char v[256], path[128], line[1024], want_root[400];
+	char v[256], path[128], line[1024];
 	FILE *f;
-	bool root_is_jail = false;
-	struct stat st;
+	bool root_ro = false;
+	struct stat st, jst;
 
 	proc_status(pid, "Uid", v, sizeof(v));
 	assert_string_equal(v, "65534 65534 65534 65534");
@@ -141,17 +141,25 @@ static void expect_jailed(pid_t pid, const char *jail)
 	assert_false(same_ns(pid, "net"));
 	/* No pid namespace, by design: BRANCH children outlive their source (docs/jail.md). */
 	assert_true(same_ns(pid, "pid"));
-	/* mountinfo: "ID PARENT MAJ:MIN ROOT MOUNTPOINT ...": the mount at / has the jail as root.
-	 */
+	/* Its root directory is the jail (same inode; mountinfo spells it per filesystem). */
+	snprintf(path, sizeof(path), "/proc/%d/root/", (int)pid);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(stat(jail, &jst), 0);
+	if (st.st_dev != jst.st_dev || st.st_ino != jst.st_ino)
+		fail_msg("pid %d: its root is not %s", (int)pid, jail);
+	/* ... and read-only: the jail's skeleton cannot be changed from inside. */
 	snprintf(path, sizeof(path), "/proc/%d/mountinfo", (int)pid);
 	f = fopen(path, "r");
 	assert_non_null(f);
-	snprintf(want_root, sizeof(want_root), " %s / ", jail);
-	while (fgets(line, sizeof(line), f))
-		root_is_jail |= strstr(line, want_root) != NULL;
+	while (fgets(line, sizeof(line), f)) {
+		char root[512], mnt[512], opts[256];
+		if (sscanf(line, "%*d %*d %*s %511s %511s %255s", root, mnt, opts) == 3 &&
+		    strcmp(mnt, "/") == 0)
+			root_ro = strncmp(opts, "ro,", 3) == 0 || strcmp(opts, "ro") == 0;
+	}
 	fclose(f);
-	if (!root_is_jail)
-		fail_msg("pid %d: no mount of %s at / in its mount namespace", (int)pid, jail);
+	if (!root_ro)
+		fail_msg("pid %d: its / is not mounted read-only", (int)pid);
 	/* Non-dumpable after the uid switch: its /proc files are root's, so no other uid's
 	 * process can ptrace it or read its memory. */
 	snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
