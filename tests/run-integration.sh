@@ -5,6 +5,9 @@
 #   needs=linux  (Linux guests)  natively only with hardware virtualization,
 #                                else in the nested test host;
 #   needs=testhost (regressions of nested-host faults)  always in the nested host;
+#   needs=cgroup2 (probe guests and cgroup v2 limits)  natively where /dev/kvm exists
+#                                and /sys/fs/cgroup is cgroup v2 with the memory, cpu
+#                                and pids controllers, else in the nested test host;
 #   needs=nothing                natively.
 # FORKD_TESTHOST=always sends every KVM test to the nested host; =never runs
 # everything natively (a test that cannot run there then fails with its reason).
@@ -44,6 +47,13 @@ for bin in "$@"; do
 	kvm) [ "$mode" = always ] || { [ "$mode" = auto ] && [ "$kind" = none ]; } && nested=1 ;;
 	linux) [ "$mode" = always ] || { [ "$mode" = auto ] && [ "$kind" != hardware ]; } && nested=1 ;;
 	testhost) nested=1 ;;
+	cgroup2)
+		ctl=$(cat /sys/fs/cgroup/cgroup.controllers 2>/dev/null)
+		[ "$mode" = always ] || { [ "$mode" = auto ] && { [ "$kind" = none ] ||
+			[ "$(stat -f -c %T /sys/fs/cgroup)" != cgroup2fs ] ||
+			! grep -qw memory <<<"$ctl" || ! grep -qw cpu <<<"$ctl" ||
+			! grep -qw pids <<<"$ctl"; }; } && nested=1
+		;;
 	*) echo "run-integration: $bin: unknown needs '$needs'" >&2; exit 2 ;;
 	esac
 	[ "$mode" = never ] && [ "$needs" != testhost ] && nested=0

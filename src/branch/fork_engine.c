@@ -98,6 +98,13 @@ static ssize_t recv_msg(struct event_loop *loop, int sock, char *buf, size_t len
 	return n;
 }
 
+/* EAGAIN from fork is a task limit: a jailed VM's is its cgroup's pids.max (docs/jail.md). */
+static const char *fork_hint(int e)
+{
+	return e == EAGAIN ? " (task limit reached: the VM cgroup's pids.max, or RLIMIT_NPROC)"
+			   : "";
+}
+
 static void close_fds_except(const int *keep, int nkeep)
 {
 	DIR *d = opendir("/proc/self/fd");
@@ -273,7 +280,8 @@ static void zygote_spawn(struct vm *source, const struct snap_writer *w, const c
 		}
 		close(pipefd[1]);
 		if (kids[i].pid < 0) {
-			send_msg(sock, "child-error %d fork: %s", k, strerror(errno));
+			send_msg(sock, "child-error %d fork: %s%s", k, strerror(errno),
+				 fork_hint(errno));
 			close(pipefd[0]);
 			continue;
 		}
@@ -824,7 +832,8 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 	}
 	t3 = monotonic_us();
 	if (pid < 0) {
-		ret = fk_fail_errno(err, errno, "branch: fork of the zygote failed");
+		ret = fk_fail(err, errno, "branch: fork of the zygote failed: %s%s",
+			      strerror(errno), fork_hint(errno));
 		goto fail;
 	}
 	disk_copies_start(vm, z, w.nr_files);

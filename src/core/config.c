@@ -2,6 +2,8 @@
 #include "core/config.h"
 #include "net/netns.h"
 
+#include "jail/cgroup.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
@@ -143,6 +145,18 @@ void vmm_config_usage(FILE *out)
 	      "                       own. See docs/networking.md\n"
 	      "  --control PATH       serve the JSON control protocol on this Unix socket\n"
 	      "                       (status, pause, resume, shutdown; see docs/control.md)\n"
+	      "  --jail DIR           build a jail in DIR (new or empty) and run in it: own\n"
+	      "                       mount/ipc/uts/network namespaces, pivot_root, no\n"
+	      "                       capabilities, an unprivileged uid (docs/jail.md)\n"
+	      "  --uid N, --gid N     the jailed VM's ids (default nobody and nogroup)\n"
+	      "  --jail-bind DIR[,ro] one more host directory in the jail, at its host path\n"
+	      "                       (e.g. where snapshots go); repeatable (max 8)\n"
+	      "  --cgroup PARENT      run in the cgroup v2 PARENT/vm-NAME (default\n"
+	      "                       " VMM_CGROUP_PARENT_DEFAULT "); any limit below implies it\n"
+	      "  --cgroup-name NAME   NAME in vm-NAME (default the VMM's pid)\n"
+	      "  --memory-max SIZE    memory.max of the VM's cgroup (and no swap)\n"
+	      "  --cpu-max Q[/P]      cpu.max: Q microseconds of CPU per P (default 100000)\n"
+	      "  --pids-max N         pids.max: tasks (threads) of the VM and its children\n"
 	      "  -h, --help           this text\n"
 	      "\n"
 	      "Exit status: 0 guest powered off, 1 VMM error, 2 bad command line or\n"
@@ -309,6 +323,90 @@ static int parse_vsock(struct vmm_config *cfg, const char *arg, struct fk_err *e
 	return 0;
 }
 
+/* An id for --uid/--gid: 1..4294967294 (0 is root, -1 means "no change" to the kernel). */
+static int parse_id(const char *option, const char *s, unsigned *out, struct fk_err *err)
+{
+	unsigned long long v;
+	char *end;
+
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (!isdigit((unsigned char)s[0]) || errno || *end || v == 0 || v >= 0xFFFFFFFFULL)
+		return fk_fail(err, EINVAL, "%s '%s': expected a numeric id from 1 to 4294967294",
+			       option, s);
+	*out = (unsigned)v;
+	return 0;
+}
+
+/* The jail and cgroup options, in the order of their OPT_ values from OPT_JAIL. */
+static int parse_jail_option(struct vmm_config *cfg, int which, const char *arg, struct fk_err *err)
+{
+	unsigned long long v;
+	char *end;
+
+	switch (which) {
+	case 0: /* --jail */
+		if (arg[0] != '/')
+			return fk_fail(err, EINVAL, "--jail '%s': expected an absolute directory",
+				       arg);
+		cfg->jail_dir = arg;
+		return 0;
+	case 1: /* --uid */
+		cfg->jail_uid_given = true;
+		return parse_id("--uid", arg, &cfg->jail_uid, err);
+	case 2: /* --gid */
+		cfg->jail_gid_given = true;
+		return parse_id("--gid", arg, &cfg->jail_gid, err);
+	case 3: /* --jail-bind */
+		if (cfg->nr_jail_binds == VMM_MAX_JAIL_BINDS)
+			return fk_fail(err, EINVAL, "--jail-bind %s: at most %d are supported", arg,
+				       VMM_MAX_JAIL_BINDS);
+		if (!*arg || arg[0] == ',')
+			return fk_fail(err, EINVAL, "--jail-bind '%s': expected DIR[,ro|,rw]", arg);
+		cfg->jail_binds[cfg->nr_jail_binds++] = arg;
+		return 0;
+	case 4: /* --cgroup */
+		if (arg[0] != '/')
+			return fk_fail(
+			    err, EINVAL,
+			    "--cgroup '%s': expected an absolute directory in the cgroup "
+			    "v2 mount",
+			    arg);
+		cfg->cgroup_parent = arg;
+		break;
+	case 5: /* --cgroup-name */
+		if (!cgroup_name_ok(arg))
+			return fk_fail(err, EINVAL,
+				       "--cgroup-name '%s': expected 1 to 64 of [A-Za-z0-9._-]",
+				       arg);
+		cfg->cgroup_name = arg;
+		return 0;
+	case 6: /* --memory-max */
+		if (parse_size(arg, &cfg->memory_max) < 0 || cfg->memory_max < (1ULL << 20))
+			return fk_fail(err, EINVAL,
+				       "--memory-max '%s': expected a size such as 512M or 4G, at "
+				       "least 1M",
+				       arg);
+		break;
+	case 7: /* --cpu-max */
+		if (cgroup_parse_cpu_max(arg, &cfg->cpu_quota_us, &cfg->cpu_period_us, err) < 0)
+			return -EINVAL;
+		break;
+	case 8: /* --pids-max */
+		errno = 0;
+		v = strtoull(arg, &end, 10);
+		if (!isdigit((unsigned char)arg[0]) || errno || *end || v == 0 || v > 4194304)
+			return fk_fail(err, EINVAL,
+				       "--pids-max '%s': expected a number of tasks from 1 to "
+				       "4194304",
+				       arg);
+		cfg->pids_max = v;
+		break;
+	}
+	cfg->cgroup_wanted = true;
+	return 0;
+}
+
 /* "52:54:00:12:34:56": six two-digit hex bytes; a multicast MAC cannot be a NIC's. */
 static int parse_mac(const char *s, size_t len, uint8_t mac[6])
 {
@@ -443,6 +541,15 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_CPUID_HIDE,
 		OPT_VSOCK,
 		OPT_IMAGE,
+		OPT_JAIL,
+		OPT_UID,
+		OPT_GID,
+		OPT_JAIL_BIND,
+		OPT_CGROUP,
+		OPT_CGROUP_NAME,
+		OPT_MEMORY_MAX,
+		OPT_CPU_MAX,
+		OPT_PIDS_MAX,
 		OPT_NET,
 		OPT_NET_POLICY,
 		OPT_VERIFY
@@ -463,6 +570,15 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"cpuid-hide", required_argument, NULL, OPT_CPUID_HIDE},
 	    {"vsock", required_argument, NULL, OPT_VSOCK},
 	    {"image", required_argument, NULL, OPT_IMAGE},
+	    {"jail", required_argument, NULL, OPT_JAIL},
+	    {"uid", required_argument, NULL, OPT_UID},
+	    {"gid", required_argument, NULL, OPT_GID},
+	    {"jail-bind", required_argument, NULL, OPT_JAIL_BIND},
+	    {"cgroup", required_argument, NULL, OPT_CGROUP},
+	    {"cgroup-name", required_argument, NULL, OPT_CGROUP_NAME},
+	    {"memory-max", required_argument, NULL, OPT_MEMORY_MAX},
+	    {"cpu-max", required_argument, NULL, OPT_CPU_MAX},
+	    {"pids-max", required_argument, NULL, OPT_PIDS_MAX},
 	    {"net", required_argument, NULL, OPT_NET},
 	    {"net-policy", required_argument, NULL, OPT_NET_POLICY},
 	    {"verify", no_argument, NULL, OPT_VERIFY},
@@ -566,6 +682,19 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		case OPT_IMAGE:
 			cfg->image = optarg;
 			break;
+		case OPT_JAIL:
+		case OPT_UID:
+		case OPT_GID:
+		case OPT_JAIL_BIND:
+		case OPT_CGROUP:
+		case OPT_CGROUP_NAME:
+		case OPT_MEMORY_MAX:
+		case OPT_CPU_MAX:
+		case OPT_PIDS_MAX:
+			ret = parse_jail_option(cfg, c - OPT_JAIL, optarg, err);
+			if (ret < 0)
+				return ret;
+			break;
 		case OPT_NET:
 			ret = parse_net(cfg, optarg, err);
 			if (ret < 0)
@@ -601,6 +730,29 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	if (!*cfg->serial_out || !*cfg->serial_in)
 		return fk_fail(err, EINVAL,
 			       "--serial/--serial-in: expected a path, stdout/stdin or none");
+	if ((cfg->jail_uid_given || cfg->jail_gid_given || cfg->nr_jail_binds) && !cfg->jail_dir)
+		return fk_fail(err, EINVAL, "--uid, --gid and --jail-bind only apply with --jail");
+	/*
+	 * A jailed VMM has no capabilities left: it could neither make a BRANCH
+	 * child's namespace (--net-policy) nor enter /run/netns/NS (docs/jail.md).
+	 */
+	if (cfg->jail_dir && (cfg->net_policy == FK_NET_HOST || cfg->net_policy == FK_NET_NAT))
+		return fk_fail(err, EINVAL,
+			       "--jail and --net-policy %s: not together yet (a jailed VMM has no "
+			       "capability to make its BRANCH children's namespaces); give --net "
+			       "tap=NAME with a tap owned by the VM's uid",
+			       fk_net_policy_name((enum fk_net_policy)cfg->net_policy));
+	if (cfg->jail_dir && cfg->net_netns[0])
+		return fk_fail(err, EINVAL,
+			       "--jail and --net ...,netns=%s: a jailed VMM cannot enter another "
+			       "network namespace; start it inside that namespace instead",
+			       cfg->net_netns);
+	if (cfg->cgroup_name && !cfg->cgroup_wanted)
+		return fk_fail(err, EINVAL,
+			       "--cgroup-name only applies with --cgroup or a limit (--memory-max, "
+			       "--cpu-max, --pids-max)");
+	if (cfg->cgroup_wanted && !cfg->cgroup_parent)
+		cfg->cgroup_parent = VMM_CGROUP_PARENT_DEFAULT;
 	if (cfg->image && cfg->restore_dir)
 		return fk_fail(err, EINVAL,
 			       "--image and --restore: a snapshot brings its own disks");

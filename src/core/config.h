@@ -21,6 +21,10 @@
 #define VMM_VSOCK_DEFAULT_CID 3
 #define VMM_VSOCK_MIN_CID     3
 #define VMM_VSOCK_MAX_CID     0xFFFFFFFEULL
+/* --jail-bind: extra host directories a jailed VM may use. */
+#define VMM_MAX_JAIL_BINDS 8
+/* --cgroup: where per-VM cgroups are made. */
+#define VMM_CGROUP_PARENT_DEFAULT "/sys/fs/cgroup/forkd"
 /* --net: an interface name fits IFNAMSIZ (16 with its NUL); a netns name is a file in /run/netns.
  */
 #define VMM_NET_IFNAME_MAX 16
@@ -110,6 +114,25 @@ struct vmm_config {
 	 */
 	const char *image;
 	char image_kernel[4096], image_initrd[4096], image_cmdline[VMM_MAX_CMDLINE + 1];
+	/*
+	 * --jail DIR [--uid N --gid N] [--jail-bind DIR[,ro]]...: run in a
+	 * mount namespace rooted at DIR, unprivileged (docs/jail.md).
+	 */
+	const char *jail_dir;
+	unsigned jail_uid, jail_gid;
+	bool jail_uid_given, jail_gid_given;
+	const char *jail_binds[VMM_MAX_JAIL_BINDS]; /* "DIR" or "DIR,ro", as given */
+	int nr_jail_binds;
+	/*
+	 * cgroup v2 limits (docs/jail.md): the VM and its BRANCH children share
+	 * PARENT/vm-NAME. Any limit, or --cgroup, turns it on.
+	 */
+	bool cgroup_wanted;
+	const char *cgroup_parent;	      /* --cgroup, default VMM_CGROUP_PARENT_DEFAULT */
+	const char *cgroup_name;	      /* --cgroup-name, default the VMM's pid */
+	uint64_t memory_max;		      /* bytes, 0: none */
+	uint64_t cpu_quota_us, cpu_period_us; /* --cpu-max; quota 0: none */
+	uint64_t pids_max;		      /* 0: none */
 };
 
 /* Where --image looks: $FORKD_IMAGE_CACHE or /var/cache/forkd/rootfs. */

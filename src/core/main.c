@@ -6,6 +6,8 @@
 
 #include "core/config.h"
 #include "core/vm.h"
+#include "jail/cgroup.h"
+#include "jail/jail.h"
 #include "net/vm_netns.h"
 
 /* Failures caused by what the user gave us are usage errors (exit 2). */
@@ -51,6 +53,28 @@ int main(int argc, char **argv)
 	}
 	/* --net-policy: the namespace and its tap exist before the VM opens the tap */
 	if (vm_netns_setup(&cfg, false, &err) < 0) {
+		fprintf(stderr, "forkd-vmm: %s\n", err.msg);
+		return init_failure_status(err.code);
+	}
+	/*
+	 * Isolation before the VM is built: the cgroup first (its files are
+	 * outside the jail; guest RAM is then charged to it), then the jail,
+	 * which ends unprivileged (docs/jail.md).
+	 */
+	if (cfg.cgroup_wanted) {
+		struct cgroup_limits lim = {.memory_max = cfg.memory_max,
+					    .cpu_quota_us = cfg.cpu_quota_us,
+					    .cpu_period_us = cfg.cpu_period_us,
+					    .pids_max = cfg.pids_max};
+		char cg[4200];
+
+		if (cgroup_vm_join(cfg.cgroup_parent, cfg.cgroup_name, &lim, cg, sizeof(cg), &err) <
+		    0) {
+			fprintf(stderr, "forkd-vmm: %s\n", err.msg);
+			return init_failure_status(err.code);
+		}
+	}
+	if (cfg.jail_dir && jail_enter(&cfg, &err) < 0) {
 		fprintf(stderr, "forkd-vmm: %s\n", err.msg);
 		return init_failure_status(err.code);
 	}

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/magic.h>
+#include <sys/statfs.h>
 #include <sys/utsname.h>
 
 enum kvm_kind where_kvm_kind(void)
@@ -26,6 +28,32 @@ enum kvm_kind where_kvm_kind(void)
 		break;
 	}
 	return KVM_NONE;
+}
+
+bool where_cgroup2_controllers(void)
+{
+	char text[512] = "";
+	struct statfs fs;
+	FILE *f;
+	bool all = true;
+
+	if (statfs("/sys/fs/cgroup", &fs) < 0 || fs.f_type != CGROUP2_SUPER_MAGIC)
+		return false;
+	f = fopen("/sys/fs/cgroup/cgroup.controllers", "r");
+	if (!f)
+		return false;
+	if (!fgets(text, sizeof(text), f))
+		text[0] = '\0';
+	fclose(f);
+	for (const char *const *c = (const char *const[]){"memory", "cpu", "pids", NULL}; *c; c++) {
+		size_t n = strlen(*c);
+		bool found = false;
+		for (const char *p = text; (p = strstr(p, *c)); p += n)
+			found |= (p == text || p[-1] == ' ') &&
+				 (p[n] == ' ' || p[n] == '\n' || p[n] == '\0');
+		all &= found;
+	}
+	return all;
 }
 
 static const char *place(enum kvm_kind kind)
@@ -56,6 +84,8 @@ static const char *needs_name(enum test_needs needs)
 		return "linux";
 	case NEEDS_TESTHOST:
 		return "testhost";
+	case NEEDS_CGROUP2:
+		return "cgroup2";
 	}
 	return "?";
 }
@@ -93,6 +123,14 @@ int where_begin(int argc, char **argv, enum test_needs needs, size_t nr_tests)
 		printf("where: %s cannot run here: it reproduces faults of the nested test host "
 		       "and runs only there (make integration-test does: scripts/testhost.sh -- "
 		       "%s)\n",
+		       name, argv[0]);
+		return -1;
+	}
+	if (needs == NEEDS_CGROUP2 && kind != KVM_NESTED_TCG && kind != KVM_NESTED_ACCEL &&
+	    !where_cgroup2_controllers()) {
+		printf("where: %s cannot run here: it needs cgroup v2 at /sys/fs/cgroup with the "
+		       "memory, cpu and pids controllers, and this machine has not; run it in the "
+		       "nested test host (make integration-test does: scripts/testhost.sh -- %s)\n",
 		       name, argv[0]);
 		return -1;
 	}

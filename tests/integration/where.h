@@ -11,13 +11,16 @@
 #ifndef FORKD_TESTS_WHERE_H
 #define FORKD_TESTS_WHERE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 enum test_needs {
-	NEEDS_NOTHING, /* no KVM at all (runs QEMU or scripts only) */
-	NEEDS_KVM,     /* the probe guest: any KVM, PVM included */
-	NEEDS_LINUX,   /* a stock Linux guest: hardware-virtualization semantics */
-	NEEDS_TESTHOST /* regressions for faults of the nested test host: always run there */
+	NEEDS_NOTHING,	/* no KVM at all (runs QEMU or scripts only) */
+	NEEDS_KVM,	/* the probe guest: any KVM, PVM included */
+	NEEDS_LINUX,	/* a stock Linux guest: hardware-virtualization semantics */
+	NEEDS_TESTHOST, /* regressions for faults of the nested test host: always run there */
+	NEEDS_CGROUP2	/* the probe guest and cgroup v2 with the memory, cpu and pids
+			   controllers: natively where /sys/fs/cgroup offers them, else nested */
 };
 
 enum kvm_kind {
@@ -28,11 +31,14 @@ enum kvm_kind {
 	KVM_NESTED_ACCEL /* inside scripts/testhost.sh under QEMU with -accel kvm */
 };
 
+/* Whether /sys/fs/cgroup is cgroup v2 offering the memory, cpu and pids controllers. */
+bool where_cgroup2_controllers(void);
+
 /* This machine's KVM, as scripts/kvm-kind.sh sees it (plus the nested host's own word). */
 enum kvm_kind where_kvm_kind(void);
 
 /*
- * Call first in main. With --needs: prints "needs=<nothing|kvm|linux|testhost>
+ * Call first in main. With --needs: prints "needs=<nothing|kvm|linux|testhost|cgroup2>
  * tests=<n>" and exits 0. Otherwise prints "where: <name> runs on <place>"
  * and returns 0, or prints why it cannot run here and returns -1 (main then
  * exits non-zero: a test that can run nowhere fails, it is never skipped).
