@@ -871,6 +871,155 @@ static void test_images(void **state_)
 	unsetenv("FORKD_IMAGES");
 }
 
+/* The VM in a `vm ls --json` list with this id (borrowed), or NULL. */
+static json_t *find_vm(json_t *vms, const char *id)
+{
+	json_t *vm;
+	size_t i;
+
+	json_array_foreach(vms, i, vm) if (strcmp(json_string_value(json_object_get(vm, "id")),
+						  id) == 0) return vm;
+	return NULL;
+}
+
+/* A VM's network as the daemon reports it, checked: policy, namespace, 10.200.S.2 address. */
+struct vm_net {
+	char id[32], netns[64], addr[32];
+};
+
+static void check_vm_net(json_t *vm, const char *policy, struct vm_net *out)
+{
+	const char *id = json_string_value(json_object_get(vm, "id"));
+	const char *net = json_string_value(json_object_get(vm, "net"));
+	const char *ns = json_string_value(json_object_get(vm, "net_netns"));
+	const char *addr = json_string_value(json_object_get(vm, "net_host_addr"));
+	unsigned a, b, c, d;
+	char path[128], end;
+
+	assert_non_null(id);
+	if (!net || strcmp(net, policy) != 0)
+		fail_msg("%s: net '%s', expected '%s'", id, net ? net : "(none)", policy);
+	if (!ns || strncmp(ns, "forkd-", 6) != 0)
+		fail_msg("%s: net_netns '%s', expected forkd-*", id, ns ? ns : "(null)");
+	/* 10.200.S.2 of slot S: the S-th /30 of 10.200.0.0/16, host .2 of it */
+	if (!addr || sscanf(addr, "%u.%u.%u.%u%c", &a, &b, &c, &d, &end) != 4 || a != 10 ||
+	    b != 200 || c > 255 || d > 255 || d % 4 != 2)
+		fail_msg("%s: net_host_addr '%s', expected 10.200.x.y with y %% 4 == 2", id,
+			 addr ? addr : "(null)");
+	snprintf(path, sizeof(path), "/run/netns/%s", ns);
+	if (!exists(path))
+		fail_msg("%s: its namespace %s is not in /run/netns", id, ns);
+	snprintf(out->id, sizeof(out->id), "%s", id);
+	snprintf(out->netns, sizeof(out->netns), "%s", ns);
+	snprintf(out->addr, sizeof(out->addr), "%s", addr);
+}
+
+static void assert_netns_gone(const struct vm_net *v)
+{
+	char path[160];
+
+	snprintf(path, sizeof(path), "/run/netns/%s", v->netns);
+	if (exists(path))
+		fail_msg("%s: namespace %s left after its delete", v->id, v->netns);
+	snprintf(path, sizeof(path), "/run/forkd/net/ns-%s", v->netns);
+	if (exists(path))
+		fail_msg("%s: namespace record %s left after its delete", v->id, path);
+}
+
+/*
+ * net=host through the daemon: the VM gets forkd-<id> and a 10.200.S.2 address, each
+ * BRANCH child its own namespace and address; the SDK reads them and gets a 400 for a
+ * bad policy; a SIGKILLed and restarted daemon still reports them; a cascade delete
+ * leaves no namespace, also of a child whose VMM was SIGKILLed (swept).
+ */
+static void test_net_policy(void **state_)
+{
+	struct vm_net v[3];
+	json_t *j, *kids, *vms;
+	char *out = NULL, script[2000], *probe = realpath(harness_probe(), NULL);
+	pid_t killed;
+	int rc;
+
+	(void)state_;
+	assert_non_null(probe);
+	start_daemon();
+	rc = forkd(&out, "vm", "create", "--kernel", probe, "--mem", "64", "--append", "work=idle",
+		   "--net", "host", "--json", NULL);
+	if (rc != 0)
+		fail_msg("vm create --net host: exit %d: %s", rc, out);
+	j = json_loads(out, 0, NULL);
+	assert_non_null(j);
+	free(out);
+	check_vm_net(j, "host", &v[0]);
+	{
+		char want[64];
+		snprintf(want, sizeof(want), "forkd-%s", v[0].id);
+		assert_string_equal(v[0].netns, want);
+	}
+	json_decref(j);
+
+	j = forkd_json("branch", "branch", v[0].id, "-n", "2", NULL);
+	kids = json_object_get(j, "children");
+	assert_int_equal(json_array_size(kids), 2);
+	check_vm_net(json_array_get(kids, 0), "host", &v[1]);
+	check_vm_net(json_array_get(kids, 1), "host", &v[2]);
+	json_decref(j);
+	for (int x = 0; x < 3; x++)
+		for (int y = x + 1; y < 3; y++) {
+			assert_string_not_equal(v[x].addr, v[y].addr);
+			assert_string_not_equal(v[x].netns, v[y].netns);
+		}
+
+	/* The SDK: the fields, a VM without a network, and a bad policy refused by the daemon. */
+	snprintf(script, sizeof(script),
+		 "import forkd\n"
+		 "c = forkd.Controller()\n"
+		 "vm = c.vm('%s')\n"
+		 "assert vm.net == 'host' and vm.net_host_addr == '%s', vm\n"
+		 "assert vm.net_netns == '%s', vm\n"
+		 "plain = c.create_vm(kernel='%s', mem_mib=64, append='work=idle')\n"
+		 "assert plain.net == 'none' and plain.net_host_addr is None, plain\n"
+		 "c.delete_vm(plain.id)\n"
+		 "try:\n"
+		 "    c.create_vm(kernel='%s', mem_mib=64, net='open')\n"
+		 "    raise SystemExit('net=open was not refused')\n"
+		 "except forkd.BadRequest as e:\n"
+		 "    assert e.status == 400 and 'net' in str(e) and 'nat' in str(e), str(e)\n",
+		 v[0].id, v[0].addr, v[0].netns, probe, probe);
+	run_sdk(script);
+	free(probe);
+
+	/* Re-adopted after SIGKILL of the daemon: the same namespaces and addresses. */
+	kill_daemon(SIGKILL);
+	start_daemon();
+	vms = list_vms();
+	assert_int_equal(json_array_size(vms), 3);
+	for (int x = 0; x < 3; x++) {
+		struct vm_net again;
+		json_t *vm = find_vm(vms, v[x].id);
+
+		assert_non_null(vm);
+		assert_string_equal(json_string_value(json_object_get(vm, "state")), "running");
+		check_vm_net(vm, "host", &again);
+		assert_string_equal(again.addr, v[x].addr);
+		assert_string_equal(again.netns, v[x].netns);
+	}
+	json_decref(vms);
+
+	/* A child's VMM killed outright leaves its namespace; the delete sweeps it. */
+	killed = vm_pid(v[2].id);
+	assert_true(killed > 0);
+	assert_int_equal(kill(killed, SIGKILL), 0);
+	assert_true(process_gone(killed));
+	assert_int_equal(forkd(NULL, "vm", "rm", v[0].id, NULL), 1);
+	assert_int_equal(forkd(NULL, "vm", "rm", v[0].id, "--cascade", NULL), 0);
+	for (int x = 0; x < 3; x++)
+		assert_netns_gone(&v[x]);
+	vms = list_vms();
+	assert_int_equal(json_array_size(vms), 0);
+	json_decref(vms);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -881,6 +1030,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test_setup_teardown(test_images, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_paused_through_control_socket, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stray_zygote_released_on_restart, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_net_policy, setup, teardown),
 	};
 
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
