@@ -928,9 +928,9 @@ static void assert_netns_gone(const struct vm_net *v)
 
 /*
  * net=host through the daemon: the VM gets forkd-<id> and a 10.200.S.2 address, each
- * BRANCH child its own namespace and address; the SDK reads them and gets a 400 for a
- * bad policy; a SIGKILLed and restarted daemon still reports them; a cascade delete
- * leaves no namespace, also of a child whose VMM was SIGKILLed (swept).
+ * BRANCH child and a VM spawned from its snapshot its own namespace and address; the SDK reads them
+ * and gets a 400 for a bad policy; a SIGKILLed and restarted daemon still reports them; a cascade
+ * delete leaves no namespace, also of a child whose VMM was SIGKILLed (swept).
  */
 static void test_net_policy(void **state_)
 {
@@ -1005,6 +1005,24 @@ static void test_net_policy(void **state_)
 		assert_string_equal(again.netns, v[x].netns);
 	}
 	json_decref(vms);
+
+	/* A VM spawned from its snapshot: the same policy, a namespace and address of its own. */
+	assert_int_equal(forkd(NULL, "snapshot", v[0].id, "--tag", "netbase", NULL), 0);
+	j = forkd_json("spawn", "spawn", "netbase", "-n", "1", NULL);
+	{
+		struct vm_net sp;
+		char want[64];
+
+		assert_int_equal(json_array_size(json_object_get(j, "vms")), 1);
+		check_vm_net(json_array_get(json_object_get(j, "vms"), 0), "host", &sp);
+		snprintf(want, sizeof(want), "forkd-%s", sp.id);
+		assert_string_equal(sp.netns, want);
+		for (int x = 0; x < 3; x++)
+			assert_string_not_equal(sp.addr, v[x].addr);
+		json_decref(j);
+		assert_int_equal(forkd(NULL, "snapshots", "rm", "netbase", "--cascade", NULL), 0);
+		assert_netns_gone(&sp);
+	}
 
 	/* A child's VMM killed outright leaves its namespace; the delete sweeps it. */
 	killed = vm_pid(v[2].id);
