@@ -6,9 +6,15 @@
  * killed with SIGKILL and restarted with every VM re-adopted, deletes
  * refused and cascaded, with the VMM processes checked from outside.
  */
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <spawn.h>
@@ -18,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -871,6 +878,95 @@ static void test_images(void **state_)
 	unsetenv("FORKD_IMAGES");
 }
 
+/*
+ * Frames through a VM's tap: the probe's `net` workload echoes a frame sent to its MAC
+ * (guest/probe/README.md), so an echo on the tap0 of the namespace the daemon reported
+ * shows the VM's device really is attached there.
+ */
+#define ETHERTYPE_TEST 0x88b5
+#define NET_TAP	       "tap0"
+
+struct packet_open {
+	const char *ns;
+	int fd, err;
+};
+
+/* Only this short thread enters the namespace; the socket stays bound to it. */
+static void *packet_open_thread(void *arg)
+{
+	struct packet_open *o = arg;
+	struct sockaddr_ll a = {.sll_family = AF_PACKET, .sll_protocol = htons(ETHERTYPE_TEST)};
+	char path[128];
+	int nsfd;
+
+	snprintf(path, sizeof(path), "/run/netns/%s", o->ns);
+	nsfd = open(path, O_RDONLY | O_CLOEXEC);
+	if (nsfd < 0 || setns(nsfd, CLONE_NEWNET) < 0) {
+		o->err = errno;
+		if (nsfd >= 0)
+			close(nsfd);
+		return NULL;
+	}
+	close(nsfd);
+	o->fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETHERTYPE_TEST));
+	a.sll_ifindex = (int)if_nametoindex(NET_TAP);
+	if (o->fd < 0 || a.sll_ifindex == 0 || bind(o->fd, (struct sockaddr *)&a, sizeof(a)) < 0)
+		o->err = errno ? errno : ENODEV;
+	return NULL;
+}
+
+/* Sends "forkd-host <tag>" to the guest's MAC on namespace ns's tap0 until it is echoed. */
+static void echo_through_tap(const char *ns, const char *tag)
+{
+	static const uint8_t guest[6] = {0x02, 0x66, 0x6b, 0x00, 0x00, 0x02};
+	static const uint8_t host[6] = {0x02, 0x66, 0x6b, 0x00, 0x00, 0x7e};
+	struct packet_open o = {.ns = ns, .fd = -1};
+	uint8_t f[128] = {0}, e[2048];
+	size_t body;
+	pthread_t t;
+	int len;
+
+	assert_int_equal(pthread_create(&t, NULL, packet_open_thread, &o), 0);
+	pthread_join(t, NULL);
+	if (o.err)
+		fail_msg("packet socket on %s in %s: %s", NET_TAP, ns, strerror(o.err));
+	memcpy(f, guest, 6);
+	memcpy(f + 6, host, 6);
+	f[12] = ETHERTYPE_TEST >> 8;
+	f[13] = ETHERTYPE_TEST & 0xff;
+	len = 14 + snprintf((char *)f + 14, sizeof(f) - 14, "forkd-host %s", tag);
+	body = strlen(tag);
+	if (len < 60)
+		len = 60;
+	/* The guest's driver may still be coming up when the daemon answers: send again. */
+	for (long long end = harness_deadline(10000); now_ms() < end;) {
+		long long resend = now_ms() + 300;
+
+		assert_int_equal(send(o.fd, f, (size_t)len, 0), len);
+		while (now_ms() < resend) {
+			struct pollfd p = {.fd = o.fd, .events = POLLIN};
+			struct sockaddr_ll from;
+			socklen_t flen = sizeof(from);
+			ssize_t n;
+
+			if (poll(&p, 1, (int)(resend - now_ms())) <= 0)
+				break;
+			n = recvfrom(o.fd, e, sizeof(e), 0, (struct sockaddr *)&from, &flen);
+			if (n < (ssize_t)(14 + 22 + body) || from.sll_pkttype == PACKET_OUTGOING)
+				continue;
+			/* the echo: to our MAC, "forkd-echo " then the frame's own text */
+			if (memcmp(e, host, 6) == 0 && memcmp(e + 14, "forkd-echo ", 11) == 0 &&
+			    memcmp(e + 25, "forkd-host ", 11) == 0 &&
+			    memcmp(e + 36, tag, body) == 0) {
+				close(o.fd);
+				return;
+			}
+		}
+	}
+	close(o.fd);
+	fail_msg("no echo of 'forkd-host %s' through %s in %s within 10 s", tag, NET_TAP, ns);
+}
+
 /* The VM in a `vm ls --json` list with this id (borrowed), or NULL. */
 static json_t *find_vm(json_t *vms, const char *id)
 {
@@ -943,8 +1039,8 @@ static void test_net_policy(void **state_)
 	(void)state_;
 	assert_non_null(probe);
 	start_daemon();
-	rc = forkd(&out, "vm", "create", "--kernel", probe, "--mem", "64", "--append", "work=idle",
-		   "--net", "host", "--json", NULL);
+	rc = forkd(&out, "vm", "create", "--kernel", probe, "--mem", "64", "--append",
+		   "work=net net_tx=0", "--net", "host", "--json", NULL);
 	if (rc != 0)
 		fail_msg("vm create --net host: exit %d: %s", rc, out);
 	j = json_loads(out, 0, NULL);
@@ -969,6 +1065,9 @@ static void test_net_policy(void **state_)
 			assert_string_not_equal(v[x].addr, v[y].addr);
 			assert_string_not_equal(v[x].netns, v[y].netns);
 		}
+	/* each guest answers on its own namespace's tap */
+	for (int x = 0; x < 3; x++)
+		echo_through_tap(v[x].netns, v[x].id);
 
 	/* The SDK: the fields, a VM without a network, and a bad policy refused by the daemon. */
 	snprintf(script, sizeof(script),
@@ -1004,6 +1103,7 @@ static void test_net_policy(void **state_)
 		assert_string_equal(again.addr, v[x].addr);
 		assert_string_equal(again.netns, v[x].netns);
 	}
+	echo_through_tap(v[0].netns, "after-restart");
 	json_decref(vms);
 
 	/* A VM spawned from its snapshot: the same policy, a namespace and address of its own. */
