@@ -166,6 +166,7 @@ static int setup(void **state_)
 	/* Only test_images sets these, for its own daemon. */
 	unsetenv("FORKD_IMAGE_CACHE");
 	unsetenv("FORKD_IMAGES");
+	unsetenv("FORKD_NET_UPLINK"); /* only test_net_nat sets it */
 	if (harness_tmpdir_create(dir, sizeof(dir), "serve") < 0)
 		return -1;
 	counter++;
@@ -1010,6 +1011,28 @@ static void check_vm_net(json_t *vm, const char *policy, struct vm_net *out)
 	snprintf(out->addr, sizeof(out->addr), "%s", addr);
 }
 
+/*
+ * Whether the root end of a VM's veth (fkv<S>, S its slot: 10.200.0.0 + 4·S + 2 is its
+ * address) forwards: 1 only for nat (docs/networking.md).
+ */
+static int root_end_forwarding(const struct vm_net *v)
+{
+	unsigned a, b, c, d;
+	char path[96], val[8] = "";
+	FILE *f;
+
+	assert_int_equal(sscanf(v->addr, "%u.%u.%u.%u", &a, &b, &c, &d), 4);
+	snprintf(path, sizeof(path), "/proc/sys/net/ipv4/conf/fkv%u/forwarding",
+		 (c * 256 + d - 2) / 4);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	if (!fgets(val, sizeof(val), f))
+		val[0] = '\0';
+	fclose(f);
+	return atoi(val);
+}
+
 static void assert_netns_gone(const struct vm_net *v)
 {
 	char path[160];
@@ -1065,6 +1088,7 @@ static void test_net_policy(void **state_)
 			assert_string_not_equal(v[x].addr, v[y].addr);
 			assert_string_not_equal(v[x].netns, v[y].netns);
 		}
+	assert_int_equal(root_end_forwarding(&v[0]), 0); /* host: the root end does not forward */
 	/* each guest answers on its own namespace's tap */
 	for (int x = 0; x < 3; x++)
 		echo_through_tap(v[x].netns, v[x].id);
@@ -1138,6 +1162,40 @@ static void test_net_policy(void **state_)
 	json_decref(vms);
 }
 
+/*
+ * net=nat through the daemon: reported as nat, the root end of its veth forwards (host's
+ * does not), its guest answers on its tap; gone with its delete. FORKD_NET_UPLINK=none in
+ * the daemon's environment (its VMMs inherit it): the machine's own uplink is not touched.
+ */
+static void test_net_nat(void **state_)
+{
+	char *out = NULL, *probe = realpath(harness_probe(), NULL);
+	struct vm_net v;
+	json_t *j;
+	int rc;
+
+	(void)state_;
+	assert_non_null(probe);
+	setenv("FORKD_NET_UPLINK", "none", 1);
+	start_daemon();
+	rc = forkd(&out, "vm", "create", "--kernel", probe, "--mem", "64", "--append",
+		   "work=net net_tx=0", "--net", "nat", "--json", NULL);
+	if (rc != 0)
+		fail_msg("vm create --net nat: exit %d: %s", rc, out);
+	j = json_loads(out, 0, NULL);
+	assert_non_null(j);
+	check_vm_net(j, "nat", &v);
+	json_decref(j);
+	assert_int_equal(root_end_forwarding(&v), 1);
+	echo_through_tap(v.netns, v.id);
+	assert_int_equal(forkd(NULL, "vm", "rm", v.id, NULL), 0);
+	assert_netns_gone(&v);
+	assert_int_equal(root_end_forwarding(&v), -1); /* its veth went with it */
+	free(out);
+	free(probe);
+	unsetenv("FORKD_NET_UPLINK");
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -1149,6 +1207,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test_setup_teardown(test_paused_through_control_socket, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stray_zygote_released_on_restart, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_net_policy, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_net_nat, setup, teardown),
 	};
 
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
