@@ -80,7 +80,7 @@ struct tracked {
 	double asked_at; /* VMs: when a GET last asked (mono_s) */
 	int mem_mib;	 /* VMs: 0 when unknown */
 	int cpus;
-	/* VMs starting: their namespace and host address as `status` first said (net_fill) */
+	/* VMs starting: their namespace and host address as `status` first said (wait_answering) */
 	char net_netns[REG_NETNS_MAX];
 	char net_host_addr[REG_ADDR_MAX];
 };
@@ -1746,11 +1746,6 @@ static void stop_all(struct daemon *d, const struct reg_vm *all, const bool *in,
 	}
 }
 
-/*
- * A VMM removes its namespace as it exits; one that was SIGKILLed (or died) leaves it until
- * the next forkd-vmm with a network sweeps. A deleted VM leaves none: the namespace of a
- * stopped VM that is still there is removed now. Lock not held: this runs ip and nft.
- */
 /* 1 if the process p names has exited (a zombie, or gone), 0 if it runs. */
 static int proc_exited(const struct reg_proc *p)
 {
@@ -1774,6 +1769,11 @@ static int proc_exited(const struct reg_proc *p)
 	return paren && paren[1] == ' ' && paren[2] == 'Z';
 }
 
+/*
+ * A VMM removes its namespace as it exits; one that was SIGKILLed (or died) leaves it until
+ * the next forkd-vmm with a network sweeps. A deleted VM leaves none: the namespace of a
+ * stopped VM in[] that is still there is removed now. Lock not held: this runs ip and nft.
+ */
 static void sweep_netns_of(const struct reg_vm *all, const bool *in, size_t n)
 {
 	struct fk_err err = {0};
@@ -2587,24 +2587,20 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock, s
 	if (!vsock)
 		vm.vsock_sock[0] = '\0';
 	snprintf(s->sock, sizeof(s->sock), "%s", vm.control_sock);
-	char *argv[] = {d->vmm,
-			"--restore",
-			(char *)snap_path,
-			"--overlay-dir",
-			overlay,
-			"--control",
-			vm.control_sock,
-			"--serial",
-			serial,
-			"--serial-in",
-			"none",
-			NULL,
-			NULL,
-			NULL,
-			NULL,
-			NULL};
-	size_t a = 11;
+	char *argv[16];
+	int a = 0;
 
+	argv[a++] = d->vmm;
+	argv[a++] = "--restore";
+	argv[a++] = (char *)snap_path;
+	argv[a++] = "--overlay-dir";
+	argv[a++] = overlay;
+	argv[a++] = "--control";
+	argv[a++] = vm.control_sock;
+	argv[a++] = "--serial";
+	argv[a++] = serial;
+	argv[a++] = "--serial-in";
+	argv[a++] = "none";
 	/* the restored VM makes a namespace of its own, forkd-<its id> */
 	if (net_args(vm.net, vm.id, net_policy, sizeof(net_policy))) {
 		argv[a++] = "--net-policy";
@@ -2614,6 +2610,7 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock, s
 		argv[a++] = "--vsock";
 		argv[a++] = vm.vsock_sock;
 	}
+	argv[a] = NULL;
 	pthread_mutex_lock(&d->lock);
 	ret = registry_vm_update(d->reg, &vm, err);
 	if (ret == 0)
