@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "daemon/registry.h"
+#include "net/netns.h"
 
 struct fixture {
 	char dir[64];
@@ -988,6 +989,22 @@ static void test_newer_schema(void **state)
 	assert_true(vm_exists(f->r, id));
 }
 
+/* The daemon names a VM's network namespace forkd-<vm id>: every id must be a namespace id. */
+static void test_vm_ids_are_netns_ids(void **state)
+{
+	struct fixture *f = *state;
+	struct fk_err err = {0};
+	char id[REG_ID_MAX], name[16];
+
+	for (int i = 0; i < 50; i++) {
+		snprintf(name, sizeof(name), "n%d", i);
+		add_vm(f->r, name, NULL, NULL, id);
+		if (fk_netns_id_valid(id, &err) < 0)
+			fail_msg("VM id %s is no namespace id: %s", id, err.msg);
+		assert_true(strlen(FK_NETNS_PREFIX) + strlen(id) < REG_NETNS_MAX);
+	}
+}
+
 /* What version 2 wrote: the same tables without the network columns of version 3. */
 static void drop_v3_columns(const char *db)
 {
@@ -1366,6 +1383,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_newer_schema, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_upgrade_from_v1, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_upgrade_from_v2, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_vm_ids_are_netns_ids, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_two_handles, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cascade_is_atomic, setup, teardown),
