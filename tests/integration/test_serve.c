@@ -1093,6 +1093,15 @@ static void test_net_policy(void **state_)
 	for (int x = 0; x < 3; x++)
 		echo_through_tap(v[x].netns, v[x].id);
 
+	/* The CLI: `vm ls` shows each address; a bad --net is a usage error (exit 2). */
+	assert_int_equal(forkd(&out, "vm", "ls", NULL), 0);
+	for (int x = 0; x < 3; x++)
+		if (!strstr(out, v[x].addr))
+			fail_msg("vm ls does not show %s's address %s:\n%s", v[x].id, v[x].addr,
+				 out);
+	free(out);
+	assert_int_equal(forkd(NULL, "vm", "create", "--kernel", probe, "--net", "open", NULL), 2);
+
 	/* The SDK: the fields, a VM without a network, and a bad policy refused by the daemon. */
 	snprintf(script, sizeof(script),
 		 "import forkd\n"
