@@ -129,7 +129,8 @@ static int print_done(struct dc_response *res, int status)
 
 static int vm_create(const struct dc_opts *o, int argc, char **argv)
 {
-	const char *image = NULL, *kernel = NULL, *initrd = NULL, *append = NULL, *tag = NULL;
+	const char *image = NULL, *kernel = NULL, *initrd = NULL, *append = NULL, *tag = NULL,
+		   *net = NULL;
 	long mem = -1, cpus = -1;
 	struct dc_response res;
 	json_t *body = NULL;
@@ -147,11 +148,11 @@ static int vm_create(const struct dc_opts *o, int argc, char **argv)
 		}
 		if (strcmp(arg, "--image") && strcmp(arg, "--kernel") && strcmp(arg, "--initrd") &&
 		    strcmp(arg, "--append") && strcmp(arg, "--mem") && strcmp(arg, "--cpus") &&
-		    strcmp(arg, "--tag"))
+		    strcmp(arg, "--tag") && strcmp(arg, "--net"))
 			return cli_usage_error(
 			    "vm create: %s '%s' (expected --image NAME or "
 			    "--kernel PATH, and --initrd, --append, --mem, "
-			    "--cpus, --tag, --no-vsock)",
+			    "--cpus, --tag, --net, --no-vsock)",
 			    arg[0] == '-' ? "unknown option" : "unexpected argument", arg);
 		v = flag_value(argc, argv, &i, "vm create", &status);
 		if (!v)
@@ -166,6 +167,8 @@ static int vm_create(const struct dc_opts *o, int argc, char **argv)
 			append = v;
 		else if (strcmp(arg, "--tag") == 0)
 			tag = v;
+		else if (strcmp(arg, "--net") == 0)
+			net = v;
 		else if (strcmp(arg, "--mem") == 0 && parse_long(v, 16, 1 << 20, &mem) < 0)
 			return cli_usage_error("vm create --mem '%s': expected MiB, 16 to 1048576",
 					       v);
@@ -182,6 +185,8 @@ static int vm_create(const struct dc_opts *o, int argc, char **argv)
 		return cli_usage_error("vm create --tag '%s': expected 1 to 64 of A-Z a-z 0-9 . _ "
 				       "-, not starting with . or -",
 				       tag);
+	if (net && strcmp(net, "none") && strcmp(net, "host") && strcmp(net, "nat"))
+		return cli_usage_error("vm create --net '%s': expected none, host or nat", net);
 	body = json_object();
 	if (!body)
 		return CLI_EXIT_NOT_OK;
@@ -210,6 +215,8 @@ static int vm_create(const struct dc_opts *o, int argc, char **argv)
 		json_object_set_new(body, "cpus", json_integer(cpus));
 	if (tag)
 		json_object_set_new(body, "tag", json_string(tag));
+	if (net)
+		json_object_set_new(body, "net", json_string(net));
 	status = call(o, "vm create", "POST", "/v1/vms", body, "creating VM", &res);
 	json_decref(body);
 	if (status)
@@ -238,8 +245,8 @@ static int vm_ls(const struct dc_opts *o, int argc, char **argv)
 		return status;
 	if (o->json)
 		return print_done(&res, print_json(res.json));
-	printf("%-11s  %-8s  %7s  %6s  %4s  %-11s  %-16s  %s\n", "ID", "STATE", "PID", "MEM",
-	       "CPUS", "PARENT", "TAG", "FROM");
+	printf("%-11s  %-8s  %7s  %6s  %4s  %-11s  %-16s  %-15s  %s\n", "ID", "STATE", "PID", "MEM",
+	       "CPUS", "PARENT", "TAG", "NET", "FROM");
 	json_array_foreach(json_object_get(res.json, "vms"), i, vm)
 	{
 		char origin[PATH_MAX + 16], pid[24] = "-", mem[24] = "-";
@@ -251,11 +258,16 @@ static int vm_ls(const struct dc_opts *o, int argc, char **argv)
 		if (json_is_integer(json_object_get(vm, "mem_mib")))
 			snprintf(mem, sizeof(mem), "%lldM",
 				 (long long)json_integer_value(json_object_get(vm, "mem_mib")));
-		printf("%-11s  %-8s  %7s  %6s  %4lld  %-11s  %-16s  %s\n", str(vm, "id"),
+		/* the host's address of the VM, which is what one connects to; else the policy */
+		printf("%-11s  %-8s  %7s  %6s  %4lld  %-11s  %-16s  %-15s  %s\n", str(vm, "id"),
 		       str(vm, "state"), pid, mem,
 		       (long long)json_integer_value(json_object_get(vm, "cpus")),
 		       *str(vm, "parent") ? str(vm, "parent") : "-",
-		       *str(vm, "tag") ? str(vm, "tag") : "-", origin[0] ? origin : "-");
+		       *str(vm, "tag") ? str(vm, "tag") : "-",
+		       *str(vm, "net_host_addr") ? str(vm, "net_host_addr")
+		       : *str(vm, "net")	 ? str(vm, "net")
+						 : "-",
+		       origin[0] ? origin : "-");
 	}
 	return print_done(&res, 0);
 }

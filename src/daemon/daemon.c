@@ -43,6 +43,7 @@
 #include "core/config.h"
 #include "daemon/registry.h"
 #include "daemon/vmm_launch.h"
+#include "net/netns.h"
 #include "state/snapshot_format.h"
 #include "state/vm_state.h"
 #include "util/json_kind.h"
@@ -79,6 +80,9 @@ struct tracked {
 	double asked_at; /* VMs: when a GET last asked (mono_s) */
 	int mem_mib;	 /* VMs: 0 when unknown */
 	int cpus;
+	/* VMs starting: their namespace and host address as `status` first said (wait_answering) */
+	char net_netns[REG_NETNS_MAX];
+	char net_host_addr[REG_ADDR_MAX];
 };
 
 /* pause_us of snapshots taken by this daemon (the registry does not keep it). */
@@ -541,6 +545,9 @@ static json_t *vm_json_sized(const struct reg_vm *vm, int mem_mib, int cpus)
 	json_object_set_new(o, "exit_status",
 			    vm->exit_status == REG_NO_EXIT ? json_null()
 							   : json_integer(vm->exit_status));
+	json_object_set_new(o, "net", json_string(vm->net[0] ? vm->net : "none"));
+	json_object_set_new(o, "net_netns", str_or_null(vm->net_netns));
+	json_object_set_new(o, "net_host_addr", str_or_null(vm->net_host_addr));
 	return o;
 }
 
@@ -642,6 +649,7 @@ static json_t *snap_json(struct daemon *d, const struct reg_snapshot *s)
 	json_object_set_new(o, "path", json_string(s->path));
 	json_object_set_new(o, "parent_vm", str_or_null(s->parent_vm));
 	json_object_set_new(o, "image", str_or_null(s->image));
+	json_object_set_new(o, "net", json_string(s->net[0] ? s->net : "none"));
 	json_object_set_new(o, "created", iso_time(s->created_us));
 	json_object_set_new(o, "pause_us", m ? json_integer((json_int_t)m->pause_us) : json_null());
 	return o;
@@ -836,6 +844,22 @@ static int start_timeout_ms(void)
 	return (int)ms;
 }
 
+/*
+ * What a VMM's `status` says of its namespace (forkd-vmm --net-policy): copied
+ * into netns and addr when both are there and fit, else left as they are (a
+ * VMM without a network reports neither).
+ */
+static void net_from_status(json_t *reply, char netns[REG_NETNS_MAX], char addr[REG_ADDR_MAX])
+{
+	const char *ns = json_string_value(json_object_get(reply, "net_netns"));
+	const char *a = json_string_value(json_object_get(reply, "net_host_addr"));
+
+	if (!ns || !a || strlen(ns) >= REG_NETNS_MAX || strlen(a) >= REG_ADDR_MAX)
+		return;
+	snprintf(netns, REG_NETNS_MAX, "%s", ns);
+	snprintf(addr, REG_ADDR_MAX, "%s", a);
+}
+
 static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool restore_metric,
 			  struct fk_err *err)
 {
@@ -884,6 +908,7 @@ static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool r
 					    json_object_get(reply, "mem_mib"));
 					t->cpus = (int)json_integer_value(
 					    json_object_get(reply, "vcpus"));
+					net_from_status(reply, t->net_netns, t->net_host_addr);
 				}
 				pthread_mutex_unlock(&d->lock);
 				if (restore_metric)
@@ -1031,6 +1056,9 @@ static int finish_started(struct daemon *d, struct starting *s, size_t n, json_t
 			if (registry_proc_probe(t->pid, &vm.proc, err) < 0)
 				vm.proc.pid = t->pid;
 			vm.state = REG_VM_RUNNING;
+			snprintf(vm.net_netns, sizeof(vm.net_netns), "%s", t->net_netns);
+			snprintf(vm.net_host_addr, sizeof(vm.net_host_addr), "%s",
+				 t->net_host_addr);
 			ret = registry_vm_update(d->reg, &vm, err);
 			meta_save(d, vm.id, t->mem_mib, t->cpus);
 		}
@@ -1086,12 +1114,27 @@ static int check_image(const char *what, const char *image, struct fk_err *err)
 	return 0;
 }
 
+/*
+ * `--net-policy P,id=ID` for a VM of policy net (false for none): its namespace is then
+ * forkd-<vm id>, which names it for whoever looks at `ip netns`. A VM id ("vm-" and 8
+ * lower-case hex digits) is a valid namespace id as it is (lower-case letters, digits and
+ * '-', 1..32 characters, docs/networking.md).
+ */
+static bool net_args(const char *net, const char *id, char *buf, size_t len)
+{
+	if (!net[0] || strcmp(net, "none") == 0)
+		return false;
+	snprintf(buf, len, "%s,id=%s", net, id);
+	return true;
+}
+
 int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err *err)
 {
 	static const char *const fields[] = {"image", "kernel", "initrd", "append", "mem_mib",
-					     "cpus",  "tag",	"vsock",  NULL};
+					     "cpus",  "tag",	"vsock",  "net",    NULL};
 	const char *what = "POST /v1/vms", *image = NULL, *kernel = NULL, *initrd = NULL,
-		   *append = NULL, *tag = NULL;
+		   *append = NULL, *tag = NULL, *net = NULL;
+	char net_policy[REG_NET_MAX + 4 + REG_ID_MAX];
 	long long mem_mib = 512, cpus = 1;
 	char dir[PATH_MAX], serial[PATH_MAX], mem[32], ncpus[16];
 	struct starting s;
@@ -1113,8 +1156,13 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 	    (ret = get_str(body, what, "append", &append, err)) < 0 ||
 	    (ret = get_int(body, what, "mem_mib", MEM_MIB_MIN, MEM_MIB_MAX, &mem_mib, err)) < 0 ||
 	    (ret = get_int(body, what, "cpus", 1, CPUS_MAX, &cpus, err)) < 0 ||
-	    (ret = get_tag(body, what, &tag, err)) < 0)
+	    (ret = get_tag(body, what, &tag, err)) < 0 ||
+	    (ret = get_str(body, what, "net", &net, err)) < 0)
 		return ret;
+	if (net && strcmp(net, "none") != 0 && strcmp(net, "host") != 0 && strcmp(net, "nat") != 0)
+		return fk_fail(err, EINVAL,
+			       "%s: \"net\" '%.32s': expected \"none\", \"host\" or \"nat\"", what,
+			       net);
 	vsock = image != NULL;
 	if ((ret = get_bool(body, what, "vsock", &vsock, err)) < 0)
 		return ret;
@@ -1146,6 +1194,7 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 	snprintf(vm.image, sizeof(vm.image), "%s", image ? image : "");
 	snprintf(vm.kernel, sizeof(vm.kernel), "%s", kernel ? kernel : "");
 	snprintf(vm.tag, sizeof(vm.tag), "%s", tag ? tag : "");
+	snprintf(vm.net, sizeof(vm.net), "%s", net ? net : "none");
 	pthread_mutex_lock(&d->lock);
 	ret = registry_vm_add(d->reg, &vm, err);
 	t = ret == 0 ? track(d, vm.id, false) : NULL;
@@ -1211,6 +1260,10 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 		if (vsock) {
 			argv[a++] = "--vsock";
 			argv[a++] = vm.vsock_sock;
+		}
+		if (net_args(vm.net, vm.id, net_policy, sizeof(net_policy))) {
+			argv[a++] = "--net-policy";
+			argv[a++] = net_policy;
 		}
 		argv[a] = NULL;
 		pthread_mutex_lock(&d->lock);
@@ -1301,6 +1354,33 @@ int daemon_vm_list(struct daemon *d, json_t **out, struct fk_err *err)
 static int vmm_call(const char *what, const char *sock, json_t *req, int timeout_ms,
 		    json_t **reply_out, struct fk_err *err);
 
+/* Records the namespace and host address a VMM's status reports when they changed. */
+static void refresh_net(struct daemon *d, struct reg_vm *vm, json_t *reply)
+{
+	char netns[REG_NETNS_MAX], addr[REG_ADDR_MAX];
+	struct fk_err ignored = {0};
+	struct reg_vm now;
+	struct tracked *t;
+
+	snprintf(netns, sizeof(netns), "%s", vm->net_netns);
+	snprintf(addr, sizeof(addr), "%s", vm->net_host_addr);
+	net_from_status(reply, netns, addr);
+	if (strcmp(netns, vm->net_netns) == 0 && strcmp(addr, vm->net_host_addr) == 0)
+		return;
+	pthread_mutex_lock(&d->lock);
+	t = find_tracked(d, vm->id);
+	/* the record as it is now: only the two fields change */
+	if (t && !t->busy && !t->dead && registry_vm_get(d->reg, vm->id, &now, &ignored) == 0) {
+		snprintf(now.net_netns, sizeof(now.net_netns), "%s", netns);
+		snprintf(now.net_host_addr, sizeof(now.net_host_addr), "%s", addr);
+		if (registry_vm_update(d->reg, &now, &ignored) == 0) {
+			snprintf(vm->net_netns, sizeof(vm->net_netns), "%s", netns);
+			snprintf(vm->net_host_addr, sizeof(vm->net_host_addr), "%s", addr);
+		}
+	}
+	pthread_mutex_unlock(&d->lock);
+}
+
 static void refresh_paused(struct daemon *d, struct reg_vm *vm)
 {
 	struct fk_err ignored = {0};
@@ -1331,6 +1411,7 @@ static void refresh_paused(struct daemon *d, struct reg_vm *vm)
 	pthread_mutex_unlock(&d->lock);
 	if (ret < 0)
 		return;
+	refresh_net(d, vm, reply);
 	state = json_string_value(json_object_get(reply, "state"));
 	if (state && (strcmp(state, "paused") == 0 || strcmp(state, "running") == 0)) {
 		now = strcmp(state, "paused") == 0 ? REG_VM_PAUSED : REG_VM_RUNNING;
@@ -1343,6 +1424,36 @@ static void refresh_paused(struct daemon *d, struct reg_vm *vm)
 		pthread_mutex_unlock(&d->lock);
 	}
 	json_decref(reply);
+}
+
+/*
+ * A BRANCH child made its namespace before it answered the branch, but the
+ * branch reply does not carry it: asks the child's status (STATUS_ASK_MS at
+ * most) and records and sets "net_netns" and "net_host_addr" in its JSON.
+ * A child that does not answer keeps nulls; a later GET fills them.
+ */
+static void net_ask(struct daemon *d, json_t *vmj)
+{
+	const char *id = json_string_value(json_object_get(vmj, "id"));
+	struct fk_err ignored = {0};
+	json_t *reply = NULL;
+	struct reg_vm vm;
+	int ret;
+
+	if (!id)
+		return;
+	pthread_mutex_lock(&d->lock);
+	ret = registry_vm_get(d->reg, id, &vm, &ignored);
+	pthread_mutex_unlock(&d->lock);
+	if (ret < 0 || vm.state != REG_VM_RUNNING)
+		return;
+	if (vmm_call("status", vm.control_sock, json_pack("{s:s}", "cmd", "status"), STATUS_ASK_MS,
+		     &reply, &ignored) < 0)
+		return;
+	refresh_net(d, &vm, reply);
+	json_decref(reply);
+	json_object_set_new(vmj, "net_netns", str_or_null(vm.net_netns));
+	json_object_set_new(vmj, "net_host_addr", str_or_null(vm.net_host_addr));
 }
 
 int daemon_vm_get(struct daemon *d, const char *id, json_t **out, struct fk_err *err)
@@ -1635,6 +1746,58 @@ static void stop_all(struct daemon *d, const struct reg_vm *all, const bool *in,
 	}
 }
 
+/* 1 if the process p names has exited (a zombie, or gone), 0 if it runs. */
+static int proc_exited(const struct reg_proc *p)
+{
+	struct fk_err ignored = {0};
+	char path[64], buf[512], *paren;
+	ssize_t len;
+	int fd;
+
+	if (p->pid <= 0 || registry_proc_still_same(p, &ignored) != 1)
+		return 1;
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)p->pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 1;
+	len = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (len <= 0)
+		return 1;
+	buf[len] = '\0';
+	paren = strrchr(buf, ')');
+	return paren && paren[1] == ' ' && paren[2] == 'Z';
+}
+
+/*
+ * A VMM removes its namespace as it exits; one that was SIGKILLed (or died) leaves it until
+ * the next forkd-vmm with a network sweeps. A deleted VM leaves none: the namespace of a
+ * stopped VM in[] that is still there is removed now. Lock not held: this runs ip and nft.
+ */
+static void sweep_netns_of(const struct reg_vm *all, const bool *in, size_t n)
+{
+	struct fk_err err = {0};
+	char path[PATH_MAX];
+
+	for (size_t i = 0; i < n; i++) {
+		if (!in[i] || !all[i].net_netns[0])
+			continue;
+		snprintf(path, sizeof(path), "/run/netns/%s", all[i].net_netns);
+		if (access(path, F_OK) < 0 || !proc_exited(&all[i].proc))
+			continue;
+		/*
+		 * Its VMM is gone without removing it (SIGKILL), or is a zombie: a killed
+		 * BRANCH child stays one until its source or we reap it, and fk_netns_sweep
+		 * counts a zombie as the namespace's living maker. Its name cannot be taken
+		 * by another VM meanwhile (a zombie keeps its pid; VM ids are never reused),
+		 * so it is removed by name.
+		 */
+		if (fk_netns_destroy(all[i].net_netns, &err) < 0)
+			fprintf(stderr, "forkd serve: %s: removing namespace %s: %s\n", all[i].id,
+				all[i].net_netns, err.msg);
+	}
+}
+
 /* A BRANCH child's files (console, overlay, sockets) are in its branch directory below its
  * parent's directory: DIR/vms/<parent>/branches/<k>/child-<i>. */
 static void remove_branch_child_dir(struct daemon *d, const struct reg_vm *all, size_t n,
@@ -1749,6 +1912,8 @@ out:
 	if (claimed)
 		release_claim(d, all, in, n);
 	pthread_mutex_unlock(&d->lock);
+	if (ret == 0)
+		sweep_netns_of(all, in, n);
 	free(removed.ids);
 	free(all);
 	free(in);
@@ -1817,6 +1982,8 @@ out:
 	if (claimed)
 		release_claim(d, all, in, n);
 	pthread_mutex_unlock(&d->lock);
+	if (ret == 0 && in)
+		sweep_netns_of(all, in, n);
 	free(removed.ids);
 	free(all);
 	free(in);
@@ -1883,6 +2050,7 @@ int daemon_vm_snapshot(struct daemon *d, const char *id, json_t *body, json_t **
 	ret = claim_running(d, id, &vm, err);
 	if (ret == 0) {
 		snprintf(snap.image, sizeof(snap.image), "%s", vm.image);
+		snprintf(snap.net, sizeof(snap.net), "%s", vm.net);
 		ret = registry_snapshot_add(d->reg, &snap, err);
 		if (ret < 0) {
 			struct tracked *t = find_tracked(d, id);
@@ -2115,6 +2283,7 @@ static void record_children(struct daemon *d, const struct reg_vm *src, const st
 		vm.pause_us = z->pause_us;
 		snprintf(vm.image, sizeof(vm.image), "%s", src->image);
 		snprintf(vm.kernel, sizeof(vm.kernel), "%s", src->kernel);
+		snprintf(vm.net, sizeof(vm.net), "%s", src->net);
 		if (!cdir ||
 		    path_fmt(vm.control_sock, sizeof(vm.control_sock), &err, "%s/control.sock",
 			     cdir) < 0 ||
@@ -2234,8 +2403,10 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 
 	pthread_mutex_lock(&d->lock);
 	ret = claim_running(d, id, &src, err);
-	if (ret == 0 && persist)
+	if (ret == 0 && persist) {
 		snprintf(snap.image, sizeof(snap.image), "%s", src.image);
+		snprintf(snap.net, sizeof(snap.net), "%s", src.net);
+	}
 	if (ret == 0 && persist && (ret = registry_snapshot_add(d->reg, &snap, err)) < 0)
 		find_tracked(d, id)->busy = false;
 	pthread_mutex_unlock(&d->lock);
@@ -2339,6 +2510,13 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	else if (start_persist_thread(d, src.control_sock, zygote_num, tag, snap.path) < 0)
 		release_zygote(src.control_sock, zygote_num);
 	timer_mark(&tm, "release");
+	if (strcmp(src.net[0] ? src.net : "none", "none") != 0) {
+		json_t *k;
+		size_t i;
+
+		json_array_foreach(kids, i, k) net_ask(d, k);
+		timer_mark(&tm, "net");
+	}
 	res = json_pack("{s:s,s:I,s:o}", "zygote", z.id, "pause_us", (json_int_t)z.pause_us,
 			"children", kids);
 	if (persist) {
@@ -2387,6 +2565,7 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock, s
 			  struct fk_err *err)
 {
 	char overlay[PATH_MAX], serial[PATH_MAX], dir[PATH_MAX];
+	char net_policy[REG_NET_MAX + 4 + REG_ID_MAX];
 	struct reg_vm vm;
 	int ret;
 
@@ -2408,11 +2587,30 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock, s
 	if (!vsock)
 		vm.vsock_sock[0] = '\0';
 	snprintf(s->sock, sizeof(s->sock), "%s", vm.control_sock);
-	char *argv[] = {d->vmm,		 "--restore", (char *)snap_path,
-			"--overlay-dir", overlay,     "--control",
-			vm.control_sock, "--serial",  serial,
-			"--serial-in",	 "none",      vsock ? "--vsock" : NULL,
-			vm.vsock_sock,	 NULL};
+	char *argv[16];
+	int a = 0;
+
+	argv[a++] = d->vmm;
+	argv[a++] = "--restore";
+	argv[a++] = (char *)snap_path;
+	argv[a++] = "--overlay-dir";
+	argv[a++] = overlay;
+	argv[a++] = "--control";
+	argv[a++] = vm.control_sock;
+	argv[a++] = "--serial";
+	argv[a++] = serial;
+	argv[a++] = "--serial-in";
+	argv[a++] = "none";
+	/* the restored VM makes a namespace of its own, forkd-<its id> */
+	if (net_args(vm.net, vm.id, net_policy, sizeof(net_policy))) {
+		argv[a++] = "--net-policy";
+		argv[a++] = net_policy;
+	}
+	if (vsock) {
+		argv[a++] = "--vsock";
+		argv[a++] = vm.vsock_sock;
+	}
+	argv[a] = NULL;
 	pthread_mutex_lock(&d->lock);
 	ret = registry_vm_update(d->reg, &vm, err);
 	if (ret == 0)
@@ -2469,6 +2667,7 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 		snprintf(vm.snapshot, sizeof(vm.snapshot), "%s", tag);
 		snprintf(vm.image, sizeof(vm.image), "%s", origin.image);
 		snprintf(vm.kernel, sizeof(vm.kernel), "%s", origin.kernel);
+		snprintf(vm.net, sizeof(vm.net), "%s", snap.net);
 		ret = registry_vm_add(d->reg, &vm, err);
 		if (ret < 0)
 			break;
@@ -2933,15 +3132,34 @@ static void release_stray_zygotes(struct daemon *d)
 	free(vms);
 }
 
+/* An adopted VM's namespace as its VMM reports it, recorded if the registry lacked it. */
+static void adopt_net(struct daemon *d, struct reg_vm *vm, json_t *reply)
+{
+	char netns[REG_NETNS_MAX], addr[REG_ADDR_MAX];
+	struct fk_err ignored = {0};
+
+	snprintf(netns, sizeof(netns), "%s", vm->net_netns);
+	snprintf(addr, sizeof(addr), "%s", vm->net_host_addr);
+	net_from_status(reply, netns, addr);
+	if (strcmp(netns, vm->net_netns) == 0 && strcmp(addr, vm->net_host_addr) == 0)
+		return;
+	snprintf(vm->net_netns, sizeof(vm->net_netns), "%s", netns);
+	snprintf(vm->net_host_addr, sizeof(vm->net_host_addr), "%s", addr);
+	registry_vm_update(d->reg, vm, &ignored);
+}
+
 static int readopt(struct daemon *d, int *adopted, json_t *jobs, struct fk_err *err)
 {
 	struct reg_snapshot *snaps = NULL;
 	struct reg_zygote *zs = NULL;
 	struct reg_vm *vms = NULL;
 	size_t n = 0, nz = 0, ns = 0;
+	bool *gone = NULL;
 	int ret;
 
 	ret = registry_vm_list(d->reg, &vms, &n, err);
+	if (ret == 0 && !(gone = calloc(n ? n : 1, sizeof(*gone))))
+		ret = fk_fail(err, ENOMEM, "re-adopt: out of memory");
 	for (size_t i = 0; ret == 0 && i < n; i++) {
 		struct tracked *t = track(d, vms[i].id, false);
 		struct fk_err e = {0};
@@ -2970,6 +3188,7 @@ static int readopt(struct daemon *d, int *adopted, json_t *jobs, struct fk_err *
 				    (int)json_integer_value(json_object_get(reply, "mem_mib"));
 			if (!t->cpus)
 				t->cpus = (int)json_integer_value(json_object_get(reply, "vcpus"));
+			adopt_net(d, &vms[i], reply);
 			if (s != vms[i].state)
 				registry_vm_set_state(d->reg, vms[i].id, s, REG_NO_EXIT, &e);
 			if (adopted)
@@ -3008,8 +3227,12 @@ static int readopt(struct daemon *d, int *adopted, json_t *jobs, struct fk_err *
 						    exited_code && status != 0 ? REG_VM_FAILED
 									       : REG_VM_EXITED,
 						    status, err);
+			gone[i] = true;
 		}
 	}
+	/* namespaces of VMMs that died while no daemon watched */
+	if (ret == 0)
+		sweep_netns_of(vms, gone, n);
 	if (ret == 0)
 		ret = registry_zygote_list(d->reg, NULL, &zs, &nz, err);
 	for (size_t i = 0; ret == 0 && i < nz; i++) {
@@ -3030,6 +3253,7 @@ static int readopt(struct daemon *d, int *adopted, json_t *jobs, struct fk_err *
 		if (snaps[i].state == REG_SNAP_WRITING)
 			settle_writing(d, &snaps[i], jobs);
 
+	free(gone);
 	free(vms);
 	free(zs);
 	free(snaps);

@@ -69,6 +69,14 @@ static const char schema_v1[] =
 static const char schema_v1_to_v2[] =
     "ALTER TABLE snapshots ADD COLUMN image TEXT NOT NULL DEFAULT '';";
 
+/* Version 3: each VM's network policy and what its VMM reports of its namespace, and the
+ * policy of a snapshot's VM (its restored VMs take it). "none" / "" in older rows. */
+static const char schema_v2_to_v3[] =
+    "ALTER TABLE vms ADD COLUMN net TEXT NOT NULL DEFAULT 'none';"
+    "ALTER TABLE vms ADD COLUMN net_netns TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE vms ADD COLUMN net_host_addr TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE snapshots ADD COLUMN net TEXT NOT NULL DEFAULT 'none';";
+
 static const char *const vm_state_names[] = {
     [REG_VM_STARTING] = "starting", [REG_VM_RUNNING] = "running", [REG_VM_PAUSED] = "paused",
     [REG_VM_EXITED] = "exited",	    [REG_VM_FAILED] = "failed",
@@ -454,6 +462,8 @@ static int upgrade_schema(struct registry *r, struct fk_err *err)
 	ret = pragma_int(r, "PRAGMA user_version", &version, err);
 	if (ret == 0 && version == 1)
 		ret = exec(r, schema_v1_to_v2, err);
+	if (ret == 0 && version >= 1 && version <= 2)
+		ret = exec(r, schema_v2_to_v3, err);
 	if (ret == 0 && version < REG_SCHEMA_VERSION) {
 		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", REG_SCHEMA_VERSION);
 		ret = exec(r, sql, err);
@@ -578,7 +588,9 @@ void registry_close(struct registry *r)
 
 #define VM_COLS                                                                                    \
 	"id, pid, start_time, boot_id, control_sock, vsock_sock, state, parent_vm, zygote, "       \
-	"snapshot, branched_us, pause_us, image, kernel, tag, created_us, exit_status"
+	"snapshot, branched_us, pause_us, image, kernel, tag, created_us, exit_status, net, "      \
+	"net_netns, net_host_addr"
+#define VM_NR_COLS 20 /* the columns of VM_COLS: what a query selects after them starts here */
 
 static int read_vm(sqlite3_stmt *st, void *record, struct fk_err *err)
 {
@@ -609,6 +621,13 @@ static int read_vm(sqlite3_stmt *st, void *record, struct fk_err *err)
 		ret = col_str(st, 13, vm->kernel, sizeof(vm->kernel), "kernel", err);
 	if (ret == 0)
 		ret = col_str(st, 14, vm->tag, sizeof(vm->tag), "VM tag", err);
+	if (ret == 0)
+		ret = col_str(st, 17, vm->net, sizeof(vm->net), "VM net", err);
+	if (ret == 0)
+		ret = col_str(st, 18, vm->net_netns, sizeof(vm->net_netns), "VM namespace", err);
+	if (ret == 0)
+		ret = col_str(st, 19, vm->net_host_addr, sizeof(vm->net_host_addr),
+			      "VM host address", err);
 	if (ret)
 		return ret;
 	s = state_from_name(vm_state_names, NR_VM_STATES, state);
@@ -624,6 +643,16 @@ static int read_vm(sqlite3_stmt *st, void *record, struct fk_err *err)
 			      ? REG_NO_EXIT
 			      : (int)sqlite3_column_int64(st, 16);
 	return 0;
+}
+
+/* A network policy as the registry stores it ("" stands for none). */
+static int check_net(const char *net, struct fk_err *err)
+{
+	if (strnlen(net, REG_NET_MAX) < REG_NET_MAX &&
+	    (!net[0] || !strcmp(net, "none") || !strcmp(net, "host") || !strcmp(net, "nat")))
+		return 0;
+	return fk_fail(err, EINVAL, "network policy '%.*s': expected none, host or nat",
+		       REG_NET_MAX, net);
 }
 
 /* Checks the caller's strings and enums before they go into the file. */
@@ -657,6 +686,13 @@ static int check_vm(const struct reg_vm *vm, struct fk_err *err)
 		ret = check_len("VM tag", vm->tag, sizeof(vm->tag), err);
 	if (ret == 0 && vm->tag[0] && registry_tag_check(vm->tag, err))
 		ret = fk_wrap(err, "VM tag");
+	if (ret == 0)
+		ret = check_net(vm->net, err);
+	if (ret == 0)
+		ret = check_len("VM namespace", vm->net_netns, sizeof(vm->net_netns), err);
+	if (ret == 0)
+		ret =
+		    check_len("VM host address", vm->net_host_addr, sizeof(vm->net_host_addr), err);
 	return ret;
 }
 
@@ -748,7 +784,7 @@ int registry_vm_add(struct registry *r, struct reg_vm *vm, struct fk_err *err)
 		ret = prep(r, &st,
 			   "INSERT INTO vms (" VM_COLS
 			   ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
-			   "?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+			   "?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
 			   err);
 	if (ret)
 		goto out;
@@ -773,6 +809,9 @@ int registry_vm_add(struct registry *r, struct reg_vm *vm, struct fk_err *err)
 		sqlite3_bind_null(st, 17);
 	else
 		sqlite3_bind_int64(st, 17, vm->exit_status);
+	bind_str(st, 18, vm->net[0] ? vm->net : "none", false);
+	bind_str(st, 19, vm->net_netns, false);
+	bind_str(st, 20, vm->net_host_addr, false);
 	ret = step_done(r, st, "add VM", err);
 	if (ret == 0)
 		ret = tx_commit(r, err);
@@ -793,11 +832,13 @@ int registry_vm_update(struct registry *r, const struct reg_vm *vm, struct fk_er
 	if (ret == 0)
 		ret = check_vm(vm, err);
 	if (ret == 0)
-		ret = prep(r, &st,
-			   "UPDATE vms SET pid = ?2, start_time = ?3, boot_id = ?4, control_sock = "
-			   "?5, vsock_sock = ?6, state = ?7, pause_us = ?8, image = ?9, kernel = "
-			   "?10, tag = ?11, exit_status = ?12 WHERE id = ?1",
-			   err);
+		ret =
+		    prep(r, &st,
+			 "UPDATE vms SET pid = ?2, start_time = ?3, boot_id = ?4, control_sock = "
+			 "?5, vsock_sock = ?6, state = ?7, pause_us = ?8, image = ?9, kernel = "
+			 "?10, tag = ?11, exit_status = ?12, net_netns = ?13, net_host_addr = ?14 "
+			 "WHERE id = ?1",
+			 err);
 	if (ret)
 		return ret;
 	bind_str(st, 1, vm->id, false);
@@ -815,6 +856,8 @@ int registry_vm_update(struct registry *r, const struct reg_vm *vm, struct fk_er
 		sqlite3_bind_null(st, 12);
 	else
 		sqlite3_bind_int64(st, 12, vm->exit_status);
+	bind_str(st, 13, vm->net_netns, false);
+	bind_str(st, 14, vm->net_host_addr, false);
 	ret = step_done(r, st, "update VM", err);
 	if (ret == 0 && sqlite3_changes(r->db) == 0)
 		ret = fk_fail(err, ENOENT, "VM %s: no such VM", vm->id);
@@ -977,7 +1020,7 @@ static int read_lineage_node(sqlite3_stmt *st, void *record, struct fk_err *err)
 	int ret = read_vm(st, &node->vm, err);
 
 	if (ret == 0)
-		node->depth = (unsigned)sqlite3_column_int64(st, 17);
+		node->depth = (unsigned)sqlite3_column_int64(st, VM_NR_COLS);
 	return ret;
 }
 
@@ -1191,7 +1234,7 @@ int registry_tag_check(const char *tag, struct fk_err *err)
 	return 0;
 }
 
-#define SNAP_COLS "tag, path, state, parent_vm, created_us, image"
+#define SNAP_COLS "tag, path, state, parent_vm, created_us, image, net"
 
 static int read_snapshot(sqlite3_stmt *st, void *record, struct fk_err *err)
 {
@@ -1209,6 +1252,8 @@ static int read_snapshot(sqlite3_stmt *st, void *record, struct fk_err *err)
 		ret = col_str(st, 3, s->parent_vm, sizeof(s->parent_vm), "snapshot VM", err);
 	if (ret == 0)
 		ret = col_str(st, 5, s->image, sizeof(s->image), "snapshot image", err);
+	if (ret == 0)
+		ret = col_str(st, 6, s->net, sizeof(s->net), "snapshot net", err);
 	if (ret)
 		return ret;
 	v = state_from_name(snap_state_names, NR_SNAP_STATES, state);
@@ -1232,6 +1277,8 @@ int registry_snapshot_add(struct registry *r, struct reg_snapshot *s, struct fk_
 		ret = check_len("snapshot VM", s->parent_vm, sizeof(s->parent_vm), err);
 	if (ret == 0)
 		ret = check_len("snapshot image", s->image, sizeof(s->image), err);
+	if (ret == 0 && check_net(s->net, err))
+		ret = fk_wrap(err, "snapshot %s", s->tag);
 	if (ret == 0 && !s->path[0])
 		ret = fk_fail(err, EINVAL, "snapshot %s: empty path", s->tag);
 	if (ret)
@@ -1252,7 +1299,7 @@ int registry_snapshot_add(struct registry *r, struct reg_snapshot *s, struct fk_
 	if (ret == 0)
 		ret = prep(r, &st,
 			   "INSERT INTO snapshots (" SNAP_COLS
-			   ") VALUES (?1, ?2, 'writing', ?3, ?4, ?5)",
+			   ") VALUES (?1, ?2, 'writing', ?3, ?4, ?5, ?6)",
 			   err);
 	if (ret)
 		goto out;
@@ -1263,6 +1310,7 @@ int registry_snapshot_add(struct registry *r, struct reg_snapshot *s, struct fk_
 	bind_str(st, 3, s->parent_vm, true);
 	sqlite3_bind_int64(st, 4, s->created_us);
 	bind_str(st, 5, s->image, false);
+	bind_str(st, 6, s->net[0] ? s->net : "none", false);
 	ret = step_done(r, st, "add snapshot", err);
 	if (ret == 0)
 		ret = tx_commit(r, err);

@@ -46,7 +46,7 @@
 
 #include "util/err.h"
 
-#define REG_SCHEMA_VERSION  2 /* PRAGMA user_version of the files this code writes */
+#define REG_SCHEMA_VERSION  3 /* PRAGMA user_version of the files this code writes */
 #define REG_BUSY_TIMEOUT_MS 5000
 
 #define REG_ID_MAX	16  /* "vm-1a2b3c4d" + NUL, with room */
@@ -56,6 +56,9 @@
 #define REG_PATH_MAX	1024
 #define REG_BOOT_ID_MAX 40 /* /proc/sys/kernel/random/boot_id (36 characters) + NUL */
 #define REG_NO_EXIT	(-1)
+#define REG_NET_MAX	8  /* a network policy: "none", "host", "nat", with its NUL */
+#define REG_NETNS_MAX	48 /* "forkd-" + a namespace id of up to 32 characters + NUL */
+#define REG_ADDR_MAX	16 /* a dotted IPv4 address + NUL */
 
 struct registry;
 
@@ -96,6 +99,12 @@ struct reg_vm {
 	char tag[REG_TAG_MAX + 1];	/* the user's label (a valid tag), or "" */
 	int64_t created_us;		/* filled by registry_vm_add: wall clock, µs */
 	int exit_status;		/* REG_NO_EXIT until the VMM exited */
+	/* Network (docs/networking.md); version 3. The policy is fixed at add time, a BRANCH
+	 * child and a restored VM take their source's; the namespace and the host address are
+	 * the VMM's own (status), "" until known and for "none". */
+	char net[REG_NET_MAX]; /* "none", "host" or "nat"; "" reads as "none" */
+	char net_netns[REG_NETNS_MAX];
+	char net_host_addr[REG_ADDR_MAX];
 };
 
 struct reg_zygote {
@@ -115,6 +124,7 @@ struct reg_snapshot {
 	char parent_vm[REG_ID_MAX]; /* the VM it was taken from, or "" (kept after that VM goes) */
 	int64_t created_us;	    /* filled by registry_snapshot_add */
 	char image[REG_NAME_MAX];   /* the image that VM booted, or "" (also kept) */
+	char net[REG_NET_MAX];	    /* that VM's network policy (version 3), "" reads as "none" */
 };
 
 /* One row of the lineage: registry_lineage returns them in depth-first order, children after
@@ -155,7 +165,8 @@ int registry_batch_end(struct registry *r, struct fk_err *err);
  * exist; a zygote must belong to the parent; a snapshot must exist and be ready. */
 int registry_vm_add(struct registry *r, struct reg_vm *vm, struct fk_err *err);
 /* Rewrites the mutable fields of vm->id: proc, sockets, state, pause_us, image, kernel, tag,
- * exit_status. Lineage (parent_vm, zygote, snapshot, branched_us) and created_us never change. */
+ * exit_status, net_netns, net_host_addr. Lineage (parent_vm, zygote, snapshot, branched_us),
+ * net and created_us never change. */
 int registry_vm_update(struct registry *r, const struct reg_vm *vm, struct fk_err *err);
 /* Sets the state; exit_status is kept for REG_VM_EXITED/FAILED (REG_NO_EXIT: unknown). */
 int registry_vm_set_state(struct registry *r, const char *id, enum reg_vm_state state,

@@ -6,9 +6,15 @@
  * killed with SIGKILL and restarted with every VM re-adopted, deletes
  * refused and cascaded, with the VMM processes checked from outside.
  */
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <spawn.h>
@@ -18,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -159,6 +166,7 @@ static int setup(void **state_)
 	/* Only test_images sets these, for its own daemon. */
 	unsetenv("FORKD_IMAGE_CACHE");
 	unsetenv("FORKD_IMAGES");
+	unsetenv("FORKD_NET_UPLINK"); /* only test_net_nat sets it */
 	if (harness_tmpdir_create(dir, sizeof(dir), "serve") < 0)
 		return -1;
 	counter++;
@@ -871,6 +879,332 @@ static void test_images(void **state_)
 	unsetenv("FORKD_IMAGES");
 }
 
+/*
+ * Frames through a VM's tap: the probe's `net` workload echoes a frame sent to its MAC
+ * (guest/probe/README.md), so an echo on the tap0 of the namespace the daemon reported
+ * shows the VM's device really is attached there.
+ */
+#define ETHERTYPE_TEST 0x88b5
+#define NET_TAP	       "tap0"
+
+struct packet_open {
+	const char *ns;
+	int fd, err;
+};
+
+/* Only this short thread enters the namespace; the socket stays bound to it. */
+static void *packet_open_thread(void *arg)
+{
+	struct packet_open *o = arg;
+	struct sockaddr_ll a = {.sll_family = AF_PACKET, .sll_protocol = htons(ETHERTYPE_TEST)};
+	char path[128];
+	int nsfd;
+
+	snprintf(path, sizeof(path), "/run/netns/%s", o->ns);
+	nsfd = open(path, O_RDONLY | O_CLOEXEC);
+	if (nsfd < 0 || setns(nsfd, CLONE_NEWNET) < 0) {
+		o->err = errno;
+		if (nsfd >= 0)
+			close(nsfd);
+		return NULL;
+	}
+	close(nsfd);
+	o->fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETHERTYPE_TEST));
+	a.sll_ifindex = (int)if_nametoindex(NET_TAP);
+	if (o->fd < 0 || a.sll_ifindex == 0 || bind(o->fd, (struct sockaddr *)&a, sizeof(a)) < 0)
+		o->err = errno ? errno : ENODEV;
+	return NULL;
+}
+
+/* Sends "forkd-host <tag>" to the guest's MAC on namespace ns's tap0 until it is echoed. */
+static void echo_through_tap(const char *ns, const char *tag)
+{
+	static const uint8_t guest[6] = {0x02, 0x66, 0x6b, 0x00, 0x00, 0x02};
+	static const uint8_t host[6] = {0x02, 0x66, 0x6b, 0x00, 0x00, 0x7e};
+	struct packet_open o = {.ns = ns, .fd = -1};
+	uint8_t f[128] = {0}, e[2048];
+	size_t body;
+	pthread_t t;
+	int len;
+
+	assert_int_equal(pthread_create(&t, NULL, packet_open_thread, &o), 0);
+	pthread_join(t, NULL);
+	if (o.err)
+		fail_msg("packet socket on %s in %s: %s", NET_TAP, ns, strerror(o.err));
+	memcpy(f, guest, 6);
+	memcpy(f + 6, host, 6);
+	f[12] = ETHERTYPE_TEST >> 8;
+	f[13] = ETHERTYPE_TEST & 0xff;
+	len = 14 + snprintf((char *)f + 14, sizeof(f) - 14, "forkd-host %s", tag);
+	body = strlen(tag);
+	if (len < 60)
+		len = 60;
+	/* The guest's driver may still be coming up when the daemon answers: send again. */
+	for (long long end = harness_deadline(10000); now_ms() < end;) {
+		long long resend = now_ms() + 300;
+
+		assert_int_equal(send(o.fd, f, (size_t)len, 0), len);
+		while (now_ms() < resend) {
+			struct pollfd p = {.fd = o.fd, .events = POLLIN};
+			struct sockaddr_ll from;
+			socklen_t flen = sizeof(from);
+			ssize_t n;
+
+			if (poll(&p, 1, (int)(resend - now_ms())) <= 0)
+				break;
+			n = recvfrom(o.fd, e, sizeof(e), 0, (struct sockaddr *)&from, &flen);
+			if (n < (ssize_t)(14 + 22 + body) || from.sll_pkttype == PACKET_OUTGOING)
+				continue;
+			/* the echo: to our MAC, "forkd-echo " then the frame's own text */
+			if (memcmp(e, host, 6) == 0 && memcmp(e + 14, "forkd-echo ", 11) == 0 &&
+			    memcmp(e + 25, "forkd-host ", 11) == 0 &&
+			    memcmp(e + 36, tag, body) == 0) {
+				close(o.fd);
+				return;
+			}
+		}
+	}
+	close(o.fd);
+	fail_msg("no echo of 'forkd-host %s' through %s in %s within 10 s", tag, NET_TAP, ns);
+}
+
+/* The VM in a `vm ls --json` list with this id (borrowed), or NULL. */
+static json_t *find_vm(json_t *vms, const char *id)
+{
+	json_t *vm;
+	size_t i;
+
+	json_array_foreach(vms, i, vm) if (strcmp(json_string_value(json_object_get(vm, "id")),
+						  id) == 0) return vm;
+	return NULL;
+}
+
+/* A VM's network as the daemon reports it, checked: policy, namespace, 10.200.S.2 address. */
+struct vm_net {
+	char id[32], netns[64], addr[32];
+};
+
+static void check_vm_net(json_t *vm, const char *policy, struct vm_net *out)
+{
+	const char *id = json_string_value(json_object_get(vm, "id"));
+	const char *net = json_string_value(json_object_get(vm, "net"));
+	const char *ns = json_string_value(json_object_get(vm, "net_netns"));
+	const char *addr = json_string_value(json_object_get(vm, "net_host_addr"));
+	unsigned a, b, c, d;
+	char path[128], end;
+
+	assert_non_null(id);
+	if (!net || strcmp(net, policy) != 0)
+		fail_msg("%s: net '%s', expected '%s'", id, net ? net : "(none)", policy);
+	if (!ns || strncmp(ns, "forkd-", 6) != 0)
+		fail_msg("%s: net_netns '%s', expected forkd-*", id, ns ? ns : "(null)");
+	/* 10.200.S.2 of slot S: the S-th /30 of 10.200.0.0/16, host .2 of it */
+	if (!addr || sscanf(addr, "%u.%u.%u.%u%c", &a, &b, &c, &d, &end) != 4 || a != 10 ||
+	    b != 200 || c > 255 || d > 255 || d % 4 != 2)
+		fail_msg("%s: net_host_addr '%s', expected 10.200.x.y with y %% 4 == 2", id,
+			 addr ? addr : "(null)");
+	snprintf(path, sizeof(path), "/run/netns/%s", ns);
+	if (!exists(path))
+		fail_msg("%s: its namespace %s is not in /run/netns", id, ns);
+	snprintf(out->id, sizeof(out->id), "%s", id);
+	snprintf(out->netns, sizeof(out->netns), "%s", ns);
+	snprintf(out->addr, sizeof(out->addr), "%s", addr);
+}
+
+/*
+ * Whether the root end of a VM's veth (fkv<S>, S its slot: 10.200.0.0 + 4·S + 2 is its
+ * address) forwards: 1 only for nat (docs/networking.md).
+ */
+static int root_end_forwarding(const struct vm_net *v)
+{
+	unsigned a, b, c, d;
+	char path[96], val[8] = "";
+	FILE *f;
+
+	assert_int_equal(sscanf(v->addr, "%u.%u.%u.%u", &a, &b, &c, &d), 4);
+	snprintf(path, sizeof(path), "/proc/sys/net/ipv4/conf/fkv%u/forwarding",
+		 (c * 256 + d - 2) / 4);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	if (!fgets(val, sizeof(val), f))
+		val[0] = '\0';
+	fclose(f);
+	return atoi(val);
+}
+
+static void assert_netns_gone(const struct vm_net *v)
+{
+	char path[160];
+
+	snprintf(path, sizeof(path), "/run/netns/%s", v->netns);
+	if (exists(path))
+		fail_msg("%s: namespace %s left after its delete", v->id, v->netns);
+	snprintf(path, sizeof(path), "/run/forkd/net/ns-%s", v->netns);
+	if (exists(path))
+		fail_msg("%s: namespace record %s left after its delete", v->id, path);
+}
+
+/*
+ * net=host through the daemon: the VM gets forkd-<id> and a 10.200.S.2 address, each
+ * BRANCH child and a VM spawned from its snapshot its own namespace and address; the SDK reads them
+ * and gets a 400 for a bad policy; a SIGKILLed and restarted daemon still reports them; a cascade
+ * delete leaves no namespace, also of a child whose VMM was SIGKILLed (swept).
+ */
+static void test_net_policy(void **state_)
+{
+	struct vm_net v[3];
+	json_t *j, *kids, *vms;
+	char *out = NULL, script[2000], *probe = realpath(harness_probe(), NULL);
+	pid_t killed;
+	int rc;
+
+	(void)state_;
+	assert_non_null(probe);
+	start_daemon();
+	rc = forkd(&out, "vm", "create", "--kernel", probe, "--mem", "64", "--append",
+		   "work=net net_tx=0", "--net", "host", "--json", NULL);
+	if (rc != 0)
+		fail_msg("vm create --net host: exit %d: %s", rc, out);
+	j = json_loads(out, 0, NULL);
+	assert_non_null(j);
+	free(out);
+	check_vm_net(j, "host", &v[0]);
+	{
+		char want[64];
+		snprintf(want, sizeof(want), "forkd-%s", v[0].id);
+		assert_string_equal(v[0].netns, want);
+	}
+	json_decref(j);
+
+	j = forkd_json("branch", "branch", v[0].id, "-n", "2", NULL);
+	kids = json_object_get(j, "children");
+	assert_int_equal(json_array_size(kids), 2);
+	check_vm_net(json_array_get(kids, 0), "host", &v[1]);
+	check_vm_net(json_array_get(kids, 1), "host", &v[2]);
+	json_decref(j);
+	for (int x = 0; x < 3; x++)
+		for (int y = x + 1; y < 3; y++) {
+			assert_string_not_equal(v[x].addr, v[y].addr);
+			assert_string_not_equal(v[x].netns, v[y].netns);
+		}
+	assert_int_equal(root_end_forwarding(&v[0]), 0); /* host: the root end does not forward */
+	/* each guest answers on its own namespace's tap */
+	for (int x = 0; x < 3; x++)
+		echo_through_tap(v[x].netns, v[x].id);
+
+	/* The CLI: `vm ls` shows each address; a bad --net is a usage error (exit 2). */
+	assert_int_equal(forkd(&out, "vm", "ls", NULL), 0);
+	for (int x = 0; x < 3; x++)
+		if (!strstr(out, v[x].addr))
+			fail_msg("vm ls does not show %s's address %s:\n%s", v[x].id, v[x].addr,
+				 out);
+	free(out);
+	assert_int_equal(forkd(NULL, "vm", "create", "--kernel", probe, "--net", "open", NULL), 2);
+
+	/* The SDK: the fields, a VM without a network, and a bad policy refused by the daemon. */
+	snprintf(script, sizeof(script),
+		 "import forkd\n"
+		 "c = forkd.Controller()\n"
+		 "vm = c.vm('%s')\n"
+		 "assert vm.net == 'host' and vm.net_host_addr == '%s', vm\n"
+		 "assert vm.net_netns == '%s', vm\n"
+		 "plain = c.create_vm(kernel='%s', mem_mib=64, append='work=idle')\n"
+		 "assert plain.net == 'none' and plain.net_host_addr is None, plain\n"
+		 "c.delete_vm(plain.id)\n"
+		 "try:\n"
+		 "    c.create_vm(kernel='%s', mem_mib=64, net='open')\n"
+		 "    raise SystemExit('net=open was not refused')\n"
+		 "except forkd.BadRequest as e:\n"
+		 "    assert e.status == 400 and 'net' in str(e) and 'nat' in str(e), str(e)\n",
+		 v[0].id, v[0].addr, v[0].netns, probe, probe);
+	run_sdk(script);
+	free(probe);
+
+	/* Re-adopted after SIGKILL of the daemon: the same namespaces and addresses. */
+	kill_daemon(SIGKILL);
+	start_daemon();
+	vms = list_vms();
+	assert_int_equal(json_array_size(vms), 3);
+	for (int x = 0; x < 3; x++) {
+		struct vm_net again;
+		json_t *vm = find_vm(vms, v[x].id);
+
+		assert_non_null(vm);
+		assert_string_equal(json_string_value(json_object_get(vm, "state")), "running");
+		check_vm_net(vm, "host", &again);
+		assert_string_equal(again.addr, v[x].addr);
+		assert_string_equal(again.netns, v[x].netns);
+	}
+	echo_through_tap(v[0].netns, "after-restart");
+	json_decref(vms);
+
+	/* A VM spawned from its snapshot: the same policy, a namespace and address of its own. */
+	assert_int_equal(forkd(NULL, "snapshot", v[0].id, "--tag", "netbase", NULL), 0);
+	j = forkd_json("spawn", "spawn", "netbase", "-n", "1", NULL);
+	{
+		struct vm_net sp;
+		char want[64];
+
+		assert_int_equal(json_array_size(json_object_get(j, "vms")), 1);
+		check_vm_net(json_array_get(json_object_get(j, "vms"), 0), "host", &sp);
+		snprintf(want, sizeof(want), "forkd-%s", sp.id);
+		assert_string_equal(sp.netns, want);
+		for (int x = 0; x < 3; x++)
+			assert_string_not_equal(sp.addr, v[x].addr);
+		json_decref(j);
+		assert_int_equal(forkd(NULL, "snapshots", "rm", "netbase", "--cascade", NULL), 0);
+		assert_netns_gone(&sp);
+	}
+
+	/* A child's VMM killed outright leaves its namespace; the delete sweeps it. */
+	killed = vm_pid(v[2].id);
+	assert_true(killed > 0);
+	assert_int_equal(kill(killed, SIGKILL), 0);
+	assert_true(process_gone(killed));
+	assert_int_equal(forkd(NULL, "vm", "rm", v[0].id, NULL), 1);
+	assert_int_equal(forkd(NULL, "vm", "rm", v[0].id, "--cascade", NULL), 0);
+	for (int x = 0; x < 3; x++)
+		assert_netns_gone(&v[x]);
+	vms = list_vms();
+	assert_int_equal(json_array_size(vms), 0);
+	json_decref(vms);
+}
+
+/*
+ * net=nat through the daemon: reported as nat, the root end of its veth forwards (host's
+ * does not), its guest answers on its tap; gone with its delete. FORKD_NET_UPLINK=none in
+ * the daemon's environment (its VMMs inherit it): the machine's own uplink is not touched.
+ */
+static void test_net_nat(void **state_)
+{
+	char *out = NULL, *probe = realpath(harness_probe(), NULL);
+	struct vm_net v;
+	json_t *j;
+	int rc;
+
+	(void)state_;
+	assert_non_null(probe);
+	setenv("FORKD_NET_UPLINK", "none", 1);
+	start_daemon();
+	rc = forkd(&out, "vm", "create", "--kernel", probe, "--mem", "64", "--append",
+		   "work=net net_tx=0", "--net", "nat", "--json", NULL);
+	if (rc != 0)
+		fail_msg("vm create --net nat: exit %d: %s", rc, out);
+	j = json_loads(out, 0, NULL);
+	assert_non_null(j);
+	check_vm_net(j, "nat", &v);
+	json_decref(j);
+	assert_int_equal(root_end_forwarding(&v), 1);
+	echo_through_tap(v.netns, v.id);
+	assert_int_equal(forkd(NULL, "vm", "rm", v.id, NULL), 0);
+	assert_netns_gone(&v);
+	assert_int_equal(root_end_forwarding(&v), -1); /* its veth went with it */
+	free(out);
+	free(probe);
+	unsetenv("FORKD_NET_UPLINK");
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -881,6 +1215,8 @@ int main(int argc, char **argv)
 	    cmocka_unit_test_setup_teardown(test_images, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_paused_through_control_socket, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stray_zygote_released_on_restart, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_net_policy, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_net_nat, setup, teardown),
 	};
 
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "daemon/registry.h"
+#include "net/netns.h"
 
 struct fixture {
 	char dir[64];
@@ -982,10 +983,98 @@ static void test_newer_schema(void **state)
 	assert_int_equal(sql_int(f->db, "PRAGMA user_version"), 7);
 	assert_int_equal(sql_int(f->db, "SELECT count(*) FROM vms"), 1);
 
-	sql_exec(f->db, "PRAGMA user_version = 2");
+	sql_exec(f->db, "PRAGMA user_version = 3");
 	if (registry_open(f->db, &f->r, &err) != 0)
 		fail_msg("reopen: %s", err.msg);
 	assert_true(vm_exists(f->r, id));
+}
+
+/* The daemon names a VM's network namespace forkd-<vm id>: every id must be a namespace id. */
+static void test_vm_ids_are_netns_ids(void **state)
+{
+	struct fixture *f = *state;
+	struct fk_err err = {0};
+	char id[REG_ID_MAX], name[16];
+
+	for (int i = 0; i < 50; i++) {
+		snprintf(name, sizeof(name), "n%d", i);
+		add_vm(f->r, name, NULL, NULL, id);
+		if (fk_netns_id_valid(id, &err) < 0)
+			fail_msg("VM id %s is no namespace id: %s", id, err.msg);
+		assert_true(strlen(FK_NETNS_PREFIX) + strlen(id) < REG_NETNS_MAX);
+	}
+}
+
+/* What version 2 wrote: the same tables without the network columns of version 3. */
+static void drop_v3_columns(const char *db)
+{
+	sql_exec(db, "ALTER TABLE vms DROP COLUMN net");
+	sql_exec(db, "ALTER TABLE vms DROP COLUMN net_netns");
+	sql_exec(db, "ALTER TABLE vms DROP COLUMN net_host_addr");
+	sql_exec(db, "ALTER TABLE snapshots DROP COLUMN net");
+}
+
+/*
+ * A version 2 file is upgraded in place: its VMs and snapshots read as net "none" with
+ * no namespace; new ones keep their policy, namespace and address; an update records the
+ * namespace; a policy that is not one is refused before it reaches the file.
+ */
+static void test_upgrade_from_v2(void **state)
+{
+	struct fixture *f = *state;
+	struct fk_err err = {0};
+	struct reg_vm vm = sample_vm("n"), got;
+	struct reg_snapshot s = {.tag = "netsnap", .path = "/s/n", .net = "nat"}, snap;
+	char id[REG_ID_MAX];
+
+	add_vm(f->r, "v", NULL, NULL, id);
+	add_ready_snapshot(f->r, "old", id);
+	registry_close(f->r);
+	f->r = NULL;
+	drop_v3_columns(f->db);
+	sql_exec(f->db, "PRAGMA user_version = 2");
+
+	if (registry_open(f->db, &f->r, &err) != 0)
+		fail_msg("open a version 2 file: %s", err.msg);
+	assert_int_equal(sql_int(f->db, "PRAGMA user_version"), REG_SCHEMA_VERSION);
+	assert_int_equal(registry_vm_get(f->r, id, &got, &err), 0);
+	assert_string_equal(got.net, "none");
+	assert_string_equal(got.net_netns, "");
+	assert_string_equal(got.net_host_addr, "");
+	assert_int_equal(registry_snapshot_get(f->r, "old", &snap, &err), 0);
+	assert_string_equal(snap.net, "none");
+
+	strcpy(vm.net, "host");
+	assert_int_equal(registry_vm_add(f->r, &vm, &err), 0);
+	assert_int_equal(registry_vm_get(f->r, vm.id, &got, &err), 0);
+	assert_string_equal(got.net, "host");
+	assert_string_equal(got.net_host_addr, "");
+	strcpy(got.net_netns, "forkd-p4242");
+	strcpy(got.net_host_addr, "10.200.0.6");
+	assert_int_equal(registry_vm_update(f->r, &got, &err), 0);
+	assert_int_equal(registry_vm_get(f->r, vm.id, &got, &err), 0);
+	assert_string_equal(got.net, "host");
+	assert_string_equal(got.net_netns, "forkd-p4242");
+	assert_string_equal(got.net_host_addr, "10.200.0.6");
+	snprintf(s.parent_vm, sizeof(s.parent_vm), "%s", vm.id);
+	assert_int_equal(registry_snapshot_add(f->r, &s, &err), 0);
+	assert_int_equal(registry_snapshot_get(f->r, "netsnap", &snap, &err), 0);
+	assert_string_equal(snap.net, "nat");
+
+	/* a policy that is not one never reaches the file */
+	vm = sample_vm("bad");
+	strcpy(vm.net, "open");
+	assert_int_equal(registry_vm_add(f->r, &vm, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "'open'"));
+	assert_non_null(strstr(err.msg, "none, host or nat"));
+
+	/* Opening it again changes nothing more. */
+	registry_close(f->r);
+	f->r = NULL;
+	if (registry_open(f->db, &f->r, &err) != 0)
+		fail_msg("reopen: %s", err.msg);
+	assert_int_equal(registry_vm_get(f->r, got.id, &got, &err), 0);
+	assert_string_equal(got.net_host_addr, "10.200.0.6");
 }
 
 /* A version 1 file (no snapshot image) is upgraded in place: its rows stay, with image "". */
@@ -1001,6 +1090,7 @@ static void test_upgrade_from_v1(void **state)
 	registry_close(f->r);
 	f->r = NULL;
 	/* What version 1 wrote: the same tables without snapshots.image. */
+	drop_v3_columns(f->db);
 	sql_exec(f->db, "ALTER TABLE snapshots DROP COLUMN image");
 	sql_exec(f->db, "PRAGMA user_version = 1");
 
@@ -1292,6 +1382,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_damaged_registry, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_newer_schema, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_upgrade_from_v1, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_upgrade_from_v2, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_vm_ids_are_netns_ids, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_two_handles, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_cascade_is_atomic, setup, teardown),

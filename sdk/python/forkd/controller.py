@@ -89,10 +89,12 @@ class Controller:
                   initrd: Optional[str] = None, append: Optional[str] = None,
                   mem_mib: Optional[int] = None, cpus: Optional[int] = None,
                   tag: Optional[str] = None, vsock: Optional[bool] = None,
-                  timeout=_MISSING) -> VM:
+                  net: Optional[str] = None, timeout=_MISSING) -> VM:
         """POST /v1/vms: boots a VM from an image name or a kernel (with an
         optional initrd and command line); returns it once its control socket
-        answers."""
+        answers. ``net``: "none" (the default: no network device), "host" or
+        "nat" (docs/networking.md); the VM's ``net_host_addr`` is where the
+        host reaches it. The daemon checks the value (BadRequest)."""
         if (image is None) == (kernel is None):
             raise ValueError("give exactly one of image= or kernel=")
         if image is not None and (initrd is not None or append is not None):
@@ -100,7 +102,7 @@ class Controller:
         body: Dict[str, Any] = {}
         for k, v in (("image", image), ("kernel", kernel), ("initrd", initrd),
                      ("append", append), ("mem_mib", mem_mib), ("cpus", cpus),
-                     ("tag", tag), ("vsock", vsock)):
+                     ("tag", tag), ("vsock", vsock), ("net", net)):
             if v is not None:
                 body[k] = v
         return VM.from_json(self._json("POST", "/v1/vms", json_body=body, timeout=timeout))

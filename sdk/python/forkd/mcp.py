@@ -71,7 +71,10 @@ TOOLS: List[Dict[str, Any]] = [
          "image": _prop("string", "Root image name (default: the server's --image)."),
          "mem_mib": _prop("integer", "Guest memory in MiB.", minimum=64, maximum=65536),
          "cpus": _prop("integer", "vCPUs.", minimum=1, maximum=64),
-         "tag": _prop("string", "A label shown in sandbox_list.")}, [])},
+         "tag": _prop("string", "A label shown in sandbox_list."),
+         "net": _prop("string", "Network: none (default, no network device), host (the host "
+                      "reaches it at net_host_addr, it reaches only the host) or nat (also "
+                      "the outside).", enum=["none", "host", "nat"])}, [])},
     {"name": "sandbox_list",
      "description": "Lists the VMs the daemon owns: id, state, parent, image.",
      "inputSchema": _schema({}, [])},
@@ -153,6 +156,9 @@ def _check_value(name: str, value: Any, spec: Dict[str, Any]) -> None:
             raise ToolInputError(f"{name}: {value} is above the maximum {spec['maximum']}")
     if kind == "string" and len(value) < spec.get("minLength", 0):
         raise ToolInputError(f"{name}: expected a non-empty string")
+    if "enum" in spec and value not in spec["enum"]:
+        raise ToolInputError(f"{name}: expected one of {', '.join(spec['enum'])}, "
+                             f"got {json.dumps(value)[:80]}")
     if kind == "array":
         if len(value) < spec.get("minItems", 0):
             raise ToolInputError(f"{name}: expected at least {spec['minItems']} item(s)")
@@ -185,7 +191,8 @@ def check_arguments(tool: Dict[str, Any], args: Any) -> Dict[str, Any]:
 
 def _vm_summary(vm: VM) -> Dict[str, Any]:
     return {k: v for k, v in (("id", vm.id), ("state", vm.state), ("parent", vm.parent),
-                              ("image", vm.image), ("tag", vm.tag), ("pause_us", vm.pause_us))
+                              ("image", vm.image), ("tag", vm.tag), ("pause_us", vm.pause_us),
+                              ("net_host_addr", vm.net_host_addr))
             if v is not None}
 
 
@@ -215,7 +222,7 @@ class Server:
     def _create(self, a):
         vm = self.controller.create_vm(a.get("image", self.default_image),
                                        mem_mib=a.get("mem_mib"), cpus=a.get("cpus"),
-                                       tag=a.get("tag"))
+                                       tag=a.get("tag"), net=a.get("net"))
         return _vm_summary(vm)
 
     def _list(self, a):

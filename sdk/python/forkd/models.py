@@ -49,6 +49,9 @@ class VM:
     control_socket: Optional[str] = None
     vsock_socket: Optional[str] = None
     exit_status: Optional[int] = None
+    net: Optional[str] = None  # none | host | nat
+    net_netns: Optional[str] = None  # its network namespace, forkd-...
+    net_host_addr: Optional[str] = None  # where the host reaches it: 10.200.S.2
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -64,6 +67,7 @@ class Snapshot:
     path: Optional[str] = None
     parent_vm: Optional[str] = None
     image: Optional[str] = None  # the image its VM booted
+    net: Optional[str] = None  # its VM's network policy, which the VMs spawned from it get
     created: Optional[str] = None
     pause_us: Optional[int] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)

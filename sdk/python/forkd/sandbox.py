@@ -81,7 +81,8 @@ class Sandbox:
                controller: Optional[Controller] = None, *, keep: bool = False,
                **kw) -> "Sandbox":
         """Boots a VM (``Controller.create_vm`` arguments: mem_mib, cpus, tag,
-        or kernel=/initrd=/append= instead of image) and returns its sandbox."""
+        net="none"|"host"|"nat", or kernel=/initrd=/append= instead of image)
+        and returns its sandbox."""
         controller = controller if controller is not None else Controller()
         if kw.get("kernel") is not None:
             image = None

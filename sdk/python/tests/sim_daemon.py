@@ -99,26 +99,37 @@ class Sim:
               "zygote": None, "snapshot": None, "tag": None, "image": None, "kernel": None,
               "mem_mib": 512, "cpus": 1, "created": now(), "branched_at": None,
               "pause_us": None, "control_socket": f"/sim/vms/{vm_id}/control.sock",
-              "vsock_socket": f"/sim/vms/{vm_id}/vsock.sock", "exit_status": None}
+              "vsock_socket": f"/sim/vms/{vm_id}/vsock.sock", "exit_status": None,
+              "net": "none", "net_netns": None, "net_host_addr": None}
         vm.update(kw)
+        if vm["net"] != "none":
+            # a namespace and a 10.200.S.2 address of its own, as forkd-vmm --net-policy makes
+            slot = len(self.vms)
+            vm["net_netns"] = f"forkd-{vm_id}"
+            vm["net_host_addr"] = f"10.200.{(4 * slot) >> 8}.{(4 * slot) % 256 + 2}"
         self.vms[vm_id] = vm
         return vm
 
     # -- operations (the shapes of docs/rest-api.md) -------------------------
 
     def create(self, body):
-        fields(body, {"image", "kernel", "initrd", "append", "mem_mib", "cpus", "tag", "vsock"})
+        fields(body, {"image", "kernel", "initrd", "append", "mem_mib", "cpus", "tag", "vsock",
+                      "net"})
         if ("image" in body) == ("kernel" in body):
             raise ApiError("bad_request", "exactly one of image and kernel")
         if "image" in body and body["image"] not in self.images:
             raise ApiError("not_found", f"image {body['image']!r}: not found")
         if "tag" in body:
             check_tag(body["tag"])
+        net = body.get("net", "none")
+        if net not in ("none", "host", "nat"):
+            raise ApiError("bad_request", f'POST /v1/vms: "net" {net!r}: expected "none", '
+                           '"host" or "nat"')
         mem = int_in(body, "mem_mib", 64, 1 << 20, 512)
         cpus = int_in(body, "cpus", 1, 64, 1)
         with self.lock:
             return self._new_vm(image=body.get("image"), kernel=body.get("kernel"),
-                                mem_mib=mem, cpus=cpus, tag=body.get("tag"))
+                                mem_mib=mem, cpus=cpus, tag=body.get("tag"), net=net)
 
     def delete_vm(self, vm_id, cascade):
         with self.lock:
@@ -141,7 +152,8 @@ class Sim:
         if tag in self.snaps:
             raise ApiError("conflict", f"snapshot {tag!r} exists")
         s = {"tag": tag, "state": "ready", "path": f"/sim/snapshots/{tag}",
-             "parent_vm": vm_id, "created": now(), "pause_us": pause_us}
+             "parent_vm": vm_id, "created": now(), "pause_us": pause_us,
+             "net": self.vms[vm_id]["net"]}
         self.snaps[tag] = s
         return s
 
@@ -167,7 +179,8 @@ class Sim:
             for _ in range(n):
                 res["children"].append(self._new_vm(
                     parent=vm_id, zygote=zy, image=src["image"], kernel=src["kernel"],
-                    mem_mib=src["mem_mib"], cpus=src["cpus"], branched_at=t, pause_us=pause))
+                    mem_mib=src["mem_mib"], cpus=src["cpus"], branched_at=t, pause_us=pause,
+                    net=src["net"]))
             return res
 
     def snapshot(self, vm_id, body):
@@ -184,7 +197,8 @@ class Sim:
             s = self.snaps.get(tag)
             if s is None:
                 raise ApiError("not_found", f"snapshot {tag!r}: not found")
-            return {"vms": [self._new_vm(snapshot=tag, image="forkd-test-base")
+            return {"vms": [self._new_vm(snapshot=tag, image="forkd-test-base",
+                                         net=s.get("net", "none"))
                             for _ in range(n)]}
 
     def get_snapshot(self, tag):

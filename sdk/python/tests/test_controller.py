@@ -65,6 +65,28 @@ class ControllerTest(unittest.TestCase):
         self.assertEqual(vm.kernel, "/k")
         self.assertIsNone(vm.image)
 
+    def test_create_vm_net(self):
+        self.route("POST", "/v1/vms", Reply(201, obj=vm_json(
+            "vm-1a2b3c4d", net="nat", net_netns="forkd-vm-1a2b3c4d",
+            net_host_addr="10.200.0.6")))
+        vm = self.c.create_vm(image="forkd-test-base", net="nat")
+        self.check("POST", "/v1/vms", {"image": "forkd-test-base", "net": "nat"})
+        self.assertEqual(vm.net, "nat")
+        self.assertEqual(vm.net_netns, "forkd-vm-1a2b3c4d")
+        self.assertEqual(vm.net_host_addr, "10.200.0.6")
+        self.assertEqual(vm.raw, {})  # known fields, not left in raw
+
+    def test_create_vm_net_refused_by_the_daemon(self):
+        self.route("POST", "/v1/vms", Reply(400, obj={
+            "error": {"code": "bad_request",
+                      "message": 'POST /v1/vms: "net" \'open\': expected "none", "host" or '
+                                 '"nat"'}}))
+        with self.assertRaises(forkd.BadRequest) as cm:
+            self.c.create_vm(image="forkd-test-base", net="open")
+        self.check("POST", "/v1/vms", {"image": "forkd-test-base", "net": "open"})
+        self.assertEqual(cm.exception.status, 400)
+        self.assertIn('"net"', str(cm.exception))
+
     def test_create_vm_argument_checks(self):
         with self.assertRaises(ValueError):
             self.c.create_vm()

@@ -98,6 +98,11 @@ class McpSessionTest(unittest.TestCase):
         vm = self.ok(self.mcp.call("sandbox_create", mem_mib=256))
         vm_id = vm["id"]
         self.assertEqual(vm["image"], "forkd-test-base")
+        self.assertNotIn("net_host_addr", vm)
+        netvm = self.ok(self.mcp.call("sandbox_create", net="host"))
+        self.assertEqual(self.srv.sim.vms[netvm["id"]]["net"], "host")
+        self.assertEqual(netvm["net_host_addr"], self.srv.sim.vms[netvm["id"]]["net_host_addr"])
+        self.ok(self.mcp.call("sandbox_delete", id=netvm["id"]))
         self.assertEqual(self.srv.sim.vms[vm_id]["image"], "forkd-test-base")
 
         r = self.ok(self.mcp.call("sandbox_exec", id=vm_id, command="echo hi; echo err >&2; "
@@ -178,6 +183,7 @@ class McpSessionTest(unittest.TestCase):
             ("sandbox_branch", {"id": "vm-1", "n": True}, "n: expected a JSON integer"),
             ("sandbox_write_file", {"id": "vm-1", "path": "/x", "content": 5},
              "content: expected a JSON string"),
+            ("sandbox_create", {"net": "open"}, "net: expected one of none, host, nat"),
             ("sandbox_delete", {"id": "no-such-vm"}, "the daemon refused"),
             ("snapshot_spawn", {"tag": "../etc", "n": 1}, "the daemon refused"),
         ]

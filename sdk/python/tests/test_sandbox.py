@@ -316,3 +316,46 @@ class LifecycleTest(SandboxTestBase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SandboxNetTest(unittest.TestCase):
+    """net= through Sandbox.create against the simulated daemon: the policy
+    and address come back, children and restored VMs inherit the policy with
+    addresses of their own, and a bad policy is the daemon's 400."""
+
+    def setUp(self):
+        import shutil
+        import tempfile
+
+        from sim_daemon import SimServer
+
+        d = tempfile.mkdtemp(prefix="forkd-sdk-net-")
+        self.addCleanup(shutil.rmtree, d, True)
+        self.srv = SimServer(os.path.join(d, "sim.sock"))
+        t = threading.Thread(target=self.srv.serve_forever, kwargs={"poll_interval": 0.05},
+                             daemon=True)
+        t.start()
+        self.addCleanup(self.srv.server_close)
+        self.addCleanup(self.srv.shutdown)
+        self.c = Controller(socket=os.path.join(d, "sim.sock"), timeout=10)
+
+    def test_net_policy(self):
+        sb = Sandbox.create(controller=self.c, net="host")
+        self.assertEqual(sb.vm.net, "host")
+        self.assertRegex(sb.vm.net_host_addr, r"^10\.200\.\d+\.\d+$")
+        self.assertEqual(sb.info().net_netns, f"forkd-{sb.id}")
+        kids = sb.branch(2)
+        addrs = {sb.vm.net_host_addr} | {k.info().net_host_addr for k in kids}
+        self.assertEqual(len(addrs), 3)
+        self.assertEqual({k.vm.net for k in kids}, {"host"})
+        self.c.snapshot(sb.id, "n1")
+        spawned = self.c.spawn("n1", 1)
+        self.assertEqual(spawned[0].net, "host")
+        self.assertNotIn(spawned[0].net_host_addr, addrs)
+        plain = Sandbox.create(controller=self.c)
+        self.assertEqual(plain.vm.net, "none")
+        self.assertIsNone(plain.vm.net_host_addr)
+        with self.assertRaises(forkd.BadRequest) as cm:
+            Sandbox.create(controller=self.c, net="open")
+        self.assertIn("net", str(cm.exception))
+        self.assertIn("nat", str(cm.exception))

@@ -6,6 +6,7 @@ import { CommandTimeout, ConnectionFailed, ForkdError, InvalidArgument, RequestT
 import {
   BranchResult,
   CommandResult,
+  NetPolicy,
   Snapshot,
   TreeNode,
   VM,
@@ -44,6 +45,9 @@ export interface CreateVmOptions extends CallOptions {
   cpus?: number;
   tag?: string;
   vsock?: boolean;
+  /** "none" (default: no network device), "host" or "nat"; the VM's netHostAddr is where
+   * the host reaches it. */
+  net?: NetPolicy;
 }
 
 export interface BranchOptions extends CallOptions {
@@ -191,6 +195,12 @@ export class Controller {
     if (o.cpus !== undefined) body.cpus = checkInt("cpus", o.cpus, 1, 254);
     if (o.tag !== undefined) body.tag = checkTag("tag", o.tag);
     if (o.vsock !== undefined) body.vsock = checkBool("vsock", o.vsock);
+    if (o.net !== undefined) {
+      if (o.net !== "none" && o.net !== "host" && o.net !== "nat") {
+        throw new InvalidArgument(`net: expected "none", "host" or "nat", got ${JSON.stringify(o.net) ?? String(o.net)}`);
+      }
+      body.net = o.net;
+    }
     return vmFromJson(await this.transport.json("POST", "/v1/vms", { json: body, ...callTimeout(o) }));
   }
 

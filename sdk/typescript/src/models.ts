@@ -10,6 +10,9 @@ export type VMState = "starting" | "running" | "paused" | "exited" | "failed";
 export type SnapshotState = "writing" | "ready" | "failed";
 
 /** A VM as the daemon reports it. */
+/** A VM's network policy (docs/networking.md). */
+export type NetPolicy = "none" | "host" | "nat";
+
 export interface VM {
   id: string;
   state: VMState | string | null;
@@ -33,6 +36,12 @@ export interface VM {
   controlSocket: string | null;
   vsockSocket: string | null;
   exitStatus: number | null;
+  /** Its network policy: "none" (no network device), "host" or "nat" (docs/networking.md). */
+  net: NetPolicy | string | null;
+  /** Its network namespace, forkd-...; null without a network. */
+  netNetns: string | null;
+  /** Where the host reaches it (10.200.S.2); null without a network. */
+  netHostAddr: string | null;
   /** The fields this SDK does not know, as the daemon sent them. */
   raw: Record<string, unknown>;
 }
@@ -133,6 +142,7 @@ function rest(obj: Json, known: readonly string[]): Json {
 const VM_FIELDS = [
   "id", "state", "pid", "parent", "zygote", "snapshot", "tag", "image", "kernel", "mem_mib",
   "cpus", "created", "branched_at", "pause_us", "control_socket", "vsock_socket", "exit_status",
+  "net", "net_netns", "net_host_addr",
 ] as const;
 
 export function vmFromJson(obj: unknown): VM {
@@ -157,6 +167,9 @@ export function vmFromJson(obj: unknown): VM {
     controlSocket: s("control_socket"),
     vsockSocket: s("vsock_socket"),
     exitStatus: n("exit_status"),
+    net: s("net"),
+    netNetns: s("net_netns"),
+    netHostAddr: s("net_host_addr"),
     raw: rest(o, VM_FIELDS),
   };
 }

@@ -78,7 +78,7 @@ export class Sandbox {
     this.files = new Files(this);
   }
 
-  /** Boots a VM (image, memMib, cpus, tag, vsock, or kernel/initrd/append
+  /** Boots a VM (image, memMib, cpus, tag, vsock, net, or kernel/initrd/append
    * instead of an image) and resolves to its sandbox. */
   static async create(o: SandboxCreateOptions = {}): Promise<Sandbox> {
     const { controller: given, ...vmOpts } = o;

@@ -66,6 +66,25 @@ describe("health and VMs", () => {
     await assert.rejects(c.vm(vm.id), (e: unknown) => e instanceof NotFound && e.status === 404 && e.code === "not_found");
   });
 
+  test("net: the policy, a namespace and an address of its own, inherited by children", async () => {
+    const vm = await c.createVm({ kernel: "/boot/vmlinuz-probe", net: "host" });
+    assert.equal(vm.net, "host");
+    assert.equal(vm.netNetns, `forkd-${vm.id}`);
+    assert.match(vm.netHostAddr ?? "", /^10\.200\.\d+\.\d+$/);
+    const r = await c.branch(vm.id, { n: 2 });
+    const addrs = new Set([vm.netHostAddr, ...r.children.map((k) => k.netHostAddr)]);
+    assert.equal(addrs.size, 3);
+    for (const k of r.children) assert.equal(k.net, "host");
+    const plain = await c.createVm({ kernel: "/boot/vmlinuz-probe" });
+    assert.equal(plain.net, "none");
+    assert.equal(plain.netHostAddr, null);
+    assert.deepEqual((await c.deleteVm(vm.id, { cascade: true })).length, 3);
+    await c.deleteVm(plain.id);
+    const before = (await c.vms()).length;
+    await assert.rejects(c.createVm({ kernel: "/k", net: "open" as never }), /net: expected "none", "host" or "nat"/);
+    assert.equal((await c.vms()).length, before);
+  });
+
   test("createVm refuses bad input before sending anything", async () => {
     const before = await requestCount();
     await assert.rejects(c.createVm({}), InvalidArgument);
