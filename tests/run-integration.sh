@@ -39,7 +39,7 @@ trap 'rm -f "$log"' EXIT
 for bin in "$@"; do
 	name=${bin##*/}
 	info=$("$bin" --needs) || { echo "run-integration: $bin --needs failed" >&2; exit 2; }
-	needs=$(sed -n 's/.*needs=\([a-z]*\).*/\1/p' <<<"$info")
+	needs=$(sed -n 's/.*needs=\([a-z0-9]*\).*/\1/p' <<<"$info")
 	defined=$(sed -n 's/.*tests=\([0-9]*\).*/\1/p' <<<"$info")
 	nested=0
 	case "$needs" in
