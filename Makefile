@@ -7,7 +7,7 @@ CC       ?= gcc
 CFLAGS_BASE := -std=gnu11 -Wall -Wextra -Werror -g -D_GNU_SOURCE -Isrc -Iinclude -MMD -MP
 OPTFLAGS ?= -O2
 SANFLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
-LIBS     := -lpthread -ljansson -lxxhash -llz4 -lsqlite3 -lmicrohttpd
+LIBS     := -lpthread -ljansson -lxxhash -llz4 -lsqlite3 -lmicrohttpd -lseccomp
 TESTLIBS := -lcmocka
 CLI_LIBS := $(LIBS) -lcurl
 

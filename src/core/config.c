@@ -130,10 +130,14 @@ void vmm_config_usage(FILE *out)
 	      "                       /var/cache/forkd/images (give --vsock to reach the agent)\n"
 	      "  --control PATH       serve the JSON control protocol on this Unix socket\n"
 	      "                       (status, pause, resume, shutdown; see docs/control.md)\n"
+	      "  --seccomp on|off|log per-thread seccomp allow-lists (default on: a forbidden\n"
+	      "                       syscall ends the VMM with status 5; log: the kernel logs\n"
+	      "                       it and it runs). See docs/seccomp.md\n"
 	      "  -h, --help           this text\n"
 	      "\n"
 	      "Exit status: 0 guest powered off, 1 VMM error, 2 bad command line or\n"
-	      "input, 3 guest reset, 4 guest crashed (triple fault or emulation failure).\n",
+	      "input, 3 guest reset, 4 guest crashed (triple fault or emulation failure),\n"
+	      "5 forbidden syscall (seccomp).\n",
 	      out);
 }
 
@@ -313,7 +317,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_OVERLAY_DIR,
 		OPT_CPUID_HIDE,
 		OPT_VSOCK,
-		OPT_IMAGE
+		OPT_IMAGE,
+		OPT_SECCOMP
 	};
 	static const struct option opts[] = {
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
@@ -331,6 +336,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"cpuid-hide", required_argument, NULL, OPT_CPUID_HIDE},
 	    {"vsock", required_argument, NULL, OPT_VSOCK},
 	    {"image", required_argument, NULL, OPT_IMAGE},
+	    {"seccomp", required_argument, NULL, OPT_SECCOMP},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -427,6 +433,11 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			break;
 		case OPT_IMAGE:
 			cfg->image = optarg;
+			break;
+		case OPT_SECCOMP:
+			if (fk_seccomp_parse_mode(optarg, &cfg->seccomp) < 0)
+				return fk_fail(err, EINVAL,
+					       "--seccomp '%s': expected on, off or log", optarg);
 			break;
 		case 'h':
 			cfg->help = true;

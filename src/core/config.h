@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "jail/seccomp.h"
 #include "util/err.h"
 
 #define VMM_MAX_DISKS	8
@@ -84,6 +85,7 @@ struct vmm_config {
 	 */
 	const char *image;
 	char image_kernel[4096], image_initrd[4096], image_cmdline[VMM_MAX_CMDLINE + 1];
+	enum fk_seccomp_mode seccomp; /* --seccomp=on|off|log (docs/seccomp.md); default on */
 };
 
 /* Where --image looks: $FORKD_IMAGE_CACHE or /var/cache/forkd/rootfs. */
