@@ -7,6 +7,9 @@
 # each asked for `costs` ROUNDS times (100 exits of each kind per round; a run reports the
 # median round). Prints one JSON object per run, then one summary line per mode (medians
 # over runs) and the difference. Host load shows up as noise in both modes alike.
+# Then the filters' own cost per syscall, with no guest: build/bench/seccomp-syscall times
+# ioctl(KVM_RUN) (on /dev/null: ENOTTY at once) under the process and vCPU filters and
+# without them, 3 times each, interleaved.
 #
 #   bench/seccomp.sh [RUNS] [ROUNDS]
 set -euo pipefail
@@ -14,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 runs=${1:-10}
 rounds=${2:-20}
-make -s -j2 build/forkd-vmm probe >&2
+make -s -j2 build/forkd-vmm probe build/bench/seccomp-syscall >&2
 
 # shellcheck source=scripts/kvm-kind.sh
 . scripts/kvm-kind.sh
@@ -91,3 +94,9 @@ print(json.dumps({"bench": "seccomp-cost", "kvm": sys.argv[2],
                   "exits_per_s_off": round(1e9 / med["off"]["mmio_vmm_ns"]),
                   "slowdown_pct": round(100 * d["mmio_vmm_ns"] / med["off"]["mmio_vmm_ns"], 1)}))
 EOF
+
+for _ in 1 2 3; do
+	for mode in on off; do
+		build/bench/seccomp-syscall "$mode" 50 | sed "s/^{/{\"kvm\":\"$kind\",/"
+	done
+done
