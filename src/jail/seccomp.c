@@ -367,6 +367,20 @@ static int add_sanitizer_rules(scmp_filter_ctx ctx, struct fk_err *err)
 }
 #endif
 
+/*
+ * abort() (an assert, a sanitizer's report, glibc's heap checks) on any
+ * thread: SIGABRT to itself, and its default action back. A crash stays a
+ * crash with its own report, not a seccomp exit.
+ */
+static int allow_abort(scmp_filter_ctx ctx, struct fk_err *err)
+{
+	struct scmp_arg_cmp to_self = SCMP_A2(SCMP_CMP_EQ, SIGABRT);
+	struct scmp_arg_cmp dfl = SCMP_A0(SCMP_CMP_EQ, SIGABRT);
+	int r = add_rule(ctx, SCMP_SYS(tgkill), 1, &to_self, err);
+
+	return r < 0 ? r : add_rule(ctx, SCMP_SYS(rt_sigaction), 1, &dfl, err);
+}
+
 static int add_main_rules(scmp_filter_ctx ctx, struct fk_err *err)
 {
 	struct scmp_arg_cmp a;
@@ -438,6 +452,8 @@ int fk_seccomp_build(enum fk_seccomp_role role, enum fk_seccomp_mode mode, scmp_
 		      err);
 	if (!r)
 		r = allow_memory(ctx, err);
+	if (!r)
+		r = allow_abort(ctx, err);
 	if (!r && role == FK_SECCOMP_ROLE_MAIN)
 		r = add_main_rules(ctx, err);
 	if (!r && role == FK_SECCOMP_ROLE_VCPU)

@@ -225,6 +225,11 @@ static void do_helper_fork(void)
 	_exit(43);
 }
 
+static void do_abort(void)
+{
+	abort();
+}
+
 static void do_log_mode_runs_it(void)
 {
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -384,6 +389,21 @@ static void test_vcpu_is_narrow(void **state)
 	expect_clean_exit(&o);
 }
 
+/* An abort() on any thread is still a crash (SIGABRT), not a seccomp exit. */
+static void test_abort_stays_a_crash(void **state)
+{
+	struct outcome o;
+
+	(void)state;
+	for (int role = 0; role < FK_SECCOMP_NR_ROLES; role++) {
+		run_child((enum fk_seccomp_role)role, FK_SECCOMP_ON, do_abort, &o);
+		if (o.exited || o.status != SIGABRT)
+			fail_msg("role %s: expected SIGABRT; got %s %d, stderr '%s'",
+				 fk_seccomp_role_name(role), o.exited ? "exit" : "signal", o.status,
+				 o.err);
+	}
+}
+
 static void test_log_mode_lets_it_run(void **state)
 {
 	struct outcome o;
@@ -408,6 +428,7 @@ int main(void)
 	    cmocka_unit_test(test_main_threads_and_fork),
 	    cmocka_unit_test(test_no_exec_memory_nor_sigsys_handler),
 	    cmocka_unit_test(test_vcpu_is_narrow),
+	    cmocka_unit_test(test_abort_stays_a_crash),
 	    cmocka_unit_test(test_log_mode_lets_it_run),
 	};
 
