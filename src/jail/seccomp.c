@@ -456,9 +456,20 @@ int fk_seccomp_build(enum fk_seccomp_role role, enum fk_seccomp_mode mode, scmp_
 		r = allow_abort(ctx, err);
 	if (!r && role == FK_SECCOMP_ROLE_MAIN)
 		r = add_main_rules(ctx, err);
-	if (!r && role == FK_SECCOMP_ROLE_VCPU)
+	if (!r && role == FK_SECCOMP_ROLE_VCPU) {
+		/*
+		 * Where KVM refuses a queue's ioeventfd, its notifications are MMIO
+		 * exits served on the vCPU thread: a vsock packet for a host port
+		 * then connects to PATH_<port> from here (vm.c, virtio_vsock.c).
+		 */
+		struct scmp_arg_cmp unix_only = SCMP_A0(SCMP_CMP_EQ, AF_UNIX);
 		r = allow_ioctls(ctx, vcpu_ioctls, sizeof(vcpu_ioctls) / sizeof(vcpu_ioctls[0]),
 				 err);
+		if (!r)
+			r = add_rule(ctx, SCMP_SYS(socket), 1, &unix_only, err);
+		if (!r)
+			r = add_rule(ctx, SCMP_SYS(connect), 0, NULL, err);
+	}
 	if (!r && role == FK_SECCOMP_ROLE_HELPER) {
 		struct scmp_arg_cmp unix_only = SCMP_A0(SCMP_CMP_EQ, AF_UNIX);
 		r = allow_all(ctx, helper_syscalls,
