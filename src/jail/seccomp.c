@@ -34,7 +34,6 @@
  */
 static struct {
 	bool active; /* this process runs under its filter */
-	enum fk_seccomp_mode mode;
 	struct sock_fprog progs[FK_SECCOMP_NR_ROLES];
 	const char *names[NAMED_SYSCALLS];
 } installed;
@@ -81,11 +80,6 @@ const char *fk_seccomp_role_name(enum fk_seccomp_role role)
 		break;
 	}
 	return "?";
-}
-
-enum fk_seccomp_mode fk_seccomp_active_mode(void)
-{
-	return installed.active ? installed.mode : FK_SECCOMP_OFF;
 }
 
 /* ---- the lists ---- */
@@ -634,7 +628,6 @@ int fk_seccomp_install_process(enum fk_seccomp_mode mode, struct fk_err *err)
 		goto fail;
 	}
 	thread_role = FK_SECCOMP_ROLE_MAIN;
-	installed.mode = mode;
 	installed.active = true;
 	return 0;
 fail:

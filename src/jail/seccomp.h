@@ -59,9 +59,6 @@ int fk_seccomp_install_process(enum fk_seccomp_mode mode, struct fk_err *err);
  */
 int fk_seccomp_enter_role(enum fk_seccomp_role role, struct fk_err *err);
 
-/* The mode this process's filter was installed with (FK_SECCOMP_OFF if none). */
-enum fk_seccomp_mode fk_seccomp_active_mode(void);
-
 /*
  * FORKD_FAULT_INJECT=seccomp-escape (tests only): what a compromised device
  * handler might try. Runs a shell that writes $FORKD_SECCOMP_ESCAPE_MARKER;
