@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <linux/filter.h>
 #include <linux/fs.h>
 #include <linux/kvm.h>
@@ -603,6 +604,12 @@ int fk_seccomp_install_process(enum fk_seccomp_mode mode, struct fk_err *err)
 		if (r < 0)
 			goto fail;
 	}
+	/*
+	 * jansson seeds its hash function from /dev/urandom on its first object;
+	 * done now, so that a helper thread (the fork notification of a VM
+	 * restored without a control socket) is not the first and need not open.
+	 */
+	json_object_seed(0);
 	/* Names resolved now: the SIGSYS handler cannot allocate. */
 	for (int nr = 0; nr < NAMED_SYSCALLS; nr++)
 		if (!installed.names[nr])

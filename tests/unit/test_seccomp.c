@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <linux/kvm.h>
 #include <pthread.h>
 #include <sched.h>
@@ -225,6 +226,18 @@ static void do_helper_fork(void)
 	_exit(43);
 }
 
+/* What the fork-notification thread does: JSON in and out (jansson seeds itself on first use). */
+static void do_helper_json(void)
+{
+	json_t *o = json_pack("{s:s,s:I}", "op", "fork_notify", "n", (json_int_t)42);
+	char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+
+	if (!text || strcmp(text, "{\"op\":\"fork_notify\",\"n\":42}") != 0)
+		_exit(44);
+	free(text);
+	json_decref(o);
+}
+
 static void do_abort(void)
 {
 	abort();
@@ -389,6 +402,21 @@ static void test_vcpu_is_narrow(void **state)
 	expect_clean_exit(&o);
 }
 
+/*
+ * Found in the nested host: a VM restored without a control socket made its
+ * first JSON object on the fork-notification thread, and jansson opened
+ * /dev/urandom there. This process has made no JSON object before (no test
+ * above uses jansson), so the child's first one is made under the filter.
+ */
+static void test_helper_makes_the_first_json_object(void **state)
+{
+	struct outcome o;
+
+	(void)state;
+	run_child(FK_SECCOMP_ROLE_HELPER, FK_SECCOMP_ON, do_helper_json, &o);
+	expect_clean_exit(&o);
+}
+
 /* An abort() on any thread is still a crash (SIGABRT), not a seccomp exit. */
 static void test_abort_stays_a_crash(void **state)
 {
@@ -428,6 +456,7 @@ int main(void)
 	    cmocka_unit_test(test_main_threads_and_fork),
 	    cmocka_unit_test(test_no_exec_memory_nor_sigsys_handler),
 	    cmocka_unit_test(test_vcpu_is_narrow),
+	    cmocka_unit_test(test_helper_makes_the_first_json_object),
 	    cmocka_unit_test(test_abort_stays_a_crash),
 	    cmocka_unit_test(test_log_mode_lets_it_run),
 	};
