@@ -7,7 +7,7 @@ CC       ?= gcc
 CFLAGS_BASE := -std=gnu11 -Wall -Wextra -Werror -g -D_GNU_SOURCE -Isrc -Iinclude -MMD -MP
 OPTFLAGS ?= -O2
 SANFLAGS := -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
-LIBS     := -lpthread -ljansson -lxxhash -llz4 -lsqlite3 -lmicrohttpd
+LIBS     := -lpthread -ljansson -lxxhash -llz4 -lsqlite3 -lmicrohttpd -lseccomp
 TESTLIBS := -lcmocka
 CLI_LIBS := $(LIBS) -lcurl
 
@@ -35,7 +35,8 @@ FORKD_ASAN := $(BUILD)/asan/forkd
 .PHONY: all bench-tools test unit-test integration-test demo format check-format clean images \
 	test-rootfs
 SANDBOX_BENCH := $(BUILD)/bench/sandbox-bench
-BENCH_TOOLS := $(BUILD)/bench/readytime $(SANDBOX_BENCH)
+SECCOMP_BENCH := $(BUILD)/bench/seccomp-syscall
+BENCH_TOOLS := $(BUILD)/bench/readytime $(SANDBOX_BENCH) $(SECCOMP_BENCH)
 
 all: $(VMM) $(VMM_ASAN) $(FORKD) $(FORKD_ASAN) $(UNIT_BINS) $(UNIT_ASAN_BINS) $(ITEST_BINS) probe $(BENCH_TOOLS) \
 	$(EXTRACT_VMLINUX) $(FORKD_INIT) $(FORKD_PATTERN) $(FORKD_AGENT)
@@ -85,6 +86,10 @@ $(BUILD)/asan/tests/%: $(BUILD)/asan/obj/tests/unit/%.o $(BUILD)/asan/libforkd.a
 $(BUILD)/tests/itest_%: $(BUILD)/obj/tests/integration/test_%.o $(ITEST_HELPER_OBJS) $(BUILD)/libforkd.a
 	@mkdir -p $(dir $@)
 	$(CC) $(OPTFLAGS) -o $@ $^ $(LIBS) $(TESTLIBS)
+
+$(SECCOMP_BENCH): $(BUILD)/obj/bench/seccomp_syscall.o $(BUILD)/libforkd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(OPTFLAGS) -o $@ $^ $(LIBS)
 
 $(SANDBOX_BENCH): $(BUILD)/obj/bench/sandbox.o $(BUILD)/libforkd.a
 	@mkdir -p $(dir $@)

@@ -12,6 +12,7 @@ packages=(
 	curl
 	openssl
 	libmicrohttpd-dev
+	libseccomp-dev
 	busybox-static
 	cpio
 	acpica-tools

@@ -16,6 +16,7 @@
 
 #include "agent/agent_client.h"
 #include "forkd/agent_proto.h"
+#include "jail/seccomp.h"
 
 #define NOTIFY_ENTROPY_BYTES 64
 /* First retry soon (the agent is normally listening already), then back off. */
@@ -178,6 +179,10 @@ static void *notify_thread(void *arg)
 	struct fk_err err = {0};
 	long retry_ms = NOTIFY_RETRY_MS;
 	int ret;
+
+	/* Refused: it still runs, under the process filter it inherited. */
+	if (fk_seccomp_enter_role(FK_SECCOMP_ROLE_HELPER, &err) < 0)
+		fprintf(stderr, "forkd-vmm: fork notification: %s\n", err.msg);
 
 	for (;;) {
 		ret = notify_once(job->uds, job->genid, &err);

@@ -2,10 +2,12 @@
 #include "branch/recollapse.h"
 
 #include <signal.h>
+#include <stdio.h>
 #include <sys/mman.h>
 #include <time.h>
 
 #include "core/guest_mem.h"
+#include "jail/seccomp.h"
 
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25 /* Linux 6.1; older headers lack it */
@@ -20,6 +22,11 @@ static void *recollapse_thread(void *arg)
 	struct recollapse *rc = arg;
 	const struct timespec rest = {.tv_nsec = REST_NS};
 	uint64_t n = 0;
+	struct fk_err err;
+
+	/* Refused: it still runs, under the process filter it inherited. */
+	if (fk_seccomp_enter_role(FK_SECCOMP_ROLE_HELPER, &err) < 0)
+		fprintf(stderr, "forkd-vmm: THP re-collapse: %s\n", err.msg);
 
 	for (int r = 0; r < rc->mem->nr_regions; r++) {
 		const struct guest_mem_region *reg = &rc->mem->regions[r];

@@ -157,10 +157,14 @@ void vmm_config_usage(FILE *out)
 	      "  --memory-max SIZE    memory.max of the VM's cgroup (and no swap)\n"
 	      "  --cpu-max Q[/P]      cpu.max: Q microseconds of CPU per P (default 100000)\n"
 	      "  --pids-max N         pids.max: tasks (threads) of the VM and its children\n"
+	      "  --seccomp on|off|log per-thread seccomp allow-lists (default on: a forbidden\n"
+	      "                       syscall ends the VMM with status 5; log: the kernel logs\n"
+	      "                       it and it runs). See docs/seccomp.md\n"
 	      "  -h, --help           this text\n"
 	      "\n"
 	      "Exit status: 0 guest powered off, 1 VMM error, 2 bad command line or\n"
-	      "input, 3 guest reset, 4 guest crashed (triple fault or emulation failure).\n",
+	      "input, 3 guest reset, 4 guest crashed (triple fault or emulation failure),\n"
+	      "5 forbidden syscall (seccomp).\n",
 	      out);
 }
 
@@ -552,7 +556,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_PIDS_MAX,
 		OPT_NET,
 		OPT_NET_POLICY,
-		OPT_VERIFY
+		OPT_VERIFY,
+		OPT_SECCOMP
 	};
 	static const struct option opts[] = {
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
@@ -582,6 +587,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"net", required_argument, NULL, OPT_NET},
 	    {"net-policy", required_argument, NULL, OPT_NET_POLICY},
 	    {"verify", no_argument, NULL, OPT_VERIFY},
+	    {"seccomp", required_argument, NULL, OPT_SECCOMP},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -704,6 +710,11 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			ret = parse_net_policy(cfg, optarg, err);
 			if (ret < 0)
 				return ret;
+			break;
+		case OPT_SECCOMP:
+			if (fk_seccomp_parse_mode(optarg, &cfg->seccomp) < 0)
+				return fk_fail(err, EINVAL,
+					       "--seccomp '%s': expected on, off or log", optarg);
 			break;
 		case 'h':
 			cfg->help = true;

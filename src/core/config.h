@@ -8,6 +8,7 @@
 #include <sys/types.h>
 #include <stdio.h>
 
+#include "jail/seccomp.h"
 #include "util/err.h"
 
 #define VMM_MAX_DISKS	8
@@ -133,6 +134,7 @@ struct vmm_config {
 	uint64_t memory_max;		      /* bytes, 0: none */
 	uint64_t cpu_quota_us, cpu_period_us; /* --cpu-max; quota 0: none */
 	uint64_t pids_max;		      /* 0: none */
+	enum fk_seccomp_mode seccomp; /* --seccomp=on|off|log (docs/seccomp.md); default on */
 };
 
 /* Where --image looks: $FORKD_IMAGE_CACHE or /var/cache/forkd/rootfs. */

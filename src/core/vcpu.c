@@ -18,6 +18,7 @@
 #include "boot/bzimage_boot.h"
 #include "core/layout.h"
 #include "core/vm.h"
+#include "jail/seccomp.h"
 
 #define VCPU_KICK_SIGNAL SIGUSR1
 
@@ -240,9 +241,12 @@ static void handle_mmio(struct vcpu *vcpu)
 
 	if (len == 0 || len > sizeof(run->mmio.data))
 		return;
-	if (run->mmio.is_write)
-		bus_write(&vcpu->vm->mmio, run->mmio.phys_addr, run->mmio.data, len);
-	else
+	if (run->mmio.is_write) {
+		/* Test hook: a guest write nobody claims tries what a compromised handler would. */
+		if (bus_write(&vcpu->vm->mmio, run->mmio.phys_addr, run->mmio.data, len) < 0 &&
+		    fk_seccomp_escape_injected())
+			fk_seccomp_escape_attempt();
+	} else
 		bus_read(&vcpu->vm->mmio, run->mmio.phys_addr, run->mmio.data, len);
 }
 
@@ -319,10 +323,15 @@ static void *vcpu_thread(void *arg)
 {
 	struct vcpu *vcpu = arg;
 	struct vm *vm = vcpu->vm;
+	struct fk_err err;
 	char name[16];
 
 	snprintf(name, sizeof(name), "vcpu%d", vcpu->index);
 	pthread_setname_np(pthread_self(), name);
+	if (fk_seccomp_enter_role(FK_SECCOMP_ROLE_VCPU, &err) < 0) {
+		vm_request_exit(vm, VMM_EXIT_ERROR, "vcpu %d: %s", vcpu->index, err.msg);
+		return NULL;
+	}
 
 	while (!atomic_load(&vm->stopping)) {
 		if (ioctl(vcpu->fd, KVM_RUN, 0) < 0) {

@@ -22,6 +22,7 @@
 #include "devices/tap.h"
 #include "core/layout.h"
 #include "core/vm.h"
+#include "jail/seccomp.h"
 #include "state/vm_snapshot.h"
 #include "state/vm_state.h"
 
@@ -763,7 +764,10 @@ int vm_run(struct vm *vm)
 	int ret;
 
 	vm->started_us = monotonic_us();
-	for (int i = 0; i < vm->nr_vcpus; i++) {
+	/* Everything is open; the vCPU threads inherit this filter and add their own. */
+	if (fk_seccomp_install_process(vm->cfg->seccomp, &err) < 0)
+		vm_request_exit(vm, VMM_EXIT_ERROR, "%s", err.msg);
+	for (int i = 0; i < vm->nr_vcpus && !atomic_load(&vm->stopping); i++) {
 		if (vcpu_start(&vm->vcpus[i], &err) < 0) {
 			vm_request_exit(vm, VMM_EXIT_ERROR, "%s", err.msg);
 			break;
