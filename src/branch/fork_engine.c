@@ -218,7 +218,13 @@ child_main(struct vm *source, const struct snap_writer *w, const char *dir, int 
 	int status;
 
 	prctl(PR_SET_NAME, "forkd-vmm");
-	close_fds_except(&ready_fd, 1);
+	{
+		/* the network broker's socket: this child makes and removes its namespace through
+		 * it */
+		int keep[2] = {ready_fd, vm_netns_broker_fd()};
+
+		close_fds_except(keep, 2);
+	}
 	redirect(STDIN_FILENO, "/dev/null", O_RDONLY);
 	redirect(STDOUT_FILENO, "/dev/null", O_WRONLY);
 	snprintf(path, sizeof(path), "%s/child-%d.err", dir, index);
@@ -361,7 +367,11 @@ zygote_main(struct vm *source, struct snap_writer *w, const char *dir, int sock,
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	prctl(PR_SET_NAME, "forkd-zygote");
-	close_fds_except(&sock, 1);
+	{
+		int keep[2] = {sock, vm_netns_broker_fd()};
+
+		close_fds_except(keep, 2);
+	}
 	redirect(STDIN_FILENO, "/dev/null", O_RDONLY);
 	redirect(STDOUT_FILENO, "/dev/null", O_WRONLY);
 	snprintf(path, sizeof(path), "%s/zygote.log", dir);

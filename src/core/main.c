@@ -3,11 +3,13 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/config.h"
 #include "core/vm.h"
 #include "jail/cgroup.h"
 #include "jail/jail.h"
+#include "net/net_broker.h"
 #include "net/vm_netns.h"
 
 /* Failures caused by what the user gave us are usage errors (exit 2). */
@@ -43,6 +45,9 @@ int main(int argc, char **argv)
 	struct vm *vm;
 	int status;
 
+	/* the network broker: this binary run again by a --net-policy VMM (src/net/net_broker.h) */
+	if (argc == 2 && !strcmp(argv[1], NET_BROKER_ARG))
+		return net_broker_main(NET_BROKER_FD);
 	if (vmm_config_parse(&cfg, argc, argv, &err) < 0) {
 		fprintf(stderr, "forkd-vmm: %s\n", err.msg);
 		return VMM_EXIT_USAGE;

@@ -18,6 +18,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <linux/if_tun.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -271,6 +272,14 @@ static const unsigned long main_ioctls[] = {
     TCGETS,
     FIONBIO,
     FIONREAD,
+    /*
+     * virtio-net's tap (src/devices/tap.c): opened by name (a BRANCH child's
+     * net-attach, a restore) and its offloads set when the guest negotiates
+     * them, both after the filters are on.
+     */
+    TUNSETIFF,
+    TUNSETVNETHDRSZ,
+    TUNSETOFFLOAD,
 };
 
 static const int main_prctls[] = {
@@ -406,6 +415,15 @@ static int add_main_rules(scmp_filter_ctx ctx, struct fk_err *err)
 	if (!r) {
 		a = SCMP_A0(SCMP_CMP_EQ, FORK_CLONE_FLAGS);
 		r = add_rule(ctx, SCMP_SYS(clone), 1, &a, err);
+	}
+	/*
+	 * Opening a tap inside a VM's network namespace: a short-lived thread
+	 * enters it (tap.c). Network namespaces only; making or removing one is
+	 * the network broker's (src/net/net_broker.h), outside these filters.
+	 */
+	if (!r) {
+		a = SCMP_A1(SCMP_CMP_EQ, CLONE_NEWNET);
+		r = add_rule(ctx, SCMP_SYS(setns), 1, &a, err);
 	}
 	/* Signal handlers may change, but never SIGSYS's: that one reports denials. */
 	if (!r) {

@@ -5,8 +5,22 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "net/net_broker.h"
 #include "net/netns.h"
 #include "net/vm_netns.h"
+
+/*
+ * This process's end of the network broker's socket (net_broker.h), -1 when
+ * there is none. Process-wide on purpose: one broker serves a VMM and every
+ * zygote and BRANCH child forked from it, which inherit this value with the
+ * socket; it is set once, before any thread starts.
+ */
+static int broker_fd = -1;
+
+int vm_netns_broker_fd(void)
+{
+	return broker_fd;
+}
 
 static int parse_mac(const char *text, uint8_t mac[6])
 {
@@ -35,11 +49,21 @@ int vm_netns_setup(struct vmm_config *cfg, bool child, struct fk_err *err)
 	ret = child ? 0 : fk_netns_sweep(err);
 	if (ret < 0)
 		return fk_wrap(err, "--net-policy: removing namespaces of VMs that are gone");
+	/*
+	 * Started before the seccomp filters go on: a BRANCH child makes its
+	 * namespace through it, and every VMM removes its own through it.
+	 */
+	if (!child && broker_fd < 0 && (ret = net_broker_start(&broker_fd, err)) < 0)
+		return fk_wrap(err, "--net-policy");
 	if (cfg->net_id[0])
 		snprintf(id, sizeof(id), "%s", cfg->net_id);
 	else
 		snprintf(id, sizeof(id), "p%d", (int)getpid());
-	ret = fk_netns_create(id, (enum fk_net_policy)cfg->net_policy, 0, &ns, err);
+	if (child)
+		ret = net_broker_create(broker_fd, id, (enum fk_net_policy)cfg->net_policy,
+					getpid(), &ns, err);
+	else
+		ret = fk_netns_create(id, (enum fk_net_policy)cfg->net_policy, 0, &ns, err);
 	if (ret < 0)
 		return fk_wrap(err, "--net-policy %s",
 			       fk_net_policy_name((enum fk_net_policy)cfg->net_policy));
@@ -63,6 +87,7 @@ void vm_netns_release(const struct vmm_config *cfg)
 	/* a zygote or child inherits its source's config: only the maker removes it */
 	if (!cfg->net_netns_owned || cfg->net_netns_owner != getpid())
 		return;
-	if (fk_netns_destroy(cfg->net_netns, &err) < 0)
+	if ((broker_fd >= 0 ? net_broker_destroy(broker_fd, cfg->net_netns, &err)
+			    : fk_netns_destroy(cfg->net_netns, &err)) < 0)
 		fprintf(stderr, "forkd-vmm: %s\n", err.msg);
 }

@@ -25,4 +25,11 @@ int vm_netns_setup(struct vmm_config *cfg, bool child, struct fk_err *err);
 /* Removes the namespace cfg names if this process made it; other processes' are left alone. */
 void vm_netns_release(const struct vmm_config *cfg);
 
+/*
+ * The network broker's socket (src/net/net_broker.h), started by the
+ * source's vm_netns_setup; -1 without one. A zygote and its children must
+ * keep it open.
+ */
+int vm_netns_broker_fd(void);
+
 #endif

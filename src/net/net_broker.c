@@ -1,0 +1,211 @@
+/* SPDX-License-Identifier: MIT */
+/* The network broker (net_broker.h). */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "net/net_broker.h"
+
+enum broker_op { BROKER_CREATE = 1, BROKER_DESTROY = 2 };
+
+struct broker_request {
+	int op;
+	int policy;
+	pid_t owner;
+	char id[FK_NETNS_ID_MAX + 1];
+	char name[sizeof(((struct fk_netns *)0)->name)];
+};
+
+struct broker_reply {
+	int ret; /* 0 or -errno */
+	char msg[512];
+	struct fk_netns ns;
+};
+
+/* One request with its reply socket attached; -errno, or 0 at EOF (every client gone). */
+static ssize_t recv_request(int fd, struct broker_request *req, int *reply_fd)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = {req, sizeof(*req)};
+	struct msghdr msg = {
+	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+	struct cmsghdr *c;
+	ssize_t n;
+
+	*reply_fd = -1;
+	do
+		n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n <= 0)
+		return n < 0 ? -errno : 0;
+	for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+		    c->cmsg_len == CMSG_LEN(sizeof(int)))
+			memcpy(reply_fd, CMSG_DATA(c), sizeof(int));
+	return n;
+}
+
+int net_broker_main(int fd)
+{
+	close(STDIN_FILENO);
+	prctl(PR_SET_NAME, "forkd-netbroker");
+	signal(SIGPIPE, SIG_IGN);
+	/* a VMM stopped with ^C in a terminal must not stop its namespaces' remover */
+	signal(SIGINT, SIG_IGN);
+	if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+		return 1;
+	for (;;) {
+		struct broker_request req;
+		struct broker_reply rep;
+		struct fk_err err = {0};
+		int reply_fd;
+		ssize_t n = recv_request(fd, &req, &reply_fd);
+
+		if (n == 0 || (n < 0 && n != -EAGAIN))
+			return n == 0 ? 0 : 1;
+		if (reply_fd < 0)
+			continue; /* nobody to answer: a malformed request */
+		memset(&rep, 0, sizeof(rep));
+		req.id[sizeof(req.id) - 1] = req.name[sizeof(req.name) - 1] = '\0';
+		if (n != (ssize_t)sizeof(req))
+			rep.ret = fk_fail(&err, EINVAL,
+					  "network broker: a request of %zd bytes, "
+					  "expected %zu",
+					  n, sizeof(req));
+		else if (req.op == BROKER_CREATE)
+			rep.ret = fk_netns_create(req.id, (enum fk_net_policy)req.policy, req.owner,
+						  &rep.ns, &err);
+		else if (req.op == BROKER_DESTROY &&
+			 strncmp(req.name, FK_NETNS_PREFIX, strlen(FK_NETNS_PREFIX)) == 0 &&
+			 fk_netns_id_valid(req.name + strlen(FK_NETNS_PREFIX), &err) == 0)
+			rep.ret = fk_netns_destroy(req.name, &err);
+		else if (req.op == BROKER_DESTROY)
+			rep.ret = err.code ? -err.code
+					   : fk_fail(&err, EINVAL,
+						     "network broker: '%s' is not a "
+						     "forkd-<id> namespace",
+						     req.name);
+		else
+			rep.ret =
+			    fk_fail(&err, EINVAL, "network broker: unknown request %d", req.op);
+		if (rep.ret < 0)
+			snprintf(rep.msg, sizeof(rep.msg), "%s", err.msg);
+		if (send(reply_fd, &rep, sizeof(rep), MSG_NOSIGNAL) < 0) {
+			/* the asker is gone: nothing to tell */
+		}
+		close(reply_fd);
+	}
+}
+
+int net_broker_start(int *fd, struct fk_err *err)
+{
+	int sv[2];
+	pid_t pid;
+
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+		return fk_fail_errno(err, errno, "network broker: socketpair");
+	pid = fork();
+	if (pid < 0) {
+		int e = errno;
+
+		close(sv[0]);
+		close(sv[1]);
+		return fk_fail_errno(err, e, "network broker: fork");
+	}
+	if (pid == 0) {
+		/*
+		 * A program of its own (this binary, run as `forkd-netbroker
+		 * --net-broker`), so that nothing mistakes it for a VMM by its
+		 * command line, and it holds only the socket (fd 3) and stderr,
+		 * not the VM's files.
+		 */
+		char *argv[] = {"forkd-netbroker", NET_BROKER_ARG, NULL};
+
+		if (dup2(sv[1], NET_BROKER_FD) < 0)
+			_exit(127);
+		syscall(SYS_close_range, NET_BROKER_FD + 1, ~0U, 0);
+		execv("/proc/self/exe", argv);
+		_exit(127);
+	}
+	close(sv[1]);
+	*fd = sv[0];
+	return 0;
+}
+
+static int ask(int fd, const struct broker_request *req, struct broker_reply *rep,
+	       struct fk_err *err)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = {(void *)req, sizeof(*req)};
+	struct msghdr msg = {
+	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
+	struct cmsghdr *c;
+	int pair[2], ret = 0;
+	ssize_t n;
+
+	if (fd < 0)
+		return fk_fail(err, EBADF, "network broker: not running");
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+		return fk_fail_errno(err, errno, "network broker: socketpair");
+	memset(cbuf, 0, sizeof(cbuf));
+	c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &pair[1], sizeof(int));
+	do
+		n = sendmsg(fd, &msg, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	close(pair[1]);
+	if (n != (ssize_t)sizeof(*req)) {
+		ret = fk_fail_errno(err, n < 0 ? errno : EIO, "network broker: sending a request");
+		goto out;
+	}
+	do
+		n = recv(pair[0], rep, sizeof(*rep), 0);
+	while (n < 0 && errno == EINTR);
+	if (n != (ssize_t)sizeof(*rep)) {
+		ret = fk_fail_errno(err, n < 0 ? errno : EPIPE,
+				    "network broker: no answer (%zd bytes; did it die?)", n);
+		goto out;
+	}
+	rep->msg[sizeof(rep->msg) - 1] = '\0';
+	if (rep->ret < 0)
+		ret = fk_fail(err, -rep->ret, "%s", rep->msg);
+out:
+	close(pair[0]);
+	return ret;
+}
+
+int net_broker_create(int fd, const char *id, enum fk_net_policy policy, pid_t owner,
+		      struct fk_netns *ns, struct fk_err *err)
+{
+	struct broker_request req = {.op = BROKER_CREATE, .policy = (int)policy, .owner = owner};
+	struct broker_reply rep;
+	int ret;
+
+	if (snprintf(req.id, sizeof(req.id), "%s", id) >= (int)sizeof(req.id))
+		return fk_fail(err, ENAMETOOLONG, "network namespace id '%s': at most %d bytes", id,
+			       FK_NETNS_ID_MAX);
+	ret = ask(fd, &req, &rep, err);
+	if (ret == 0)
+		*ns = rep.ns;
+	return ret;
+}
+
+int net_broker_destroy(int fd, const char *name, struct fk_err *err)
+{
+	struct broker_request req = {.op = BROKER_DESTROY};
+	struct broker_reply rep;
+
+	if (snprintf(req.name, sizeof(req.name), "%s", name) >= (int)sizeof(req.name))
+		return fk_fail(err, ENAMETOOLONG, "network namespace '%s': too long", name);
+	return ask(fd, &req, &rep, err);
+}
