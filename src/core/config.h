@@ -110,7 +110,13 @@ struct vmm_config {
 	 */
 	const char *image;
 	char image_kernel[4096], image_initrd[4096], image_cmdline[VMM_MAX_CMDLINE + 1];
+	/* --net-policy host|nat: the command line with the guest's forkd.net= in front. */
+	char net_cmdline[VMM_MAX_CMDLINE + 1];
 };
+
+/* What --net-policy host|nat puts in front of a fresh boot's command line
+ * (forkd-init configures eth0 from it; docs/networking.md). */
+#define VMM_NET_CMDLINE "forkd.net=" FK_NET_GUEST_ADDR "/30,gw=" FK_NET_GATEWAY_ADDR
 
 /* Where --image looks: $FORKD_IMAGE_CACHE or /var/cache/forkd/rootfs. */
 #define VMM_IMAGE_CACHE_DEFAULT "/var/cache/forkd/rootfs"
