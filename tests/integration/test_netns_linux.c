@@ -496,8 +496,8 @@ static void test_branch_children_serve_and_reset(void **state)
 	for (int k = 0; k < KIDS; k++) {
 		snprintf(kid_vsock[k], sizeof(kid_vsock[k]), "%s/branch/child-%d/vsock.sock",
 			 vm.dir, k);
-		snprintf(kid_control[k], sizeof(kid_control[k]),
-			 "%s/branch/child-%d/control.sock", vm.dir, k);
+		snprintf(kid_control[k], sizeof(kid_control[k]), "%s/branch/child-%d/control.sock",
+			 vm.dir, k);
 		wait_agent(kid_vsock[k]);
 		net_status(kid_control[k], kid_ns[k], sizeof(kid_ns[k]), kid_addr[k],
 			   sizeof(kid_addr[k]));
@@ -578,10 +578,11 @@ static void test_branch_children_serve_and_reset(void **state)
 		assert_int_equal(write(c, want, strlen(want)), (ssize_t)strlen(want));
 		close(c);
 		close(l);
-		guest_ask(kid_vsock[k],
-			  "i=0; while [ $i -lt 100 ] && ! grep -q reply /tmp/new.out; do sleep 0.1; "
-			  "i=$((i+1)); done; cat /tmp/new.out",
-			  line, sizeof(line));
+		guest_ask(
+		    kid_vsock[k],
+		    "i=0; while [ $i -lt 100 ] && ! grep -q reply /tmp/new.out; do sleep 0.1; "
+		    "i=$((i+1)); done; cat /tmp/new.out",
+		    line, sizeof(line));
 		want[strlen(want) - 1] = '\0';
 		assert_string_equal(line, want);
 	}
