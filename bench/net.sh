@@ -16,10 +16,31 @@
 # would not be comparable. Needs root (namespaces, taps) and python3.
 #
 #   bench/net.sh [FRAMES [SECONDS]]
+#
+# With --linux: a Linux guest's TCP through --net-policy host (throughput, round
+# trip) and the cost of BRANCH with networking on and off (bench/net_linux.py).
+# It needs hardware virtualization; elsewhere it runs inside the nested test
+# host and its rows say "host":"nested","tcg":true (never compared with native).
+#
+#   bench/net.sh --linux [--runs N] [--branches N] [--mib N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/kvm-kind.sh
 . scripts/kvm-kind.sh
+
+if [ "${1:-}" = --linux ]; then
+	shift
+	# Decided out here: inside the nested host /var/cache is read-only.
+	export FORKD_IMAGES=${FORKD_IMAGES:-$(default_images_dir)}
+	if [ -z "${FORKD_BENCH_INSIDE:-}" ]; then
+		make -s -j2 build/forkd-vmm build/forkd build/guest/forkd-agent images >&2
+		if [ "$(kvm_kind)" != hardware ]; then
+			echo "bench/net.sh: no hardware virtualization here: running in the nested test host" >&2
+			exec scripts/testhost.sh -- env FORKD_BENCH_INSIDE=1 bench/net.sh --linux "$@"
+		fi
+	fi
+	exec python3 bench/net_linux.py --vmm build/forkd-vmm --forkd build/forkd --images "$FORKD_IMAGES" "$@"
+fi
 
 frames=${1:-200000}
 seconds=${2:-3}

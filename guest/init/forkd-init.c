@@ -12,6 +12,10 @@
  * by forkd.upper_size=, default 50% of RAM), so the agent and the command come
  * from the image; if that fails it says why and stays on the initramfs.
  *
+ * With forkd.net=ADDR/PREFIX[,gw=GATEWAY] it brings up lo and eth0 with that
+ * address and the default route through GATEWAY (docs/networking.md), with
+ * ioctls, so an image needs no network tools; lo comes up in every case.
+ *
  * With forkd.agent=1 on the command line it also starts the guest agent
  * (/usr/sbin/forkd-agent, docs/agent-protocol.md) before READY and starts
  * it again whenever it dies; without a command it then serves until the
@@ -25,6 +29,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/magic.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -55,6 +64,11 @@
 #define UPPER_SIZE_DEFAULT "size=50%"
 /* virtio-blk's device node may trail the module load by a moment. */
 #define ROOT_WAIT_MS 3000
+
+/* forkd.net= configures this interface (virtio-net's first device). */
+#define NET_DEV "eth0"
+/* The interface appears when virtio_net probes; that may trail the module load. */
+#define NET_DEV_WAIT_MS 3000
 
 /* Set by the signal handler, read by the main loop: the only way busybox
  * poweroff/reboot/halt (which signal PID 1) can reach us. */
@@ -578,6 +592,102 @@ undo:
 	return ret;
 }
 
+static void set_sockaddr(struct sockaddr *sa, uint32_t host_order_addr)
+{
+	struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(host_order_addr)};
+
+	memcpy(sa, &sin, sizeof(sin));
+}
+
+/* Sets IFF_UP on name; 0 or -errno. */
+static int link_up(int sock, const char *name)
+{
+	struct ifreq ifr = {0};
+
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	if (ioctl(sock, SIOCGIFFLAGS, &ifr) < 0)
+		return -errno;
+	ifr.ifr_flags |= IFF_UP;
+	return ioctl(sock, SIOCSIFFLAGS, &ifr) < 0 ? -errno : 0;
+}
+
+/* Address, netmask, up, default route: each step's failure says which. */
+static int configure_interface(int sock, const struct init_net *net, const char **step)
+{
+	struct ifreq ifr = {0};
+	struct rtentry route = {0};
+	uint32_t mask = net->prefix == 32 ? 0xffffffffu : ~(0xffffffffu >> net->prefix);
+
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", NET_DEV);
+	*step = "set the address (SIOCSIFADDR)";
+	set_sockaddr(&ifr.ifr_addr, net->addr);
+	if (ioctl(sock, SIOCSIFADDR, &ifr) < 0)
+		return -errno;
+	*step = "set the netmask (SIOCSIFNETMASK)";
+	set_sockaddr(&ifr.ifr_netmask, mask);
+	if (ioctl(sock, SIOCSIFNETMASK, &ifr) < 0)
+		return -errno;
+	*step = "bring it up";
+	int ret = link_up(sock, NET_DEV);
+	if (ret < 0 || !net->has_gateway)
+		return ret;
+	*step = "add the default route (SIOCADDRT)";
+	set_sockaddr(&route.rt_dst, 0);
+	set_sockaddr(&route.rt_genmask, 0);
+	set_sockaddr(&route.rt_gateway, net->gateway);
+	route.rt_flags = RTF_UP | RTF_GATEWAY;
+	return ioctl(sock, SIOCADDRT, &route) < 0 ? -errno : 0;
+}
+
+/*
+ * lo always; eth0 from forkd.net= when given. Before the agent and the
+ * command, so both start with the network up. A failure is said and the
+ * boot goes on without the network (the guest can still be reached over
+ * vsock to find out why).
+ */
+static void set_up_network(const char *cmdline)
+{
+	char value[128];
+	struct init_net net;
+	const char *why = NULL, *step = "";
+	int sock, ret;
+
+	sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (sock < 0) {
+		say("forkd-init: network: socket: %s", strerror(errno));
+		return;
+	}
+	ret = link_up(sock, "lo");
+	if (ret < 0)
+		say("forkd-init: network: bring up lo: %s", strerror(-ret));
+	ret = init_cmdline_value(cmdline, "forkd.net", value, sizeof(value));
+	if (ret == 0)
+		goto out;
+	if (ret < 0) {
+		say("forkd-init: forkd.net=: too long (at most %zu characters); no network",
+		    sizeof(value) - 1);
+		goto out;
+	}
+	if (init_net_parse(value, &net, &why) < 0) {
+		say("forkd-init: forkd.net=%s: %s; no network", value, why);
+		goto out;
+	}
+	for (int waited = 0; !if_nametoindex(NET_DEV); waited += 50) {
+		if (waited >= NET_DEV_WAIT_MS) {
+			say("forkd-init: forkd.net=%s: no %s after %d ms (does the VM have a "
+			    "virtio-net device: forkd-vmm --net or --net-policy host|nat?)",
+			    value, NET_DEV, NET_DEV_WAIT_MS);
+			goto out;
+		}
+		sleep_ms(50);
+	}
+	ret = configure_interface(sock, &net, &step);
+	if (ret < 0)
+		say("forkd-init: forkd.net=%s: %s: %s", value, step, strerror(-ret));
+out:
+	close(sock);
+}
+
 /* Everyone else gets SIGTERM and a grace period, then SIGKILL; then the VM goes down. */
 static void __attribute__((noreturn)) shut_down(int how)
 {
@@ -626,6 +736,8 @@ int main(void)
 	/* Before the agent and the command: both come from the image when there is one. */
 	if (len >= 0)
 		switch_to_image(cmdline);
+
+	set_up_network(len < 0 ? "" : cmdline);
 
 	int want_agent = len < 0 ? 0 : init_cmdline_flag(cmdline, "forkd.agent");
 	if (want_agent < 0)

@@ -250,3 +250,74 @@ int init_overlay_options(const char *lower, const char *upper, const char *work,
 		return -ENAMETOOLONG;
 	return 0;
 }
+
+/* A dotted quad, exactly four decimal octets; advances *p past it. */
+static int parse_ipv4(const char **p, uint32_t *out)
+{
+	uint32_t addr = 0;
+	const char *s = *p;
+
+	for (int octet = 0; octet < 4; octet++) {
+		unsigned value = 0;
+		int digits = 0;
+
+		if (octet > 0 && *s++ != '.')
+			return -EINVAL;
+		for (; isdigit((unsigned char)*s) && digits < 4; s++, digits++)
+			value = value * 10 + (unsigned)(*s - '0');
+		if (digits == 0 || digits > 3 || value > 255)
+			return -EINVAL;
+		addr = addr << 8 | value;
+	}
+	*p = s;
+	*out = addr;
+	return 0;
+}
+
+int init_net_parse(const char *value, struct init_net *out, const char **why)
+{
+	const char *p = value;
+	unsigned prefix = 0;
+	int digits = 0;
+
+	memset(out, 0, sizeof(*out));
+	if (parse_ipv4(&p, &out->addr) < 0) {
+		*why = "expected ADDR/PREFIX[,gw=GATEWAY] with a dotted-quad ADDR";
+		return -EINVAL;
+	}
+	if (*p++ != '/') {
+		*why = "expected '/PREFIX' after the address";
+		return -EINVAL;
+	}
+	for (; isdigit((unsigned char)*p) && digits < 3; p++, digits++)
+		prefix = prefix * 10 + (unsigned)(*p - '0');
+	if (digits == 0 || prefix < 1 || prefix > 32) {
+		*why = "expected a PREFIX of 1 to 32";
+		return -EINVAL;
+	}
+	out->prefix = prefix;
+	uint32_t mask = prefix == 32 ? 0xffffffffu : ~(0xffffffffu >> prefix);
+	uint32_t host = out->addr & ~mask;
+	/* /31 and /32 have no network or broadcast address (RFC 3021). */
+	if (prefix <= 30 && (host == 0 || host == ~mask)) {
+		*why = "the address is its subnet's network or broadcast address";
+		return -EINVAL;
+	}
+	if (*p == '\0')
+		return 0;
+	if (strncmp(p, ",gw=", 4) != 0) {
+		*why = "expected ',gw=GATEWAY' or nothing after ADDR/PREFIX";
+		return -EINVAL;
+	}
+	p += 4;
+	if (parse_ipv4(&p, &out->gateway) < 0 || *p != '\0') {
+		*why = "expected a dotted-quad GATEWAY and nothing after it";
+		return -EINVAL;
+	}
+	if ((out->gateway & mask) != (out->addr & mask) || out->gateway == out->addr) {
+		*why = "the gateway must be another address in ADDR/PREFIX";
+		return -EINVAL;
+	}
+	out->has_gateway = true;
+	return 0;
+}

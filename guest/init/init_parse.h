@@ -3,7 +3,9 @@
 #ifndef FORKD_GUEST_INIT_PARSE_H
 #define FORKD_GUEST_INIT_PARSE_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /*
  * The command to run, from the kernel command line (/proc/cmdline): everything
@@ -67,5 +69,22 @@ int init_has_ext_magic(const unsigned char *head, size_t len);
  * -EINVAL if a path has a ',' or ':' (overlay's separators). */
 int init_overlay_options(const char *lower, const char *upper, const char *work, char *out,
 			 size_t out_size);
+
+/* The guest's network from forkd.net= (docs/networking.md). Addresses in host byte order. */
+struct init_net {
+	uint32_t addr;	 /* the guest's address on eth0 */
+	unsigned prefix; /* 1..32 */
+	bool has_gateway;
+	uint32_t gateway; /* the default route's next hop, inside addr/prefix */
+};
+
+/*
+ * forkd.net=ADDR/PREFIX[,gw=GATEWAY], e.g. "172.16.0.2/30,gw=172.16.0.1":
+ * dotted-quad addresses, PREFIX 1 to 32. ADDR must not be the subnet's
+ * network or broadcast address (for PREFIX <= 30); GATEWAY must lie in the
+ * subnet and differ from ADDR. Returns 0, or -EINVAL with why (a static
+ * string) in *why.
+ */
+int init_net_parse(const char *value, struct init_net *out, const char **why);
 
 #endif

@@ -237,6 +237,45 @@ static int apply_image(struct vmm_config *cfg, struct fk_err *err)
 	return 0;
 }
 
+/* 1 if a word of the command line before " -- " starts with prefix. */
+static int cmdline_has_word(const char *cmdline, const char *prefix)
+{
+	size_t len = strlen(prefix);
+
+	for (const char *p = cmdline; *p;) {
+		while (*p == ' ')
+			p++;
+		if (!strncmp(p, "--", 2) && (p[2] == ' ' || !p[2]))
+			return 0;
+		if (!strncmp(p, prefix, len))
+			return 1;
+		while (*p && *p != ' ')
+			p++;
+	}
+	return 0;
+}
+
+/*
+ * A guest with --net-policy host|nat is always at FK_NET_GUEST_ADDR behind
+ * FK_NET_GATEWAY_ADDR: tell it so (forkd.net=, read by forkd-init), unless
+ * the command line already says. Other guests ignore the word.
+ */
+static int add_net_cmdline(struct vmm_config *cfg, struct fk_err *err)
+{
+	int n;
+
+	if (cfg->net_policy == FK_NET_NONE || cmdline_has_word(cfg->cmdline, "forkd.net="))
+		return 0;
+	n = snprintf(cfg->net_cmdline, sizeof(cfg->net_cmdline), "%s%s%s", VMM_NET_CMDLINE,
+		     *cfg->cmdline ? " " : "", cfg->cmdline);
+	if (n < 0 || (size_t)n >= sizeof(cfg->net_cmdline))
+		return fk_fail(err, EINVAL,
+			       "--net-policy: the command line with its %s is %d bytes, at most %d",
+			       VMM_NET_CMDLINE, n, VMM_MAX_CMDLINE);
+	cfg->cmdline = cfg->net_cmdline;
+	return 0;
+}
+
 static int parse_disk(struct vmm_config *cfg, const char *arg, struct fk_err *err)
 {
 	struct vmm_disk_config *d;
@@ -780,6 +819,9 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			    "snapshot and cannot be given");
 		return 0;
 	}
+	ret = add_net_cmdline(cfg, err);
+	if (ret < 0)
+		return ret;
 	if (cfg->overlay_dir)
 		return fk_fail(err, EINVAL, "--overlay-dir only applies with --restore");
 	if (cfg->restore_verify)

@@ -135,7 +135,13 @@ struct vmm_config {
 	uint64_t cpu_quota_us, cpu_period_us; /* --cpu-max; quota 0: none */
 	uint64_t pids_max;		      /* 0: none */
 	enum fk_seccomp_mode seccomp; /* --seccomp=on|off|log (docs/seccomp.md); default on */
+	/* --net-policy host|nat: the command line with the guest's forkd.net= in front. */
+	char net_cmdline[VMM_MAX_CMDLINE + 1];
 };
+
+/* What --net-policy host|nat puts in front of a fresh boot's command line
+ * (forkd-init configures eth0 from it; docs/networking.md). */
+#define VMM_NET_CMDLINE "forkd.net=" FK_NET_GUEST_ADDR "/30,gw=" FK_NET_GATEWAY_ADDR
 
 /* Where --image looks: $FORKD_IMAGE_CACHE or /var/cache/forkd/rootfs. */
 #define VMM_IMAGE_CACHE_DEFAULT "/var/cache/forkd/rootfs"

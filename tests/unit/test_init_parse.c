@@ -233,6 +233,57 @@ static void test_overlay_options(void **state)
 	assert_int_equal(init_overlay_options("/l", "/u", "/w", out, 20), -ENAMETOOLONG);
 }
 
+static void test_net_parse(void **state)
+{
+	struct init_net n;
+	const char *why = NULL;
+
+	(void)state;
+	assert_int_equal(init_net_parse("172.16.0.2/30,gw=172.16.0.1", &n, &why), 0);
+	assert_int_equal(n.addr, 0xac100002u);
+	assert_int_equal(n.prefix, 30);
+	assert_true(n.has_gateway);
+	assert_int_equal(n.gateway, 0xac100001u);
+	assert_int_equal(init_net_parse("10.0.0.5/8", &n, &why), 0);
+	assert_int_equal(n.addr, 0x0a000005u);
+	assert_int_equal(n.prefix, 8);
+	assert_false(n.has_gateway);
+	/* /31 and /32 have no network or broadcast address. */
+	assert_int_equal(init_net_parse("192.168.1.0/31,gw=192.168.1.1", &n, &why), 0);
+	assert_int_equal(init_net_parse("192.168.1.7/32", &n, &why), 0);
+
+	static const struct {
+		const char *value, *why_part;
+	} bad[] = {
+	    {"", "dotted-quad ADDR"},
+	    {"172.16.0", "dotted-quad ADDR"},
+	    {"172.16.0.256/30", "dotted-quad ADDR"},
+	    {"172.16.0.0002/30", "dotted-quad ADDR"},
+	    {"172.16..2/30", "dotted-quad ADDR"},
+	    {"172.16.0.2", "'/PREFIX'"},
+	    {"172.16.0.2/", "1 to 32"},
+	    {"172.16.0.2/0", "1 to 32"},
+	    {"172.16.0.2/33", "1 to 32"},
+	    {"172.16.0.2/3000", "1 to 32"},
+	    {"172.16.0.0/30", "network or broadcast"},
+	    {"172.16.0.3/30", "network or broadcast"},
+	    {"172.16.0.2/30,", "',gw=GATEWAY'"},
+	    {"172.16.0.2/30 gw=172.16.0.1", "',gw=GATEWAY'"},
+	    {"172.16.0.2/30,gw=", "dotted-quad GATEWAY"},
+	    {"172.16.0.2/30,gw=172.16.0.1,x", "dotted-quad GATEWAY"},
+	    {"172.16.0.2/30,gw=172.16.0.5", "another address"},
+	    {"172.16.0.2/30,gw=172.16.0.2", "another address"},
+	    {"172.16.0.2/32,gw=172.16.0.1", "another address"},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		why = NULL;
+		if (init_net_parse(bad[i].value, &n, &why) != -EINVAL || !why ||
+		    !strstr(why, bad[i].why_part))
+			fail_msg("forkd.net=%s: expected -EINVAL mentioning '%s', got '%s'",
+				 bad[i].value, bad[i].why_part, why ? why : "(none)");
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -249,6 +300,7 @@ int main(void)
 	    cmocka_unit_test(test_tmpfs_size),
 	    cmocka_unit_test(test_ext_magic),
 	    cmocka_unit_test(test_overlay_options),
+	    cmocka_unit_test(test_net_parse),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -62,11 +62,35 @@ static void test_bad(void **state)
 	assert_non_null(strstr(err.msg, "the policy makes the namespace and its tap itself"));
 }
 
+/* host and nat tell the guest its address (forkd.net=, forkd-init), in front of " -- ". */
+static void test_guest_cmdline(void **state)
+{
+	struct vmm_config cfg;
+	struct fk_err err = {0};
+	char *with_append[] = {"forkd-vmm", "--kernel", "k.elf", "--net-policy",
+			       "nat",	    "--append", "",	 NULL};
+
+	(void)state;
+	assert_int_equal(parse(&cfg, &err, "host", NULL), 0);
+	assert_string_equal(cfg.cmdline, "forkd.net=172.16.0.2/30,gw=172.16.0.1");
+	assert_int_equal(parse(&cfg, &err, "none", NULL), 0);
+	assert_string_equal(cfg.cmdline, "");
+	with_append[6] = "console=ttyS0 -- echo forkd.net=x";
+	assert_int_equal(vmm_config_parse(&cfg, 7, with_append, &err), 0);
+	assert_string_equal(
+	    cfg.cmdline, "forkd.net=172.16.0.2/30,gw=172.16.0.1 console=ttyS0 -- echo forkd.net=x");
+	/* The user's own forkd.net= wins. */
+	with_append[6] = "quiet forkd.net=10.1.0.2/24";
+	assert_int_equal(vmm_config_parse(&cfg, 7, with_append, &err), 0);
+	assert_string_equal(cfg.cmdline, "quiet forkd.net=10.1.0.2/24");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_policies),
 	    cmocka_unit_test(test_bad),
+	    cmocka_unit_test(test_guest_cmdline),
 	};
 	return cmocka_run_group_tests_name("--net-policy", tests, NULL, NULL);
 }
