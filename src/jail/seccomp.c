@@ -139,7 +139,14 @@ static const int common_syscalls[] = {
 
 /* vCPU threads: the exits they dispatch reach the devices (a queue notify, a UART line). */
 static const unsigned long vcpu_ioctls[] = {
-    KVM_RUN, KVM_GET_REGS, KVM_IRQ_LINE, KVM_IRQ_LINE_STATUS, KVM_SIGNAL_MSI,
+    KVM_RUN,
+    KVM_GET_REGS,
+    KVM_IRQ_LINE,
+    KVM_IRQ_LINE_STATUS,
+    KVM_SIGNAL_MSI,
+    /* virtio-net: the guest's feature and status writes are MMIO exits that set the tap's offloads
+     */
+    TUNSETOFFLOAD,
 };
 
 /* Helpers: connecting to the guest agent's socket (fork notification). */
@@ -482,6 +489,13 @@ int fk_seccomp_build(enum fk_seccomp_role role, enum fk_seccomp_mode mode, scmp_
 			r = add_rule(ctx, SCMP_SYS(socket), 1, &unix_only, err);
 		if (!r)
 			r = add_rule(ctx, SCMP_SYS(connect), 0, NULL, err);
+		/*
+		 * ...and vsock arms its retransmit timer from there (found in the
+		 * nested host, where KVM refused the ioeventfd: a Linux guest's
+		 * first vsock packets ended the VMM).
+		 */
+		if (!r)
+			r = add_rule(ctx, SCMP_SYS(timerfd_settime), 0, NULL, err);
 	}
 	if (!r && role == FK_SECCOMP_ROLE_HELPER) {
 		struct scmp_arg_cmp unix_only = SCMP_A0(SCMP_CMP_EQ, AF_UNIX);

@@ -619,7 +619,23 @@ static void test_snapshot_restore_with_open_connection(void **state)
 			 "--serial-in",		"none",	     NULL};
 	assert_int_equal(vmm_start(&r, rargv), 0);
 	wait_agent(rsock);
-	ask(rsock, "echo restored-$((40+2))", out, sizeof(out));
+	{
+		const char *argv[] = {"/bin/sh", "-c", "echo restored-$((40+2))", NULL};
+		struct run x;
+
+		run_exec(rsock, argv, NULL, 0, NULL, &x);
+		if (x.ret < 0) {
+			/* Whether the restored VMM still runs, and what it and its guest said. */
+			int st = vmm_wait(&r, 500);
+
+			vmm_dump(&r);
+			fail_msg("restored VM: exec: %s (VMM %s, status %d)", x.err.msg,
+				 st == -ETIMEDOUT ? "running" : "exited", st);
+		}
+		snprintf(out, sizeof(out), "%s", x.out);
+		out[strcspn(out, "\n")] = '\0';
+		run_free(&x);
+	}
 	assert_string_equal(out, "restored-42");
 	/* Inside the restored guest, the sleeper's connection was reset: its handler is gone. */
 	for (int i = 0; i < 100; i++) {
