@@ -31,10 +31,14 @@ struct broker_reply {
 	struct fk_netns ns;
 };
 
-/* One request with its reply socket attached; -errno, or 0 at EOF (every client gone). */
-static ssize_t recv_request(int fd, struct broker_request *req, int *reply_fd)
+/*
+ * One request with its reply socket attached and its sender's credentials
+ * (the kernel's, SO_PASSCRED: a process cannot claim another's pid);
+ * -errno, or 0 at EOF (every client gone).
+ */
+static ssize_t recv_request(int fd, struct broker_request *req, int *reply_fd, pid_t *sender)
 {
-	char cbuf[CMSG_SPACE(sizeof(int))];
+	char cbuf[CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct ucred))];
 	struct iovec iov = {req, sizeof(*req)};
 	struct msghdr msg = {
 	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
@@ -42,16 +46,50 @@ static ssize_t recv_request(int fd, struct broker_request *req, int *reply_fd)
 	ssize_t n;
 
 	*reply_fd = -1;
+	*sender = 0;
 	do
 		n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
 	while (n < 0 && errno == EINTR);
 	if (n <= 0)
 		return n < 0 ? -errno : 0;
-	for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c))
+	for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
 		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-		    c->cmsg_len == CMSG_LEN(sizeof(int)))
+		    c->cmsg_len == CMSG_LEN(sizeof(int)) && *reply_fd < 0) {
 			memcpy(reply_fd, CMSG_DATA(c), sizeof(int));
+		} else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS &&
+			   c->cmsg_len == CMSG_LEN(sizeof(struct ucred))) {
+			struct ucred cred;
+
+			memcpy(&cred, CMSG_DATA(c), sizeof(cred));
+			*sender = cred.pid;
+		}
+	}
 	return n;
+}
+
+/*
+ * Only for the asker itself: a process asks for a namespace it will own,
+ * and removes only one it made. The askers are filtered, possibly jailed
+ * VMMs running a hostile guest: one taken over must not remove, or make
+ * namespaces in the name of, another VM.
+ */
+static int check_asker(const struct broker_request *req, pid_t sender, struct fk_err *err)
+{
+	pid_t owner;
+
+	if (sender <= 0)
+		return fk_fail(err, EPERM, "network broker: a request without its sender's pid");
+	if (req->op == BROKER_CREATE && req->owner != sender)
+		return fk_fail(err, EPERM,
+			       "network broker: pid %d asked for a namespace owned by pid %d (a "
+			       "process may ask only for its own)",
+			       (int)sender, (int)req->owner);
+	if (req->op == BROKER_DESTROY && fk_netns_owner(req->name, &owner) == 0 && owner != sender)
+		return fk_fail(err, EPERM,
+			       "network broker: pid %d asked to remove %s, which pid %d made (a "
+			       "process may remove only its own)",
+			       (int)sender, req->name, (int)owner);
+	return 0;
 }
 
 /*
@@ -114,7 +152,8 @@ int net_broker_main(int fd)
 		struct broker_reply rep;
 		struct fk_err err = {0};
 		int reply_fd, tap_fd = -1;
-		ssize_t n = recv_request(fd, &req, &reply_fd);
+		pid_t sender;
+		ssize_t n = recv_request(fd, &req, &reply_fd, &sender);
 
 		if (n == 0 || (n < 0 && n != -EAGAIN))
 			return n == 0 ? 0 : 1;
@@ -127,7 +166,9 @@ int net_broker_main(int fd)
 					  "network broker: a request of %zd bytes, "
 					  "expected %zu",
 					  n, sizeof(req));
-		else if (req.op == BROKER_CREATE)
+		else if ((rep.ret = check_asker(&req, sender, &err)) < 0) {
+			/* refused: rep.ret and err say why */
+		} else if (req.op == BROKER_CREATE)
 			rep.ret = create(&req, &rep, &tap_fd, &err);
 		else if (req.op == BROKER_DESTROY &&
 			 strncmp(req.name, FK_NETNS_PREFIX, strlen(FK_NETNS_PREFIX)) == 0 &&
@@ -163,6 +204,17 @@ int net_broker_start(int *fd, struct fk_err *err)
 
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
 		return fk_fail_errno(err, errno, "network broker: socketpair");
+	/*
+	 * Every request then carries its sender's pid (check_asker); set here,
+	 * not in the broker, so that no request can come before it is on.
+	 */
+	if (setsockopt(sv[1], SOL_SOCKET, SO_PASSCRED, &(int){1}, sizeof(int)) < 0) {
+		int e = errno;
+
+		close(sv[0]);
+		close(sv[1]);
+		return fk_fail_errno(err, e, "network broker: SO_PASSCRED");
+	}
 	pid = fork();
 	if (pid < 0) {
 		int e = errno;

@@ -8,7 +8,8 @@
  * files; a jailed VM with --net-policy gets its tap from the network
  * broker (the VM in an empty namespace of its own, its guest echoing frames
  * on its forkd-<id>'s tap0, and each BRANCH child likewise in a namespace
- * of its own); bad jails and unusable paths fail with errors naming them.
+ * of its own), and the broker serves each asker only its own namespace, with
+ * a tap fd usable as nobody; bad jails and unusable paths fail with errors naming them.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,7 +21,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/if_packet.h>
+#include <linux/if_tun.h>
 #include <net/if.h>
 #include <poll.h>
 #include <pthread.h>
@@ -30,11 +33,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/statfs.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
+#include "net/net_broker.h"
 #include "net/netns.h"
 #include "probe_cases.h"
 #include "where.h"
@@ -586,6 +592,68 @@ static void test_jailed_vm_with_net_policy(void **state)
 		close(fd[i]);
 }
 
+/*
+ * The broker itself (this binary run again, see main): a namespace is made
+ * only for the process asking, with its tap open; the fd works for a
+ * process that dropped to nobody with no capabilities (TUNSETOFFLOAD,
+ * TUNGETIFF); another process cannot remove it; its owner can.
+ */
+static void test_broker_serves_only_the_asker(void **state)
+{
+	struct fk_netns ns;
+	struct fk_err err = {0};
+	int broker = -1, tap = -1, status;
+	char id[32], name[64];
+	pid_t kid;
+
+	(void)state;
+	snprintf(id, sizeof(id), "jb%d", (int)getpid());
+	snprintf(name, sizeof(name), FK_NETNS_PREFIX "%s", id);
+	assert_int_equal(net_broker_start(&broker, &err), 0);
+	if (net_broker_create(broker, id, FK_NET_HOST, getppid(), &ns, &tap, &err) != -EPERM ||
+	    !strstr(err.msg, "a process may ask only for its own"))
+		fail_msg("a namespace for another pid: '%s', expected a refusal", err.msg);
+	assert_int_equal(tap, -1);
+	assert_false(netns_exists(name));
+
+	if (net_broker_create(broker, id, FK_NET_HOST, getpid(), &ns, &tap, &err) < 0)
+		fail_msg("broker create: %s", err.msg);
+	assert_string_equal(ns.name, name);
+	assert_true(tap >= 0);
+	assert_true(netns_exists(name));
+	kid = fork();
+	assert_true(kid >= 0);
+	if (kid == 0) {
+		struct ifreq ifr = {0};
+		struct fk_err e = {0};
+
+		/* root to nobody without keepcaps: every capability is gone */
+		if (setgroups(0, NULL) < 0 || setresgid(NOBODY, NOBODY, NOBODY) < 0 ||
+		    setresuid(NOBODY, NOBODY, NOBODY) < 0)
+			_exit(10);
+		if (ioctl(tap, TUNSETOFFLOAD, (unsigned long)TUN_F_CSUM) < 0)
+			_exit(11);
+		if (ioctl(tap, TUNGETIFF, &ifr) < 0 || strcmp(ifr.ifr_name, FK_NET_TAP) != 0 ||
+		    !(ifr.ifr_flags & IFF_VNET_HDR) || !(ifr.ifr_flags & IFF_NO_PI))
+			_exit(12);
+		if (net_broker_destroy(broker, name, &e) != -EPERM ||
+		    !strstr(e.msg, "a process may remove only its own"))
+			_exit(13);
+		_exit(0);
+	}
+	assert_int_equal(waitpid(kid, &status, 0), kid);
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		fail_msg("the unprivileged holder of the tap failed at step %d (status 0x%x: 11 "
+			 "TUNSETOFFLOAD, 12 TUNGETIFF, 13 the refusal to remove another's)",
+			 WIFEXITED(status) ? WEXITSTATUS(status) : -1, status);
+	assert_true(netns_exists(name));
+	if (net_broker_destroy(broker, name, &err) < 0)
+		fail_msg("broker destroy: %s", err.msg);
+	assert_false(netns_exists(name));
+	close(tap);
+	close(broker);
+}
+
 /* Runs forkd-vmm to its exit; returns its status and stderr in p (caller frees). */
 static int run_vmm(struct vmm_proc *p, char *const argv[])
 {
@@ -752,11 +820,15 @@ static void test_cgroup_needs_cgroup2(void **state)
 
 int main(int argc, char **argv)
 {
+	/* test_broker_serves_only_the_asker's broker: this binary run again */
+	if (argc == 2 && strcmp(argv[1], NET_BROKER_ARG) == 0)
+		return net_broker_main(NET_BROKER_FD);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_jailed_vm_runs_unprivileged),
 	    cmocka_unit_test(test_snapshot_and_restore_in_jails),
 	    cmocka_unit_test(test_branch_children_inherit_the_jail),
 	    cmocka_unit_test_teardown(test_jailed_vm_with_net_policy, kill_vmms_and_sweep),
+	    cmocka_unit_test(test_broker_serves_only_the_asker),
 	    cmocka_unit_test(test_bad_jails_are_refused),
 	    cmocka_unit_test(test_cgroup_needs_cgroup2),
 	};
