@@ -592,6 +592,70 @@ static void test_jailed_vm_with_net_policy(void **state)
 		close(fd[i]);
 }
 
+/* A jailed VM restored with --net-policy: a namespace of its own, the tap from before the jail. */
+static void test_jailed_restore_with_net_policy(void **state)
+{
+	char jail[300], run[300], sock[400], snap[400], req[600], overlay[400];
+	char jail2[300], run2[300], sock2[400], ns[2][64], addr[2][16];
+	struct vmm_proc p, q;
+	int fd;
+
+	(void)state;
+	fresh(jail, sizeof(jail), run, sizeof(run));
+	snprintf(sock, sizeof(sock), "%s/c.sock", run);
+	probe_start(&p, NULL, "128M", "1", "work=net net_tx=0 net_offload=1", "--net-policy",
+		    "host", "--jail", jail, "--control", sock, NULL);
+	need_line(&p, "net.ready");
+	expect_jailed_net(p.pid, sock, ns[0], sizeof(ns[0]), addr[0], sizeof(addr[0]));
+	snprintf(snap, sizeof(snap), "%s/snap", run);
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\"}", snap);
+	json_decref(call(sock, req, true));
+	shutdown_vm(&p, sock);
+	expect_netns_gone(ns[0]);
+
+	fresh(jail2, sizeof(jail2), run2, sizeof(run2));
+	snprintf(sock2, sizeof(sock2), "%s/c.sock", run2);
+	snprintf(overlay, sizeof(overlay), "%s/overlay", run2);
+	{
+		char *argv[] = {(char *)harness_vmm(),
+				"--restore",
+				snap,
+				"--overlay-dir",
+				overlay,
+				"--net-policy",
+				"host",
+				"--control",
+				sock2,
+				"--jail",
+				jail2,
+				NULL};
+		assert_int_equal(vmm_start(&q, argv), 0);
+	}
+	for (long long deadline = harness_deadline(TIMEOUT_MS);
+	     access(sock2, F_OK) != 0 && now_ms() < deadline;)
+		usleep(20000);
+	expect_jailed(q.pid, jail2);
+	expect_jailed_net(q.pid, sock2, ns[1], sizeof(ns[1]), addr[1], sizeof(addr[1]));
+	fd = tap_socket(ns[1]);
+	echo_check(fd, "restored");
+	close(fd);
+	shutdown_vm(&q, sock2);
+	expect_netns_gone(ns[1]);
+}
+
+/* After a failed broker test: its namespace removed (its owner, this process, is alive). */
+static int remove_broker_test_netns(void **state)
+{
+	struct fk_err err = {0};
+	char name[64];
+
+	(void)state;
+	snprintf(name, sizeof(name), FK_NETNS_PREFIX "jb%d", (int)getpid());
+	if (fk_netns_destroy(name, &err) < 0)
+		fprintf(stderr, "teardown: %s\n", err.msg);
+	return 0;
+}
+
 /*
  * The broker itself (this binary run again, see main): a namespace is made
  * only for the process asking, with its tap open; the fd works for a
@@ -828,7 +892,8 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_snapshot_and_restore_in_jails),
 	    cmocka_unit_test(test_branch_children_inherit_the_jail),
 	    cmocka_unit_test_teardown(test_jailed_vm_with_net_policy, kill_vmms_and_sweep),
-	    cmocka_unit_test(test_broker_serves_only_the_asker),
+	    cmocka_unit_test_teardown(test_jailed_restore_with_net_policy, kill_vmms_and_sweep),
+	    cmocka_unit_test_teardown(test_broker_serves_only_the_asker, remove_broker_test_netns),
 	    cmocka_unit_test(test_bad_jails_are_refused),
 	    cmocka_unit_test(test_cgroup_needs_cgroup2),
 	};
