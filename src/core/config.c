@@ -641,6 +641,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	cfg->serial_out = "stdout";
 	cfg->serial_in = "stdin";
 	cfg->kvm_path = "/dev/kvm";
+	cfg->net_tap_fd = -1;
 
 	optind = 0; /* 0, not 1: glibc then also forgets a half-parsed option cluster */
 	opterr = 0;
@@ -783,15 +784,10 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	if ((cfg->jail_uid_given || cfg->jail_gid_given || cfg->nr_jail_binds) && !cfg->jail_dir)
 		return fk_fail(err, EINVAL, "--uid, --gid and --jail-bind only apply with --jail");
 	/*
-	 * A jailed VMM has no capabilities left: it could neither make a BRANCH
-	 * child's namespace (--net-policy) nor enter /run/netns/NS (docs/jail.md).
+	 * --jail with --net-policy works: the network broker, outside the jail,
+	 * makes each namespace and opens its tap (docs/jail.md). Entering a
+	 * namespace by name needs a capability the jailed VMM no longer has.
 	 */
-	if (cfg->jail_dir && (cfg->net_policy == FK_NET_HOST || cfg->net_policy == FK_NET_NAT))
-		return fk_fail(err, EINVAL,
-			       "--jail and --net-policy %s: not together yet (a jailed VMM has no "
-			       "capability to make its BRANCH children's namespaces); give --net "
-			       "tap=NAME with a tap owned by the VM's uid",
-			       fk_net_policy_name((enum fk_net_policy)cfg->net_policy));
 	if (cfg->jail_dir && cfg->net_netns[0])
 		return fk_fail(err, EINVAL,
 			       "--jail and --net ...,netns=%s: a jailed VMM cannot enter another "

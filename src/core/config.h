@@ -105,6 +105,13 @@ struct vmm_config {
 	bool net_netns_owned;
 	pid_t net_netns_owner;
 	char net_host_addr[16];
+	/*
+	 * The tap already open (>= 0), else -1 and the device opens net_tap by
+	 * name: a jailed VMM cannot open a tap, so the network broker opens it
+	 * in the namespace and passes the fd (docs/jail.md). The VM's network
+	 * device takes it over.
+	 */
+	int net_tap_fd;
 	bool mem_given, cpus_given;
 	bool help;
 	/*

@@ -461,10 +461,18 @@ int vm_open_net_tap(const struct vmm_config *cfg, uint8_t mac[6], struct fk_err 
 			return fk_fail_errno(err, errno, "--net: random MAC");
 		mac[0] = (uint8_t)((mac[0] & 0xfe) | 0x02);
 	}
-	fd = tap_open(cfg->net_tap, cfg->net_netns, err);
+	fd = vm_net_tap_fd(cfg, err);
 	if (fd < 0)
 		return fk_wrap(err, "--net");
 	return fd;
+}
+
+int vm_net_tap_fd(const struct vmm_config *cfg, struct fk_err *err)
+{
+	/* handed over already open (a jailed VMM's, from the network broker) */
+	if (cfg->net_tap_fd >= 0)
+		return cfg->net_tap_fd;
+	return tap_open(cfg->net_tap, cfg->net_netns, err);
 }
 
 /*

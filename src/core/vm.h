@@ -190,6 +190,11 @@ int vm_setup_net(struct vm *vm, const uint8_t mac[6], int tap_fd, const char *ta
 		 struct fk_err *err);
 /* --net's tap (opened in its netns) and MAC, or a random one: for vm_setup_net. */
 int vm_open_net_tap(const struct vmm_config *cfg, uint8_t mac[6], struct fk_err *err);
+/*
+ * The tap's fd: cfg->net_tap_fd when the tap came open (the caller's device
+ * takes it over), else cfg->net_tap opened in cfg->net_netns.
+ */
+int vm_net_tap_fd(const struct vmm_config *cfg, struct fk_err *err);
 int vm_create_vcpus(struct vm *vm, struct fk_err *err);
 void vm_new_generation_id(struct vm *vm);
 int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err);

@@ -175,7 +175,7 @@ int jail_plan_build(const struct vmm_config *cfg, struct jail_plan *plan, struct
 	else
 		ret = plan_add(plan, "--kvm", cfg->kvm_path, JAIL_FILE, true, err);
 	/* A network device opens its tap through /dev/net/tun: a node of its own, like KVM's. */
-	if (!ret && cfg->net_tap[0])
+	if (!ret && cfg->net_tap[0] && cfg->net_tap_fd < 0)
 		ret = plan_add(plan, "--net", "/dev/net/tun", JAIL_CHAR_DEV, true, err);
 	if (!ret && cfg->kernel)
 		ret = plan_add(plan, "--kernel", cfg->kernel, JAIL_FILE, false, err);
@@ -504,6 +504,7 @@ static int check_access(const struct jail_plan *plan, uid_t uid, struct fk_err *
 int jail_enter(const struct vmm_config *cfg, struct fk_err *err)
 {
 	const char *dir = cfg->jail_dir;
+	bool opens_tap_by_name = cfg->net_tap[0] && cfg->net_tap_fd < 0;
 	char path[JAIL_PATH_MAX * 2], cwd[JAIL_PATH_MAX];
 	struct jail_plan *plan;
 	uid_t uid;
@@ -533,15 +534,17 @@ int jail_enter(const struct vmm_config *cfg, struct fk_err *err)
 	/*
 	 * No pid namespace: its init's death kills every process in it, and
 	 * BRANCH children must outlive their source (docs/jail.md). A network
-	 * namespace of its own (empty) unless the VM has a network device,
-	 * whose tap lives in the namespace forkd-vmm was started in; vsock's
-	 * host side is a Unix socket path, which crosses namespaces.
+	 * namespace of its own (empty) unless the VM opens a tap by name
+	 * (--net tap=), which lives in the namespace forkd-vmm was started in.
+	 * A tap that came open (--net-policy: the broker's fd) works from any
+	 * namespace, so that VMM gets an empty one too. vsock's host side is a
+	 * Unix socket path, which crosses namespaces.
 	 */
 	if (unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS |
-		    (cfg->net_tap[0] ? 0 : CLONE_NEWNET)) < 0) {
+		    (opens_tap_by_name ? 0 : CLONE_NEWNET)) < 0) {
 		ret =
 		    fk_fail_errno(err, errno, "--jail %s: unshare the mount, ipc, uts%s namespaces",
-				  dir, cfg->net_tap[0] ? "" : " and network");
+				  dir, opens_tap_by_name ? "" : " and network");
 		goto out;
 	}
 	/* Nothing we mount propagates back to the host, nor the host's to us. */

@@ -32,9 +32,13 @@ int net_broker_start(int *fd, struct fk_err *err);
 /* The broker's loop, on fd; returns when every client has gone (the exit status). */
 int net_broker_main(int fd);
 
-/* fk_netns_create() done by the broker for owner (a live process). */
+/*
+ * fk_netns_create() done by the broker for owner (a live process). With
+ * tap_fd, the broker also opens the namespace's tap (as tap_open does) and
+ * passes the fd (SCM_RIGHTS): for a jailed VMM, which cannot open it.
+ */
 int net_broker_create(int fd, const char *id, enum fk_net_policy policy, pid_t owner,
-		      struct fk_netns *ns, struct fk_err *err);
+		      struct fk_netns *ns, int *tap_fd, struct fk_err *err);
 
 /* fk_netns_destroy() done by the broker. */
 int net_broker_destroy(int fd, const char *name, struct fk_err *err);

@@ -364,6 +364,16 @@ static int record_read(const char *name, struct record *rec)
 	return 0;
 }
 
+int fk_netns_owner(const char *name, pid_t *owner)
+{
+	struct record rec;
+	int ret = record_read(name, &rec);
+
+	if (ret == 0)
+		*owner = rec.pid;
+	return ret;
+}
+
 /* Writes the record: O_EXCL when `create` (the name's reservation), else temp + rename. */
 static int record_write(const char *name, const struct record *rec, bool create, struct fk_err *err)
 {

@@ -61,6 +61,9 @@ int fk_netns_create(const char *id, enum fk_net_policy policy, pid_t owner, stru
 /* Removes the namespace, its veth, root table, slot and record; 0 also if already gone. */
 int fk_netns_destroy(const char *name, struct fk_err *err);
 
+/* The pid recorded as namespace name's owner (its maker), or -errno (-ENOENT: no record). */
+int fk_netns_owner(const char *name, pid_t *owner);
+
 /* Destroys every forkd namespace whose owner has exited; returns how many, or -errno. */
 int fk_netns_sweep(struct fk_err *err);
 

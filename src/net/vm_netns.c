@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "devices/tap.h"
 #include "net/net_broker.h"
 #include "net/netns.h"
 #include "net/vm_netns.h"
@@ -44,6 +45,7 @@ int vm_netns_setup(struct vmm_config *cfg, bool child, struct fk_err *err)
 	if (child)
 		cfg->net_id[0] = '\0';
 	cfg->net_tap[0] = cfg->net_netns[0] = '\0';
+	cfg->net_tap_fd = -1;
 	cfg->net_netns_owned = false;
 	/* the source swept when it started; N children sweeping at once would only race */
 	ret = child ? 0 : fk_netns_sweep(err);
@@ -59,11 +61,28 @@ int vm_netns_setup(struct vmm_config *cfg, bool child, struct fk_err *err)
 		snprintf(id, sizeof(id), "%s", cfg->net_id);
 	else
 		snprintf(id, sizeof(id), "p%d", (int)getpid());
+	/*
+	 * A jailed VMM (and so each of its children) can neither enter the
+	 * namespace nor open /dev/net/tun: its tap is opened here, still as
+	 * root, or by the broker, and the device uses the fd (net_tap_fd).
+	 */
 	if (child)
-		ret = net_broker_create(broker_fd, id, (enum fk_net_policy)cfg->net_policy,
-					getpid(), &ns, err);
+		ret =
+		    net_broker_create(broker_fd, id, (enum fk_net_policy)cfg->net_policy, getpid(),
+				      &ns, cfg->jail_dir ? &cfg->net_tap_fd : NULL, err);
 	else
 		ret = fk_netns_create(id, (enum fk_net_policy)cfg->net_policy, 0, &ns, err);
+	if (ret == 0 && !child && cfg->jail_dir) {
+		ret = tap_open(FK_NET_TAP, ns.name, err);
+		if (ret >= 0) {
+			cfg->net_tap_fd = ret;
+			ret = 0;
+		} else {
+			struct fk_err ignored = {0};
+
+			fk_netns_destroy(ns.name, &ignored);
+		}
+	}
 	if (ret < 0)
 		return fk_wrap(err, "--net-policy %s",
 			       fk_net_policy_name((enum fk_net_policy)cfg->net_policy));

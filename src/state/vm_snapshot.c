@@ -452,7 +452,7 @@ static int restore_net(struct vm *vm, const struct state_source *src, struct fk_
 			       "%02x:%02x:%02x:%02x:%02x:%02x",
 			       ns.mac[0], ns.mac[1], ns.mac[2], ns.mac[3], ns.mac[4], ns.mac[5]);
 	if (cfg->net_tap[0]) {
-		fd = tap_open(cfg->net_tap, cfg->net_netns, err);
+		fd = vm_net_tap_fd(cfg, err);
 		if (fd < 0)
 			return fk_wrap(err, "--net");
 	}

@@ -5,7 +5,11 @@
  * at the jail (checked from outside, in /proc/PID), and the guest still
  * works (pattern verified and touch from inside); snapshot and restore
  * inside jails; BRANCH children inherit the jail and still make their
- * files; bad jails and unusable paths fail with errors naming them.
+ * files; a jailed VM with --net-policy gets its tap from the network
+ * broker (the VM in an empty namespace of its own, its guest echoing frames
+ * on its forkd-<id>'s tap0, and each BRANCH child likewise in a namespace
+ * of its own), and the broker serves each asker only its own namespace, with
+ * a tap fd usable as nobody; bad jails and unusable paths fail with errors naming them.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,17 +17,31 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <linux/if_packet.h>
+#include <linux/if_tun.h>
+#include <net/if.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/statfs.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
+#include "net/net_broker.h"
+#include "net/netns.h"
 #include "probe_cases.h"
 #include "where.h"
 
@@ -43,6 +61,25 @@ static int teardown(void **state)
 {
 	(void)state;
 	return harness_tmpdir_remove(dir);
+}
+
+/* After a failed net test: its VMMs (they hold namespaces) killed, their namespaces swept. */
+static int kill_vmms_and_sweep(void **state)
+{
+	struct fk_err err = {0};
+	pid_t pids[64];
+	size_t n;
+
+	(void)state;
+	n = harness_vmm_pids(dir, pids, 64);
+	for (size_t i = 0; i < n; i++)
+		kill(pids[i], SIGKILL);
+	for (size_t i = 0; i < n; i++)
+		for (int k = 0; k < 100 && kill(pids[i], 0) == 0; k++)
+			usleep(10000);
+	if (fk_netns_sweep(&err) < 0)
+		fprintf(stderr, "teardown: %s\n", err.msg);
+	return 0;
 }
 
 static const char *need_line(struct vmm_proc *p, const char *prefix)
@@ -338,6 +375,349 @@ static void test_branch_children_inherit_the_jail(void **state)
 	shutdown_vm(&p, sock);
 }
 
+/* ---- --net-policy in a jail: the tap from the network broker ---- */
+
+#define ETHERTYPE_TEST 0x88b5
+
+struct packet_open {
+	const char *ns;
+	int fd, err;
+};
+
+/* Only this short thread enters the namespace; the socket stays bound to it. */
+static void *packet_open_thread(void *arg)
+{
+	struct packet_open *o = arg;
+	struct sockaddr_ll a = {.sll_family = AF_PACKET, .sll_protocol = htons(ETHERTYPE_TEST)};
+	char path[128];
+	int nsfd;
+
+	snprintf(path, sizeof(path), "/run/netns/%s", o->ns);
+	nsfd = open(path, O_RDONLY | O_CLOEXEC);
+	if (nsfd < 0 || setns(nsfd, CLONE_NEWNET) < 0) {
+		o->err = errno;
+		return NULL;
+	}
+	close(nsfd);
+	o->fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETHERTYPE_TEST));
+	a.sll_ifindex = (int)if_nametoindex(FK_NET_TAP);
+	if (o->fd < 0 || a.sll_ifindex == 0 || bind(o->fd, (struct sockaddr *)&a, sizeof(a)) < 0)
+		o->err = errno ? errno : ENODEV;
+	return NULL;
+}
+
+/* The host end of namespace ns's tap0: an AF_PACKET socket inside it (0x88b5 only). */
+static int tap_socket(const char *ns)
+{
+	struct packet_open o = {.ns = ns, .fd = -1};
+	pthread_t t;
+
+	assert_int_equal(pthread_create(&t, NULL, packet_open_thread, &o), 0);
+	pthread_join(t, NULL);
+	if (o.err)
+		fail_msg("packet socket on %s in %s: %s", FK_NET_TAP, ns, strerror(o.err));
+	return o.fd;
+}
+
+/* Sends a "forkd-host <tag>" frame to the guest's MAC; its echo must come back on fd. */
+static void echo_check(int fd, const char *tag)
+{
+	static const uint8_t guest[6] = {0x02, 0x66, 0x6b, 0x00, 0x00, 0x02};
+	static const uint8_t host[6] = {0x02, 0x66, 0x6b, 0x00, 0x00, 0x7e};
+	uint8_t f[128] = {0}, e[2048];
+	const size_t mark = strlen("forkd-echo ");
+	long long deadline = harness_deadline(5000);
+	int len;
+
+	memcpy(f, guest, 6);
+	memcpy(f + 6, host, 6);
+	f[12] = ETHERTYPE_TEST >> 8;
+	f[13] = ETHERTYPE_TEST & 0xff;
+	len = 14 + snprintf((char *)f + 14, sizeof(f) - 14, "forkd-host %s", tag);
+	if (len < 60)
+		len = 60;
+	assert_int_equal(send(fd, f, (size_t)len, 0), len);
+	for (;;) {
+		struct pollfd p = {.fd = fd, .events = POLLIN};
+		struct sockaddr_ll from;
+		socklen_t flen = sizeof(from);
+		long long left = deadline - now_ms();
+		ssize_t n;
+
+		if (left <= 0 || poll(&p, 1, (int)left) <= 0)
+			fail_msg("no echo of 'forkd-host %s'", tag);
+		n = recvfrom(fd, e, sizeof(e), 0, (struct sockaddr *)&from, &flen);
+		assert_true(n > 0);
+		if (from.sll_pkttype == PACKET_OUTGOING)
+			continue; /* our own frame */
+		assert_true(n >= (ssize_t)(14 + mark + strlen("forkd-host ") + strlen(tag)));
+		break;
+	}
+	assert_memory_equal(e, host, 6);
+	assert_memory_equal(e + 6, guest, 6);
+	assert_memory_equal(e + 14, "forkd-echo ", mark);
+	assert_memory_equal(e + 14 + mark, f + 14, strlen("forkd-host ") + strlen(tag));
+}
+
+static bool netns_exists(const char *ns)
+{
+	char path[128];
+
+	snprintf(path, sizeof(path), "/run/netns/%s", ns);
+	return access(path, F_OK) == 0;
+}
+
+static void expect_netns_gone(const char *ns)
+{
+	long long deadline = harness_deadline(5000);
+
+	while (netns_exists(ns) && now_ms() < deadline)
+		usleep(20000);
+	if (netns_exists(ns))
+		fail_msg("namespace %s still exists", ns);
+}
+
+/*
+ * A jailed VM with --net-policy, seen from outside: status names its
+ * namespace forkd-p<pid>; the VMM itself is in another one (empty, its
+ * own: the tap fd needs none), has no /dev/net/tun in its jail, and holds
+ * exactly one tun fd (the tap the broker passed); the guest negotiated
+ * offloads, i.e. TUNSETOFFLOAD worked on that fd as nobody.
+ */
+static void expect_jailed_net(pid_t pid, const char *sock, char *ns, size_t ns_len, char *addr,
+			      size_t addr_len)
+{
+	char want[64], path[300], link[300];
+	struct stat st, nst;
+	json_t *r = call(sock, "{\"cmd\":\"status\"}", true);
+	int tun_fds = 0;
+	DIR *d;
+	struct dirent *de;
+
+	snprintf(want, sizeof(want), FK_NETNS_PREFIX "p%d", (int)pid);
+	assert_string_equal(json_string_value(json_object_get(r, "net_netns")), want);
+	assert_string_equal(json_string_value(json_object_get(r, "net_tap")), FK_NET_TAP);
+	assert_true(json_is_true(json_object_get(r, "net_link_up")));
+	assert_int_equal(json_integer_value(json_object_get(r, "net_errors")), 0);
+	if (json_integer_value(json_object_get(r, "net_offloads")) == 0)
+		fail_msg("pid %d: no tap offloads set (TUNSETOFFLOAD as nobody failed?): %s",
+			 (int)pid, json_string_value(json_object_get(r, "net_last_error")));
+	snprintf(ns, ns_len, "%s", want);
+	snprintf(addr, addr_len, "%s", json_string_value(json_object_get(r, "net_host_addr")));
+	json_decref(r);
+
+	snprintf(path, sizeof(path), "/proc/%d/ns/net", (int)pid);
+	assert_int_equal(stat(path, &st), 0);
+	snprintf(path, sizeof(path), "/run/netns/%s", ns);
+	assert_int_equal(stat(path, &nst), 0);
+	if (st.st_ino == nst.st_ino)
+		fail_msg("pid %d runs in %s itself; expected a namespace of its own", (int)pid, ns);
+	snprintf(path, sizeof(path), "/proc/%d/root/dev/net/tun", (int)pid);
+	assert_int_equal(stat(path, &st), -1);
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	d = opendir(path);
+	assert_non_null(d);
+	while ((de = readdir(d))) {
+		char fdpath[600];
+		ssize_t n;
+
+		snprintf(fdpath, sizeof(fdpath), "%s/%s", path, de->d_name);
+		n = readlink(fdpath, link, sizeof(link) - 1);
+		if (n > 0) {
+			link[n] = '\0';
+			tun_fds += strcmp(link, "/dev/net/tun") == 0;
+		}
+	}
+	closedir(d);
+	assert_int_equal(tun_fds, 1);
+}
+
+static void test_jailed_vm_with_net_policy(void **state)
+{
+	char jail[300], run[300], sock[400], bdir[400], req[600], csock[2][700];
+	char ns[3][64], addr[3][16], tag[16];
+	int fd[3];
+	struct vmm_proc p;
+	json_t *r, *kids;
+	pid_t pids[2];
+
+	(void)state;
+	fresh(jail, sizeof(jail), run, sizeof(run));
+	snprintf(sock, sizeof(sock), "%s/c.sock", run);
+	/* host: a nat namespace would switch on forwarding for this machine's uplink */
+	probe_start(&p, NULL, "128M", "1", "work=net net_tx=0 net_offload=1", "--net-policy",
+		    "host", "--jail", jail, "--control", sock, NULL);
+	need_line(&p, "READY");
+	need_line(&p, "net.ready");
+	expect_jailed(p.pid, jail);
+	expect_jailed_net(p.pid, sock, ns[2], sizeof(ns[2]), addr[2], sizeof(addr[2]));
+	fd[2] = tap_socket(ns[2]);
+	echo_check(fd[2], "source");
+
+	snprintf(bdir, sizeof(bdir), "%s/b", run);
+	snprintf(req, sizeof(req), "{\"cmd\":\"branch\",\"n\":2,\"dir\":\"%s\"}", bdir);
+	r = call(sock, req, true);
+	kids = json_object_get(r, "children");
+	assert_int_equal(json_array_size(kids), 2);
+	for (int i = 0; i < 2; i++) {
+		json_t *c = json_array_get(kids, (size_t)i);
+
+		pids[i] = (pid_t)json_integer_value(json_object_get(c, "pid"));
+		snprintf(csock[i], sizeof(csock[i]), "%s/control.sock",
+			 json_string_value(json_object_get(c, "dir")));
+	}
+	json_decref(r);
+	for (int i = 0; i < 2; i++) {
+		expect_jailed(pids[i], jail);
+		expect_jailed_net(pids[i], csock[i], ns[i], sizeof(ns[i]), addr[i],
+				  sizeof(addr[i]));
+		for (int j = 0; j <= 2; j++)
+			if (j != i && (j == 2 || j < i))
+				assert_string_not_equal(addr[i], addr[j]);
+		fd[i] = tap_socket(ns[i]);
+		snprintf(tag, sizeof(tag), "child%d", i);
+		echo_check(fd[i], tag);
+	}
+	echo_check(fd[2], "source-after");
+
+	/* each VMM takes its namespace with it, through the broker */
+	for (int i = 0; i < 2; i++) {
+		json_decref(call(csock[i], "{\"cmd\":\"shutdown\"}", true));
+		expect_netns_gone(ns[i]);
+	}
+	assert_true(netns_exists(ns[2]));
+	shutdown_vm(&p, sock);
+	expect_netns_gone(ns[2]);
+	for (int i = 0; i < 3; i++)
+		close(fd[i]);
+}
+
+/* A jailed VM restored with --net-policy: a namespace of its own, the tap from before the jail. */
+static void test_jailed_restore_with_net_policy(void **state)
+{
+	char jail[300], run[300], sock[400], snap[400], req[600], overlay[400];
+	char jail2[300], run2[300], sock2[400], ns[2][64], addr[2][16];
+	struct vmm_proc p, q;
+	int fd;
+
+	(void)state;
+	fresh(jail, sizeof(jail), run, sizeof(run));
+	snprintf(sock, sizeof(sock), "%s/c.sock", run);
+	probe_start(&p, NULL, "128M", "1", "work=net net_tx=0 net_offload=1", "--net-policy",
+		    "host", "--jail", jail, "--control", sock, NULL);
+	need_line(&p, "net.ready");
+	expect_jailed_net(p.pid, sock, ns[0], sizeof(ns[0]), addr[0], sizeof(addr[0]));
+	snprintf(snap, sizeof(snap), "%s/snap", run);
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\"}", snap);
+	json_decref(call(sock, req, true));
+	shutdown_vm(&p, sock);
+	expect_netns_gone(ns[0]);
+
+	fresh(jail2, sizeof(jail2), run2, sizeof(run2));
+	snprintf(sock2, sizeof(sock2), "%s/c.sock", run2);
+	snprintf(overlay, sizeof(overlay), "%s/overlay", run2);
+	{
+		char *argv[] = {(char *)harness_vmm(),
+				"--restore",
+				snap,
+				"--overlay-dir",
+				overlay,
+				"--net-policy",
+				"host",
+				"--control",
+				sock2,
+				"--jail",
+				jail2,
+				NULL};
+		assert_int_equal(vmm_start(&q, argv), 0);
+	}
+	for (long long deadline = harness_deadline(TIMEOUT_MS);
+	     access(sock2, F_OK) != 0 && now_ms() < deadline;)
+		usleep(20000);
+	expect_jailed(q.pid, jail2);
+	expect_jailed_net(q.pid, sock2, ns[1], sizeof(ns[1]), addr[1], sizeof(addr[1]));
+	fd = tap_socket(ns[1]);
+	echo_check(fd, "restored");
+	close(fd);
+	shutdown_vm(&q, sock2);
+	expect_netns_gone(ns[1]);
+}
+
+/* After a failed broker test: its namespace removed (its owner, this process, is alive). */
+static int remove_broker_test_netns(void **state)
+{
+	struct fk_err err = {0};
+	char name[64];
+
+	(void)state;
+	snprintf(name, sizeof(name), FK_NETNS_PREFIX "jb%d", (int)getpid());
+	if (fk_netns_destroy(name, &err) < 0)
+		fprintf(stderr, "teardown: %s\n", err.msg);
+	return 0;
+}
+
+/*
+ * The broker itself (this binary run again, see main): a namespace is made
+ * only for the process asking, with its tap open; the fd works for a
+ * process that dropped to nobody with no capabilities (TUNSETOFFLOAD,
+ * TUNGETIFF); another process cannot remove it; its owner can.
+ */
+static void test_broker_serves_only_the_asker(void **state)
+{
+	struct fk_netns ns;
+	struct fk_err err = {0};
+	int broker = -1, tap = -1, status;
+	char id[32], name[64];
+	pid_t kid;
+
+	(void)state;
+	snprintf(id, sizeof(id), "jb%d", (int)getpid());
+	snprintf(name, sizeof(name), FK_NETNS_PREFIX "%s", id);
+	assert_int_equal(net_broker_start(&broker, &err), 0);
+	if (net_broker_create(broker, id, FK_NET_HOST, getppid(), &ns, &tap, &err) != -EPERM ||
+	    !strstr(err.msg, "a process may ask only for its own"))
+		fail_msg("a namespace for another pid: '%s', expected a refusal", err.msg);
+	assert_int_equal(tap, -1);
+	assert_false(netns_exists(name));
+
+	if (net_broker_create(broker, id, FK_NET_HOST, getpid(), &ns, &tap, &err) < 0)
+		fail_msg("broker create: %s", err.msg);
+	assert_string_equal(ns.name, name);
+	assert_true(tap >= 0);
+	assert_true(netns_exists(name));
+	kid = fork();
+	assert_true(kid >= 0);
+	if (kid == 0) {
+		struct ifreq ifr = {0};
+		struct fk_err e = {0};
+
+		/* root to nobody without keepcaps: every capability is gone */
+		if (setgroups(0, NULL) < 0 || setresgid(NOBODY, NOBODY, NOBODY) < 0 ||
+		    setresuid(NOBODY, NOBODY, NOBODY) < 0)
+			_exit(10);
+		if (ioctl(tap, TUNSETOFFLOAD, (unsigned long)TUN_F_CSUM) < 0)
+			_exit(11);
+		if (ioctl(tap, TUNGETIFF, &ifr) < 0 || strcmp(ifr.ifr_name, FK_NET_TAP) != 0 ||
+		    !(ifr.ifr_flags & IFF_VNET_HDR) || !(ifr.ifr_flags & IFF_NO_PI))
+			_exit(12);
+		if (net_broker_destroy(broker, name, &e) != -EPERM ||
+		    !strstr(e.msg, "a process may remove only its own"))
+			_exit(13);
+		_exit(0);
+	}
+	assert_int_equal(waitpid(kid, &status, 0), kid);
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		fail_msg("the unprivileged holder of the tap failed at step %d (status 0x%x: 11 "
+			 "TUNSETOFFLOAD, 12 TUNGETIFF, 13 the refusal to remove another's)",
+			 WIFEXITED(status) ? WEXITSTATUS(status) : -1, status);
+	assert_true(netns_exists(name));
+	if (net_broker_destroy(broker, name, &err) < 0)
+		fail_msg("broker destroy: %s", err.msg);
+	assert_false(netns_exists(name));
+	close(tap);
+	close(broker);
+}
+
 /* Runs forkd-vmm to its exit; returns its status and stderr in p (caller frees). */
 static int run_vmm(struct vmm_proc *p, char *const argv[])
 {
@@ -504,10 +884,16 @@ static void test_cgroup_needs_cgroup2(void **state)
 
 int main(int argc, char **argv)
 {
+	/* test_broker_serves_only_the_asker's broker: this binary run again */
+	if (argc == 2 && strcmp(argv[1], NET_BROKER_ARG) == 0)
+		return net_broker_main(NET_BROKER_FD);
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_jailed_vm_runs_unprivileged),
 	    cmocka_unit_test(test_snapshot_and_restore_in_jails),
 	    cmocka_unit_test(test_branch_children_inherit_the_jail),
+	    cmocka_unit_test_teardown(test_jailed_vm_with_net_policy, kill_vmms_and_sweep),
+	    cmocka_unit_test_teardown(test_jailed_restore_with_net_policy, kill_vmms_and_sweep),
+	    cmocka_unit_test_teardown(test_broker_serves_only_the_asker, remove_broker_test_netns),
 	    cmocka_unit_test(test_bad_jails_are_refused),
 	    cmocka_unit_test(test_cgroup_needs_cgroup2),
 	};

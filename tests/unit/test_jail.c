@@ -261,9 +261,14 @@ static void test_network_in_the_jail(void **state)
 	assert_non_null(e);
 	assert_int_equal(e->kind, JAIL_CHAR_DEV);
 	assert_string_equal(e->option, "--net");
+	/* --net-policy: the broker passes the tap open (net_tap_fd), so no tun node */
 	assert_int_equal(PARSE(&cfg, &err, "--kernel", "/k", "--net-policy", "nat", "--jail", "/j"),
-			 -EINVAL);
-	assert_non_null(strstr(err.msg, "--jail and --net-policy nat"));
+			 0);
+	assert_int_equal(cfg.net_tap_fd, -1);
+	snprintf(cfg.net_tap, sizeof(cfg.net_tap), "tap0");
+	cfg.net_tap_fd = 42;
+	assert_int_equal(jail_plan_build(&cfg, &plan, &err), 0);
+	assert_null(find(&plan, "/dev/net/tun"));
 	assert_int_equal(
 	    PARSE(&cfg, &err, "--kernel", "/k", "--net", "tap=fk0,netns=blue", "--jail", "/j"),
 	    -EINVAL);
