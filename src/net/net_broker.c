@@ -53,9 +53,22 @@ static ssize_t recv_request(int fd, struct broker_request *req, int *reply_fd, p
 	if (n <= 0)
 		return n < 0 ? -errno : 0;
 	for (c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-		    c->cmsg_len == CMSG_LEN(sizeof(int)) && *reply_fd < 0) {
-			memcpy(reply_fd, CMSG_DATA(c), sizeof(int));
+		if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+			/*
+			 * The first fd is the reply socket; any more (a hostile
+			 * asker's) are closed, or each request would leak them here.
+			 */
+			size_t nfds = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+
+			for (size_t i = 0; i < nfds; i++) {
+				int got;
+
+				memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+				if (*reply_fd < 0)
+					*reply_fd = got;
+				else
+					close(got);
+			}
 		} else if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS &&
 			   c->cmsg_len == CMSG_LEN(sizeof(struct ucred))) {
 			struct ucred cred;
