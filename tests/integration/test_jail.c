@@ -43,6 +43,7 @@
 #include "net/net_broker.h"
 #include "net/netns.h"
 #include "probe_cases.h"
+#include "tap_frames.h"
 #include "where.h"
 
 #define TIMEOUT_MS 30000
@@ -377,88 +378,6 @@ static void test_branch_children_inherit_the_jail(void **state)
 
 /* ---- --net-policy in a jail: the tap from the network broker ---- */
 
-#define ETHERTYPE_TEST 0x88b5
-
-struct packet_open {
-	const char *ns;
-	int fd, err;
-};
-
-/* Only this short thread enters the namespace; the socket stays bound to it. */
-static void *packet_open_thread(void *arg)
-{
-	struct packet_open *o = arg;
-	struct sockaddr_ll a = {.sll_family = AF_PACKET, .sll_protocol = htons(ETHERTYPE_TEST)};
-	char path[128];
-	int nsfd;
-
-	snprintf(path, sizeof(path), "/run/netns/%s", o->ns);
-	nsfd = open(path, O_RDONLY | O_CLOEXEC);
-	if (nsfd < 0 || setns(nsfd, CLONE_NEWNET) < 0) {
-		o->err = errno;
-		return NULL;
-	}
-	close(nsfd);
-	o->fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETHERTYPE_TEST));
-	a.sll_ifindex = (int)if_nametoindex(FK_NET_TAP);
-	if (o->fd < 0 || a.sll_ifindex == 0 || bind(o->fd, (struct sockaddr *)&a, sizeof(a)) < 0)
-		o->err = errno ? errno : ENODEV;
-	return NULL;
-}
-
-/* The host end of namespace ns's tap0: an AF_PACKET socket inside it (0x88b5 only). */
-static int tap_socket(const char *ns)
-{
-	struct packet_open o = {.ns = ns, .fd = -1};
-	pthread_t t;
-
-	assert_int_equal(pthread_create(&t, NULL, packet_open_thread, &o), 0);
-	pthread_join(t, NULL);
-	if (o.err)
-		fail_msg("packet socket on %s in %s: %s", FK_NET_TAP, ns, strerror(o.err));
-	return o.fd;
-}
-
-/* Sends a "forkd-host <tag>" frame to the guest's MAC; its echo must come back on fd. */
-static void echo_check(int fd, const char *tag)
-{
-	static const uint8_t guest[6] = {0x02, 0x66, 0x6b, 0x00, 0x00, 0x02};
-	static const uint8_t host[6] = {0x02, 0x66, 0x6b, 0x00, 0x00, 0x7e};
-	uint8_t f[128] = {0}, e[2048];
-	const size_t mark = strlen("forkd-echo ");
-	long long deadline = harness_deadline(5000);
-	int len;
-
-	memcpy(f, guest, 6);
-	memcpy(f + 6, host, 6);
-	f[12] = ETHERTYPE_TEST >> 8;
-	f[13] = ETHERTYPE_TEST & 0xff;
-	len = 14 + snprintf((char *)f + 14, sizeof(f) - 14, "forkd-host %s", tag);
-	if (len < 60)
-		len = 60;
-	assert_int_equal(send(fd, f, (size_t)len, 0), len);
-	for (;;) {
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		struct sockaddr_ll from;
-		socklen_t flen = sizeof(from);
-		long long left = deadline - now_ms();
-		ssize_t n;
-
-		if (left <= 0 || poll(&p, 1, (int)left) <= 0)
-			fail_msg("no echo of 'forkd-host %s'", tag);
-		n = recvfrom(fd, e, sizeof(e), 0, (struct sockaddr *)&from, &flen);
-		assert_true(n > 0);
-		if (from.sll_pkttype == PACKET_OUTGOING)
-			continue; /* our own frame */
-		assert_true(n >= (ssize_t)(14 + mark + strlen("forkd-host ") + strlen(tag)));
-		break;
-	}
-	assert_memory_equal(e, host, 6);
-	assert_memory_equal(e + 6, guest, 6);
-	assert_memory_equal(e + 14, "forkd-echo ", mark);
-	assert_memory_equal(e + 14 + mark, f + 14, strlen("forkd-host ") + strlen(tag));
-}
-
 static bool netns_exists(const char *ns)
 {
 	char path[128];
@@ -551,8 +470,8 @@ static void test_jailed_vm_with_net_policy(void **state)
 	need_line(&p, "net.ready");
 	expect_jailed(p.pid, jail);
 	expect_jailed_net(p.pid, sock, ns[2], sizeof(ns[2]), addr[2], sizeof(addr[2]));
-	fd[2] = tap_socket(ns[2]);
-	echo_check(fd[2], "source");
+	fd[2] = tap_frames_socket(ns[2]);
+	tap_frames_echo_check(fd[2], "source", 5000);
 
 	snprintf(bdir, sizeof(bdir), "%s/b", run);
 	snprintf(req, sizeof(req), "{\"cmd\":\"branch\",\"n\":2,\"dir\":\"%s\"}", bdir);
@@ -574,11 +493,11 @@ static void test_jailed_vm_with_net_policy(void **state)
 		for (int j = 0; j <= 2; j++)
 			if (j != i && (j == 2 || j < i))
 				assert_string_not_equal(addr[i], addr[j]);
-		fd[i] = tap_socket(ns[i]);
+		fd[i] = tap_frames_socket(ns[i]);
 		snprintf(tag, sizeof(tag), "child%d", i);
-		echo_check(fd[i], tag);
+		tap_frames_echo_check(fd[i], tag, 5000);
 	}
-	echo_check(fd[2], "source-after");
+	tap_frames_echo_check(fd[2], "source-after", 5000);
 
 	/* each VMM takes its namespace with it, through the broker */
 	for (int i = 0; i < 2; i++) {
@@ -636,8 +555,8 @@ static void test_jailed_restore_with_net_policy(void **state)
 		usleep(20000);
 	expect_jailed(q.pid, jail2);
 	expect_jailed_net(q.pid, sock2, ns[1], sizeof(ns[1]), addr[1], sizeof(addr[1]));
-	fd = tap_socket(ns[1]);
-	echo_check(fd, "restored");
+	fd = tap_frames_socket(ns[1]);
+	tap_frames_echo_check(fd, "restored", 5000);
 	close(fd);
 	shutdown_vm(&q, sock2);
 	expect_netns_gone(ns[1]);

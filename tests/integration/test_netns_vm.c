@@ -37,11 +37,11 @@
 #include "harness.h"
 #include "net/netns.h"
 #include "probe_cases.h"
+#include "tap_frames.h"
 #include "where.h"
 
 #define BOOT_TIMEOUT_MS	 20000
 #define FRAME_TIMEOUT_MS 5000
-#define ETHERTYPE_TEST	 0x88b5
 #define CHILDREN	 2
 
 static char dir[256];
@@ -69,94 +69,6 @@ static int teardown(void **state)
 	if (fk_netns_sweep(&err) < 0)
 		fprintf(stderr, "teardown: %s\n", err.msg);
 	return harness_tmpdir_remove(dir);
-}
-
-struct packet_open {
-	const char *ns;
-	int fd, err;
-};
-
-/* Only this short thread enters the namespace; the socket stays bound to it. */
-static void *packet_open_thread(void *arg)
-{
-	struct packet_open *o = arg;
-	struct sockaddr_ll a = {.sll_family = AF_PACKET, .sll_protocol = htons(ETHERTYPE_TEST)};
-	char path[128];
-	int nsfd;
-
-	snprintf(path, sizeof(path), "/run/netns/%s", o->ns);
-	nsfd = open(path, O_RDONLY | O_CLOEXEC);
-	if (nsfd < 0 || setns(nsfd, CLONE_NEWNET) < 0) {
-		o->err = errno;
-		return NULL;
-	}
-	close(nsfd);
-	o->fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETHERTYPE_TEST));
-	a.sll_ifindex = (int)if_nametoindex(FK_NET_TAP);
-	if (o->fd < 0 || a.sll_ifindex == 0 || bind(o->fd, (struct sockaddr *)&a, sizeof(a)) < 0)
-		o->err = errno ? errno : ENODEV;
-	return NULL;
-}
-
-/* The host end of namespace ns's tap0. */
-static int tap_socket(const char *ns)
-{
-	struct packet_open o = {.ns = ns, .fd = -1};
-	pthread_t t;
-
-	assert_int_equal(pthread_create(&t, NULL, packet_open_thread, &o), 0);
-	pthread_join(t, NULL);
-	if (o.err)
-		fail_msg("packet socket on %s in %s: %s", FK_NET_TAP, ns, strerror(o.err));
-	return o.fd;
-}
-
-/* The next frame the guest sent (not one we sent), or -1 within timeout_ms. */
-static int recv_frame(int fd, uint8_t *buf, size_t cap, int timeout_ms)
-{
-	long long deadline = harness_deadline(timeout_ms);
-
-	for (;;) {
-		struct pollfd p = {.fd = fd, .events = POLLIN};
-		struct sockaddr_ll from;
-		socklen_t flen = sizeof(from);
-		long long left = deadline - now_ms();
-		ssize_t n;
-
-		if (left <= 0 || poll(&p, 1, (int)left) <= 0)
-			return -1;
-		n = recvfrom(fd, buf, cap, 0, (struct sockaddr *)&from, &flen);
-		if (n < 0)
-			return -1;
-		if (from.sll_pkttype != PACKET_OUTGOING)
-			return (int)n;
-	}
-}
-
-/* Sends a "forkd-host <tag>" frame to the guest's MAC; checks its echo comes back on fd. */
-static void echo_check(int fd, const char *tag)
-{
-	static const uint8_t guest[6] = {0x02, 0x66, 0x6b, 0x00, 0x00, 0x02};
-	static const uint8_t host[6] = {0x02, 0x66, 0x6b, 0x00, 0x00, 0x7e};
-	uint8_t f[128] = {0}, e[2048];
-	const size_t mark = strlen("forkd-echo ");
-	int len, got;
-
-	memcpy(f, guest, 6);
-	memcpy(f + 6, host, 6);
-	f[12] = ETHERTYPE_TEST >> 8;
-	f[13] = ETHERTYPE_TEST & 0xff;
-	len = 14 + snprintf((char *)f + 14, sizeof(f) - 14, "forkd-host %s", tag);
-	if (len < 60)
-		len = 60;
-	assert_int_equal(send(fd, f, (size_t)len, 0), len);
-	got = recv_frame(fd, e, sizeof(e), FRAME_TIMEOUT_MS);
-	if (got < 0)
-		fail_msg("no echo of 'forkd-host %s'", tag);
-	assert_memory_equal(e, host, 6);
-	assert_memory_equal(e + 6, guest, 6);
-	assert_memory_equal(e + 14, "forkd-echo ", mark);
-	assert_memory_equal(e + 14 + mark, f + 14, strlen("forkd-host ") + strlen(tag));
 }
 
 static json_t *control(const char *sock, const char *req)
@@ -228,8 +140,8 @@ static void test_branch_children_get_own_namespaces(void **state)
 	net_status(sock, ns[CHILDREN], sizeof(ns[0]), addr[CHILDREN], sizeof(addr[0]));
 	snprintf(want, sizeof(want), FK_NETNS_PREFIX "p%d", (int)p.pid);
 	assert_string_equal(ns[CHILDREN], want);
-	fd[CHILDREN] = tap_socket(ns[CHILDREN]);
-	echo_check(fd[CHILDREN], "source");
+	fd[CHILDREN] = tap_frames_socket(ns[CHILDREN]);
+	tap_frames_echo_check(fd[CHILDREN], "source", FRAME_TIMEOUT_MS);
 
 	snprintf(req, sizeof(req), "{\"cmd\":\"branch\",\"n\":%d,\"dir\":\"%s/b\"}", CHILDREN, dir);
 	reply = control(sock, req);
@@ -258,13 +170,13 @@ static void test_branch_children_get_own_namespaces(void **state)
 		assert_non_null(fgets(out, sizeof(out), pipe));
 		pclose(pipe);
 		assert_string_equal(out, "1\n");
-		fd[i] = tap_socket(ns[i]);
+		fd[i] = tap_frames_socket(ns[i]);
 		snprintf(tag, sizeof(tag), "child%d", i);
-		echo_check(fd[i], tag);
+		tap_frames_echo_check(fd[i], tag, FRAME_TIMEOUT_MS);
 	}
 	/* nothing of the children's reached the source's tap, and the source still answers */
-	assert_int_equal(recv_frame(fd[CHILDREN], f, sizeof(f), 300), -1);
-	echo_check(fd[CHILDREN], "source-after");
+	assert_int_equal(tap_frames_recv(fd[CHILDREN], f, sizeof(f), 300), -1);
+	tap_frames_echo_check(fd[CHILDREN], "source-after", FRAME_TIMEOUT_MS);
 	json_decref(reply);
 
 	/* a child that exits takes its namespace with it; the others stay */
@@ -333,8 +245,8 @@ static void test_restore_gets_own_namespace(void **state)
 	net_status(rsock, rns, sizeof(rns), raddr, sizeof(raddr));
 	assert_string_not_equal(rns, ns);
 	assert_string_not_equal(raddr, addr);
-	fd = tap_socket(rns);
-	echo_check(fd, "restored");
+	fd = tap_frames_socket(rns);
+	tap_frames_echo_check(fd, "restored", FRAME_TIMEOUT_MS);
 	close(fd);
 	json_decref(control(rsock, "{\"cmd\":\"shutdown\"}"));
 	assert_true(vmm_wait(&r, BOOT_TIMEOUT_MS) >= 0);
