@@ -1623,11 +1623,23 @@ const char *virtio_vsock_path(const struct virtio_vsock *vs)
 	return vs->path;
 }
 
-void virtio_vsock_restored(struct virtio_vsock *vs)
+uint32_t virtio_vsock_next_host_port(struct virtio_vsock *vs)
+{
+	uint32_t p;
+
+	pthread_mutex_lock(&vs->t->lock);
+	p = vs->next_host_port;
+	pthread_mutex_unlock(&vs->t->lock);
+	return p;
+}
+
+void virtio_vsock_restored(struct virtio_vsock *vs, uint32_t next_host_port)
 {
 	pthread_mutex_lock(&vs->t->lock);
 	close_all(vs);
 	vs->reset_event_pending = true;
+	vs->next_host_port =
+	    next_host_port < VSOCK_FIRST_HOST_PORT ? VSOCK_FIRST_HOST_PORT : next_host_port;
 	pthread_mutex_unlock(&vs->t->lock);
 }
 

@@ -144,13 +144,20 @@ void virtio_vsock_set_handshake_timeout(struct virtio_vsock *vs, uint32_t ms);
 
 uint64_t virtio_vsock_guest_cid(const struct virtio_vsock *vs);
 const char *virtio_vsock_path(const struct virtio_vsock *vs);
+/*
+ * The host port the next host-initiated connection takes. Saved with the
+ * device: the guest may still hold sockets of ports below it (their
+ * connections reset, not yet closed by the guest program), and a new
+ * connection from such a port would reach that socket, not the listener.
+ */
+uint32_t virtio_vsock_next_host_port(struct virtio_vsock *vs);
 
 /*
  * The transport state was just restored from a snapshot or BRANCH capture:
  * the guest's connections no longer exist on this side. Queues a
  * TRANSPORT_RESET event for the first event buffer the guest offers.
  */
-void virtio_vsock_restored(struct virtio_vsock *vs);
+void virtio_vsock_restored(struct virtio_vsock *vs, uint32_t next_host_port);
 /* Serves what the guest queued while nobody was looking (after restore). */
 void virtio_vsock_kick(struct virtio_vsock *vs);
 

@@ -33,11 +33,13 @@ struct disk_state {
 	char path[4096]; /* the image the VM used; read-only disks are reopened from here */
 };
 
-#define VSOCK_STATE_VERSION 1
+#define VSOCK_STATE_VERSION 2
 
 /*
  * DEVICE section payload of the vsock device. Connections are not saved:
- * a restored device starts without any and tells the guest so.
+ * a restored device starts without any and tells the guest so. Version 2
+ * added next_host_port (version 1 ends before it and restores with the
+ * first host port, as before).
  */
 struct vsock_state {
 	uint32_t version;
@@ -45,7 +47,11 @@ struct vsock_state {
 	uint64_t guest_cid;
 	uint64_t mmio_base;
 	struct virtio_mmio_state transport;
+	uint32_t next_host_port;
+	uint32_t reserved;
 };
+
+#define VSOCK_STATE_V1_SIZE offsetof(struct vsock_state, next_host_port)
 
 #define NET_STATE_VERSION 1
 
@@ -94,7 +100,8 @@ static int save_vsock(struct vm *vm, struct snap_writer *w, struct fk_err *err)
 	struct vsock_state vs = {.version = VSOCK_STATE_VERSION,
 				 .gsi = t->irq.gsi,
 				 .guest_cid = virtio_vsock_guest_cid(vm->vsock.dev),
-				 .mmio_base = t->base};
+				 .mmio_base = t->base,
+				 .next_host_port = virtio_vsock_next_host_port(vm->vsock.dev)};
 
 	pthread_mutex_lock(&t->lock);
 	vs.transport = t->state;
@@ -382,12 +389,20 @@ static int restore_vsock(struct vm *vm, const struct state_source *src, struct f
 				       path);
 		return 0;
 	}
-	if (type != VM_DEVICE_VIRTIO_VSOCK || len != sizeof(vs))
-		return fk_fail(err, EINVAL, "vsock state of the wrong type or size");
-	memcpy(&vs, data, sizeof(vs));
-	if (vs.version != VSOCK_STATE_VERSION)
-		return fk_fail(err, EINVAL, "vsock state version %u, expected %u", vs.version,
-			       VSOCK_STATE_VERSION);
+	if (type != VM_DEVICE_VIRTIO_VSOCK || (len != sizeof(vs) && len != VSOCK_STATE_V1_SIZE))
+		return fk_fail(err, EINVAL,
+			       "vsock state of type %u and %zu bytes: expected type %u of %zu or "
+			       "%zu bytes",
+			       type, len, VM_DEVICE_VIRTIO_VSOCK, sizeof(vs), VSOCK_STATE_V1_SIZE);
+	memset(&vs, 0, sizeof(vs));
+	memcpy(&vs, data, len);
+	if (!(vs.version == VSOCK_STATE_VERSION && len == sizeof(vs)) &&
+	    !(vs.version == 1 && len == VSOCK_STATE_V1_SIZE))
+		return fk_fail(err, EINVAL,
+			       "vsock state version %u in %zu bytes: expected version %u (%zu "
+			       "bytes) or 1 (%zu bytes)",
+			       vs.version, len, VSOCK_STATE_VERSION, sizeof(vs),
+			       VSOCK_STATE_V1_SIZE);
 	if (!path[0])
 		return fk_fail(err, EINVAL,
 			       "the snapshot has a vsock device (guest cid %llu): expected "
@@ -412,7 +427,8 @@ static int restore_vsock(struct vm *vm, const struct state_source *src, struct f
 	ret = restore_transport(vm, &vm->vsock.transport, &vs.transport, err);
 	if (ret < 0)
 		return fk_wrap(err, "vsock state");
-	virtio_vsock_restored(vm->vsock.dev);
+	/* Version 1 (0 here) starts at the first host port, as it always did. */
+	virtio_vsock_restored(vm->vsock.dev, vs.next_host_port);
 	return 0;
 }
 

@@ -131,7 +131,9 @@ static int read_line(int fd, char *buf, size_t cap, int timeout_ms)
 }
 
 /* CONNECT <port>: the socket once the guest said OK, or -1 (the reply is in why). */
-static int vsock_dial(const char *path, unsigned port, char *why, size_t why_len)
+/* Connects to guest `port`; *host_port (if given) gets the host port the VMM chose. */
+static int vsock_dial(const char *path, unsigned port, unsigned *host_port, char *why,
+		      size_t why_len)
 {
 	char line[64];
 	int fd = unix_connect(path), n;
@@ -146,18 +148,43 @@ static int vsock_dial(const char *path, unsigned port, char *why, size_t why_len
 		close(fd);
 		return -1;
 	}
+	if (host_port && sscanf(line + 3, "%u", host_port) != 1) {
+		snprintf(why, why_len, "no port in \"%s\"", line);
+		close(fd);
+		return -1;
+	}
 	return fd;
 }
 
-static int dial(const char *path)
+static int dial_port(const char *path, unsigned *host_port)
 {
 	char why[64];
-	int fd = vsock_dial(path, ECHO_PORT, why, sizeof(why));
+	int fd = vsock_dial(path, ECHO_PORT, host_port, why, sizeof(why));
 
 	if (fd < 0)
 		fprintf(stderr, "CONNECT %d to %s: %s\n", ECHO_PORT, path, why);
 	assert_true(fd >= 0);
 	return fd;
+}
+
+static int dial(const char *path)
+{
+	return dial_port(path, NULL);
+}
+
+/*
+ * Opens and closes n connections; returns the host port of the last. More
+ * than a restored VMM's fork notifier tries in its 10 s, so a restored VMM
+ * that started its ports afresh would reach this one only later.
+ */
+#define PORT_BURNERS 100
+static unsigned burn_ports(const char *path, int n)
+{
+	unsigned port = 0;
+
+	for (int i = 0; i < n; i++)
+		close(dial_port(path, &port));
+	return port;
 }
 
 /* ---- deterministic data and the echo engine ---- */
@@ -541,13 +568,16 @@ static void test_snapshot_restore_resets_connections(void **state)
 	struct vmm_proc r;
 	struct vm vm;
 	json_t *reply;
+	unsigned a_port, b_port;
 	int a, b;
 
 	(void)state;
 	vm_start(&vm, NULL, "work=vsock,idle", NULL, NULL);
 	probe_need_line(&vm.p, "vsock.ready", BOOT_TIMEOUT_MS);
-	a = dial(vm.vsock);
+	a = dial_port(vm.vsock, &a_port);
 	echo_once(a, "before snapshot\n");
+	a_port = burn_ports(vm.vsock, PORT_BURNERS);
+	wait_status(&vm.p, "vsock.conns", "1");
 	snprintf(snap, sizeof(snap), "%s/snap%d", dir, ++counter);
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\"}", snap);
 	reply = control(vm.control, req);
@@ -571,7 +601,13 @@ static void test_snapshot_restore_resets_connections(void **state)
 	 * refuses each try at once: wait for a moment between two tries.)
 	 */
 	assert_true(wait_no_connections(newctl));
-	b = dial(newpath);
+	/*
+	 * From a host port the source never used: the guest may still hold the
+	 * reset socket of `a` (until its program closes it), and a connection
+	 * from that port would reach it instead of the listener.
+	 */
+	b = dial_port(newpath, &b_port);
+	assert_true(b_port > a_port);
 	echo_once(b, "restored echoes\n");
 	wait_status(&r, "vsock.conns", "1");
 	close(b);
@@ -589,15 +625,18 @@ static void test_branch_children_get_their_own_socket(void **state)
 	char bdir[400], req[600], path[700], log[700];
 	struct vm vm;
 	json_t *reply, *children;
+	unsigned a_port[2], c_port;
 	int a[2];
 
 	(void)state;
 	vm_start(&vm, NULL, "work=vsock,idle", NULL, NULL);
 	probe_need_line(&vm.p, "vsock.ready", BOOT_TIMEOUT_MS);
 	for (int i = 0; i < 2; i++) {
-		a[i] = dial(vm.vsock);
+		a[i] = dial_port(vm.vsock, &a_port[i]);
 		echo_once(a[i], "before branch\n");
 	}
+	a_port[1] = burn_ports(vm.vsock, PORT_BURNERS);
+	wait_status(&vm.p, "vsock.conns", "2");
 	snprintf(bdir, sizeof(bdir), "%s/b%d", dir, ++counter);
 	snprintf(req, sizeof(req), "{\"cmd\":\"branch\",\"n\":2,\"dir\":\"%s\"}", bdir);
 	reply = control(vm.control, req);
@@ -616,7 +655,9 @@ static void test_branch_children_get_their_own_socket(void **state)
 		assert_non_null(strstr(line, "dropped=2"));
 		free(line);
 		snprintf(path, sizeof(path), "%s/vsock.sock", cdir);
-		fd = dial(path);
+		fd = dial_port(path, &c_port);
+		/* Not a port the source used: the child's guest may still hold those. */
+		assert_true(c_port > a_port[1]);
 		echo_once(fd, "child echoes\n");
 		close(fd);
 	}

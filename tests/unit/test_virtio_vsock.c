@@ -1039,15 +1039,17 @@ static void test_transport_reset_after_restore(void **state)
 	struct virtio_mmio *t2;
 	char path2[VSOCK_PATH_MAX];
 	struct fk_err err;
-	uint32_t hp, id, len, ev;
+	uint32_t hp, old_hp, next_port, id, len, ev;
 	int fd = host_connect(f, GUEST_PORT, &hp);
 
 	saved = f->t->state;
+	next_port = virtio_vsock_next_host_port(f->vs);
+	assert_true(next_port > hp);
 	snprintf(path2, sizeof(path2), "%s/restored.sock", f->dir);
 	assert_int_equal(virtio_vsock_open(&vs2, path2, GUEST_CID, &err), 0);
 	t2 = new_transport(f, vs2);
 	t2->state = saved;
-	virtio_vsock_restored(vs2);
+	virtio_vsock_restored(vs2, next_port);
 	/* The old VMM goes away: its client sees the end. */
 	virtio_vsock_close(f->vs);
 	virtio_mmio_destroy(f->t);
@@ -1079,11 +1081,17 @@ static void test_transport_reset_after_restore(void **state)
 	vg_notify(f->t, VIRTIO_VSOCK_QUEUE_EVENT);
 	assert_int_equal(vg_used_idx(&f->mem, &f->evq), 2);
 
-	/* Packets on the old connection get RST; new connections work. */
+	/*
+	 * Packets on the old connection get RST; new connections work, from a
+	 * port the source never used (the guest may still hold the old socket).
+	 */
 	guest_data(f, GUEST_PORT, hp, "old", 3, 0);
 	expect_packet(f, VIRTIO_VSOCK_OP_RST, hp, GUEST_PORT, NULL);
 	snprintf(f->path, sizeof(f->path), "%s", path2);
+	old_hp = hp;
 	fd = host_connect(f, GUEST_PORT, &hp);
+	assert_true(hp > old_hp);
+	assert_int_equal(hp, next_port);
 	close(fd);
 }
 
@@ -1096,7 +1104,7 @@ static void test_restore_delivers_reset_at_once(void **state)
 	ev_post(f, 0, 8);
 	vg_notify(f->t, VIRTIO_VSOCK_QUEUE_EVENT);
 	assert_int_equal(vg_used_idx(&f->mem, &f->evq), 0);
-	virtio_vsock_restored(f->vs);
+	virtio_vsock_restored(f->vs, 0);
 	virtio_vsock_kick(f->vs);
 	assert_int_equal(vg_used_idx(&f->mem, &f->evq), 1);
 	vg_used_elem(&f->mem, &f->evq, 0, &id, &len);
