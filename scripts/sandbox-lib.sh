@@ -111,11 +111,17 @@ sandbox_numpy_cold() {
 	sandbox_say "   agent answering after $(sandbox_ms "$t0") ms"
 	printf '%s' "$sandbox_warm_py" >"$1/warm.py"
 	build/forkd cp "$1/warm.py" "$1/vsock.sock:/root/warm.py" >/dev/null
-	build/forkd exec "$1/vsock.sock" -- setsid -f sh -c 'python3 /root/warm.py >/run/warm.log 2>&1'
-	for _ in $(seq 1 1200); do
-		build/forkd exec "$1/vsock.sock" -- test -S /run/warm.sock 2>/dev/null && break
-		sleep 0.1
-	done
+	# The agent kills what is left of an exec's process group when the exec
+	# ends (docs/agent-protocol.md), so the exec waits, in the guest, until the
+	# warm process serves: by then it has left the group (setsid runs first).
+	if ! build/forkd exec "$1/vsock.sock" -- sh -c 'setsid python3 /root/warm.py >/run/warm.log 2>&1 </dev/null &
+		i=0
+		while [ ! -S /run/warm.sock ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
+		test -S /run/warm.sock'; then
+		echo "sandbox: the warm process never served on /run/warm.sock; its log:" >&2
+		build/forkd exec "$1/vsock.sock" -- cat /run/warm.log >&2 || true
+		return 1
+	fi
 	sandbox_say "$(build/forkd exec "$1/vsock.sock" -- cat /run/warm.log)"
 	sandbox_cold_ms=$(sandbox_ms "$t0")
 	sandbox_say "   cold path: VM start to numpy imported and serving: $sandbox_cold_ms ms"
