@@ -128,6 +128,9 @@ int api_errno_status(int code, const char **error_code)
 	case ENOTCONN:
 		status = 503, c = "unavailable";
 		break;
+	case ENOTSUP: /* this machine cannot do what was asked (limits without cgroup v2) */
+		status = 501, c = "not_implemented";
+		break;
 	default:
 		status = 500, c = "internal";
 		break;

@@ -43,6 +43,7 @@
 #include "core/config.h"
 #include "daemon/registry.h"
 #include "daemon/vmm_launch.h"
+#include "jail/cgroup.h"
 #include "net/netns.h"
 #include "state/snapshot_format.h"
 #include "state/vm_state.h"
@@ -64,6 +65,34 @@
 /* The longest socket below the state dir: vms/<id>/branches/<k>/child-<i>/control.sock. */
 #define LONGEST_SOCK_TAIL (sizeof("/vms/vm-01234567/branches/999999/child-1023/control.sock") - 1)
 
+/*
+ * Where a VM with limits gets its cgroup: forkd-vmm's default parent, given
+ * explicitly so that the path the API shows is the one the VMM used.
+ */
+#define DAEMON_CGROUP_ROOT   "/sys/fs/cgroup"
+#define DAEMON_CGROUP_PARENT DAEMON_CGROUP_ROOT "/forkd"
+#define LIMIT_MEM_MIB_MIN    16
+#define LIMIT_PIDS_MAX	     4194304
+
+/*
+ * The cgroup limits of a VM's family (docs/jail.md): a created or spawned VM
+ * with any limit has its own cgroup, vm-<hex of its id>; its BRANCH children
+ * are in the same one, and show the same limits.
+ */
+struct vm_limits {
+	long long memory_max_mib; /* 0: none */
+	long long pids_max;	  /* 0: none */
+	char cpu_max[32];	  /* "QUOTA/PERIOD" in µs; "": none */
+	char cgroup[72];	  /* the cgroup's name under DAEMON_CGROUP_PARENT; "": none */
+};
+
+/* What the registry has no column for: kept in DIR/vms/<id>/vm.json. */
+struct vm_meta {
+	int mem_mib; /* 0 when unknown */
+	int cpus;
+	struct vm_limits limits;
+};
+
 /* A VM or zygote the daemon knows: its process watch and what the registry lacks. */
 struct tracked {
 	struct tracked *next;
@@ -75,11 +104,10 @@ struct tracked {
 	int pidfd; /* -1: not watched */
 	bool dead;
 	int exit_status;
-	bool busy;	 /* VMs: an operation is changing it */
-	bool asking;	 /* VMs: a GET is asking its VMM's status (refresh_paused) */
-	double asked_at; /* VMs: when a GET last asked (mono_s) */
-	int mem_mib;	 /* VMs: 0 when unknown */
-	int cpus;
+	bool busy;	     /* VMs: an operation is changing it */
+	bool asking;	     /* VMs: a GET is asking its VMM's status (refresh_paused) */
+	double asked_at;     /* VMs: when a GET last asked (mono_s) */
+	struct vm_meta meta; /* VMs */
 	/* VMs starting: their namespace and host address as `status` first said (wait_answering) */
 	char net_netns[REG_NETNS_MAX];
 	char net_host_addr[REG_ADDR_MAX];
@@ -272,7 +300,21 @@ static void json_write_atomic(json_t *o, const char *path)
 		unlink(tmp);
 }
 
-static void meta_save(struct daemon *d, const char *id, int mem_mib, int cpus)
+static json_t *limits_json(const struct vm_limits *l)
+{
+	char path[sizeof(DAEMON_CGROUP_PARENT) + sizeof(l->cgroup) + 1];
+
+	if (!l->cgroup[0])
+		return json_null();
+	snprintf(path, sizeof(path), "%s/%s", DAEMON_CGROUP_PARENT, l->cgroup);
+	return json_pack("{s:o,s:o,s:o,s:s}", "memory_max_mib",
+			 l->memory_max_mib ? json_integer(l->memory_max_mib) : json_null(),
+			 "cpu_max", l->cpu_max[0] ? json_string(l->cpu_max) : json_null(),
+			 "pids_max", l->pids_max ? json_integer(l->pids_max) : json_null(),
+			 "cgroup", path);
+}
+
+static void meta_save(struct daemon *d, const char *id, const struct vm_meta *m)
 {
 	struct fk_err ignored = {0};
 	char path[PATH_MAX];
@@ -280,7 +322,14 @@ static void meta_save(struct daemon *d, const char *id, int mem_mib, int cpus)
 
 	if (vm_dir(d, id, "vm.json", path, sizeof(path), &ignored) < 0)
 		return;
-	o = json_pack("{s:i,s:i}", "mem_mib", mem_mib, "cpus", cpus);
+	o = json_pack("{s:i,s:i}", "mem_mib", m->mem_mib, "cpus", m->cpus);
+	if (o && m->limits.cgroup[0])
+		json_object_set_new(o, "limits",
+				    json_pack("{s:I,s:s,s:I,s:s}", "memory_max_mib",
+					      (json_int_t)m->limits.memory_max_mib, "cpu_max",
+					      m->limits.cpu_max, "pids_max",
+					      (json_int_t)m->limits.pids_max, "cgroup",
+					      m->limits.cgroup));
 	if (o)
 		json_write_atomic(o, path);
 	json_decref(o);
@@ -295,8 +344,21 @@ static void meta_load(struct daemon *d, struct tracked *t)
 	if (vm_dir(d, t->id, "vm.json", path, sizeof(path), &ignored) < 0)
 		return;
 	o = json_load_file(path, 0, NULL);
-	t->mem_mib = (int)json_integer_value(json_object_get(o, "mem_mib"));
-	t->cpus = (int)json_integer_value(json_object_get(o, "cpus"));
+	t->meta.mem_mib = (int)json_integer_value(json_object_get(o, "mem_mib"));
+	t->meta.cpus = (int)json_integer_value(json_object_get(o, "cpus"));
+	/* Written by this daemon, but checked as any file: a bad one means no limits shown. */
+	json_t *l = json_object_get(o, "limits");
+	const char *cpu = json_string_value(json_object_get(l, "cpu_max"));
+	const char *cg = json_string_value(json_object_get(l, "cgroup"));
+	if (cg && cgroup_name_ok(cg) && strlen(cg) < sizeof(t->meta.limits.cgroup) &&
+	    (!cpu || strlen(cpu) < sizeof(t->meta.limits.cpu_max))) {
+		t->meta.limits.memory_max_mib =
+		    json_integer_value(json_object_get(l, "memory_max_mib"));
+		t->meta.limits.pids_max = json_integer_value(json_object_get(l, "pids_max"));
+		snprintf(t->meta.limits.cpu_max, sizeof(t->meta.limits.cpu_max), "%s",
+			 cpu ? cpu : "");
+		snprintf(t->meta.limits.cgroup, sizeof(t->meta.limits.cgroup), "%s", cg);
+	}
 	json_decref(o);
 }
 
@@ -519,9 +581,10 @@ static json_t *iso_time(int64_t us)
 	return json_string(out);
 }
 
-/* mem_mib and cpus: what the registry has no column for (0: unknown). */
-static json_t *vm_json_sized(const struct reg_vm *vm, int mem_mib, int cpus)
+/* m: what the registry has no column for (mem_mib and cpus 0: unknown). */
+static json_t *vm_json_sized(const struct reg_vm *vm, const struct vm_meta *m)
 {
+	int mem_mib = m->mem_mib, cpus = m->cpus;
 	bool branched = vm->parent_vm[0] != '\0';
 	json_t *o = json_object();
 
@@ -548,15 +611,17 @@ static json_t *vm_json_sized(const struct reg_vm *vm, int mem_mib, int cpus)
 	json_object_set_new(o, "net", json_string(vm->net[0] ? vm->net : "none"));
 	json_object_set_new(o, "net_netns", str_or_null(vm->net_netns));
 	json_object_set_new(o, "net_host_addr", str_or_null(vm->net_host_addr));
+	json_object_set_new(o, "limits", limits_json(&m->limits));
 	return o;
 }
 
 /* Lock held (the tracked list). */
 static json_t *vm_json(struct daemon *d, const struct reg_vm *vm)
 {
+	static const struct vm_meta unknown;
 	struct tracked *t = find_tracked(d, vm->id);
 
-	return vm_json_sized(vm, t ? t->mem_mib : 0, t ? t->cpus : 0);
+	return vm_json_sized(vm, t ? &t->meta : &unknown);
 }
 
 /* ---- Readers ---- */
@@ -584,11 +649,11 @@ static void reader_put(struct reader *r)
 		pthread_mutex_unlock(&r->lock);
 }
 
-/* The sizes of n VMs (mem_mib, cpus) from the tracked list, under the lock only for the copy. */
-static int sizes_of(struct daemon *d, const struct reg_vm *const *vms, size_t n, int **out,
-		    struct fk_err *err)
+/* The meta of n VMs (sizes, limits) from the tracked list, under the lock only for the copy. */
+static int sizes_of(struct daemon *d, const struct reg_vm *const *vms, size_t n,
+		    struct vm_meta **out, struct fk_err *err)
 {
-	int *sz = calloc(n ? 2 * n : 1, sizeof(*sz));
+	struct vm_meta *sz = calloc(n ? n : 1, sizeof(*sz));
 
 	*out = NULL;
 	if (!sz)
@@ -597,10 +662,8 @@ static int sizes_of(struct daemon *d, const struct reg_vm *const *vms, size_t n,
 	for (size_t i = 0; i < n; i++) {
 		struct tracked *t = find_tracked(d, vms[i]->id);
 
-		if (t) {
-			sz[2 * i] = t->mem_mib;
-			sz[2 * i + 1] = t->cpus;
-		}
+		if (t)
+			sz[i] = t->meta;
 	}
 	pthread_mutex_unlock(&d->lock);
 	*out = sz;
@@ -904,9 +967,9 @@ static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool r
 				pthread_mutex_lock(&d->lock);
 				t = find_tracked(d, s[i].id);
 				if (t) {
-					t->mem_mib = (int)json_integer_value(
+					t->meta.mem_mib = (int)json_integer_value(
 					    json_object_get(reply, "mem_mib"));
-					t->cpus = (int)json_integer_value(
+					t->meta.cpus = (int)json_integer_value(
 					    json_object_get(reply, "vcpus"));
 					net_from_status(reply, t->net_netns, t->net_host_addr);
 				}
@@ -1060,7 +1123,7 @@ static int finish_started(struct daemon *d, struct starting *s, size_t n, json_t
 			snprintf(vm.net_host_addr, sizeof(vm.net_host_addr), "%s",
 				 t->net_host_addr);
 			ret = registry_vm_update(d->reg, &vm, err);
-			meta_save(d, vm.id, t->mem_mib, t->cpus);
+			meta_save(d, vm.id, &t->meta);
 		}
 		if (t)
 			t->busy = false;
@@ -1128,15 +1191,89 @@ static bool net_args(const char *net, const char *id, char *buf, size_t len)
 	return true;
 }
 
+/*
+ * The limits of a create or spawn body ("memory_max_mib", "cpu_max",
+ * "pids_max"; none: no cgroup). Any of them needs cgroup v2 on this machine:
+ * without it, ENOTSUP (501) says what is mounted instead.
+ */
+static int get_limits(json_t *body, const char *what, struct vm_limits *lim, struct fk_err *err)
+{
+	const char *cpu = NULL;
+	uint64_t quota, period;
+	struct fk_err why = {0};
+	int ret;
+
+	memset(lim, 0, sizeof(*lim));
+	if ((ret = get_int(body, what, "memory_max_mib", LIMIT_MEM_MIB_MIN, MEM_MIB_MAX,
+			   &lim->memory_max_mib, err)) < 0 ||
+	    (ret = get_int(body, what, "pids_max", 1, LIMIT_PIDS_MAX, &lim->pids_max, err)) < 0 ||
+	    (ret = get_str(body, what, "cpu_max", &cpu, err)) < 0)
+		return ret;
+	if (cpu) {
+		if (cgroup_parse_cpu_max(cpu, &quota, &period, &why) < 0)
+			return fk_fail(err, EINVAL, "%s: \"cpu_max\": %s", what, why.msg);
+		snprintf(lim->cpu_max, sizeof(lim->cpu_max), "%llu/%llu", (unsigned long long)quota,
+			 (unsigned long long)period);
+	}
+	if (!lim->memory_max_mib && !lim->pids_max && !lim->cpu_max[0])
+		return 0;
+	if (cgroup_check_v2(DAEMON_CGROUP_ROOT, &why) < 0)
+		return fk_fail(err, ENOTSUP, "%s: limits need cgroup v2 here: %s", what, why.msg);
+	return 0;
+}
+
+/* Numbers of forkd-vmm's cgroup options, alive as long as the argv using them. */
+struct limit_args {
+	char mem[32];
+	char pids[24];
+};
+
+/* A VM with limits gets the cgroup vm-<hex of its id>, i.e. its id; false: no limits. */
+static bool limits_name(struct vm_limits *l, const char *id)
+{
+	if (!l->memory_max_mib && !l->pids_max && !l->cpu_max[0])
+		return false;
+	snprintf(l->cgroup, sizeof(l->cgroup), "%s", id);
+	return true;
+}
+
+/* Appends forkd-vmm's cgroup options for limits l, named by limits_name (none: nothing). */
+static void add_limit_args(const struct vm_limits *l, struct limit_args *b, char **argv, int *a)
+{
+	if (!l->cgroup[0])
+		return;
+	argv[(*a)++] = "--cgroup";
+	argv[(*a)++] = DAEMON_CGROUP_PARENT;
+	argv[(*a)++] = "--cgroup-name";
+	argv[(*a)++] = (char *)l->cgroup + 3; /* forkd-vmm names it vm-NAME */
+	if (l->memory_max_mib) {
+		snprintf(b->mem, sizeof(b->mem), "%lldM", l->memory_max_mib);
+		argv[(*a)++] = "--memory-max";
+		argv[(*a)++] = b->mem;
+	}
+	if (l->cpu_max[0]) {
+		argv[(*a)++] = "--cpu-max";
+		argv[(*a)++] = (char *)l->cpu_max;
+	}
+	if (l->pids_max) {
+		snprintf(b->pids, sizeof(b->pids), "%lld", l->pids_max);
+		argv[(*a)++] = "--pids-max";
+		argv[(*a)++] = b->pids;
+	}
+}
+
 int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err *err)
 {
-	static const char *const fields[] = {"image", "kernel", "initrd", "append", "mem_mib",
-					     "cpus",  "tag",	"vsock",  "net",    NULL};
+	static const char *const fields[] = {
+	    "image", "kernel", "initrd",	 "append",  "mem_mib",	"cpus", "tag",
+	    "vsock", "net",    "memory_max_mib", "cpu_max", "pids_max", NULL};
 	const char *what = "POST /v1/vms", *image = NULL, *kernel = NULL, *initrd = NULL,
 		   *append = NULL, *tag = NULL, *net = NULL;
 	char net_policy[REG_NET_MAX + 4 + REG_ID_MAX];
 	long long mem_mib = 512, cpus = 1;
 	char dir[PATH_MAX], serial[PATH_MAX], mem[32], ncpus[16];
+	struct limit_args lim_args;
+	struct vm_limits lim;
 	struct starting s;
 	struct reg_vm vm = {0};
 	struct tracked *t;
@@ -1157,7 +1294,8 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 	    (ret = get_int(body, what, "mem_mib", MEM_MIB_MIN, MEM_MIB_MAX, &mem_mib, err)) < 0 ||
 	    (ret = get_int(body, what, "cpus", 1, CPUS_MAX, &cpus, err)) < 0 ||
 	    (ret = get_tag(body, what, &tag, err)) < 0 ||
-	    (ret = get_str(body, what, "net", &net, err)) < 0)
+	    (ret = get_str(body, what, "net", &net, err)) < 0 ||
+	    (ret = get_limits(body, what, &lim, err)) < 0)
 		return ret;
 	if (net && strcmp(net, "none") != 0 && strcmp(net, "host") != 0 && strcmp(net, "nat") != 0)
 		return fk_fail(err, EINVAL,
@@ -1202,9 +1340,11 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 		ret = fk_fail(err, ENOMEM, "%s: out of memory", vm.id);
 	if (t) {
 		t->busy = true;
-		t->mem_mib = (int)mem_mib;
-		t->cpus = (int)cpus;
+		t->meta.mem_mib = (int)mem_mib;
+		t->meta.cpus = (int)cpus;
 	}
+	if (t && limits_name(&lim, vm.id))
+		t->meta.limits = lim;
 	pthread_mutex_unlock(&d->lock);
 	if (ret < 0)
 		return fk_wrap(err, "%s", what);
@@ -1221,14 +1361,17 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 		ret = fk_fail_errno(err, errno, "%s: create %s", vm.id, dir);
 		goto fail;
 	}
-	meta_save(d, vm.id, (int)mem_mib, (int)cpus);
+	{
+		struct vm_meta m = {.mem_mib = (int)mem_mib, .cpus = (int)cpus, .limits = lim};
+		meta_save(d, vm.id, &m);
+	}
 	snprintf(s.sock, sizeof(s.sock), "%s", vm.control_sock);
 	if (!vsock)
 		vm.vsock_sock[0] = '\0';
 	snprintf(mem, sizeof(mem), "%lldM", mem_mib);
 	snprintf(ncpus, sizeof(ncpus), "%lld", cpus);
 	{
-		char *argv[24];
+		char *argv[40];
 		int a = 0;
 
 		argv[a++] = d->vmm;
@@ -1265,6 +1408,7 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 			argv[a++] = "--net-policy";
 			argv[a++] = net_policy;
 		}
+		add_limit_args(&lim, &lim_args, argv, &a);
 		argv[a] = NULL;
 		pthread_mutex_lock(&d->lock);
 		ret = registry_vm_update(d->reg, &vm, err);
@@ -1304,7 +1448,7 @@ int daemon_vm_list(struct daemon *d, json_t **out, struct fk_err *err)
 	struct reader *rd = reader_get(d);
 	const struct reg_vm **refs = NULL;
 	struct reg_vm *vms = NULL;
-	int *sz = NULL;
+	struct vm_meta *sz = NULL;
 	size_t n = 0;
 	json_t *arr;
 	int ret;
@@ -1326,8 +1470,7 @@ int daemon_vm_list(struct daemon *d, json_t **out, struct fk_err *err)
 	if (ret == 0) {
 		arr = json_array();
 		for (size_t i = 0; i < n; i++)
-			json_array_append_new(arr,
-					      vm_json_sized(&vms[i], sz[2 * i], sz[2 * i + 1]));
+			json_array_append_new(arr, vm_json_sized(&vms[i], &sz[i]));
 		*out = json_pack("{s:o}", "vms", arr);
 	}
 	free(sz);
@@ -1504,7 +1647,7 @@ int daemon_tree(struct daemon *d, json_t **out, struct fk_err *err)
 {
 	struct reader *rd = reader_get(d);
 	const struct reg_vm **refs = NULL;
-	int *sz = NULL;
+	struct vm_meta *sz = NULL;
 	struct reg_lineage_node *nodes = NULL;
 	size_t n = 0;
 	json_t *arr;
@@ -1527,11 +1670,11 @@ int daemon_tree(struct daemon *d, json_t **out, struct fk_err *err)
 	if (ret == 0) {
 		arr = json_array();
 		for (size_t i = 0; i < n; i++)
-			json_array_append_new(
-			    arr, json_pack("{s:o,s:i,s:b}", "vm",
-					   vm_json_sized(&nodes[i].vm, sz[2 * i], sz[2 * i + 1]),
-					   "depth", (int)nodes[i].depth, "last_sibling",
-					   nodes[i].last_sibling));
+			json_array_append_new(arr,
+					      json_pack("{s:o,s:i,s:b}", "vm",
+							vm_json_sized(&nodes[i].vm, &sz[i]),
+							"depth", (int)nodes[i].depth,
+							"last_sibling", nodes[i].last_sibling));
 		*out = json_pack("{s:o}", "tree", arr);
 	}
 	free(sz);
@@ -2303,14 +2446,13 @@ static void record_children(struct daemon *d, const struct reg_vm *src, const st
 		}
 		t = track(d, vm.id, false);
 		if (t) {
-			t->mem_mib = st->mem_mib;
-			t->cpus = st->cpus;
+			t->meta = st->meta; /* sizes, and the family's cgroup */
 			if (vm.state == REG_VM_RUNNING && watch(d, t, pid, &err) < 0)
 				registry_vm_set_state(d->reg, vm.id, REG_VM_EXITED, REG_NO_EXIT,
 						      &err);
 		}
 		if (vm_dir(d, vm.id, NULL, dir, sizeof(dir), &err) == 0 && mkdir(dir, 0755) == 0)
-			meta_save(d, vm.id, st->mem_mib, st->cpus);
+			meta_save(d, vm.id, &st->meta);
 		registry_vm_get(d->reg, vm.id, &vm, &err);
 		json_array_append_new(kids, vm_json(d, &vm));
 	}
@@ -2561,9 +2703,10 @@ static bool snapshot_has_vsock(const char *path)
 	return has;
 }
 
-static int start_restored(struct daemon *d, const char *snap_path, bool vsock, struct starting *s,
-			  struct fk_err *err)
+static int start_restored(struct daemon *d, const char *snap_path, bool vsock,
+			  const struct vm_limits *lim, struct starting *s, struct fk_err *err)
 {
+	struct limit_args lim_args;
 	char overlay[PATH_MAX], serial[PATH_MAX], dir[PATH_MAX];
 	char net_policy[REG_NET_MAX + 4 + REG_ID_MAX];
 	struct reg_vm vm;
@@ -2587,7 +2730,7 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock, s
 	if (!vsock)
 		vm.vsock_sock[0] = '\0';
 	snprintf(s->sock, sizeof(s->sock), "%s", vm.control_sock);
-	char *argv[16];
+	char *argv[32];
 	int a = 0;
 
 	argv[a++] = d->vmm;
@@ -2610,6 +2753,7 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock, s
 		argv[a++] = "--vsock";
 		argv[a++] = vm.vsock_sock;
 	}
+	add_limit_args(lim, &lim_args, argv, &a);
 	argv[a] = NULL;
 	pthread_mutex_lock(&d->lock);
 	ret = registry_vm_update(d->reg, &vm, err);
@@ -2622,8 +2766,9 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock, s
 int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_t **out,
 			  struct fk_err *err)
 {
-	static const char *const fields[] = {"n", NULL};
+	static const char *const fields[] = {"n", "memory_max_mib", "cpu_max", "pids_max", NULL};
 	const char *what = "spawn";
+	struct vm_limits lim, *lims = NULL;
 	struct starting *s = NULL;
 	struct reg_snapshot snap;
 	struct reg_vm origin;
@@ -2637,7 +2782,8 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	*out = NULL;
 	timer_start(&tm);
 	if ((ret = check_fields(body, what, fields, err)) < 0 ||
-	    (ret = get_int(body, what, "n", 1, DAEMON_MAX_CHILDREN, &n, err)) < 0)
+	    (ret = get_int(body, what, "n", 1, DAEMON_MAX_CHILDREN, &n, err)) < 0 ||
+	    (ret = get_limits(body, what, &lim, err)) < 0)
 		return ret;
 	pthread_mutex_lock(&d->lock);
 	ret = registry_snapshot_get(d->reg, tag, &snap, err);
@@ -2651,8 +2797,12 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	vsock = snapshot_has_vsock(snap.path);
 	timer_mark(&tm, "snapshot");
 	s = calloc((size_t)n, sizeof(*s));
-	if (!s)
+	lims = calloc((size_t)n, sizeof(*lims));
+	if (!s || !lims) {
+		free(s);
+		free(lims);
 		return fk_fail(err, ENOMEM, "%s: out of memory for %lld VMs", what, n);
+	}
 
 	pthread_mutex_lock(&d->lock);
 	/* A restored VM runs what its snapshot's VM booted, when that is still known. */
@@ -2673,15 +2823,19 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 			break;
 		snprintf(s[i].id, sizeof(s[i].id), "%s", vm.id);
 		t = track(d, vm.id, false);
+		lims[i] = lim; /* each VM its own cgroup, vm-<its id> */
+		limits_name(&lims[i], vm.id);
 		if (!t)
 			ret = fk_fail(err, ENOMEM, "%s: out of memory", vm.id);
-		else
+		else {
 			t->busy = true;
+			t->meta.limits = lims[i];
+		}
 	}
 	pthread_mutex_unlock(&d->lock);
 	timer_mark(&tm, "register");
 	for (long long i = 0; i < n && ret == 0; i++)
-		ret = start_restored(d, snap.path, vsock, &s[i], err);
+		ret = start_restored(d, snap.path, vsock, &lims[i], &s[i], err);
 	timer_mark(&tm, "launch");
 	if (ret == 0)
 		ret = wait_answering(d, s, (size_t)n, true, err);
@@ -2695,9 +2849,11 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 		json_decref(vms);
 		abort_started(d, s, (size_t)n);
 		free(s);
+		free(lims);
 		return fk_wrap(err, "%s %lld from snapshot %s", what, n, tag);
 	}
 	free(s);
+	free(lims);
 	report(d, DAEMON_METRIC_SPAWN, mono_s() - t0);
 	*out = json_pack("{s:o}", "vms", vms);
 	timer_end(d, &tm, what);
@@ -3183,11 +3339,12 @@ static int readopt(struct daemon *d, int *adopted, json_t *jobs, struct fk_err *
 			    state && strcmp(state, "paused") == 0 ? REG_VM_PAUSED : REG_VM_RUNNING;
 
 			ok = true;
-			if (!t->mem_mib)
-				t->mem_mib =
+			if (!t->meta.mem_mib)
+				t->meta.mem_mib =
 				    (int)json_integer_value(json_object_get(reply, "mem_mib"));
-			if (!t->cpus)
-				t->cpus = (int)json_integer_value(json_object_get(reply, "vcpus"));
+			if (!t->meta.cpus)
+				t->meta.cpus =
+				    (int)json_integer_value(json_object_get(reply, "vcpus"));
 			adopt_net(d, &vms[i], reply);
 			if (s != vms[i].state)
 				registry_vm_set_state(d->reg, vms[i].id, s, REG_NO_EXIT, &e);

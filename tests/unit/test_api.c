@@ -722,7 +722,7 @@ static void test_errno_mapping(void **state)
 	    {EEXIST, 409, "conflict"},		{E2BIG, 413, "payload_too_large"},
 	    {EAGAIN, 429, "too_many_requests"}, {ENOSPC, 429, "too_many_requests"},
 	    {ENOTCONN, 503, "unavailable"},	{EIO, 500, "internal"},
-	    {ENOMEM, 500, "internal"},
+	    {ENOTSUP, 501, "not_implemented"},	{ENOMEM, 500, "internal"},
 	};
 	struct resp r;
 

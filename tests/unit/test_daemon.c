@@ -23,6 +23,7 @@
 
 #include "daemon/daemon.h"
 #include "daemon/registry.h"
+#include "jail/cgroup.h"
 
 struct fixture {
 	char dir[64];
@@ -123,6 +124,50 @@ static void test_create_bodies_refused(void **state)
 	create_refused(f, "{\"kernel\":\"/tmp\"}", "readable file");
 	create_refused(f, "{\"kernel\":\"KERNEL\",\"initrd\":\"/nonexistent/initrd\"}",
 		       "/nonexistent/initrd");
+	create_refused(f, "{\"kernel\":\"KERNEL\",\"memory_max_mib\":15}", "memory_max_mib");
+	create_refused(f, "{\"kernel\":\"KERNEL\",\"memory_max_mib\":\"1G\"}", "memory_max_mib");
+	create_refused(f, "{\"kernel\":\"KERNEL\",\"pids_max\":0}", "pids_max");
+	create_refused(f, "{\"kernel\":\"KERNEL\",\"pids_max\":4194305}", "4194305");
+	create_refused(f, "{\"kernel\":\"KERNEL\",\"cpu_max\":50000}", "cpu_max");
+	create_refused(f, "{\"kernel\":\"KERNEL\",\"cpu_max\":\"half\"}", "half");
+	create_refused(f, "{\"kernel\":\"KERNEL\",\"cpu_max\":\"500\"}", "cpu_max");
+	create_refused(f, "{\"kernel\":\"KERNEL\",\"cpu_max\":\"50000/2000000\"}", "cpu_max");
+	create_refused(f, "{\"kernel\":\"KERNEL\",\"memory\":\"1G\"}", "memory");
+}
+
+/*
+ * Valid limits: on a machine with cgroup v2 the VMM is started with them
+ * (here /bin/false, which exits: ECHILD); without, 501's ENOTSUP naming what
+ * is mounted. Either way nothing is left.
+ */
+static void test_limits_need_cgroup_v2(void **state)
+{
+	struct fixture *f = *state;
+	struct fk_err err = {0}, why = {0};
+	json_t *body = json_pack("{s:s,s:i,s:s,s:i}", "kernel", f->kernel, "memory_max_mib", 256,
+				 "cpu_max", "50000", "pids_max", 64),
+	       *vm = NULL, *list = NULL;
+	bool v2 = cgroup_check_v2("/sys/fs/cgroup", &why) == 0;
+	int ret = daemon_vm_create(f->d, body, &vm, &err);
+
+	if (v2) {
+		assert_int_equal(ret, -ECHILD);
+	} else {
+		assert_int_equal(ret, -ENOTSUP);
+		if (!strstr(err.msg, "limits need cgroup v2") || !strstr(err.msg, why.msg))
+			fail_msg("error '%s' does not say that limits need cgroup v2 (%s)", err.msg,
+				 why.msg);
+	}
+	assert_null(vm);
+	json_decref(body);
+	body = json_pack("{s:i,s:s}", "n", 1, "cpu_max", "20000/50000");
+	ret = daemon_snapshot_spawn(f->d, "t", body, &vm, &err);
+	/* The body is checked before the snapshot is looked up. */
+	assert_int_equal(ret, v2 ? -ENOENT : -ENOTSUP);
+	json_decref(body);
+	assert_int_equal(daemon_vm_list(f->d, &list, &err), 0);
+	assert_int_equal(json_array_size(json_object_get(list, "vms")), 0);
+	json_decref(list);
 }
 
 static void test_other_bodies_refused(void **state)
@@ -157,6 +202,12 @@ static void test_other_bodies_refused(void **state)
 	json_decref(body);
 	body = json_pack("{s:i}", "count", 2);
 	expect_einval(daemon_snapshot_spawn(f->d, "t", body, &out, &err), &err, "count");
+	json_decref(body);
+	body = json_pack("{s:i,s:i}", "n", 1, "memory_max_mib", 1);
+	expect_einval(daemon_snapshot_spawn(f->d, "t", body, &out, &err), &err, "memory_max_mib");
+	json_decref(body);
+	body = json_pack("{s:i,s:s}", "n", 1, "cpu_max", "1/2/3");
+	expect_einval(daemon_snapshot_spawn(f->d, "t", body, &out, &err), &err, "cpu_max");
 	json_decref(body);
 	/* Valid bodies for things that do not exist. */
 	body = json_pack("{s:i}", "n", 1);
@@ -306,6 +357,7 @@ static void test_reopen_settles_the_dead(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test_setup_teardown(test_limits_need_cgroup_v2, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_create_bodies_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_other_bodies_refused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_vmm_dying_at_start_leaves_nothing, setup,
