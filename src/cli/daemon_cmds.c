@@ -18,9 +18,15 @@
 
 #include "cli/cli.h"
 #include "cli/daemon_client.h"
+#include "core/config.h"
+#include "jail/cgroup.h"
 
 #define MAX_CHILDREN 64 /* n of one branch or spawn (docs/rest-api.md) */
-#define STDIN_MAX    (64u << 20)
+/* The cgroup limits' ranges (docs/rest-api.md), as the daemon checks them. */
+#define MEMORY_MAX_MIB_MIN 16
+#define MEMORY_MAX_MIB_MAX (1L << 20)
+#define PIDS_MAX_MAX	   4194304
+#define STDIN_MAX	   (64u << 20)
 /* `forkd exec` when the command did not run (as the direct path: exec.c). */
 #define EXEC_EXIT_ERROR	    125
 #define EXEC_EXIT_TIMED_OUT 124
@@ -125,6 +131,109 @@ static int print_done(struct dc_response *res, int status)
 	return status ? status : (fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK);
 }
 
+/* ---- cgroup limits of vm create and spawn TAG ---- */
+
+/* What --memory-max, --cpu-max and --pids-max asked for; 0 and NULL: not asked. */
+struct vm_limits {
+	long memory_max_mib;
+	const char *cpu_max;
+	long pids_max;
+};
+
+#define LIMIT_FLAGS "--memory-max SIZE, --cpu-max QUOTA[/PERIOD], --pids-max N"
+
+static bool is_limit_flag(const char *arg)
+{
+	return strcmp(arg, "--memory-max") == 0 || strcmp(arg, "--cpu-max") == 0 ||
+	       strcmp(arg, "--pids-max") == 0;
+}
+
+/* Checks the value of the limit flag argv[*i] (taken from argv[*i + 1]) into lim; 0, or a usage
+ * error's exit status naming ctx, the flag, the value and what was expected. */
+static int take_limit(int argc, char **argv, int *i, const char *ctx, struct vm_limits *lim)
+{
+	const char *flag = argv[*i], *v;
+	struct fk_err err = {0};
+	uint64_t bytes, quota, period;
+	int status = 0;
+
+	v = flag_value(argc, argv, i, ctx, &status);
+	if (!v)
+		return status;
+	if (strcmp(flag, "--memory-max") == 0) {
+		/* forkd-vmm's sizes (256M, 1G); the API counts whole MiB. */
+		if (parse_size(v, &bytes) < 0 || bytes % (1u << 20) ||
+		    bytes >> 20 < MEMORY_MAX_MIB_MIN || bytes >> 20 > MEMORY_MAX_MIB_MAX)
+			return cli_usage_error("%s --memory-max '%s': expected a whole number of "
+					       "MiB from 16M to 1T, such as 256M or 1G",
+					       ctx, v);
+		lim->memory_max_mib = (long)(bytes >> 20);
+	} else if (strcmp(flag, "--cpu-max") == 0) {
+		if (cgroup_parse_cpu_max(v, &quota, &period, &err) < 0)
+			return cli_usage_error("%s %s", ctx, err.msg);
+		lim->cpu_max = v;
+	} else if (parse_long(v, 1, PIDS_MAX_MAX, &lim->pids_max) < 0) {
+		return cli_usage_error("%s --pids-max '%s': expected a number of tasks (threads of "
+				       "the VM and its BRANCH children), 1 to %d",
+				       ctx, v, PIDS_MAX_MAX);
+	}
+	return 0;
+}
+
+/* Adds the asked limits to a create or spawn body. */
+static void set_limits(json_t *body, const struct vm_limits *lim)
+{
+	if (lim->memory_max_mib)
+		json_object_set_new(body, "memory_max_mib", json_integer(lim->memory_max_mib));
+	if (lim->cpu_max)
+		json_object_set_new(body, "cpu_max", json_string(lim->cpu_max));
+	if (lim->pids_max)
+		json_object_set_new(body, "pids_max", json_integer(lim->pids_max));
+}
+
+/* A VM's "limits" as "mem 256M, cpu 50000/100000, pids 64" (what is set of it); "" when the VM
+ * has no cgroup (limits null or missing). */
+static void vm_limits_text(const json_t *vm, char *buf, size_t len)
+{
+	const json_t *lim = json_object_get(vm, "limits");
+	const json_t *mem = json_object_get(lim, "memory_max_mib");
+	const json_t *pids = json_object_get(lim, "pids_max");
+	const char *cpu = json_string_value(json_object_get(lim, "cpu_max"));
+	size_t n = 0;
+
+	buf[0] = '\0';
+	if (!json_is_object(lim))
+		return;
+	if (json_is_integer(mem)) {
+		json_int_t mib = json_integer_value(mem);
+
+		/* 1024M reads better as 1G */
+		n += (size_t)snprintf(buf + n, len - n, "mem %lld%s",
+				      (long long)(mib % 1024 == 0 ? mib / 1024 : mib),
+				      mib % 1024 == 0 ? "G" : "M");
+	}
+	if (cpu && n < len)
+		n += (size_t)snprintf(buf + n, len - n, "%scpu %s", n ? ", " : "", cpu);
+	if (json_is_integer(pids) && n < len)
+		n += (size_t)snprintf(buf + n, len - n, "%spids %lld", n ? ", " : "",
+				      (long long)json_integer_value(pids));
+	if (n == 0) /* a cgroup without limits of its own: say where it is */
+		snprintf(buf, len, "cgroup %s", str(lim, "cgroup"));
+}
+
+/* "; limits: mem 256M, ..." for a progress line, or "" (into buf). */
+static const char *limits_suffix(const json_t *vm, char *buf, size_t len)
+{
+	char text[PATH_MAX + 64];
+
+	vm_limits_text(vm, text, sizeof(text));
+	if (text[0])
+		snprintf(buf, len, "; limits: %s", text);
+	else
+		buf[0] = '\0';
+	return buf;
+}
+
 /* ---- vm create | ls | rm ---- */
 
 static int vm_create(const struct dc_opts *o, int argc, char **argv)
@@ -132,9 +241,11 @@ static int vm_create(const struct dc_opts *o, int argc, char **argv)
 	const char *image = NULL, *kernel = NULL, *initrd = NULL, *append = NULL, *tag = NULL,
 		   *net = NULL;
 	long mem = -1, cpus = -1;
+	struct vm_limits limits = {0};
 	struct dc_response res;
 	json_t *body = NULL;
 	bool no_vsock = false;
+	char suffix[PATH_MAX + 80];
 	int status = 0;
 
 	for (int i = 0; i < argc; i++) {
@@ -146,13 +257,19 @@ static int vm_create(const struct dc_opts *o, int argc, char **argv)
 			no_vsock = true;
 			continue;
 		}
+		if (is_limit_flag(arg)) {
+			status = take_limit(argc, argv, &i, "vm create", &limits);
+			if (status)
+				return status;
+			continue;
+		}
 		if (strcmp(arg, "--image") && strcmp(arg, "--kernel") && strcmp(arg, "--initrd") &&
 		    strcmp(arg, "--append") && strcmp(arg, "--mem") && strcmp(arg, "--cpus") &&
 		    strcmp(arg, "--tag") && strcmp(arg, "--net"))
 			return cli_usage_error(
 			    "vm create: %s '%s' (expected --image NAME or "
 			    "--kernel PATH, and --initrd, --append, --mem, "
-			    "--cpus, --tag, --net, --no-vsock)",
+			    "--cpus, --tag, --net, --no-vsock, " LIMIT_FLAGS ")",
 			    arg[0] == '-' ? "unknown option" : "unexpected argument", arg);
 		v = flag_value(argc, argv, &i, "vm create", &status);
 		if (!v)
@@ -217,13 +334,15 @@ static int vm_create(const struct dc_opts *o, int argc, char **argv)
 		json_object_set_new(body, "tag", json_string(tag));
 	if (net)
 		json_object_set_new(body, "net", json_string(net));
+	set_limits(body, &limits);
 	status = call(o, "vm create", "POST", "/v1/vms", body, "creating VM", &res);
 	json_decref(body);
 	if (status)
 		return status;
-	dc_progress_done(
-	    "created %s (%s, pid %lld) in %.2f s", str(res.json, "id"), str(res.json, "state"),
-	    (long long)json_integer_value(json_object_get(res.json, "pid")), res.seconds);
+	dc_progress_done("created %s (%s, pid %lld) in %.2f s%s", str(res.json, "id"),
+			 str(res.json, "state"),
+			 (long long)json_integer_value(json_object_get(res.json, "pid")),
+			 res.seconds, limits_suffix(res.json, suffix, sizeof(suffix)));
 	if (o->json)
 		status = print_json(res.json);
 	else
@@ -245,13 +364,14 @@ static int vm_ls(const struct dc_opts *o, int argc, char **argv)
 		return status;
 	if (o->json)
 		return print_done(&res, print_json(res.json));
-	printf("%-11s  %-8s  %7s  %6s  %4s  %-11s  %-16s  %-15s  %s\n", "ID", "STATE", "PID", "MEM",
-	       "CPUS", "PARENT", "TAG", "NET", "FROM");
+	printf("%-11s  %-8s  %7s  %6s  %4s  %-11s  %-16s  %-15s  %-24s  %s\n", "ID", "STATE", "PID",
+	       "MEM", "CPUS", "PARENT", "TAG", "NET", "FROM", "LIMITS");
 	json_array_foreach(json_object_get(res.json, "vms"), i, vm)
 	{
-		char origin[PATH_MAX + 16], pid[24] = "-", mem[24] = "-";
+		char origin[PATH_MAX + 16], pid[24] = "-", mem[24] = "-", limits[PATH_MAX + 64];
 
 		vm_origin(vm, origin, sizeof(origin));
+		vm_limits_text(vm, limits, sizeof(limits));
 		if (json_is_integer(json_object_get(vm, "pid")))
 			snprintf(pid, sizeof(pid), "%lld",
 				 (long long)json_integer_value(json_object_get(vm, "pid")));
@@ -259,15 +379,15 @@ static int vm_ls(const struct dc_opts *o, int argc, char **argv)
 			snprintf(mem, sizeof(mem), "%lldM",
 				 (long long)json_integer_value(json_object_get(vm, "mem_mib")));
 		/* the host's address of the VM, which is what one connects to; else the policy */
-		printf("%-11s  %-8s  %7s  %6s  %4lld  %-11s  %-16s  %-15s  %s\n", str(vm, "id"),
-		       str(vm, "state"), pid, mem,
+		printf("%-11s  %-8s  %7s  %6s  %4lld  %-11s  %-16s  %-15s  %-24s  %s\n",
+		       str(vm, "id"), str(vm, "state"), pid, mem,
 		       (long long)json_integer_value(json_object_get(vm, "cpus")),
 		       *str(vm, "parent") ? str(vm, "parent") : "-",
 		       *str(vm, "tag") ? str(vm, "tag") : "-",
 		       *str(vm, "net_host_addr") ? str(vm, "net_host_addr")
 		       : *str(vm, "net")	 ? str(vm, "net")
 						 : "-",
-		       origin[0] ? origin : "-");
+		       origin[0] ? origin : "-", limits[0] ? limits : "-");
 	}
 	return print_done(&res, 0);
 }
@@ -501,8 +621,10 @@ int cli_spawn_daemon(int argc, char **argv)
 	struct dc_opts o = {0};
 	const char *tag = NULL;
 	long n = -1;
+	struct vm_limits limits = {0};
 	struct dc_response res;
-	json_t *body;
+	json_t *body, *vms;
+	char suffix[PATH_MAX + 80];
 	int status = dc_take_options(&argc, argv, &o);
 
 	if (status)
@@ -510,7 +632,11 @@ int cli_spawn_daemon(int argc, char **argv)
 	for (int i = 0; i < argc; i++) {
 		const char *v;
 
-		if (strcmp(argv[i], "-n") == 0) {
+		if (is_limit_flag(argv[i])) {
+			status = take_limit(argc, argv, &i, "spawn", &limits);
+			if (status)
+				return status;
+		} else if (strcmp(argv[i], "-n") == 0) {
 			v = flag_value(argc, argv, &i, "spawn", &status);
 			if (!v)
 				return status;
@@ -519,9 +645,10 @@ int cli_spawn_daemon(int argc, char **argv)
 						       "1 to %d",
 						       v, MAX_CHILDREN);
 		} else if (argv[i][0] == '-') {
-			return cli_usage_error("spawn TAG: unknown option '%s' (expected -n N; "
-					       "--out DIR spawns from a snapshot directory here)",
-					       argv[i]);
+			return cli_usage_error(
+			    "spawn TAG: unknown option '%s' (expected -n N, " LIMIT_FLAGS
+			    "; --out DIR spawns from a snapshot directory here)",
+			    argv[i]);
 		} else if (tag) {
 			return cli_usage_error("spawn: unexpected argument '%s'", argv[i]);
 		} else {
@@ -535,11 +662,16 @@ int cli_spawn_daemon(int argc, char **argv)
 	if (n < 0)
 		return cli_usage_error("%s", "spawn: expected -n N");
 	body = json_pack("{s:I}", "n", (json_int_t)n);
+	if (body)
+		set_limits(body, &limits);
 	status = post_keyed(&o, "spawn", "/v1/snapshots/%s/spawn", tag, body, "spawning", &res);
 	if (status)
 		return status;
-	dc_progress_done("spawned %zu VMs from %s in %.2f s",
-			 json_array_size(json_object_get(res.json, "vms")), tag, res.seconds);
+	/* each VM of a spawn has the same limits (in a cgroup of its own): the first says them */
+	vms = json_object_get(res.json, "vms");
+	dc_progress_done("spawned %zu VMs from %s in %.2f s%s", json_array_size(vms), tag,
+			 res.seconds,
+			 limits_suffix(json_array_get(vms, 0), suffix, sizeof(suffix)));
 	if (o.json)
 		status = print_json(res.json);
 	else
@@ -599,6 +731,9 @@ static void tree_line(const json_t *vm, int depth, const bool *last)
 	vm_origin(vm, origin, sizeof(origin));
 	if (origin[0])
 		printf("  %s", origin);
+	vm_limits_text(vm, origin, sizeof(origin));
+	if (origin[0])
+		printf("  limits: %s", origin);
 	putchar('\n');
 }
 

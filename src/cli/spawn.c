@@ -338,8 +338,10 @@ static int wait_running(const struct spawn_args *a, struct child *children, doub
  */
 static bool spawn_is_local(int argc, char **argv)
 {
-	static const char *const with_value[] = {"-n",	     "--out", "--vmm",	     "--timeout",
-						 "--daemon", "--url", "--token-file"};
+	/* The daemon's limits too: a --cpu-max value holds a '/', which is not a directory. */
+	static const char *const with_value[] = {
+	    "-n",    "--out",	     "--vmm",	     "--timeout", "--daemon",
+	    "--url", "--token-file", "--memory-max", "--cpu-max", "--pids-max"};
 	const char *target = NULL;
 	struct stat st;
 

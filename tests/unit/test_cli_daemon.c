@@ -422,6 +422,11 @@ static void test_vm_create(void **state)
 	assert_int_equal(json_integer_value(json_object_get(b, "cpus")), 2);
 	assert_string_equal(jstr(b, "tag"), "base");
 	assert_null(json_object_get(b, "kernel"));
+	/* no limit asked: none sent, and none shown */
+	assert_null(json_object_get(b, "memory_max_mib"));
+	assert_null(json_object_get(b, "cpu_max"));
+	assert_null(json_object_get(b, "pids_max"));
+	assert_null(strstr(run.err, "limits"));
 	json_decref(b);
 	run_free(&run);
 
@@ -447,6 +452,160 @@ static void test_vm_create(void **state)
 	assert_null(json_object_get(b, "image"));
 	json_decref(b);
 	run_free(&run);
+}
+
+/* A VM object with limits (the daemon's shape: docs/rest-api.md). */
+#define VM_LIMITS_JSON(id, parent, snapshot, limits)                                               \
+	"{\"id\":\"" id "\",\"state\":\"running\",\"pid\":4242,\"parent\":" parent                 \
+	",\"zygote\":null,\"snapshot\":" snapshot ",\"tag\":null,\"image\":null,\"kernel\":"       \
+	"\"/k\",\"mem_mib\":512,\"cpus\":1,\"created\":\"2026-12-04T17:20:00.123Z\","              \
+	"\"branched_at\":null,\"pause_us\":null,\"control_socket\":\"/s/c.sock\","                 \
+	"\"vsock_socket\":null,\"exit_status\":null,\"limits\":" limits "}"
+#define LIMITS_ALL                                                                                 \
+	"{\"memory_max_mib\":256,\"cpu_max\":\"50000/100000\",\"pids_max\":64,\"cgroup\":"         \
+	"\"/sys/fs/cgroup/forkd/vm-00000001\"}"
+#define LIMITS_SPAWN                                                                               \
+	"{\"memory_max_mib\":1024,\"cpu_max\":\"20000/50000\",\"pids_max\":null,\"cgroup\":"       \
+	"\"/sys/fs/cgroup/forkd/vm-0000000a\"}"
+
+#define VM_A		VM_LIMITS_JSON("vm-00000001", "null", "null", LIMITS_ALL)
+#define VM_B		VM_LIMITS_JSON("vm-00000002", "\"vm-00000001\"", "null", LIMITS_ALL)
+#define VM_PLAIN	VM_JSON("vm-00000003", "running", "null", "\"py\"", "null", "null", "null")
+#define NODE(depth, vm) "{\"depth\":" #depth ",\"last_sibling\":true,\"vm\":" vm "}"
+
+/* --memory-max, --cpu-max, --pids-max on vm create and spawn TAG: checked here, sent as the
+ * contract's fields, and the VM's limits shown by create, spawn, ls and tree. */
+static void test_limits(void **state)
+{
+	(void)state;
+	struct route r[] = {
+	    {"POST /v1/vms", 201, NULL, VM_LIMITS_JSON("vm-00000001", "null", "null", LIMITS_ALL)},
+	    {"POST /v1/snapshots/s1/spawn", 201, NULL,
+	     "{\"vms\":[" VM_LIMITS_JSON("vm-0000000a", "null", "\"s1\"", LIMITS_SPAWN) "]}"},
+	    {"GET /v1/vms", 200, NULL, "{\"vms\":[" VM_A "," VM_B "," VM_PLAIN "]}"},
+	    {"GET /v1/tree", 200, NULL, "{\"tree\":[" NODE(0, VM_A) "," NODE(1, VM_B) "]}"},
+	    {"POST /v1/snapshots/nocg/spawn", 501, NULL,
+	     "{\"error\":{\"code\":\"not_implemented\",\"message\":\"cgroup limits: "
+	     "/sys/fs/cgroup is not cgroup v2 (tmpfs)\"}}"},
+	};
+	set_routes(r, 5);
+
+	struct run run = RUN(NULL, "vm", "create", "--kernel", "/k", "--memory-max", "256M",
+			     "--cpu-max", "50000", "--pids-max", "64");
+	assert_int_equal(run.status, 0);
+	assert_string_equal(run.out, "vm-00000001\n");
+	assert_non_null(strstr(run.err, "; limits: mem 256M, cpu 50000/100000, pids 64\n"));
+	json_t *b = last_request("POST", "/v1/vms");
+	assert_int_equal(json_integer_value(json_object_get(b, "memory_max_mib")), 256);
+	assert_string_equal(jstr(b, "cpu_max"), "50000");
+	assert_int_equal(json_integer_value(json_object_get(b, "pids_max")), 64);
+	json_decref(b);
+	run_free(&run);
+
+	/* Sizes as forkd-vmm takes them, sent in MiB; only the asked limit is sent. */
+	run = RUN(NULL, "vm", "create", "--kernel", "/k", "--memory-max", "1G");
+	assert_int_equal(run.status, 0);
+	b = last_request("POST", "/v1/vms");
+	assert_int_equal(json_integer_value(json_object_get(b, "memory_max_mib")), 1024);
+	assert_null(json_object_get(b, "cpu_max"));
+	assert_null(json_object_get(b, "pids_max"));
+	json_decref(b);
+	run_free(&run);
+	run = RUN(NULL, "vm", "create", "--kernel", "/k", "--memory-max", "16777216", "--cpu-max",
+		  "20000/50000");
+	assert_int_equal(run.status, 0);
+	b = last_request("POST", "/v1/vms");
+	assert_int_equal(json_integer_value(json_object_get(b, "memory_max_mib")), 16);
+	assert_string_equal(jstr(b, "cpu_max"), "20000/50000");
+	json_decref(b);
+	run_free(&run);
+
+	/* spawn TAG: the limits go along; a --cpu-max before the tag (its value has a '/') still
+	 * asks the daemon rather than a local snapshot directory. */
+	run = RUN(NULL, "spawn", "--cpu-max", "20000/50000", "s1", "-n", "1", "--memory-max",
+		  "1024M");
+	assert_int_equal(run.status, 0);
+	assert_string_equal(run.out, "vm-0000000a\n");
+	assert_non_null(strstr(run.err, "spawned 1 VMs from s1"));
+	assert_non_null(strstr(run.err, "; limits: mem 1G, cpu 20000/50000\n"));
+	b = last_request("POST", "/v1/snapshots/s1/spawn");
+	assert_int_equal(json_integer_value(json_object_get(b, "n")), 1);
+	assert_int_equal(json_integer_value(json_object_get(b, "memory_max_mib")), 1024);
+	assert_string_equal(jstr(b, "cpu_max"), "20000/50000");
+	assert_null(json_object_get(b, "pids_max"));
+	json_decref(b);
+	run_free(&run);
+
+	/* ls: a LIMITS column, "-" for a VM without a cgroup; a BRANCH child shows its family's. */
+	run = RUN(NULL, "vm", "ls");
+	assert_int_equal(run.status, 0);
+	assert_non_null(strstr(run.out, "LIMITS\n"));
+	char *line = strstr(run.out, "vm-00000002");
+	assert_non_null(line);
+	assert_non_null(strstr(line, "mem 256M, cpu 50000/100000, pids 64\n"));
+	line = strstr(run.out, "vm-00000003");
+	assert_non_null(line);
+	assert_non_null(strstr(line, "image py"));
+	assert_non_null(strstr(line, "  -\n"));
+	run_free(&run);
+
+	run = RUN(NULL, "tree");
+	assert_int_equal(run.status, 0);
+	assert_string_equal(run.out,
+			    "vm-00000001  running  kernel /k  limits: mem 256M, cpu 50000/100000, "
+			    "pids 64\n"
+			    "└─ vm-00000002  running  kernel /k  limits: mem 256M, cpu "
+			    "50000/100000, pids 64\n");
+	run_free(&run);
+
+	/* A daemon without cgroup v2: its 501 and message, exit status 1. */
+	run = RUN(NULL, "spawn", "nocg", "-n", "1", "--pids-max", "8");
+	assert_int_equal(run.status, 1);
+	assert_non_null(strstr(run.err, "/sys/fs/cgroup is not cgroup v2 (tmpfs) (not_implemented "
+					"501)"));
+	run_free(&run);
+
+	/* Bad values: exit 2 with the flag, the value and what is expected; nothing sent. */
+	static const struct {
+		const char *cmd, *flag, *value, *expected;
+	} bad[] = {
+	    {"create", "--memory-max", "100", "whole number of MiB from 16M to 1T"},
+	    {"create", "--memory-max", "1536K", "whole number of MiB"},
+	    {"create", "--memory-max", "8M", "from 16M to 1T"},
+	    {"create", "--memory-max", "2T", "from 16M to 1T"},
+	    {"create", "--memory-max", "lots", "such as 256M or 1G"},
+	    {"create", "--cpu-max", "500", "QUOTA[/PERIOD] in microseconds"},
+	    {"create", "--cpu-max", "50000/2000000", "period 1000 to 1000000"},
+	    {"create", "--cpu-max", "half", "quota at least 1000"},
+	    {"create", "--pids-max", "0", "1 to 4194304"},
+	    {"create", "--pids-max", "4194305", "1 to 4194304"},
+	    {"spawn", "--pids-max", "x", "1 to 4194304"},
+	    {"spawn", "--cpu-max", "50000/", "QUOTA[/PERIOD]"},
+	    {"spawn", "--memory-max", "0", "from 16M"},
+	};
+	size_t before = requests();
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char want[160];
+
+		if (strcmp(bad[i].cmd, "create") == 0)
+			run =
+			    RUN(NULL, "vm", "create", "--kernel", "/k", bad[i].flag, bad[i].value);
+		else
+			run = RUN(NULL, "spawn", "s1", "-n", "1", bad[i].flag, bad[i].value);
+		snprintf(want, sizeof(want), "%s '%s': expected", bad[i].flag, bad[i].value);
+		if (run.status != 2 || !strstr(run.err, want) || !strstr(run.err, bad[i].expected))
+			fail_msg("%s %s '%s': exit %d, expected 2 and '%s ... %s' (stderr: %s)",
+				 bad[i].cmd, bad[i].flag, bad[i].value, run.status, want,
+				 bad[i].expected, run.err);
+		assert_non_null(strstr(run.err, bad[i].cmd[0] == 'c' ? "forkd: vm create --"
+								     : "forkd: spawn --"));
+		run_free(&run);
+	}
+	run = RUN(NULL, "vm", "create", "--kernel", "/k", "--pids-max");
+	assert_int_equal(run.status, 2);
+	assert_non_null(strstr(run.err, "--pids-max: expected a value after it"));
+	run_free(&run);
+	assert_int_equal(requests(), before);
 }
 
 static void test_vm_ls_rm(void **state)
@@ -893,13 +1052,10 @@ static void test_tcp_token(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_vm_create),
-	    cmocka_unit_test(test_vm_ls_rm),
-	    cmocka_unit_test(test_branch_snapshot_spawn),
-	    cmocka_unit_test(test_tree),
-	    cmocka_unit_test(test_errors),
-	    cmocka_unit_test(test_exec_stream),
-	    cmocka_unit_test(test_cp),
+	    cmocka_unit_test(test_vm_create),	cmocka_unit_test(test_limits),
+	    cmocka_unit_test(test_vm_ls_rm),	cmocka_unit_test(test_branch_snapshot_spawn),
+	    cmocka_unit_test(test_tree),	cmocka_unit_test(test_errors),
+	    cmocka_unit_test(test_exec_stream), cmocka_unit_test(test_cp),
 	    cmocka_unit_test(test_tcp_token),
 	};
 	return cmocka_run_group_tests_name("forkd CLI against a fake daemon", tests, setup,

@@ -12,15 +12,17 @@ __version__ = "0.1.0"
 
 from .errors import (BadRequest, CommandTimeout, Conflict, ConnectionFailed,  # noqa: E402
                      ForkdError, Forbidden, MethodNotAllowed, NotFound, PayloadTooLarge,
-                     RequestTimeout, ServerError, TooManyRequests, Unauthorized, Unavailable)
-from .models import VM, BranchResult, CommandResult, Image, Snapshot, TreeNode  # noqa: E402
+                     RequestTimeout, ServerError, TooManyRequests, Unauthorized, Unavailable,
+                     Unsupported)
+from .models import (VM, BranchResult, CommandResult, Image, Limits, Snapshot,  # noqa: E402
+                     TreeNode)
 from .controller import Controller  # noqa: E402
 from .sandbox import Sandbox  # noqa: E402
 
 __all__ = [
     "__version__", "Controller", "Sandbox",
-    "VM", "Snapshot", "Image", "BranchResult", "TreeNode", "CommandResult",
+    "VM", "Limits", "Snapshot", "Image", "BranchResult", "TreeNode", "CommandResult",
     "ForkdError", "BadRequest", "Unauthorized", "Forbidden", "NotFound", "MethodNotAllowed",
     "Conflict", "PayloadTooLarge", "TooManyRequests", "ServerError", "Unavailable",
-    "ConnectionFailed", "RequestTimeout", "CommandTimeout",
+    "Unsupported", "ConnectionFailed", "RequestTimeout", "CommandTimeout",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import codecs
 import json
+import re
 import socket
 import ssl
 import time
@@ -23,12 +24,49 @@ COMMAND_TIMEOUT_GRACE = 10.0
 
 _MISSING = object()
 
+#: The cgroup limits' ranges (docs/rest-api.md), checked before a request is sent.
+MEMORY_MAX_MIB_RANGE = (16, 1 << 20)
+PIDS_MAX_RANGE = (1, 4194304)
+CPU_QUOTA_MIN_US = 1000
+CPU_PERIOD_RANGE_US = (1000, 1000000)
+_CPU_MAX_RE = re.compile(r"([0-9]+)(?:/([0-9]+))?")
+
 
 def _seg(s: str) -> str:
     """One path segment, percent-encoded."""
     if not isinstance(s, str) or not s:
         raise ValueError(f"expected a non-empty id or tag, got {s!r}")
     return urllib.parse.quote(s, safe="")
+
+
+def _int_in(name: str, v: Any, lo: int, hi: int, unit: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise ValueError(f"{name}: expected an integer from {lo} to {hi} ({unit}), got {v!r}")
+    return v
+
+
+def _limits(memory_max_mib: Optional[int], cpu_max: Optional[str],
+            pids_max: Optional[int]) -> Dict[str, Any]:
+    """The cgroup limits of a create or spawn body (only those given), checked
+    as the daemon checks them."""
+    body: Dict[str, Any] = {}
+    if memory_max_mib is not None:
+        body["memory_max_mib"] = _int_in("memory_max_mib", memory_max_mib,
+                                         *MEMORY_MAX_MIB_RANGE, "MiB")
+    if cpu_max is not None:
+        m = _CPU_MAX_RE.fullmatch(cpu_max) if isinstance(cpu_max, str) else None
+        period = int(m.group(2)) if m and m.group(2) is not None else 100000
+        if (not m or int(m.group(1)) < CPU_QUOTA_MIN_US
+                or not CPU_PERIOD_RANGE_US[0] <= period <= CPU_PERIOD_RANGE_US[1]):
+            raise ValueError(f"cpu_max: expected a string QUOTA[/PERIOD] in microseconds, "
+                             f"e.g. \"50000\" for half a CPU (quota at least "
+                             f"{CPU_QUOTA_MIN_US}, period {CPU_PERIOD_RANGE_US[0]} to "
+                             f"{CPU_PERIOD_RANGE_US[1]}, default 100000), got {cpu_max!r}")
+        body["cpu_max"] = cpu_max
+    if pids_max is not None:
+        body["pids_max"] = _int_in("pids_max", pids_max, *PIDS_MAX_RANGE,
+                                   "tasks of the VM and its BRANCH children")
+    return body
 
 
 def _argv(cmd: Union[str, Sequence[str]]) -> List[str]:
@@ -89,12 +127,21 @@ class Controller:
                   initrd: Optional[str] = None, append: Optional[str] = None,
                   mem_mib: Optional[int] = None, cpus: Optional[int] = None,
                   tag: Optional[str] = None, vsock: Optional[bool] = None,
-                  net: Optional[str] = None, timeout=_MISSING) -> VM:
+                  net: Optional[str] = None, memory_max_mib: Optional[int] = None,
+                  cpu_max: Optional[str] = None, pids_max: Optional[int] = None,
+                  timeout=_MISSING) -> VM:
         """POST /v1/vms: boots a VM from an image name or a kernel (with an
         optional initrd and command line); returns it once its control socket
         answers. ``net``: "none" (the default: no network device), "host" or
         "nat" (docs/networking.md); the VM's ``net_host_addr`` is where the
-        host reaches it. The daemon checks the value (BadRequest)."""
+        host reaches it. The daemon checks the value (BadRequest).
+
+        ``memory_max_mib`` (16..1048576; no swap), ``cpu_max`` ("QUOTA[/PERIOD]"
+        in microseconds: "50000" is half a CPU) and ``pids_max`` (1..4194304
+        tasks) put the VM in a cgroup v2 of its own (its BRANCH children share
+        it); the VM's ``limits`` says them. A VM over its memory is killed
+        (state "exited", exit_status 137). Checked here (ValueError); a daemon
+        without cgroup v2 answers Unsupported (501)."""
         if (image is None) == (kernel is None):
             raise ValueError("give exactly one of image= or kernel=")
         if image is not None and (initrd is not None or append is not None):
@@ -105,6 +152,7 @@ class Controller:
                      ("tag", tag), ("vsock", vsock), ("net", net)):
             if v is not None:
                 body[k] = v
+        body.update(_limits(memory_max_mib, cpu_max, pids_max))
         return VM.from_json(self._json("POST", "/v1/vms", json_body=body, timeout=timeout))
 
     def vms(self, *, timeout=_MISSING) -> List[VM]:
@@ -156,9 +204,14 @@ class Controller:
         return Snapshot.from_json(self._json("GET", f"/v1/snapshots/{_seg(tag)}",
                                              timeout=timeout))
 
-    def spawn(self, tag: str, n: int = 1, *, timeout=_MISSING) -> List[VM]:
-        """POST /v1/snapshots/{tag}/spawn: N VMs restored from the snapshot."""
-        doc = self._json("POST", f"/v1/snapshots/{_seg(tag)}/spawn", json_body={"n": n},
+    def spawn(self, tag: str, n: int = 1, *, memory_max_mib: Optional[int] = None,
+              cpu_max: Optional[str] = None, pids_max: Optional[int] = None,
+              timeout=_MISSING) -> List[VM]:
+        """POST /v1/snapshots/{tag}/spawn: N VMs restored from the snapshot;
+        with limits (as ``create_vm``), each VM in a cgroup of its own with
+        the same limits."""
+        body: Dict[str, Any] = {"n": n, **_limits(memory_max_mib, cpu_max, pids_max)}
+        doc = self._json("POST", f"/v1/snapshots/{_seg(tag)}/spawn", json_body=body,
                          timeout=timeout)
         return [VM.from_json(v) for v in _list(doc, "vms")]
 

@@ -95,6 +95,12 @@ class Unavailable(ServerError):
     default_code = "unavailable"
 
 
+class Unsupported(ServerError):
+    """501: the daemon's machine cannot do what was asked (e.g. cgroup limits
+    without cgroup v2; the message says what is mounted at /sys/fs/cgroup)."""
+    default_code = "not_implemented"
+
+
 class ConnectionFailed(ForkdError, ConnectionError):
     """The daemon could not be reached (socket missing, refused, connection
     lost, or an answer that is not HTTP/the contract)."""
@@ -132,6 +138,7 @@ _BY_CODE = {
     "too_many_requests": TooManyRequests,
     "internal": ServerError,
     "unavailable": Unavailable,
+    "not_implemented": Unsupported,
     "timeout": CommandTimeout,
     "timed_out": CommandTimeout,
 }
@@ -145,13 +152,14 @@ _BY_STATUS = {
     409: Conflict,
     413: PayloadTooLarge,
     429: TooManyRequests,
+    501: Unsupported,
     503: Unavailable,
 }
 
 _CODE_STATUS = {
     "bad_request": 400, "unauthorized": 401, "forbidden": 403, "not_found": 404,
     "method_not_allowed": 405, "conflict": 409, "payload_too_large": 413,
-    "too_many_requests": 429, "internal": 500, "unavailable": 503,
+    "too_many_requests": 429, "internal": 500, "not_implemented": 501, "unavailable": 503,
 }
 
 

@@ -74,7 +74,15 @@ TOOLS: List[Dict[str, Any]] = [
          "tag": _prop("string", "A label shown in sandbox_list."),
          "net": _prop("string", "Network: none (default, no network device), host (the host "
                       "reaches it at net_host_addr, it reaches only the host) or nat (also "
-                      "the outside).", enum=["none", "host", "nat"])}, [])},
+                      "the outside).", enum=["none", "host", "nat"]),
+         "memory_max_mib": _prop("integer", "Memory limit of the sandbox's cgroup in MiB (no "
+                                 "swap): past it the sandbox is killed (state exited, "
+                                 "exit_status 137).", minimum=16, maximum=1 << 20),
+         "cpu_max": _prop("string", "CPU limit: QUOTA[/PERIOD] in microseconds, e.g. "
+                          "\"50000\" for half a CPU (period 100000 unless given).",
+                          minLength=1),
+         "pids_max": _prop("integer", "Most tasks (threads) of the sandbox and of what is "
+                           "branched from it.", minimum=1, maximum=4194304)}, [])},
     {"name": "sandbox_list",
      "description": "Lists the VMs the daemon owns: id, state, parent, image.",
      "inputSchema": _schema({}, [])},
@@ -190,10 +198,18 @@ def check_arguments(tool: Dict[str, Any], args: Any) -> Dict[str, Any]:
 
 
 def _vm_summary(vm: VM) -> Dict[str, Any]:
-    return {k: v for k, v in (("id", vm.id), ("state", vm.state), ("parent", vm.parent),
-                              ("image", vm.image), ("tag", vm.tag), ("pause_us", vm.pause_us),
-                              ("net_host_addr", vm.net_host_addr))
-            if v is not None}
+    out = {k: v for k, v in (("id", vm.id), ("state", vm.state), ("parent", vm.parent),
+                             ("image", vm.image), ("tag", vm.tag), ("pause_us", vm.pause_us),
+                             ("net_host_addr", vm.net_host_addr),
+                             ("exit_status", vm.exit_status))
+           if v is not None}
+    if vm.limits is not None:
+        # what bounds it (an agent that sees exit_status 137 can tell why)
+        out["limits"] = {k: v for k, v in (("memory_max_mib", vm.limits.memory_max_mib),
+                                           ("cpu_max", vm.limits.cpu_max),
+                                           ("pids_max", vm.limits.pids_max))
+                         if v is not None}
+    return out
 
 
 def _cut(text: str) -> str:
@@ -222,7 +238,9 @@ class Server:
     def _create(self, a):
         vm = self.controller.create_vm(a.get("image", self.default_image),
                                        mem_mib=a.get("mem_mib"), cpus=a.get("cpus"),
-                                       tag=a.get("tag"), net=a.get("net"))
+                                       tag=a.get("tag"), net=a.get("net"),
+                                       memory_max_mib=a.get("memory_max_mib"),
+                                       cpu_max=a.get("cpu_max"), pids_max=a.get("pids_max"))
         return _vm_summary(vm)
 
     def _list(self, a):

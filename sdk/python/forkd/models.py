@@ -30,6 +30,22 @@ def _split(cls, obj: Any) -> Dict[str, Any]:
 
 
 @dataclass
+class Limits:
+    """A VM's cgroup v2 limits (docs/rest-api.md): each None when not limited.
+    BRANCH children share their source's cgroup, so they report the same
+    ``cgroup`` and limits: one budget for the family."""
+    cgroup: Optional[str] = None  # /sys/fs/cgroup/forkd/vm-<id>
+    memory_max_mib: Optional[int] = None  # memory.max, no swap; over it the OOM killer ends the VM
+    cpu_max: Optional[str] = None  # cpu.max "QUOTA/PERIOD" in microseconds
+    pids_max: Optional[int] = None  # pids.max: tasks of the VM and its BRANCH children
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "Limits":
+        return cls(**_split(cls, obj))
+
+
+@dataclass
 class VM:
     """A VM as the daemon reports it."""
     id: str
@@ -52,11 +68,15 @@ class VM:
     net: Optional[str] = None  # none | host | nat
     net_netns: Optional[str] = None  # its network namespace, forkd-...
     net_host_addr: Optional[str] = None  # where the host reaches it: 10.200.S.2
+    limits: Optional[Limits] = None  # None: no cgroup of its own (no limit was asked)
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_json(cls, obj: Any) -> "VM":
-        return cls(**_split(cls, obj))
+        d = _split(cls, obj)
+        if d.get("limits") is not None:
+            d["limits"] = Limits.from_json(d["limits"])
+        return cls(**d)
 
 
 @dataclass
@@ -148,4 +168,4 @@ class CommandResult:
         return self.exit_code == 0 and self.signal is None
 
 
-__all__ = ["VM", "Snapshot", "BranchResult", "TreeNode", "CommandResult"]
+__all__ = ["VM", "Limits", "Snapshot", "BranchResult", "TreeNode", "CommandResult"]

@@ -81,8 +81,9 @@ class Sandbox:
                controller: Optional[Controller] = None, *, keep: bool = False,
                **kw) -> "Sandbox":
         """Boots a VM (``Controller.create_vm`` arguments: mem_mib, cpus, tag,
-        net="none"|"host"|"nat", or kernel=/initrd=/append= instead of image)
-        and returns its sandbox."""
+        net="none"|"host"|"nat", the cgroup limits memory_max_mib, cpu_max and
+        pids_max, or kernel=/initrd=/append= instead of image) and returns its
+        sandbox."""
         controller = controller if controller is not None else Controller()
         if kw.get("kernel") is not None:
             image = None
@@ -99,10 +100,14 @@ class Sandbox:
 
     @classmethod
     def spawn(cls, tag: str, n: int = 1, controller: Optional[Controller] = None, *,
-              keep: bool = False) -> List["Sandbox"]:
-        """N sandboxes restored from snapshot ``tag``."""
+              keep: bool = False, memory_max_mib: Optional[int] = None,
+              cpu_max: Optional[str] = None, pids_max: Optional[int] = None) -> List["Sandbox"]:
+        """N sandboxes restored from snapshot ``tag``; with the cgroup limits
+        of ``Controller.create_vm``, each in a cgroup of its own."""
         controller = controller if controller is not None else Controller()
-        return [cls(vm.id, controller, keep=keep, vm=vm) for vm in controller.spawn(tag, n)]
+        vms = controller.spawn(tag, n, memory_max_mib=memory_max_mib, cpu_max=cpu_max,
+                               pids_max=pids_max)
+        return [cls(vm.id, controller, keep=keep, vm=vm) for vm in vms]
 
     def __repr__(self) -> str:
         return f"Sandbox({self.id!r})"

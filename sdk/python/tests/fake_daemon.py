@@ -61,9 +61,18 @@ def vm_json(vm_id: str = "vm-00000001", **over) -> Dict[str, Any]:
           "mem_mib": 512, "cpus": 1, "created": "2026-12-04T17:20:00.123Z",
           "branched_at": None, "pause_us": None,
           "control_socket": f"/var/lib/forkd/vms/{vm_id}/control.sock",
-          "vsock_socket": f"/var/lib/forkd/vms/{vm_id}/vsock.sock", "exit_status": None}
+          "vsock_socket": f"/var/lib/forkd/vms/{vm_id}/vsock.sock", "exit_status": None,
+          "limits": None}
     vm.update(over)
     return vm
+
+
+def limits_json(vm_id: str = "vm-00000001", **over) -> Dict[str, Any]:
+    """A VM's "limits" as the daemon reports them (its cgroup named after vm_id)."""
+    lim = {"memory_max_mib": None, "cpu_max": None, "pids_max": None,
+           "cgroup": f"/sys/fs/cgroup/forkd/{vm_id}"}
+    lim.update(over)
+    return lim
 
 
 def snap_json(tag: str = "t1", **over) -> Dict[str, Any]:

@@ -32,12 +32,15 @@ import time
 import urllib.parse
 
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
+CPU_MAX_RE = re.compile(r"^([0-9]+)(?:/([0-9]+))?$")
+LIMIT_FIELDS = ("memory_max_mib", "cpu_max", "pids_max")
 
 
 class ApiError(Exception):
     STATUS = {"bad_request": 400, "unauthorized": 401, "forbidden": 403, "not_found": 404,
               "method_not_allowed": 405, "conflict": 409, "payload_too_large": 413,
-              "too_many_requests": 429, "internal": 500, "unavailable": 503}
+              "too_many_requests": 429, "internal": 500, "not_implemented": 501,
+              "unavailable": 503}
 
     def __init__(self, code, message):
         super().__init__(message)
@@ -74,10 +77,34 @@ def check_tag(tag):
                        "with . or -")
 
 
+def limits_of(body, route):
+    """The cgroup limits a create or spawn body asks for (checked as the
+    contract says), or None when it asks for none."""
+    if not any(k in body for k in LIMIT_FIELDS):
+        return None
+    lim = {"memory_max_mib": None, "cpu_max": None, "pids_max": None}
+    if "memory_max_mib" in body:
+        lim["memory_max_mib"] = int_in(body, "memory_max_mib", 16, 1 << 20, None)
+    if "cpu_max" in body:
+        v = body["cpu_max"]
+        m = CPU_MAX_RE.match(v) if isinstance(v, str) else None
+        period = int(m.group(2)) if m and m.group(2) else 100000
+        if not m or int(m.group(1)) < 1000 or not 1000 <= period <= 1000000:
+            raise ApiError("bad_request", f'{route}: "cpu_max" {v!r}: expected "QUOTA[/PERIOD]" '
+                           "in microseconds (quota at least 1000, period 1000 to 1000000, "
+                           "default 100000)")
+        lim["cpu_max"] = f"{int(m.group(1))}/{period}"
+    if "pids_max" in body:
+        lim["pids_max"] = int_in(body, "pids_max", 1, 4194304, None)
+    return lim
+
+
 class Sim:
-    def __init__(self, images=("forkd-test-base",)):
+    def __init__(self, images=("forkd-test-base",), cgroup2=True):
         self.lock = threading.Lock()
         self.images = set(images)
+        # False: a machine without cgroup v2, where asking for limits is 501
+        self.cgroup2 = cgroup2
         self.vms = {}      # id -> VM dict (insertion order = creation order)
         self.snaps = {}    # tag -> Snapshot dict
         self.ids = itertools.count(1)
@@ -86,6 +113,12 @@ class Sim:
 
     def _id(self, prefix):
         return f"{prefix}-{next(self.ids):08x}"
+
+    def _check_cgroup2(self, limits):
+        if limits is not None and not self.cgroup2:
+            raise ApiError("not_implemented", "cgroup limits: /sys/fs/cgroup is not a cgroup v2 "
+                           "filesystem (a tmpfs: this host mounts cgroup v1 hierarchies under "
+                           "it)")
 
     def _vm(self, vm_id):
         vm = self.vms.get(vm_id)
@@ -100,8 +133,11 @@ class Sim:
               "mem_mib": 512, "cpus": 1, "created": now(), "branched_at": None,
               "pause_us": None, "control_socket": f"/sim/vms/{vm_id}/control.sock",
               "vsock_socket": f"/sim/vms/{vm_id}/vsock.sock", "exit_status": None,
-              "net": "none", "net_netns": None, "net_host_addr": None}
+              "net": "none", "net_netns": None, "net_host_addr": None, "limits": None}
         vm.update(kw)
+        if vm["limits"] is not None and vm["parent"] is None:
+            # a cgroup of its own; a BRANCH child keeps its source's (one budget)
+            vm["limits"] = {**vm["limits"], "cgroup": f"/sys/fs/cgroup/forkd/{vm_id}"}
         if vm["net"] != "none":
             # a namespace and a 10.200.S.2 address of its own, as forkd-vmm --net-policy makes
             slot = len(self.vms)
@@ -114,7 +150,7 @@ class Sim:
 
     def create(self, body):
         fields(body, {"image", "kernel", "initrd", "append", "mem_mib", "cpus", "tag", "vsock",
-                      "net"})
+                      "net", *LIMIT_FIELDS})
         if ("image" in body) == ("kernel" in body):
             raise ApiError("bad_request", "exactly one of image and kernel")
         if "image" in body and body["image"] not in self.images:
@@ -127,9 +163,12 @@ class Sim:
                            '"host" or "nat"')
         mem = int_in(body, "mem_mib", 64, 1 << 20, 512)
         cpus = int_in(body, "cpus", 1, 64, 1)
+        limits = limits_of(body, "POST /v1/vms")
+        self._check_cgroup2(limits)
         with self.lock:
             return self._new_vm(image=body.get("image"), kernel=body.get("kernel"),
-                                mem_mib=mem, cpus=cpus, tag=body.get("tag"), net=net)
+                                mem_mib=mem, cpus=cpus, tag=body.get("tag"), net=net,
+                                limits=limits)
 
     def delete_vm(self, vm_id, cascade):
         with self.lock:
@@ -180,7 +219,7 @@ class Sim:
                 res["children"].append(self._new_vm(
                     parent=vm_id, zygote=zy, image=src["image"], kernel=src["kernel"],
                     mem_mib=src["mem_mib"], cpus=src["cpus"], branched_at=t, pause_us=pause,
-                    net=src["net"]))
+                    net=src["net"], limits=src["limits"]))
             return res
 
     def snapshot(self, vm_id, body):
@@ -191,14 +230,16 @@ class Sim:
             return self._snap(body["tag"], vm_id, 1500)
 
     def spawn(self, tag, body):
-        fields(body, {"n"})
+        fields(body, {"n", *LIMIT_FIELDS})
         n = int_in(body, "n", 1, 64, 1)
+        limits = limits_of(body, f"POST /v1/snapshots/{tag}/spawn")
+        self._check_cgroup2(limits)
         with self.lock:
             s = self.snaps.get(tag)
             if s is None:
                 raise ApiError("not_found", f"snapshot {tag!r}: not found")
             return {"vms": [self._new_vm(snapshot=tag, image="forkd-test-base",
-                                         net=s.get("net", "none"))
+                                         net=s.get("net", "none"), limits=limits)
                             for _ in range(n)]}
 
     def get_snapshot(self, tag):
@@ -479,10 +520,12 @@ class SimServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 def main():
     ap = argparse.ArgumentParser(description="a simulated forkd serve (no VMs)")
     ap.add_argument("--socket", required=True)
+    ap.add_argument("--no-cgroup2", action="store_true",
+                    help="a machine without cgroup v2: limits are refused with 501")
     args = ap.parse_args()
     if os.path.exists(args.socket):
         os.unlink(args.socket)
-    srv = SimServer(args.socket)
+    srv = SimServer(args.socket, Sim(cgroup2=not args.no_cgroup2))
 
     def stop(*_):
         raise KeyboardInterrupt

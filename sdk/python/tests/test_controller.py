@@ -3,10 +3,10 @@
 
 import unittest
 
-from fake_daemon import FakeDaemon, Reply, snap_json, vm_json
+from fake_daemon import FakeDaemon, Reply, error_reply, limits_json, snap_json, vm_json
 
 import forkd
-from forkd import VM, BranchResult, Controller, Snapshot, TreeNode
+from forkd import VM, BranchResult, Controller, Limits, Snapshot, TreeNode
 
 
 class ControllerTest(unittest.TestCase):
@@ -75,6 +75,66 @@ class ControllerTest(unittest.TestCase):
         self.assertEqual(vm.net_netns, "forkd-vm-1a2b3c4d")
         self.assertEqual(vm.net_host_addr, "10.200.0.6")
         self.assertEqual(vm.raw, {})  # known fields, not left in raw
+
+    def test_create_vm_limits(self):
+        lim = limits_json("vm-1a2b3c4d", memory_max_mib=256, cpu_max="50000/100000",
+                          pids_max=64)
+        self.route("POST", "/v1/vms", Reply(201, obj=vm_json("vm-1a2b3c4d", limits=lim)))
+        vm = self.c.create_vm(kernel="/k", memory_max_mib=256, cpu_max="50000", pids_max=64)
+        self.check("POST", "/v1/vms", {"kernel": "/k", "memory_max_mib": 256,
+                                       "cpu_max": "50000", "pids_max": 64})
+        self.assertIsInstance(vm.limits, Limits)
+        self.assertEqual((vm.limits.memory_max_mib, vm.limits.cpu_max, vm.limits.pids_max,
+                          vm.limits.cgroup),
+                         (256, "50000/100000", 64, "/sys/fs/cgroup/forkd/vm-1a2b3c4d"))
+        self.assertEqual((vm.raw, vm.limits.raw), ({}, {}))
+        # only what is asked is sent; a limit left unset is null in the answer
+        self.route("POST", "/v1/vms", Reply(201, obj=vm_json(
+            "vm-1a2b3c4d", limits=limits_json("vm-1a2b3c4d", cpu_max="20000/50000"))))
+        vm = self.c.create_vm(image="forkd-test-base", cpu_max="20000/50000")
+        self.check("POST", "/v1/vms", {"image": "forkd-test-base", "cpu_max": "20000/50000"})
+        self.assertIsNone(vm.limits.memory_max_mib)
+        self.assertIsNone(vm.limits.pids_max)
+        # no limits: the VM has no cgroup, limits is None
+        self.route("POST", "/v1/vms", Reply(201, obj=vm_json("vm-1a2b3c4d")))
+        self.assertIsNone(self.c.create_vm(image="forkd-test-base").limits)
+
+    def test_limits_checked_before_sending(self):
+        bad = [
+            ({"memory_max_mib": 15}, "memory_max_mib: expected an integer from 16 to 1048576"),
+            ({"memory_max_mib": 1048577}, "memory_max_mib: expected an integer from 16"),
+            ({"memory_max_mib": "256M"}, "memory_max_mib: expected an integer"),
+            ({"memory_max_mib": True}, "memory_max_mib: expected an integer"),
+            ({"memory_max_mib": 256.0}, "memory_max_mib: expected an integer"),
+            ({"cpu_max": "500"}, "cpu_max: expected a string QUOTA[/PERIOD]"),
+            ({"cpu_max": 50000}, "cpu_max: expected a string"),
+            ({"cpu_max": "50000/999"}, "period 1000 to 1000000"),
+            ({"cpu_max": "50000/2000000"}, "period 1000 to 1000000"),
+            ({"cpu_max": "50000/"}, "got '50000/'"),
+            ({"cpu_max": "max"}, "got 'max'"),
+            ({"cpu_max": " 50000"}, "cpu_max"),
+            ({"pids_max": 0}, "pids_max: expected an integer from 1 to 4194304"),
+            ({"pids_max": 4194305}, "pids_max: expected an integer from 1 to 4194304"),
+            ({"pids_max": "64"}, "pids_max: expected an integer"),
+        ]
+        for kw, msg in bad:
+            with self.subTest(**kw):
+                with self.assertRaises(ValueError) as cm:
+                    self.c.create_vm(kernel="/k", **kw)
+                self.assertIn(msg, str(cm.exception))
+                with self.assertRaises(ValueError) as cm:
+                    self.c.spawn("t1", 1, **kw)
+                self.assertIn(msg, str(cm.exception))
+        self.assertEqual(self.fake.requests, [])
+
+    def test_limits_without_cgroup2(self):
+        self.route("POST", "/v1/vms", error_reply(
+            501, "not_implemented", "cgroup limits: /sys/fs/cgroup is not cgroup v2 (tmpfs)"))
+        with self.assertRaises(forkd.Unsupported) as cm:
+            self.c.create_vm(kernel="/k", pids_max=8)
+        self.assertEqual((cm.exception.status, cm.exception.code), (501, "not_implemented"))
+        self.assertIn("/sys/fs/cgroup", cm.exception.message)
+        self.assertIsInstance(cm.exception, forkd.ServerError)
 
     def test_create_vm_net_refused_by_the_daemon(self):
         self.route("POST", "/v1/vms", Reply(400, obj={
@@ -179,6 +239,20 @@ class ControllerTest(unittest.TestCase):
         self.check("POST", "/v1/snapshots/t1/spawn", {"n": 3})
         self.assertEqual([v.id for v in vms], ["vm-s0", "vm-s1", "vm-s2"])
         self.assertEqual({v.snapshot for v in vms}, {"t1"})
+
+    def test_spawn_limits(self):
+        # each VM of a spawn in its own cgroup, with the same limits
+        self.route("POST", "/v1/snapshots/t1/spawn", Reply(201, obj={"vms": [
+            vm_json(f"vm-s{i}", snapshot="t1",
+                    limits=limits_json(f"vm-s{i}", memory_max_mib=512, pids_max=32))
+            for i in range(2)]}))
+        vms = self.c.spawn("t1", 2, memory_max_mib=512, pids_max=32)
+        self.check("POST", "/v1/snapshots/t1/spawn",
+                   {"n": 2, "memory_max_mib": 512, "pids_max": 32})
+        self.assertEqual([(v.limits.memory_max_mib, v.limits.pids_max, v.limits.cpu_max)
+                          for v in vms], [(512, 32, None)] * 2)
+        self.assertEqual([v.limits.cgroup for v in vms],
+                         ["/sys/fs/cgroup/forkd/vm-s0", "/sys/fs/cgroup/forkd/vm-s1"])
 
     def test_delete_snapshot(self):
         self.route("DELETE", "/v1/snapshots/t1", Reply(obj={"removed": ["t1"]}))

@@ -18,6 +18,7 @@ CASES = [
     (413, "payload_too_large", forkd.PayloadTooLarge),
     (429, "too_many_requests", forkd.TooManyRequests),
     (500, "internal", forkd.ServerError),
+    (501, "not_implemented", forkd.Unsupported),
     (503, "unavailable", forkd.Unavailable),
 ]
 

@@ -103,6 +103,14 @@ class McpSessionTest(unittest.TestCase):
         self.assertEqual(self.srv.sim.vms[netvm["id"]]["net"], "host")
         self.assertEqual(netvm["net_host_addr"], self.srv.sim.vms[netvm["id"]]["net_host_addr"])
         self.ok(self.mcp.call("sandbox_delete", id=netvm["id"]))
+        limvm = self.ok(self.mcp.call("sandbox_create", memory_max_mib=128, cpu_max="25000",
+                                      pids_max=32))
+        self.assertEqual(limvm["limits"], {"memory_max_mib": 128, "cpu_max": "25000/100000",
+                                           "pids_max": 32})
+        self.assertEqual(self.srv.sim.vms[limvm["id"]]["limits"]["cgroup"],
+                         f"/sys/fs/cgroup/forkd/{limvm['id']}")
+        self.assertNotIn("limits", vm)
+        self.ok(self.mcp.call("sandbox_delete", id=limvm["id"]))
         self.assertEqual(self.srv.sim.vms[vm_id]["image"], "forkd-test-base")
 
         r = self.ok(self.mcp.call("sandbox_exec", id=vm_id, command="echo hi; echo err >&2; "
@@ -184,6 +192,10 @@ class McpSessionTest(unittest.TestCase):
             ("sandbox_write_file", {"id": "vm-1", "path": "/x", "content": 5},
              "content: expected a JSON string"),
             ("sandbox_create", {"net": "open"}, "net: expected one of none, host, nat"),
+            ("sandbox_create", {"memory_max_mib": 8}, "memory_max_mib: 8 is below the minimum"),
+            ("sandbox_create", {"pids_max": "64"}, "pids_max: expected a JSON integer"),
+            ("sandbox_create", {"cpu_max": 50000}, "cpu_max: expected a JSON string"),
+            ("sandbox_create", {"cpu_max": "50"}, "cpu_max: expected a string QUOTA[/PERIOD]"),
             ("sandbox_delete", {"id": "no-such-vm"}, "the daemon refused"),
             ("snapshot_spawn", {"tag": "../etc", "n": 1}, "the daemon refused"),
         ]

@@ -359,3 +359,53 @@ class SandboxNetTest(unittest.TestCase):
             Sandbox.create(controller=self.c, net="open")
         self.assertIn("net", str(cm.exception))
         self.assertIn("nat", str(cm.exception))
+
+
+class SandboxLimitsTest(unittest.TestCase):
+    """The cgroup limits through Sandbox.create and Sandbox.spawn against the
+    simulated daemon: they come back as the VM's limits, BRANCH children share
+    their source's cgroup, each spawned VM has its own; a machine without
+    cgroup v2 is the daemon's 501."""
+
+    def start(self, **sim_kw):
+        import shutil
+        import tempfile
+
+        from sim_daemon import Sim, SimServer
+
+        d = tempfile.mkdtemp(prefix="forkd-sdk-limits-")
+        self.addCleanup(shutil.rmtree, d, True)
+        srv = SimServer(os.path.join(d, "sim.sock"), Sim(**sim_kw))
+        t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                             daemon=True)
+        t.start()
+        self.addCleanup(srv.server_close)
+        self.addCleanup(srv.shutdown)
+        return Controller(socket=os.path.join(d, "sim.sock"), timeout=10)
+
+    def test_limits(self):
+        c = self.start()
+        sb = Sandbox.create(controller=c, memory_max_mib=256, cpu_max="50000", pids_max=64)
+        lim = sb.vm.limits
+        self.assertEqual((lim.memory_max_mib, lim.cpu_max, lim.pids_max, lim.cgroup),
+                         (256, "50000/100000", 64, f"/sys/fs/cgroup/forkd/{sb.id}"))
+        self.assertEqual(sb.info().limits, lim)
+        kids = sb.branch(2)
+        self.assertEqual([k.info().limits for k in kids], [lim, lim])  # one family budget
+        self.assertIsNone(Sandbox.create(controller=c).vm.limits)
+        sb.snapshot("l1")
+        spawned = Sandbox.spawn("l1", 2, controller=c, cpu_max="20000/50000")
+        self.assertEqual([(s.vm.limits.cpu_max, s.vm.limits.memory_max_mib) for s in spawned],
+                         [("20000/50000", None)] * 2)
+        self.assertEqual({s.vm.limits.cgroup for s in spawned},
+                         {f"/sys/fs/cgroup/forkd/{s.id}" for s in spawned})
+        self.assertEqual(len({s.vm.limits.cgroup for s in spawned}), 2)
+
+    def test_without_cgroup2(self):
+        c = self.start(cgroup2=False)
+        with self.assertRaises(forkd.Unsupported) as cm:
+            Sandbox.create(controller=c, memory_max_mib=64)
+        self.assertEqual(cm.exception.status, 501)
+        self.assertIn("not a cgroup v2 filesystem", cm.exception.message)
+        sb = Sandbox.create(controller=c)  # without limits it still works
+        self.assertIsNone(sb.vm.limits)

@@ -34,7 +34,22 @@ export interface CallOptions {
   timeoutMs?: number | null;
 }
 
-export interface CreateVmOptions extends CallOptions {
+/** The cgroup v2 limits of a created or spawned VM (docs/rest-api.md): any of them puts
+ * the VM in a cgroup of its own (each VM of a spawn in its own), which its BRANCH children
+ * share. Checked before sending (InvalidArgument); a daemon without cgroup v2 answers
+ * Unsupported (501). */
+export interface LimitOptions {
+  /** memory.max in MiB, 16..1048576 (no swap): past it the VM is killed (exited, 137). */
+  memoryMaxMib?: number;
+  /** cpu.max, "QUOTA[/PERIOD]" in microseconds: "50000" is half a CPU (period 100000). */
+  cpuMax?: string;
+  /** pids.max, 1..4194304 tasks (threads) of the VM and its BRANCH children. */
+  pidsMax?: number;
+}
+
+export interface SpawnOptions extends CallOptions, LimitOptions {}
+
+export interface CreateVmOptions extends CallOptions, LimitOptions {
   /** An image name (forkd image build); give this or kernel. */
   image?: string;
   /** An absolute path of a kernel (e.g. the probe guest); give this or image. */
@@ -119,6 +134,24 @@ function checkAbsPath(what: string, p: unknown): string {
   return p;
 }
 
+const CPU_MAX_RE = /^([0-9]+)(?:\/([0-9]+))?$/;
+
+/** Adds the limits asked in o to a create or spawn body, checked as the daemon checks them. */
+function setLimits(body: Record<string, unknown>, o: LimitOptions): void {
+  if (o.memoryMaxMib !== undefined) body.memory_max_mib = checkInt("memoryMaxMib", o.memoryMaxMib, 16, 1 << 20);
+  if (o.cpuMax !== undefined) {
+    const m = typeof o.cpuMax === "string" ? CPU_MAX_RE.exec(o.cpuMax) : null;
+    const period = m && m[2] !== undefined ? Number(m[2]) : 100_000;
+    if (!m || Number(m[1]) < 1000 || period < 1000 || period > 1_000_000) {
+      throw new InvalidArgument(
+        `cpuMax: expected "QUOTA[/PERIOD]" in microseconds, e.g. "50000" for half a CPU (quota at least 1000, period 1000 to 1000000, default 100000), got ${JSON.stringify(o.cpuMax) ?? String(o.cpuMax)}`,
+      );
+    }
+    body.cpu_max = o.cpuMax;
+  }
+  if (o.pidsMax !== undefined) body.pids_max = checkInt("pidsMax", o.pidsMax, 1, 4_194_304);
+}
+
 /** The argv of a command: a string runs with /bin/sh -c. */
 export function argvOf(cmd: string | readonly string[]): string[] {
   if (typeof cmd === "string") {
@@ -201,6 +234,7 @@ export class Controller {
       }
       body.net = o.net;
     }
+    setLimits(body, o);
     return vmFromJson(await this.transport.json("POST", "/v1/vms", { json: body, ...callTimeout(o) }));
   }
 
@@ -258,9 +292,11 @@ export class Controller {
     return snapshotFromJson(await this.transport.json("GET", `/v1/snapshots/${seg("tag", tag)}`, callTimeout(o)));
   }
 
-  /** POST /v1/snapshots/{tag}/spawn: n VMs (1..64) restored from the snapshot. */
-  async spawn(tag: string, n = 1, o?: CallOptions): Promise<VM[]> {
-    const body = { n: checkInt("n", n, 1, MAX_COUNT) };
+  /** POST /v1/snapshots/{tag}/spawn: n VMs (1..64) restored from the snapshot; with limits,
+   * each in a cgroup of its own with the same limits. */
+  async spawn(tag: string, n = 1, o: SpawnOptions = {}): Promise<VM[]> {
+    const body: Record<string, unknown> = { n: checkInt("n", n, 1, MAX_COUNT) };
+    setLimits(body, o);
     const doc = await this.transport.json("POST", `/v1/snapshots/${seg("tag", tag)}/spawn`, { json: body, ...callTimeout(o) });
     return listOf(doc, "vms").map(vmFromJson);
   }

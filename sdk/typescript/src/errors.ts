@@ -85,6 +85,12 @@ export class ServerError extends ForkdError {
   static readonly defaultCode: string | null = "internal";
 }
 
+/** 501: the daemon's machine cannot do what was asked (e.g. cgroup limits without cgroup v2;
+ * the message says what is mounted at /sys/fs/cgroup). */
+export class Unsupported extends ServerError {
+  static readonly defaultCode: string | null = "not_implemented";
+}
+
 /** 503: the VM or its agent is not reachable (not running, no vsock). */
 export class Unavailable extends ServerError {
   static readonly defaultCode: string | null = "unavailable";
@@ -131,6 +137,7 @@ const BY_CODE: Record<string, ErrorClass> = {
   too_many_requests: TooManyRequests,
   internal: ServerError,
   unavailable: Unavailable,
+  not_implemented: Unsupported,
   timeout: CommandTimeout,
   timed_out: CommandTimeout,
 };
@@ -144,6 +151,7 @@ const BY_STATUS: Record<number, ErrorClass> = {
   409: Conflict,
   413: PayloadTooLarge,
   429: TooManyRequests,
+  501: Unsupported,
   503: Unavailable,
 };
 
@@ -157,6 +165,7 @@ const CODE_STATUS: Record<string, number> = {
   payload_too_large: 413,
   too_many_requests: 429,
   internal: 500,
+  not_implemented: 501,
   unavailable: 503,
 };
 

@@ -5,7 +5,16 @@
 export * from "./errors";
 export * from "./models";
 export { Controller, DEFAULT_COMMAND_TIMEOUT_MS, COMMAND_TIMEOUT_GRACE_MS, MAX_COUNT, argvOf } from "./controller";
-export type { CallOptions, CreateVmOptions, BranchOptions, ExecOptions, WriteFileOptions, ControllerOptions } from "./controller";
+export type {
+  CallOptions,
+  CreateVmOptions,
+  LimitOptions,
+  SpawnOptions,
+  BranchOptions,
+  ExecOptions,
+  WriteFileOptions,
+  ControllerOptions,
+} from "./controller";
 export { Sandbox, Commands, Files, DEFAULT_IMAGE } from "./sandbox";
 export type { RunOptions, SandboxOptions, SandboxCreateOptions } from "./sandbox";
 export { Transport, DEFAULT_SOCKET, DEFAULT_TIMEOUT_MS } from "./transport";

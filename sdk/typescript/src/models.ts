@@ -13,6 +13,20 @@ export type SnapshotState = "writing" | "ready" | "failed";
 /** A VM's network policy (docs/networking.md). */
 export type NetPolicy = "none" | "host" | "nat";
 
+/** A VM's cgroup v2 limits (docs/rest-api.md); each null when not limited. BRANCH
+ * children share their source's cgroup: the same limits and cgroup, one budget. */
+export interface Limits {
+  /** memory.max in MiB (no swap): past it the OOM killer ends the VM (exited, 137). */
+  memoryMaxMib: number | null;
+  /** cpu.max, "QUOTA/PERIOD" in microseconds. */
+  cpuMax: string | null;
+  /** pids.max: tasks (threads) of the VM and its BRANCH children. */
+  pidsMax: number | null;
+  /** The cgroup's path, /sys/fs/cgroup/forkd/vm-…. */
+  cgroup: string | null;
+  raw: Record<string, unknown>;
+}
+
 export interface VM {
   id: string;
   state: VMState | string | null;
@@ -42,6 +56,8 @@ export interface VM {
   netNetns: string | null;
   /** Where the host reaches it (10.200.S.2); null without a network. */
   netHostAddr: string | null;
+  /** Its cgroup limits; null when it has no cgroup of its own (no limit was asked). */
+  limits: Limits | null;
   /** The fields this SDK does not know, as the daemon sent them. */
   raw: Record<string, unknown>;
 }
@@ -142,8 +158,21 @@ function rest(obj: Json, known: readonly string[]): Json {
 const VM_FIELDS = [
   "id", "state", "pid", "parent", "zygote", "snapshot", "tag", "image", "kernel", "mem_mib",
   "cpus", "created", "branched_at", "pause_us", "control_socket", "vsock_socket", "exit_status",
-  "net", "net_netns", "net_host_addr",
+  "net", "net_netns", "net_host_addr", "limits",
 ] as const;
+
+const LIMITS_FIELDS = ["memory_max_mib", "cpu_max", "pids_max", "cgroup"] as const;
+
+export function limitsFromJson(obj: unknown): Limits {
+  const o = record("VM.limits", obj);
+  return {
+    memoryMaxMib: opt<number>("VM.limits", o, "memory_max_mib", "number"),
+    cpuMax: opt<string>("VM.limits", o, "cpu_max", "string"),
+    pidsMax: opt<number>("VM.limits", o, "pids_max", "number"),
+    cgroup: opt<string>("VM.limits", o, "cgroup", "string"),
+    raw: rest(o, LIMITS_FIELDS),
+  };
+}
 
 export function vmFromJson(obj: unknown): VM {
   const o = record("VM", obj);
@@ -170,6 +199,7 @@ export function vmFromJson(obj: unknown): VM {
     net: s("net"),
     netNetns: s("net_netns"),
     netHostAddr: s("net_host_addr"),
+    limits: o.limits === undefined || o.limits === null ? null : limitsFromJson(o.limits),
     raw: rest(o, VM_FIELDS),
   };
 }

@@ -1,7 +1,7 @@
 // An E2B-style sandbox over a forkd VM: commands, files, branch (as
 // sdk/python/forkd/sandbox.py).
 
-import { Controller, CreateVmOptions, ExecOptions } from "./controller";
+import { Controller, CreateVmOptions, ExecOptions, LimitOptions } from "./controller";
 import { InvalidArgument, NotFound } from "./errors";
 import type { CommandResult, Snapshot, VM } from "./models";
 
@@ -78,8 +78,9 @@ export class Sandbox {
     this.files = new Files(this);
   }
 
-  /** Boots a VM (image, memMib, cpus, tag, vsock, net, or kernel/initrd/append
-   * instead of an image) and resolves to its sandbox. */
+  /** Boots a VM (image, memMib, cpus, tag, vsock, net, the cgroup limits memoryMaxMib,
+   * cpuMax and pidsMax, or kernel/initrd/append instead of an image) and resolves to its
+   * sandbox. */
   static async create(o: SandboxCreateOptions = {}): Promise<Sandbox> {
     const { controller: given, ...vmOpts } = o;
     const controller = given ?? new Controller();
@@ -95,10 +96,12 @@ export class Sandbox {
     return new Sandbox(vm.id, controller, vm);
   }
 
-  /** n sandboxes (1..64) restored from snapshot `tag`. */
-  static async spawn(tag: string, n = 1, o: SandboxOptions = {}): Promise<Sandbox[]> {
-    const controller = o.controller ?? new Controller();
-    return (await controller.spawn(tag, n)).map((vm) => new Sandbox(vm.id, controller, vm));
+  /** n sandboxes (1..64) restored from snapshot `tag`; with the cgroup limits of create,
+   * each in a cgroup of its own. */
+  static async spawn(tag: string, n = 1, o: SandboxOptions & LimitOptions = {}): Promise<Sandbox[]> {
+    const { controller: given, ...limits } = o;
+    const controller = given ?? new Controller();
+    return (await controller.spawn(tag, n, limits)).map((vm) => new Sandbox(vm.id, controller, vm));
   }
 
   toString(): string {

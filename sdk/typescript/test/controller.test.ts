@@ -15,6 +15,8 @@ import {
   InvalidArgument,
   MethodNotAllowed,
   NotFound,
+  ServerError,
+  Unsupported,
 } from "../src/index";
 import { Sim, startSim } from "./sim";
 
@@ -83,6 +85,76 @@ describe("health and VMs", () => {
     const before = (await c.vms()).length;
     await assert.rejects(c.createVm({ kernel: "/k", net: "open" as never }), /net: expected "none", "host" or "nat"/);
     assert.equal((await c.vms()).length, before);
+  });
+
+  test("limits: sent as asked, echoed as the VM's, shared by BRANCH children, own per spawned VM", async () => {
+    const vm = await c.createVm({ kernel: "/boot/vmlinuz-probe", memoryMaxMib: 256, cpuMax: "50000", pidsMax: 64 });
+    assert.deepEqual(vm.limits, {
+      memoryMaxMib: 256,
+      cpuMax: "50000/100000",
+      pidsMax: 64,
+      cgroup: `/sys/fs/cgroup/forkd/${vm.id}`,
+      raw: {},
+    });
+    assert.deepEqual(vm.raw, {});
+    assert.deepEqual((await c.vm(vm.id)).limits, vm.limits);
+    const kids = await c.branch(vm.id, { n: 2 });
+    for (const k of kids.children) assert.deepEqual(k.limits, vm.limits);
+    const one = await c.createVm({ kernel: "/boot/vmlinuz-probe", cpuMax: "20000/50000" });
+    assert.equal(one.limits?.cpuMax, "20000/50000");
+    assert.equal(one.limits?.memoryMaxMib, null);
+    assert.equal(one.limits?.pidsMax, null);
+    const plain = await c.createVm({ kernel: "/boot/vmlinuz-probe" });
+    assert.equal(plain.limits, null);
+    await c.snapshot(plain.id, "tssdk-limits");
+    const spawned = await c.spawn("tssdk-limits", 2, { memoryMaxMib: 1024, pidsMax: 16 });
+    assert.deepEqual(
+      spawned.map((v) => [v.limits?.memoryMaxMib, v.limits?.pidsMax, v.limits?.cpuMax, v.limits?.cgroup]),
+      spawned.map((v) => [1024, 16, null, `/sys/fs/cgroup/forkd/${v.id}`]),
+    );
+    assert.equal((await c.spawn("tssdk-limits", 1))[0].limits, null);
+    await c.deleteSnapshot("tssdk-limits", { cascade: true });
+    for (const v of [vm, one, plain]) await c.deleteVm(v.id, { cascade: true });
+  });
+
+  test("limits are checked before sending, with the option named", async () => {
+    const before = await requestCount();
+    const bad: Array<[Record<string, unknown>, RegExp]> = [
+      [{ memoryMaxMib: 15 }, /memoryMaxMib: expected an integer in 16..1048576, got 15/],
+      [{ memoryMaxMib: 1048577 }, /memoryMaxMib: expected an integer in 16..1048576/],
+      [{ memoryMaxMib: 256.5 }, /memoryMaxMib/],
+      [{ memoryMaxMib: "256M" }, /memoryMaxMib: expected an integer/],
+      [{ cpuMax: "500" }, /cpuMax: expected "QUOTA\[\/PERIOD\]" in microseconds.*got "500"/],
+      [{ cpuMax: 50000 }, /cpuMax: expected "QUOTA/],
+      [{ cpuMax: "50000/999" }, /period 1000 to 1000000/],
+      [{ cpuMax: "50000/2000000" }, /got "50000\/2000000"/],
+      [{ cpuMax: "50000/" }, /cpuMax/],
+      [{ cpuMax: "max" }, /cpuMax/],
+      [{ pidsMax: 0 }, /pidsMax: expected an integer in 1..4194304, got 0/],
+      [{ pidsMax: 4194305 }, /pidsMax: expected an integer in 1..4194304/],
+    ];
+    for (const [o, re] of bad) {
+      await assert.rejects(c.createVm({ kernel: "/k", ...o }), (e: unknown) => e instanceof InvalidArgument && re.test(e.message));
+      await assert.rejects(c.spawn("t", 1, o), (e: unknown) => e instanceof InvalidArgument && re.test(e.message));
+    }
+    assert.equal(await requestCount(), before + 1);
+  });
+
+  test("limits on a machine without cgroup v2: Unsupported (501) with the daemon's reason", async () => {
+    const nocg = await startSim({ noCgroup2: true });
+    try {
+      const c2 = new Controller({ socket: nocg.socket, timeoutMs: 20_000 });
+      await assert.rejects(c2.createVm({ kernel: "/k", pidsMax: 8 }), (e: unknown) => {
+        assert.ok(e instanceof Unsupported && e instanceof ServerError, String(e));
+        assert.equal(e.status, 501);
+        assert.equal(e.code, "not_implemented");
+        assert.match(e.message, /\/sys\/fs\/cgroup is not a cgroup v2 filesystem/);
+        return true;
+      });
+      assert.equal((await c2.createVm({ kernel: "/k" })).limits, null);
+    } finally {
+      await nocg.stop();
+    }
   });
 
   test("createVm refuses bad input before sending anything", async () => {

@@ -18,6 +18,7 @@ import {
   TooManyRequests,
   Unauthorized,
   Unavailable,
+  Unsupported,
   classFor,
   errorFromObject,
   errorFromResponse,
@@ -36,6 +37,7 @@ test("every documented code maps to its class, with status, code and message", (
     [413, "payload_too_large", PayloadTooLarge],
     [429, "too_many_requests", TooManyRequests],
     [500, "internal", ServerError],
+    [501, "not_implemented", Unsupported],
     [503, "unavailable", Unavailable],
   ];
   for (const [status, code, cls] of table) {

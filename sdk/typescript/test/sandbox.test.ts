@@ -99,6 +99,27 @@ test("branch 3, snapshot, spawn, kill with and without cascade", async () => {
   for (const s of spawned) await assert.rejects(s.info(), NotFound);
 });
 
+test("limits through create and spawn: the VM's, its children's, each spawned VM's own cgroup", async () => {
+  const sb = await Sandbox.create({ controller, memoryMaxMib: 512, cpuMax: "25000" });
+  try {
+    assert.equal(sb.vm?.limits?.memoryMaxMib, 512);
+    assert.equal(sb.vm?.limits?.cpuMax, "25000/100000");
+    assert.equal(sb.vm?.limits?.pidsMax, null);
+    const [kid] = await sb.branch(1);
+    assert.deepEqual((await kid.info()).limits, sb.vm?.limits);
+    await sb.snapshot("sb-limits");
+    const spawned = await Sandbox.spawn("sb-limits", 2, { controller, pidsMax: 32 });
+    for (const s of spawned) {
+      assert.equal(s.vm?.limits?.pidsMax, 32);
+      assert.equal(s.vm?.limits?.cgroup, `/sys/fs/cgroup/forkd/${s.id}`);
+    }
+    await assert.rejects(Sandbox.spawn("sb-limits", 1, { controller, pidsMax: 0 }), /pidsMax: expected an integer/);
+    await controller.deleteSnapshot("sb-limits", { cascade: true });
+  } finally {
+    await sb.kill({ cascade: true });
+  }
+});
+
 test("bad input is refused with the argument named", async () => {
   assert.throws(() => new Sandbox("", controller), /Sandbox: expected a VM id/);
   const sb = await Sandbox.create({ controller });

@@ -39,11 +39,17 @@ function exited(p: ChildProcess, ms: number): Promise<boolean> {
   });
 }
 
-export async function startSim(): Promise<Sim> {
+export interface SimOptions {
+  /** A machine without cgroup v2: asking for limits is answered 501. */
+  noCgroup2?: boolean;
+}
+
+export async function startSim(o: SimOptions = {}): Promise<Sim> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "forkd-tssdk-"));
   const socket = path.join(dir, "sim.sock");
   const script = path.join(repoRoot(), "sdk/python/tests/sim_daemon.py");
-  const p = spawn("python3", [script, "--socket", socket], { stdio: ["ignore", "pipe", "pipe"] });
+  const args = [script, "--socket", socket, ...(o.noCgroup2 ? ["--no-cgroup2"] : [])];
+  const p = spawn("python3", args, { stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   let err = "";
   p.stderr?.on("data", (d: Buffer) => (err += d.toString("utf8")));
