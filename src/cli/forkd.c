@@ -47,6 +47,7 @@ static const char usage_text[] =
     "       forkd doctor [--json]\n"
     "       forkd serve [--state-dir DIR] [--socket PATH] [--listen HOST:PORT --token-file F\n"
     "                   [--tls-cert F --tls-key F]] [--audit-log F] [--vmm PATH]\n"
+    "                   [--jail-uids FIRST[:COUNT] | --no-jail]\n"
     "\n"
     "Daemon commands: the daemon is at --daemon PATH, else $FORKD_SOCKET, else\n"
     "/var/lib/forkd/forkd.sock; or over TCP at --url http(s)://HOST:PORT with the bearer\n"
@@ -110,7 +111,10 @@ static const char usage_text[] =
     "DIR/forkd.sock, DIR defaulting to /var/lib/forkd; root and this uid only) and, with\n"
     "--listen, on TCP with a bearer token (--token-file, at least 16 bytes) and optional TLS.\n"
     "Prints one JSON line with the socket when ready. SIGTERM/SIGINT stop it (the VMs keep\n"
-    "running; the next serve re-adopts them), SIGHUP reopens --audit-log.\n"
+    "running; the next serve re-adopts them), SIGHUP reopens --audit-log. Every VM it\n"
+    "starts is jailed (forkd-vmm --jail, docs/jail.md) with a uid of its own from FIRST\n"
+    "(default 1879048192:65536) and the group FIRST; BRANCH children share their source's.\n"
+    "--no-jail runs them as root, unjailed.\n"
     "Exit status: 0 stopped by a signal, 1 could not start, 2 usage error.\n";
 
 int cli_usage_error(const char *fmt, ...)

@@ -24,7 +24,30 @@
 
 struct serve_args {
 	const char *state_dir, *socket, *listen, *token_file, *tls_cert, *tls_key, *audit_log, *vmm;
+	const char *jail_uids;
+	bool no_jail;
+	uint32_t uid_first, uid_count;
 };
+
+/* --jail-uids FIRST[:COUNT]: FIRST 1.., COUNT 1.. (default 65536), the range below 2^32. */
+static int parse_uids(const char *v, struct serve_args *a)
+{
+	unsigned long long first, count = DAEMON_JAIL_UID_COUNT;
+	char *end;
+
+	errno = 0;
+	first = strtoull(v, &end, 10);
+	if (*end == ':' && end[1] >= '0' && end[1] <= '9')
+		count = strtoull(end + 1, &end, 10);
+	if (v[0] < '0' || v[0] > '9' || errno || *end || first == 0 || count == 0 ||
+	    first + count > UINT32_MAX)
+		return cli_usage_error("serve: --jail-uids '%s': expected FIRST[:COUNT], uids from "
+				       "1 with FIRST+COUNT below 2^32 (default %u:%u)",
+				       v, DAEMON_JAIL_UID_FIRST, DAEMON_JAIL_UID_COUNT);
+	a->uid_first = (uint32_t)first;
+	a->uid_count = (uint32_t)count;
+	return 0;
+}
 
 /* The token: the file's content less one trailing newline, at least API_MIN_TOKEN_LEN bytes. */
 static int read_token(const char *path, char **out)
@@ -75,12 +98,17 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 	    {"--tls-key", offsetof(struct serve_args, tls_key)},
 	    {"--audit-log", offsetof(struct serve_args, audit_log)},
 	    {"--vmm", offsetof(struct serve_args, vmm)},
+	    {"--jail-uids", offsetof(struct serve_args, jail_uids)},
 	};
 
 	for (int i = 0; i < argc; i++) {
 		const char *arg = argv[i], *value = NULL;
 		size_t k, nlen;
 
+		if (strcmp(arg, "--no-jail") == 0) {
+			a->no_jail = true;
+			continue;
+		}
 		for (k = 0; k < sizeof(opts) / sizeof(opts[0]); k++) {
 			nlen = strlen(opts[k].name);
 			if (strncmp(arg, opts[k].name, nlen) == 0 &&
@@ -103,6 +131,10 @@ static int parse_args(int argc, char **argv, struct serve_args *a)
 	}
 	if (!a->state_dir)
 		a->state_dir = DEFAULT_STATE_DIR;
+	if (a->jail_uids && a->no_jail)
+		return cli_usage_error("%s", "serve: --jail-uids: not with --no-jail");
+	if (a->jail_uids && parse_uids(a->jail_uids, a))
+		return CLI_EXIT_USAGE;
 	if (a->listen && !a->token_file)
 		return cli_usage_error("serve: --listen %s: TCP needs --token-file F", a->listen);
 	if (a->token_file && !a->listen)
@@ -146,7 +178,11 @@ int cli_serve(int argc, char **argv)
 	sigaddset(&set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-	struct daemon_config dcfg = {.state_dir = a.state_dir, .vmm_path = a.vmm};
+	struct daemon_config dcfg = {.state_dir = a.state_dir,
+				     .vmm_path = a.vmm,
+				     .jail = !a.no_jail,
+				     .jail_uid_first = a.uid_first,
+				     .jail_uid_count = a.uid_count};
 	ret = daemon_open(&dcfg, &d, &adopted, &err);
 	if (ret < 0) {
 		fprintf(stderr, "forkd serve: %s\n", err.msg);

@@ -91,6 +91,14 @@ struct vm_meta {
 	int mem_mib; /* 0 when unknown */
 	int cpus;
 	struct vm_limits limits;
+	uint32_t uid; /* jailed: the VM's uid (its BRANCH children's too); 0: not jailed */
+	/*
+	 * Jailed: the VM whose directory and jail this one's jail is (its own for
+	 * a created or spawned VM, the first source's for BRANCH children, which
+	 * live in their source's jail): its branches and snapshot outbox are made
+	 * there, the only directory of the daemon's the jail can write.
+	 */
+	char home[REG_ID_MAX];
 };
 
 /* A VM or zygote the daemon knows: its process watch and what the registry lacks. */
@@ -164,6 +172,8 @@ struct daemon {
 	bool timing; /* FORKD_SERVE_TIMING=1: each branch and spawn logs its spans (op_timer) */
 	struct reader readers[NR_READERS];
 	unsigned next_reader; /* round robin when all readers are busy; atomic */
+	bool jail;	      /* daemon_config.jail: VMs started from now on are jailed */
+	uint32_t uid_first, uid_count;
 };
 
 static double mono_s(void)
@@ -275,6 +285,130 @@ static int snap_dir(struct daemon *d, const char *tag, char *buf, size_t len, st
 	return path_fmt(buf, len, err, "%s/snapshots/%s", d->state_dir, tag);
 }
 
+/*
+ * Where a VM writes a snapshot: in its own directory (".snapshot-<tag>"; tags
+ * never start with '.'), which a jailed VM can write, and which holds nothing
+ * of other VMs. The daemon then moves it to snapshots/<tag> (publish_snapshot),
+ * out of the VM's reach: a VM cannot change a snapshot after it is ready.
+ */
+static int snap_outbox(struct daemon *d, const char *vm_id, const char *tag, char *buf,
+		       size_t len, struct fk_err *err)
+{
+	return path_fmt(buf, len, err, "%s/vms/%s/.snapshot-%s", d->state_dir, vm_id, tag);
+}
+
+/* The jail directory of a VM the daemon started jailed (forkd-vmm --jail). */
+static int jail_dir(struct daemon *d, const char *id, char *buf, size_t len, struct fk_err *err)
+{
+	return path_fmt(buf, len, err, "%s/jails/%s", d->state_dir, id);
+}
+
+/*
+ * A snapshot of jailed VMs is read by VMs of other uids (spawn): owned by
+ * root and the VMs' group, readable by the group only (the writer made it
+ * 0700/0600 as the source VM's uid). Only regular files are expected in it;
+ * anything else (a hostile VMM's symlink) is refused, never followed.
+ */
+static int share_snapshot(struct daemon *d, const char *path, struct fk_err *err)
+{
+	int dfd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct dirent *e;
+	DIR *dir;
+	int ret = 0;
+
+	if (dfd < 0)
+		return fk_fail_errno(err, errno, "snapshot %s", path);
+	if (fchown(dfd, 0, (gid_t)d->uid_first) < 0 || fchmod(dfd, 0750) < 0) {
+		ret = fk_fail_errno(err, errno, "snapshot %s: share with the VMs' group", path);
+		close(dfd);
+		return ret;
+	}
+	dir = fdopendir(dfd);
+	if (!dir) {
+		ret = fk_fail_errno(err, errno, "snapshot %s", path);
+		close(dfd);
+		return ret;
+	}
+	while (ret == 0 && (e = readdir(dir))) {
+		struct stat st;
+
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+			continue;
+		if (fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+			ret = fk_fail_errno(err, errno, "snapshot %s/%s", path, e->d_name);
+		else if (!S_ISREG(st.st_mode))
+			ret = fk_fail(err, EINVAL,
+				      "snapshot %s/%s: not a regular file (mode 0%o): refused", path,
+				      e->d_name, (unsigned)st.st_mode);
+		else if (fchownat(dfd, e->d_name, 0, (gid_t)d->uid_first, AT_SYMLINK_NOFOLLOW) <
+			     0 ||
+			 fchmodat(dfd, e->d_name, 0640, 0) < 0)
+			ret = fk_fail_errno(err, errno, "snapshot %s/%s: share with the VMs' group",
+					    path, e->d_name);
+	}
+	closedir(dir);
+	return ret;
+}
+
+/*
+ * Moves a snapshot a VM wrote into its outbox to its place (snapshots/<tag>),
+ * shared with the VMs' group when VMs are jailed. A snapshot already in place
+ * (a daemon killed after the move) is only shared again.
+ */
+static int publish_snapshot(struct daemon *d, const char *outbox, const char *path,
+			    struct fk_err *err)
+{
+	if (rename(outbox, path) < 0 && !(errno == ENOENT && access(path, F_OK) == 0))
+		return fk_fail_errno(err, errno, "snapshot: move %s to %s", outbox, path);
+	return d->jail ? share_snapshot(d, path, err) : 0;
+}
+
+/*
+ * A uid for a new jailed VM: the first of the daemon's range no tracked VM
+ * has (a VM keeps its uid until deleted; its BRANCH children share it). Lock held.
+ */
+static int jail_uid_alloc(struct daemon *d, uint32_t *uid, struct fk_err *err);
+
+/* Jailed VMs: forkd-vmm's --jail, --uid and --gid, alive as long as the argv using them. */
+struct jail_args {
+	char jail[PATH_MAX];
+	char uid[16], gid[16];
+};
+
+/*
+ * Gives the new VM's directory to its uid (mode 0700: its sockets, console
+ * log and overlays are made there by the jailed VMM) and names its jail; a
+ * jail left from an earlier VM of the same id is removed. uid 0: not jailed.
+ */
+static int jail_prepare(struct daemon *d, const char *id, uint32_t uid, const char *vmdir,
+			struct jail_args *j, struct fk_err *err)
+{
+	int ret;
+
+	if (!uid)
+		return 0;
+	if (chown(vmdir, uid, d->uid_first) < 0 || chmod(vmdir, 0700) < 0)
+		return fk_fail_errno(err, errno, "%s: give %s to uid %u", id, vmdir, uid);
+	if ((ret = jail_dir(d, id, j->jail, sizeof(j->jail), err)) < 0)
+		return ret;
+	fk_remove_tree(j->jail);
+	snprintf(j->uid, sizeof(j->uid), "%u", uid);
+	snprintf(j->gid, sizeof(j->gid), "%u", d->uid_first);
+	return 0;
+}
+
+static void add_jail_args(uint32_t uid, const struct jail_args *j, char **argv, int *a)
+{
+	if (!uid)
+		return;
+	argv[(*a)++] = "--jail";
+	argv[(*a)++] = (char *)j->jail;
+	argv[(*a)++] = "--uid";
+	argv[(*a)++] = (char *)j->uid;
+	argv[(*a)++] = "--gid";
+	argv[(*a)++] = (char *)j->gid;
+}
+
 /* DIR/vms/<id>/vm.json keeps what the registry has no column for (mem_mib, cpus). */
 /*
  * Writes a small JSON file atomically (temp file, rename): a daemon killed
@@ -323,6 +457,10 @@ static void meta_save(struct daemon *d, const char *id, const struct vm_meta *m)
 	if (vm_dir(d, id, "vm.json", path, sizeof(path), &ignored) < 0)
 		return;
 	o = json_pack("{s:i,s:i}", "mem_mib", m->mem_mib, "cpus", m->cpus);
+	if (o && m->uid)
+		json_object_set_new(o, "uid", json_integer(m->uid));
+	if (o && m->home[0])
+		json_object_set_new(o, "home", json_string(m->home));
 	if (o && m->limits.cgroup[0])
 		json_object_set_new(o, "limits",
 				    json_pack("{s:I,s:s,s:I,s:s}", "memory_max_mib",
@@ -346,6 +484,13 @@ static void meta_load(struct daemon *d, struct tracked *t)
 	o = json_load_file(path, 0, NULL);
 	t->meta.mem_mib = (int)json_integer_value(json_object_get(o, "mem_mib"));
 	t->meta.cpus = (int)json_integer_value(json_object_get(o, "cpus"));
+	json_int_t uid = json_integer_value(json_object_get(o, "uid"));
+	const char *home = json_string_value(json_object_get(o, "home"));
+	if (uid > 0 && uid <= UINT32_MAX)
+		t->meta.uid = (uint32_t)uid;
+	if (home && strlen(home) < sizeof(t->meta.home) && strncmp(home, "vm-", 3) == 0 &&
+	    !strchr(home, '/'))
+		snprintf(t->meta.home, sizeof(t->meta.home), "%s", home);
 	/* Written by this daemon, but checked as any file: a bad one means no limits shown. */
 	json_t *l = json_object_get(o, "limits");
 	const char *cpu = json_string_value(json_object_get(l, "cpu_max"));
@@ -442,6 +587,31 @@ static int watch(struct daemon *d, struct tracked *t, pid_t pid, struct fk_err *
 	t->dead = false;
 	t->exit_status = REG_NO_EXIT;
 	return 0;
+}
+
+/* The VM whose directory holds id's branches and snapshot outbox (vm_meta.home). Lock held. */
+static const char *home_of(struct daemon *d, const char *id)
+{
+	struct tracked *t = find_tracked(d, id);
+
+	return t && t->meta.home[0] ? t->meta.home : id;
+}
+
+static int jail_uid_alloc(struct daemon *d, uint32_t *uid, struct fk_err *err)
+{
+	for (uint32_t k = 0; k < d->uid_count; k++) {
+		uint32_t u = d->uid_first + k;
+		bool taken = false;
+
+		for (struct tracked *t = d->tracked; t && !taken; t = t->next)
+			taken = !t->is_zygote && t->meta.uid == u;
+		if (!taken) {
+			*uid = u;
+			return 0;
+		}
+	}
+	return fk_fail(err, EAGAIN, "all %u uids of jailed VMs (%u..%u) are in use: delete VMs",
+		       d->uid_count, d->uid_first, d->uid_first + d->uid_count - 1);
 }
 
 static bool live_state(enum reg_vm_state s)
@@ -1273,7 +1443,9 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 	long long mem_mib = 512, cpus = 1;
 	char dir[PATH_MAX], serial[PATH_MAX], mem[32], ncpus[16];
 	struct limit_args lim_args;
+	struct jail_args jail_args;
 	struct vm_limits lim;
+	uint32_t uid = 0;
 	struct starting s;
 	struct reg_vm vm = {0};
 	struct tracked *t;
@@ -1334,7 +1506,10 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 	snprintf(vm.tag, sizeof(vm.tag), "%s", tag ? tag : "");
 	snprintf(vm.net, sizeof(vm.net), "%s", net ? net : "none");
 	pthread_mutex_lock(&d->lock);
-	ret = registry_vm_add(d->reg, &vm, err);
+	/* Taken in the same hold as the VM is tracked: two creates never get one uid. */
+	ret = d->jail ? jail_uid_alloc(d, &uid, err) : 0;
+	if (ret == 0)
+		ret = registry_vm_add(d->reg, &vm, err);
 	t = ret == 0 ? track(d, vm.id, false) : NULL;
 	if (ret == 0 && !t)
 		ret = fk_fail(err, ENOMEM, "%s: out of memory", vm.id);
@@ -1342,6 +1517,7 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 		t->busy = true;
 		t->meta.mem_mib = (int)mem_mib;
 		t->meta.cpus = (int)cpus;
+		t->meta.uid = uid;
 	}
 	if (t && limits_name(&lim, vm.id))
 		t->meta.limits = lim;
@@ -1361,8 +1537,11 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 		ret = fk_fail_errno(err, errno, "%s: create %s", vm.id, dir);
 		goto fail;
 	}
+	if ((ret = jail_prepare(d, vm.id, uid, dir, &jail_args, err)) < 0)
+		goto fail;
 	{
-		struct vm_meta m = {.mem_mib = (int)mem_mib, .cpus = (int)cpus, .limits = lim};
+		struct vm_meta m = {
+		    .mem_mib = (int)mem_mib, .cpus = (int)cpus, .limits = lim, .uid = uid};
 		meta_save(d, vm.id, &m);
 	}
 	snprintf(s.sock, sizeof(s.sock), "%s", vm.control_sock);
@@ -1409,6 +1588,7 @@ int daemon_vm_create(struct daemon *d, json_t *body, json_t **out, struct fk_err
 			argv[a++] = net_policy;
 		}
 		add_limit_args(&lim, &lim_args, argv, &a);
+		add_jail_args(uid, &jail_args, argv, &a);
 		argv[a] = NULL;
 		pthread_mutex_lock(&d->lock);
 		ret = registry_vm_update(d->reg, &vm, err);
@@ -1980,6 +2160,9 @@ static void forget_removed(struct daemon *d, const struct reg_ids *removed, json
 		untrack(d, removed->ids[i]);
 		if (vm_dir(d, removed->ids[i], NULL, dir, sizeof(dir), &ignored) == 0)
 			fk_remove_tree(dir);
+		/* A jail is its VM's and its children's: all are gone now (delete cascades). */
+		if (jail_dir(d, removed->ids[i], dir, sizeof(dir), &ignored) == 0)
+			fk_remove_tree(dir);
 		json_array_append_new(arr, json_string(removed->ids[i]));
 	}
 }
@@ -2174,6 +2357,7 @@ int daemon_vm_snapshot(struct daemon *d, const char *id, json_t *body, json_t **
 {
 	static const char *const fields[] = {"tag", NULL};
 	const char *what = "snapshot", *tag = NULL;
+	char outbox[PATH_MAX];
 	struct reg_snapshot snap = {0};
 	struct reg_vm vm;
 	json_t *reply = NULL;
@@ -2204,10 +2388,17 @@ int daemon_vm_snapshot(struct daemon *d, const char *id, json_t *body, json_t **
 	pthread_mutex_unlock(&d->lock);
 	if (ret < 0)
 		return ret;
-	ret = vmm_call(what, vm.control_sock,
-		       json_pack("{s:s,s:s}", "cmd", "snapshot", "path", snap.path),
-		       SNAPSHOT_TIMEOUT_MS, &reply, err);
 	pthread_mutex_lock(&d->lock);
+	if (snap_outbox(d, home_of(d, id), tag, outbox, sizeof(outbox), err) < 0)
+		outbox[0] = '\0'; /* cannot happen: daemon_open checked the lengths */
+	pthread_mutex_unlock(&d->lock);
+	ret = outbox[0] ? vmm_call(what, vm.control_sock,
+				   json_pack("{s:s,s:s}", "cmd", "snapshot", "path", outbox),
+				   SNAPSHOT_TIMEOUT_MS, &reply, err)
+			: -ENAMETOOLONG;
+	pthread_mutex_lock(&d->lock);
+	if (ret == 0)
+		ret = publish_snapshot(d, outbox, snap.path, err);
 	if (ret == 0) {
 		ret = registry_snapshot_mark_ready(d->reg, tag, err);
 		snap_meta_set(d, tag,
@@ -2215,6 +2406,8 @@ int daemon_vm_snapshot(struct daemon *d, const char *id, json_t *body, json_t **
 	} else {
 		struct fk_err ignored = {0};
 		registry_snapshot_mark_failed(d->reg, tag, &ignored);
+		if (outbox[0])
+			fk_remove_tree(outbox);
 		fk_remove_tree(snap.path);
 	}
 	if (ret == 0 && registry_snapshot_get(d->reg, tag, &snap, err) == 0)
@@ -2268,17 +2461,31 @@ static const char *persist_state(const char *sock, int zygote, char *buf, size_t
 	return state;
 }
 
-static void persist_done(struct daemon *d, const char *tag, const char *path, bool ready)
+/*
+ * The verdict on a persist that is no longer writing (lock held): ready, it
+ * is published from its source's outbox (snap_outbox); else it is failed and
+ * removed.
+ */
+static void persist_done(struct daemon *d, const char *tag, bool ready)
 {
 	struct fk_err err = {0};
 	struct reg_snapshot s;
+	char outbox[PATH_MAX];
 
 	if (registry_snapshot_get(d->reg, tag, &s, &err) < 0 || s.state != REG_SNAP_WRITING)
 		return;
-	if (ready && registry_snapshot_mark_ready(d->reg, tag, &err) == 0)
+	if (!s.parent_vm[0] ||
+	    snap_outbox(d, home_of(d, s.parent_vm), tag, outbox, sizeof(outbox), &err) < 0)
+		outbox[0] = '\0';
+	if (ready && outbox[0] && publish_snapshot(d, outbox, s.path, &err) == 0 &&
+	    registry_snapshot_mark_ready(d->reg, tag, &err) == 0)
 		return;
+	if (ready)
+		fprintf(stderr, "forkd serve: snapshot %s: %s\n", tag, err.msg);
 	registry_snapshot_mark_failed(d->reg, tag, &err);
-	fk_remove_tree(path);
+	if (outbox[0])
+		fk_remove_tree(outbox);
+	fk_remove_tree(s.path);
 }
 
 static void *persist_main(void *arg)
@@ -2302,7 +2509,7 @@ static void *persist_main(void *arg)
 			continue;
 		pthread_mutex_lock(&d->lock);
 		/* Zygote gone: the snapshot is complete only if it was renamed into place. */
-		persist_done(d, job->tag, job->path,
+		persist_done(d, job->tag,
 			     state ? strcmp(state, "ready") == 0 : access(job->path, F_OK) == 0);
 		pthread_mutex_unlock(&d->lock);
 		if (state)
@@ -2446,13 +2653,15 @@ static void record_children(struct daemon *d, const struct reg_vm *src, const st
 		}
 		t = track(d, vm.id, false);
 		if (t) {
-			t->meta = st->meta; /* sizes, and the family's cgroup */
+			t->meta = st->meta; /* sizes, the family's cgroup, uid and home */
+			if (t->meta.uid && !t->meta.home[0])
+				snprintf(t->meta.home, sizeof(t->meta.home), "%s", src->id);
 			if (vm.state == REG_VM_RUNNING && watch(d, t, pid, &err) < 0)
 				registry_vm_set_state(d->reg, vm.id, REG_VM_EXITED, REG_NO_EXIT,
 						      &err);
 		}
 		if (vm_dir(d, vm.id, NULL, dir, sizeof(dir), &err) == 0 && mkdir(dir, 0755) == 0)
-			meta_save(d, vm.id, &st->meta);
+			meta_save(d, vm.id, t ? &t->meta : &st->meta);
 		registry_vm_get(d->reg, vm.id, &vm, &err);
 		json_array_append_new(kids, vm_json(d, &vm));
 	}
@@ -2503,9 +2712,10 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	const char *what = "branch", *tag = NULL, *pstate = NULL;
 	long long n = 1;
 	bool persist = false, wait = true, persist_writing = false;
-	char bdir[REG_PATH_MAX], branches[PATH_MAX];
+	char bdir[REG_PATH_MAX], branches[PATH_MAX], outbox[PATH_MAX] = "";
 	struct reg_snapshot snap = {0};
 	struct reg_zygote z = {0};
+	uint32_t uid = 0;
 	struct reg_vm src;
 	struct tracked *st, *zt;
 	json_t *req, *reply = NULL, *kids = NULL, *res;
@@ -2540,8 +2750,6 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 		if ((ret = snap_dir(d, tag, snap.path, sizeof(snap.path), err)) < 0)
 			return ret;
 	}
-	if ((ret = vm_dir(d, id, "branches", branches, sizeof(branches), err)) < 0)
-		return ret;
 
 	pthread_mutex_lock(&d->lock);
 	ret = claim_running(d, id, &src, err);
@@ -2551,6 +2759,15 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	}
 	if (ret == 0 && persist && (ret = registry_snapshot_add(d->reg, &snap, err)) < 0)
 		find_tracked(d, id)->busy = false;
+	if (ret == 0) {
+		uid = find_tracked(d, id)->meta.uid;
+		/* A jailed child branches into its home's directory: the one its jail sees. */
+		if ((ret = vm_dir(d, home_of(d, id), "branches", branches, sizeof(branches),
+				  err)) < 0 ||
+		    (persist && (ret = snap_outbox(d, home_of(d, id), tag, outbox, sizeof(outbox),
+						   err)) < 0))
+			find_tracked(d, id)->busy = false;
+	}
 	pthread_mutex_unlock(&d->lock);
 	if (ret < 0)
 		return ret;
@@ -2558,6 +2775,11 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 
 	if (mkdir(branches, 0755) < 0 && errno != EEXIST) {
 		ret = fk_fail_errno(err, errno, "%s: create %s", what, branches);
+		goto fail;
+	}
+	/* A jailed source makes the branch's directory here, as its own uid. */
+	if (uid && chown(branches, uid, d->uid_first) < 0) {
+		ret = fk_fail_errno(err, errno, "%s: give %s to uid %u", what, branches, uid);
 		goto fail;
 	}
 	for (int k = 0;; k++) {
@@ -2571,7 +2793,7 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	req = json_pack("{s:s,s:I,s:s,s:b}", "cmd", "branch", "n", (json_int_t)n, "dir", bdir,
 			"wait", wait);
 	if (req && persist)
-		json_object_set_new(req, "persist", json_string(snap.path));
+		json_object_set_new(req, "persist", json_string(outbox));
 	branched_us = wall_us();
 	timer_mark(&tm, "dir");
 	ret = vmm_call(what, src.control_sock, req, BRANCH_TIMEOUT_MS, &reply, err);
@@ -2626,7 +2848,7 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	timer_mark(&tm, "commit");
 	/* Without a zygote record the zygote is released below, ending a persist too. */
 	if (persist && (!persist_writing || ret < 0))
-		persist_done(d, tag, snap.path, ret == 0 && pstate && strcmp(pstate, "ready") == 0);
+		persist_done(d, tag, ret == 0 && pstate && strcmp(pstate, "ready") == 0);
 	if (persist)
 		snap_meta_set(d, tag, z.pause_us);
 	if (persist && registry_snapshot_get(d->reg, tag, &snap, err) < 0)
@@ -2649,7 +2871,7 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	report(d, DAEMON_METRIC_BRANCH_PAUSE, z.pause_us / 1e6);
 	if (!persist_writing)
 		release_zygote_later(d, src.control_sock, zygote_num);
-	else if (start_persist_thread(d, src.control_sock, zygote_num, tag, snap.path) < 0)
+	else if (start_persist_thread(d, src.control_sock, zygote_num, tag, outbox) < 0)
 		release_zygote(src.control_sock, zygote_num);
 	timer_mark(&tm, "release");
 	if (strcmp(src.net[0] ? src.net : "none", "none") != 0) {
@@ -2676,6 +2898,7 @@ fail:
 	if (persist) {
 		struct fk_err ignored = {0};
 		registry_snapshot_mark_failed(d->reg, tag, &ignored);
+		fk_remove_tree(outbox);
 		fk_remove_tree(snap.path);
 	}
 	st = find_tracked(d, id);
@@ -2704,9 +2927,11 @@ static bool snapshot_has_vsock(const char *path)
 }
 
 static int start_restored(struct daemon *d, const char *snap_path, bool vsock,
-			  const struct vm_limits *lim, struct starting *s, struct fk_err *err)
+			  const struct vm_limits *lim, uint32_t uid, struct starting *s,
+			  struct fk_err *err)
 {
 	struct limit_args lim_args;
+	struct jail_args jail_args;
 	char overlay[PATH_MAX], serial[PATH_MAX], dir[PATH_MAX];
 	char net_policy[REG_NET_MAX + 4 + REG_ID_MAX];
 	struct reg_vm vm;
@@ -2727,6 +2952,8 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock,
 		return ret;
 	if (mkdir(dir, 0755) < 0)
 		return fk_fail_errno(err, errno, "%s: create %s", vm.id, dir);
+	if ((ret = jail_prepare(d, vm.id, uid, dir, &jail_args, err)) < 0)
+		return ret;
 	if (!vsock)
 		vm.vsock_sock[0] = '\0';
 	snprintf(s->sock, sizeof(s->sock), "%s", vm.control_sock);
@@ -2754,6 +2981,7 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock,
 		argv[a++] = vm.vsock_sock;
 	}
 	add_limit_args(lim, &lim_args, argv, &a);
+	add_jail_args(uid, &jail_args, argv, &a);
 	argv[a] = NULL;
 	pthread_mutex_lock(&d->lock);
 	ret = registry_vm_update(d->reg, &vm, err);
@@ -2769,6 +2997,7 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	static const char *const fields[] = {"n", "memory_max_mib", "cpu_max", "pids_max", NULL};
 	const char *what = "spawn";
 	struct vm_limits lim, *lims = NULL;
+	uint32_t *uids = NULL;
 	struct starting *s = NULL;
 	struct reg_snapshot snap;
 	struct reg_vm origin;
@@ -2794,13 +3023,18 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 		return fk_fail(err, snap.state == REG_SNAP_WRITING ? EBUSY : EINVAL,
 			       "%s: snapshot %s is %s: expected a ready snapshot", what, tag,
 			       reg_snap_state_name(snap.state));
+	/* One written while VMs were not jailed is root's alone: the VMs' group reads it now. */
+	if (d->jail && (ret = share_snapshot(d, snap.path, err)) < 0)
+		return fk_wrap(err, "%s from snapshot %s", what, tag);
 	vsock = snapshot_has_vsock(snap.path);
 	timer_mark(&tm, "snapshot");
 	s = calloc((size_t)n, sizeof(*s));
 	lims = calloc((size_t)n, sizeof(*lims));
-	if (!s || !lims) {
+	uids = calloc((size_t)n, sizeof(*uids));
+	if (!s || !lims || !uids) {
 		free(s);
 		free(lims);
+		free(uids);
 		return fk_fail(err, ENOMEM, "%s: out of memory for %lld VMs", what, n);
 	}
 
@@ -2818,7 +3052,10 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 		snprintf(vm.image, sizeof(vm.image), "%s", origin.image);
 		snprintf(vm.kernel, sizeof(vm.kernel), "%s", origin.kernel);
 		snprintf(vm.net, sizeof(vm.net), "%s", snap.net);
-		ret = registry_vm_add(d->reg, &vm, err);
+		uids[i] = 0;
+		ret = d->jail ? jail_uid_alloc(d, &uids[i], err) : 0;
+		if (ret == 0)
+			ret = registry_vm_add(d->reg, &vm, err);
 		if (ret < 0)
 			break;
 		snprintf(s[i].id, sizeof(s[i].id), "%s", vm.id);
@@ -2830,12 +3067,13 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 		else {
 			t->busy = true;
 			t->meta.limits = lims[i];
+			t->meta.uid = uids[i];
 		}
 	}
 	pthread_mutex_unlock(&d->lock);
 	timer_mark(&tm, "register");
 	for (long long i = 0; i < n && ret == 0; i++)
-		ret = start_restored(d, snap.path, vsock, &lims[i], &s[i], err);
+		ret = start_restored(d, snap.path, vsock, &lims[i], uids[i], &s[i], err);
 	timer_mark(&tm, "launch");
 	if (ret == 0)
 		ret = wait_answering(d, s, (size_t)n, true, err);
@@ -2850,10 +3088,12 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 		abort_started(d, s, (size_t)n);
 		free(s);
 		free(lims);
+		free(uids);
 		return fk_wrap(err, "%s %lld from snapshot %s", what, n, tag);
 	}
 	free(s);
 	free(lims);
+	free(uids);
 	report(d, DAEMON_METRIC_SPAWN, mono_s() - t0);
 	*out = json_pack("{s:o}", "vms", vms);
 	timer_end(d, &tm, what);
@@ -3129,9 +3369,12 @@ static void settle_writing(struct daemon *d, const struct reg_snapshot *s, json_
 	struct tracked *src = s->parent_vm[0] ? find_tracked(d, s->parent_vm) : NULL;
 	struct fk_err ignored = {0};
 	json_t *reply = NULL, *z;
+	char outbox[PATH_MAX] = "";
 	struct reg_vm vm;
 	size_t i;
 
+	if (s->parent_vm[0])
+		snap_outbox(d, home_of(d, s->parent_vm), s->tag, outbox, sizeof(outbox), &ignored);
 	if (src && src->pidfd >= 0 && registry_vm_get(d->reg, src->id, &vm, &ignored) == 0 &&
 	    vmm_call("zygote list", vm.control_sock,
 		     json_pack("{s:s,s:s}", "cmd", "zygote", "action", "list"), STATUS_CALL_MS,
@@ -3142,14 +3385,14 @@ static void settle_writing(struct daemon *d, const struct reg_snapshot *s, json_
 			const char *state = json_string_value(json_object_get(z, "persist"));
 			int id = (int)json_integer_value(json_object_get(z, "zygote"));
 
-			if (!path || !state || strcmp(path, s->path) != 0)
+			if (!path || !state || strcmp(path, outbox) != 0)
 				continue;
 			if (strcmp(state, "writing") == 0) {
 				json_array_append_new(
 				    jobs, json_pack("{s:s,s:i,s:s,s:s}", "sock", vm.control_sock,
-						    "zygote", id, "tag", s->tag, "path", s->path));
+						    "zygote", id, "tag", s->tag, "path", outbox));
 			} else {
-				persist_done(d, s->tag, s->path, strcmp(state, "ready") == 0);
+				persist_done(d, s->tag, strcmp(state, "ready") == 0);
 				release_zygote(vm.control_sock, id);
 			}
 			json_decref(reply);
@@ -3157,7 +3400,9 @@ static void settle_writing(struct daemon *d, const struct reg_snapshot *s, json_
 		}
 		json_decref(reply);
 	}
-	persist_done(d, s->tag, s->path, access(s->path, F_OK) == 0);
+	/* In place already (a daemon killed between the move and the mark), or in the outbox. */
+	persist_done(d, s->tag,
+		     access(s->path, F_OK) == 0 || (outbox[0] && access(outbox, F_OK) == 0));
 }
 
 /*
@@ -3458,10 +3703,21 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 		    fk_fail_errno(err, errno, "vmm '%s': expected an executable forkd-vmm", d->vmm);
 		goto fail;
 	}
+	d->jail = cfg->jail;
+	d->uid_first = cfg->jail_uid_first ? cfg->jail_uid_first : DAEMON_JAIL_UID_FIRST;
+	d->uid_count = cfg->jail_uid_count ? cfg->jail_uid_count : DAEMON_JAIL_UID_COUNT;
+	if (d->uid_first == 0 || (uint64_t)d->uid_first + d->uid_count > UINT32_MAX) {
+		ret = fk_fail(err, EINVAL,
+			      "jail uids %u..+%u: expected a range of non-root uids below 2^32",
+			      d->uid_first, d->uid_count);
+		goto fail;
+	}
 	if ((ret = make_dir(d->state_dir, err)) < 0 ||
 	    (ret = path_fmt(path, sizeof(path), err, "%s/vms", d->state_dir)) < 0 ||
 	    (ret = make_dir(path, err)) < 0 ||
 	    (ret = path_fmt(path, sizeof(path), err, "%s/snapshots", d->state_dir)) < 0 ||
+	    (ret = make_dir(path, err)) < 0 ||
+	    (ret = path_fmt(path, sizeof(path), err, "%s/jails", d->state_dir)) < 0 ||
 	    (ret = make_dir(path, err)) < 0 ||
 	    (ret = path_fmt(path, sizeof(path), err, "%s/daemon.lock", d->state_dir)) < 0)
 		goto fail;
@@ -3521,8 +3777,7 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 					 json_string_value(json_object_get(job, "tag")),
 					 json_string_value(json_object_get(job, "path"))) < 0) {
 			pthread_mutex_lock(&d->lock);
-			persist_done(d, json_string_value(json_object_get(job, "tag")),
-				     json_string_value(json_object_get(job, "path")), false);
+			persist_done(d, json_string_value(json_object_get(job, "tag")), false);
 			pthread_mutex_unlock(&d->lock);
 		}
 	}

@@ -34,9 +34,26 @@
 
 struct daemon;
 
+/*
+ * The uids of jailed VMs, by default: one per VM from 0x70000000 (docs/jail.md).
+ * Not 100000..: Debian gives each user's rootless containers subordinate
+ * uids from there (/etc/subuid), and a container process with a VM's uid
+ * could signal it; systemd's container ranges end below 0x70000000 too.
+ */
+#define DAEMON_JAIL_UID_FIRST 1879048192u
+#define DAEMON_JAIL_UID_COUNT 65536u
+
 struct daemon_config {
 	const char *state_dir; /* registry.db, vms/<id>/, snapshots/<tag>/ live here */
 	const char *vmm_path;  /* forkd-vmm to run; NULL: next to the forkd binary */
+	/*
+	 * Jail every VM it starts (forkd-vmm --jail): each created or spawned VM
+	 * its own uid of jail_uid_first .. +jail_uid_count-1 (BRANCH children share
+	 * their source's), all with the group jail_uid_first. 0: the defaults.
+	 * forkd serve jails unless --no-jail.
+	 */
+	bool jail;
+	uint32_t jail_uid_first, jail_uid_count;
 };
 
 /*

@@ -128,11 +128,17 @@ static json_t *forkd_json(const char *what, ...)
 	return j;
 }
 
-static void start_daemon(void)
+/* forkd serve on this test's state dir and socket, with `extra` options (NULL-ended). */
+static void start_daemon_with(char *const extra[])
 {
-	char *argv[] = {(char *)cli(), "serve", "--state-dir",	       state, "--socket",
-			sock,	       "--vmm", (char *)harness_vmm(), NULL};
+	char *argv[16] = {(char *)cli(), "serve", "--state-dir", state, "--socket",
+			  sock,		 "--vmm", (char *)harness_vmm()};
 	char log[400];
+	int a = 8;
+
+	for (int i = 0; extra && extra[i] && a < 15; i++)
+		argv[a++] = extra[i];
+	argv[a] = NULL;
 	posix_spawn_file_actions_t fa;
 
 	harness_set_vmm_start_timeout();
@@ -148,6 +154,11 @@ static void start_daemon(void)
 		if (forkd(NULL, "vm", "ls", NULL) == 0)
 			return;
 	fail_msg("forkd serve did not answer on %s (see %s)", sock, log);
+}
+
+static void start_daemon(void)
+{
+	start_daemon_with(NULL);
 }
 
 static void kill_daemon(int sig)
@@ -652,6 +663,14 @@ static void test_stray_zygote_released_on_restart(void **state_)
 	/* Where the daemon's own branches go (the VMM makes only the last component). */
 	snprintf(req, sizeof(req), "%s/vms/%s/branches", state, a);
 	assert_true(mkdir(req, 0755) == 0 || errno == EEXIST);
+	{
+		/* Owned by the VM's uid, as the daemon does for a jailed VM. */
+		char vmdir[600];
+		struct stat st;
+		snprintf(vmdir, sizeof(vmdir), "%s/vms/%s", state, a);
+		assert_int_equal(stat(vmdir, &st), 0);
+		assert_int_equal(chown(req, st.st_uid, st.st_gid), 0);
+	}
 	snprintf(req, sizeof(req),
 		 "{\"cmd\":\"branch\",\"n\":1,\"dir\":\"%s/vms/%s/branches/77\",\"wait\":true}",
 		 state, a);
@@ -1160,6 +1179,190 @@ static void test_net_nat(void **state_)
 	unsetenv("FORKD_NET_UPLINK");
 }
 
+/* "Key:\tv1\tv2..." of /proc/PID/status: the first number. */
+static long long status_field(pid_t pid, const char *key)
+{
+	char path[64], line[256];
+	size_t n = strlen(key);
+	long long v = -1;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (strncmp(line, key, n) == 0 && line[n] == ':')
+			v = strtoll(line + n + 1, NULL, 16 * (strcmp(key, "CapEff") == 0) ?: 10);
+	fclose(f);
+	return v;
+}
+
+#define JAIL_UID0 200000
+
+/* A jailed VM, seen from outside: its uid, no capabilities, its own root without /etc. */
+static void assert_jailed(pid_t pid, long long uid)
+{
+	char path[64];
+	struct stat st;
+
+	assert_true(pid > 0);
+	if (status_field(pid, "Uid") != uid || status_field(pid, "Gid") != JAIL_UID0 ||
+	    status_field(pid, "CapEff") != 0 || status_field(pid, "NoNewPrivs") != 1)
+		fail_msg("pid %d: Uid %lld (want %lld) Gid %lld CapEff %llx NoNewPrivs %lld", (int)pid,
+			 status_field(pid, "Uid"), uid, status_field(pid, "Gid"),
+			 status_field(pid, "CapEff"), status_field(pid, "NoNewPrivs"));
+	snprintf(path, sizeof(path), "/proc/%d/root/etc", (int)pid);
+	assert_int_equal(stat(path, &st), -1);
+	snprintf(path, sizeof(path), "/proc/%d/root/dev/kvm", (int)pid);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_uid, uid);
+}
+
+static void assert_owner(const char *path, long long uid, long long gid, unsigned mode)
+{
+	struct stat st;
+
+	if (lstat(path, &st) < 0)
+		fail_msg("%s: %s", path, strerror(errno));
+	if (st.st_uid != uid || st.st_gid != gid || (st.st_mode & 07777) != mode)
+		fail_msg("%s: owner %u:%u mode 0%o, expected %lld:%lld 0%o", path, st.st_uid,
+			 st.st_gid, st.st_mode & 07777, uid, gid, mode);
+}
+
+static json_t *vm_by_id(const char *id)
+{
+	json_t *vms = list_vms(), *vm = json_incref(find_vm(vms, id));
+
+	json_decref(vms);
+	assert_non_null(vm);
+	return vm;
+}
+
+/*
+ * forkd serve --jail: every VM it starts is jailed with a uid of its own
+ * (BRANCH children share their source's), snapshots move out of the source's
+ * reach into snapshots/ readable by the VMs' group, VMs spawned from them run
+ * jailed under new uids, and a deleted VM's jail and uid are freed.
+ */
+static void test_jailed_vms(void **state_)
+{
+	char *extra[] = {"--jail-uids", "200000:4", NULL}, *no_jail[] = {"--no-jail", NULL};
+	char path[600], name[256], *a, *b, *c, *out = NULL;
+	json_t *j, *vm;
+	size_t i;
+	pid_t pa, pb, pc;
+	DIR *dir;
+	struct dirent *e;
+
+	(void)state_;
+	start_daemon_with(extra);
+	a = create_probe();
+	b = create_probe();
+	pa = vm_pid(a);
+	pb = vm_pid(b);
+	assert_jailed(pa, JAIL_UID0);
+	assert_jailed(pb, JAIL_UID0 + 1);
+	snprintf(path, sizeof(path), "%s/vms/%s", state, a);
+	assert_owner(path, JAIL_UID0, JAIL_UID0, 0700);
+	snprintf(path, sizeof(path), "%s/jails/%s", state, a);
+	assert_true(exists(path));
+
+	/* A child shares its source's uid and jail. */
+	c = branch_one(a);
+	pc = vm_pid(c);
+	assert_jailed(pc, JAIL_UID0);
+	{
+		char r1[PATH_MAX], r2[PATH_MAX], l1[64], l2[64];
+		ssize_t n1, n2;
+		snprintf(l1, sizeof(l1), "/proc/%d/ns/mnt", (int)pa);
+		snprintf(l2, sizeof(l2), "/proc/%d/ns/mnt", (int)pc);
+		n1 = readlink(l1, r1, sizeof(r1) - 1);
+		n2 = readlink(l2, r2, sizeof(r2) - 1);
+		assert_true(n1 > 0 && n2 > 0);
+		r1[n1] = r2[n2] = '\0';
+		assert_string_equal(r1, r2);
+	}
+
+	/* A snapshot ends up out of the VM's directory, root's and the VMs' group's. */
+	assert_int_equal(forkd(NULL, "snapshot", a, "--tag", "js", NULL), 0);
+	snprintf(path, sizeof(path), "%s/vms/%s/.snapshot-js", state, a);
+	assert_false(exists(path));
+	snprintf(path, sizeof(path), "%s/snapshots/js", state);
+	assert_owner(path, 0, JAIL_UID0, 0750);
+	dir = opendir(path);
+	assert_non_null(dir);
+	while ((e = readdir(dir))) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(name, sizeof(name), "%s", e->d_name);
+		snprintf(path, sizeof(path), "%s/snapshots/js/%.200s", state, name);
+		assert_owner(path, 0, JAIL_UID0, 0640);
+	}
+	closedir(dir);
+
+	/* Spawned VMs: jailed, each its own uid; the range (4) is then used up. */
+	j = forkd_json("spawn", "spawn", "js", "-n", "2", NULL);
+	json_array_foreach(json_object_get(j, "vms"), i, vm)
+	{
+		pid_t p = (pid_t)json_integer_value(json_object_get(vm, "pid"));
+		assert_jailed(p, JAIL_UID0 + 2 + (long long)i);
+	}
+	json_decref(j);
+	assert_int_not_equal(forkd(&out, "vm", "create", "--kernel", (char *)harness_probe(),
+				   "--mem", "64", "--append", "work=idle", NULL),
+			     0);
+	free(out);
+
+	/* A persisted branch: published the same way. */
+	assert_int_equal(forkd(&out, "branch", b, "-n", "1", "--persist", "--tag", "jp", NULL), 0);
+	free(out);
+	for (long long end = harness_deadline(30000); now_ms() < end; usleep(100 * 1000)) {
+		j = forkd_json("snapshots", "snapshots", "ls", NULL);
+		json_array_foreach(json_object_get(j, "snapshots"), i, vm)
+		{
+			if (strcmp(json_string_value(json_object_get(vm, "tag")), "jp") == 0 &&
+			    strcmp(json_string_value(json_object_get(vm, "state")), "ready") == 0)
+				end = 0;
+		}
+		json_decref(j);
+	}
+	snprintf(path, sizeof(path), "%s/snapshots/jp", state);
+	assert_owner(path, 0, JAIL_UID0, 0750);
+	snprintf(path, sizeof(path), "%s/vms/%s/.snapshot-jp", state, b);
+	assert_false(exists(path));
+
+	/* Every VM still runs (the guests work jailed). */
+	j = list_vms();
+	assert_int_equal(count_state(j, "running"), json_array_size(j));
+	json_decref(j);
+	vm = vm_by_id(a);
+	assert_string_equal(json_string_value(json_object_get(vm, "state")), "running");
+	json_decref(vm);
+
+	/* Deleting A (and its child) frees its jail and its uid: the next VM gets it. */
+	assert_int_equal(forkd(NULL, "vm", "rm", "--cascade", a, NULL), 0);
+	assert_true(process_gone(pa) && process_gone(pc));
+	snprintf(path, sizeof(path), "%s/jails/%s", state, a);
+	assert_false(exists(path));
+	free(a);
+	a = create_probe();
+	pa = vm_pid(a);
+	assert_jailed(pa, JAIL_UID0);
+
+	/* --no-jail: new VMs run as root; the jailed ones, re-adopted, stay as they are. */
+	kill_daemon(SIGTERM);
+	start_daemon_with(no_jail);
+	free(c);
+	c = create_probe();
+	assert_int_equal(status_field(vm_pid(c), "Uid"), 0);
+	assert_jailed(pa, JAIL_UID0);
+	assert_jailed(pb, JAIL_UID0 + 1);
+	free(a);
+	free(b);
+	free(c);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -1171,6 +1374,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test_setup_teardown(test_paused_through_control_socket, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_stray_zygote_released_on_restart, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_net_policy, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_jailed_vms, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_net_nat, setup, teardown),
 	};
 
