@@ -178,11 +178,13 @@ int cli_serve(int argc, char **argv)
 	sigaddset(&set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-	/* A jail needs root (forkd-vmm refuses --jail otherwise): say so rather than fail every VM. */
+	/* A jail needs root (forkd-vmm refuses --jail otherwise): say so rather than fail every VM.
+	 */
 	if (!a.no_jail && geteuid() != 0) {
 		if (a.jail_uids) {
-			status = cli_usage_error("serve: --jail-uids: jailing VMs needs root (uid %u)",
-						 (unsigned)geteuid());
+			status =
+			    cli_usage_error("serve: --jail-uids: jailing VMs needs root (uid %u)",
+					    (unsigned)geteuid());
 			goto out;
 		}
 		fprintf(stderr, "forkd serve: not root: VMs are not jailed (as with --no-jail)\n");

@@ -291,8 +291,8 @@ static int snap_dir(struct daemon *d, const char *tag, char *buf, size_t len, st
  * of other VMs. The daemon then moves it to snapshots/<tag> (publish_snapshot),
  * out of the VM's reach: a VM cannot change a snapshot after it is ready.
  */
-static int snap_outbox(struct daemon *d, const char *vm_id, const char *tag, char *buf,
-		       size_t len, struct fk_err *err)
+static int snap_outbox(struct daemon *d, const char *vm_id, const char *tag, char *buf, size_t len,
+		       struct fk_err *err)
 {
 	return path_fmt(buf, len, err, "%s/vms/%s/.snapshot-%s", d->state_dir, vm_id, tag);
 }
@@ -338,8 +338,8 @@ static int share_snapshot(struct daemon *d, const char *path, struct fk_err *err
 			ret = fk_fail_errno(err, errno, "snapshot %s/%s", path, e->d_name);
 		else if (!S_ISREG(st.st_mode))
 			ret = fk_fail(err, EINVAL,
-				      "snapshot %s/%s: not a regular file (mode 0%o): refused", path,
-				      e->d_name, (unsigned)st.st_mode);
+				      "snapshot %s/%s: not a regular file (mode 0%o): refused",
+				      path, e->d_name, (unsigned)st.st_mode);
 		else if (fchownat(dfd, e->d_name, 0, (gid_t)d->uid_first, AT_SYMLINK_NOFOLLOW) <
 			     0 ||
 			 fchmodat(dfd, e->d_name, 0640, 0) < 0)
@@ -2480,6 +2480,11 @@ static void persist_done(struct daemon *d, const char *tag, bool ready)
 	if (ready && outbox[0] && publish_snapshot(d, outbox, s.path, &err) == 0 &&
 	    registry_snapshot_mark_ready(d->reg, tag, &err) == 0)
 		return;
+	/* No outbox (a snapshot of a registry from before them): complete if it is in place. */
+	if (ready && !outbox[0] && access(s.path, F_OK) == 0 &&
+	    (!d->jail || share_snapshot(d, s.path, &err) == 0) &&
+	    registry_snapshot_mark_ready(d->reg, tag, &err) == 0)
+		return;
 	if (ready)
 		fprintf(stderr, "forkd serve: snapshot %s: %s\n", tag, err.msg);
 	registry_snapshot_mark_failed(d->reg, tag, &err);
@@ -2762,10 +2767,10 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	if (ret == 0) {
 		uid = find_tracked(d, id)->meta.uid;
 		/* A jailed child branches into its home's directory: the one its jail sees. */
-		if ((ret = vm_dir(d, home_of(d, id), "branches", branches, sizeof(branches),
-				  err)) < 0 ||
-		    (persist && (ret = snap_outbox(d, home_of(d, id), tag, outbox, sizeof(outbox),
-						   err)) < 0))
+		if ((ret = vm_dir(d, home_of(d, id), "branches", branches, sizeof(branches), err)) <
+			0 ||
+		    (persist &&
+		     (ret = snap_outbox(d, home_of(d, id), tag, outbox, sizeof(outbox), err)) < 0))
 			find_tracked(d, id)->busy = false;
 	}
 	pthread_mutex_unlock(&d->lock);

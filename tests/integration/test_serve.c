@@ -131,8 +131,8 @@ static json_t *forkd_json(const char *what, ...)
 /* forkd serve on this test's state dir and socket, with `extra` options (NULL-ended). */
 static void start_daemon_with(char *const extra[])
 {
-	char *argv[16] = {(char *)cli(), "serve", "--state-dir", state, "--socket",
-			  sock,		 "--vmm", (char *)harness_vmm()};
+	char *argv[16] = {(char *)cli(), "serve", "--state-dir", state,
+			  "--socket",	 sock,	  "--vmm",	 (char *)harness_vmm()};
 	char log[400];
 	int a = 8;
 
@@ -1209,8 +1209,8 @@ static void assert_jailed(pid_t pid, long long uid)
 	assert_true(pid > 0);
 	if (status_field(pid, "Uid") != uid || status_field(pid, "Gid") != JAIL_UID0 ||
 	    status_field(pid, "CapEff") != 0 || status_field(pid, "NoNewPrivs") != 1)
-		fail_msg("pid %d: Uid %lld (want %lld) Gid %lld CapEff %llx NoNewPrivs %lld", (int)pid,
-			 status_field(pid, "Uid"), uid, status_field(pid, "Gid"),
+		fail_msg("pid %d: Uid %lld (want %lld) Gid %lld CapEff %llx NoNewPrivs %lld",
+			 (int)pid, status_field(pid, "Uid"), uid, status_field(pid, "Gid"),
 			 status_field(pid, "CapEff"), status_field(pid, "NoNewPrivs"));
 	snprintf(path, sizeof(path), "/proc/%d/root/etc", (int)pid);
 	assert_int_equal(stat(path, &st), -1);

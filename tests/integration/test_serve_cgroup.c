@@ -514,6 +514,5 @@ int main(int argc, char **argv)
 	};
 	if (where_begin(argc, argv, NEEDS_CGROUP2, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;
-	return cmocka_run_group_tests_name("cgroup limits through forkd serve", tests, NULL,
-					   NULL);
+	return cmocka_run_group_tests_name("cgroup limits through forkd serve", tests, NULL, NULL);
 }
