@@ -46,6 +46,7 @@
 #include "jail/cgroup.h"
 #include "net/netns.h"
 #include "state/snapshot_format.h"
+#include "state/vm_snapshot.h"
 #include "state/vm_state.h"
 #include "util/json_kind.h"
 
@@ -2996,6 +2997,22 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock,
 	return ret;
 }
 
+/* vm_snapshot_readonly_images' check that each read-only image is the allowed one. */
+struct ro_image_check {
+	const char *allowed; /* "": none allowed */
+	char bad[4096];
+};
+
+static int ro_image_ok(const char *path, void *opaque)
+{
+	struct ro_image_check *chk = opaque;
+
+	if (chk->allowed[0] && strcmp(path, chk->allowed) == 0)
+		return 0;
+	snprintf(chk->bad, sizeof(chk->bad), "%s", path);
+	return -EPERM;
+}
+
 int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_t **out,
 			  struct fk_err *err)
 {
@@ -3028,6 +3045,29 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 		return fk_fail(err, snap.state == REG_SNAP_WRITING ? EBUSY : EINVAL,
 			       "%s: snapshot %s is %s: expected a ready snapshot", what, tag,
 			       reg_snap_state_name(snap.state));
+	/*
+	 * A snapshot's read-only disks are reopened from the paths it names: only its
+	 * own image's root file system may be one (a hostile VMM could have written
+	 * any path, and the restored guest would read that file).
+	 */
+	{
+		struct ro_image_check chk = {0};
+		struct fk_err why = {0};
+		char want[PATH_MAX] = "";
+
+		if (snap.image[0])
+			snprintf(want, sizeof(want), "%s/%s/rootfs.ext4", image_cache(),
+				 snap.image);
+		chk.allowed = want;
+		if (vm_snapshot_readonly_images(snap.path, ro_image_ok, &chk, &why) < 0)
+			return chk.bad[0]
+				   ? fk_fail(err, EINVAL,
+					     "%s: snapshot %s names the read-only image %s, not "
+					     "its image's (%s): refused",
+					     what, tag, chk.bad, want[0] ? want : "none")
+				   : fk_fail(err, EINVAL, "%s: snapshot %s: %s", what, tag,
+					     why.msg);
+	}
 	/* One written while VMs were not jailed is root's alone: the VMs' group reads it now. */
 	if (d->jail && (ret = share_snapshot(d, snap.path, err)) < 0)
 		return fk_wrap(err, "%s from snapshot %s", what, tag);

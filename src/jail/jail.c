@@ -9,6 +9,7 @@
  * it keeps host path spellings inside the jail (jail.h says why).
  */
 #include "jail/jail.h"
+#include "state/vm_snapshot.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -163,6 +164,21 @@ static void plan_normalize(struct jail_plan *plan)
 	plan->nr_entries = kept;
 }
 
+struct plan_ctx {
+	struct jail_plan *plan;
+	struct fk_err *err;
+	int ret; /* plan_add refused an image: its error, also in err */
+};
+
+static int plan_add_image(const char *path, void *opaque)
+{
+	struct plan_ctx *ctx = opaque;
+
+	ctx->ret =
+	    plan_add(ctx->plan, "--restore (read-only image)", path, JAIL_FILE, false, ctx->err);
+	return ctx->ret;
+}
+
 int jail_plan_build(const struct vmm_config *cfg, struct jail_plan *plan, struct fk_err *err)
 {
 	struct stat st;
@@ -186,6 +202,20 @@ int jail_plan_build(const struct vmm_config *cfg, struct jail_plan *plan, struct
 			       !cfg->disks[i].readonly, err);
 	if (!ret && cfg->restore_dir)
 		ret = plan_add(plan, "--restore", cfg->restore_dir, JAIL_DIR, false, err);
+	/*
+	 * Its read-only disks are reopened from where the snapshotted VM had them
+	 * (an image's rootfs.ext4): read-only in the jail too. A snapshot that
+	 * cannot be read adds nothing here; the restore says why.
+	 */
+	if (!ret && cfg->restore_dir) {
+		struct plan_ctx ctx = {.plan = plan, .err = err};
+		struct fk_err ignored = {0};
+
+		if (vm_snapshot_readonly_images(cfg->restore_dir, plan_add_image, &ctx, &ignored) <
+			0 &&
+		    ctx.ret < 0)
+			ret = ctx.ret;
+	}
 	/* The VMM creates a missing --overlay-dir: then its parent must be there. */
 	if (!ret && cfg->overlay_dir)
 		ret = access(cfg->overlay_dir, F_OK) == 0

@@ -290,6 +290,35 @@ static int prepare_overlay_dir(struct vm *vm, bool *created, struct fk_err *err)
 	return 0;
 }
 
+int vm_snapshot_readonly_images(const char *dir, int (*fn)(const char *path, void *opaque),
+				void *opaque, struct fk_err *err)
+{
+	struct snap_reader *r;
+	struct disk_state ds;
+	const void *data;
+	uint32_t type;
+	size_t len;
+	int ret;
+
+	ret = snap_reader_open(dir, &r, err);
+	if (ret < 0)
+		return ret;
+	for (uint32_t i = 0; ret == 0 && i < VMM_MAX_DISKS; i++) {
+		if (snap_reader_find_device(r, 1 + i, &type, &data, &len) < 0)
+			break;
+		if (type != VM_DEVICE_VIRTIO_BLK || len != sizeof(ds)) {
+			ret = fk_fail(err, EINVAL, "disk %u: state of the wrong type or size", i);
+			break;
+		}
+		memcpy(&ds, data, sizeof(ds));
+		ds.path[sizeof(ds.path) - 1] = '\0';
+		if (!ds.has_copy && ds.path[0])
+			ret = fn(ds.path, opaque);
+	}
+	snap_reader_close(r);
+	return ret;
+}
+
 /* A restore that fails leaves nothing behind: the overlay copies it made go again. */
 static void remove_overlays(struct vm *vm, int nr_disks, bool dir_created)
 {

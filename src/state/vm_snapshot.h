@@ -44,6 +44,15 @@ struct state_source;
  */
 int vm_rebuild(struct vm *vm, const struct state_source *src, struct fk_err *err);
 
+/*
+ * The read-only images a restore of the snapshot in dir reopens from their
+ * original paths (disks without a copy in the snapshot): calls fn for each.
+ * A jailed restore must see them (jail_plan_build). 0, or an error when the
+ * snapshot cannot be read.
+ */
+int vm_snapshot_readonly_images(const char *dir, int (*fn)(const char *path, void *opaque),
+				void *opaque, struct fk_err *err);
+
 /* After the vCPUs of a restored VM started: new generation ID, queued requests served. */
 void vm_restore_started(struct vm *vm);
 
