@@ -26,40 +26,26 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <unistd.h>
 
+#include "cgroup_files.h"
 #include "harness.h"
 #include "probe_cases.h"
 #include "where.h"
 
-#define TIMEOUT_MS    30000
-#define NOBODY	      65534
-#define CGROUP2_MAGIC 0x63677270
-#define PARENT	      "/sys/fs/cgroup/forkd-itest"
-#define MiB	      (1ULL << 20)
+#define TIMEOUT_MS 30000
+#define NOBODY	   65534
+#define PARENT	   "/sys/fs/cgroup/forkd-itest"
+#define MiB	   (1ULL << 20)
 
 static char dir[256];
 static int counter;
 
 static int setup(void **state)
 {
-	struct statfs fs;
-
 	(void)state;
-	if (statfs("/sys/fs/cgroup", &fs) < 0 || fs.f_type != CGROUP2_MAGIC) {
-		/* Only in the nested test host's throwaway kernel is mounting it ours to do. */
-		enum kvm_kind k = where_kvm_kind();
-		if (k != KVM_NESTED_TCG && k != KVM_NESTED_ACCEL) {
-			fprintf(stderr, "itest_jail_cgroup: /sys/fs/cgroup is no cgroup v2 here; "
-					"it runs in the nested test host\n");
-			return -1;
-		}
-		if (mount("none", "/sys/fs/cgroup", "cgroup2", 0, NULL) < 0) {
-			fprintf(stderr, "mount cgroup2 on /sys/fs/cgroup: %s\n", strerror(errno));
-			return -1;
-		}
-	}
+	if (cg_need_v2("itest_jail_cgroup") < 0)
+		return -1;
 	return harness_tmpdir_create(dir, sizeof(dir), "jailcg");
 }
 
@@ -86,36 +72,6 @@ static void fresh(char *jail, size_t jlen, char *run, size_t rlen)
 	snprintf(run, rlen, "%s/run-%d", dir, k);
 	assert_int_equal(mkdir(run, 0755), 0);
 	assert_int_equal(chown(run, NOBODY, NOBODY), 0);
-}
-
-/* "key value" lines (memory.events, cpu.stat): the value of key, or -1. */
-static long long cg_key(const char *file, const char *key)
-{
-	char line[256];
-	size_t n = strlen(key);
-	long long v = -1;
-	FILE *f = fopen(file, "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (strncmp(line, key, n) == 0 && line[n] == ' ')
-			v = strtoll(line + n + 1, NULL, 10);
-	fclose(f);
-	return v;
-}
-
-static long long cg_value(const char *file)
-{
-	long long v = -1;
-	FILE *f = fopen(file, "r");
-
-	if (!f)
-		return -1;
-	if (fscanf(f, "%lld", &v) != 1)
-		v = -1;
-	fclose(f);
-	return v;
 }
 
 static void wait_gone(const char *path)

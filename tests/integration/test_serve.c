@@ -33,6 +33,7 @@
 #include <jansson.h>
 
 #include "harness.h"
+#include "serve_proc.h"
 #include "tap_frames.h"
 #include "where.h"
 
@@ -45,11 +46,7 @@ static pid_t daemon_pid;
 
 static const char *cli(void)
 {
-	static char path[512];
-	const char *b = getenv("FORKD_BUILD");
-
-	snprintf(path, sizeof(path), "%s/forkd", b && *b ? b : "build");
-	return path;
+	return serve_cli();
 }
 
 /* Runs argv with FORKD_SOCKET set; returns its exit status and (malloc'd) stdout. */
@@ -131,29 +128,10 @@ static json_t *forkd_json(const char *what, ...)
 /* forkd serve on this test's state dir and socket, with `extra` options (NULL-ended). */
 static void start_daemon_with(char *const extra[])
 {
-	char *argv[16] = {(char *)cli(), "serve", "--state-dir", state,
-			  "--socket",	 sock,	  "--vmm",	 (char *)harness_vmm()};
 	char log[400];
-	int a = 8;
 
-	for (int i = 0; extra && extra[i] && a < 15; i++)
-		argv[a++] = extra[i];
-	argv[a] = NULL;
-	posix_spawn_file_actions_t fa;
-
-	harness_set_vmm_start_timeout();
 	snprintf(log, sizeof(log), "%s/serve.log", dir);
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log, O_WRONLY | O_CREAT | O_APPEND,
-					 0600);
-	posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, log, O_WRONLY | O_CREAT | O_APPEND,
-					 0600);
-	assert_int_equal(posix_spawn(&daemon_pid, argv[0], &fa, NULL, argv, environ), 0);
-	posix_spawn_file_actions_destroy(&fa);
-	for (long long end = harness_deadline(30000); now_ms() < end; usleep(50 * 1000))
-		if (forkd(NULL, "vm", "ls", NULL) == 0)
-			return;
-	fail_msg("forkd serve did not answer on %s (see %s)", sock, log);
+	daemon_pid = serve_start(state, sock, log, extra);
 }
 
 static void start_daemon(void)
@@ -163,11 +141,7 @@ static void start_daemon(void)
 
 static void kill_daemon(int sig)
 {
-	int status;
-
-	kill(daemon_pid, sig);
-	waitpid(daemon_pid, &status, 0);
-	daemon_pid = 0;
+	serve_stop(&daemon_pid, sig);
 }
 
 static int setup(void **state_)

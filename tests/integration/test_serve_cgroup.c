@@ -22,41 +22,28 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
+#include "cgroup_files.h"
 #include "harness.h"
+#include "serve_proc.h"
 #include "where.h"
 
-#define CGROUP2_MAGIC 0x63677270
-#define PARENT	      "/sys/fs/cgroup/forkd"
-#define MiB	      (1LL << 20)
-#define FAMILY_LIMIT  160 /* MiB: the source fits, the source and two writing children do not */
-
-extern char **environ;
+#define PARENT	     "/sys/fs/cgroup/forkd"
+#define MiB	     (1LL << 20)
+#define FAMILY_LIMIT 160 /* MiB: the source fits, the source and two writing children do not */
 
 static char dir[256], sock[320], state[300];
 static pid_t daemon_pid;
-
-static const char *cli(void)
-{
-	static char path[512];
-	const char *b = getenv("FORKD_BUILD");
-
-	snprintf(path, sizeof(path), "%s/forkd", b && *b ? b : "build");
-	return path;
-}
 
 /*
  * One HTTP/1.0 request on the daemon's Unix socket (so the reply ends with
@@ -125,58 +112,22 @@ static json_t *http_expect(const char *method, const char *path, const char *bod
 
 static void start_daemon(void)
 {
-	char *argv[] = {(char *)cli(), "serve", "--state-dir",	       state, "--socket",
-			sock,	       "--vmm", (char *)harness_vmm(), NULL};
 	char log[400];
-	posix_spawn_file_actions_t fa;
-	json_t *j;
 
-	harness_set_vmm_start_timeout();
 	snprintf(log, sizeof(log), "%s/serve.log", dir);
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log, O_WRONLY | O_CREAT | O_APPEND,
-					 0600);
-	posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, log, O_WRONLY | O_CREAT | O_APPEND,
-					 0600);
-	assert_int_equal(posix_spawn(&daemon_pid, argv[0], &fa, NULL, argv, environ), 0);
-	posix_spawn_file_actions_destroy(&fa);
-	for (long long end = harness_deadline(30000); now_ms() < end; usleep(50 * 1000)) {
-		if (http("GET", "/healthz", NULL, &j) == 200) {
-			json_decref(j);
-			return;
-		}
-		json_decref(j);
-	}
-	fail_msg("forkd serve did not answer on %s (see %s)", sock, log);
+	daemon_pid = serve_start(state, sock, log, NULL);
 }
 
 static void kill_daemon(int sig)
 {
-	int status;
-
-	kill(daemon_pid, sig);
-	waitpid(daemon_pid, &status, 0);
-	daemon_pid = 0;
+	serve_stop(&daemon_pid, sig);
 }
 
 static int setup(void **state_)
 {
-	struct statfs fs;
-
 	(void)state_;
-	if (statfs("/sys/fs/cgroup", &fs) < 0 || fs.f_type != CGROUP2_MAGIC) {
-		/* Only in the nested test host's throwaway kernel is mounting it ours to do. */
-		enum kvm_kind k = where_kvm_kind();
-		if (k != KVM_NESTED_TCG && k != KVM_NESTED_ACCEL) {
-			fprintf(stderr, "itest_serve_cgroup: /sys/fs/cgroup is no cgroup v2 here; "
-					"it runs in the nested test host\n");
-			return -1;
-		}
-		if (mount("none", "/sys/fs/cgroup", "cgroup2", 0, NULL) < 0) {
-			fprintf(stderr, "mount cgroup2 on /sys/fs/cgroup: %s\n", strerror(errno));
-			return -1;
-		}
-	}
+	if (cg_need_v2("itest_serve_cgroup") < 0)
+		return -1;
 	if (harness_tmpdir_create(dir, sizeof(dir), "servecg") < 0)
 		return -1;
 	snprintf(state, sizeof(state), "%s/state", dir);
@@ -210,39 +161,13 @@ static int teardown(void **state_)
 	return harness_tmpdir_remove(dir);
 }
 
-static long long cg_value(const char *cg, const char *file)
+/* A file of cgroup cg (cgroup_files.h reads it). */
+static const char *cg_file(const char *cg, const char *file)
 {
-	char path[400];
-	long long v = -1;
-	FILE *f;
+	static char path[400]; /* one at a time: each use is read before the next call */
 
-	snprintf(path, sizeof(path), "%s/%s", cg, file);
-	f = fopen(path, "r");
-	if (!f)
-		return -1;
-	if (fscanf(f, "%lld", &v) != 1)
-		v = -1;
-	fclose(f);
-	return v;
-}
-
-/* "key value" lines (memory.events): the value of key, or -1. */
-static long long cg_key(const char *cg, const char *file, const char *key)
-{
-	char path[400], line[256];
-	size_t n = strlen(key);
-	long long v = -1;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s/%s", cg, file);
-	f = fopen(path, "r");
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (strncmp(line, key, n) == 0 && line[n] == ' ')
-			v = strtoll(line + n + 1, NULL, 10);
-	fclose(f);
-	return v;
+	snprintf(path, sizeof(path), "%.300s/%.60s", cg, file);
+	return path;
 }
 
 static void cg_text(const char *cg, const char *file, char *buf, size_t len)
@@ -363,10 +288,10 @@ static void test_limits_of_a_family(void **state_)
 	snprintf(cg, sizeof(cg), "%s/%s", PARENT, src_id);
 	assert_string_equal(str(lim, "cgroup"), cg);
 	/* From outside: the cgroup has those values, and the VMM in it. */
-	assert_int_equal(cg_value(cg, "memory.max"), FAMILY_LIMIT * MiB);
+	assert_int_equal(cg_value(cg_file(cg, "memory.max")), FAMILY_LIMIT * MiB);
 	cg_text(cg, "cpu.max", text, sizeof(text));
 	assert_string_equal(text, "50000 100000");
-	assert_int_equal(cg_value(cg, "pids.max"), 64);
+	assert_int_equal(cg_value(cg_file(cg, "pids.max")), 64);
 	assert_true(cg_has_pid(cg, a_pid));
 
 	/* A VM without limits: no cgroup of its own, and it runs on whatever the family does. */
@@ -401,13 +326,14 @@ static void test_limits_of_a_family(void **state_)
 		}
 	}
 	for (long long end = harness_deadline(60000); now_ms() < end && ooms <= 0;) {
-		long long v = cg_value(cg, "memory.peak");
+		long long v = cg_value(cg_file(cg, "memory.peak"));
 		if (v > peak)
 			peak = v;
-		ooms = cg_key(cg, "memory.events", "oom_kill");
+		ooms = cg_key(cg_file(cg, "memory.events"), "oom_kill");
 		usleep(50 * 1000);
 	}
-	peak = cg_value(cg, "memory.peak") > peak ? cg_value(cg, "memory.peak") : peak;
+	if (cg_value(cg_file(cg, "memory.peak")) > peak)
+		peak = cg_value(cg_file(cg, "memory.peak"));
 	fprintf(stderr, "family: oom_kill %lld, memory.peak %lld MiB (limit %d MiB)\n", ooms,
 		peak / MiB, FAMILY_LIMIT);
 	assert_true(ooms > 0);
@@ -487,7 +413,7 @@ static void test_spawned_vms_get_a_cgroup_each(void **state_)
 		assert_string_equal(str(lim, "cpu_max"), "20000/50000");
 		snprintf(cg[i], sizeof(cg[i]), "%s/%s", PARENT, str(vm, "id"));
 		assert_string_equal(str(lim, "cgroup"), cg[i]);
-		assert_int_equal(cg_value(cg[i], "pids.max"), 32);
+		assert_int_equal(cg_value(cg_file(cg[i], "pids.max")), 32);
 		cg_text(cg[i], "cpu.max", text, sizeof(text));
 		assert_string_equal(text, "20000 50000");
 		cg_text(cg[i], "memory.max", text, sizeof(text));

@@ -43,6 +43,7 @@
 #include <jansson.h>
 
 #include "harness.h"
+#include "serve_proc.h"
 #include "where.h"
 
 #define IMAGE	 "forkd-test-base"
@@ -60,11 +61,7 @@ static char vm_id[64];
 
 static const char *cli(void)
 {
-	static char path[512];
-	const char *b = getenv("FORKD_BUILD");
-
-	snprintf(path, sizeof(path), "%s/forkd", b && *b ? b : "build");
-	return path;
+	return serve_cli();
 }
 
 /* Appends what fd has to *buf; returns false at EOF. */
@@ -197,24 +194,10 @@ static void dump_log(void)
 
 static void start_daemon(void)
 {
-	char *argv[] = {(char *)cli(), "serve", "--state-dir",	       state, "--socket",
-			sock,	       "--vmm", (char *)harness_vmm(), NULL};
 	char log[400];
-	posix_spawn_file_actions_t fa;
 
-	harness_set_vmm_start_timeout();
 	snprintf(log, sizeof(log), "%s/serve.log", dir);
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log, O_WRONLY | O_CREAT | O_APPEND,
-					 0600);
-	posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, log, O_WRONLY | O_CREAT | O_APPEND,
-					 0600);
-	assert_int_equal(posix_spawn(&daemon_pid, argv[0], &fa, NULL, argv, environ), 0);
-	posix_spawn_file_actions_destroy(&fa);
-	for (long long end = harness_deadline(30000); now_ms() < end; usleep(50 * 1000))
-		if (forkd(NULL, NULL, "vm", "ls", NULL) == 0)
-			return;
-	fail_msg("forkd serve did not answer on %s (see %s)", sock, log);
+	daemon_pid = serve_start(state, sock, log, NULL);
 }
 
 /* pids of the forkd-vmm processes started for this test's state dir (argv mentions it). */
@@ -250,9 +233,7 @@ static int group_teardown(void **state_)
 			json_decref(j);
 		}
 		free(out);
-		kill(daemon_pid, SIGTERM);
-		waitpid(daemon_pid, NULL, 0);
-		daemon_pid = 0;
+		serve_stop(&daemon_pid, SIGTERM);
 	}
 	return harness_tmpdir_remove(dir);
 }
