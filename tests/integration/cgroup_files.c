@@ -21,8 +21,10 @@ int cg_need_v2(const char *who)
 		return 0;
 	k = where_kvm_kind();
 	if (k != KVM_NESTED_TCG && k != KVM_NESTED_ACCEL) {
-		fprintf(stderr, "%s: /sys/fs/cgroup is no cgroup v2 here; it runs in the nested test host\n",
-			who);
+		fprintf(
+		    stderr,
+		    "%s: /sys/fs/cgroup is no cgroup v2 here; it runs in the nested test host\n",
+		    who);
 		return -1;
 	}
 	if (mount("none", "/sys/fs/cgroup", "cgroup2", 0, NULL) < 0) {

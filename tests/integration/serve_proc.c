@@ -49,8 +49,8 @@ static int try_connect(const char *sock)
 
 pid_t serve_start(const char *state, const char *sock, const char *log, char *const extra[])
 {
-	char *argv[24] = {(char *)serve_cli(), "serve", "--state-dir", (char *)state, "--socket",
-			  (char *)sock,	       "--vmm", (char *)harness_vmm()};
+	char *argv[24] = {(char *)serve_cli(), "serve",	     "--state-dir", (char *)state,
+			  "--socket",	       (char *)sock, "--vmm",	    (char *)harness_vmm()};
 	posix_spawn_file_actions_t fa;
 	int a = 8, status;
 	pid_t pid;
