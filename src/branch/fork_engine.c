@@ -320,7 +320,8 @@ struct zygote_ctx {
 	struct pool_kid pool[BRANCH_MAX_POOL];
 };
 
-/* Refilling stops after this many pooled children failed in a row (a fork storm otherwise). */
+/* Refilling stops after this many pooled children failed in a row (a fork storm otherwise);
+ * also the most built at one time. */
 #define POOL_MAX_FAILURES  3
 #define POOL_GO_TIMEOUT_MS 5000
 #define POOL_DRAIN_WAIT_MS 2000
@@ -399,10 +400,23 @@ static void pool_fork_one(struct zygote_ctx *zc)
 	zc->pool[zc->nr_pool++] = (struct pool_kid){.pid = pid, .fd = sv[0], .index = index};
 }
 
+/*
+ * Builds at most POOL_MAX_FAILURES at a time, and none once that many failed
+ * in a row: each build in flight can fail only once, so a pool that cannot
+ * be built costs exactly POOL_MAX_FAILURES attempts.
+ */
 static void pool_refill(struct zygote_ctx *zc)
 {
-	while (zc->nr_pool < zc->pool_target && zc->pool_failures < POOL_MAX_FAILURES)
+	for (;;) {
+		int building = 0;
+
+		for (int i = 0; i < zc->nr_pool; i++)
+			building += !zc->pool[i].ready;
+		if (zc->nr_pool >= zc->pool_target ||
+		    zc->pool_failures + building >= POOL_MAX_FAILURES)
+			break;
 		pool_fork_one(zc);
+	}
 	pool_report(zc);
 }
 
@@ -566,6 +580,8 @@ static void zygote_spawn(struct zygote_ctx *zc, int n)
 		}
 	}
 	free(kids);
+	/* Before spawn-done: a `zygote list` after the reply must not show the ones handed out. */
+	pool_report(zc);
 	send_msg(sock, "spawn-done");
 	pool_refill(zc);
 }

@@ -273,6 +273,20 @@ static void source_live_verify(struct source *s)
 	}
 }
 
+static int count_lines_with(const char *path, const char *text)
+{
+	char line[1024];
+	int n = 0;
+	FILE *f = fopen(path, "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		n += strstr(line, text) != NULL;
+	fclose(f);
+	return n;
+}
+
 static off_t file_size(const char *path)
 {
 	struct stat st;
@@ -434,7 +448,7 @@ static void test_failing_pool_reports_and_stops(void **state)
 {
 	struct source s;
 	pid_t kids[16];
-	char error[512], req[200];
+	char error[512], req[200], log[600];
 	int zpid, id, pool, ready;
 	json_t *r;
 
@@ -451,9 +465,14 @@ static void test_failing_pool_reports_and_stops(void **state)
 	if (!strstr(error, "injected failure"))
 		fail_msg("pool_error '%s': expected the injected failure", error);
 	assert_int_equal(ready, 0);
-	/* It gave up (no fork storm): no child of the zygote is left. */
-	usleep(500 * 1000);
+	/* It gives up (no fork storm): after 3 failed builds no child of the zygote is left. */
+	for (int i = 0; i < TIMEOUT_MS / 20 && zygote_children(zpid, kids, 16) > 0; i++)
+		usleep(20 * 1000);
 	assert_int_equal(zygote_children(zpid, kids, 16), 0);
+	usleep(300 * 1000);
+	assert_int_equal(zygote_children(zpid, kids, 16), 0);
+	snprintf(log, sizeof(log), "%s/b%d/zygote.log", dir, counter);
+	assert_int_equal(count_lines_with(log, "forkd-zygote: pooled child"), 3);
 	snprintf(req, sizeof(req), "{\"cmd\":\"zygote\",\"action\":\"spawn\",\"id\":%d,\"n\":1}",
 		 id);
 	r = call(s.sock, req, false);
