@@ -6,7 +6,7 @@
  * on its new generation ID and `verify strict` proves its memory is the one
  * branch instant) and from outside (the handed-out pids are the parked ones,
  * a parked guest has not run, the pool refills, release leaves no process
- * and no directory, bad values are refused).
+ * and no directory, disks stay private, bad values are refused).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,14 +70,19 @@ static json_t *call(const char *sock, const char *req, bool want_ok)
 	return reply;
 }
 
-static void start_source(struct source *s)
+static void start_source_disk(struct source *s, const char *disk)
 {
 	snprintf(s->sock, sizeof(s->sock), "%s/src-%d.sock", dir, ++counter);
 	probe_start(&s->p, NULL, "256M", "2",
 		    "work=pattern,pattern pattern_mib=16 pattern_freeze=genid", "--control",
-		    s->sock, NULL);
+		    s->sock, disk ? "--disk" : NULL, disk, NULL);
 	assert_non_null(vmm_need_line(&s->p, "DONE", TIMEOUT_MS));
 	usleep(200 * 1000);
+}
+
+static void start_source(struct source *s)
+{
+	start_source_disk(s, NULL);
 }
 
 static void stop_source(struct source *s)
@@ -483,6 +489,57 @@ static void test_failing_pool_reports_and_stops(void **state)
 	stop_source(&s);
 }
 
+/* Sends a console command to a child and returns its answer line (caller frees). */
+static char *kid_command(const struct kid *k, const char *cmd, const char *answer)
+{
+	char in[1024], log[1024];
+	int skip;
+
+	snprintf(log, sizeof(log), "%.400s/serial.log", k->dir);
+	skip = file_count_lines(log);
+	snprintf(in, sizeof(in), "%.400s/serial.in", k->dir);
+	assert_int_equal(fifo_send(in, cmd), 0);
+	return kid_line(k, answer, skip);
+}
+
+/*
+ * Pooled children built before any spawn get private disk overlays of the
+ * branch instant's disk copy, as fresh ones do: a write in one is seen
+ * neither by its sibling nor by the source's image.
+ */
+static void test_pooled_children_disks_are_private(void **state)
+{
+	char disk[300], buf[512], *l;
+	struct source s;
+	struct kid kids[MAX_KIDS];
+	int zpid, id, fd;
+
+	(void)state;
+	snprintf(disk, sizeof(disk), "%s/pool-disk.img", dir);
+	fd = open(disk, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, 1 << 20), 0);
+	close(fd);
+	start_source_disk(&s, disk);
+	id = branch_pool(&s, 2, &zpid);
+	wait_pool_ready(&s, id, 2);
+	spawn(&s, id, 2, kids);
+	free(kid_command(&kids[0], "blkw 100 kid0\n", "blkw.sector=100 status=0"));
+	l = kid_command(&kids[0], "blkr 100\n", "blkr.sector=100 ");
+	assert_non_null(strstr(l, "forkd-blkw kid0"));
+	free(l);
+	l = kid_command(&kids[1], "blkr 100\n", "blkr.sector=100 ");
+	assert_null(strstr(l, "forkd-blkw"));
+	free(l);
+	fd = open(disk, O_RDONLY);
+	assert_int_equal(pread(fd, buf, sizeof(buf), 100 * 512), 512);
+	assert_int_equal(buf[0], 0);
+	close(fd);
+	for (int i = 0; i < 2; i++)
+		kid_shutdown(&kids[i]);
+	stop_source(&s);
+}
+
 static void expect_error(const char *sock, const char *req, const char *needle)
 {
 	json_t *r = call(sock, req, false);
@@ -522,6 +579,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_spawn_more_than_pool_refills),
 	    cmocka_unit_test(test_release_leaves_no_process),
 	    cmocka_unit_test(test_dead_pooled_child_is_replaced),
+	    cmocka_unit_test(test_pooled_children_disks_are_private),
 	    cmocka_unit_test(test_failing_pool_reports_and_stops),
 	    cmocka_unit_test(test_bad_pool_values),
 	};
