@@ -20,7 +20,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -540,6 +543,81 @@ static void test_pooled_children_disks_are_private(void **state)
 	stop_source(&s);
 }
 
+/* CONNECT to guest port 1024 (the probe's echo) on a vsock host socket; -1 if refused. */
+static int vsock_echo_dial(const char *path)
+{
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	struct pollfd p;
+	char line[64];
+	size_t n = 0;
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	assert_true(fd >= 0);
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
+	    write(fd, "CONNECT 1024\n", 13) != 13)
+		goto fail;
+	p = (struct pollfd){.fd = fd, .events = POLLIN};
+	while (n + 1 < sizeof(line) && poll(&p, 1, 10000) == 1 && read(fd, line + n, 1) == 1)
+		if (line[n++] == '\n')
+			break;
+	line[n] = '\0';
+	if (strncmp(line, "OK ", 3) == 0)
+		return fd;
+	fprintf(stderr, "CONNECT 1024 to %s: '%s'\n", path, line);
+fail:
+	close(fd);
+	return -1;
+}
+
+/*
+ * A pooled child has its own vsock socket, as a fresh child: its guest sees
+ * the transport reset when it resumes, echoes through the child's socket,
+ * and its VMM started the fork notify when it resumed.
+ */
+static void test_pooled_child_vsock_and_fork_notify(void **state)
+{
+	char vsock[300], path[700], buf[16] = "";
+	struct source s;
+	struct kid kid;
+	struct pollfd p;
+	json_t *r;
+	int zpid, id, fd;
+
+	(void)state;
+	snprintf(s.sock, sizeof(s.sock), "%s/src-%d.sock", dir, ++counter);
+	snprintf(vsock, sizeof(vsock), "%s/v%d.sock", dir, counter);
+	probe_start(&s.p, NULL, "256M", "2", "work=vsock,idle", "--control", s.sock, "--vsock",
+		    vsock, NULL);
+	assert_non_null(vmm_need_line(&s.p, "vsock.ready", TIMEOUT_MS));
+	id = branch_pool(&s, 1, &zpid);
+	wait_pool_ready(&s, id, 1);
+	spawn(&s, id, 1, &kid);
+	free(kid_line(&kid, "vsock.reset=1 ", 0));
+	snprintf(path, sizeof(path), "%s/vsock.sock", kid.dir);
+	fd = vsock_echo_dial(path);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "pooled\n", 7), 7);
+	p = (struct pollfd){.fd = fd, .events = POLLIN};
+	assert_int_equal(poll(&p, 1, 10000), 1);
+	assert_int_equal(read(fd, buf, 7), 7);
+	assert_memory_equal(buf, "pooled\n", 7);
+	close(fd);
+	snprintf(path, sizeof(path), "%s/control.sock", kid.dir);
+	r = call(path, "{\"cmd\":\"status\"}", true);
+	snprintf(path, sizeof(path), "%s/vsock.sock", kid.dir);
+	assert_string_equal(json_string_value(json_object_get(r, "vsock_path")), path);
+	/* The probe has no agent: pending or failed, but started (not "none"). */
+	assert_string_not_equal(json_string_value(json_object_get(r, "fork_notify")), "none");
+	json_decref(r);
+	/* The source's own socket still reaches its guest. */
+	fd = vsock_echo_dial(vsock);
+	assert_true(fd >= 0);
+	close(fd);
+	kid_shutdown(&kid);
+	stop_source(&s);
+}
+
 static void expect_error(const char *sock, const char *req, const char *needle)
 {
 	json_t *r = call(sock, req, false);
@@ -580,6 +658,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_release_leaves_no_process),
 	    cmocka_unit_test(test_dead_pooled_child_is_replaced),
 	    cmocka_unit_test(test_pooled_children_disks_are_private),
+	    cmocka_unit_test(test_pooled_child_vsock_and_fork_notify),
 	    cmocka_unit_test(test_failing_pool_reports_and_stops),
 	    cmocka_unit_test(test_bad_pool_values),
 	};
