@@ -439,6 +439,14 @@ static void pool_kid_event(struct zygote_ctx *zc, int i)
 		send_msg(zc->sock, "pool-error child %d: %s", k->index,
 			 got > 0 ? buf : "exited before its VM was ready");
 		zc->pool_failures++;
+	} else if (got > 0) {
+		/* A parked child says nothing until "go": this one is not parked as it should be.
+		 */
+		fprintf(stderr,
+			"forkd-zygote: pooled child %d (pid %d) sent '%.64s' while parked\n",
+			k->index, (int)k->pid, buf);
+		pool_kid_end(zc, i, true);
+		return;
 	} else {
 		fprintf(stderr, "forkd-zygote: pooled child %d (pid %d) exited while parked\n",
 			k->index, (int)k->pid);
