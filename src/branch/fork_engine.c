@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <libgen.h>
 #include <poll.h>
 #include <signal.h>
@@ -30,6 +31,8 @@
 #define MSG_MAX			4096
 #define CHILD_READY_TIMEOUT_MS	30000
 #define ZYGOTE_REPLY_TIMEOUT_MS 60000
+/* A zygote with a pool ends its parked children before it exits (POOL_DRAIN_WAIT_MS). */
+#define ZYGOTE_RELEASE_TIMEOUT_MS 3000
 /* A rough host-memory cost of one idle child (KVM VM, page tables, VMM). */
 #define CHILD_OVERHEAD_BYTES (16ULL << 20)
 
@@ -210,8 +213,41 @@ static int build_child(const struct vm *source, const struct snap_writer *w, con
 	return vm_rebuild(c, &src, err);
 }
 
+/*
+ * A pooled child waits here, built and parked (its vCPU threads not started,
+ * its event loop not running), for the zygote's "go". Returns true to run;
+ * false when the zygote is gone or ended the pool (the child then exits and
+ * the zygote removes its directory).
+ */
+static bool pool_child_wait(struct vm *c, const struct snap_writer *w, const char *dir, int fd)
+{
+	struct state_source src = {.writer = w, .disk_dir = dir};
+	struct fk_err err = {0};
+	char buf[16];
+	ssize_t n;
+
+	do
+		n = read(fd, buf, sizeof(buf));
+	while (n < 0 && errno == EINTR);
+	if (n != 2 || memcmp(buf, "go", 2) != 0)
+		return false;
+	/* Handed out: from now on this child is an independent VMM that outlives its zygote. */
+	prctl(PR_SET_PDEATHSIG, 0);
+	/*
+	 * The vCPU and clock state again: TSC and kvmclock ran on while parked,
+	 * and the guest must resume at the branch instant, as a fresh child does.
+	 */
+	if (vm_state_restore_cpus(c, &src, &err) < 0) {
+		if (write(fd, err.msg, strlen(err.msg)) < 0) {
+		}
+		return false;
+	}
+	return write(fd, "running", 7) == 7;
+}
+
 static void __attribute__((noreturn))
-child_main(struct vm *source, const struct snap_writer *w, const char *dir, int index, int ready_fd)
+child_main(struct vm *source, const struct snap_writer *w, const char *dir, int index, int ready_fd,
+	   pid_t pool_parent)
 {
 	char path[2400];
 	struct fk_err err = {0};
@@ -219,6 +255,12 @@ child_main(struct vm *source, const struct snap_writer *w, const char *dir, int 
 	int status;
 
 	prctl(PR_SET_NAME, "forkd-vmm");
+	/* A parked pooled child is the zygote's: it goes with it until handed out. */
+	if (pool_parent > 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != pool_parent)
+			_exit(0);
+	}
 	{
 		/* the network broker's socket: this child makes and removes its namespace through
 		 * it */
@@ -237,7 +279,8 @@ child_main(struct vm *source, const struct snap_writer *w, const char *dir, int 
 			vm_netns_release(&c->restored_cfg);
 		_exit(VMM_EXIT_ERROR);
 	}
-	if (write(ready_fd, "ok", 2) != 2) {
+	if (write(ready_fd, "ok", 2) != 2 ||
+	    (pool_parent > 0 && !pool_child_wait(c, w, dir, ready_fd))) {
 		/* Nobody learned of this child (its zygote is gone): running on would be an orphan.
 		 */
 		vm_netns_release(&c->restored_cfg);
@@ -254,28 +297,257 @@ child_main(struct vm *source, const struct snap_writer *w, const char *dir, int 
 
 /* ---- zygote ---- */
 
+/* A prebuilt child the zygote keeps parked until a spawn hands it out. */
+struct pool_kid {
+	pid_t pid;
+	int fd; /* SOCK_SEQPACKET to the child: "ok" once built, then "go" / "running" */
+	int index;
+	bool ready; /* built and parked; else still building */
+};
+
+/* What a zygote keeps while it waits for requests (one per zygote process). */
+struct zygote_ctx {
+	struct vm *source;
+	struct snap_writer *w;
+	const char *dir;
+	int sock;
+	pid_t self;
+	int next_index; /* child-K directories are numbered by the zygote, pooled ones too */
+	int pool_target;
+	int pool_failures; /* pooled children that failed to build in a row */
+	int pool_reported; /* the ready count last sent to the source */
+	int nr_pool;
+	struct pool_kid pool[BRANCH_MAX_POOL];
+};
+
+/* Refilling stops after this many pooled children failed in a row (a fork storm otherwise);
+ * also the most built at one time. */
+#define POOL_MAX_FAILURES  3
+#define POOL_GO_TIMEOUT_MS 5000
+#define POOL_DRAIN_WAIT_MS 2000
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)flag;
+	(void)ftw;
+	remove(path);
+	return 0;
+}
+
+/* A pooled child never handed out leaves nothing: its directory and error log go. */
+static void pool_kid_remove_files(const struct zygote_ctx *zc, int index)
+{
+	char path[2400];
+
+	snprintf(path, sizeof(path), "%s/child-%d", zc->dir, index);
+	nftw(path, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+	snprintf(path, sizeof(path), "%s/child-%d.err", zc->dir, index);
+	unlink(path);
+}
+
+static void pool_report(struct zygote_ctx *zc)
+{
+	int ready = 0;
+
+	for (int i = 0; i < zc->nr_pool; i++)
+		ready += zc->pool[i].ready;
+	if (ready != zc->pool_reported && send_msg(zc->sock, "pool-ready %d", ready) == 0)
+		zc->pool_reported = ready;
+}
+
 /*
- * Forks all n children first and then collects their readiness, so that
- * building their VMs (KVM VM, memslots, state) runs on every host core.
+ * Ends pooled child i. `alive`: it still holds its end (a timeout, not an
+ * EOF), so it is killed; otherwise it exited and is only reaped (it may
+ * already be, by the main loop: then its pid is not touched again).
  */
-static void zygote_spawn(struct vm *source, const struct snap_writer *w, const char *dir, int sock,
-			 int first, int n)
+static void pool_kid_end(struct zygote_ctx *zc, int i, bool alive)
+{
+	struct pool_kid k = zc->pool[i];
+
+	close(k.fd);
+	if (alive)
+		kill(k.pid, SIGKILL);
+	waitpid(k.pid, NULL, 0);
+	pool_kid_remove_files(zc, k.index);
+	zc->pool[i] = zc->pool[--zc->nr_pool];
+}
+
+static void pool_fork_one(struct zygote_ctx *zc)
+{
+	int sv[2];
+	pid_t pid;
+	int index = zc->next_index++;
+
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+		send_msg(zc->sock, "pool-error child %d: socketpair: %s", index, strerror(errno));
+		zc->pool_failures++;
+		return;
+	}
+	pid = fork();
+	if (pid == 0) {
+		close(sv[0]);
+		child_main(zc->source, zc->w, zc->dir, index, sv[1], zc->self);
+	}
+	close(sv[1]);
+	if (pid < 0) {
+		send_msg(zc->sock, "pool-error child %d: fork: %s%s", index, strerror(errno),
+			 fork_hint(errno));
+		close(sv[0]);
+		zc->pool_failures++;
+		return;
+	}
+	zc->pool[zc->nr_pool++] = (struct pool_kid){.pid = pid, .fd = sv[0], .index = index};
+}
+
+/*
+ * Builds at most POOL_MAX_FAILURES at a time, and none once that many failed
+ * in a row: each build in flight can fail only once, so a pool that cannot
+ * be built costs exactly POOL_MAX_FAILURES attempts.
+ */
+static void pool_refill(struct zygote_ctx *zc)
+{
+	for (;;) {
+		int building = 0;
+
+		for (int i = 0; i < zc->nr_pool; i++)
+			building += !zc->pool[i].ready;
+		if (zc->nr_pool >= zc->pool_target ||
+		    zc->pool_failures + building >= POOL_MAX_FAILURES)
+			break;
+		pool_fork_one(zc);
+	}
+	pool_report(zc);
+}
+
+/* Pooled child i's socket is readable: built ("ok"), failed (its error), or gone (EOF). */
+static void pool_kid_event(struct zygote_ctx *zc, int i)
+{
+	struct pool_kid *k = &zc->pool[i];
+	char buf[FK_ERR_MSG_MAX + 8];
+	ssize_t got = read(k->fd, buf, sizeof(buf) - 1);
+
+	buf[got > 0 ? got : 0] = '\0';
+	if (!k->ready && got == 2 && memcmp(buf, "ok", 2) == 0) {
+		k->ready = true;
+		zc->pool_failures = 0;
+		return;
+	}
+	if (!k->ready) {
+		fprintf(stderr, "forkd-zygote: pooled child %d: %s\n", k->index,
+			got > 0 ? buf : "exited before its VM was ready");
+		send_msg(zc->sock, "pool-error child %d: %s", k->index,
+			 got > 0 ? buf : "exited before its VM was ready");
+		zc->pool_failures++;
+	} else if (got > 0) {
+		/* A parked child says nothing until "go": this one is not parked as it should be.
+		 */
+		fprintf(stderr,
+			"forkd-zygote: pooled child %d (pid %d) sent '%.64s' while parked\n",
+			k->index, (int)k->pid, buf);
+		pool_kid_end(zc, i, true);
+		return;
+	} else {
+		fprintf(stderr, "forkd-zygote: pooled child %d (pid %d) exited while parked\n",
+			k->index, (int)k->pid);
+	}
+	/* It wrote its error and exits, or it is gone already. */
+	pool_kid_end(zc, i, false);
+}
+
+/*
+ * Hands out pooled child i: it restores its vCPUs to the branch instant and
+ * runs. True once it said so; a child that cannot is ended instead.
+ */
+static bool pool_hand_out(struct zygote_ctx *zc, int i)
+{
+	struct pool_kid *k = &zc->pool[i];
+	struct pollfd p = {.fd = k->fd, .events = POLLIN};
+	char buf[FK_ERR_MSG_MAX + 8];
+	ssize_t got = 0;
+	bool stuck = false;
+	int r;
+
+	if (write(k->fd, "go", 2) == 2) {
+		r = poll(&p, 1, POOL_GO_TIMEOUT_MS);
+		if (r > 0)
+			got = read(k->fd, buf, sizeof(buf) - 1);
+		stuck = r == 0; /* still holds its end: alive, and killed below */
+	}
+	buf[got > 0 ? got : 0] = '\0';
+	if (got == 7 && memcmp(buf, "running", 7) == 0) {
+		send_msg(zc->sock, "child %d %d", k->index, (int)k->pid);
+		close(k->fd);
+		zc->pool[i] = zc->pool[--zc->nr_pool];
+		return true;
+	}
+	fprintf(stderr, "forkd-zygote: pooled child %d did not start: %s\n", k->index,
+		got > 0 ? buf : "no answer");
+	pool_kid_end(zc, i, stuck);
+	return false;
+}
+
+/* Release: parked children see EOF and exit; the stuck ones are killed. Nothing stays. */
+static void pool_drain(struct zygote_ctx *zc)
+{
+	for (int i = 0; i < zc->nr_pool; i++) {
+		close(zc->pool[i].fd);
+		zc->pool[i].fd = -1;
+	}
+	for (int waited = 0; zc->nr_pool > 0 && waited < POOL_DRAIN_WAIT_MS; waited += 5) {
+		for (int i = 0; i < zc->nr_pool;) {
+			pid_t r = waitpid(zc->pool[i].pid, NULL, WNOHANG);
+			if (r == 0) {
+				i++;
+				continue;
+			}
+			pool_kid_remove_files(zc, zc->pool[i].index);
+			zc->pool[i] = zc->pool[--zc->nr_pool];
+		}
+		if (zc->nr_pool)
+			usleep(5000);
+	}
+	for (int i = 0; i < zc->nr_pool; i++) {
+		kill(zc->pool[i].pid, SIGKILL);
+		waitpid(zc->pool[i].pid, NULL, 0);
+		pool_kid_remove_files(zc, zc->pool[i].index);
+	}
+	zc->nr_pool = 0;
+}
+
+/*
+ * Hands out parked children first, then forks the rest fresh (all n first,
+ * then collects their readiness, so that building their VMs runs on every
+ * host core). The pool refills after the reply, in the background.
+ */
+static void zygote_spawn(struct zygote_ctx *zc, int n)
 {
 	struct pending {
 		pid_t pid;
 		int fd;
+		int index;
 	} *kids = calloc((size_t)n, sizeof(*kids));
+	int handed = 0, sock = zc->sock;
 
 	if (!kids) {
-		send_msg(sock, "child-error %d out of memory", first);
+		send_msg(sock, "child-error %d out of memory", zc->next_index);
 		send_msg(sock, "spawn-done");
 		return;
 	}
-	for (int i = 0; i < n; i++) {
-		int k = first + i, pipefd[2];
+	for (int i = 0; i < zc->nr_pool && handed < n;) {
+		if (!zc->pool[i].ready) {
+			i++;
+			continue;
+		}
+		/* Either way slot i now holds another child (or none): look at it again. */
+		handed += pool_hand_out(zc, i);
+	}
+	for (int i = 0; i < n - handed; i++) {
+		int k = zc->next_index++, pipefd[2];
 
 		kids[i].pid = -1;
 		kids[i].fd = -1;
+		kids[i].index = k;
 		if (pipe2(pipefd, O_CLOEXEC) < 0) {
 			send_msg(sock, "child-error %d pipe: %s", k, strerror(errno));
 			continue;
@@ -283,7 +555,7 @@ static void zygote_spawn(struct vm *source, const struct snap_writer *w, const c
 		kids[i].pid = fork();
 		if (kids[i].pid == 0) {
 			close(pipefd[0]);
-			child_main(source, w, dir, k, pipefd[1]);
+			child_main(zc->source, zc->w, zc->dir, k, pipefd[1], 0);
 		}
 		close(pipefd[1]);
 		if (kids[i].pid < 0) {
@@ -294,11 +566,11 @@ static void zygote_spawn(struct vm *source, const struct snap_writer *w, const c
 		}
 		kids[i].fd = pipefd[0];
 	}
-	for (int i = 0; i < n; i++) {
+	for (int i = 0; i < n - handed; i++) {
 		char buf[FK_ERR_MSG_MAX + 8];
 		struct pollfd p = {.fd = kids[i].fd, .events = POLLIN};
 		ssize_t got = 0;
-		int k = first + i;
+		int k = kids[i].index;
 
 		if (kids[i].fd < 0)
 			continue;
@@ -316,7 +588,10 @@ static void zygote_spawn(struct vm *source, const struct snap_writer *w, const c
 		}
 	}
 	free(kids);
+	/* Before spawn-done: a `zygote list` after the reply must not show the ones handed out. */
+	pool_report(zc);
 	send_msg(sock, "spawn-done");
+	pool_refill(zc);
 }
 
 static void zygote_persist(struct vm *source, struct snap_writer *w, const char *dir, int sock,
@@ -357,6 +632,8 @@ static void zygote_persist(struct vm *source, struct snap_writer *w, const char 
 static void __attribute__((noreturn))
 zygote_main(struct vm *source, struct snap_writer *w, const char *dir, int sock, pid_t parent)
 {
+	struct zygote_ctx zc = {
+	    .source = source, .w = w, .dir = dir, .sock = sock, .self = getpid()};
 	char msg[MSG_MAX], path[2300];
 	sigset_t none;
 
@@ -383,24 +660,50 @@ zygote_main(struct vm *source, struct snap_writer *w, const char *dir, int sock,
 			munmap(source->vcpus[i].run, source->vcpu_mmap_size);
 
 	for (;;) {
-		ssize_t n = recv_msg(NULL, sock, msg, sizeof(msg), 200);
-		int first, count;
+		struct pollfd p[1 + BRANCH_MAX_POOL];
+		int nfds = 0, count, r;
+		ssize_t n;
 
+		p[nfds++] = (struct pollfd){.fd = sock, .events = POLLIN};
+		for (int i = 0; i < zc.nr_pool; i++)
+			p[nfds++] = (struct pollfd){.fd = zc.pool[i].fd, .events = POLLIN};
+		r = poll(p, (nfds_t)nfds, 200);
 		/* Reap children that exited while we still are their parent. */
 		while (waitpid(-1, NULL, WNOHANG) > 0)
 			;
+		if (r <= 0)
+			continue;
+		/* Pool events first, from the last slot: ending one moves the last into its slot.
+		 */
+		for (int i = nfds - 1; i >= 1; i--)
+			if (p[i].revents && i - 1 < zc.nr_pool && zc.pool[i - 1].fd == p[i].fd)
+				pool_kid_event(&zc, i - 1);
+		if (zc.nr_pool < zc.pool_target)
+			pool_refill(&zc);
+		else
+			pool_report(&zc);
+		if (!p[0].revents)
+			continue;
+		n = recv_msg(NULL, sock, msg, sizeof(msg), 0);
 		if (n == -ETIMEDOUT)
 			continue;
-		if (n <= 0)
-			_exit(0); /* the source closed its end */
-		if (sscanf(msg, "spawn %d %d", &first, &count) == 2)
-			zygote_spawn(source, w, dir, sock, first, count);
-		else if (strncmp(msg, "persist ", 8) == 0)
-			zygote_persist(source, w, dir, sock, msg + 8);
-		else if (strcmp(msg, "exit") == 0)
+		if (n <= 0 || strcmp(msg, "exit") == 0) {
+			/* The source closed its end, or released us. */
+			pool_drain(&zc);
 			_exit(0);
-		else
+		}
+		if (sscanf(msg, "spawn %d", &count) == 1) {
+			zygote_spawn(&zc, count);
+		} else if (sscanf(msg, "pool %d", &count) == 1 && count >= 0 &&
+			   count <= BRANCH_MAX_POOL) {
+			zc.pool_target = count;
+			zc.pool_failures = 0;
+			pool_refill(&zc);
+		} else if (strncmp(msg, "persist ", 8) == 0) {
+			zygote_persist(source, w, dir, sock, msg + 8);
+		} else {
 			send_msg(sock, "error unknown request");
+		}
 	}
 }
 
@@ -527,7 +830,16 @@ static void zygote_gone(struct vm *vm, struct zygote *z);
 static void handle_zygote_msg(struct zygote *z, const char *msg)
 {
 	unsigned long long hash_us = 0;
+	int ready;
 
+	if (sscanf(msg, "pool-ready %d", &ready) == 1) {
+		z->pool_ready = ready;
+		return;
+	}
+	if (strncmp(msg, "pool-error ", 11) == 0) {
+		snprintf(z->pool_error, sizeof(z->pool_error), "%s", msg + 11);
+		return;
+	}
 	if (strncmp(msg, "persist-done ok", 15) == 0) {
 		z->persist = PERSIST_READY;
 		if (sscanf(msg + 15, " hash_us=%llu", &hash_us) == 1)
@@ -693,7 +1005,8 @@ static int spawn_children(struct vm *vm, struct zygote *z, int n, struct branch_
 	if (ret < 0)
 		return ret;
 	res->disk_copy_us = z->disk_copy_us;
-	ret = send_msg(z->sock, "spawn %d %d", z->nr_children, n);
+	/* The zygote numbers the children (its pooled ones take numbers when built). */
+	ret = send_msg(z->sock, "spawn %d", n);
 	if (ret < 0)
 		return fk_fail(err, -ret, "zygote %d: cannot send: %s", z->id, strerror(-ret));
 	for (;;) {
@@ -772,7 +1085,10 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 	pid_t pid = -1, self = getpid();
 
 	memset(res, 0, sizeof(*res));
-	ret = check_children_fit(vm, req->n, err);
+	if (req->pool < 0 || req->pool > BRANCH_MAX_POOL)
+		return fk_fail(err, EINVAL, "pool=%d: expected 0..%d prebuilt children", req->pool,
+			       BRANCH_MAX_POOL);
+	ret = check_children_fit(vm, req->n + req->pool, err);
 	if (ret < 0)
 		return ret;
 	/*
@@ -878,6 +1194,16 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 			return fk_wrap(err, "branch");
 		}
 	}
+	/* After the request's own children, so that building the pool does not slow them. */
+	if (req->pool > 0) {
+		struct fk_err disk_err;
+		if (zygote_disks_ready(vm, z, &disk_err) < 0)
+			snprintf(z->pool_error, sizeof(z->pool_error), "%.250s", disk_err.msg);
+		else if (send_msg(z->sock, "pool %d", req->pool) == 0)
+			z->pool = req->pool;
+		else
+			snprintf(z->pool_error, sizeof(z->pool_error), "cannot reach the zygote");
+	}
 	if (req->persist) {
 		struct fk_err disk_err;
 		snprintf(z->persist_path, sizeof(z->persist_path), "%s", req->persist);
@@ -981,6 +1307,12 @@ int branch_release(struct vm *vm, int id, struct fk_err *err)
 	if (!z)
 		return fk_fail(err, ENOENT, "zygote %d: no such zygote", id);
 	send_msg(z->sock, "exit");
+	/* Its parked children end with it: let it reap them and remove their directories. */
+	if (z->pool > 0 && z->pidfd >= 0) {
+		struct pollfd p = {.fd = z->pidfd, .events = POLLIN};
+		while (poll(&p, 1, ZYGOTE_RELEASE_TIMEOUT_MS) < 0 && errno == EINTR)
+			;
+	}
 	zygote_gone(vm, z);
 	return 0;
 }

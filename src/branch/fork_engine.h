@@ -15,6 +15,7 @@
 #ifndef FORKD_BRANCH_FORK_ENGINE_H
 #define FORKD_BRANCH_FORK_ENGINE_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -26,6 +27,8 @@ struct vm;
 
 #define BRANCH_MAX_CHILDREN 1024
 #define BRANCH_MAX_ZYGOTES  16
+/* Prebuilt children a zygote keeps parked (`pool`, docs/branch.md). */
+#define BRANCH_MAX_POOL 16
 
 enum persist_state {
 	PERSIST_NONE = 0,
@@ -61,6 +64,9 @@ struct zygote {
 	uint64_t persist_start_us;
 	uint64_t write_us; /* persist request to written, as the source saw it */
 	uint64_t hash_us;  /* the zygote's XXH3 of the memory chunks, inside write_us */
+	int pool;	   /* prebuilt children the zygote keeps parked */
+	int pool_ready;	   /* of those, built and parked now (the zygote reports it) */
+	char pool_error[FK_ERR_MSG_MAX]; /* the last pooled child that failed to build */
 };
 
 /* What became of a live snapshot (`snapshot-status`), kept after its zygote is gone. */
@@ -88,6 +94,7 @@ struct branch_request {
 	const char *persist; /* snapshot directory to write from the zygote, or NULL */
 	bool wait;	     /* wait until the snapshot is written */
 	bool snapshot;	     /* a live snapshot: the zygote goes once persist is written */
+	int pool;	     /* prebuilt children the zygote keeps parked (0..BRANCH_MAX_POOL) */
 };
 
 struct branch_result {
@@ -137,5 +144,12 @@ const struct snapshot_job *branch_snapshot_job(const struct vm *vm, const char *
 const struct zygote *branch_zygotes(const struct vm *vm);
 
 const char *persist_state_name(enum persist_state s);
+
+/*
+ * The `branch` command's arguments (n, dir, persist, wait, pool), checked:
+ * bad values fail naming the argument and what was expected. Strings point
+ * into `request`. Defined with the command in src/control/vm_control.c.
+ */
+int branch_request_parse(json_t *request, struct branch_request *req, struct fk_err *err);
 
 #endif

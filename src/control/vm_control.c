@@ -291,29 +291,48 @@ static void put_children(json_t *reply, const struct branch_result *res)
 	json_object_set_new(reply, "children", children);
 }
 
-static int cmd_branch(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
+int branch_request_parse(json_t *request, struct branch_request *req, struct fk_err *err)
 {
-	struct vm *vm = opaque;
-	struct branch_request req = {0};
-	struct branch_result *res;
-	int64_t n = 1;
+	int64_t n = 1, pool = 0;
 	int ret;
 
+	memset(req, 0, sizeof(*req));
 	ret = control_arg_int(request, "n", false, &n, err);
 	if (!ret)
-		ret = control_arg_string(request, "dir", false, &req.dir, err);
+		ret = control_arg_string(request, "dir", false, &req->dir, err);
 	if (!ret)
-		ret = control_arg_string(request, "persist", false, &req.persist, err);
+		ret = control_arg_string(request, "persist", false, &req->persist, err);
 	if (!ret)
-		ret = control_arg_bool(request, "wait", false, &req.wait, err);
+		ret = control_arg_bool(request, "wait", false, &req->wait, err);
+	if (!ret)
+		ret = control_arg_int(request, "pool", false, &pool, err);
 	if (ret < 0)
 		return ret;
 	if (n < 0 || n > BRANCH_MAX_CHILDREN)
 		return fk_fail(err, EINVAL, "n=%lld: expected 0..%d children", (long long)n,
 			       BRANCH_MAX_CHILDREN);
-	if (n == 0 && !req.persist)
-		return fk_fail(err, EINVAL, "n=0 without persist: expected children or a snapshot");
-	req.n = (int)n;
+	if (pool < 0 || pool > BRANCH_MAX_POOL)
+		return fk_fail(err, EINVAL, "pool=%lld: expected 0..%d prebuilt children",
+			       (long long)pool, BRANCH_MAX_POOL);
+	if (n == 0 && !req->persist && pool == 0)
+		return fk_fail(err, EINVAL,
+			       "n=0 without persist or pool: expected children, a snapshot or a "
+			       "pool");
+	req->n = (int)n;
+	req->pool = (int)pool;
+	return 0;
+}
+
+static int cmd_branch(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
+{
+	struct vm *vm = opaque;
+	struct branch_request req;
+	struct branch_result *res;
+	int ret;
+
+	ret = branch_request_parse(request, &req, err);
+	if (ret < 0)
+		return ret;
 	res = malloc(sizeof(*res));
 	if (!res)
 		return fk_fail(err, ENOMEM, "branch: out of memory");
@@ -329,6 +348,7 @@ static int cmd_branch(void *opaque, json_t *request, json_t *reply, struct fk_er
 		json_object_set_new(reply, "disk_copy_us",
 				    json_integer((json_int_t)res->disk_copy_us));
 		put_children(reply, res);
+		json_object_set_new(reply, "pool", json_integer(req.pool));
 		if (req.persist) {
 			json_object_set_new(reply, "persist",
 					    json_string(persist_state_name(res->persist)));
@@ -362,6 +382,11 @@ static int cmd_zygote(void *opaque, json_t *request, json_t *reply, struct fk_er
 			json_object_set_new(o, "pid", json_integer(z->pid));
 			json_object_set_new(o, "dir", json_string(z->dir));
 			json_object_set_new(o, "children", json_integer(z->nr_children));
+			/* Prebuilt children kept parked, and how many of them are ready now. */
+			json_object_set_new(o, "pool", json_integer(z->pool));
+			json_object_set_new(o, "pool_ready", json_integer(z->pool_ready));
+			if (z->pool_error[0])
+				json_object_set_new(o, "pool_error", json_string(z->pool_error));
 			json_object_set_new(o, "persist",
 					    json_string(persist_state_name(z->persist)));
 			if (z->persist != PERSIST_NONE)
@@ -443,8 +468,10 @@ static const struct control_command vm_commands[] = {
     {"snapshot-status", cmd_snapshot_status,
      "path: a live snapshot's state: writing, ready or failed (with error)"},
     {"branch", cmd_branch,
-     "n (default 1), dir, persist (snapshot path), wait: N children continue from this instant"},
-    {"zygote", cmd_zygote, "action: list | spawn (id, n) | release (id)"},
+     "n (default 1), dir, persist (snapshot path), wait, pool (0..16 prebuilt children kept "
+     "parked): N children continue from this instant"},
+    {"zygote", cmd_zygote,
+     "action: list | spawn (id, n; pooled children first) | release (id; its pool too)"},
     {"net-attach", cmd_net_attach,
      "tap (\"\" takes the link down), netns: give the network device a tap of its own"},
     {NULL, NULL, NULL},
