@@ -32,6 +32,7 @@ audit log (request headers in to the answer sent). JSON lines on stdout, progres
 """
 import argparse, http.client, json, os, shutil, socket, struct, subprocess, sys, tempfile
 import threading, time
+from control_call import call  # bench/ is sys.path[0] when run as python3 bench/X.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(ROOT, "build", "forkd")
@@ -105,24 +106,6 @@ def api(sock, method, path, body=None, want=(200, 201), timeout=120):
 
 # ---- the VMM's control socket (docs/control.md) ----
 
-def call(sock_path, req, timeout=120):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(sock_path)
-        s.sendall((json.dumps(req) + "\n").encode())
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    finally:
-        s.close()
-    reply = json.loads(buf)
-    if not reply.get("ok"):
-        raise RuntimeError(f"{req}: {reply.get('error')}")
-    return reply
 
 
 def wait_gone(pid, timeout=10):

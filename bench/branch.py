@@ -13,6 +13,7 @@ write rate in the 200 ms after a branch relative to before, and QEMU's
 background-snapshot stall for the same guest ELF.
 """
 import json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
+from control_call import call  # bench/ is sys.path[0] when run as python3 bench/X.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VMM = os.path.join(ROOT, "build", "forkd-vmm")
@@ -29,22 +30,6 @@ def log(msg):
     print("bench/branch: " + msg, file=sys.stderr, flush=True)
 
 
-def call(sock_path, req, timeout=120):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(sock_path)
-    s.sendall((json.dumps(req) + "\n").encode())
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-    s.close()
-    reply = json.loads(buf)
-    if not reply.get("ok"):
-        raise RuntimeError(f"{req}: {reply.get('error')}")
-    return reply
 
 
 def pct(values, p):

@@ -13,6 +13,7 @@ zygote, so PSS splits the zygote's pages with it while USS is what it adds). JSO
 stdout.
 """
 import json, os, shutil, socket, statistics, subprocess, sys, tempfile, time
+from control_call import call  # bench/ is sys.path[0] when run as python3 bench/X.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VMM = os.path.join(ROOT, "build", "forkd-vmm")
@@ -25,22 +26,6 @@ def emit(obj):
     print(json.dumps(obj), flush=True)
 
 
-def call(sock_path, req, timeout=60):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(sock_path)
-    s.sendall((json.dumps(req) + "\n").encode())
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-    s.close()
-    reply = json.loads(buf)
-    if not reply.get("ok"):
-        raise RuntimeError(f"{req}: {reply.get('error')}")
-    return reply
 
 
 def wait_ping(child_dir, timeout=30):
