@@ -3059,14 +3059,13 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 			snprintf(want, sizeof(want), "%s/%s/rootfs.ext4", image_cache(),
 				 snap.image);
 		chk.allowed = want;
-		if (vm_snapshot_readonly_images(snap.path, ro_image_ok, &chk, &why) < 0)
-			return chk.bad[0]
-				   ? fk_fail(err, EINVAL,
-					     "%s: snapshot %s names the read-only image %s, not "
-					     "its image's (%s): refused",
-					     what, tag, chk.bad, want[0] ? want : "none")
-				   : fk_fail(err, EINVAL, "%s: snapshot %s: %s", what, tag,
-					     why.msg);
+		/* One that cannot be read is left to the VMMs, which say why. */
+		if (vm_snapshot_readonly_images(snap.path, ro_image_ok, &chk, &why) < 0 &&
+		    chk.bad[0])
+			return fk_fail(err, EINVAL,
+				       "%s: snapshot %s names the read-only image %s, not its "
+				       "image's (%s): refused",
+				       what, tag, chk.bad, want[0] ? want : "none");
 	}
 	/* One written while VMs were not jailed is root's alone: the VMs' group reads it now. */
 	if (d->jail && (ret = share_snapshot(d, snap.path, err)) < 0)

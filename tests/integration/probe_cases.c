@@ -84,7 +84,8 @@ void probe_make_disk(const char *path, size_t size, uint8_t *first4k)
 	assert_true(fd >= 0);
 	assert_int_equal(write(fd, buf, size), (ssize_t)size);
 	close(fd);
-	memcpy(first4k, buf, 4096);
+	if (first4k)
+		memcpy(first4k, buf, size < 4096 ? size : 4096);
 	free(buf);
 }
 

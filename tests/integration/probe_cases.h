@@ -19,7 +19,7 @@ void probe_start(struct vmm_proc *p, const char *vmm, const char *mem, const cha
 const char *probe_need_line(struct vmm_proc *p, const char *prefix, int timeout_ms);
 void probe_expect_kv(struct vmm_proc *p, const char *key, const char *want);
 void probe_expect_exit(struct vmm_proc *p, int want, int timeout_ms);
-/* A disk of pseudo-random bytes (fixed seed); first4k receives its first 4 KiB. */
+/* A disk of pseudo-random bytes (fixed seed); first4k (if not NULL) receives its first 4 KiB. */
 void probe_make_disk(const char *path, size_t size, uint8_t *first4k);
 /*
  * The hostile guest against the ASan VMM: malformed virtio rings and stray

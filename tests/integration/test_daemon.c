@@ -25,7 +25,9 @@
 #include <unistd.h>
 
 #include "daemon/daemon.h"
+#include "daemon/registry.h"
 #include "harness.h"
+#include "probe_cases.h"
 #include "where.h"
 
 #define SPAWN_N 50
@@ -700,6 +702,60 @@ static void expect_einval(int ret, const struct fk_err *err, const char *needle)
 		fail_msg("error '%s' does not name '%s'", err->msg, needle);
 }
 
+/*
+ * A snapshot's read-only disks are reopened from the paths it names: a
+ * snapshot naming a file that is not its image's root file system (as a
+ * hostile VMM could write one) is refused before any VMM starts.
+ */
+static void test_spawn_refuses_a_foreign_readonly_image(void **state)
+{
+	char disk[400], ctl[400], req[800], snap_path[400], db[400];
+	struct reg_snapshot rs = {0};
+	struct fk_err err = {0};
+	struct registry *r;
+	struct vmm_proc p;
+	json_t *body, *out = NULL, *list = NULL;
+	size_t before;
+
+	(void)state;
+	snprintf(disk, sizeof(disk), "%s/secret.img", dir);
+	probe_make_disk(disk, 1 << 20, NULL);
+	snprintf(ctl, sizeof(ctl), "%s/foreign.sock", dir);
+	snprintf(req, sizeof(req), "%s,ro", disk);
+	probe_start(&p, NULL, "64M", "1", "work=idle", "--control", ctl, "--disk", req, NULL);
+	probe_need_line(&p, "READY", 30000);
+	snprintf(snap_path, sizeof(snap_path), "%s/snapshots/foreign", state_dir);
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"mode\":\"stop\"}",
+		 snap_path);
+	json_decref(harness_call_expect(ctl, req, true));
+	json_decref(harness_call_expect(ctl, "{\"cmd\":\"shutdown\"}", true));
+	assert_int_equal(vmm_wait(&p, 30000), 0);
+	vmm_free(&p);
+	/* Registered as if the daemon had taken it. */
+	snprintf(db, sizeof(db), "%s/registry.db", state_dir);
+	assert_int_equal(registry_open(db, &r, &err), 0);
+	strcpy(rs.tag, "foreign");
+	snprintf(rs.path, sizeof(rs.path), "%s", snap_path);
+	assert_int_equal(registry_snapshot_add(r, &rs, &err), 0);
+	assert_int_equal(registry_snapshot_mark_ready(r, "foreign", &err), 0);
+	registry_close(r);
+
+	assert_int_equal(daemon_vm_list(d, &list, &err), 0);
+	before = json_array_size(json_object_get(list, "vms"));
+	json_decref(list);
+	body = json_pack("{s:i}", "n", 1);
+	assert_int_equal(daemon_snapshot_spawn(d, "foreign", body, &out, &err), -EINVAL);
+	json_decref(body);
+	assert_null(out);
+	if (!strstr(err.msg, "names the read-only image") || !strstr(err.msg, disk))
+		fail_msg("error '%s' does not name the foreign image %s", err.msg, disk);
+	assert_int_equal(daemon_vm_list(d, &list, &err), 0);
+	assert_int_equal(json_array_size(json_object_get(list, "vms")), before);
+	json_decref(list);
+	assert_int_equal(daemon_snapshot_delete(d, "foreign", false, &out, &err), 0);
+	json_decref(out);
+}
+
 static void test_bad_bodies(void **state)
 {
 	struct fk_err err = {0};
@@ -783,6 +839,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_killed_vmm_is_marked_exited),
 	    cmocka_unit_test(test_concurrent_branch_and_delete),
 	    cmocka_unit_test(test_readopt_after_daemon_died),
+	    cmocka_unit_test(test_spawn_refuses_a_foreign_readonly_image),
 	    cmocka_unit_test(test_bad_bodies),
 	};
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
