@@ -11,6 +11,7 @@
 #define FORKD_STATE_SNAPSHOT_FORMAT_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -115,7 +116,19 @@ struct snap_commit_stats {
 	uint64_t hash_us;    /* XXH3 of every non-zero chunk (zero chunks cost nothing) */
 	uint64_t data_bytes; /* non-zero bytes written to the memory file */
 	uint64_t hashed_bytes;
-	int stale_removed; /* stale temp directories of dead writers removed first */
+	int stale_removed;   /* stale temp directories of dead writers removed first */
+	int threads;	     /* threads that wrote the memory file */
+	bool direct;	     /* every memory write went through O_DIRECT (no page-cache copy) */
+	int direct_fallback; /* 1: O_DIRECT was refused (open or a write: EINVAL), buffered after */
+};
+
+/*
+ * How the memory file is written; zero (snap_writer_init) is the default:
+ * O_DIRECT where the filesystem takes it, several threads.
+ */
+struct snap_write_opts {
+	int threads;	/* 0: default (4 with O_DIRECT, else one per online CPU, at most 4) */
+	bool no_direct; /* write through the page cache even where O_DIRECT works */
 };
 
 struct snap_writer {
@@ -126,6 +139,7 @@ struct snap_writer {
 	int nr_files;
 	struct snap_writer_file files[SNAP_MAX_FILES];
 	struct snap_commit_stats stats;
+	struct snap_write_opts opts;
 };
 
 void snap_writer_init(struct snap_writer *w, uint32_t nr_vcpus);
@@ -241,6 +255,14 @@ int snap_tmp_mark_writer(int dirfd, const char *dir, struct fk_err *err);
  * removed (>= 0) or -errno when `parent` cannot be read.
  */
 int snap_tmp_clean_stale(const char *parent, const char *base, struct fk_err *err);
+
+/*
+ * Bytes of `target`'s memory file written so far by a running writer (its
+ * `TARGET.tmp-XXXXXX`, allocated blocks: holes are not counted), for a live
+ * snapshot's progress. 0, or -ENOENT when no running writer's temp directory
+ * is there (not started, or already renamed into place).
+ */
+int snap_tmp_written_bytes(const char *target, uint64_t *bytes);
 
 /* Start time of `pid` in clock ticks since boot (/proc/PID/stat field 22); 0 if gone. */
 unsigned long long snap_proc_start_time(pid_t pid);
