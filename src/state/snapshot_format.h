@@ -242,6 +242,25 @@ int snap_verify_memory(const struct snap_reader *r, struct snap_verify_stats *st
 /* XXH3 of `len` zero bytes, the checksum of a chunk that is a hole. */
 uint64_t snap_zero_chunk_hash(uint64_t len);
 
+/* ---- Prewarm: the memory file into the page cache (snapshot_prewarm.c) ---- */
+
+struct snap_prewarm_stats {
+	uint64_t file_bytes;	 /* the memory file's size */
+	uint64_t data_bytes;	 /* bytes outside holes: what was read */
+	uint64_t extents;	 /* data extents (SEEK_DATA .. SEEK_HOLE) */
+	uint64_t us;		 /* fadvise and read-through, wall time */
+	uint64_t resident_bytes; /* bytes of the file in the page cache afterwards (mincore) */
+};
+
+/*
+ * Reads every data extent of the memory file (holes skipped) into the page
+ * cache: posix_fadvise(WILLNEED) on all of them, then a read-through that
+ * waits for them. snap_prewarm opens DIR as a snapshot first (its errors are
+ * snap_reader_open's: a missing directory, not a snapshot).
+ */
+int snap_prewarm(const char *dir, struct snap_prewarm_stats *st, struct fk_err *err);
+int snap_prewarm_fd(int fd, const char *path, struct snap_prewarm_stats *st, struct fk_err *err);
+
 /* ---- Temp directories of writers that died (snapshot_tmp.c) ---- */
 
 /* Writes SNAP_WRITER_FILE (pid, start time, boot id of this process) into the open dir. */

@@ -221,11 +221,11 @@ int snap_tmp_written_bytes(const char *target, uint64_t *bytes)
 		if (fd < 0)
 			continue;
 		/* Only a running writer's: a dead one's leftovers are not progress. */
-		if (writer_alive(fd) == 1 && fstatat(fd, SNAP_MEMORY_FILE, &st, 0) == 0) {
-			/* Allocated blocks, not the size: the file is sized in full before the
-			 * write. */
-			*bytes += (uint64_t)st.st_blocks * 512;
-			found = 0;
+		if (writer_alive(fd) == 1) {
+			found = 0; /* no memory file yet: nothing written so far */
+			/* Allocated blocks, not the size: the file is sized in full first. */
+			if (fstatat(fd, SNAP_MEMORY_FILE, &st, 0) == 0)
+				*bytes += (uint64_t)st.st_blocks * 512;
 		}
 		close(fd);
 	}
