@@ -116,10 +116,10 @@ struct snap_commit_stats {
 	uint64_t hash_us;    /* XXH3 of every non-zero chunk (zero chunks cost nothing) */
 	uint64_t data_bytes; /* non-zero bytes written to the memory file */
 	uint64_t hashed_bytes;
-	int stale_removed;   /* stale temp directories of dead writers removed first */
-	int threads;	     /* threads that wrote the memory file */
-	bool direct;	     /* every memory write went through O_DIRECT (no page-cache copy) */
-	int direct_fallback; /* 1: O_DIRECT was refused (open or a write: EINVAL), buffered after */
+	int stale_removed;     /* stale temp directories of dead writers removed first */
+	int threads;	       /* threads that wrote the memory file */
+	uint64_t direct_bytes; /* of data_bytes, written with O_DIRECT (no page-cache copy) */
+	int direct_fallback;   /* 1: O_DIRECT was refused (fcntl or a write: EINVAL) */
 };
 
 /*
