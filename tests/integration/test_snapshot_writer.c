@@ -147,9 +147,40 @@ static void start_pattern_source(struct vmm_proc *p, const char *sock)
 			(char *)sock,
 			NULL};
 
+	char key[32], buf[32];
+	unsigned long long pages;
+
 	assert_int_equal(vmm_start(p, argv), 0);
 	need_line(p, "DONE");
-	usleep(200 * 1000);
+	/*
+	 * Each writer zeroes its pages before its first pass, and only checks
+	 * the generation ID inside the passes: a snapshot taken while one is
+	 * still zeroing (a loaded machine starts vCPU 1 late) restores to a
+	 * writer that never freezes. Wait until both finished a full pass.
+	 */
+	need_line(p, "cpu1.pattern_freeze=");
+	assert_non_null(vmm_value(p, "pattern_pages", buf, sizeof(buf)));
+	pages = strtoull(buf, NULL, 10);
+	for (long long end = harness_deadline(TIMEOUT_MS);;) {
+		int reports = vmm_count_lines(p, "report.end");
+		bool done = true;
+
+		vmm_send(p, "report\n");
+		while (vmm_count_lines(p, "report.end") == reports && now_ms() < end)
+			vmm_wait_line(p, "\x01", 50);
+		for (int cpu = 0; cpu < 2; cpu++) {
+			snprintf(key, sizeof(key), "cpu%d.pattern_seq", cpu);
+			done = done && vmm_value(p, key, buf, sizeof(buf)) &&
+			       strtoull(buf, NULL, 10) >= pages;
+		}
+		if (done)
+			break;
+		if (now_ms() > end) {
+			vmm_dump(p);
+			fail_msg("the pattern writers did not finish a pass of %llu pages", pages);
+		}
+		usleep(50 * 1000);
+	}
 }
 
 static void stop_vm(struct vmm_proc *p, const char *sock)
