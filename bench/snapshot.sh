@@ -8,7 +8,9 @@
 #
 # SNAPSHOT_BENCH_PARTS (default "stop live fanout qemu") picks the parts: stop is
 # stop-and-save with its restore, live the live snapshot (a BRANCH pause; the
-# zygote writes) with its XXH3 cost and `forkd snapshot verify` speed.
+# zygote writes) with its XXH3 cost and `forkd snapshot verify` speed, fanout
+# 100 children of one snapshot on disk, cold (page cache dropped) and after
+# `forkd snapshot prewarm`, FANOUT_RUNS (default 1) pairs of rows.
 #
 # Each guest gets 256 MiB more RAM than it touches. Snapshots go under
 # /dev/shm/forkd-bench.* (tmpfs) and /var/tmp/forkd-bench.* (disk) and are
@@ -31,12 +33,17 @@ if [ "$kvm_kind" = native-none ]; then
 	exit 1
 fi
 
-make -s -j2 build/forkd-vmm build/forkd probe build/bench/readytime >&2
-
 work=$(mktemp -d /tmp/forkd-bench.XXXXXX)
 # Private copies: others may relink build/ while this runs. forkd finds forkd-vmm next to itself.
+# SNAPSHOT_BENCH_BIN=DIR takes forkd-vmm, forkd, readytime and probe.elf from DIR instead (an
+# older build, to compare before and after in the same run).
 mkdir "$work/bin"
-cp build/forkd-vmm build/forkd build/bench/readytime build/guest/probe.elf "$work/bin/"
+if [ -n "${SNAPSHOT_BENCH_BIN:-}" ]; then
+	cp "$SNAPSHOT_BENCH_BIN"/{forkd-vmm,forkd,readytime,probe.elf} "$work/bin/"
+else
+	make -s -j2 build/forkd-vmm build/forkd probe build/bench/readytime >&2
+	cp build/forkd-vmm build/forkd build/bench/readytime build/guest/probe.elf "$work/bin/"
+fi
 probe=$work/bin/probe.elf
 vmm=$work/bin/forkd-vmm
 forkd=$work/bin/forkd
@@ -50,7 +57,7 @@ cleanup() {
 		kill "$vm_pid" 2>/dev/null || true
 		wait "$vm_pid" 2>/dev/null || true
 	fi
-	[ -d "$work/fanout" ] && $forkd kill "$work/fanout" >/dev/null 2>&1 || true
+	if [ -d "$work/fanout" ]; then $forkd kill "$work/fanout" >/dev/null 2>&1 || true; fi
 	rm -rf "$work" "$tmpfs_dir" "$disk_dir"
 }
 trap cleanup EXIT
@@ -168,6 +175,7 @@ PY
 json_field_from_fragment() { python3 -c 'import json,sys; print(json.loads("{"+sys.stdin.read()+"}")[sys.argv[1]])' "$1"; }
 
 for mib in $sizes; do
+	want stop || want live || break
 	# A touch region is contiguous and RAM splits at 3 GiB (the MMIO hole), so
 	# above 2 GiB both vCPUs touch half each, one half above 4 GiB.
 	if [ "$mib" -gt 2048 ]; then
@@ -196,22 +204,33 @@ for mib in $sizes; do
 	stop_probe
 done
 
-fanout() {
-	local snap=$tmpfs_dir/fanout-snap guest_mib=$fanout_mib
-	log "fan-out: $fanout_n children of an idle ${guest_mib} MiB probe"
-	boot_probe "$guest_mib" "work=idle,idle"
-	wait_for "$work/serial.log" "^READY" 60
-	$forkd vm call --socket "$work/vm.sock" --timeout 60000 \
-		"{\"cmd\":\"snapshot\",\"path\":\"$snap\",\"mode\":\"stop\",\"resume\":false}" >/dev/null
-	stop_probe
-	python3 - "$forkd" "$snap" "$work/fanout" "$fanout_n" "$guest_mib" <<'PY'
+# fanout: 100 children of one 256 MiB snapshot on disk, all answering `pong`: cold (page
+# cache dropped) and prewarmed (dropped, then `forkd snapshot prewarm`), in the same run.
+# "ms" is the whole wall time (prewarm included) until the last child answered.
+fanout_run() { # SNAP PREWARM(true|false)
+	local snap=$1 prewarm=$2 pw_json='{}'
+	sync
+	echo 3 >/proc/sys/vm/drop_caches
+	if [ "$prewarm" = true ]; then
+		pw_json=$($forkd snapshot prewarm --json "$snap")
+	fi
+	python3 - "$forkd" "$snap" "$work/fanout" "$fanout_n" "$fanout_mib" "$prewarm" "$pw_json" "$kvm_kind" <<'PY'
 import json, os, subprocess, sys, time
 forkd, snap, out, n, guest_mib = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-t0 = time.monotonic()
+prewarm, pw, kind = sys.argv[6] == "true", json.loads(sys.argv[7]), sys.argv[8]
+tick = os.sysconf("SC_CLK_TCK")
+row = {"bench": "snapshot", "op": "fanout", "n": n, "prewarm": prewarm, "guest_mib": guest_mib,
+       "kvm": kind}
+if prewarm:
+    row["prewarm_ms"] = round(pw.get("prewarm_us", 0) / 1e3, 1)
+    row["prewarm_mib"] = round(pw.get("data_bytes", 0) / 1048576, 1)
+    row["prewarm_mib_per_s"] = round(pw.get("mib_per_s", 0), 0)
+t0 = time.monotonic() - row.get("prewarm_ms", 0) / 1e3
 spawn = subprocess.run([forkd, "spawn", snap, "-n", str(n), "--out", out, "--timeout", "120000"],
                        stdout=subprocess.PIPE, text=True)
 if spawn.returncode != 0:
-    print(json.dumps({"bench": "fanout", "n": n, "error": "forkd spawn exited %d" % spawn.returncode}))
+    row["error"] = "forkd spawn exited %d" % spawn.returncode
+    print(json.dumps(row))
     sys.exit(0)
 summary = json.loads(spawn.stdout.strip().splitlines()[-1])
 children = [os.path.join(out, "child-%d" % i) for i in range(n)]
@@ -230,23 +249,40 @@ while pending and time.monotonic() < deadline:
         except FileNotFoundError:
             pass
     time.sleep(0.002)
-all_ready = (time.monotonic() - t0) * 1e3
-pss = []
+row["ms"] = round((time.monotonic() - t0) * 1e3, 1)
+row["all_running_ms"] = summary["all_running_ms"]
+# CPU each child's VMM has used so far (user + system, its threads): the cost 2 cores share.
+cpu, pss = [], []
 for c in children:
     pid = int(open(os.path.join(c, "pid")).read())
+    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    cpu.append((int(f[11]) + int(f[12])) * 1000 / tick)
     for line in open("/proc/%d/smaps_rollup" % pid):
         if line.startswith("Pss:"):
             pss.append(int(line.split()[1]) / 1024)
-row = {"bench": "fanout", "n": n, "guest_mib": guest_mib,
-       "all_running_ms": summary["all_running_ms"],
-       "all_ready_ms": round(all_ready, 1),
-       "pss_per_child_mib": round(sum(pss) / len(pss), 2)}
+row["cpu_ms_per_child"] = round(sum(cpu) / len(cpu), 1)
+row["pss_per_child_mib"] = round(sum(pss) / len(pss), 2)
 if pending:
     row["error"] = "%d children did not answer pong within 120 s" % len(pending)
 print(json.dumps(row))
 PY
 	$forkd kill "$work/fanout" >/dev/null
-	rm -rf "$work/fanout" "$snap"
+	rm -rf "$work/fanout"
+}
+
+fanout() {
+	local snap=$disk_dir/fanout-snap guest_mib=$fanout_mib
+	log "fan-out: $fanout_n children of an idle ${guest_mib} MiB probe, snapshot on disk, cold and prewarmed"
+	boot_probe "$guest_mib" "work=idle,idle"
+	wait_for "$work/serial.log" "^READY" 60
+	$forkd vm call --socket "$work/vm.sock" --timeout 60000 \
+		"{\"cmd\":\"snapshot\",\"path\":\"$snap\",\"mode\":\"stop\",\"resume\":false}" >/dev/null
+	stop_probe
+	for run in $(seq 1 "${FANOUT_RUNS:-1}"); do
+		fanout_run "$snap" false
+		fanout_run "$snap" true
+	done
+	rm -rf "$snap"
 }
 if want fanout; then fanout; fi
 

@@ -39,6 +39,7 @@ static const char usage_text[] =
     "       forkd spawn SNAPSHOT_DIR -n N --out DIR [--vmm PATH] [--timeout MS]\n"
     "       forkd kill DIR\n"
     "       forkd snapshot verify DIR [--json]\n"
+    "       forkd snapshot prewarm DIR [--json]\n"
     "       forkd exec VM [-i] [--env K=V]... [--cwd DIR] [--uid N] [--gid N] [--timeout MS] -- "
     "CMD [ARG]...\n"
     "       forkd cp SRC DST            (one of them VM:/absolute/path)\n"
@@ -81,6 +82,10 @@ static const char usage_text[] =
     "snapshot verify: checks every 1 MiB chunk of DIR/memory against the XXH3 recorded\n"
     "when the snapshot was written, naming the first bad chunk's offset.\n"
     "Exit status: 0 intact, 1 corrupt or unreadable, 2 usage error.\n"
+    "\n"
+    "snapshot prewarm: reads DIR/memory's data (not its holes) into the page cache before a\n"
+    "fan-out (spawn), reporting MiB/s. Exit status: 0 done, 1 not a snapshot or unreadable,\n"
+    "2 usage error.\n"
     "\n"
     "kill: SIGTERM to every child recorded under DIR, SIGKILL after 2 s; one JSON line each.\n"
     "Exit status: 0 all gone, 1 a child could not be killed or none was recorded, 2 usage.\n"
@@ -295,6 +300,8 @@ int main(int argc, char **argv)
 		return cli_branch(argc - 2, argv + 2);
 	if (strcmp(argv[1], "snapshot") == 0 && argc > 2 && strcmp(argv[2], "verify") == 0)
 		return cli_snapshot_verify(argc - 3, argv + 3);
+	if (strcmp(argv[1], "snapshot") == 0 && argc > 2 && strcmp(argv[2], "prewarm") == 0)
+		return cli_snapshot_prewarm(argc - 3, argv + 3);
 	if (strcmp(argv[1], "snapshot") == 0)
 		return cli_snapshot(argc - 2, argv + 2);
 	if (strcmp(argv[1], "snapshots") == 0)

@@ -76,3 +76,67 @@ int cli_snapshot_verify(int argc, char **argv)
 	snap_reader_close(r);
 	return ret < 0 ? CLI_EXIT_NOT_OK : 0;
 }
+
+/*
+ * `forkd snapshot prewarm DIR [--json]`: the memory file into the page cache
+ * before a fan-out (forkd spawn), holes skipped.
+ */
+int cli_snapshot_prewarm(int argc, char **argv)
+{
+	struct snap_prewarm_stats st;
+	struct fk_err err = {0};
+	const char *dir = NULL;
+	bool json = false;
+	double mib_per_s;
+	int ret;
+
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--json") == 0)
+			json = true;
+		else if (argv[i][0] == '-')
+			return cli_usage_error(
+			    "snapshot prewarm: unknown option '%s' (expected --json)", argv[i]);
+		else if (dir)
+			return cli_usage_error(
+			    "snapshot prewarm: unexpected argument '%s' (expected "
+			    "one snapshot directory)",
+			    argv[i]);
+		else
+			dir = argv[i];
+	}
+	if (!dir)
+		return cli_usage_error("snapshot prewarm: expected a snapshot directory");
+	ret = snap_prewarm(dir, &st, &err);
+	mib_per_s = st.us ? (double)st.data_bytes / 1048576.0 / ((double)st.us / 1e6) : 0;
+	if (json) {
+		json_t *o = json_pack("{s:s,s:b}", "path", dir, "ok", ret == 0);
+
+		if (ret < 0) {
+			json_object_set_new(o, "error", json_string(err.msg));
+		} else {
+			json_object_set_new(o, "file_bytes",
+					    json_integer((json_int_t)st.file_bytes));
+			json_object_set_new(o, "data_bytes",
+					    json_integer((json_int_t)st.data_bytes));
+			json_object_set_new(o, "extents", json_integer((json_int_t)st.extents));
+			json_object_set_new(o, "resident_bytes",
+					    json_integer((json_int_t)st.resident_bytes));
+			json_object_set_new(o, "prewarm_us", json_integer((json_int_t)st.us));
+			json_object_set_new(o, "mib_per_s", json_real(mib_per_s));
+		}
+		json_dumpf(o, stdout, JSON_COMPACT);
+		putchar('\n');
+		json_decref(o);
+	} else if (ret == 0) {
+		printf("%s: %llu MiB of data in %llu extents (of a %llu MiB memory file; holes not "
+		       "read) in the page cache in %llu ms, %.0f MiB/s; %llu MiB of the file "
+		       "cached now\n",
+		       dir, (unsigned long long)(st.data_bytes >> 20),
+		       (unsigned long long)st.extents, (unsigned long long)(st.file_bytes >> 20),
+		       (unsigned long long)(st.us / 1000), mib_per_s,
+		       (unsigned long long)(st.resident_bytes >> 20));
+	} else {
+		fprintf(stderr, "forkd: snapshot prewarm: %s\n", err.msg);
+	}
+	return ret < 0 ? CLI_EXIT_NOT_OK : 0;
+}

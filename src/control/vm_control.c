@@ -54,6 +54,27 @@ static void put_net_status(struct vm *vm, json_t *reply)
 	}
 }
 
+/* While live snapshots are being written: their memory files' bytes on disk so far. */
+static void put_snapshot_progress(struct vm *vm, json_t *reply)
+{
+	uint64_t total = 0;
+	bool writing = false;
+
+	for (int i = 0; vm->branch && i < BRANCH_MAX_SNAPSHOT_JOBS; i++) {
+		const struct snapshot_job *j = &vm->branch->snapshot_jobs[i];
+		uint64_t bytes;
+
+		if (j->in_use && j->state == PERSIST_WRITING &&
+		    snap_tmp_written_bytes(j->path, &bytes) == 0) {
+			total += bytes;
+			writing = true;
+		}
+	}
+	if (writing)
+		json_object_set_new(reply, "snapshot_written_bytes",
+				    json_integer((json_int_t)total));
+}
+
 static int cmd_status(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
 {
 	struct vm *vm = opaque;
@@ -108,6 +129,7 @@ static int cmd_status(void *opaque, json_t *request, json_t *reply, struct fk_er
 	}
 	if (vm->net.dev)
 		put_net_status(vm, reply);
+	put_snapshot_progress(vm, reply);
 	return 0;
 }
 
@@ -266,7 +288,13 @@ static int cmd_snapshot_status(void *opaque, json_t *request, json_t *reply, str
 	json_object_set_new(reply, "path", json_string(j->path));
 	json_object_set_new(reply, "snapshot", json_string(persist_state_name(j->state)));
 	json_object_set_new(reply, "pause_us", json_integer((json_int_t)j->pause_us));
-	if (j->state != PERSIST_WRITING) {
+	if (j->state == PERSIST_WRITING) {
+		uint64_t bytes;
+
+		if (snap_tmp_written_bytes(j->path, &bytes) == 0)
+			json_object_set_new(reply, "written_bytes",
+					    json_integer((json_int_t)bytes));
+	} else {
 		json_object_set_new(reply, "write_us", json_integer((json_int_t)j->write_us));
 		json_object_set_new(reply, "hash_us", json_integer((json_int_t)j->hash_us));
 	}

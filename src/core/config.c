@@ -125,6 +125,8 @@ void vmm_config_usage(FILE *out)
 	      "  --verify             with --restore: check every chunk of the memory file\n"
 	      "                       against its recorded XXH3 before running (without it,\n"
 	      "                       a restore does not read the memory file up front)\n"
+	      "  --prewarm            with --restore: read the memory file's data (not its\n"
+	      "                       holes) into the page cache before running\n"
 	      "  --vsock PATH[,cid=N] virtio-vsock device whose host side is the Unix socket\n"
 	      "                       PATH (\"CONNECT <port>\\n\" reaches guest port <port>;\n"
 	      "                       guest connects to port P reach PATH_P); guest cid N,\n"
@@ -596,6 +598,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_NET,
 		OPT_NET_POLICY,
 		OPT_VERIFY,
+		OPT_PREWARM,
 		OPT_SECCOMP
 	};
 	static const struct option opts[] = {
@@ -626,6 +629,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"net", required_argument, NULL, OPT_NET},
 	    {"net-policy", required_argument, NULL, OPT_NET_POLICY},
 	    {"verify", no_argument, NULL, OPT_VERIFY},
+	    {"prewarm", no_argument, NULL, OPT_PREWARM},
 	    {"seccomp", required_argument, NULL, OPT_SECCOMP},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
@@ -704,6 +708,9 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			break;
 		case OPT_VERIFY:
 			cfg->restore_verify = true;
+			break;
+		case OPT_PREWARM:
+			cfg->restore_prewarm = true;
 			break;
 		case OPT_OVERLAY_DIR:
 			if (!*optarg)
@@ -822,6 +829,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		return fk_fail(err, EINVAL, "--overlay-dir only applies with --restore");
 	if (cfg->restore_verify)
 		return fk_fail(err, EINVAL, "--verify only applies with --restore");
+	if (cfg->restore_prewarm)
+		return fk_fail(err, EINVAL, "--prewarm only applies with --restore");
 	if (!cfg->kernel)
 		return fk_fail(err, EINVAL, "--kernel PATH is required (see --help)");
 	return 0;

@@ -80,6 +80,7 @@ struct vmm_config {
 	const char *restore_dir;  /* --restore: start from this snapshot instead of booting */
 	const char *overlay_dir;  /* --overlay-dir: where a restored VM's private disk copies go */
 	bool restore_verify;	  /* --verify: check the memory file's chunk checksums first */
+	bool restore_prewarm;	  /* --prewarm: the memory file into the page cache first */
 	unsigned cpuid_hide;	  /* enum vmm_cpuid_hide bits */
 	/* --vsock PATH[,cid=N]: hybrid-vsock Unix socket, "" for no vsock device. */
 	char vsock_path[VMM_VSOCK_PATH_MAX];

@@ -11,6 +11,7 @@
 #define FORKD_STATE_SNAPSHOT_FORMAT_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -115,7 +116,19 @@ struct snap_commit_stats {
 	uint64_t hash_us;    /* XXH3 of every non-zero chunk (zero chunks cost nothing) */
 	uint64_t data_bytes; /* non-zero bytes written to the memory file */
 	uint64_t hashed_bytes;
-	int stale_removed; /* stale temp directories of dead writers removed first */
+	int stale_removed;     /* stale temp directories of dead writers removed first */
+	int threads;	       /* threads that wrote the memory file */
+	uint64_t direct_bytes; /* of data_bytes, written with O_DIRECT (no page-cache copy) */
+	int direct_fallback;   /* 1: O_DIRECT was refused (fcntl or a write: EINVAL) */
+};
+
+/*
+ * How the memory file is written; zero (snap_writer_init) is the default:
+ * O_DIRECT where the filesystem takes it, several threads.
+ */
+struct snap_write_opts {
+	int threads;	/* 0: default (4 with O_DIRECT, else one per online CPU, at most 4) */
+	bool no_direct; /* write through the page cache even where O_DIRECT works */
 };
 
 struct snap_writer {
@@ -126,6 +139,7 @@ struct snap_writer {
 	int nr_files;
 	struct snap_writer_file files[SNAP_MAX_FILES];
 	struct snap_commit_stats stats;
+	struct snap_write_opts opts;
 };
 
 void snap_writer_init(struct snap_writer *w, uint32_t nr_vcpus);
@@ -228,6 +242,25 @@ int snap_verify_memory(const struct snap_reader *r, struct snap_verify_stats *st
 /* XXH3 of `len` zero bytes, the checksum of a chunk that is a hole. */
 uint64_t snap_zero_chunk_hash(uint64_t len);
 
+/* ---- Prewarm: the memory file into the page cache (snapshot_prewarm.c) ---- */
+
+struct snap_prewarm_stats {
+	uint64_t file_bytes;	 /* the memory file's size */
+	uint64_t data_bytes;	 /* bytes outside holes: what was read */
+	uint64_t extents;	 /* data extents (SEEK_DATA .. SEEK_HOLE) */
+	uint64_t us;		 /* fadvise and read-through, wall time */
+	uint64_t resident_bytes; /* bytes of the file in the page cache afterwards (mincore) */
+};
+
+/*
+ * Reads every data extent of the memory file (holes skipped) into the page
+ * cache: posix_fadvise(WILLNEED) on all of them, then a read-through that
+ * waits for them. snap_prewarm opens DIR as a snapshot first (its errors are
+ * snap_reader_open's: a missing directory, not a snapshot).
+ */
+int snap_prewarm(const char *dir, struct snap_prewarm_stats *st, struct fk_err *err);
+int snap_prewarm_fd(int fd, const char *path, struct snap_prewarm_stats *st, struct fk_err *err);
+
 /* ---- Temp directories of writers that died (snapshot_tmp.c) ---- */
 
 /* Writes SNAP_WRITER_FILE (pid, start time, boot id of this process) into the open dir. */
@@ -241,6 +274,14 @@ int snap_tmp_mark_writer(int dirfd, const char *dir, struct fk_err *err);
  * removed (>= 0) or -errno when `parent` cannot be read.
  */
 int snap_tmp_clean_stale(const char *parent, const char *base, struct fk_err *err);
+
+/*
+ * Bytes of `target`'s memory file written so far by a running writer (its
+ * `TARGET.tmp-XXXXXX`, allocated blocks: holes are not counted), for a live
+ * snapshot's progress. 0, or -ENOENT when no running writer's temp directory
+ * is there (not started, or already renamed into place).
+ */
+int snap_tmp_written_bytes(const char *target, uint64_t *bytes);
 
 /* Start time of `pid` in clock ticks since boot (/proc/PID/stat field 22); 0 if gone. */
 unsigned long long snap_proc_start_time(pid_t pid);

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <stdbool.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,4 +184,55 @@ int snap_tmp_clean_stale(const char *parent, const char *base, struct fk_err *er
 	}
 	closedir(d);
 	return removed;
+}
+
+int snap_tmp_written_bytes(const char *target, uint64_t *bytes)
+{
+	char *copy = strdup(target), *parent_copy = NULL, *base;
+	const char *parent;
+	struct dirent *e;
+	DIR *d = NULL;
+	int found = -ENOENT;
+
+	*bytes = 0;
+	if (!copy)
+		return -ENOMEM;
+	for (size_t n = strlen(copy); n > 1 && copy[n - 1] == '/'; n--)
+		copy[n - 1] = '\0';
+	parent_copy = strdup(copy);
+	if (!parent_copy) {
+		found = -ENOMEM;
+		goto out;
+	}
+	base = basename(copy);
+	parent = dirname(parent_copy);
+	d = opendir(parent);
+	if (!d) {
+		found = -errno;
+		goto out;
+	}
+	while ((e = readdir(d))) {
+		struct stat st;
+		int fd;
+
+		if (!is_tmp_name(e->d_name, base))
+			continue;
+		fd = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		/* Only a running writer's: a dead one's leftovers are not progress. */
+		if (writer_alive(fd) == 1) {
+			found = 0; /* no memory file yet: nothing written so far */
+			/* Allocated blocks, not the size: the file is sized in full first. */
+			if (fstatat(fd, SNAP_MEMORY_FILE, &st, 0) == 0)
+				*bytes += (uint64_t)st.st_blocks * 512;
+		}
+		close(fd);
+	}
+out:
+	if (d)
+		closedir(d);
+	free(parent_copy);
+	free(copy);
+	return found;
 }

@@ -633,6 +633,16 @@ int vm_restore_init(struct vm *vm, struct fk_err *err)
 			goto out;
 		}
 	}
+	if (cfg->restore_prewarm) {
+		struct snap_prewarm_stats ps;
+
+		ret =
+		    snap_prewarm_fd(snap_reader_memory_fd(r), snap_reader_memory_path(r), &ps, err);
+		if (ret < 0) {
+			fk_wrap(err, "--prewarm");
+			goto out;
+		}
+	}
 	info = snap_reader_vm_info(r);
 	ret = check_layout(info, err);
 	if (ret < 0)
