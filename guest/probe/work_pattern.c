@@ -59,7 +59,13 @@ void pattern_run(struct cpu *c)
 	const volatile genid_word *gen = cfg.pattern_freeze ? genid_words() : NULL;
 	uint64_t gen0 = gen ? gen[0] : 0, gen1 = gen ? gen[1] : 0;
 
+	/*
+	 * A copy made while this still zeroes (a vCPU that started late) freezes
+	 * here at seq 0, at once: its pages are all zero, as fresh guest RAM is.
+	 */
 	for (uint64_t p = 0; p < pages; p++) {
+		if (gen && (gen[0] != gen0 || gen[1] != gen1))
+			freeze(c, 0);
 		page_ptr(c, p)[0] = 0;
 		page_ptr(c, p)[1] = 0;
 	}
