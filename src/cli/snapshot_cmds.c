@@ -9,6 +9,28 @@
 #include "cli/cli.h"
 #include "state/snapshot_format.h"
 
+/* `forkd snapshot CMD DIR [--json]`: the directory and the flag; 0, or the usage error's exit. */
+static int dir_and_json(const char *cmd, int argc, char **argv, const char **dir, bool *json)
+{
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--json") == 0)
+			*json = true;
+		else if (argv[i][0] == '-')
+			return cli_usage_error("snapshot %s: unknown option '%s' (expected --json)",
+					       cmd, argv[i]);
+		else if (*dir)
+			return cli_usage_error(
+			    "snapshot %s: unexpected argument '%s' (expected one "
+			    "snapshot directory)",
+			    cmd, argv[i]);
+		else
+			*dir = argv[i];
+	}
+	if (!*dir)
+		return cli_usage_error("snapshot %s: expected a snapshot directory", cmd);
+	return 0;
+}
+
 int cli_snapshot_verify(int argc, char **argv)
 {
 	const char *dir = NULL;
@@ -20,22 +42,8 @@ int cli_snapshot_verify(int argc, char **argv)
 	bool json = false;
 	int ret;
 
-	for (int i = 0; i < argc; i++) {
-		if (strcmp(argv[i], "--json") == 0)
-			json = true;
-		else if (argv[i][0] == '-')
-			return cli_usage_error(
-			    "snapshot verify: unknown option '%s' (expected --json)", argv[i]);
-		else if (dir)
-			return cli_usage_error(
-			    "snapshot verify: unexpected argument '%s' (expected "
-			    "one snapshot directory)",
-			    argv[i]);
-		else
-			dir = argv[i];
-	}
-	if (!dir)
-		return cli_usage_error("snapshot verify: expected a snapshot directory");
+	if ((ret = dir_and_json("verify", argc, argv, &dir, &json)) != 0)
+		return ret;
 	ret = snap_reader_open(dir, &r, &err);
 	if (ret == 0) {
 		ret = snap_verify_memory(r, &vs, &err);
@@ -90,22 +98,8 @@ int cli_snapshot_prewarm(int argc, char **argv)
 	double mib_per_s;
 	int ret;
 
-	for (int i = 0; i < argc; i++) {
-		if (strcmp(argv[i], "--json") == 0)
-			json = true;
-		else if (argv[i][0] == '-')
-			return cli_usage_error(
-			    "snapshot prewarm: unknown option '%s' (expected --json)", argv[i]);
-		else if (dir)
-			return cli_usage_error(
-			    "snapshot prewarm: unexpected argument '%s' (expected "
-			    "one snapshot directory)",
-			    argv[i]);
-		else
-			dir = argv[i];
-	}
-	if (!dir)
-		return cli_usage_error("snapshot prewarm: expected a snapshot directory");
+	if ((ret = dir_and_json("prewarm", argc, argv, &dir, &json)) != 0)
+		return ret;
 	ret = snap_prewarm(dir, &st, &err);
 	mib_per_s = st.us ? (double)st.data_bytes / 1048576.0 / ((double)st.us / 1e6) : 0;
 	if (json) {
