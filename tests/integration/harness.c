@@ -431,7 +431,23 @@ int harness_tmpdir_create(char *out, size_t len, const char *tag)
 int harness_tmpdir_remove(const char *dir)
 {
 	char cmd[1024];
+	pid_t pids[256];
+	size_t n, killed = 0;
 
+	/*
+	 * A failed test may leave VMMs running (a source, its children): they
+	 * name this directory, and would otherwise spin on for the rest of the
+	 * run (seen: two probe VMMs eating a core each for two hours). Children
+	 * appear as their zygote dies, hence a few rounds.
+	 */
+	for (int round = 0; round < 5 && (n = harness_vmm_pids(dir, pids, 256)) > 0; round++) {
+		for (size_t i = 0; i < n; i++)
+			if (kill(pids[i], SIGKILL) == 0)
+				killed++;
+		usleep(50 * 1000);
+	}
+	if (killed)
+		fprintf(stderr, "harness: killed %zu VMM(s) still running in %s\n", killed, dir);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	return system(cmd) == 0 ? 0 : -1;
 }
