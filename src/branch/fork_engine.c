@@ -924,9 +924,10 @@ static void on_zygote_exit(void *opaque, uint32_t events)
  * (the pause covers only creating the files); disk_copies_start copies them
  * after the zygote is forked, while the source runs on.
  */
-static int disk_copies_begin(struct vm *vm, const struct snap_writer *w, const char *dir,
+static int disk_copies_begin(struct vm *vm, const struct snap_writer *w, const char *dir, int *made,
 			     struct fk_err *err)
 {
+	*made = 0;
 	for (int i = 0; i < w->nr_files; i++) {
 		char path[2300];
 		struct virtio_blk *blk = NULL;
@@ -942,6 +943,7 @@ static int disk_copies_begin(struct vm *vm, const struct snap_writer *w, const c
 		fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 		if (fd < 0)
 			return fk_fail_errno(err, errno, "branch: disk copy %s", path);
+		(*made)++;
 		if (virtio_blk_begin_copy(blk, fd, path, err) < 0)
 			return fk_wrap(err, "branch");
 	}
@@ -1079,7 +1081,7 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 {
 	struct zygote *z = NULL;
 	struct snap_writer w;
-	int sv[2] = {-1, -1}, ret, slot;
+	int sv[2] = {-1, -1}, ret, slot, disk_copies_made = 0;
 	uint64_t t0, t1, t2, t3;
 	bool paused = false;
 	pid_t pid = -1, self = getpid();
@@ -1126,8 +1128,17 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 		snprintf(z->dir, sizeof(z->dir), "%s/forkd-branch-%d-%d",
 			 getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
 			 (int)self, z->id);
-	if (mkdir(z->dir, 0700) < 0)
+	if (req->dir_exists) {
+		struct stat st;
+
+		if (stat(z->dir, &st) < 0)
+			return fk_fail_errno(err, errno, "branch: %s: expected a directory",
+					     z->dir);
+		if (!S_ISDIR(st.st_mode))
+			return fk_fail(err, ENOTDIR, "branch: %s: expected a directory", z->dir);
+	} else if (mkdir(z->dir, 0700) < 0) {
 		return fk_fail_errno(err, errno, "branch: create %s", z->dir);
+	}
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
 		ret = fk_fail_errno(err, errno, "branch: socketpair");
 		goto fail_dir;
@@ -1135,14 +1146,20 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 	snap_writer_init(&w, (uint32_t)vm->nr_vcpus);
 
 	t0 = monotonic_us();
-	ret = vm_pause(vm, err);
-	if (ret < 0)
-		goto fail;
-	paused = true;
+	/*
+	 * A VM whose vCPUs never ran (a restored fan-out source, which never runs
+	 * its guest) is at its instant already: there is nothing to park.
+	 */
+	if (vm->started_us) {
+		ret = vm_pause(vm, err);
+		if (ret < 0)
+			goto fail;
+		paused = true;
+	}
 	t1 = monotonic_us();
 	ret = vm_state_save(vm, &w, err);
 	if (!ret)
-		ret = disk_copies_begin(vm, &w, z->dir, err);
+		ret = disk_copies_begin(vm, &w, z->dir, &disk_copies_made, err);
 	if (ret < 0)
 		goto fail;
 	res->inflight = vm_snapshot_inflight(vm);
@@ -1164,7 +1181,8 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 		goto fail;
 	}
 	disk_copies_start(vm, z, w.nr_files);
-	vm_resume(vm, err);
+	if (paused)
+		vm_resume(vm, err);
 	paused = false;
 	res->pause_us = monotonic_us() - t0;
 	res->park_us = vm->last_pause_us;
@@ -1262,22 +1280,19 @@ fail:
 		struct fk_err ignored;
 		vm_resume(vm, &ignored);
 	}
+	/* Only the disk copies this branch created: an existing directory holds other files. */
+	for (int i = 0; req->dir_exists && i < disk_copies_made; i++) {
+		char path[2300];
+		snprintf(path, sizeof(path), "%s/%s", z->dir, w.files[i].name);
+		unlink(path);
+	}
 	snap_writer_free(&w);
 	close(sv[0]);
 	close(sv[1]);
-fail_dir : {
-	char cmd[2200];
+fail_dir:
 	/* Only what this branch created: the directory and the disk copies in it. */
-	snprintf(cmd, sizeof(cmd), "%s", z->dir);
-	DIR *d = opendir(cmd);
-	struct dirent *e;
-	while (d && (e = readdir(d)))
-		if (e->d_name[0] != '.')
-			unlinkat(dirfd(d), e->d_name, 0);
-	if (d)
-		closedir(d);
-	rmdir(cmd);
-}
+	if (!req->dir_exists)
+		remove_branch_dir(z->dir);
 	return ret;
 }
 

@@ -3,6 +3,13 @@
  * `forkd spawn` and `forkd kill`: N forkd-vmm children restored from one
  * snapshot, each in its own directory OUT/child-I, and their teardown.
  *
+ * Two modes (docs/branch.md, "Fan-out from a snapshot"):
+ * - fanout (the default for N > 1): one forkd-vmm restores the snapshot once
+ *   and its BRANCH zygote forks the N children, which only create their own
+ *   KVM VM, memslots and vCPUs;
+ * - exec (the default for N = 1, or --mode exec): one forkd-vmm per child,
+ *   each restoring the snapshot itself.
+ *
  * The children are detached (own session, no terminal, stdout to /dev/null)
  * so they outlive `forkd spawn`; their pid files are how `forkd kill` finds
  * them again. A child counts as running once its control socket answers
@@ -18,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <poll.h>
+#include <sys/prctl.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -36,8 +45,15 @@
 #define STATUS_CALL_TIMEOUT_MS 1000
 #define POLL_INTERVAL_US       2000
 
+enum spawn_mode {
+	SPAWN_MODE_AUTO, /* fanout for N > 1, exec for one child */
+	SPAWN_MODE_FANOUT,
+	SPAWN_MODE_EXEC,
+};
+
 struct spawn_args {
 	const char *snapshot;
+	enum spawn_mode mode;
 	const char *out;
 	const char *vmm;
 	long count;
@@ -79,7 +95,7 @@ static int parse_spawn_args(int argc, char **argv, struct spawn_args *a)
 		const char *value;
 
 		if (strcmp(arg, "-n") && strcmp(arg, "--out") && strcmp(arg, "--vmm") &&
-		    strcmp(arg, "--timeout")) {
+		    strcmp(arg, "--timeout") && strcmp(arg, "--mode")) {
 			if (arg[0] == '-')
 				return cli_usage_error("spawn: unknown option '%s'", arg);
 			if (a->snapshot)
@@ -104,6 +120,16 @@ static int parse_spawn_args(int argc, char **argv, struct spawn_args *a)
 			a->out = value;
 		} else if (strcmp(arg, "--vmm") == 0) {
 			a->vmm = value;
+		} else if (strcmp(arg, "--mode") == 0) {
+			if (strcmp(value, "fanout") == 0)
+				a->mode = SPAWN_MODE_FANOUT;
+			else if (strcmp(value, "exec") == 0)
+				a->mode = SPAWN_MODE_EXEC;
+			else
+				return cli_usage_error("spawn: --mode '%s': expected fanout (one "
+						       "restore, children forked from it) or exec "
+						       "(one forkd-vmm per child)",
+						       value);
 		} else if (cli_parse_timeout(value, &a->timeout_ms) < 0) {
 			return cli_usage_error("spawn: --timeout '%s': expected milliseconds, 0 to "
 					       "3600000",
@@ -275,7 +301,10 @@ static int poll_child(const struct spawn_args *a, long i, struct child *c, struc
 	if (waitpid(c->pid, &status, WNOHANG) == c->pid) {
 		c->exited = true;
 		describe_exit(status, how, sizeof(how));
-		if (child_path(err_path, sizeof(err_path), a->out, i, "vmm.err", err) < 0)
+		/* A forked child's stderr is the BRANCH one: OUT/child-K.err (docs/branch.md). */
+		if (a->mode == SPAWN_MODE_FANOUT)
+			snprintf(err_path, sizeof(err_path), "%s/child-%ld.err", a->out, i);
+		else if (child_path(err_path, sizeof(err_path), a->out, i, "vmm.err", err) < 0)
 			return -err->code;
 		vmm_first_line(err_path, line, sizeof(line));
 		return fk_fail(err, ECHILD, "child %ld (pid %d) exited with %s before running: %s",
@@ -333,6 +362,118 @@ static int wait_running(const struct spawn_args *a, struct child *children, doub
 }
 
 /*
+ * Fan-out mode: one forkd-vmm restores the snapshot and forks the children
+ * (`--fanout`), writes their pid files and prints {"child":K,"pid":P} lines,
+ * and exits once they all run. We are the children's subreaper, so that they
+ * come to us when it exits: wait_running and kill_started then treat them as
+ * our own children, as in exec mode.
+ */
+static int run_fanout(const struct spawn_args *a, struct child *children, struct fk_err *err)
+{
+	char count[16], err_path[PATH_MAX], vsock[PATH_MAX], line[256], how[64];
+	char buf[8192];
+	size_t used = 0;
+	int out_pipe[2], status, ret = 0;
+	long reported = 0;
+	pid_t pid;
+	double deadline = now_ms() + a->timeout_ms;
+
+	snprintf(count, sizeof(count), "%ld", a->count);
+	if (snprintf(err_path, sizeof(err_path), "%s/fanout.err", a->out) >=
+		(int)sizeof(err_path) ||
+	    snprintf(vsock, sizeof(vsock), "%s/fanout-vsock.sock", a->out) >= (int)sizeof(vsock))
+		return fk_fail(err, ENAMETOOLONG, "--out '%s': path too long", a->out);
+	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0)
+		return fk_fail_errno(err, errno, "PR_SET_CHILD_SUBREAPER");
+	if (pipe2(out_pipe, O_CLOEXEC) < 0)
+		return fk_fail_errno(err, errno, "pipe");
+
+	/* The source never runs its guest: no console. Its vsock socket only exists to restore. */
+	char *const argv[] = {(char *)a->vmm, "--restore", (char *)a->snapshot,
+			      "--fanout",     count,	   "--fanout-dir",
+			      (char *)a->out, "--serial",  "none",
+			      "--serial-in",  "none",	   a->has_vsock ? "--vsock" : NULL,
+			      vsock,	      NULL};
+
+	pid = fork();
+	if (pid < 0) {
+		ret = fk_fail_errno(err, errno, "fork");
+		close(out_pipe[0]);
+		close(out_pipe[1]);
+		return ret;
+	}
+	if (pid == 0) {
+		dup2(out_pipe[1], STDOUT_FILENO);
+		int null_fd = open("/dev/null", O_RDONLY);
+		int err_fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+
+		if (null_fd < 0 || err_fd < 0)
+			_exit(127);
+		setsid();
+		dup2(null_fd, 0);
+		dup2(err_fd, 2);
+		execv(a->vmm, argv);
+		dprintf(2, "forkd spawn: exec %s: %s\n", a->vmm, strerror(errno));
+		_exit(127);
+	}
+	close(out_pipe[1]);
+	/* Its stdout: one line per child, then a summary; EOF when it exits. */
+	for (;;) {
+		struct pollfd p = {.fd = out_pipe[0], .events = POLLIN};
+		double left = deadline - now_ms();
+		ssize_t n;
+		char *nl;
+
+		if (left <= 0) {
+			kill(pid, SIGKILL);
+			ret = fk_fail(err, ETIMEDOUT,
+				      "the fan-out forkd-vmm (pid %d) did not finish within %d ms "
+				      "(see %s)",
+				      (int)pid, a->timeout_ms, err_path);
+			break;
+		}
+		if (poll(&p, 1, (int)left + 1) <= 0)
+			continue;
+		n = read(out_pipe[0], buf + used, sizeof(buf) - 1 - used);
+		if (n <= 0)
+			break;
+		used += (size_t)n;
+		buf[used] = '\0';
+		while ((nl = strchr(buf, '\n'))) {
+			long k;
+			int child_pid;
+
+			*nl = '\0';
+			if (sscanf(buf, "{\"child\":%ld,\"pid\":%d}", &k, &child_pid) == 2 &&
+			    k >= 0 && k < a->count && children[k].pid == 0) {
+				children[k].pid = child_pid;
+				reported++;
+			}
+			used -= (size_t)(nl + 1 - buf);
+			memmove(buf, nl + 1, used + 1);
+		}
+		if (used == sizeof(buf) - 1)
+			used = 0; /* a line this long is none of ours */
+	}
+	close(out_pipe[0]);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (ret < 0)
+		return ret;
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		describe_exit(status, how, sizeof(how));
+		vmm_first_line(err_path, line, sizeof(line));
+		return fk_fail(err, ECHILD, "the fan-out forkd-vmm (pid %d) failed with %s: %s",
+			       (int)pid, how, line[0] ? line : "(fanout.err is empty)");
+	}
+	if (reported != a->count)
+		return fk_fail(err, EPROTO,
+			       "the fan-out forkd-vmm reported %ld of %ld children (see %s)",
+			       reported, a->count, err_path);
+	return 0;
+}
+
+/*
  * A snapshot directory on this machine (the old behaviour: the argument is an existing directory
  * or a path, or --out, --vmm or --timeout is given) rather than a tag of the daemon's.
  */
@@ -340,8 +481,8 @@ static bool spawn_is_local(int argc, char **argv)
 {
 	/* The daemon's limits too: a --cpu-max value holds a '/', which is not a directory. */
 	static const char *const with_value[] = {
-	    "-n",    "--out",	     "--vmm",	     "--timeout", "--daemon",
-	    "--url", "--token-file", "--memory-max", "--cpu-max", "--pids-max"};
+	    "-n",	    "--out",	    "--vmm",	 "--timeout",  "--daemon", "--url",
+	    "--token-file", "--memory-max", "--cpu-max", "--pids-max", "--mode"};
 	const char *target = NULL;
 	struct stat st;
 
@@ -351,7 +492,7 @@ static bool spawn_is_local(int argc, char **argv)
 		for (size_t k = 0; k < sizeof(with_value) / sizeof(with_value[0]); k++)
 			takes |= strcmp(argv[i], with_value[k]) == 0;
 		if (strcmp(argv[i], "--out") == 0 || strcmp(argv[i], "--vmm") == 0 ||
-		    strcmp(argv[i], "--timeout") == 0)
+		    strcmp(argv[i], "--timeout") == 0 || strcmp(argv[i], "--mode") == 0)
 			return true;
 		if (takes)
 			i++;
@@ -368,7 +509,7 @@ int cli_spawn(int argc, char **argv)
 	struct child *children;
 	char vmm[PATH_MAX];
 	long started = 0;
-	double t0;
+	double t0, fanout_ms = 0;
 	int ret;
 
 	if (!spawn_is_local(argc, argv))
@@ -407,10 +548,22 @@ int cli_spawn(int argc, char **argv)
 		fprintf(stderr, "forkd: spawn: out of memory for %ld children\n", a.count);
 		return CLI_EXIT_NOT_OK;
 	}
+	if (a.mode == SPAWN_MODE_AUTO)
+		a.mode = a.count > 1 ? SPAWN_MODE_FANOUT : SPAWN_MODE_EXEC;
 	/* Children must not inherit buffered output that they would flush again. */
 	fflush(NULL);
 	t0 = now_ms();
-	for (; started < a.count; started++) {
+	if (a.mode == SPAWN_MODE_FANOUT) {
+		ret = run_fanout(&a, children, &err);
+		/* Those it reported are ours now (subreaper): kill_started can end them. */
+		for (long i = 0; i < a.count; i++)
+			if (children[i].pid > 0)
+				started = i + 1;
+		if (ret < 0)
+			goto fail;
+		fanout_ms = now_ms() - t0;
+	}
+	for (; a.mode == SPAWN_MODE_EXEC && started < a.count; started++) {
 		ret = start_child(&a, started, &children[started], &err);
 		if (ret < 0) {
 			if (children[started].pid > 0)
@@ -421,7 +574,13 @@ int cli_spawn(int argc, char **argv)
 	ret = wait_running(&a, children, t0, &err);
 	if (ret < 0)
 		goto fail;
-	printf("{\"spawned\":%ld,\"all_running_ms\":%.1f}\n", a.count, now_ms() - t0);
+	if (a.mode == SPAWN_MODE_FANOUT)
+		printf("{\"spawned\":%ld,\"mode\":\"fanout\",\"fanout_ms\":%.1f,"
+		       "\"all_running_ms\":%.1f}\n",
+		       a.count, fanout_ms, now_ms() - t0);
+	else
+		printf("{\"spawned\":%ld,\"mode\":\"exec\",\"all_running_ms\":%.1f}\n", a.count,
+		       now_ms() - t0);
 	free(children);
 	return fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK;
 fail:

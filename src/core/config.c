@@ -127,6 +127,11 @@ void vmm_config_usage(FILE *out)
 	      "                       a restore does not read the memory file up front)\n"
 	      "  --prewarm            with --restore: read the memory file's data (not its\n"
 	      "                       holes) into the page cache before running\n"
+	      "  --fanout N           with --restore: start N children of the snapshot (1..1024)\n"
+	      "                       by forking the restored VM (docs/branch.md); the guest\n"
+	      "                       never runs in this process, which exits once they run\n"
+	      "  --fanout-dir DIR     with --fanout: an existing directory; child K lives in\n"
+	      "                       DIR/child-K (pid, control.sock, serial.log, ...)\n"
 	      "  --vsock PATH[,cid=N] virtio-vsock device whose host side is the Unix socket\n"
 	      "                       PATH (\"CONNECT <port>\\n\" reaches guest port <port>;\n"
 	      "                       guest connects to port P reach PATH_P); guest cid N,\n"
@@ -599,7 +604,9 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_NET_POLICY,
 		OPT_VERIFY,
 		OPT_PREWARM,
-		OPT_SECCOMP
+		OPT_SECCOMP,
+		OPT_FANOUT,
+		OPT_FANOUT_DIR
 	};
 	static const struct option opts[] = {
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
@@ -631,6 +638,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"verify", no_argument, NULL, OPT_VERIFY},
 	    {"prewarm", no_argument, NULL, OPT_PREWARM},
 	    {"seccomp", required_argument, NULL, OPT_SECCOMP},
+	    {"fanout", required_argument, NULL, OPT_FANOUT},
+	    {"fanout-dir", required_argument, NULL, OPT_FANOUT_DIR},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -763,6 +772,21 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 				return fk_fail(err, EINVAL,
 					       "--seccomp '%s': expected on, off or log", optarg);
 			break;
+		case OPT_FANOUT:
+			errno = 0;
+			n = strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end || n < 1 || n > VMM_MAX_FANOUT)
+				return fk_fail(
+				    err, EINVAL,
+				    "--fanout '%s': expected a number of children, 1 to %d", optarg,
+				    VMM_MAX_FANOUT);
+			cfg->fanout = (int)n;
+			break;
+		case OPT_FANOUT_DIR:
+			if (!*optarg)
+				return fk_fail(err, EINVAL, "--fanout-dir: expected a directory");
+			cfg->fanout_dir = optarg;
+			break;
 		case 'h':
 			cfg->help = true;
 			return 0;
@@ -806,6 +830,17 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			       "--cpu-max, --pids-max)");
 	if (cfg->cgroup_wanted && !cfg->cgroup_parent)
 		cfg->cgroup_parent = VMM_CGROUP_PARENT_DEFAULT;
+	if (cfg->fanout && !cfg->restore_dir)
+		return fk_fail(err, EINVAL, "--fanout only applies with --restore");
+	if (cfg->fanout && !cfg->fanout_dir)
+		return fk_fail(err, EINVAL,
+			       "--fanout N: expected --fanout-dir DIR for the children");
+	if (cfg->fanout_dir && !cfg->fanout)
+		return fk_fail(err, EINVAL, "--fanout-dir only applies with --fanout N");
+	if (cfg->fanout && (cfg->control_path || cfg->net_tap[0]))
+		return fk_fail(err, EINVAL,
+			       "--fanout: the children get their own control sockets and start "
+			       "link-down; --control and --net do not apply");
 	if (cfg->image && cfg->restore_dir)
 		return fk_fail(err, EINVAL,
 			       "--image and --restore: a snapshot brings its own disks");

@@ -17,6 +17,7 @@
 #define VMM_MAX_MEM	(1ULL << 40)
 #define VMM_DEFAULT_MEM (256ULL << 20)
 #define VMM_MAX_CMDLINE 4095
+#define VMM_MAX_FANOUT	1024 /* BRANCH_MAX_CHILDREN: one branch request */
 /* --vsock: the socket path must fit sun_path (108 bytes with its NUL). */
 #define VMM_VSOCK_PATH_MAX    108
 #define VMM_VSOCK_DEFAULT_CID 3
@@ -81,7 +82,10 @@ struct vmm_config {
 	const char *overlay_dir;  /* --overlay-dir: where a restored VM's private disk copies go */
 	bool restore_verify;	  /* --verify: check the memory file's chunk checksums first */
 	bool restore_prewarm;	  /* --prewarm: the memory file into the page cache first */
-	unsigned cpuid_hide;	  /* enum vmm_cpuid_hide bits */
+	/* --fanout N --fanout-dir OUT: N BRANCH children of the restore, none run here (0: off) */
+	int fanout;
+	const char *fanout_dir;
+	unsigned cpuid_hide; /* enum vmm_cpuid_hide bits */
 	/* --vsock PATH[,cid=N]: hybrid-vsock Unix socket, "" for no vsock device. */
 	char vsock_path[VMM_VSOCK_PATH_MAX];
 	uint64_t vsock_cid;
