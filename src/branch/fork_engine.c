@@ -50,7 +50,7 @@ const char *persist_state_name(enum persist_state s)
 	}
 }
 
-/* Test hook: FORKD_FAULT_INJECT=fork|child-vm makes that step fail (docs/branch.md). */
+/* Test hook: FORKD_FAULT_INJECT=fork|child-vm|child-slow (docs/branch.md). */
 static bool fault_injected(const char *what)
 {
 	const char *v = getenv("FORKD_FAULT_INJECT");
@@ -279,6 +279,9 @@ child_main(struct vm *source, const struct snap_writer *w, const char *dir, int 
 			vm_netns_release(&c->restored_cfg);
 		_exit(VMM_EXIT_ERROR);
 	}
+	/* Test hook: a child slow to report (a fan-out whose caller times out meanwhile). */
+	if (fault_injected("child-slow"))
+		sleep(3);
 	if (write(ready_fd, "ok", 2) != 2 ||
 	    (pool_parent > 0 && !pool_child_wait(c, w, dir, ready_fd))) {
 		/* Nobody learned of this child (its zygote is gone): running on would be an orphan.

@@ -44,6 +44,8 @@
 /* One status call per child per round; a restoring VMM answers in well under this. */
 #define STATUS_CALL_TIMEOUT_MS 1000
 #define POLL_INTERVAL_US       2000
+/* end_adopted: at most this many rounds (of POLL_INTERVAL_US) to kill and reap what is left */
+#define END_ADOPTED_ROUNDS 2500
 
 enum spawn_mode {
 	SPAWN_MODE_AUTO, /* fanout for N > 1, exec for one child */
@@ -474,6 +476,36 @@ static int run_fanout(const struct spawn_args *a, struct child *children, struct
 }
 
 /*
+ * A fan-out that failed midway (its source killed at the timeout, or dead)
+ * can leave children it never reported, and its zygote: as their subreaper
+ * we inherit them. Each is killed and reaped until none is left; a zygote
+ * reaped here has handed its own children to us before it became a zombie.
+ */
+static void end_adopted(void)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/children", (int)getpid());
+	for (int round = 0; round < END_ADOPTED_ROUNDS; round++) {
+		FILE *f = fopen(path, "r");
+		bool any = false;
+		int pid;
+
+		while (f && fscanf(f, "%d", &pid) == 1) {
+			kill(pid, SIGKILL);
+			any = true;
+		}
+		if (f)
+			fclose(f);
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			any = true;
+		if (!any)
+			return;
+		usleep(POLL_INTERVAL_US);
+	}
+}
+
+/*
  * A snapshot directory on this machine (the old behaviour: the argument is an existing directory
  * or a path, or --out, --vmm or --timeout is given) rather than a tag of the daemon's.
  */
@@ -584,8 +616,14 @@ int cli_spawn(int argc, char **argv)
 	free(children);
 	return fflush(stdout) == 0 ? 0 : CLI_EXIT_NOT_OK;
 fail:
-	fprintf(stderr, "forkd: spawn: %s; killing all %ld started children\n", err.msg, started);
+	if (a.mode == SPAWN_MODE_FANOUT)
+		fprintf(stderr, "forkd: spawn: %s; killing every child it started\n", err.msg);
+	else
+		fprintf(stderr, "forkd: spawn: %s; killing all %ld started children\n", err.msg,
+			started);
 	kill_started(&a, children, started);
+	if (a.mode == SPAWN_MODE_FANOUT)
+		end_adopted();
 	free(children);
 	return CLI_EXIT_NOT_OK;
 }

@@ -487,6 +487,29 @@ static void test_children_keep_their_own_disks(void **state)
 	assert_int_not_equal(stat(path, &st), 0);
 }
 
+/*
+ * The fan-out source does not finish within --timeout (its children are slow
+ * to report): forkd spawn kills it, and the zygote and children it started,
+ * never reported, are killed too (they come to forkd spawn, their subreaper).
+ */
+static void test_timeout_leaves_nothing(void **state)
+{
+	char out[300], path[600];
+	struct stat st;
+
+	(void)state;
+	path_in(out, sizeof(out), "slow");
+	expect_refused(
+	    1, "did not finish within 1000 ms",
+	    "FORKD_FAULT_INJECT=child-slow '%s' spawn '%s' -n 4 --timeout 1000 --out '%s' "
+	    "--vmm '%s'",
+	    forkd, snap, out, harness_vmm());
+	/* They existed (built, waiting to report) and are gone now. */
+	snprintf(path, sizeof(path), "%s/child-3", out);
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(vmms_of(out), 0);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -495,6 +518,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_children_keep_their_own_disks),
 	    cmocka_unit_test(test_bad_input_is_refused),
 	    cmocka_unit_test(test_failed_child_leaves_nothing),
+	    cmocka_unit_test(test_timeout_leaves_nothing),
 	};
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;
