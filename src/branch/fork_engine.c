@@ -156,6 +156,9 @@ static int build_child(const struct vm *source, const struct snap_writer *w, con
 	c->restored_cfg = *source->cfg;
 	c->restored_cfg.restore_dir = NULL;
 	c->restored_cfg.nr_disks = 0;
+	/* A fan-out's child is an ordinary VM: its own branches are not fan-outs. */
+	c->restored_cfg.fanout = 0;
+	c->restored_cfg.fanout_dir = NULL;
 	c->restored_cfg.serial_out =
 	    strdup((snprintf(path, sizeof(path), "%s/serial.log", cdir), path));
 	snprintf(path, sizeof(path), "%s/serial.in", cdir);
@@ -255,6 +258,14 @@ child_main(struct vm *source, const struct snap_writer *w, const char *dir, int 
 	int status;
 
 	prctl(PR_SET_NAME, "forkd-vmm");
+	/*
+	 * A fan-out's children are independent VMMs as `forkd spawn --mode exec`
+	 * ones are, each in its own session: a signal to the source's session
+	 * does not reach them, and with autogroup scheduling each one is weighed
+	 * as its own group rather than all N sharing the source's one share.
+	 */
+	if (source->cfg->fanout)
+		setsid();
 	/* A parked pooled child is the zygote's: it goes with it until handed out. */
 	if (pool_parent > 0) {
 		prctl(PR_SET_PDEATHSIG, SIGKILL);

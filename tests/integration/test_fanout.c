@@ -242,6 +242,8 @@ static void test_fanout_children_are_full_vms(void **state)
 	assert_int_equal(vmms_of(out), FANOUT_N);
 	for (int k = 0; k < FANOUT_N; k++) {
 		pids[k] = child_pid_checked(out, k);
+		/* Each its own session, as an exec'd child is (setsid). */
+		assert_int_equal(getsid(pids[k]), pids[k]);
 		child_verify_strict(out, k, genids[k], sizeof(genids[k]));
 		for (int j = 0; j < k; j++) {
 			assert_int_not_equal(pids[j], pids[k]);
