@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 #include <poll.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -41,9 +42,9 @@
 
 #define SPAWN_MAX_CHILDREN	 1000
 #define SPAWN_DEFAULT_TIMEOUT_MS 30000
-/* One status call per child per round; a restoring VMM answers in well under this. */
-#define STATUS_CALL_TIMEOUT_MS 1000
-#define POLL_INTERVAL_US       2000
+/* A status reply is well under this (one JSON line). */
+#define STATUS_REPLY_MAX 8192
+#define POLL_INTERVAL_US 2000
 /* end_adopted: at most this many rounds (of POLL_INTERVAL_US) to kill and reap what is left */
 #define END_ADOPTED_ROUNDS 2500
 
@@ -67,6 +68,9 @@ struct child {
 	pid_t pid;
 	bool running;
 	bool exited; /* reaped by us */
+	int fd;	     /* a status call in flight, or -1 */
+	size_t used; /* bytes of its reply so far */
+	char reply[STATUS_REPLY_MAX];
 };
 
 static double now_ms(void)
@@ -292,75 +296,148 @@ static void describe_exit(int status, char *buf, size_t len)
 		snprintf(buf, len, "wait status %d", status);
 }
 
-/* Returns 1 when the child answered status, 0 not yet, -errno when it has exited. */
-static int poll_child(const struct spawn_args *a, long i, struct child *c, struct fk_err *err)
+/* -errno (and why) when child i has exited before it ran; else 0. */
+static int check_exited(const struct spawn_args *a, long i, struct child *c, struct fk_err *err)
 {
-	char sock[PATH_MAX], err_path[PATH_MAX], line[256], how[64];
-	json_t *req, *reply = NULL;
-	struct fk_err call_err = {0};
-	int status, ret;
+	char err_path[PATH_MAX], line[256], how[64];
+	int status;
 
-	if (waitpid(c->pid, &status, WNOHANG) == c->pid) {
-		c->exited = true;
-		describe_exit(status, how, sizeof(how));
-		/* A forked child's stderr is the BRANCH one: OUT/child-K.err (docs/branch.md). */
-		if (a->mode == SPAWN_MODE_FANOUT)
-			snprintf(err_path, sizeof(err_path), "%s/child-%ld.err", a->out, i);
-		else if (child_path(err_path, sizeof(err_path), a->out, i, "vmm.err", err) < 0)
-			return -err->code;
-		vmm_first_line(err_path, line, sizeof(line));
-		return fk_fail(err, ECHILD, "child %ld (pid %d) exited with %s before running: %s",
-			       i, (int)c->pid, how, line[0] ? line : "(vmm.err is empty)");
-	}
-	ret = child_path(sock, sizeof(sock), a->out, i, "control.sock", err);
-	if (ret < 0)
-		return ret;
-	if (access(sock, F_OK) < 0)
+	if (waitpid(c->pid, &status, WNOHANG) != c->pid)
 		return 0;
-	req = json_pack("{s:s}", "cmd", "status");
-	if (!req)
-		return fk_fail(err, ENOMEM, "status request");
-	ret = control_call(sock, req, &reply, STATUS_CALL_TIMEOUT_MS, &call_err);
-	json_decref(req);
-	if (ret < 0)
-		return 0; /* not listening yet */
-	ret = json_is_true(json_object_get(reply, "ok"));
+	c->exited = true;
+	describe_exit(status, how, sizeof(how));
+	/* A forked child's stderr is the BRANCH one: OUT/child-K.err (docs/branch.md). */
+	if (a->mode == SPAWN_MODE_FANOUT)
+		snprintf(err_path, sizeof(err_path), "%s/child-%ld.err", a->out, i);
+	else if (child_path(err_path, sizeof(err_path), a->out, i, "vmm.err", err) < 0)
+		return -err->code;
+	vmm_first_line(err_path, line, sizeof(line));
+	return fk_fail(err, ECHILD, "child %ld (pid %d) exited with %s before running: %s", i,
+		       (int)c->pid, how, line[0] ? line : "(its error file is empty)");
+}
+
+/*
+ * Starts a `status` call to child i without waiting for it: a non-blocking
+ * connection with the request sent, or none yet (not listening yet; tried
+ * again next round). Calls to every child are in flight at once, so a child
+ * slow to be scheduled does not hold up the others' answers.
+ */
+static void status_call_start(const struct spawn_args *a, long i, struct child *c)
+{
+	static const char req[] = "{\"cmd\":\"status\"}\n";
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	struct fk_err ignored = {0};
+	int fd;
+
+	if (child_path(addr.sun_path, sizeof(addr.sun_path), a->out, i, "control.sock", &ignored) <
+	    0)
+		return;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return;
+	/* A Unix connect completes at once (the backlog holds it) or fails: no EINPROGRESS. */
+	if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
+	    write(fd, req, sizeof(req) - 1) != (ssize_t)(sizeof(req) - 1)) {
+		close(fd);
+		return;
+	}
+	c->fd = fd;
+	c->used = 0;
+}
+
+static void status_call_end(struct child *c)
+{
+	close(c->fd);
+	c->fd = -1;
+	c->used = 0;
+}
+
+/* Child i's socket is readable: 1 when its reply line says ok, 0 not complete (or retry). */
+static int status_call_read(struct child *c)
+{
+	ssize_t n = read(c->fd, c->reply + c->used, sizeof(c->reply) - 1 - c->used);
+	json_t *reply;
+	int ok;
+
+	if (n <= 0) {
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return 0;
+		status_call_end(c); /* closed before answering: ask again next round */
+		return 0;
+	}
+	c->used += (size_t)n;
+	c->reply[c->used] = '\0';
+	if (!strchr(c->reply, '\n')) {
+		if (c->used == sizeof(c->reply) - 1)
+			status_call_end(c); /* no reply of ours is this long */
+		return 0;
+	}
+	reply = json_loads(c->reply, JSON_DISABLE_EOF_CHECK, NULL);
+	ok = json_is_true(json_object_get(reply, "ok"));
 	json_decref(reply);
-	return ret;
+	status_call_end(c);
+	return ok;
 }
 
 static int wait_running(const struct spawn_args *a, struct child *children, double t0,
 			struct fk_err *err)
 {
+	struct pollfd *p = calloc((size_t)a->count, sizeof(*p));
+	long *who = calloc((size_t)a->count, sizeof(*who));
 	long running = 0;
+	int ret = 0;
 
+	if (!p || !who) {
+		ret = fk_fail(err, ENOMEM, "out of memory for %ld children", a->count);
+		goto out;
+	}
+	for (long i = 0; i < a->count; i++)
+		children[i].fd = -1;
 	while (running < a->count) {
-		for (long i = 0; i < a->count; i++) {
-			int ret;
+		int np = 0, r;
 
-			if (children[i].running)
+		for (long i = 0; i < a->count; i++) {
+			struct child *c = &children[i];
+
+			if (c->running)
 				continue;
-			ret = poll_child(a, i, &children[i], err);
+			ret = check_exited(a, i, c, err);
 			if (ret < 0)
-				return ret;
-			if (ret == 0)
+				goto out;
+			if (c->fd < 0)
+				status_call_start(a, i, c);
+			if (c->fd >= 0) {
+				p[np] = (struct pollfd){.fd = c->fd, .events = POLLIN};
+				who[np++] = i;
+			}
+		}
+		if (now_ms() - t0 > a->timeout_ms) {
+			ret = fk_fail(err, ETIMEDOUT,
+				      "%ld of %ld children not running within %d ms (see "
+				      "%s/child-*)",
+				      a->count - running, a->count, a->timeout_ms, a->out);
+			goto out;
+		}
+		r = poll(p, (nfds_t)np, POLL_INTERVAL_US / 1000);
+		for (int k = 0; r > 0 && k < np; k++) {
+			struct child *c = &children[who[k]];
+
+			if (!p[k].revents || !status_call_read(c))
 				continue;
-			children[i].running = true;
+			c->running = true;
 			running++;
-			printf("{\"child\":%ld,\"pid\":%d,\"running_ms\":%.1f}\n", i,
-			       (int)children[i].pid, now_ms() - t0);
+			printf("{\"child\":%ld,\"pid\":%d,\"running_ms\":%.1f}\n", who[k],
+			       (int)c->pid, now_ms() - t0);
 			fflush(stdout);
 		}
-		if (running == a->count)
-			break;
-		if (now_ms() - t0 > a->timeout_ms)
-			return fk_fail(err, ETIMEDOUT,
-				       "%ld of %ld children not running within %d ms (see "
-				       "%s/child-*/vmm.err)",
-				       a->count - running, a->count, a->timeout_ms, a->out);
-		usleep(POLL_INTERVAL_US);
 	}
-	return 0;
+out:
+	for (long i = 0; p && i < a->count; i++)
+		if (children[i].fd >= 0)
+			status_call_end(&children[i]);
+	free(p);
+	free(who);
+	return ret;
 }
 
 /*
