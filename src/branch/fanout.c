@@ -20,25 +20,6 @@
 
 #include "branch/fork_engine.h"
 
-static int write_pid_file(const char *dir, int index, pid_t pid, struct fk_err *err)
-{
-	char path[2400], tmp[2400];
-	FILE *f;
-
-	snprintf(path, sizeof(path), "%s/child-%d/pid", dir, index);
-	snprintf(tmp, sizeof(tmp), "%s/child-%d/pid.tmp", dir, index);
-	f = fopen(tmp, "w");
-	if (!f)
-		return fk_fail_errno(err, errno, "%s", tmp);
-	fprintf(f, "%d\n", (int)pid);
-	if (fclose(f) != 0)
-		return fk_fail_errno(err, errno, "%s", tmp);
-	/* `forkd kill` never reads half a pid. */
-	if (rename(tmp, path) < 0)
-		return fk_fail_errno(err, errno, "%s", path);
-	return 0;
-}
-
 /*
  * What only the fan-out needed once every child is built: the branch's disk
  * copies in OUT (each child copied them into its own overlay) and this
@@ -74,6 +55,22 @@ static void remove_source_files(struct vm *vm, const char *dir)
 	}
 }
 
+/*
+ * Each child writes its own OUT/child-K/pid once built (fork_engine.c); the
+ * zygote numbers a fan-out's children 0..N-1, so these are all there can be.
+ */
+static void remove_pid_files(const struct vmm_config *cfg)
+{
+	char path[2400];
+
+	for (int k = 0; k < cfg->fanout; k++) {
+		snprintf(path, sizeof(path), "%s/child-%d/pid", cfg->fanout_dir, k);
+		unlink(path);
+		snprintf(path, sizeof(path), "%s/child-%d/pid.tmp", cfg->fanout_dir, k);
+		unlink(path);
+	}
+}
+
 int fanout_run(struct vm *vm, struct fk_err *err)
 {
 	const struct vmm_config *cfg = vm->cfg;
@@ -86,6 +83,8 @@ int fanout_run(struct vm *vm, struct fk_err *err)
 		return fk_fail(err, ENOMEM, "--fanout: out of memory");
 	ret = branch_vm(vm, &req, res, err);
 	if (ret < 0) {
+		/* branch_vm killed the children that had started; their pid files go too. */
+		remove_pid_files(cfg);
 		fk_wrap(err, "--fanout %d", cfg->fanout);
 		goto out;
 	}
@@ -93,12 +92,6 @@ int fanout_run(struct vm *vm, struct fk_err *err)
 		ret = fk_fail(err, EIO, "--fanout %d: the zygote started %d children", cfg->fanout,
 			      res->nr_children);
 		goto kill_children;
-	}
-	for (int i = 0; i < res->nr_children; i++) {
-		ret = write_pid_file(cfg->fanout_dir, res->children[i].index, res->children[i].pid,
-				     err);
-		if (ret < 0)
-			goto kill_children;
 	}
 	for (int i = 0; i < res->nr_children; i++)
 		printf("{\"child\":%d,\"pid\":%d}\n", res->children[i].index,
@@ -120,14 +113,9 @@ int fanout_run(struct vm *vm, struct fk_err *err)
 
 kill_children:
 	/* Nothing partial: a fan-out either has all its children or none. */
-	for (int i = 0; i < res->nr_children; i++) {
-		char path[2400];
-
+	for (int i = 0; i < res->nr_children; i++)
 		kill(res->children[i].pid, SIGKILL);
-		snprintf(path, sizeof(path), "%s/child-%d/pid", cfg->fanout_dir,
-			 res->children[i].index);
-		unlink(path);
-	}
+	remove_pid_files(cfg);
 	branch_release_all(vm);
 	remove_source_files(vm, cfg->fanout_dir);
 out:

@@ -248,6 +248,25 @@ static bool pool_child_wait(struct vm *c, const struct snap_writer *w, const cha
 	return write(fd, "running", 7) == 7;
 }
 
+/* DIR/child-K/pid, for `forkd kill` (docs/branch.md, "Fan-out from a snapshot"). */
+static int write_pid_file(const char *dir, int index, struct fk_err *err)
+{
+	char path[2400], tmp[2400];
+	int fd, n;
+
+	snprintf(path, sizeof(path), "%s/child-%d/pid", dir, index);
+	snprintf(tmp, sizeof(tmp), "%s/child-%d/pid.tmp", dir, index);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return fk_fail_errno(err, errno, "child %d: %s", index, tmp);
+	n = dprintf(fd, "%d\n", (int)getpid());
+	if (n <= 0 || close(fd) < 0)
+		return fk_fail_errno(err, errno ? errno : EIO, "child %d: write %s", index, tmp);
+	if (rename(tmp, path) < 0)
+		return fk_fail_errno(err, errno, "child %d: %s", index, path);
+	return 0;
+}
+
 static void __attribute__((noreturn))
 child_main(struct vm *source, const struct snap_writer *w, const char *dir, int index, int ready_fd,
 	   pid_t pool_parent)
@@ -288,6 +307,16 @@ child_main(struct vm *source, const struct snap_writer *w, const char *dir, int 
 		}
 		if (c)
 			vm_netns_release(&c->restored_cfg);
+		_exit(VMM_EXIT_ERROR);
+	}
+	/*
+	 * A fan-out's child records its pid for `forkd kill` itself (written whole,
+	 * by rename): the children do it in parallel, not the source one by one.
+	 */
+	if (source->cfg->fanout && write_pid_file(dir, index, &err) < 0) {
+		if (write(ready_fd, err.msg, strlen(err.msg)) < 0) {
+		}
+		vm_netns_release(&c->restored_cfg);
 		_exit(VMM_EXIT_ERROR);
 	}
 	/* Test hook: a child slow to report (a fan-out whose caller times out meanwhile). */
@@ -541,7 +570,7 @@ static void zygote_spawn(struct zygote_ctx *zc, int n)
 		int fd;
 		int index;
 	} *kids = calloc((size_t)n, sizeof(*kids));
-	int handed = 0, sock = zc->sock;
+	int handed = 0, sock = zc->sock, gate[2] = {-1, -1};
 
 	if (!kids) {
 		send_msg(sock, "child-error %d out of memory", zc->next_index);
@@ -556,6 +585,14 @@ static void zygote_spawn(struct zygote_ctx *zc, int n)
 		/* Either way slot i now holds another child (or none): look at it again. */
 		handed += pool_hand_out(zc, i);
 	}
+	/*
+	 * The children wait at a gate until all are forked: building their VMs
+	 * right away took the CPU from this fork loop (100 children on 2 cores:
+	 * 4.3 ms per fork, 434 ms in all, while others' guests already ran).
+	 * The gate opens (EOF) when the zygote closes its end after the loop.
+	 */
+	if (n - handed > 1 && pipe2(gate, O_CLOEXEC) < 0)
+		gate[0] = gate[1] = -1;
 	for (int i = 0; i < n - handed; i++) {
 		int k = zc->next_index++, pipefd[2];
 
@@ -569,6 +606,14 @@ static void zygote_spawn(struct zygote_ctx *zc, int n)
 		kids[i].pid = fork();
 		if (kids[i].pid == 0) {
 			close(pipefd[0]);
+			if (gate[1] >= 0) {
+				char c;
+
+				close(gate[1]);
+				while (read(gate[0], &c, 1) < 0 && errno == EINTR)
+					;
+				close(gate[0]);
+			}
 			child_main(zc->source, zc->w, zc->dir, k, pipefd[1], 0);
 		}
 		close(pipefd[1]);
@@ -579,6 +624,10 @@ static void zygote_spawn(struct zygote_ctx *zc, int n)
 			continue;
 		}
 		kids[i].fd = pipefd[0];
+	}
+	if (gate[1] >= 0) {
+		close(gate[1]);
+		close(gate[0]);
 	}
 	for (int i = 0; i < n - handed; i++) {
 		char buf[FK_ERR_MSG_MAX + 8];
