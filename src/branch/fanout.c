@@ -22,8 +22,9 @@
 
 /*
  * What only the fan-out needed once every child is built: the branch's disk
- * copies in OUT (each child copied them into its own overlay) and this
- * process's own overlay copies of the snapshot's writable disks.
+ * copies in OUT (each child copied them into its own overlay; `dir` NULL when
+ * the branch never got as far as making them) and this process's own overlay
+ * copies of the snapshot's writable disks.
  */
 static void remove_source_files(struct vm *vm, const char *dir)
 {
@@ -34,7 +35,7 @@ static void remove_source_files(struct vm *vm, const char *dir)
 		const char *own = vm->restored_cfg.disks[i].path;
 
 		/* A branch copies exactly the writable disks, as disk%d.img (vm_snapshot.c). */
-		if (!vm->restored_cfg.disks[i].readonly) {
+		if (dir && !vm->restored_cfg.disks[i].readonly) {
 			snprintf(path, sizeof(path), "%.2100s/disk%d.img", dir, i);
 			unlink(path);
 		}
@@ -45,6 +46,8 @@ static void remove_source_files(struct vm *vm, const char *dir)
 	}
 	if (vm->overlay_dir_created)
 		rmdir(vm->overlay_dir);
+	if (!dir)
+		return;
 	/* The zygote's log, unless it has something to say. */
 	snprintf(path, sizeof(path), "%.2100s/zygote.log", dir);
 	{
@@ -85,6 +88,8 @@ int fanout_run(struct vm *vm, struct fk_err *err)
 	if (ret < 0) {
 		/* branch_vm killed the children that had started; their pid files go too. */
 		remove_pid_files(cfg);
+		/* Past the zygote's fork, the disk copies in OUT were this branch's own. */
+		remove_source_files(vm, res->zygote_pid > 0 ? cfg->fanout_dir : NULL);
 		fk_wrap(err, "--fanout %d", cfg->fanout);
 		goto out;
 	}
