@@ -190,6 +190,7 @@ static int build_child(const struct vm *source, const struct snap_writer *w, con
 	c->restored_cfg.net_tap[0] = '\0';
 	c->restored_cfg.net_netns[0] = '\0';
 	c->restored_cfg.net_tap_fd = -1; /* the source's, closed with the rest */
+	c->restored_cfg.ready_fd = -1;	 /* the source's launcher's, long closed */
 	c->restored_cfg.net_mac_given = false;
 	/* --net-policy: this child makes its own namespace and tap (src/net/vm_netns.h) */
 	ret = vm_netns_setup(&c->restored_cfg, true, err);

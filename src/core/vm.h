@@ -125,6 +125,7 @@ struct vm {
 	uint64_t last_pause_us; /* request to all vCPUs parked, of the latest pause */
 
 	uint64_t started_us;
+	int ready_fd; /* --ready-fd until written, then -1 */
 	struct control_server control;
 	bool control_ready;
 
