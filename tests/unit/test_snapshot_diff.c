@@ -23,6 +23,8 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "daemon/daemon.h"
+#include "daemon/registry.h"
 #include "state/snapshot_diff.h"
 #include "state/snapshot_format.h"
 
@@ -220,8 +222,8 @@ static void test_writer_refuses(void **state)
 }
 
 /* Rewrites one byte range of section `type`'s payload, then its and the file's checksums. */
-static void patch_section(const char *snap, uint32_t type, size_t at, const void *bytes,
-			  size_t len, uint32_t version)
+static void patch_section(const char *snap, uint32_t type, size_t at, const void *bytes, size_t len,
+			  uint32_t version)
 {
 	char path[300];
 	uint8_t *buf;
@@ -253,8 +255,8 @@ static void patch_section(const char *snap, uint32_t type, size_t at, const void
 	}
 	if (version)
 		memcpy(buf + SNAP_HDR_OFF_VERSION, &version, 4);
-	uint64_t sum = XXH3_64bits(buf + SNAP_HDR_OFF_VERSION,
-				   (size_t)st.st_size - SNAP_HDR_OFF_VERSION);
+	uint64_t sum =
+	    XXH3_64bits(buf + SNAP_HDR_OFF_VERSION, (size_t)st.st_size - SNAP_HDR_OFF_VERSION);
 	memcpy(buf + SNAP_HDR_OFF_CHECKSUM, &sum, 8);
 	assert_int_equal(pwrite(fd, buf, (size_t)st.st_size, 0), st.st_size);
 	close(fd);
@@ -390,6 +392,65 @@ static void test_broken_chain_errors(void **state)
 	assert_null(c);
 }
 
+/*
+ * The daemon's DELETE /v1/snapshots/{tag}: a registered snapshot that is the
+ * parent of a registered diff is refused, naming the diff, unless cascaded,
+ * which deletes the diffs (and theirs) first.
+ */
+static void test_daemon_refuses_deleting_a_diff_parent(void **state)
+{
+	struct fixture *f = *state;
+	static const char *const tags[] = {"base", "d1", "d2", "lone"};
+	struct daemon_config cfg = {.state_dir = f->dir, .vmm_path = "/bin/false"};
+	unsigned pages[] = {1};
+	char db[256], snaps[256], path[300], parent[300];
+	struct registry *r;
+	struct daemon *d = NULL;
+	struct fk_err err = {0};
+	json_t *o = NULL;
+	int adopted;
+
+	snprintf(snaps, sizeof(snaps), "%s/snapshots", f->dir);
+	assert_int_equal(mkdir(snaps, 0700), 0);
+	must_write(f, "snapshots/base", NULL, NULL, 0);
+	path_of(f, "snapshots/base", parent, sizeof(parent));
+	must_write(f, "snapshots/d1", parent, pages, 1);
+	path_of(f, "snapshots/d1", parent, sizeof(parent));
+	must_write(f, "snapshots/d2", parent, pages, 1);
+	must_write(f, "snapshots/lone", NULL, NULL, 0);
+	snprintf(db, sizeof(db), "%s/registry.db", f->dir);
+	assert_int_equal(registry_open(db, &r, &err), 0);
+	for (size_t i = 0; i < sizeof(tags) / sizeof(tags[0]); i++) {
+		struct reg_snapshot s = {0};
+		snprintf(s.tag, sizeof(s.tag), "%s", tags[i]);
+		snprintf(s.path, sizeof(s.path), "%s/%s", snaps, tags[i]);
+		assert_int_equal(registry_snapshot_add(r, &s, &err), 0);
+		assert_int_equal(registry_snapshot_mark_ready(r, tags[i], &err), 0);
+	}
+	registry_close(r);
+	if (daemon_open(&cfg, &d, &adopted, &err) != 0)
+		fail_msg("daemon_open: %s", err.msg);
+
+	assert_int_equal(daemon_snapshot_delete(d, "base", false, &o, &err), -EBUSY);
+	assert_non_null(strstr(err.msg, "parent of diff snapshot d1"));
+	assert_int_equal(daemon_snapshot_delete(d, "d1", false, &o, &err), -EBUSY);
+	assert_non_null(strstr(err.msg, "d2"));
+	snprintf(path, sizeof(path), "%s/base/state", snaps);
+	assert_int_equal(access(path, F_OK), 0);
+	/* Unrelated snapshots delete as before. */
+	assert_int_equal(daemon_snapshot_delete(d, "lone", false, &o, &err), 0);
+	json_decref(o);
+	/* Cascade: the diffs go first, then the parent; all three are reported. */
+	assert_int_equal(daemon_snapshot_delete(d, "base", true, &o, &err), 0);
+	assert_int_equal(json_array_size(json_object_get(o, "removed")), 3);
+	json_decref(o);
+	for (int i = 0; i < 3; i++) {
+		snprintf(path, sizeof(path), "%s/%s", snaps, tags[i]);
+		assert_int_not_equal(access(path, F_OK), 0);
+	}
+	daemon_close(d);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -397,6 +458,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_writer_refuses, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_malformed_diff_sections, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_broken_chain_errors, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_daemon_refuses_deleting_a_diff_parent, setup,
+					    teardown),
 	};
 	return cmocka_run_group_tests_name("diff snapshots (format)", tests, NULL, NULL);
 }
