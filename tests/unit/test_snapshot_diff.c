@@ -23,6 +23,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "core/guest_mem.h"
 #include "daemon/daemon.h"
 #include "daemon/registry.h"
 #include "state/snapshot_diff.h"
@@ -451,6 +452,38 @@ static void test_daemon_refuses_deleting_a_diff_parent(void **state)
 	daemon_close(d);
 }
 
+/*
+ * Device accesses mark their pages while tracking is on (guest_mem.h): every
+ * page of the range, in memory-file order (RAM above 4 GiB follows the low
+ * part), and nothing when the range is refused or tracking is off.
+ */
+static void test_guest_mem_marks_device_pages(void **state)
+{
+	uint64_t size = GUEST_MMIO_HOLE_START + (8ull << 20), pages = size / 4096;
+	uint64_t *bits = calloc((pages + 63) / 64, 8), low_pages = GUEST_MMIO_HOLE_START / 4096;
+	struct guest_mem mem;
+	struct fk_err err = {0};
+	uint64_t n = 0;
+
+	(void)state;
+	assert_non_null(bits);
+	assert_int_equal(guest_mem_init(&mem, GUEST_MEM_ANON, size, &err), 0);
+	assert_non_null(guest_mem_ptr(&mem, 0x1000, 8)); /* not tracking: nothing to mark */
+	mem.host_dirty = bits;
+	assert_non_null(guest_mem_ptr(&mem, 0x1ff8, 16));		       /* pages 1 and 2 */
+	assert_non_null(guest_mem_ptr(&mem, GUEST_MMIO_HOLE_END + 0x5000, 1)); /* high page 5 */
+	assert_null(guest_mem_ptr(&mem, GUEST_MMIO_HOLE_START, 1));	       /* the hole */
+	assert_int_equal(guest_mem_write(&mem, 0x10000, "x", 1), 0);	       /* page 16 */
+	for (uint64_t w = 0; w < (pages + 63) / 64; w++)
+		n += (uint64_t)__builtin_popcountll(bits[w]);
+	assert_int_equal(n, 4);
+	assert_true(bits[0] == ((1ull << 1) | (1ull << 2) | (1ull << 16)));
+	assert_true((bits[(low_pages + 5) / 64] >> ((low_pages + 5) % 64)) & 1);
+	mem.host_dirty = NULL;
+	guest_mem_destroy(&mem);
+	free(bits);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -460,6 +493,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_broken_chain_errors, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_daemon_refuses_deleting_a_diff_parent, setup,
 					    teardown),
+	    cmocka_unit_test(test_guest_mem_marks_device_pages),
 	};
 	return cmocka_run_group_tests_name("diff snapshots (format)", tests, NULL, NULL);
 }
