@@ -106,7 +106,7 @@ for mem in $sizes; do
 			--serial "$work/serial.log" --serial-in none --control "$work/vm.sock" \
 			2>"$work/vmm.err" &
 		vm_pid=$!
-		wait_for "$work/serial.log" "cpu0.touch_ok=1" 120
+		wait_for "$work/serial.log" "cpu0.touch_ok=1" 600
 		log "$mem MiB, $dirty MiB dirtied: full (arms tracking), diff, full"
 		persist base "$mem" "$dirty" base >/dev/null
 		sleep "$settle_s"
