@@ -351,15 +351,18 @@ struct mem_write {
 	uint64_t data_bytes;	/* non-zero bytes written */
 };
 
-static uint64_t count_nonzero_bytes(const struct snap_memory_source *mem)
+/* Non-zero pages the memory file gets: all of them, or a diff's stored ones only. */
+static uint64_t count_nonzero_bytes(const struct snap_memory_source *mem,
+				    const struct snap_diff *diff)
 {
-	uint64_t n = 0;
+	uint64_t n = 0, page = 0;
 
 	for (uint32_t r = 0; r < mem->nr_regions; r++) {
 		const uint8_t *host = mem->regions[r].host;
 
-		for (uint64_t off = 0; off < mem->regions[r].size; off += SNAP_PAGE_SIZE)
-			if (!page_is_zero(host + off))
+		for (uint64_t off = 0; off < mem->regions[r].size; off += SNAP_PAGE_SIZE, page++)
+			if ((!diff || ((diff->pages[page / 64] >> (page % 64)) & 1)) &&
+			    !page_is_zero(host + off))
 				n += SNAP_PAGE_SIZE;
 	}
 	return n;
@@ -373,7 +376,7 @@ static int write_failed(struct fk_err *err, int code, const char *path, uint64_t
 			const struct mem_write *mw)
 {
 	if (code == ENOSPC || code == EDQUOT) {
-		uint64_t need = count_nonzero_bytes(mw->mem);
+		uint64_t need = count_nonzero_bytes(mw->mem, mw->diff);
 
 		return fk_fail(err, code,
 			       "memory file %s: %s at offset %llu: the snapshot needs %llu bytes "
