@@ -25,6 +25,8 @@
 
 #include "core/guest_mem.h"
 #include "daemon/daemon.h"
+#include "devices/virtqueue.h"
+#include "virtio_guest.h"
 #include "daemon/registry.h"
 #include "state/snapshot_diff.h"
 #include "state/snapshot_format.h"
@@ -484,6 +486,50 @@ static void test_guest_mem_marks_device_pages(void **state)
 	free(bits);
 }
 
+static bool bit(const uint64_t *bits, uint64_t page)
+{
+	return (bits[page / 64] >> (page % 64)) & 1;
+}
+
+/*
+ * A device pops a chain, a snapshot collects (the bitmap is cleared), then the
+ * device writes the buffer and pushes: the push marks the chain's writable
+ * buffers and the used ring again, for the next diff; not the readable ones.
+ */
+static void test_virtq_push_marks_the_chain_again(void **state)
+{
+	uint64_t bits[(VG_RAM_SIZE / 4096 + 63) / 64] = {0};
+	struct vg_queue q = vg_default_queue(8);
+	struct virtq_chain *chain = calloc(1, sizeof(*chain));
+	struct fk_err err = {0};
+	struct guest_mem mem;
+	struct virtq vq;
+
+	(void)state;
+	assert_non_null(chain);
+	vg_mem_init(&mem);
+	virtq_reset(&vq, 8);
+	vq.desc_gpa = q.desc;
+	vq.avail_gpa = q.avail;
+	vq.used_gpa = q.used;
+	vq.ready = true;
+	vg_desc(&mem, &q, 0, 0x10000, 16, VIRTQ_DESC_F_NEXT, 1);
+	vg_desc(&mem, &q, 1, 0x11000, 8192, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 2);
+	vg_desc(&mem, &q, 2, 0x14000, 1, VIRTQ_DESC_F_WRITE, 0);
+	vg_publish(&mem, &q, 0);
+	mem.host_dirty = bits;
+	assert_int_equal(virtq_pop(&mem, &vq, chain, &err), 1);
+	assert_true(bit(bits, 0x11) && bit(bits, 0x12) && bit(bits, 0x14));
+	memset(bits, 0, sizeof(bits)); /* the snapshot's collect */
+	assert_int_equal(virtq_push(&mem, &vq, chain->head, 8193, &err), 0);
+	assert_true(bit(bits, 0x11) && bit(bits, 0x12) && bit(bits, 0x14));
+	assert_true(bit(bits, VG_USED_GPA / 4096));
+	assert_false(bit(bits, 0x10)); /* device-readable: the device did not write it */
+	mem.host_dirty = NULL;
+	guest_mem_destroy(&mem);
+	free(chain);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -494,6 +540,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_daemon_refuses_deleting_a_diff_parent, setup,
 					    teardown),
 	    cmocka_unit_test(test_guest_mem_marks_device_pages),
+	    cmocka_unit_test(test_virtq_push_marks_the_chain_again),
 	};
 	return cmocka_run_group_tests_name("diff snapshots (format)", tests, NULL, NULL);
 }
