@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "devices/disk_copy.h"
+#include "state/diff_track.h"
 #include "state/snapshot_format.h"
 #include "core/vm.h"
 #include "state/vm_snapshot.h"
@@ -206,6 +207,8 @@ static int build_child(const struct vm *source, const struct snap_writer *w, con
 		return ret;
 	/* The guest RAM this process inherited is the branch instant, copy-on-write. */
 	c->mem = source->mem;
+	/* The source's diff tracking is not the child's: a child starts untracked. */
+	c->mem.host_dirty = NULL;
 	ret = kvm_add_memslots(c, err);
 	if (ret < 0)
 		return ret;
@@ -1142,6 +1145,11 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 	paused = true;
 	t1 = monotonic_us();
 	ret = vm_state_save(vm, &w, err);
+	if (!ret && req->persist) {
+		/* Inside the pause: the diff's pages are exactly those dirtied until now. */
+		struct diff_request dreq = {.parent = req->parent, .track = req->track_dirty};
+		ret = diff_track_snapshot(vm, req->persist, &dreq, &w, err);
+	}
 	if (!ret)
 		ret = disk_copies_begin(vm, &w, z->dir, err);
 	if (ret < 0)

@@ -25,6 +25,7 @@
 #include "jail/seccomp.h"
 #include "state/vm_snapshot.h"
 #include "state/vm_state.h"
+#include "state/diff_track.h"
 
 #define SERIAL_FLUSH_INTERVAL_NS (20 * 1000 * 1000)
 
@@ -850,6 +851,7 @@ void vm_destroy(struct vm *vm)
 	}
 	if (vm->serial.out_fd > STDERR_FILENO)
 		close(vm->serial.out_fd);
+	diff_track_free(vm);
 	guest_mem_destroy(&vm->mem);
 	if (vm->vm_fd >= 0)
 		close(vm->vm_fd);

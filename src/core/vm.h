@@ -138,6 +138,8 @@ struct vm {
 	/* A restored VM runs from a configuration rebuilt from its snapshot. */
 	struct vmm_config restored_cfg;
 	bool restored;
+	/* Dirty-page tracking for diff snapshots; NULL until armed (src/state/diff_track.c). */
+	struct diff_track *diff;
 	uint8_t genid[16];
 	char overlay_dir[4096];
 	bool overlay_dir_created;

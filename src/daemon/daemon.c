@@ -2352,9 +2352,59 @@ out:
 	return ret;
 }
 
+/*
+ * The registered snapshots that are diffs of `tag` (their PARENT names its
+ * directory, docs/diff-snapshots.md): deleting it would break their chains.
+ * Their tags into *tags (malloc'ed array, *n of them). Lock not held: it
+ * takes it to list.
+ */
+static int diff_children(struct daemon *d, const char *tag, char (**tags)[REG_TAG_MAX + 1],
+			 size_t *n, struct fk_err *err)
+{
+	char self[PATH_MAX], parent[PATH_MAX];
+	struct reg_snapshot *all = NULL, snap;
+	size_t count = 0;
+	int ret;
+
+	*tags = NULL;
+	*n = 0;
+	pthread_mutex_lock(&d->lock);
+	ret = registry_snapshot_get(d->reg, tag, &snap, err);
+	if (ret == 0)
+		ret = registry_snapshot_list(d->reg, true, &all, &count, err);
+	pthread_mutex_unlock(&d->lock);
+	if (ret < 0)
+		return ret;
+	if (!realpath(snap.path, self))
+		goto out; /* gone from disk: nothing can depend on its files */
+	*tags = calloc(count ? count : 1, sizeof(**tags));
+	if (!*tags) {
+		ret = fk_fail(err, ENOMEM, "delete snapshot %s: out of memory", tag);
+		goto out;
+	}
+	for (size_t i = 0; i < count; i++) {
+		struct snap_parent_info pi;
+		struct snap_reader *r = NULL;
+		struct fk_err ignored;
+
+		if (strcmp(all[i].tag, tag) == 0 || snap_reader_open(all[i].path, &r, &ignored) < 0)
+			continue;
+		if (snap_reader_parent(r, &pi) == 0 && realpath(pi.path, parent) &&
+		    strcmp(parent, self) == 0)
+			snprintf((*tags)[(*n)++], REG_TAG_MAX + 1, "%s", all[i].tag);
+		snap_reader_close(r);
+	}
+out:
+	free(all);
+	return ret;
+}
+
 int daemon_snapshot_delete(struct daemon *d, const char *tag, bool cascade, json_t **out,
 			   struct fk_err *err)
 {
+	char(*diff_tags)[REG_TAG_MAX + 1] = NULL;
+	json_t *diff_removed = NULL;
+	size_t nr_diffs = 0;
 	struct reg_ids removed = {0};
 	struct reg_snapshot snap;
 	struct reg_vm *all = NULL;
@@ -2365,6 +2415,34 @@ int daemon_snapshot_delete(struct daemon *d, const char *tag, bool cascade, json
 	int ret;
 
 	*out = NULL;
+	/* Diff snapshots whose parent this is: refused, or (cascade) deleted first. */
+	ret = diff_children(d, tag, &diff_tags, &nr_diffs, err);
+	if (ret == 0 && nr_diffs > 0 && !cascade) {
+		size_t len = 0;
+		names[0] = '\0';
+		for (size_t i = 0; i < nr_diffs && len < sizeof(names); i++)
+			len += (size_t)snprintf(names + len, sizeof(names) - len, "%s%s",
+						i ? ", " : "", diff_tags[i]);
+		ret = fk_fail(err, EBUSY,
+			      "snapshot %s is the parent of diff snapshot%s %s (delete %s first, "
+			      "or cascade=true)",
+			      tag, nr_diffs == 1 ? "" : "s", names, nr_diffs == 1 ? "it" : "them");
+	}
+	for (size_t i = 0; ret == 0 && i < nr_diffs; i++) {
+		json_t *o = NULL;
+		ret = daemon_snapshot_delete(d, diff_tags[i], true, &o, err);
+		if (ret == 0) {
+			if (!diff_removed)
+				diff_removed = json_array();
+			json_array_extend(diff_removed, json_object_get(o, "removed"));
+			json_decref(o);
+		}
+	}
+	free(diff_tags);
+	if (ret < 0) {
+		json_decref(diff_removed);
+		return ret;
+	}
 	pthread_mutex_lock(&d->lock);
 	ret = registry_snapshot_get(d->reg, tag, &snap, err);
 	if (ret < 0)
@@ -2407,6 +2485,8 @@ int daemon_snapshot_delete(struct daemon *d, const char *tag, bool cascade, json
 	arr = json_array();
 	forget_removed(d, &removed, arr, all, n);
 	json_array_append_new(arr, json_string(tag));
+	if (diff_removed)
+		json_array_extend(arr, diff_removed);
 	snap_meta_drop(d, tag);
 	fk_remove_tree(snap.path);
 	*out = json_pack("{s:o}", "removed", arr);
@@ -2419,6 +2499,7 @@ out:
 	free(removed.ids);
 	free(all);
 	free(in);
+	json_decref(diff_removed);
 	return ret;
 }
 
