@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "devices/disk_copy.h"
+#include "state/diff_track.h"
 #include "state/snapshot_format.h"
 #include "core/vm.h"
 #include "state/vm_snapshot.h"
@@ -193,6 +194,7 @@ static int build_child(const struct vm *source, const struct snap_writer *w, con
 	c->restored_cfg.net_tap[0] = '\0';
 	c->restored_cfg.net_netns[0] = '\0';
 	c->restored_cfg.net_tap_fd = -1; /* the source's, closed with the rest */
+	c->restored_cfg.ready_fd = -1;	 /* the source's launcher's, long closed */
 	c->restored_cfg.net_mac_given = false;
 	/* --net-policy: this child makes its own namespace and tap (src/net/vm_netns.h) */
 	ret = vm_netns_setup(&c->restored_cfg, true, err);
@@ -208,6 +210,8 @@ static int build_child(const struct vm *source, const struct snap_writer *w, con
 		return ret;
 	/* The guest RAM this process inherited is the branch instant, copy-on-write. */
 	c->mem = source->mem;
+	/* The source's diff tracking is not the child's: a child starts untracked. */
+	c->mem.host_dirty = NULL;
 	ret = kvm_add_memslots(c, err);
 	if (ret < 0)
 		return ret;
@@ -1221,6 +1225,11 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 	}
 	t1 = monotonic_us();
 	ret = vm_state_save(vm, &w, err);
+	if (!ret && req->persist) {
+		/* Inside the pause: the diff's pages are exactly those dirtied until now. */
+		struct diff_request dreq = {.parent = req->parent, .track = req->track_dirty};
+		ret = diff_track_snapshot(vm, req->persist, &dreq, &w, err);
+	}
 	if (!ret)
 		ret = disk_copies_begin(vm, &w, z->dir, &disk_copies_made, err);
 	if (ret < 0)

@@ -41,6 +41,7 @@ static const char usage_text[] =
     "       forkd kill DIR\n"
     "       forkd snapshot verify DIR [--json]\n"
     "       forkd snapshot prewarm DIR [--json]\n"
+    "       forkd snapshot compact DIR OUT [--json]\n"
     "       forkd exec VM [-i] [--env K=V]... [--cwd DIR] [--uid N] [--gid N] [--timeout MS] -- "
     "CMD [ARG]...\n"
     "       forkd cp SRC DST            (one of them VM:/absolute/path)\n"
@@ -306,6 +307,8 @@ int main(int argc, char **argv)
 		return cli_snapshot_verify(argc - 3, argv + 3);
 	if (strcmp(argv[1], "snapshot") == 0 && argc > 2 && strcmp(argv[2], "prewarm") == 0)
 		return cli_snapshot_prewarm(argc - 3, argv + 3);
+	if (argc >= 3 && strcmp(argv[1], "snapshot") == 0 && strcmp(argv[2], "compact") == 0)
+		return cli_snapshot_compact(argc - 3, argv + 3);
 	if (strcmp(argv[1], "snapshot") == 0)
 		return cli_snapshot(argc - 2, argv + 2);
 	if (strcmp(argv[1], "snapshots") == 0)

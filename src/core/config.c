@@ -6,7 +6,9 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,6 +154,8 @@ void vmm_config_usage(FILE *out)
 	      "                       own. See docs/networking.md\n"
 	      "  --control PATH       serve the JSON control protocol on this Unix socket\n"
 	      "                       (status, pause, resume, shutdown; see docs/control.md)\n"
+	      "  --ready-fd N         write \"ready\\n\" to descriptor N and close it once the VM\n"
+	      "                       runs and --control serves (for launchers: no polling)\n"
 	      "  --jail DIR           build a jail in DIR (new or empty) and run in it: own\n"
 	      "                       mount/ipc/uts/network namespaces, pivot_root, no\n"
 	      "                       capabilities, an unprivileged uid (docs/jail.md)\n"
@@ -605,6 +609,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_VERIFY,
 		OPT_PREWARM,
 		OPT_SECCOMP,
+		OPT_READY_FD,
 		OPT_FANOUT,
 		OPT_FANOUT_DIR
 	};
@@ -638,6 +643,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"verify", no_argument, NULL, OPT_VERIFY},
 	    {"prewarm", no_argument, NULL, OPT_PREWARM},
 	    {"seccomp", required_argument, NULL, OPT_SECCOMP},
+	    {"ready-fd", required_argument, NULL, OPT_READY_FD},
 	    {"fanout", required_argument, NULL, OPT_FANOUT},
 	    {"fanout-dir", required_argument, NULL, OPT_FANOUT_DIR},
 	    {"help", no_argument, NULL, 'h'},
@@ -655,6 +661,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	cfg->serial_in = "stdin";
 	cfg->kvm_path = "/dev/kvm";
 	cfg->net_tap_fd = -1;
+	cfg->ready_fd = -1;
 
 	optind = 0; /* 0, not 1: glibc then also forgets a half-parsed option cluster */
 	opterr = 0;
@@ -720,6 +727,19 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			break;
 		case OPT_PREWARM:
 			cfg->restore_prewarm = true;
+			break;
+		case OPT_READY_FD:
+			errno = 0;
+			n = strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end || n < 3 || n > INT_MAX)
+				return fk_fail(err, EINVAL,
+					       "--ready-fd '%s': expected a descriptor number >= 3",
+					       optarg);
+			/* Not inherited by what the VMM executes (the network broker). */
+			if (fcntl((int)n, F_SETFD, FD_CLOEXEC) < 0)
+				return fk_fail_errno(err, errno,
+						     "--ready-fd %ld: not an open descriptor", n);
+			cfg->ready_fd = (int)n;
 			break;
 		case OPT_OVERLAY_DIR:
 			if (!*optarg)
@@ -837,10 +857,11 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			       "--fanout N: expected --fanout-dir DIR for the children");
 	if (cfg->fanout_dir && !cfg->fanout)
 		return fk_fail(err, EINVAL, "--fanout-dir only applies with --fanout N");
-	if (cfg->fanout && (cfg->control_path || cfg->net_tap[0]))
+	if (cfg->fanout && (cfg->control_path || cfg->net_tap[0] || cfg->ready_fd >= 0))
 		return fk_fail(err, EINVAL,
 			       "--fanout: the children get their own control sockets and start "
-			       "link-down; --control and --net do not apply");
+			       "link-down, and this process never runs a VM; --control, --net and "
+			       "--ready-fd do not apply");
 	if (cfg->image && cfg->restore_dir)
 		return fk_fail(err, EINVAL,
 			       "--image and --restore: a snapshot brings its own disks");

@@ -78,14 +78,20 @@ struct vmm_config {
 	const char *serial_in;	  /* "stdin", "none" or a file/fifo path */
 	const char *kvm_path;	  /* normally /dev/kvm */
 	const char *control_path; /* Unix socket for the control protocol, or NULL */
-	const char *restore_dir;  /* --restore: start from this snapshot instead of booting */
-	const char *overlay_dir;  /* --overlay-dir: where a restored VM's private disk copies go */
-	bool restore_verify;	  /* --verify: check the memory file's chunk checksums first */
-	bool restore_prewarm;	  /* --prewarm: the memory file into the page cache first */
+	/*
+	 * --ready-fd N: "ready\n" is written to N and N closed once the vCPUs run and the
+	 * control socket serves, so a launcher waits on one descriptor instead of polling
+	 * the socket (-1: none).
+	 */
+	int ready_fd;
+	const char *restore_dir; /* --restore: start from this snapshot instead of booting */
+	const char *overlay_dir; /* --overlay-dir: where a restored VM's private disk copies go */
+	bool restore_verify;	 /* --verify: check the memory file's chunk checksums first */
+	bool restore_prewarm;	 /* --prewarm: the memory file into the page cache first */
+	unsigned cpuid_hide;	 /* enum vmm_cpuid_hide bits */
 	/* --fanout N --fanout-dir OUT: N BRANCH children of the restore, none run here (0: off) */
 	int fanout;
 	const char *fanout_dir;
-	unsigned cpuid_hide; /* enum vmm_cpuid_hide bits */
 	/* --vsock PATH[,cid=N]: hybrid-vsock Unix socket, "" for no vsock device. */
 	char vsock_path[VMM_VSOCK_PATH_MAX];
 	uint64_t vsock_cid;

@@ -38,6 +38,13 @@ struct guest_mem {
 	size_t mapping_size;
 	int nr_regions;
 	struct guest_mem_region regions[GUEST_MEM_MAX_REGIONS];
+	/*
+	 * Diff snapshots (src/state/diff_track.c): while set, every page a host
+	 * access resolves through guest_mem_ptr is marked here (bit = page
+	 * offset in `mapping`), so device writes, which KVM's dirty log does not
+	 * see, count as dirty too. NULL (the default) costs one test.
+	 */
+	uint64_t *host_dirty;
 };
 
 /* Allocates size bytes of guest RAM laid out around the MMIO hole. */

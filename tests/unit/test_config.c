@@ -616,6 +616,17 @@ static void test_fanout(void **state)
 			   "--fanout", "2", "--fanout-dir", "o");
 	EXPECT_PARSE_ERROR(EINVAL, "--control", NULL, "--restore", "s", "--fanout", "2",
 			   "--fanout-dir", "o", "--control", "c.sock");
+	{
+		/* --ready-fd must name an open descriptor to get as far as the --fanout check. */
+		int fd = dup(STDERR_FILENO);
+		char num[16];
+
+		assert_true(fd >= 3);
+		snprintf(num, sizeof(num), "%d", fd);
+		EXPECT_PARSE_ERROR(EINVAL, "--ready-fd", NULL, "--restore", "s", "--fanout", "2",
+				   "--fanout-dir", "o", "--ready-fd", num);
+		close(fd);
+	}
 }
 
 static void test_vsock(void **state)
