@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 #include "core/config.h"
+#include "core/guest_mem.h"
 #include "net/netns.h"
 
 #include "jail/cgroup.h"
@@ -108,6 +109,12 @@ void vmm_config_usage(FILE *out)
 	      "  --append STR         kernel command line (at most 4095 bytes)\n"
 	      "  --mem SIZE           guest RAM, e.g. 512M, 4G (32M..1T, multiple of 1M;\n"
 	      "                       default 256M); RAM above 3G is placed above 4G\n"
+	      "  --mem-backend anon|hugetlb\n"
+	      "                       guest RAM as anonymous memory with transparent huge\n"
+	      "                       pages (default), or as 2 MiB hugetlb pages reserved\n"
+	      "                       from /proc/sys/vm/nr_hugepages at start (--mem a\n"
+	      "                       multiple of 2M; BRANCH children's writes need free\n"
+	      "                       huge pages too). See docs/branch.md\n"
 	      "  --cpus N             vCPUs, 1..254 (default 1)\n"
 	      "  --disk PATH[,ro][,id=STR]\n"
 	      "                       virtio-blk disk on a raw file; repeatable (max 8)\n"
@@ -611,7 +618,8 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_SECCOMP,
 		OPT_READY_FD,
 		OPT_FANOUT,
-		OPT_FANOUT_DIR
+		OPT_FANOUT_DIR,
+		OPT_MEM_BACKEND
 	};
 	static const struct option opts[] = {
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
@@ -646,6 +654,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"ready-fd", required_argument, NULL, OPT_READY_FD},
 	    {"fanout", required_argument, NULL, OPT_FANOUT},
 	    {"fanout-dir", required_argument, NULL, OPT_FANOUT_DIR},
+	    {"mem-backend", required_argument, NULL, OPT_MEM_BACKEND},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -725,6 +734,17 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		case OPT_VERIFY:
 			cfg->restore_verify = true;
 			break;
+		case OPT_MEM_BACKEND: {
+			enum guest_mem_backend backend;
+
+			if (guest_mem_backend_parse(optarg, &backend) < 0)
+				return fk_fail(err, EINVAL,
+					       "--mem-backend '%s': expected anon (the default) or "
+					       "hugetlb",
+					       optarg);
+			cfg->mem_backend = backend;
+			break;
+		}
 		case OPT_PREWARM:
 			cfg->restore_prewarm = true;
 			break;
@@ -876,6 +896,10 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			    err, EINVAL,
 			    "--restore: --kernel, --initrd, --append and --disk come from the "
 			    "snapshot and cannot be given");
+		if (cfg->mem_backend != GUEST_MEM_ANON)
+			return fk_fail(err, EINVAL,
+				       "--mem-backend: a restored VM maps the snapshot's memory "
+				       "file; only a booted VM takes hugetlb");
 		return 0;
 	}
 	ret = add_net_cmdline(cfg, err);

@@ -71,6 +71,7 @@ struct vmm_config {
 	const char *initrd;
 	const char *cmdline;
 	uint64_t mem_size;
+	int mem_backend; /* enum guest_mem_backend: --mem-backend anon|hugetlb */
 	int nr_cpus;
 	int nr_disks;
 	struct vmm_disk_config disks[VMM_MAX_DISKS];

@@ -23,7 +23,18 @@
 enum guest_mem_backend {
 	GUEST_MEM_ANON = 0,
 	GUEST_MEM_FILE = 1, /* MAP_PRIVATE of a snapshot's memory file: clean pages shared */
+	/*
+	 * MAP_PRIVATE hugetlb 2 MiB pages, reserved at map time: copy-on-write
+	 * copies a whole 2 MiB page and never splits the mapping, so fork(2)
+	 * copies one entry per 2 MiB however much the guest wrote (a flat BRANCH
+	 * stall). Children's first writes need free huge pages too.
+	 */
+	GUEST_MEM_HUGETLB = 2,
 };
+
+/* "anon" / "hugetlb" to a backend for a fresh VM; -EINVAL for anything else. */
+int guest_mem_backend_parse(const char *name, enum guest_mem_backend *out);
+const char *guest_mem_backend_name(enum guest_mem_backend backend);
 
 struct guest_mem_region {
 	uint64_t gpa;

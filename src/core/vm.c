@@ -731,7 +731,7 @@ int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 	ret = vm_setup_host(vm, err);
 	if (ret < 0)
 		return ret;
-	ret = guest_mem_init(&vm->mem, GUEST_MEM_ANON, cfg->mem_size, err);
+	ret = guest_mem_init(&vm->mem, cfg->mem_backend, cfg->mem_size, err);
 	if (ret < 0)
 		return ret;
 	ret = kvm_add_memslots(vm, err);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "core/config.h"
+#include "core/guest_mem.h"
 
 #define KiB (1ULL << 10)
 #define MiB (1ULL << 20)
@@ -521,8 +522,9 @@ static void test_parse_is_repeatable(void **state)
 static void test_usage_names_every_option(void **state)
 {
 	static const char *const options[] = {
-	    "--kernel",	   "--initrd", "--append", "--mem",    "--cpus",       "--disk", "--serial",
-	    "--serial-in", "--kvm",    "--vsock",  "--fanout", "--fanout-dir", "--help"};
+	    "--kernel", "--initrd",	"--append",	 "--mem", "--cpus",
+	    "--disk",	"--serial",	"--serial-in",	 "--kvm", "--vsock",
+	    "--fanout", "--fanout-dir", "--mem-backend", "--help"};
 	char *text = NULL;
 	size_t size = 0;
 	FILE *out = open_memstream(&text, &size);
@@ -681,6 +683,26 @@ static void test_vsock(void **state)
 			   "at most 107");
 }
 
+static void test_mem_backend(void **state)
+{
+	struct vmm_config cfg;
+	struct fk_err err = {0};
+
+	(void)state;
+	assert_int_equal(PARSE(&cfg, &err, "--kernel", "k"), 0);
+	assert_int_equal(cfg.mem_backend, GUEST_MEM_ANON);
+	assert_int_equal(PARSE(&cfg, &err, "--kernel", "k", "--mem-backend", "hugetlb"), 0);
+	assert_int_equal(cfg.mem_backend, GUEST_MEM_HUGETLB);
+	assert_int_equal(PARSE(&cfg, &err, "--kernel", "k", "--mem-backend", "anon"), 0);
+	assert_int_equal(cfg.mem_backend, GUEST_MEM_ANON);
+	EXPECT_PARSE_ERROR(EINVAL, "--mem-backend 'file'", "anon (the default) or hugetlb",
+			   "--kernel", "k", "--mem-backend", "file");
+	EXPECT_PARSE_ERROR(EINVAL, "--mem-backend 'HUGETLB'", "hugetlb", "--kernel", "k",
+			   "--mem-backend", "HUGETLB");
+	EXPECT_PARSE_ERROR(EINVAL, "--mem-backend", "snapshot's memory file", "--restore", "/x",
+			   "--mem-backend", "hugetlb");
+}
+
 #define T(fn) cmocka_unit_test_setup(fn, reset_getopt)
 
 int main(void)
@@ -710,6 +732,7 @@ int main(void)
 	    T(test_fanout),
 	    T(test_vsock),
 	    T(test_image),
+	    T(test_mem_backend),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

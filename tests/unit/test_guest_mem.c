@@ -131,6 +131,34 @@ static void test_bad_backend(void **state)
 	assert_null(mem.mapping);
 }
 
+static void test_backend_names(void **state)
+{
+	enum guest_mem_backend b = GUEST_MEM_FILE;
+
+	(void)state;
+	assert_int_equal(guest_mem_backend_parse("hugetlb", &b), 0);
+	assert_int_equal(b, GUEST_MEM_HUGETLB);
+	assert_int_equal(guest_mem_backend_parse("anon", &b), 0);
+	assert_int_equal(b, GUEST_MEM_ANON);
+	assert_int_equal(guest_mem_backend_parse("", &b), -EINVAL);
+	assert_int_equal(guest_mem_backend_parse("hugetlbfs", &b), -EINVAL);
+	assert_string_equal(guest_mem_backend_name(GUEST_MEM_HUGETLB), "hugetlb");
+	assert_string_equal(guest_mem_backend_name(GUEST_MEM_ANON), "anon");
+	assert_string_equal(guest_mem_backend_name((enum guest_mem_backend)9), "unknown");
+}
+
+/* Not a multiple of 2 MiB: refused before any pool is asked (whatever nr_hugepages is). */
+static void test_hugetlb_size_must_be_2m(void **state)
+{
+	struct guest_mem mem;
+	struct fk_err err = {0};
+
+	(void)state;
+	assert_int_equal(guest_mem_init(&mem, GUEST_MEM_HUGETLB, 33 * MiB, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "multiple of 2 MiB"));
+	assert_null(mem.mapping);
+}
+
 /*
  * A size the host cannot map must fail, not wrap the over-allocation and
  * hand out regions backed by nothing. Run in a child: if it "succeeds" the
@@ -305,10 +333,16 @@ static void test_read_write(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-	    cmocka_unit_test(test_layouts),	      cmocka_unit_test(test_mapping_is_2m_aligned),
-	    cmocka_unit_test(test_bad_sizes),	      cmocka_unit_test(test_bad_backend),
-	    cmocka_unit_test(test_absurd_sizes_fail), cmocka_unit_test(test_ptr_single_region),
-	    cmocka_unit_test(test_ptr_two_regions),   cmocka_unit_test(test_read_write),
+	    cmocka_unit_test(test_layouts),
+	    cmocka_unit_test(test_mapping_is_2m_aligned),
+	    cmocka_unit_test(test_bad_sizes),
+	    cmocka_unit_test(test_bad_backend),
+	    cmocka_unit_test(test_absurd_sizes_fail),
+	    cmocka_unit_test(test_ptr_single_region),
+	    cmocka_unit_test(test_ptr_two_regions),
+	    cmocka_unit_test(test_read_write),
+	    cmocka_unit_test(test_backend_names),
+	    cmocka_unit_test(test_hugetlb_size_must_be_2m),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
