@@ -8,6 +8,12 @@ VMM's phases (pause, park, capture, fork), the guest-observed stall (the
 longest gap the stall probe saw around the branch), and the time until the
 child answers on its console. Prints one JSON object per line.
 
+BRANCH_BACKENDS (default "anon") picks the host backing of guest RAM per row:
+anon (transparent huge pages, re-collapsed after each release) and/or hugetlb
+(`--mem-backend hugetlb`: the bench raises /proc/sys/vm/nr_hugepages for that
+row only and gives the pages back after it). BRANCH_PARTS (default
+"branch qemu fanout") picks the parts.
+
 Also: 100 children from one zygote (all answering, PSS per child), the source's
 write rate in the 200 ms after a branch relative to before, and QEMU's
 background-snapshot stall for the same guest ELF.
@@ -88,11 +94,33 @@ class Console:
         return values
 
 
-def start_source(workdir, mem_mib, append):
+HUGETLB_SYSFS = "/sys/kernel/mm/hugepages/hugepages-2048kB/"
+
+
+def hugetlb_read(name):
+    with open(HUGETLB_SYSFS + name) as f:
+        return int(f.read())
+
+
+def hugetlb_set_pool(pages):
+    """Sets the 2 MiB hugetlb pool to pages; returns how many the kernel gave."""
+    with open(HUGETLB_SYSFS + "nr_hugepages", "w") as f:
+        f.write(str(pages))
+    return hugetlb_read("nr_hugepages")
+
+
+def hugetlb_pages_needed(mem_mib):
+    """The source reserves its whole RAM; the copies its writes make while a zygote shares
+    it, and the child's own writes, come on top: up to 1 GiB of them (the writer cycles
+    through small regions within a branch, not through 16 GiB)."""
+    return guest_mib(mem_mib) // 2 + min(mem_mib // 2, 512) + 32
+
+
+def start_source(workdir, mem_mib, append, backend="anon"):
     sock = os.path.join(workdir, "source.sock")
     proc = subprocess.Popen(
         [VMM, "--kernel", PROBE, "--mem", f"{mem_mib}M", "--cpus", "2",
-         "--append", append, "--control", sock],
+         "--mem-backend", backend, "--append", append, "--control", sock],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     con = Console(proc)
     con.wait("READY", timeout=60)
@@ -127,11 +155,40 @@ def guest_mib(mem_mib):
     return mem_mib + 512 if mem_mib <= 2560 else 3072 + mem_mib + 256
 
 
-def bench_size(workdir, mem_mib, pages, branches):
+def anon_huge_mib(pid):
+    """AnonHugePages of a process: RAM still mapped by 2 MiB entries (THP)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1]) // 1024
+    return 0
+
+
+def bench_size(workdir, mem_mib, pages, branches, backend="anon"):
+    if backend == "hugetlb":
+        want = hugetlb_pages_needed(mem_mib)
+        pool_before = hugetlb_read("nr_hugepages")
+        got = hugetlb_set_pool(want)
+        if got < want:
+            hugetlb_set_pool(pool_before)
+            emit({"bench": "branch", "engine": "fork", "mem_mib": mem_mib, "guest_pages": pages,
+                  "mem_backend": backend,
+                  "error": f"the kernel gave {got} of {want} 2 MiB huge pages (memory in use)"})
+            return
+        try:
+            bench_size_run(workdir, mem_mib, pages, branches, backend)
+        finally:
+            hugetlb_set_pool(pool_before)
+    else:
+        bench_size_run(workdir, mem_mib, pages, branches, backend)
+
+
+def bench_size_run(workdir, mem_mib, pages, branches, backend):
     append = (f"work=pattern,stall pattern_mib={mem_mib} stall_us={STALL_US} "
               f"pages={pages} pattern_freeze=genid")
-    proc, con, sock = start_source(workdir, guest_mib(mem_mib), append)
+    proc, con, sock = start_source(workdir, guest_mib(mem_mib), append, backend)
     pause, park, capture, fork_, stall, ready, dips = [], [], [], [], [], [], []
+    huge_before, hugetlb_free_min = [], None
     try:
         # Let the writer touch every page once (fresh host memory is slow to fault in).
         pages_n = mem_mib * 256
@@ -145,14 +202,19 @@ def bench_size(workdir, mem_mib, pages, branches):
                 break
             time.sleep(0.5)
         for i in range(branches):
+            huge_before.append(anon_huge_mib(proc.pid))
             con.command("stall-window\n", "stall-window.end")
             t0 = time.monotonic()
             reply = call(sock, {"cmd": "branch", "n": 1,
-                                "dir": os.path.join(workdir, f"b{mem_mib}{pages}{i}")})
+                                "dir": os.path.join(workdir, f"b{mem_mib}{pages}{backend}{i}")})
             child = reply["children"][0]["dir"]
             if child_ping(child):
                 ready.append((time.monotonic() - t0) * 1000)
             time.sleep(0.05)
+            if backend == "hugetlb":
+                free = hugetlb_read("free_hugepages") - hugetlb_read("resv_hugepages")
+                hugetlb_free_min = free if hugetlb_free_min is None else min(free,
+                                                                              hugetlb_free_min)
             window = con.command("stall-window\n", "stall-window.end")
             stall.append(max(int(window.get("cpu1.stall_window_max_us", 0)), 0) or STALL_US)
             pause.append(reply["pause_us"])
@@ -171,7 +233,7 @@ def bench_size(workdir, mem_mib, pages, branches):
             time.sleep(0.2)
             s1 = int(con.report()["cpu0.pattern_seq"]); tb = time.monotonic()
             reply = call(sock, {"cmd": "branch", "n": 1,
-                                "dir": os.path.join(workdir, f"dip{mem_mib}{pages}{i}")})
+                                "dir": os.path.join(workdir, f"dip{mem_mib}{pages}{backend}{i}")})
             s2 = int(con.report()["cpu0.pattern_seq"]); tc = time.monotonic()
             time.sleep(0.2)
             s3 = int(con.report()["cpu0.pattern_seq"]); td = time.monotonic()
@@ -180,14 +242,22 @@ def bench_size(workdir, mem_mib, pages, branches):
             call(sock, {"cmd": "zygote", "action": "release", "id": reply["zygote"]})
     finally:
         stop(proc, sock)
-    emit({"bench": "branch", "engine": "fork", "mem_mib": mem_mib, "guest_pages": pages,
-          "branches": branches, "interval_ms": INTERVAL_MS,
+    row = {"bench": "branch", "engine": "fork", "mem_mib": mem_mib, "guest_pages": pages,
+          "mem_backend": backend, "branches": branches, "interval_ms": INTERVAL_MS,
           "pause_us_p50": pct(pause, 50), "pause_us_p99": pct(pause, 99),
           "park_us_p50": pct(park, 50),
           "capture_us_p50": pct(capture, 50), "fork_us_p50": pct(fork_, 50),
           "guest_stall_us_p50": pct(stall, 50), "guest_stall_us_p99": pct(stall, 99),
           "child_ready_ms_p50": round(pct(ready, 50), 2) if ready else None,
-          "source_write_rate_after_over_before_200ms": round(statistics.median(dips), 3)})
+          "children_answered": len(ready),
+          "source_write_rate_after_over_before_200ms": round(statistics.median(dips), 3)}
+    if backend == "anon":
+        # How much of the RAM was back in 2 MiB mappings when each branch began.
+        row["anon_huge_mib_before_p50"] = pct(huge_before, 50)
+        row["anon_huge_mib_before_min"] = min(huge_before)
+    else:
+        row["hugetlb_spare_pages_min"] = hugetlb_free_min
+    emit(row)
 
 
 def bench_fanout(workdir, n):
@@ -304,17 +374,22 @@ def main():
     sizes = [int(x) for x in (sys.argv[1] if len(sys.argv) > 1 else "256 1024 4096 8192").split()]
     page_sizes = (sys.argv[2] if len(sys.argv) > 2 else "2m 4k").split()
     branches = int(os.environ.get("BRANCHES", "20"))
+    backends = os.environ.get("BRANCH_BACKENDS", "anon").split()
+    parts = os.environ.get("BRANCH_PARTS", "branch qemu fanout").split()
+    qemu_sizes = [int(x) for x in os.environ.get("BRANCH_QEMU_SIZES", "256 1024").split()]
     workdir = tempfile.mkdtemp(prefix="forkd-bench-branch.")
     try:
-        for mem in sizes:
+        for mem in sizes if "branch" in parts else []:
             for pages in page_sizes:
-                log(f"{mem} MiB, {pages} guest pages")
-                bench_size(workdir, mem, pages, branches)
-        for mem in [m for m in sizes if m <= 1024]:
+                for backend in backends:
+                    log(f"{mem} MiB, {pages} guest pages, {backend} host memory")
+                    bench_size(workdir, mem, pages, branches, backend)
+        for mem in qemu_sizes if "qemu" in parts else []:
             log(f"QEMU background-snapshot, {mem} MiB")
             bench_qemu_bg(workdir, mem, 5)
-        log("100 children from one zygote")
-        bench_fanout(workdir, 100)
+        if "fanout" in parts:
+            log("100 children from one zygote")
+            bench_fanout(workdir, 100)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
