@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # BRANCH benchmark: see bench/branch.py. JSON lines on stdout.
 #   bench/branch.sh ["MEM_MIB ..."] ["2m 4k"]     (BRANCHES=20 branches per size)
+# BRANCH_BACKENDS="anon hugetlb" adds rows on hugetlb guest RAM (the bench raises
+# /proc/sys/vm/nr_hugepages for each such row and puts it back); BRANCH_PARTS
+# ("branch qemu fanout") and BRANCH_QEMU_SIZES ("256 1024 4096") pick the parts.
+# bench/plot.sh draws the stall rows (bench/branch-stall.png).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v qemu-system-x86_64 >/dev/null; then

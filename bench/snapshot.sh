@@ -6,11 +6,13 @@
 #
 #   bench/snapshot.sh ["MEM_MIB ..."]     (default "256 1024 4096": MiB the guest touches)
 #
-# SNAPSHOT_BENCH_PARTS (default "stop live fanout qemu") picks the parts: stop is
+# SNAPSHOT_BENCH_PARTS (default "stop live fanout qemu qemubg") picks the parts: stop is
 # stop-and-save with its restore, live the live snapshot (a BRANCH pause; the
 # zygote writes) with its XXH3 cost and `forkd snapshot verify` speed, fanout
 # 100 children of one snapshot on disk, cold (page cache dropped) and after
-# `forkd snapshot prewarm`, FANOUT_RUNS (default 1) pairs of rows.
+# `forkd snapshot prewarm`, FANOUT_RUNS (default 1) pairs of rows; qemubg QEMU's
+# background-snapshot (the pause it reports as downtime, on the guest the live
+# rows use) at each size, next to the live rows.
 #
 # Each guest gets 256 MiB more RAM than it touches. Snapshots go under
 # /dev/shm/forkd-bench.* (tmpfs) and /var/tmp/forkd-bench.* (disk) and are
@@ -23,7 +25,7 @@ restore_runs=5
 fanout_n=100
 fanout_mib=256
 qemu_sizes="256 1024"
-parts=${SNAPSHOT_BENCH_PARTS:-"stop live fanout qemu"}
+parts=${SNAPSHOT_BENCH_PARTS:-"stop live fanout qemu qemubg"}
 live_runs=5
 want() { [[ " $parts " == *" $1 "* ]]; }
 # Where the numbers come from: only native KVM counts (issue 12); say which.
@@ -174,8 +176,79 @@ PY
 # readytime prints JSON fields without braces.
 json_field_from_fragment() { python3 -c 'import json,sys; print(json.loads("{"+sys.stdin.read()+"}")[sys.argv[1]])' "$1"; }
 
+# qemu_background MIB GUEST_MIB APPEND: QEMU's background-snapshot of the same guest as the live
+# rows (migrate with the background-snapshot capability: QEMU stops the VM, saves device state,
+# write-protects RAM with userfaultfd, resumes, and writes RAM while the guest runs). pause_ms is
+# QEMU's own `downtime` of the completed snapshot, like forkd's pause_us (request to resume).
+qemu_background() {
+	local mib=$1 guest_mib=$2 append=$3 qpid
+	log "qemu background-snapshot: ${mib} MiB touched in a ${guest_mib} MiB guest"
+	rm -f "$work/qmp.sock"
+	guest/probe/run-qemu.sh "$probe" "${guest_mib}M" 2 "$append" -- \
+		-cpu host,-arch-capabilities -qmp "unix:$work/qmp.sock,server,nowait" </dev/null >"$work/qemu.log" 2>"$work/qemu.err" &
+	qpid=$!
+	if ! wait_for "$work/qemu.log" "^DONE" 300; then
+		echo "{\"bench\":\"snapshot\",\"vmm\":\"qemu\",\"mode\":\"background\",\"mem_mib\":$mib,\"error\":\"no DONE: $(head -c 200 "$work/qemu.err" | tr '\n"' ' _')\"}"
+		kill $qpid 2>/dev/null || true
+		wait $qpid 2>/dev/null || true
+		return 0
+	fi
+	python3 - "$work/qmp.sock" "$tmpfs_dir/qemu-bg" "$mib" "$guest_mib" "$live_runs" "$kvm_kind" <<'PY' || true
+import json, os, socket, statistics, sys, time
+sock_path, out, mib, guest_mib, runs, kind = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+row = {"bench": "snapshot", "vmm": "qemu", "mode": "background", "mem_mib": mib,
+       "guest_mib": guest_mib, "kvm": kind, "runs": runs}
+try:
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock_path)
+    f = s.makefile("rw")
+    def cmd(name, args=None):
+        msg = {"execute": name}
+        if args is not None:
+            msg["arguments"] = args
+        f.write(json.dumps(msg) + "\n"); f.flush()
+        while True:
+            r = json.loads(f.readline())
+            if "return" in r or "error" in r:
+                if "error" in r:
+                    raise RuntimeError("%s: %s" % (name, r["error"].get("desc")))
+                return r["return"]
+    json.loads(f.readline())  # greeting
+    cmd("qmp_capabilities")
+    cmd("migrate-set-capabilities",
+        {"capabilities": [{"capability": "background-snapshot", "state": True}]})
+    cmd("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+    downtime, total = [], []
+    for _ in range(runs):
+        cmd("migrate", {"uri": "exec:cat > " + out})
+        while True:
+            st = cmd("query-migrate")
+            if st.get("status") == "completed":
+                break
+            if st.get("status") in ("failed", "cancelled"):
+                raise RuntimeError("background snapshot %s: %s" %
+                                   (st.get("status"), st.get("error-desc", "")))
+            time.sleep(0.005)
+        if "downtime" not in st:
+            raise RuntimeError("query-migrate reported no downtime: %s" % json.dumps(st))
+        downtime.append(st["downtime"])
+        total.append(st.get("total-time", 0))
+        os.unlink(out)
+    row["pause_ms_p50"] = statistics.median(downtime)
+    row["pause_ms_all"] = downtime
+    row["total_ms_p50"] = statistics.median(total)
+    cmd("quit")
+except Exception as e:
+    row["error"] = str(e)
+print(json.dumps(row))
+PY
+	kill $qpid 2>/dev/null || true
+	wait $qpid 2>/dev/null || true
+	rm -f "$tmpfs_dir/qemu-bg"
+}
+
 for mib in $sizes; do
-	want stop || want live || break
+	want stop || want live || want qemubg || break
 	# A touch region is contiguous and RAM splits at 3 GiB (the MMIO hole), so
 	# above 2 GiB both vCPUs touch half each, one half above 4 GiB.
 	if [ "$mib" -gt 2048 ]; then
@@ -202,6 +275,9 @@ for mib in $sizes; do
 		live_bench "$tmpfs_dir" "$mib"
 	fi
 	stop_probe
+	if want qemubg; then
+		qemu_background "$mib" "$guest_mib" "$append"
+	fi
 done
 
 # fanout: 100 children of one 256 MiB snapshot on disk, all answering `pong`: cold (page
