@@ -93,7 +93,7 @@ joined=${joined%, }
 gnuplot <<GP
 set terminal pngcairo size 1000,600 font "DejaVu Sans,11"
 set output "$out"
-set title "Guest-visible stall of one branch/snapshot vs guest memory (p50, native KVM-PVM, probe guest under a write load)"
+set title "Guest-visible stall of one branch/snapshot vs guest memory\\n(p50; native KVM-PVM, probe guest under a write load; a shared, loaded 2-core machine: stalls include host scheduling)" font ",10"
 set xlabel "guest memory written (MiB)"
 set ylabel "longest in-guest stall (ms, log)"
 set logscale xy
