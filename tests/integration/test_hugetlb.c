@@ -8,7 +8,7 @@
  * the guest's RAM, the source's guest mapping is hugetlb and shared with its
  * zygote after the fork, and every page is back in the pool at the end). Bad
  * input: no free huge pages, a size that is not a multiple of 2 MiB,
- * --restore with the backend.
+ * --restore with the backend. A live snapshot of such a VM restores strictly.
  *
  * The test raises /proc/sys/vm/nr_hugepages by what it needs and puts the
  * value back afterwards, also when a test fails (teardown).
@@ -262,6 +262,62 @@ static void test_branch_children_verify_strictly(void **state)
 	assert_int_equal(hugetlb_available(), avail_before);
 }
 
+/*
+ * A live snapshot of a hugetlb VM under write load (its zygote writes the
+ * shared hugetlb RAM while the source runs on) restores, on ordinary memory,
+ * to a guest whose memory is exactly the snapshot instant (strict, inside).
+ */
+static void test_live_snapshot_restores_strictly(void **state)
+{
+	char sock[300], snap[300], req[700], rsock[300], mem[16];
+	char *restore[] = {(char *)harness_vmm(), "--restore", snap, "--control", rsock, NULL};
+	struct vmm_proc p, r;
+	long avail_before;
+	json_t *reply;
+
+	(void)state;
+	pool_make_available(GUEST_MIB / 2 + POOL_EXTRA);
+	avail_before = hugetlb_available();
+	snprintf(sock, sizeof(sock), "%s/live-%d.sock", dir, ++counter);
+	snprintf(snap, sizeof(snap), "%s/snap-%d", dir, counter);
+	snprintf(rsock, sizeof(rsock), "%s/restored-%d.sock", dir, counter);
+	snprintf(mem, sizeof(mem), "%dM", GUEST_MIB);
+	probe_start(&p, NULL, mem, "2", "work=pattern,pattern pattern_mib=8 pattern_freeze=genid",
+		    "--mem-backend", "hugetlb", "--control", sock, NULL);
+	assert_non_null(vmm_need_line(&p, "DONE", TIMEOUT_MS));
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\"}", snap);
+	reply = call(sock, req, true);
+	assert_string_equal(json_string_value(json_object_get(reply, "mode")), "live");
+	assert_string_equal(json_string_value(json_object_get(reply, "snapshot")), "ready");
+	json_decref(reply);
+	json_decref(call(sock, "{\"cmd\":\"shutdown\"}", true));
+	assert_int_equal(vmm_wait(&p, TIMEOUT_MS), 0);
+	vmm_free(&p);
+
+	assert_int_equal(vmm_start(&r, restore), 0);
+	assert_non_null(vmm_need_line(&r, "pattern.frozen=1", TIMEOUT_MS));
+	vmm_send(&r, "verify strict\n");
+	for (int i = 0; i < WRITERS; i++) {
+		char want[32], buf[32];
+		const char *l;
+
+		snprintf(want, sizeof(want), "cpu%d.verify=", i);
+		l = vmm_need_line(&r, want, TIMEOUT_MS);
+		assert_non_null(l);
+		snprintf(want, sizeof(want), "cpu%d.verify", i);
+		assert_non_null(vmm_value(&r, want, buf, sizeof(buf)));
+		if (strcmp(buf, "ok") != 0 || !strstr(l, "mode=strict"))
+			fail_msg("restored %s: %s", snap, l);
+	}
+	json_decref(call(rsock, "{\"cmd\":\"shutdown\"}", true));
+	assert_int_equal(vmm_wait(&r, TIMEOUT_MS), 0);
+	vmm_free(&r);
+	/* The restored VM mapped the file, not the pool; the source's pages came back. */
+	for (int i = 0; i < 100 && hugetlb_available() != avail_before; i++)
+		usleep(20 * 1000);
+	assert_int_equal(hugetlb_available(), avail_before);
+}
+
 /* Runs forkd-vmm with argv (NULL-terminated); it must exit non-zero saying needle. */
 static void expect_refused_argv(char *const argv[], int want_status, const char *needle)
 {
@@ -335,6 +391,7 @@ int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_branch_children_verify_strictly),
+	    cmocka_unit_test(test_live_snapshot_restores_strictly),
 	    cmocka_unit_test(test_no_free_huge_pages_is_a_clear_error),
 	    cmocka_unit_test(test_bad_input),
 	};
