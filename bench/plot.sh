@@ -98,7 +98,7 @@ set xlabel "guest memory written (MiB)"
 set ylabel "longest in-guest stall (ms, log)"
 set logscale xy
 set xrange [150:30000]
-set yrange [0.5:10000]
+set yrange [0.1:10000]
 set xtics ("256" 256, "1 GiB" 1024, "4 GiB" 4096, "8 GiB" 8192, "16 GiB" 16384)
 set grid
 set key bottom right box opaque
