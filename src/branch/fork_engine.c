@@ -1140,7 +1140,9 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 		goto fail;
 	paused = true;
 	t1 = monotonic_us();
-	ret = vm_state_save(vm, &w, err);
+	ret = guest_mem_prepare_fork(&vm->mem, err);
+	if (!ret)
+		ret = vm_state_save(vm, &w, err);
 	if (!ret)
 		ret = disk_copies_begin(vm, &w, z->dir, err);
 	if (ret < 0)

@@ -127,6 +127,13 @@ void vmm_config_usage(FILE *out)
 	      "                       a restore does not read the memory file up front)\n"
 	      "  --prewarm            with --restore: read the memory file's data (not its\n"
 	      "                       holes) into the page cache before running\n"
+	      "  --mem-backend anon|memfd\n"
+	      "                       guest RAM anonymous (default) or in a memfd, mapped\n"
+	      "                       shared until the first BRANCH\n"
+	      "  --restore-mode file|uffd, --uffd-handler SOCK\n"
+	      "                       with --restore: map the memory file (default), or\n"
+	      "                       hand a userfaultfd to the handler on SOCK (forkd-uffd)\n"
+	      "                       that fills guest RAM on first touch\n"
 	      "  --vsock PATH[,cid=N] virtio-vsock device whose host side is the Unix socket\n"
 	      "                       PATH (\"CONNECT <port>\\n\" reaches guest port <port>;\n"
 	      "                       guest connects to port P reach PATH_P); guest cid N,\n"
@@ -599,8 +606,12 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_NET_POLICY,
 		OPT_VERIFY,
 		OPT_PREWARM,
-		OPT_SECCOMP
+		OPT_SECCOMP,
+		OPT_MEM_BACKEND,
+		OPT_RESTORE_MODE,
+		OPT_UFFD_HANDLER
 	};
+	bool restore_uffd = false;
 	static const struct option opts[] = {
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
 	    {"initrd", required_argument, NULL, OPT_INITRD},
@@ -631,6 +642,9 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"verify", no_argument, NULL, OPT_VERIFY},
 	    {"prewarm", no_argument, NULL, OPT_PREWARM},
 	    {"seccomp", required_argument, NULL, OPT_SECCOMP},
+	    {"mem-backend", required_argument, NULL, OPT_MEM_BACKEND},
+	    {"restore-mode", required_argument, NULL, OPT_RESTORE_MODE},
+	    {"uffd-handler", required_argument, NULL, OPT_UFFD_HANDLER},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -711,6 +725,27 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			break;
 		case OPT_PREWARM:
 			cfg->restore_prewarm = true;
+			break;
+		case OPT_MEM_BACKEND:
+			if (strcmp(optarg, "anon") && strcmp(optarg, "memfd"))
+				return fk_fail(err, EINVAL,
+					       "--mem-backend '%s': expected anon or memfd",
+					       optarg);
+			cfg->mem_memfd = !strcmp(optarg, "memfd");
+			break;
+		case OPT_RESTORE_MODE:
+			if (strcmp(optarg, "file") && strcmp(optarg, "uffd"))
+				return fk_fail(err, EINVAL,
+					       "--restore-mode '%s': expected file or uffd",
+					       optarg);
+			restore_uffd = !strcmp(optarg, "uffd");
+			break;
+		case OPT_UFFD_HANDLER:
+			if (!*optarg)
+				return fk_fail(
+				    err, EINVAL,
+				    "--uffd-handler: expected the handler's Unix socket");
+			cfg->uffd_handler = optarg;
 			break;
 		case OPT_OVERLAY_DIR:
 			if (!*optarg)
@@ -814,6 +849,24 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		if (ret < 0)
 			return ret;
 	}
+	if (restore_uffd != !!cfg->uffd_handler)
+		return fk_fail(err, EINVAL,
+			       "--restore-mode uffd and --uffd-handler SOCK go together");
+	if (cfg->uffd_handler && !cfg->restore_dir)
+		return fk_fail(err, EINVAL, "--restore-mode uffd only applies with --restore");
+	if (cfg->uffd_handler && cfg->jail_dir)
+		return fk_fail(err, EINVAL,
+			       "--restore-mode uffd: not supported inside --jail yet (the VMM "
+			       "creates the userfaultfd after entering it, without the privilege "
+			       "KVM's faults need)");
+	if (cfg->uffd_handler && (cfg->restore_verify || cfg->restore_prewarm))
+		return fk_fail(err, EINVAL,
+			       "--restore-mode uffd: --verify and --prewarm read the memory file, "
+			       "the handler does that");
+	if (cfg->mem_memfd && cfg->restore_dir)
+		return fk_fail(err, EINVAL,
+			       "--mem-backend memfd: a restore maps the snapshot's memory file "
+			       "(--restore-mode file) or is filled by a handler (uffd)");
 	if (cfg->restore_dir) {
 		if (cfg->kernel || cfg->initrd || cfg->nr_disks || *cfg->cmdline)
 			return fk_fail(

@@ -729,7 +729,8 @@ int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 	ret = vm_setup_host(vm, err);
 	if (ret < 0)
 		return ret;
-	ret = guest_mem_init(&vm->mem, GUEST_MEM_ANON, cfg->mem_size, err);
+	ret = guest_mem_init(&vm->mem, cfg->mem_memfd ? GUEST_MEM_MEMFD : GUEST_MEM_ANON,
+			     cfg->mem_size, err);
 	if (ret < 0)
 		return ret;
 	ret = kvm_add_memslots(vm, err);
@@ -833,6 +834,10 @@ void vm_destroy(struct vm *vm)
 	if (vm->serial.out_fd > STDERR_FILENO)
 		close(vm->serial.out_fd);
 	guest_mem_destroy(&vm->mem);
+	/* After the unmap: the handler sees the VM's memory go, then the connection end. */
+	if (vm->uffd_attached)
+		close(vm->uffd_conn);
+	vm->uffd_attached = false;
 	if (vm->vm_fd >= 0)
 		close(vm->vm_fd);
 	if (vm->kvm_fd >= 0)

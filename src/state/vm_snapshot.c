@@ -6,12 +6,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/layout.h"
 #include "devices/tap.h"
 #include "state/vm_state.h"
+#include "uffd/uffd_vmm.h"
 
 #define VM_PARAMS_VERSION 1
 
@@ -610,6 +613,41 @@ int vm_rebuild(struct vm *vm, const struct state_source *src, struct fk_err *err
 	return 0;
 }
 
+/*
+ * The handler never writes to the connection after the handshake: its end
+ * means the handler exited, and the pages it had not served yet would now
+ * read as zeros, so the VM stops with an error instead of running on.
+ */
+static void on_uffd_handler_event(void *opaque, uint32_t events)
+{
+	struct vm *vm = opaque;
+	char byte;
+
+	if (!(events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) &&
+	    recv(vm->uffd_conn, &byte, 1, MSG_DONTWAIT) != 0)
+		return;
+	event_loop_remove(&vm->loop, vm->uffd_conn);
+	vm_request_exit(vm, VMM_EXIT_ERROR,
+			"uffd handler %s exited before the VM: guest memory it had not served "
+			"yet is lost, stopping the VM",
+			vm->cfg->uffd_handler);
+}
+
+/* --restore-mode uffd: anonymous RAM, registered, handed to the handler, watched. */
+static int restore_uffd_memory(struct vm *vm, uint64_t mem_size, struct fk_err *err)
+{
+	int ret = guest_mem_init(&vm->mem, GUEST_MEM_UFFD, mem_size, err);
+
+	if (ret < 0)
+		return ret;
+	ret = uffd_vmm_attach(&vm->mem, vm->cfg->uffd_handler, &vm->uffd_conn, err);
+	if (ret < 0)
+		return ret;
+	vm->uffd_attached = true;
+	return event_loop_add(&vm->loop, vm->uffd_conn, EPOLLIN | EPOLLRDHUP, on_uffd_handler_event,
+			      vm, err);
+}
+
 int vm_restore_init(struct vm *vm, struct fk_err *err)
 {
 	const struct vmm_config *cfg = vm->cfg;
@@ -681,7 +719,10 @@ int vm_restore_init(struct vm *vm, struct fk_err *err)
 	if (ret < 0)
 		goto out;
 	fd = snap_reader_memory_fd(r);
-	ret = guest_mem_init_file(&vm->mem, fd, info->mem_size, err);
+	if (cfg->uffd_handler)
+		ret = restore_uffd_memory(vm, info->mem_size, err);
+	else
+		ret = guest_mem_init_file(&vm->mem, fd, info->mem_size, err);
 	if (ret < 0)
 		goto out;
 	ret = kvm_add_memslots(vm, err);
