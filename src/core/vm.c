@@ -25,6 +25,7 @@
 #include "jail/seccomp.h"
 #include "state/vm_snapshot.h"
 #include "state/vm_state.h"
+#include "uffd/uffd_vmm.h"
 
 #define SERIAL_FLUSH_INTERVAL_NS (20 * 1000 * 1000)
 
@@ -833,11 +834,14 @@ void vm_destroy(struct vm *vm)
 	}
 	if (vm->serial.out_fd > STDERR_FILENO)
 		close(vm->serial.out_fd);
+	/*
+	 * Before the unmap: with the handler gone, the VMM's copy of the
+	 * userfaultfd would make munmap wait for an UNMAP event no one reads.
+	 */
+	uffd_watch_stop(vm->uffd);
+	free(vm->uffd);
+	vm->uffd = NULL;
 	guest_mem_destroy(&vm->mem);
-	/* After the unmap: the handler sees the VM's memory go, then the connection end. */
-	if (vm->uffd_attached)
-		close(vm->uffd_conn);
-	vm->uffd_attached = false;
 	if (vm->vm_fd >= 0)
 		close(vm->vm_fd);
 	if (vm->kvm_fd >= 0)

@@ -137,12 +137,9 @@ struct vm {
 	/* A restored VM runs from a configuration rebuilt from its snapshot. */
 	struct vmm_config restored_cfg;
 	bool restored;
-	/*
-	 * --restore-mode uffd: the connection to the page-fault handler, whose
-	 * end (the handler died) stops the VM; uffd_attached says it is open.
+	/* --restore-mode uffd: the hold on the page-fault handler (src/uffd/uffd_vmm.h), or NULL.
 	 */
-	int uffd_conn;
-	bool uffd_attached;
+	struct uffd_watch *uffd;
 	uint8_t genid[16];
 	char overlay_dir[4096];
 	bool overlay_dir_created;

@@ -6,8 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -613,20 +611,11 @@ int vm_rebuild(struct vm *vm, const struct state_source *src, struct fk_err *err
 	return 0;
 }
 
-/*
- * The handler never writes to the connection after the handshake: its end
- * means the handler exited, and the pages it had not served yet would now
- * read as zeros, so the VM stops with an error instead of running on.
- */
-static void on_uffd_handler_event(void *opaque, uint32_t events)
+/* The handler exited under the VM: pages it had not served are lost, so the VM stops. */
+static void on_uffd_handler_lost(void *opaque)
 {
 	struct vm *vm = opaque;
-	char byte;
 
-	if (!(events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) &&
-	    recv(vm->uffd_conn, &byte, 1, MSG_DONTWAIT) != 0)
-		return;
-	event_loop_remove(&vm->loop, vm->uffd_conn);
 	vm_request_exit(vm, VMM_EXIT_ERROR,
 			"uffd handler %s exited before the VM: guest memory it had not served "
 			"yet is lost, stopping the VM",
@@ -640,12 +629,13 @@ static int restore_uffd_memory(struct vm *vm, uint64_t mem_size, struct fk_err *
 
 	if (ret < 0)
 		return ret;
-	ret = uffd_vmm_attach(&vm->mem, vm->cfg->uffd_handler, &vm->uffd_conn, err);
+	vm->uffd = calloc(1, sizeof(*vm->uffd));
+	if (!vm->uffd)
+		return fk_fail(err, ENOMEM, "uffd: out of memory");
+	ret = uffd_vmm_attach(&vm->mem, vm->cfg->uffd_handler, vm->uffd, err);
 	if (ret < 0)
 		return ret;
-	vm->uffd_attached = true;
-	return event_loop_add(&vm->loop, vm->uffd_conn, EPOLLIN | EPOLLRDHUP, on_uffd_handler_event,
-			      vm, err);
+	return uffd_watch_start(vm->uffd, on_uffd_handler_lost, vm, err);
 }
 
 int vm_restore_init(struct vm *vm, struct fk_err *err)

@@ -68,7 +68,7 @@ static int connect_handler(const char *path, struct fk_err *err)
 	return fd;
 }
 
-int uffd_vmm_attach(const struct guest_mem *mem, const char *sock_path, int *conn_out,
+int uffd_vmm_attach(const struct guest_mem *mem, const char *sock_path, struct uffd_watch *w,
 		    struct fk_err *err)
 {
 	struct uffdio_api api = {.api = UFFD_API,
@@ -76,7 +76,8 @@ int uffd_vmm_attach(const struct guest_mem *mem, const char *sock_path, int *con
 	struct uffd_region regions[GUEST_MEM_MAX_REGIONS];
 	int uffd = -1, conn = -1, ret;
 
-	*conn_out = -1;
+	memset(w, 0, sizeof(*w));
+	w->conn = w->uffd = -1;
 	if (mem->backend != GUEST_MEM_UFFD)
 		return fk_fail(err, EINVAL, "userfaultfd: guest memory is not the uffd backend");
 	conn = connect_handler(sock_path, err);
@@ -118,12 +119,68 @@ int uffd_vmm_attach(const struct guest_mem *mem, const char *sock_path, int *con
 		fk_wrap(err, "--uffd-handler %s", sock_path);
 		goto out;
 	}
-	*conn_out = conn;
-	conn = -1;
+	w->conn = conn;
+	w->uffd = uffd;
+	conn = uffd = -1;
 out:
 	if (uffd >= 0)
 		close(uffd);
 	if (conn >= 0)
 		close(conn);
 	return ret;
+}
+
+static void *watch_thread(void *arg)
+{
+	struct uffd_watch *w = arg;
+	char buf[64];
+	ssize_t n;
+
+	/* Blocking read: the only way out is the connection's end (or junk, refused alike). */
+	do
+		n = read(w->conn, buf, sizeof(buf));
+	while (n < 0 && errno == EINTR);
+	if (atomic_load(&w->stopping))
+		return NULL;
+	if (w->on_lost)
+		w->on_lost(w->opaque);
+	/*
+	 * The VM is stopping now: waking the waiting faults (they resolve as
+	 * zeros once no one holds the userfaultfd) lets its threads finish.
+	 */
+	close(w->uffd);
+	w->uffd = -1;
+	return NULL;
+}
+
+int uffd_watch_start(struct uffd_watch *w, void (*on_lost)(void *opaque), void *opaque,
+		     struct fk_err *err)
+{
+	int ret;
+
+	w->on_lost = on_lost;
+	w->opaque = opaque;
+	ret = pthread_create(&w->thread, NULL, watch_thread, w);
+	if (ret)
+		return fk_fail(err, ret, "uffd handler watch: cannot start its thread: %s",
+			       strerror(ret));
+	w->started = true;
+	return 0;
+}
+
+void uffd_watch_stop(struct uffd_watch *w)
+{
+	if (!w)
+		return;
+	atomic_store(&w->stopping, true);
+	if (w->started) {
+		shutdown(w->conn, SHUT_RDWR);
+		pthread_join(w->thread, NULL);
+		w->started = false;
+	}
+	if (w->uffd >= 0)
+		close(w->uffd);
+	if (w->conn >= 0)
+		close(w->conn);
+	w->uffd = w->conn = -1;
 }
