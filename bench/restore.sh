@@ -10,6 +10,12 @@
 #
 #   bench/restore.sh ["TOUCHED_MIB ..."] [RUNS]   (default "256 1024", 5 runs)
 #
+# RESTORE_BENCH_PARTS (default "restore memfd"): `memfd` adds the BRANCH pause of
+# the same guest with anon and memfd RAM (`--mem-backend`), a fresh source per
+# run: the first BRANCH of a memfd VM also remaps its RAM private
+# (docs/design/userfaultfd.md), the second is then like anon; rows
+# {"bench":"branch-backend",...} with pause_us of the first and second BRANCH.
+#
 # The guest has TOUCHED_MIB of pattern memory (two writers, half each) and
 # 256 MiB more RAM. The snapshot lives in /var/tmp (disk); its page cache is
 # warm (the snapshot was just written, and nothing drops caches on a shared
@@ -33,7 +39,8 @@ make -s -j2 build/forkd-vmm build/forkd-uffd probe >&2
 mkdir "$work/bin"
 cp build/forkd-vmm build/forkd-uffd build/guest/probe.elf "$work/bin/"
 
-WORK=$work RUNS=$runs SIZES=$sizes KVM_KIND=$kvm_kind python3 - <<'EOF'
+PARTS=${RESTORE_BENCH_PARTS:-"restore memfd"} WORK=$work RUNS=$runs SIZES=$sizes KVM_KIND=$kvm_kind \
+	python3 - <<'EOF'
 import json, os, select, socket, statistics, subprocess, sys, time
 
 work, runs, kind = os.environ["WORK"], int(os.environ["RUNS"]), os.environ["KVM_KIND"]
@@ -130,7 +137,54 @@ def one_restore(snap, mode, record):
     return (t_ready - t0) * 1000, (t_task - t0) * 1000, stats
 
 
+parts = os.environ["PARTS"].split()
+
+
+def branch_pauses(touched, backend):
+    """pause_us of a fresh source's first and second BRANCH (children shut down at once)."""
+    sock = f"{work}/b.sock"
+    p = subprocess.Popen([vmm, "--kernel", probe, "--cpus", "2", "--mem", f"{touched + 256}M",
+                          "--mem-backend", backend, "--append",
+                          f"work=pattern,pattern pattern_mib={touched // 2} pattern_freeze=genid",
+                          "--control", sock, "--serial-in", "none"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    Lines(p).wait(b"DONE")
+    time.sleep(2 + touched / 256)
+    pauses = []
+    for i in range(2):
+        r = call(sock, {"cmd": "branch", "n": 1, "dir": f"{work}/b-{backend}-{i}"})
+        if not r.get("ok"):
+            raise RuntimeError(f"branch {backend}: {r}")
+        pauses.append(r["pause_us"])
+        kid = r["children"][0]
+        try:
+            call(kid["dir"] + "/control.sock", {"cmd": "shutdown"})
+        except OSError:
+            pass
+        time.sleep(0.3)
+        call(sock, {"cmd": "zygote", "action": "release", "id": r["zygote"]})
+    call(sock, {"cmd": "shutdown"})
+    p.wait(60)
+    os.system(f"rm -rf '{work}'/b-{backend}-*")
+    return pauses
+
+
 for touched in (int(s) for s in os.environ["SIZES"].split()):
+    if "memfd" in parts:
+        res = {"anon": [], "memfd": []}
+        for i in range(runs):
+            for backend in res:
+                res[backend].append(branch_pauses(touched, backend))
+        for backend, rows in res.items():
+            print(json.dumps({"bench": "branch-backend", "backend": backend,
+                              "touched_mib": touched, "mem_mib": touched + 256, "runs": runs,
+                              "kvm": kind,
+                              "first_pause_us_p50": statistics.median(r[0] for r in rows),
+                              "second_pause_us_p50": statistics.median(r[1] for r in rows)}),
+                  flush=True)
+        log(f"{touched} MiB: branch pauses done")
+    if "restore" not in parts:
+        continue
     snap, record = f"{work}/snap-{touched}", f"{work}/record-{touched}"
     log(f"{touched} MiB: snapshot")
     make_snapshot(snap, touched)
