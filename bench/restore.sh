@@ -3,8 +3,9 @@
 # kernel faults pages in from the page cache) vs lazy (`uffd`: forkd-uffd fills
 # each page on first touch with UFFDIO_COPY) vs lazy with the working set
 # prefetched (`uffd-prefetch`: a first uffd run's first-touch record replayed
-# in bulk). Per mode: time from forkd-vmm's start to the guest's first line
-# after restore (`genid.changed`, ready_ms), and to the end of a fixed task,
+# in bulk) vs lazy with fault-around (`uffd-around64`: a fault fills its
+# untouched neighbours in its aligned 64-page block). Per mode: time from
+# forkd-vmm's start to the guest's first line after restore (`genid.changed`, ready_ms), and to the end of a fixed task,
 # the probe's strict verify of all its pattern memory (task_ms, from start).
 # Prints one JSON object per line on stdout; progress goes to stderr.
 #
@@ -109,6 +110,8 @@ def one_restore(snap, mode, record):
         hsock = f"{work}/h.sock"
         hargs = [uffd, "--socket", hsock, "--snapshot", snap]
         hargs += ["--prefetch", record] if mode == "uffd-prefetch" else ["--record", record]
+        if mode == "uffd-around64":
+            hargs += ["--fault-around", "64"]
         handler = subprocess.Popen(hargs, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         Lines(handler).wait(b"listening")
         args += ["--restore-mode", "uffd", "--uffd-handler", hsock]
@@ -190,7 +193,7 @@ for touched in (int(s) for s in os.environ["SIZES"].split()):
     make_snapshot(snap, touched)
     one_restore(snap, "uffd", record)  # the first-touch record; also a warm-up
     one_restore(snap, "file", record)  # warm-up
-    res = {m: [] for m in ("file", "uffd", "uffd-prefetch")}
+    res = {m: [] for m in ("file", "uffd", "uffd-prefetch", "uffd-around64")}
     for i in range(runs):
         for mode in res:  # interleaved, so load drifts hit every mode alike
             # uffd runs re-record into a scratch file: the prefetch keeps the first record.
@@ -204,7 +207,7 @@ for touched in (int(s) for s in os.environ["SIZES"].split()):
                "task_ms_p50": round(statistics.median(r[1] for r in rows), 1),
                "task_ms_min": round(min(r[1] for r in rows), 1)}
         if mode != "file":
-            for k in ("faults", "copied", "zeroed", "prefetched", "prefetch_us"):
+            for k in ("faults", "copied", "zeroed", "around", "prefetched", "prefetch_us"):
                 row[k + "_p50"] = statistics.median(r[2].get(k, 0) for r in rows)
         print(json.dumps(row), flush=True)
     os.system(f"rm -rf '{snap}' '{record}' '{record}.scratch'")

@@ -22,7 +22,7 @@
 static void usage(FILE *f)
 {
 	fputs("usage: forkd-uffd --socket SOCK (--snapshot DIR | --memory FILE)\n"
-	      "                  [--record FILE] [--prefetch FILE]\n"
+	      "                  [--record FILE] [--prefetch FILE] [--fault-around PAGES]\n"
 	      "Serves one VM's guest RAM lazily from a snapshot memory file: listens on\n"
 	      "SOCK for the VMM's userfaultfd handshake (SCM_RIGHTS + a JSON array of\n"
 	      "{base_host_virt_addr, size, offset, page_size}), then fills each page on\n"
@@ -36,6 +36,8 @@ static void usage(FILE *f)
 	      "                   first touched them (8-byte little-endian each)\n"
 	      "  --prefetch FILE  fill the pages of such a record in bulk at once,\n"
 	      "                   serving faults in between\n"
+	      "  --fault-around N a fault fills its untouched neighbours too, within its\n"
+	      "                   aligned block of N pages (1..512, default 1: only the page)\n"
 	      "Exit status: 0 the VM exited, 1 an error (one line on stderr), 2 bad usage.\n",
 	      f);
 }
@@ -66,13 +68,14 @@ static int listen_on(const char *path, struct fk_err *err)
 static void print_stats(const struct uffd_handler_stats *s, const char *how)
 {
 	printf("{\"uffd\":\"%s\",\"faults\":%llu,\"copied\":%llu,\"zeroed\":%llu,"
-	       "\"already\":%llu,\"prefetched\":%llu,\"prefetch_us\":%llu,\"removed\":%llu,"
+	       "\"already\":%llu,\"around\":%llu,\"prefetched\":%llu,\"prefetch_us\":%llu,"
+	       "\"removed\":%llu,"
 	       "\"unmapped\":%llu,\"recorded\":%llu}\n",
 	       how, (unsigned long long)s->faults, (unsigned long long)s->copied,
 	       (unsigned long long)s->zeroed, (unsigned long long)s->already,
-	       (unsigned long long)s->prefetched, (unsigned long long)s->prefetch_us,
-	       (unsigned long long)s->removed, (unsigned long long)s->unmapped,
-	       (unsigned long long)s->recorded);
+	       (unsigned long long)s->around, (unsigned long long)s->prefetched,
+	       (unsigned long long)s->prefetch_us, (unsigned long long)s->removed,
+	       (unsigned long long)s->unmapped, (unsigned long long)s->recorded);
 	fflush(stdout);
 }
 
@@ -84,6 +87,7 @@ int main(int argc, char **argv)
 	    {"memory", required_argument, NULL, 'm'},
 	    {"record", required_argument, NULL, 'r'},
 	    {"prefetch", required_argument, NULL, 'p'},
+	    {"fault-around", required_argument, NULL, 'a'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -93,6 +97,8 @@ int main(int argc, char **argv)
 	struct uffd_handler h = {.uffd = -1};
 	struct fk_err err = {0};
 	int c, lfd = -1, conn = -1, uffd = -1, nr = 0, ret = 1;
+	unsigned long around = 1;
+	char *end;
 
 	opterr = 0;
 	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
@@ -112,6 +118,18 @@ int main(int argc, char **argv)
 			break;
 		case 'p':
 			prefetch = optarg;
+			break;
+		case 'a':
+			errno = 0;
+			around = strtoul(optarg, &end, 10);
+			if (errno || end == optarg || *end || around < 1 ||
+			    around > UFFD_MAX_FAULT_AROUND) {
+				fprintf(stderr,
+					"forkd-uffd: error: --fault-around '%s': expected 1 to %d "
+					"pages\n",
+					optarg, UFFD_MAX_FAULT_AROUND);
+				return 2;
+			}
 			break;
 		case 'h':
 			usage(stdout);
@@ -150,6 +168,7 @@ int main(int argc, char **argv)
 	if (uffd_handler_open(&h, uffd, regions, nr, memory, &err) < 0)
 		goto fail;
 	uffd = -1; /* h owns it */
+	h.fault_around = around;
 	if (prefetch && uffd_handler_load_prefetch(&h, prefetch, &err) < 0)
 		goto fail;
 	if (record) {

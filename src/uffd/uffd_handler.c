@@ -233,6 +233,42 @@ static int fill(struct uffd_handler *h, uint64_t dst, uint64_t off, uint64_t len
 	return ret < 0 ? -errno : 0;
 }
 
+/*
+ * Fault-around: the faulting page and its untouched neighbours of the same
+ * kind (data or hole) inside its aligned block of fault_around pages, in one
+ * ioctl (the waiter wakes when it is done). Returns 0 when the faulting page
+ * was filled; otherwise the caller serves that page alone.
+ */
+static int serve_around(struct uffd_handler *h, int r, uint64_t idx, bool zero)
+{
+	const struct uffd_region *reg = &h->regions[r];
+	uint64_t first = reg->offset / UFFD_PAGE, end = (reg->offset + reg->size) / UFFD_PAGE;
+	uint64_t bstart = idx - idx % h->fault_around, bend, lo = idx, hi = idx + 1, done;
+
+	if (bstart < first)
+		bstart = first;
+	bend = bstart + h->fault_around < end ? bstart + h->fault_around : end;
+	while (lo > bstart && h->state[lo - 1] == UFFD_PAGE_UNTOUCHED && !h->data[lo - 1] == zero)
+		lo--;
+	while (hi < bend && h->state[hi] == UFFD_PAGE_UNTOUCHED && !h->data[hi] == zero)
+		hi++;
+	if (hi - lo == 1)
+		return -1;
+	fill(h, reg->base_host_virt_addr + lo * UFFD_PAGE - reg->offset, lo * UFFD_PAGE,
+	     (hi - lo) * UFFD_PAGE, zero, &done);
+	for (uint64_t p = lo; p < lo + done / UFFD_PAGE; p++)
+		h->state[p] = UFFD_PAGE_PRESENT;
+	if (idx >= lo + done / UFFD_PAGE)
+		return -1; /* cut short before the faulting page: serve it alone */
+	record_page(h, idx * UFFD_PAGE);
+	if (zero)
+		h->stats.zeroed++;
+	else
+		h->stats.copied++;
+	h->stats.around += done / UFFD_PAGE - 1;
+	return 0;
+}
+
 int uffd_handler_serve(struct uffd_handler *h, uint64_t addr, struct fk_err *err)
 {
 	int i = uffd_region_find(h->regions, h->nr_regions, addr);
@@ -248,6 +284,9 @@ int uffd_handler_serve(struct uffd_handler *h, uint64_t addr, struct fk_err *err
 	off = h->regions[i].offset + (page - h->regions[i].base_host_virt_addr);
 	idx = off / UFFD_PAGE;
 	zero = h->state[idx] == UFFD_PAGE_REMOVED || !h->data[idx];
+	if (h->fault_around > 1 && h->state[idx] == UFFD_PAGE_UNTOUCHED &&
+	    serve_around(h, i, idx, zero) == 0)
+		return 0;
 	ret = fill(h, page, off, UFFD_PAGE, zero, &done);
 	if (ret == -EEXIST) {
 		/* A prefetch (or an earlier fault) filled it first: just wake the waiter. */

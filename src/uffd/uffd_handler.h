@@ -16,7 +16,8 @@
 #include "uffd/uffd_proto.h"
 #include "util/err.h"
 
-#define UFFD_PAGE 4096ULL
+#define UFFD_PAGE	      4096ULL
+#define UFFD_MAX_FAULT_AROUND 512 /* pages: 2 MiB */
 
 enum uffd_page_state {
 	UFFD_PAGE_UNTOUCHED = 0, /* never served: the file's bytes on first touch */
@@ -30,6 +31,7 @@ struct uffd_handler_stats {
 	uint64_t copied;      /* pages served from the file on a fault */
 	uint64_t zeroed;      /* pages served as zeros on a fault */
 	uint64_t already;     /* faults on a page already present (raced a prefetch): woken */
+	uint64_t around;      /* pages filled with a faulting neighbour (fault-around) */
 	uint64_t prefetched;  /* pages filled by prefetch before any fault asked */
 	uint64_t removed;     /* pages the VM discarded */
 	uint64_t unmapped;    /* pages the VM unmapped */
@@ -48,6 +50,12 @@ struct uffd_handler {
 	FILE *record;	    /* first-touch order, 8-byte little-endian file offsets, or NULL */
 	uint64_t *prefetch; /* sorted unique file offsets to fill in bulk */
 	size_t nr_prefetch, prefetch_next;
+	/*
+	 * Pages per aligned block a fault fills (1: only the faulting page).
+	 * Fewer round trips for a guest that touches memory in order, at the
+	 * cost of filling pages it may never touch.
+	 */
+	uint64_t fault_around;
 	struct uffd_handler_stats stats;
 };
 

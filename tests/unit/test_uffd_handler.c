@@ -233,6 +233,46 @@ static void test_prefetch_replays_the_record(void **state)
 	close(sv[1]);
 }
 
+/* Fault-around: one fault fills its aligned block's untouched pages of the same kind. */
+static void test_fault_around(void **state)
+{
+	struct vmm_side v;
+	struct uffd_handler h;
+	struct fk_err err = {0};
+	struct run_args a;
+	pthread_t t;
+	int sv[2];
+
+	(void)state;
+	vmm_side_init(&v);
+	assert_int_equal(uffd_handler_open(&h, v.uffd, v.regions, 2, mem_path, &err), 0);
+	h.fault_around = 4;
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	a = (struct run_args){.h = &h, .conn = sv[1]};
+	assert_int_equal(pthread_create(&t, NULL, run_thread, &a), 0);
+	expect_page(&v, 1, 2); /* fills file pages 0..3 */
+	expect_page(&v, 0, 1);
+	expect_page(&v, 3, 4);
+	expect_page(&v, 9, 0); /* a hole: block 8..11, cut at region 0's end (page 10) */
+	expect_page(&v, 8, 0);
+	expect_page(&v, 10, 0); /* region 1 starts its own block: 10..11, holes */
+	expect_page(&v, 11, 0);
+	expect_page(&v, 12, 13); /* data: 12..15 */
+	expect_page(&v, 15, 16);
+	munmap(v.r0, R0_PAGES * PG);
+	munmap(v.r1, R1_PAGES * PG);
+	close(sv[0]);
+	pthread_join(t, NULL);
+	assert_int_equal(a.ret, 0);
+	assert_int_equal(h.stats.faults, 4);
+	assert_int_equal(h.stats.copied, 2);
+	assert_int_equal(h.stats.zeroed, 2);
+	/* 0,2,3 around page 1; 8 around 9; 11 around 10; 13..15 around 12. */
+	assert_int_equal(h.stats.around, 8);
+	uffd_handler_close(&h);
+	close(sv[1]);
+}
+
 static void write_file(const char *path, const void *bytes, size_t len)
 {
 	FILE *f = fopen(path, "wb");
@@ -292,6 +332,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_serve_remove_unmap_record),
 	    cmocka_unit_test(test_prefetch_replays_the_record),
+	    cmocka_unit_test(test_fault_around),
 	    cmocka_unit_test(test_bad_inputs),
 	};
 	return cmocka_run_group_tests_name("uffd handler", tests, setup, teardown);
