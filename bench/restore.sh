@@ -134,7 +134,21 @@ def restore_steps(p, handler, mode, t0):
     lines = Lines(p)
     lines.wait(b"genid.changed=")
     t_ready = time.monotonic()
-    lines.wait(b"pattern.frozen=1")
+    # "pattern.frozen=0" comes when a writer froze later than the probe's 100 ms window
+    # (a slow lazy restore): ask for reports until every writer says it froze.
+    if "frozen=1" not in lines.wait(b"pattern.frozen="):
+        frozen = set()
+        for _ in range(100):
+            p.stdin.write(b"report\n")
+            p.stdin.flush()
+            while not (line := lines.wait(b"")).startswith("report.end"):
+                if "pattern_frozen=1" in line:
+                    frozen.add(line.split(".")[0])
+            if len(frozen) == 2:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"{mode}: the writers never froze")
     p.stdin.write(b"verify strict\n")
     p.stdin.flush()
     end = lines.wait(b"verify.end")
