@@ -113,9 +113,27 @@ unit-test: $(UNIT_BINS) $(UNIT_ASAN_BINS) $(FORKD) $(FORKD_ASAN) $(FORKD_AGENT) 
 	  FORKD_AGENT=$(abspath $(FORKD_AGENT)) FORKD_CLI=$(abspath $(FORKD_ASAN)) $$t; done
 	@echo "== sdk/python (unittest, against a fake daemon)"
 	@python3 -m unittest discover -s sdk/python/tests
+	@$(MAKE) --no-print-directory sdk-pip-install
 	@echo "== sdk/typescript (tsc strict, node --test against the simulated daemon)"
 	@$(MAKE) --no-print-directory ts-sdk
 	@node --test $(BUILD)/sdk/typescript/test/*.test.js
+
+# `pip install ./sdk/python` as a user would, offline: into a fresh venv of Debian's python3,
+# with Debian's setuptools and wheel as the build backend (no index), from a copy so the
+# checkout gets no build/ or egg-info; then the SDK's tests run against the installed package.
+SDK_VENV := $(BUILD)/sdk/python-venv
+.PHONY: sdk-pip-install
+sdk-pip-install:
+	@echo "== sdk/python (pip install from the checkout into a fresh venv, offline)"
+	@rm -rf $(SDK_VENV) $(BUILD)/sdk/python-src && mkdir -p $(BUILD)/sdk && \
+	  cp -r sdk/python $(BUILD)/sdk/python-src && \
+	  /usr/bin/python3 -m venv --system-site-packages $(SDK_VENV) && \
+	  $(SDK_VENV)/bin/pip install -q --no-build-isolation --no-index $(BUILD)/sdk/python-src && \
+	  cd $(BUILD)/sdk && $(abspath $(SDK_VENV))/bin/python -c 'import forkd; \
+	    assert "python-venv" in forkd.__file__, forkd.__file__; \
+	    print("installed forkd", forkd.__version__, "at", forkd.__file__)' && \
+	  FORKD_SDK_TEST_INSTALLED=1 $(abspath $(SDK_VENV))/bin/python -m unittest discover -q \
+	    -s $(abspath sdk/python/tests)
 
 # The TypeScript SDK and its tests, compiled into $(BUILD)/sdk/typescript (its
 # e2e, test/e2e_daemon.js, runs against a real daemon: sdk/typescript/README.md).

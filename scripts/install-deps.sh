@@ -23,6 +23,12 @@ packages=(
 	# VM networking (docs/networking.md): namespaces, veths and taps with ip, rules with nft
 	iproute2
 	nftables
+	# `pip install ./sdk/python` offline (make sdk-pip-install): a venv with Debian's
+	# setuptools and wheel as the build backend
+	python3-venv
+	python3-pip
+	python3-setuptools
+	python3-wheel
 )
 # The TypeScript SDK (sdk/typescript) needs node >= 18 and Debian's tsc; a
 # node already on the PATH (e.g. a newer nodejs from another repository) is kept.

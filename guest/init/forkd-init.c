@@ -21,6 +21,7 @@
  * it again whenever it dies; without a command it then serves until the
  * agent or a signal asks for power-off or reboot.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -710,6 +711,42 @@ static void __attribute__((noreturn)) shut_down(int how)
 	}
 }
 
+/*
+ * forkd.hostname=NAME, else "forkd-" and 12 random hex digits: a booted VM has a name of its
+ * own from the start (a BRANCH child's agent renames it, docs/agent-protocol.md), not the
+ * kernel's "(none)".
+ */
+static void set_hostname(const char *cmdline)
+{
+	char name[80];
+	int has = init_cmdline_value(cmdline, "forkd.hostname", name, sizeof(name));
+
+	if (has > 0 && init_hostname_valid(name) < 0) {
+		say("forkd-init: forkd.hostname=%s: expected 1 to 63 letters, digits or '-' (not "
+		    "first or last); using a generated name",
+		    name);
+		has = 0;
+	} else if (has < 0) {
+		say("forkd-init: forkd.hostname: longer than 63 characters; using a generated "
+		    "name");
+	}
+	if (has <= 0) {
+		/* The kernel's random boot id: getrandom could block this early in boot. */
+		char id[64];
+		size_t used = 0;
+
+		strcpy(name, "forkd-");
+		if (read_small_file("/proc/sys/kernel/random/boot_id", id, sizeof(id)) < 0)
+			snprintf(id, sizeof(id), "%lx", (unsigned long)time(NULL));
+		for (const char *p = id; *p && used < 12; p++)
+			if (isxdigit((unsigned char)*p))
+				name[6 + used++] = *p;
+		name[6 + used] = '\0';
+	}
+	if (sethostname(name, strlen(name)) < 0)
+		say("forkd-init: sethostname %s: %s", name, strerror(errno));
+}
+
 int main(void)
 {
 	static char cmdline[CMDLINE_MAX], command[CMDLINE_MAX];
@@ -738,6 +775,7 @@ int main(void)
 		switch_to_image(cmdline);
 
 	set_up_network(len < 0 ? "" : cmdline);
+	set_hostname(len < 0 ? "" : cmdline);
 
 	int want_agent = len < 0 ? 0 : init_cmdline_flag(cmdline, "forkd.agent");
 	if (want_agent < 0)

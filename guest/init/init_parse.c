@@ -193,6 +193,18 @@ int init_root_device_valid(const char *dev)
 	return 0;
 }
 
+int init_hostname_valid(const char *name)
+{
+	size_t len = strlen(name);
+
+	if (len == 0 || len > 63 || name[0] == '-' || name[len - 1] == '-')
+		return -EINVAL;
+	for (const char *p = name; *p; p++)
+		if (!isalnum((unsigned char)*p) && *p != '-')
+			return -EINVAL;
+	return 0;
+}
+
 int init_tmpfs_size_option(const char *value, char *out, size_t out_size)
 {
 	unsigned long long n = 0, scale = 1;

@@ -51,6 +51,12 @@ int init_cmdline_value(const char *cmdline, const char *name, char *out, size_t 
 int init_root_device_valid(const char *dev);
 
 /*
+ * forkd.hostname=: 1 to 63 characters of [A-Za-z0-9-], not starting or ending
+ * with '-' (one DNS label). Returns 0 or -EINVAL.
+ */
+int init_hostname_valid(const char *name);
+
+/*
  * forkd.upper_size= as tmpfs's mount option: "N%" (1 to 100 percent of RAM)
  * or N with an optional k, m or g suffix (bytes otherwise; at least 1m in
  * all). Writes "size=<value>" to out. Returns 0, -EINVAL for anything else,

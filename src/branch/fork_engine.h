@@ -95,6 +95,10 @@ struct branch_request {
 	bool wait;	     /* wait until the snapshot is written */
 	bool snapshot;	     /* a live snapshot: the zygote goes once persist is written */
 	int pool;	     /* prebuilt children the zygote keeps parked (0..BRANCH_MAX_POOL) */
+	const char *parent;  /* persist as a diff against this snapshot (docs/diff-snapshots.md) */
+	bool track_dirty;    /* arm dirty tracking at this persist */
+	/* dir exists already (a fan-out's output directory): use it, never create or remove it */
+	bool dir_exists;
 };
 
 struct branch_result {

@@ -68,6 +68,7 @@ int cli_snapshot(int argc, char **argv);
 /* `forkd snapshot verify DIR [--json]` (snapshot_cmds.c): 0 intact, 1 corrupt or unreadable. */
 int cli_snapshot_verify(int argc, char **argv);
 int cli_snapshot_prewarm(int argc, char **argv);
+int cli_snapshot_compact(int argc, char **argv);
 int cli_snapshots(int argc, char **argv);
 int cli_tree(int argc, char **argv);
 /* `forkd spawn TAG -n N` (cli_spawn decides between it and a local snapshot directory). */

@@ -36,10 +36,12 @@ static const char usage_text[] =
     "   directly, one VMM or one VM's agent:\n"
     "       forkd vm status|pause|resume|shutdown --socket PATH [--timeout MS]\n"
     "       forkd vm call --socket PATH [--timeout MS] '<json request>'\n"
-    "       forkd spawn SNAPSHOT_DIR -n N --out DIR [--vmm PATH] [--timeout MS]\n"
+    "       forkd spawn SNAPSHOT_DIR -n N --out DIR [--mode fanout|exec] [--vmm PATH]\n"
+    "                   [--timeout MS]\n"
     "       forkd kill DIR\n"
     "       forkd snapshot verify DIR [--json]\n"
     "       forkd snapshot prewarm DIR [--json]\n"
+    "       forkd snapshot compact DIR OUT [--json]\n"
     "       forkd exec VM [-i] [--env K=V]... [--cwd DIR] [--uid N] [--gid N] [--timeout MS] -- "
     "CMD [ARG]...\n"
     "       forkd cp SRC DST            (one of them VM:/absolute/path)\n"
@@ -71,10 +73,13 @@ static const char usage_text[] =
     "vm: sends one command to a forkd-vmm control socket and prints the reply as JSON.\n"
     "Exit status: 0 ok, 1 the VMM answered with an error, 2 usage error or no answer.\n"
     "\n"
-    "spawn: restores N children of the snapshot concurrently, each in DIR/child-I/\n"
-    "(pid, control.sock, serial.log, serial.in FIFO, vmm.err, overlay/, vsock.sock if the\n"
-    "snapshot has a vsock device), and prints one\n"
-    "JSON line per child once its control socket answers, then a summary line.\n"
+    "spawn: starts N children of the snapshot, each in DIR/child-I/ (pid, control.sock,\n"
+    "serial.log, serial.in FIFO, overlay/, vsock.sock if the snapshot has a vsock device),\n"
+    "and prints one JSON line per child once its control socket answers, then a summary\n"
+    "line. --mode fanout (the default for N > 1): one forkd-vmm restores the snapshot\n"
+    "once and forks the children (docs/branch.md; their errors in DIR/child-I.err, the\n"
+    "restore's in DIR/fanout.err); --mode exec (the default for N = 1): one forkd-vmm\n"
+    "per child, each restoring it (errors in DIR/child-I/vmm.err).\n"
     "--vmm defaults to forkd-vmm next to forkd; --timeout (default 30000) bounds the wait.\n"
     "Exit status: 0 all running, 1 a child failed or the timeout passed (all children\n"
     "are then killed), 2 usage error.\n"
@@ -302,6 +307,8 @@ int main(int argc, char **argv)
 		return cli_snapshot_verify(argc - 3, argv + 3);
 	if (strcmp(argv[1], "snapshot") == 0 && argc > 2 && strcmp(argv[2], "prewarm") == 0)
 		return cli_snapshot_prewarm(argc - 3, argv + 3);
+	if (argc >= 3 && strcmp(argv[1], "snapshot") == 0 && strcmp(argv[2], "compact") == 0)
+		return cli_snapshot_compact(argc - 3, argv + 3);
 	if (strcmp(argv[1], "snapshot") == 0)
 		return cli_snapshot(argc - 2, argv + 2);
 	if (strcmp(argv[1], "snapshots") == 0)

@@ -60,9 +60,28 @@ static bool process_gone(pid_t pid)
 	return gone;
 }
 
-/* Whether pid's --control argument is the same socket as `sock`. */
-static bool is_child_vmm(pid_t pid, const char *sock)
+/* Whether the path argument `arg` of process pid names the same file as `want`. */
+static bool same_file_arg(pid_t pid, const char *arg, const struct stat *want)
 {
+	char path[PATH_MAX + 64];
+	struct stat have;
+
+	if (arg[0] == '/')
+		snprintf(path, sizeof(path), "%s", arg);
+	else
+		snprintf(path, sizeof(path), "/proc/%d/cwd/%s", (int)pid, arg);
+	return stat(path, &have) == 0 && have.st_dev == want->st_dev && have.st_ino == want->st_ino;
+}
+
+/*
+ * Whether pid's --control argument is the same socket as `sock`, or (a child
+ * forked by `spawn --mode fanout`, whose command line is its fan-out
+ * source's) its --fanout-dir is `dir`.
+ */
+static bool is_child_vmm(pid_t pid, const char *sock, const char *dir)
+{
+	struct stat dir_st;
+	bool dir_ok = stat(dir, &dir_st) == 0;
 	char path[64], cmdline[CMDLINE_MAX], arg_path[PATH_MAX + 64];
 	struct stat want, have;
 	bool want_ok, match = false;
@@ -80,6 +99,12 @@ static bool is_child_vmm(pid_t pid, const char *sock)
 	for (size_t off = 0; off < n; off += strlen(cmdline + off) + 1) {
 		const char *arg = cmdline + off, *next;
 
+		if (strcmp(arg, "--fanout-dir") == 0) {
+			next = arg + strlen(arg) + 1;
+			if (next < cmdline + n && dir_ok && same_file_arg(pid, next, &dir_st))
+				return true;
+			continue;
+		}
 		if (strcmp(arg, "--control") != 0)
 			continue;
 		next = arg + strlen(arg) + 1;
@@ -154,7 +179,7 @@ static int collect_victims(const char *dir, struct victim **out, size_t *count)
 			fprintf(stderr, "forkd: kill: %s: expected a process id\n", pid_path);
 			continue;
 		}
-		v.alive = !process_gone(v.pid) && is_child_vmm(v.pid, sock);
+		v.alive = !process_gone(v.pid) && is_child_vmm(v.pid, sock, dir);
 		if (n == cap) {
 			struct victim *grown;
 

@@ -8,6 +8,7 @@
 
 #include "cli/cli.h"
 #include "state/snapshot_format.h"
+#include "state/snapshot_diff.h"
 
 /* `forkd snapshot CMD DIR [--json]`: the directory and the flag; 0, or the usage error's exit. */
 static int dir_and_json(const char *cmd, int argc, char **argv, const char **dir, bool *json)
@@ -131,6 +132,65 @@ int cli_snapshot_prewarm(int argc, char **argv)
 		       (unsigned long long)(st.resident_bytes >> 20));
 	} else {
 		fprintf(stderr, "forkd: snapshot prewarm: %s\n", err.msg);
+	}
+	return ret < 0 ? CLI_EXIT_NOT_OK : 0;
+}
+
+/*
+ * `forkd snapshot compact DIR OUT [--json]`: the diff chain ending at DIR as
+ * one full snapshot OUT, written atomically (docs/diff-snapshots.md).
+ */
+int cli_snapshot_compact(int argc, char **argv)
+{
+	const char *dir = NULL, *out = NULL;
+	struct snap_compact_stats st;
+	struct fk_err err = {0};
+	bool json = false;
+	int ret;
+
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--json") == 0)
+			json = true;
+		else if (argv[i][0] == '-')
+			return cli_usage_error(
+			    "snapshot compact: unknown option '%s' (expected --json)", argv[i]);
+		else if (!dir)
+			dir = argv[i];
+		else if (!out)
+			out = argv[i];
+		else
+			return cli_usage_error("snapshot compact: unexpected argument '%s' "
+					       "(expected DIR OUT)",
+					       argv[i]);
+	}
+	if (!dir || !out)
+		return cli_usage_error("snapshot compact: expected DIR (a snapshot, usually a "
+				       "diff) and OUT (the new full snapshot)");
+	ret = snap_chain_compact(dir, out, &st, &err);
+	if (json) {
+		json_t *o = json_pack("{s:s,s:s,s:b}", "path", dir, "out", out, "ok", ret == 0);
+
+		if (ret < 0) {
+			json_object_set_new(o, "error", json_string(err.msg));
+		} else {
+			json_object_set_new(o, "links", json_integer(st.links));
+			json_object_set_new(o, "overlay_bytes",
+					    json_integer((json_int_t)st.overlay_bytes));
+			json_object_set_new(o, "data_bytes",
+					    json_integer((json_int_t)st.data_bytes));
+			json_object_set_new(o, "compact_us", json_integer((json_int_t)st.us));
+		}
+		json_dumpf(o, stdout, JSON_COMPACT);
+		putchar('\n');
+		json_decref(o);
+	} else if (ret == 0) {
+		printf(
+		    "%s: %d snapshots flattened into %s (%llu MiB of diffs, %llu MiB of data) in "
+		    "%llu ms\n",
+		    dir, st.links, out, (unsigned long long)(st.overlay_bytes >> 20),
+		    (unsigned long long)(st.data_bytes >> 20), (unsigned long long)(st.us / 1000));
+	} else {
+		fprintf(stderr, "forkd: snapshot compact: %s\n", err.msg);
 	}
 	return ret < 0 ? CLI_EXIT_NOT_OK : 0;
 }

@@ -9,6 +9,7 @@
 #include "core/vm.h"
 #include "devices/tap.h"
 #include "state/vm_snapshot.h"
+#include "state/diff_track.h"
 
 /* The network device: what it is attached to and what the guest (or the host) cost it. */
 static void put_net_status(struct vm *vm, json_t *reply)
@@ -175,11 +176,25 @@ static int cmd_shutdown(void *opaque, json_t *request, json_t *reply, struct fk_
  * Stop-and-save: the VM stays paused while the whole memory is written
  * (a stuck VM's registers can be saved this way too: it works paused).
  */
-static int snapshot_stop(struct vm *vm, const char *path, bool resume, json_t *reply,
-			 struct fk_err *err)
+/* A diff's size, or tracking's cost, for replies and benches. */
+static void put_diff(struct vm *vm, const struct diff_request *dreq, json_t *reply)
+{
+	if (!vm->diff)
+		return;
+	json_object_set_new(reply, "track_dirty", json_true());
+	json_object_set_new(reply, "collect_us", json_integer((json_int_t)vm->diff->collect_us));
+	if (dreq->parent) {
+		json_object_set_new(reply, "parent", json_string(dreq->parent));
+		json_object_set_new(reply, "dirty_pages",
+				    json_integer((json_int_t)vm->diff->dirty_pages));
+	}
+}
+
+static int snapshot_stop(struct vm *vm, const char *path, bool resume,
+			 const struct diff_request *dreq, json_t *reply, struct fk_err *err)
 {
 	struct vm_snapshot_result res;
-	int ret = vm_snapshot_take(vm, path, resume, &res, err);
+	int ret = vm_snapshot_take_diff(vm, path, resume, dreq, &res, err);
 
 	if (ret < 0)
 		return ret;
@@ -198,10 +213,15 @@ static int snapshot_stop(struct vm *vm, const char *path, bool resume, json_t *r
  * (park, capture, fork); the zygote writes the memory it holds copy-on-write
  * while the VM runs on, and goes once the snapshot is complete.
  */
-static int snapshot_live(struct vm *vm, const char *path, bool wait, json_t *reply,
-			 struct fk_err *err)
+static int snapshot_live(struct vm *vm, const char *path, bool wait,
+			 const struct diff_request *dreq, json_t *reply, struct fk_err *err)
 {
-	struct branch_request req = {.n = 0, .persist = path, .wait = wait, .snapshot = true};
+	struct branch_request req = {.n = 0,
+				     .persist = path,
+				     .wait = wait,
+				     .snapshot = true,
+				     .parent = dreq->parent,
+				     .track_dirty = dreq->track};
 	struct branch_result *res = malloc(sizeof(*res));
 	int ret;
 
@@ -236,9 +256,14 @@ static int cmd_snapshot(void *opaque, json_t *request, json_t *reply, struct fk_
 	struct vm *vm = opaque;
 	const char *path, *mode = NULL;
 	bool resume = true, wait = true, live;
+	struct diff_request dreq = {0};
 	int ret;
 
 	ret = control_arg_string(request, "path", true, &path, err);
+	if (!ret)
+		ret = control_arg_string(request, "parent", false, &dreq.parent, err);
+	if (!ret)
+		ret = control_arg_bool(request, "track_dirty", false, &dreq.track, err);
 	if (!ret)
 		ret = control_arg_bool(request, "resume", false, &resume, err);
 	if (!ret)
@@ -259,10 +284,11 @@ static int cmd_snapshot(void *opaque, json_t *request, json_t *reply, struct fk_
 	if (!live && !wait)
 		return fk_fail(err, EINVAL,
 			       "wait false: only a live snapshot is written in the background");
-	ret = live ? snapshot_live(vm, path, wait, reply, err)
-		   : snapshot_stop(vm, path, resume, reply, err);
+	ret = live ? snapshot_live(vm, path, wait, &dreq, reply, err)
+		   : snapshot_stop(vm, path, resume, &dreq, reply, err);
 	if (ret < 0)
 		return ret;
+	put_diff(vm, &dreq, reply);
 	json_object_set_new(reply, "path", json_string(path));
 	json_object_set_new(reply, "mode", json_string(live ? "live" : "stop"));
 	json_object_set_new(reply, "state", json_string(vm_is_paused(vm) ? "paused" : "running"));
@@ -334,8 +360,16 @@ int branch_request_parse(json_t *request, struct branch_request *req, struct fk_
 		ret = control_arg_bool(request, "wait", false, &req->wait, err);
 	if (!ret)
 		ret = control_arg_int(request, "pool", false, &pool, err);
+	if (!ret)
+		ret = control_arg_string(request, "parent", false, &req->parent, err);
+	if (!ret)
+		ret = control_arg_bool(request, "track_dirty", false, &req->track_dirty, err);
 	if (ret < 0)
 		return ret;
+	if ((req->parent || req->track_dirty) && !req->persist)
+		return fk_fail(err, EINVAL,
+			       "%s without persist: a diff or dirty tracking is of a snapshot",
+			       req->parent ? "parent" : "track_dirty");
 	if (n < 0 || n > BRANCH_MAX_CHILDREN)
 		return fk_fail(err, EINVAL, "n=%lld: expected 0..%d children", (long long)n,
 			       BRANCH_MAX_CHILDREN);
@@ -378,6 +412,8 @@ static int cmd_branch(void *opaque, json_t *request, json_t *reply, struct fk_er
 		put_children(reply, res);
 		json_object_set_new(reply, "pool", json_integer(req.pool));
 		if (req.persist) {
+			struct diff_request dreq = {.parent = req.parent, .track = req.track_dirty};
+			put_diff(vm, &dreq, reply);
 			json_object_set_new(reply, "persist",
 					    json_string(persist_state_name(res->persist)));
 			if (res->persist == PERSIST_FAILED)
@@ -492,12 +528,14 @@ static const struct control_command vm_commands[] = {
     {"shutdown", cmd_shutdown, "stop the VM; forkd-vmm exits with status 0"},
     {"snapshot", cmd_snapshot,
      "path: new directory; mode live (default: a BRANCH pause, written while the VM runs) or "
-     "stop; wait (default true); resume (default true)"},
+     "stop; wait (default true); resume (default true); track_dirty (arm dirty tracking here); "
+     "parent (a diff: only the pages dirtied since that snapshot, this VM's last)"},
     {"snapshot-status", cmd_snapshot_status,
      "path: a live snapshot's state: writing, ready or failed (with error)"},
     {"branch", cmd_branch,
      "n (default 1), dir, persist (snapshot path), wait, pool (0..16 prebuilt children kept "
-     "parked): N children continue from this instant"},
+     "parked), parent and track_dirty (as snapshot's, for persist): N children continue from "
+     "this instant"},
     {"zygote", cmd_zygote,
      "action: list | spawn (id, n; pooled children first) | release (id; its pool too)"},
     {"net-attach", cmd_net_attach,

@@ -6,7 +6,9 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,6 +136,11 @@ void vmm_config_usage(FILE *out)
 	      "                       with --restore: map the memory file (default), or\n"
 	      "                       hand a userfaultfd to the handler on SOCK (forkd-uffd)\n"
 	      "                       that fills guest RAM on first touch\n"
+	      "  --fanout N           with --restore: start N children of the snapshot (1..1024)\n"
+	      "                       by forking the restored VM (docs/branch.md); the guest\n"
+	      "                       never runs in this process, which exits once they run\n"
+	      "  --fanout-dir DIR     with --fanout: an existing directory; child K lives in\n"
+	      "                       DIR/child-K (pid, control.sock, serial.log, ...)\n"
 	      "  --vsock PATH[,cid=N] virtio-vsock device whose host side is the Unix socket\n"
 	      "                       PATH (\"CONNECT <port>\\n\" reaches guest port <port>;\n"
 	      "                       guest connects to port P reach PATH_P); guest cid N,\n"
@@ -154,6 +161,8 @@ void vmm_config_usage(FILE *out)
 	      "                       own. See docs/networking.md\n"
 	      "  --control PATH       serve the JSON control protocol on this Unix socket\n"
 	      "                       (status, pause, resume, shutdown; see docs/control.md)\n"
+	      "  --ready-fd N         write \"ready\\n\" to descriptor N and close it once the VM\n"
+	      "                       runs and --control serves (for launchers: no polling)\n"
 	      "  --jail DIR           build a jail in DIR (new or empty) and run in it: own\n"
 	      "                       mount/ipc/uts/network namespaces, pivot_root, no\n"
 	      "                       capabilities, an unprivileged uid (docs/jail.md)\n"
@@ -607,6 +616,9 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_VERIFY,
 		OPT_PREWARM,
 		OPT_SECCOMP,
+		OPT_READY_FD,
+		OPT_FANOUT,
+		OPT_FANOUT_DIR,
 		OPT_MEM_BACKEND,
 		OPT_RESTORE_MODE,
 		OPT_UFFD_HANDLER
@@ -645,6 +657,9 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"mem-backend", required_argument, NULL, OPT_MEM_BACKEND},
 	    {"restore-mode", required_argument, NULL, OPT_RESTORE_MODE},
 	    {"uffd-handler", required_argument, NULL, OPT_UFFD_HANDLER},
+	    {"ready-fd", required_argument, NULL, OPT_READY_FD},
+	    {"fanout", required_argument, NULL, OPT_FANOUT},
+	    {"fanout-dir", required_argument, NULL, OPT_FANOUT_DIR},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -660,6 +675,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	cfg->serial_in = "stdin";
 	cfg->kvm_path = "/dev/kvm";
 	cfg->net_tap_fd = -1;
+	cfg->ready_fd = -1;
 
 	optind = 0; /* 0, not 1: glibc then also forgets a half-parsed option cluster */
 	opterr = 0;
@@ -747,6 +763,19 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 				    "--uffd-handler: expected the handler's Unix socket");
 			cfg->uffd_handler = optarg;
 			break;
+		case OPT_READY_FD:
+			errno = 0;
+			n = strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end || n < 3 || n > INT_MAX)
+				return fk_fail(err, EINVAL,
+					       "--ready-fd '%s': expected a descriptor number >= 3",
+					       optarg);
+			/* Not inherited by what the VMM executes (the network broker). */
+			if (fcntl((int)n, F_SETFD, FD_CLOEXEC) < 0)
+				return fk_fail_errno(err, errno,
+						     "--ready-fd %ld: not an open descriptor", n);
+			cfg->ready_fd = (int)n;
+			break;
 		case OPT_OVERLAY_DIR:
 			if (!*optarg)
 				return fk_fail(err, EINVAL, "--overlay-dir: expected a directory");
@@ -798,6 +827,21 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 				return fk_fail(err, EINVAL,
 					       "--seccomp '%s': expected on, off or log", optarg);
 			break;
+		case OPT_FANOUT:
+			errno = 0;
+			n = strtol(optarg, &end, 10);
+			if (errno || end == optarg || *end || n < 1 || n > VMM_MAX_FANOUT)
+				return fk_fail(
+				    err, EINVAL,
+				    "--fanout '%s': expected a number of children, 1 to %d", optarg,
+				    VMM_MAX_FANOUT);
+			cfg->fanout = (int)n;
+			break;
+		case OPT_FANOUT_DIR:
+			if (!*optarg)
+				return fk_fail(err, EINVAL, "--fanout-dir: expected a directory");
+			cfg->fanout_dir = optarg;
+			break;
 		case 'h':
 			cfg->help = true;
 			return 0;
@@ -841,6 +885,18 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			       "--cpu-max, --pids-max)");
 	if (cfg->cgroup_wanted && !cfg->cgroup_parent)
 		cfg->cgroup_parent = VMM_CGROUP_PARENT_DEFAULT;
+	if (cfg->fanout && !cfg->restore_dir)
+		return fk_fail(err, EINVAL, "--fanout only applies with --restore");
+	if (cfg->fanout && !cfg->fanout_dir)
+		return fk_fail(err, EINVAL,
+			       "--fanout N: expected --fanout-dir DIR for the children");
+	if (cfg->fanout_dir && !cfg->fanout)
+		return fk_fail(err, EINVAL, "--fanout-dir only applies with --fanout N");
+	if (cfg->fanout && (cfg->control_path || cfg->net_tap[0] || cfg->ready_fd >= 0))
+		return fk_fail(err, EINVAL,
+			       "--fanout: the children get their own control sockets and start "
+			       "link-down, and this process never runs a VM; --control, --net and "
+			       "--ready-fd do not apply");
 	if (cfg->image && cfg->restore_dir)
 		return fk_fail(err, EINVAL,
 			       "--image and --restore: a snapshot brings its own disks");
@@ -863,6 +919,11 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		return fk_fail(err, EINVAL,
 			       "--restore-mode uffd: --verify and --prewarm read the memory file, "
 			       "the handler does that");
+	if (cfg->uffd_handler && cfg->fanout)
+		return fk_fail(
+		    err, EINVAL,
+		    "--restore-mode uffd and --fanout: forked children would not inherit "
+		    "the userfaultfd and would read unserved pages as zeros");
 	if (cfg->mem_memfd && cfg->restore_dir)
 		return fk_fail(err, EINVAL,
 			       "--mem-backend memfd: a restore maps the snapshot's memory file "

@@ -17,6 +17,7 @@
 #define VMM_MAX_MEM	(1ULL << 40)
 #define VMM_DEFAULT_MEM (256ULL << 20)
 #define VMM_MAX_CMDLINE 4095
+#define VMM_MAX_FANOUT	1024 /* BRANCH_MAX_CHILDREN: one branch request */
 /* --vsock: the socket path must fit sun_path (108 bytes with its NUL). */
 #define VMM_VSOCK_PATH_MAX    108
 #define VMM_VSOCK_DEFAULT_CID 3
@@ -77,17 +78,26 @@ struct vmm_config {
 	const char *serial_in;	  /* "stdin", "none" or a file/fifo path */
 	const char *kvm_path;	  /* normally /dev/kvm */
 	const char *control_path; /* Unix socket for the control protocol, or NULL */
-	const char *restore_dir;  /* --restore: start from this snapshot instead of booting */
-	const char *overlay_dir;  /* --overlay-dir: where a restored VM's private disk copies go */
-	bool restore_verify;	  /* --verify: check the memory file's chunk checksums first */
-	bool restore_prewarm;	  /* --prewarm: the memory file into the page cache first */
-	bool mem_memfd;		  /* --mem-backend memfd: guest RAM in a memfd (else anon) */
+	/*
+	 * --ready-fd N: "ready\n" is written to N and N closed once the vCPUs run and the
+	 * control socket serves, so a launcher waits on one descriptor instead of polling
+	 * the socket (-1: none).
+	 */
+	int ready_fd;
+	const char *restore_dir; /* --restore: start from this snapshot instead of booting */
+	const char *overlay_dir; /* --overlay-dir: where a restored VM's private disk copies go */
+	bool restore_verify;	 /* --verify: check the memory file's chunk checksums first */
+	bool restore_prewarm;	 /* --prewarm: the memory file into the page cache first */
+	bool mem_memfd;		 /* --mem-backend memfd: guest RAM in a memfd (else anon) */
 	/*
 	 * --restore-mode uffd --uffd-handler SOCK: guest RAM is filled lazily by
 	 * the handler listening on SOCK (forkd-uffd; docs/design/userfaultfd.md).
 	 */
 	const char *uffd_handler;
 	unsigned cpuid_hide; /* enum vmm_cpuid_hide bits */
+	/* --fanout N --fanout-dir OUT: N BRANCH children of the restore, none run here (0: off) */
+	int fanout;
+	const char *fanout_dir;
 	/* --vsock PATH[,cid=N]: hybrid-vsock Unix socket, "" for no vsock device. */
 	char vsock_path[VMM_VSOCK_PATH_MAX];
 	uint64_t vsock_cid;

@@ -200,6 +200,16 @@ int guest_mem_prepare_fork(struct guest_mem *mem, struct fk_err *err)
 	return guest_mem_make_private(mem, err);
 }
 
+/* Conservative: reads mark too (a pointer may be written through later). */
+static void guest_mem_mark_dirty(const struct guest_mem *mem, uint64_t map_off, uint64_t len)
+{
+	uint64_t first = map_off / 4096, last = (map_off + (len ? len - 1 : 0)) / 4096;
+
+	/* Device threads mark concurrently with each other and with the collector. */
+	for (uint64_t p = first; p <= last; p++)
+		__atomic_fetch_or(&mem->host_dirty[p / 64], 1ull << (p % 64), __ATOMIC_RELAXED);
+}
+
 void *guest_mem_ptr(const struct guest_mem *mem, uint64_t gpa, uint64_t len)
 {
 	int i;
@@ -214,6 +224,8 @@ void *guest_mem_ptr(const struct guest_mem *mem, uint64_t gpa, uint64_t len)
 		/* Written so that no addition can wrap. */
 		if (off >= r->size || len > r->size - off)
 			continue;
+		if (mem->host_dirty)
+			guest_mem_mark_dirty(mem, (uint64_t)(r->hva - mem->mapping) + off, len);
 		return r->hva + off;
 	}
 	return NULL;

@@ -47,6 +47,13 @@ struct guest_mem {
 	struct guest_mem_region regions[GUEST_MEM_MAX_REGIONS];
 	int memfd;	    /* GUEST_MEM_MEMFD: the memfd, else -1 */
 	bool memfd_private; /* GUEST_MEM_MEMFD: mapped MAP_PRIVATE since a BRANCH */
+	/*
+	 * Diff snapshots (src/state/diff_track.c): while set, every page a host
+	 * access resolves through guest_mem_ptr is marked here (bit = page
+	 * offset in `mapping`), so device writes, which KVM's dirty log does not
+	 * see, count as dirty too. NULL (the default) costs one test.
+	 */
+	uint64_t *host_dirty;
 };
 
 /* Allocates size bytes of guest RAM laid out around the MMIO hole. */

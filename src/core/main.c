@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "branch/fanout.h"
 #include "core/config.h"
 #include "core/vm.h"
 #include "jail/cgroup.h"
@@ -92,6 +93,18 @@ int main(int argc, char **argv)
 	if (vm_init(vm, &cfg, &err) < 0) {
 		fprintf(stderr, "forkd-vmm: %s\n", err.msg);
 		status = init_failure_status(err.code);
+		vm_destroy(vm);
+		free(vm);
+		vm_netns_release(&cfg);
+		return status;
+	}
+	/* --fanout: the restored VM is the BRANCH source of N children and never runs here. */
+	if (cfg.fanout) {
+		status = 0;
+		if (fanout_run(vm, &err) < 0) {
+			fprintf(stderr, "forkd-vmm: %s\n", err.msg);
+			status = init_failure_status(err.code);
+		}
 		vm_destroy(vm);
 		free(vm);
 		vm_netns_release(&cfg);

@@ -25,6 +25,7 @@
 #include "jail/seccomp.h"
 #include "state/vm_snapshot.h"
 #include "state/vm_state.h"
+#include "state/diff_track.h"
 #include "uffd/uffd_vmm.h"
 
 #define SERIAL_FLUSH_INTERVAL_NS (20 * 1000 * 1000)
@@ -700,6 +701,7 @@ int vm_prepare(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 	vm->cfg = cfg;
 	vm->kvm_fd = vm->vm_fd = vm->exit_eventfd = -1;
 	vm->signal_fd = vm->flush_timer_fd = -1;
+	vm->ready_fd = cfg->ready_fd;
 	vm->loop.epoll_fd = -1;
 	vm->nr_vcpus = cfg->nr_cpus;
 	pthread_mutex_init(&vm->exit_lock, NULL);
@@ -768,6 +770,22 @@ int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 	return boot_setup_bsp(vm, err);
 }
 
+/*
+ * --ready-fd: the vCPUs run and the control socket (listening since vm_init) is served from
+ * the loop's first turn. A VM already stopping tells nothing: its launcher sees the
+ * descriptor close without "ready", as when the VMM exits early.
+ */
+static void signal_ready(struct vm *vm)
+{
+	if (vm->ready_fd < 0)
+		return;
+	if (!atomic_load(&vm->stopping) && write(vm->ready_fd, "ready\n", 6) != 6) {
+		/* The launcher went away (EPIPE, SIGPIPE ignored): nobody to tell. */
+	}
+	close(vm->ready_fd);
+	vm->ready_fd = -1;
+}
+
 int vm_run(struct vm *vm)
 {
 	struct fk_err err;
@@ -785,6 +803,7 @@ int vm_run(struct vm *vm)
 	}
 	if (vm->restored)
 		vm_restore_started(vm);
+	signal_ready(vm);
 	ret = event_loop_run(&vm->loop);
 	if (ret < 0)
 		vm_request_exit(vm, VMM_EXIT_ERROR, "event loop: %s", strerror(-ret));
@@ -841,6 +860,7 @@ void vm_destroy(struct vm *vm)
 	uffd_watch_stop(vm->uffd);
 	free(vm->uffd);
 	vm->uffd = NULL;
+	diff_track_free(vm);
 	guest_mem_destroy(&vm->mem);
 	if (vm->vm_fd >= 0)
 		close(vm->vm_fd);

@@ -125,6 +125,7 @@ struct vm {
 	uint64_t last_pause_us; /* request to all vCPUs parked, of the latest pause */
 
 	uint64_t started_us;
+	int ready_fd; /* --ready-fd until written, then -1 */
 	struct control_server control;
 	bool control_ready;
 
@@ -140,6 +141,8 @@ struct vm {
 	/* --restore-mode uffd: the hold on the page-fault handler (src/uffd/uffd_vmm.h), or NULL.
 	 */
 	struct uffd_watch *uffd;
+	/* Dirty-page tracking for diff snapshots; NULL until armed (src/state/diff_track.c). */
+	struct diff_track *diff;
 	uint8_t genid[16];
 	char overlay_dir[4096];
 	bool overlay_dir_created;

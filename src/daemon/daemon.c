@@ -30,6 +30,7 @@
 #include <string.h>
 #include <fcntl.h>
 #include <glob.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
 #include <sys/eventfd.h>
@@ -1024,21 +1025,61 @@ struct starting {
 	char err_path[PATH_MAX];
 	double t0;
 	bool up;
+	/* The read end of the VMM's --ready-fd pipe, while has_ready (zeroed: none). */
+	bool has_ready;
+	int ready_rd;
 };
 
-/* Starts argv for tracked VM s->id and watches it. Lock held. */
+static void starting_close_ready(struct starting *s)
+{
+	if (s->has_ready)
+		close(s->ready_rd);
+	s->has_ready = false;
+}
+
+/*
+ * Starts argv for tracked VM s->id and watches it. Lock held. The VMM gets --ready-fd: a
+ * pipe it writes once it serves (wait_answering waits on it rather than polling the socket).
+ */
 static int launch_locked(struct daemon *d, struct starting *s, char *const argv[],
 			 struct fk_err *err)
 {
 	struct tracked *t = find_tracked(d, s->id);
+	char *args[64], fdnum[16];
+	int p[2], wr, a = 0, ret;
 	pid_t pid;
-	int ret;
 
 	if (!t)
 		return fk_fail(err, ENOENT, "%s: no longer tracked", s->id);
-	ret = vmm_launch(argv, s->err_path, &pid, err);
-	if (ret < 0)
+	while (argv[a] && a < (int)(sizeof(args) / sizeof(args[0])) - 3) {
+		args[a] = argv[a];
+		a++;
+	}
+	if (argv[a])
+		return fk_fail(err, E2BIG, "%s: too many forkd-vmm arguments", s->id);
+	snprintf(fdnum, sizeof(fdnum), "%d", VMM_LAUNCH_READY_FD);
+	args[a++] = "--ready-fd";
+	args[a++] = fdnum;
+	args[a] = NULL;
+	/* Close-on-exec: VMMs other threads start at the same time must not hold it. */
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return fk_fail_errno(err, errno, "%s: ready pipe", s->id);
+	/* Above the standard descriptors and VMM_LAUNCH_READY_FD, which the child's dup2 takes. */
+	wr = fcntl(p[1], F_DUPFD_CLOEXEC, VMM_LAUNCH_READY_FD + 1);
+	close(p[1]);
+	if (wr < 0) {
+		ret = fk_fail_errno(err, errno, "%s: ready pipe", s->id);
+		close(p[0]);
 		return ret;
+	}
+	ret = vmm_launch(args, s->err_path, wr, &pid, err);
+	close(wr);
+	if (ret < 0) {
+		close(p[0]);
+		return ret;
+	}
+	s->ready_rd = p[0];
+	s->has_ready = true;
 	s->t0 = mono_s();
 	ret = watch(d, t, pid, err);
 	if (ret < 0) {
@@ -1094,80 +1135,140 @@ static void net_from_status(json_t *reply, char netns[REG_NETNS_MAX], char addr[
 	snprintf(addr, REG_ADDR_MAX, "%s", a);
 }
 
+/*
+ * One look at s: fails when its VMM has exited; asks `status` once its ready pipe said
+ * "ready" (ready), or, without a pipe (it closed without "ready": the VMM is on its way out),
+ * once its socket exists. Sets s->up, with the sizes and network of the reply. Lock not held.
+ */
+static int try_answering(struct daemon *d, struct starting *s, bool ready, bool restore_metric,
+			 struct fk_err *err)
+{
+	struct fk_err call_err = {0};
+	json_t *req, *reply = NULL;
+	struct tracked *t;
+	bool dead;
+	int status = REG_NO_EXIT;
+
+	pthread_mutex_lock(&d->lock);
+	t = find_tracked(d, s->id);
+	dead = !t || t->dead;
+	if (t)
+		status = t->exit_status;
+	pthread_mutex_unlock(&d->lock);
+	if (dead) {
+		char line[256];
+
+		vmm_first_line(s->err_path, line, sizeof(line));
+		return fk_fail(err, ECHILD,
+			       "%s: forkd-vmm exited (status %d) before its control "
+			       "socket answered: %s",
+			       s->id, status, line[0] ? line : "(no message)");
+	}
+	if (s->has_ready ? !ready : access(s->sock, F_OK) < 0)
+		return 0;
+	req = json_pack("{s:s}", "cmd", "status");
+	if (!req)
+		return fk_fail(err, ENOMEM, "status request");
+	if (control_call(s->sock, req, &reply, STATUS_CALL_MS, &call_err) == 0 &&
+	    json_is_true(json_object_get(reply, "ok"))) {
+		s->up = true;
+		starting_close_ready(s);
+		pthread_mutex_lock(&d->lock);
+		t = find_tracked(d, s->id);
+		if (t) {
+			t->meta.mem_mib =
+			    (int)json_integer_value(json_object_get(reply, "mem_mib"));
+			t->meta.cpus = (int)json_integer_value(json_object_get(reply, "vcpus"));
+			net_from_status(reply, t->net_netns, t->net_host_addr);
+		}
+		pthread_mutex_unlock(&d->lock);
+		if (restore_metric)
+			report(d, DAEMON_METRIC_RESTORE, mono_s() - s->t0);
+	}
+	json_decref(req);
+	json_decref(reply);
+	return 0;
+}
+
+/* "ready" read from s's pipe: 1; the pipe closed without it: 0, and s polls its socket. */
+static int read_ready(struct starting *s)
+{
+	char buf[16];
+	ssize_t r = read(s->ready_rd, buf, sizeof(buf));
+
+	if (r > 0)
+		return 1;
+	starting_close_ready(s);
+	return 0;
+}
+
+/*
+ * Waits until every VMM in s answers `status` on its control socket (the VMM serves it once
+ * booted or restored); fills mem_mib and cpus from the reply. Lock not held. A VMM launched
+ * with a ready pipe is asked once the pipe says so: no polling (bench/api.sh measured the
+ * earlier 1 ms socket poll at ~0.5 ms of each spawn; inotify on the socket was slower).
+ * The poll wakes every READY_RECHECK_MS to see VMMs that died and the deadline.
+ */
+#define READY_RECHECK_MS 100
 static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool restore_metric,
 			  struct fk_err *err)
 {
 	double deadline = mono_s() + start_timeout_ms() / 1000.0;
+	struct pollfd *pfd = calloc(n ? n : 1, sizeof(*pfd));
+	size_t *idx = calloc(n ? n : 1, sizeof(*idx));
+	bool *ready = calloc(n ? n : 1, sizeof(*ready));
 	size_t up = 0;
+	int ret = 0;
 
-	while (up < n) {
+	if (!pfd || !idx || !ready) {
+		ret = fk_fail(err, ENOMEM, "waiting for %zu VMs: out of memory", n);
+		goto out;
+	}
+	for (;;) {
+		size_t np = 0;
+		bool polling_sockets = false;
+
+		up = 0;
+		for (size_t i = 0; i < n && ret == 0; i++) {
+			if (!s[i].up)
+				ret = try_answering(d, &s[i], ready[i], restore_metric, err);
+			ready[i] = false;
+			if (s[i].up)
+				up++;
+		}
+		if (ret < 0 || up == n)
+			break;
+		if (mono_s() > deadline) {
+			ret =
+			    fk_fail(err, ETIMEDOUT,
+				    "%zu of %zu VMs did not answer on their control socket within "
+				    "%d ms (see %s)",
+				    n - up, n, start_timeout_ms(), s[0].err_path);
+			break;
+		}
 		for (size_t i = 0; i < n; i++) {
-			struct fk_err call_err = {0};
-			json_t *req, *reply = NULL;
-			struct tracked *t;
-			bool dead;
-			int status = REG_NO_EXIT;
-
 			if (s[i].up)
 				continue;
-			pthread_mutex_lock(&d->lock);
-			t = find_tracked(d, s[i].id);
-			dead = !t || t->dead;
-			if (t)
-				status = t->exit_status;
-			pthread_mutex_unlock(&d->lock);
-			if (dead) {
-				char line[256];
-
-				vmm_first_line(s[i].err_path, line, sizeof(line));
-				return fk_fail(
-				    err, ECHILD,
-				    "%s: forkd-vmm exited (status %d) before its control "
-				    "socket answered: %s",
-				    s[i].id, status, line[0] ? line : "(no message)");
-			}
-			if (access(s[i].sock, F_OK) < 0)
+			if (!s[i].has_ready) {
+				polling_sockets = true;
 				continue;
-			req = json_pack("{s:s}", "cmd", "status");
-			if (!req)
-				return fk_fail(err, ENOMEM, "status request");
-			if (control_call(s[i].sock, req, &reply, STATUS_CALL_MS, &call_err) == 0 &&
-			    json_is_true(json_object_get(reply, "ok"))) {
-				s[i].up = true;
-				up++;
-				pthread_mutex_lock(&d->lock);
-				t = find_tracked(d, s[i].id);
-				if (t) {
-					t->meta.mem_mib = (int)json_integer_value(
-					    json_object_get(reply, "mem_mib"));
-					t->meta.cpus = (int)json_integer_value(
-					    json_object_get(reply, "vcpus"));
-					net_from_status(reply, t->net_netns, t->net_host_addr);
-				}
-				pthread_mutex_unlock(&d->lock);
-				if (restore_metric)
-					report(d, DAEMON_METRIC_RESTORE, mono_s() - s[i].t0);
 			}
-			json_decref(req);
-			json_decref(reply);
+			pfd[np] = (struct pollfd){.fd = s[i].ready_rd, .events = POLLIN};
+			idx[np++] = i;
 		}
-		if (up == n)
+		if (poll(pfd, np, polling_sockets ? 1 : READY_RECHECK_MS) < 0 && errno != EINTR) {
+			ret = fk_fail_errno(err, errno, "waiting for %zu VMs to start", n);
 			break;
-		if (mono_s() > deadline)
-			return fk_fail(
-			    err, ETIMEDOUT,
-			    "%zu of %zu VMs did not answer on their control socket within "
-			    "%d ms (see %s)",
-			    n - up, n, start_timeout_ms(), s[0].err_path);
-		/*
-		 * A restore answers in ~10 ms: a coarser poll shows up in every spawn
-		 * (bench/api.sh). Waiting on inotify for the socket instead measured
-		 * slower end to end (bench/RESULTS.md: the VMM answered ~12 ms later
-		 * with a watch on its directory), so this polls.
-		 */
-		usleep(1000);
+		}
+		for (size_t k = 0; k < np; k++)
+			if (pfd[k].revents)
+				ready[idx[k]] = read_ready(&s[idx[k]]) == 1;
 	}
-	return 0;
+out:
+	free(pfd);
+	free(idx);
+	free(ready);
+	return ret;
 }
 
 /* The last non-empty line of a (console) file, for a message: the VM's directory goes with it. */
@@ -1253,6 +1354,8 @@ static void abort_started(struct daemon *d, struct starting *s, size_t n)
 	struct fk_err ignored = {0};
 	char dir[PATH_MAX];
 
+	for (size_t i = 0; i < n; i++)
+		starting_close_ready(&s[i]);
 	pthread_mutex_lock(&d->lock);
 	for (size_t i = 0; i < n; i++) {
 		struct tracked *t = find_tracked(d, s[i].id);
@@ -1278,6 +1381,8 @@ static int finish_started(struct daemon *d, struct starting *s, size_t n, json_t
 {
 	int ret = 0;
 
+	for (size_t i = 0; i < n; i++)
+		starting_close_ready(&s[i]);
 	pthread_mutex_lock(&d->lock);
 	for (size_t i = 0; i < n && ret == 0; i++) {
 		struct tracked *t = find_tracked(d, s[i].id);
@@ -2247,9 +2352,59 @@ out:
 	return ret;
 }
 
+/*
+ * The registered snapshots that are diffs of `tag` (their PARENT names its
+ * directory, docs/diff-snapshots.md): deleting it would break their chains.
+ * Their tags into *tags (malloc'ed array, *n of them). Lock not held: it
+ * takes it to list.
+ */
+static int diff_children(struct daemon *d, const char *tag, char (**tags)[REG_TAG_MAX + 1],
+			 size_t *n, struct fk_err *err)
+{
+	char self[PATH_MAX], parent[PATH_MAX];
+	struct reg_snapshot *all = NULL, snap;
+	size_t count = 0;
+	int ret;
+
+	*tags = NULL;
+	*n = 0;
+	pthread_mutex_lock(&d->lock);
+	ret = registry_snapshot_get(d->reg, tag, &snap, err);
+	if (ret == 0)
+		ret = registry_snapshot_list(d->reg, true, &all, &count, err);
+	pthread_mutex_unlock(&d->lock);
+	if (ret < 0)
+		return ret;
+	if (!realpath(snap.path, self))
+		goto out; /* gone from disk: nothing can depend on its files */
+	*tags = calloc(count ? count : 1, sizeof(**tags));
+	if (!*tags) {
+		ret = fk_fail(err, ENOMEM, "delete snapshot %s: out of memory", tag);
+		goto out;
+	}
+	for (size_t i = 0; i < count; i++) {
+		struct snap_parent_info pi;
+		struct snap_reader *r = NULL;
+		struct fk_err ignored;
+
+		if (strcmp(all[i].tag, tag) == 0 || snap_reader_open(all[i].path, &r, &ignored) < 0)
+			continue;
+		if (snap_reader_parent(r, &pi) == 0 && realpath(pi.path, parent) &&
+		    strcmp(parent, self) == 0)
+			snprintf((*tags)[(*n)++], REG_TAG_MAX + 1, "%s", all[i].tag);
+		snap_reader_close(r);
+	}
+out:
+	free(all);
+	return ret;
+}
+
 int daemon_snapshot_delete(struct daemon *d, const char *tag, bool cascade, json_t **out,
 			   struct fk_err *err)
 {
+	char(*diff_tags)[REG_TAG_MAX + 1] = NULL;
+	json_t *diff_removed = NULL;
+	size_t nr_diffs = 0;
 	struct reg_ids removed = {0};
 	struct reg_snapshot snap;
 	struct reg_vm *all = NULL;
@@ -2260,6 +2415,34 @@ int daemon_snapshot_delete(struct daemon *d, const char *tag, bool cascade, json
 	int ret;
 
 	*out = NULL;
+	/* Diff snapshots whose parent this is: refused, or (cascade) deleted first. */
+	ret = diff_children(d, tag, &diff_tags, &nr_diffs, err);
+	if (ret == 0 && nr_diffs > 0 && !cascade) {
+		size_t len = 0;
+		names[0] = '\0';
+		for (size_t i = 0; i < nr_diffs && len < sizeof(names); i++)
+			len += (size_t)snprintf(names + len, sizeof(names) - len, "%s%s",
+						i ? ", " : "", diff_tags[i]);
+		ret = fk_fail(err, EBUSY,
+			      "snapshot %s is the parent of diff snapshot%s %s (delete %s first, "
+			      "or cascade=true)",
+			      tag, nr_diffs == 1 ? "" : "s", names, nr_diffs == 1 ? "it" : "them");
+	}
+	for (size_t i = 0; ret == 0 && i < nr_diffs; i++) {
+		json_t *o = NULL;
+		ret = daemon_snapshot_delete(d, diff_tags[i], true, &o, err);
+		if (ret == 0) {
+			if (!diff_removed)
+				diff_removed = json_array();
+			json_array_extend(diff_removed, json_object_get(o, "removed"));
+			json_decref(o);
+		}
+	}
+	free(diff_tags);
+	if (ret < 0) {
+		json_decref(diff_removed);
+		return ret;
+	}
 	pthread_mutex_lock(&d->lock);
 	ret = registry_snapshot_get(d->reg, tag, &snap, err);
 	if (ret < 0)
@@ -2302,6 +2485,8 @@ int daemon_snapshot_delete(struct daemon *d, const char *tag, bool cascade, json
 	arr = json_array();
 	forget_removed(d, &removed, arr, all, n);
 	json_array_append_new(arr, json_string(tag));
+	if (diff_removed)
+		json_array_extend(arr, diff_removed);
 	snap_meta_drop(d, tag);
 	fk_remove_tree(snap.path);
 	*out = json_pack("{s:o}", "removed", arr);
@@ -2314,6 +2499,7 @@ out:
 	free(removed.ids);
 	free(all);
 	free(in);
+	json_decref(diff_removed);
 	return ret;
 }
 
@@ -2617,7 +2803,7 @@ static void release_zygote_later(struct daemon *d, const char *sock, int zygote)
 /* Records the children of a branch reply (lock held); appends their JSON to kids. */
 static void record_children(struct daemon *d, const struct reg_vm *src, const struct tracked *st,
 			    const struct reg_zygote *z, json_t *reply, int64_t branched_us,
-			    json_t *kids)
+			    json_t *kids, struct op_timer *tm)
 {
 	json_t *c;
 	size_t i;
@@ -2651,6 +2837,7 @@ static void record_children(struct daemon *d, const struct reg_vm *src, const st
 			vm.proc.pid = pid;
 			vm.state = REG_VM_EXITED;
 		}
+		timer_mark(tm, "c.probe");
 		if (registry_vm_add(d->reg, &vm, &err) < 0) {
 			fprintf(stderr, "forkd serve: branch of %s: child pid %d: %s\n", src->id,
 				(int)pid, err.msg);
@@ -2666,10 +2853,13 @@ static void record_children(struct daemon *d, const struct reg_vm *src, const st
 				registry_vm_set_state(d->reg, vm.id, REG_VM_EXITED, REG_NO_EXIT,
 						      &err);
 		}
+		timer_mark(tm, "c.add+watch");
 		if (vm_dir(d, vm.id, NULL, dir, sizeof(dir), &err) == 0 && mkdir(dir, 0755) == 0)
 			meta_save(d, vm.id, t ? &t->meta : &st->meta);
+		timer_mark(tm, "c.meta");
 		registry_vm_get(d->reg, vm.id, &vm, &err);
 		json_array_append_new(kids, vm_json(d, &vm));
+		timer_mark(tm, "c.json");
 	}
 }
 
@@ -2837,7 +3027,7 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 				watch(d, zt, z.proc.pid, err);
 		}
 		timer_mark(&tm, "zwatch");
-		record_children(d, &src, st, &z, reply, branched_us, kids);
+		record_children(d, &src, st, &z, reply, branched_us, kids, &tm);
 		timer_mark(&tm, "children");
 	}
 	if (batch && registry_batch_end(d->reg, err) < 0 && ret == 0) {

@@ -14,10 +14,27 @@
 #include <time.h>
 #include <unistd.h>
 
+/*
+ * Prepared statements kept for the life of a handle. Preparing one of the registry's
+ * statements costs tens of microseconds (parsing, planning over the schema's foreign keys),
+ * about as much as running it: a branch makes a dozen of them. A statement checked out by
+ * prep() is busy until done() gives it back; a nested use of the same SQL gets a fresh,
+ * uncached statement, so no caller resets another's.
+ */
+#define REG_STMT_CACHE 48
+
+struct reg_stmt_slot {
+	char *sql; /* owned copy: callers may build SQL in a buffer */
+	sqlite3_stmt *st;
+	bool busy;
+};
+
 struct registry {
 	sqlite3 *db;
 	char path[REG_PATH_MAX];
 	bool in_batch; /* registry_batch_begin: each operation is a savepoint inside it */
+	int nr_stmts;
+	struct reg_stmt_slot stmts[REG_STMT_CACHE];
 };
 
 /* Version 1. Text states keep the file readable with the sqlite3 shell. Lineage references that
@@ -171,13 +188,64 @@ static int exec(struct registry *r, const char *sql, struct fk_err *err)
 	return 0;
 }
 
+/* One statement from the handle's cache (prepared once), or a fresh one; give it back with
+ * done(). */
 static int prep(struct registry *r, sqlite3_stmt **st, const char *sql, struct fk_err *err)
 {
-	if (sqlite3_prepare_v2(r->db, sql, -1, st, NULL) != SQLITE_OK) {
+	struct reg_stmt_slot *slot = NULL;
+
+	for (int i = 0; i < r->nr_stmts; i++) {
+		if (!r->stmts[i].busy && strcmp(r->stmts[i].sql, sql) == 0) {
+			r->stmts[i].busy = true;
+			*st = r->stmts[i].st;
+			return 0;
+		}
+	}
+	if (sqlite3_prepare_v3(r->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) != SQLITE_OK) {
 		*st = NULL;
 		return sql_fail(r, err, "prepare");
 	}
+	if (r->nr_stmts < REG_STMT_CACHE) {
+		slot = &r->stmts[r->nr_stmts];
+		slot->sql = strdup(sql);
+		if (slot->sql) { /* without memory it simply stays uncached */
+			slot->st = *st;
+			slot->busy = true;
+			r->nr_stmts++;
+		}
+	}
 	return 0;
+}
+
+/* Gives back a statement of prep(): a cached one is reset for its next use, another
+ * finalized. NULL is allowed. */
+static void done(struct registry *r, sqlite3_stmt *st)
+{
+	if (!st)
+		return;
+	for (int i = 0; i < r->nr_stmts; i++) {
+		if (r->stmts[i].st == st) {
+			sqlite3_reset(st);
+			sqlite3_clear_bindings(st);
+			r->stmts[i].busy = false;
+			return;
+		}
+	}
+	done(r, st);
+}
+
+/* exec() of one statement that returns no rows, through the cache. */
+static int exec_cached(struct registry *r, const char *sql, struct fk_err *err)
+{
+	sqlite3_stmt *st;
+	int ret = prep(r, &st, sql, err);
+
+	if (ret)
+		return ret;
+	if (sqlite3_step(st) != SQLITE_DONE)
+		ret = sql_fail(r, err, sql);
+	done(r, st);
+	return ret;
 }
 
 /* BEGIN IMMEDIATE takes the write lock up front, so two writers wait for each other (busy
@@ -185,13 +253,13 @@ static int prep(struct registry *r, sqlite3_stmt **st, const char *sql, struct f
 static int tx_begin(struct registry *r, bool write, struct fk_err *err)
 {
 	if (r->in_batch)
-		return exec(r, "SAVEPOINT reg_op", err);
-	return exec(r, write ? "BEGIN IMMEDIATE" : "BEGIN", err);
+		return exec_cached(r, "SAVEPOINT reg_op", err);
+	return exec_cached(r, write ? "BEGIN IMMEDIATE" : "BEGIN", err);
 }
 
 static int tx_commit(struct registry *r, struct fk_err *err)
 {
-	return exec(r, r->in_batch ? "RELEASE reg_op" : "COMMIT", err);
+	return exec_cached(r, r->in_batch ? "RELEASE reg_op" : "COMMIT", err);
 }
 
 /* Inside a batch only this operation's changes are undone: the batch's earlier ones stay. */
@@ -211,7 +279,7 @@ int registry_batch_begin(struct registry *r, struct fk_err *err)
 
 	if (r->in_batch)
 		return fk_fail(err, EINVAL, "registry %s: a batch is already open", r->path);
-	ret = exec(r, "BEGIN IMMEDIATE", err);
+	ret = exec_cached(r, "BEGIN IMMEDIATE", err);
 	if (ret == 0)
 		r->in_batch = true;
 	return ret;
@@ -224,7 +292,7 @@ int registry_batch_end(struct registry *r, struct fk_err *err)
 	if (!r->in_batch)
 		return fk_fail(err, EINVAL, "registry %s: no batch open", r->path);
 	r->in_batch = false;
-	ret = exec(r, "COMMIT", err);
+	ret = exec_cached(r, "COMMIT", err);
 	if (ret)
 		tx_rollback(r);
 	return ret;
@@ -309,7 +377,7 @@ static int get_row(struct registry *r, const char *sql, const char *key, row_rea
 		ret = fk_fail(err, ENOENT, "%s %s: no such %s", kind, key, kind);
 	else
 		ret = sql_fail(r, err, what);
-	sqlite3_finalize(st);
+	done(r, st);
 	return ret;
 }
 
@@ -341,7 +409,7 @@ static int list_rows(struct registry *r, const char *sql, const char *key, row_r
 	}
 	if (ret == 0 && rc != SQLITE_DONE)
 		ret = sql_fail(r, err, what);
-	sqlite3_finalize(st);
+	done(r, st);
 	if (ret) {
 		free(arr);
 		arr = NULL;
@@ -388,7 +456,7 @@ static int new_id(struct registry *r, const char *prefix, char out[REG_ID_MAX], 
 		ret = fk_fail(err, EEXIST, "new %s ID: 32 random IDs in a row were taken", prefix);
 	out[0] = '\0';
 out:
-	sqlite3_finalize(st);
+	done(r, st);
 	return ret;
 }
 
@@ -410,7 +478,7 @@ static int pragma_int(struct registry *r, const char *sql, int64_t *out, struct 
 			      sql);
 	else
 		ret = sql_fail(r, err, sql);
-	sqlite3_finalize(st);
+	done(r, st);
 	return ret;
 }
 
@@ -444,7 +512,7 @@ static int set_wal(struct registry *r, struct fk_err *err)
 		ret =
 		    fk_fail(err, EIO, "registry %s: journal mode is '%s', could not switch to WAL",
 			    r->path, mode);
-	sqlite3_finalize(st);
+	done(r, st);
 	return ret;
 }
 
@@ -580,6 +648,10 @@ void registry_close(struct registry *r)
 {
 	if (!r)
 		return;
+	for (int i = 0; i < r->nr_stmts; i++) {
+		sqlite3_finalize(r->stmts[i].st);
+		free(r->stmts[i].sql);
+	}
 	sqlite3_close_v2(r->db);
 	free(r);
 }
@@ -707,7 +779,7 @@ static int exists(struct registry *r, const char *sql, const char *key, struct f
 	sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
 	rc = sqlite3_step(st);
 	ret = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : sql_fail(r, err, "look up");
-	sqlite3_finalize(st);
+	done(r, st);
 	return ret;
 }
 
@@ -816,7 +888,7 @@ int registry_vm_add(struct registry *r, struct reg_vm *vm, struct fk_err *err)
 	if (ret == 0)
 		ret = tx_commit(r, err);
 out:
-	sqlite3_finalize(st);
+	done(r, st);
 	if (ret) {
 		tx_rollback(r);
 		vm->id[0] = '\0';
@@ -861,7 +933,7 @@ int registry_vm_update(struct registry *r, const struct reg_vm *vm, struct fk_er
 	ret = step_done(r, st, "update VM", err);
 	if (ret == 0 && sqlite3_changes(r->db) == 0)
 		ret = fk_fail(err, ENOENT, "VM %s: no such VM", vm->id);
-	sqlite3_finalize(st);
+	done(r, st);
 	return ret;
 }
 
@@ -885,7 +957,7 @@ int registry_vm_set_state(struct registry *r, const char *id, enum reg_vm_state 
 	ret = step_done(r, st, "set VM state", err);
 	if (ret == 0 && sqlite3_changes(r->db) == 0)
 		ret = fk_fail(err, ENOENT, "VM %s: no such VM", id);
-	sqlite3_finalize(st);
+	done(r, st);
 	return ret;
 }
 
@@ -953,7 +1025,7 @@ static int run_keyed(struct registry *r, const char *sql, const char *key, const
 		return ret;
 	bind_str(st, 1, key, false);
 	ret = step_done(r, st, what, err);
-	sqlite3_finalize(st);
+	done(r, st);
 	return ret;
 }
 
@@ -1149,7 +1221,7 @@ int registry_zygote_add(struct registry *r, struct reg_zygote *z, struct fk_err 
 	if (ret == 0)
 		ret = tx_commit(r, err);
 out:
-	sqlite3_finalize(st);
+	done(r, st);
 	if (ret) {
 		tx_rollback(r);
 		z->id[0] = '\0';
@@ -1170,7 +1242,7 @@ int registry_zygote_set_children(struct registry *r, const char *id, uint32_t nr
 	ret = step_done(r, st, "set zygote children", err);
 	if (ret == 0 && sqlite3_changes(r->db) == 0)
 		ret = fk_fail(err, ENOENT, "zygote %s: no such zygote", id);
-	sqlite3_finalize(st);
+	done(r, st);
 	return ret;
 }
 
@@ -1315,7 +1387,7 @@ int registry_snapshot_add(struct registry *r, struct reg_snapshot *s, struct fk_
 	if (ret == 0)
 		ret = tx_commit(r, err);
 out:
-	sqlite3_finalize(st);
+	done(r, st);
 	if (ret)
 		tx_rollback(r);
 	return ret;
@@ -1342,7 +1414,7 @@ static int snapshot_finish(struct registry *r, const char *tag, enum reg_snap_st
 	bind_str(st, 1, tag, false);
 	bind_str(st, 2, snap_state_names[to], false);
 	ret = step_done(r, st, "set snapshot state", err);
-	sqlite3_finalize(st);
+	done(r, st);
 	if (ret || sqlite3_changes(r->db) == 1)
 		return ret;
 	ret = registry_snapshot_get(r, tag, &s, err);

@@ -18,7 +18,8 @@
 
 extern char **environ;
 
-int vmm_launch(char *const argv[], const char *err_path, pid_t *pid, struct fk_err *err)
+int vmm_launch(char *const argv[], const char *err_path, int ready_fd, pid_t *pid,
+	       struct fk_err *err)
 {
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t attr;
@@ -41,6 +42,11 @@ int vmm_launch(char *const argv[], const char *err_path, pid_t *pid, struct fk_e
 		return fk_fail_errno(err, ret, "%s: spawn attributes", argv[0]);
 	}
 	ret = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	/* dup2 onto another number clears close-on-exec: only the child gets it. */
+	if (!ret && ready_fd >= 0 && ready_fd != VMM_LAUNCH_READY_FD)
+		ret = posix_spawn_file_actions_adddup2(&fa, ready_fd, VMM_LAUNCH_READY_FD);
+	else if (!ret && ready_fd >= 0)
+		ret = EINVAL; /* the caller keeps it above the standard descriptors and 3 */
 	if (!ret)
 		ret = posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
 	if (!ret)

@@ -15,8 +15,14 @@
 
 #include "util/err.h"
 
-/* Starts argv[0] with argv, stderr to err_path (truncated); *pid gets the child. */
-int vmm_launch(char *const argv[], const char *err_path, pid_t *pid, struct fk_err *err);
+/*
+ * Starts argv[0] with argv, stderr to err_path (truncated); *pid gets the child. ready_fd,
+ * unless -1, becomes the child's descriptor VMM_LAUNCH_READY_FD (for forkd-vmm --ready-fd;
+ * argv must say so).
+ */
+#define VMM_LAUNCH_READY_FD 3
+int vmm_launch(char *const argv[], const char *err_path, int ready_fd, pid_t *pid,
+	       struct fk_err *err);
 
 /* pidfd_open(2): -errno on failure. The descriptor is close-on-exec. */
 int fk_pidfd_open(pid_t pid);

@@ -189,6 +189,25 @@ int virtq_push(const struct guest_mem *mem, struct virtq *vq, uint16_t head, uin
 	if (head >= vq->num)
 		return fk_fail(err, EINVAL, "used element for head %u >= queue size %u", head,
 			       vq->num);
+	/*
+	 * Diff snapshots: the device wrote this chain's buffers since it popped
+	 * it, perhaps after a snapshot collected the pages marked at pop;
+	 * resolving them again marks them for the next one (guest_mem.h).
+	 */
+	if (mem->host_dirty) {
+		uint16_t idx = head;
+
+		for (uint32_t n = 0; n < vq->num; n++) {
+			struct virtq_desc_copy d;
+
+			read_desc(&r, idx, &d);
+			if (d.flags & VIRTQ_DESC_F_WRITE)
+				(void)guest_mem_ptr(mem, d.addr, d.len);
+			if (!(d.flags & VIRTQ_DESC_F_NEXT) || d.next >= vq->num)
+				break;
+			idx = d.next;
+		}
+	}
 	elem = (uint32_t *)(r.used + 4 + (size_t)(vq->used_idx % vq->num) * VIRTQ_USED_ELEM_SIZE);
 	__atomic_store_n(&elem[0], htole32(head), __ATOMIC_RELAXED);
 	__atomic_store_n(&elem[1], htole32(len), __ATOMIC_RELAXED);

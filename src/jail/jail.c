@@ -216,6 +216,30 @@ int jail_plan_build(const struct vmm_config *cfg, struct jail_plan *plan, struct
 		    ctx.ret < 0)
 			ret = ctx.ret;
 	}
+	/*
+	 * A diff snapshot's restore reads its parents too (docs/diff-snapshots.md):
+	 * each, read-only, at the same path. A chain that cannot be read adds
+	 * nothing more; the restore says why.
+	 */
+	if (!ret && cfg->restore_dir) {
+		char next[SNAP_PARENT_PATH_MAX + 1];
+
+		snprintf(next, sizeof(next), "%s", cfg->restore_dir);
+		for (int depth = 0; !ret && depth < SNAP_DIFF_MAX_DEPTH; depth++) {
+			struct snap_parent_info parent;
+			struct snap_reader *r = NULL;
+			struct fk_err ignored = {0};
+			bool more = snap_reader_open(next, &r, &ignored) == 0 &&
+				    snap_reader_parent(r, &parent) == 0;
+
+			snap_reader_close(r);
+			if (!more)
+				break;
+			ret = plan_add(plan, "--restore (diff parent)", parent.path, JAIL_DIR,
+				       false, err);
+			snprintf(next, sizeof(next), "%s", parent.path);
+		}
+	}
 	/* The VMM creates a missing --overlay-dir: then its parent must be there. */
 	if (!ret && cfg->overlay_dir)
 		ret = access(cfg->overlay_dir, F_OK) == 0

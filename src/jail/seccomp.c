@@ -233,6 +233,8 @@ static const unsigned long main_ioctls[] = {
     KVM_GET_MSR_INDEX_LIST,
     KVM_CREATE_VCPU,
     KVM_SET_USER_MEMORY_REGION,
+    /* diff snapshots: the dirty log, read and reset in the pause (src/state/diff_track.c) */
+    KVM_GET_DIRTY_LOG,
     KVM_SET_TSS_ADDR,
     KVM_SET_IDENTITY_MAP_ADDR,
     KVM_CREATE_IRQCHIP,

@@ -120,6 +120,8 @@ const char *snap_section_type_name(uint32_t type)
 	    [SNAP_SEC_DEVICE] = "DEVICE",
 	    [SNAP_SEC_OPAQUE] = "OPAQUE",
 	    [SNAP_SEC_MEM_HASHES] = "MEM_HASHES",
+	    [SNAP_SEC_PARENT] = "PARENT",
+	    [SNAP_SEC_PAGE_MAP] = "PAGE_MAP",
 	};
 
 	if (type == 0 || type > SNAP_SEC_MAX)
@@ -137,6 +139,11 @@ void snap_writer_init(struct snap_writer *w, uint32_t nr_vcpus)
 
 void snap_writer_free(struct snap_writer *w)
 {
+	if (w->diff) {
+		free(w->diff->parent_dir);
+		free(w->diff->pages);
+		free(w->diff);
+	}
 	for (size_t i = 0; i < w->nr_sections; i++)
 		free(w->sections[i].data);
 	free(w->sections);
@@ -220,7 +227,8 @@ static int writer_append(struct snap_writer *w, uint32_t type, uint32_t instance
 
 	if (type == 0 || type > SNAP_SEC_MAX)
 		return fk_fail(err, EINVAL, "snapshot section type %u: unknown", type);
-	if (type == SNAP_SEC_VM_INFO || type == SNAP_SEC_MEM_HASHES)
+	if (type == SNAP_SEC_VM_INFO || type == SNAP_SEC_MEM_HASHES || type == SNAP_SEC_PARENT ||
+	    type == SNAP_SEC_PAGE_MAP)
 		return fk_fail(err, EINVAL,
 			       "snapshot section %s: written by commit, not by callers", name);
 	if (type == SNAP_SEC_VCPU && instance >= w->nr_vcpus)
@@ -331,6 +339,9 @@ static uint64_t now_us(void)
 /* What one commit of the memory file needs besides the regions themselves. */
 struct mem_write {
 	const struct snap_memory_source *mem;
+	const struct snap_diff *diff; /* a diff snapshot: only its pages are stored */
+	uint64_t parent_identity;     /* a diff snapshot's parent, read at commit */
+	uint32_t parent_depth;	      /* the child's depth: the parent's + 1 */
 	uint64_t total;
 	uint64_t nr_chunks;
 	uint64_t *hashes;	/* per chunk, filled by write_memory */
@@ -340,15 +351,18 @@ struct mem_write {
 	uint64_t data_bytes;	/* non-zero bytes written */
 };
 
-static uint64_t count_nonzero_bytes(const struct snap_memory_source *mem)
+/* Non-zero pages the memory file gets: all of them, or a diff's stored ones only. */
+static uint64_t count_nonzero_bytes(const struct snap_memory_source *mem,
+				    const struct snap_diff *diff)
 {
-	uint64_t n = 0;
+	uint64_t n = 0, page = 0;
 
 	for (uint32_t r = 0; r < mem->nr_regions; r++) {
 		const uint8_t *host = mem->regions[r].host;
 
-		for (uint64_t off = 0; off < mem->regions[r].size; off += SNAP_PAGE_SIZE)
-			if (!page_is_zero(host + off))
+		for (uint64_t off = 0; off < mem->regions[r].size; off += SNAP_PAGE_SIZE, page++)
+			if ((!diff || ((diff->pages[page / 64] >> (page % 64)) & 1)) &&
+			    !page_is_zero(host + off))
 				n += SNAP_PAGE_SIZE;
 	}
 	return n;
@@ -362,7 +376,7 @@ static int write_failed(struct fk_err *err, int code, const char *path, uint64_t
 			const struct mem_write *mw)
 {
 	if (code == ENOSPC || code == EDQUOT) {
-		uint64_t need = count_nonzero_bytes(mw->mem);
+		uint64_t need = count_nonzero_bytes(mw->mem, mw->diff);
 
 		return fk_fail(err, code,
 			       "memory file %s: %s at offset %llu: the snapshot needs %llu bytes "
@@ -555,6 +569,13 @@ static int mem_pwrite(struct mem_writer *m, int fd, const uint8_t *p, uint64_t l
 	return 0;
 }
 
+static const uint8_t zero_page[SNAP_PAGE_SIZE];
+
+static bool page_stored(const uint64_t *stored, uint64_t page)
+{
+	return !stored || ((stored[page / 64] >> (page % 64)) & 1);
+}
+
 /*
  * One chunk: its runs of non-zero pages go out in one pwrite each, zero pages
  * stay holes, and a chunk that had data is hashed right after (while its
@@ -568,6 +589,7 @@ static int write_chunk(struct mem_writer *m, XXH3_state_t *st, uint64_t c, struc
 	uint64_t len = mw->total - off < SNAP_HASH_CHUNK ? mw->total - off : SNAP_HASH_CHUNK;
 	struct mem_piece pieces[4];
 	int np = chunk_pieces(mw->mem, off, len, pieces, 4);
+	const uint64_t *stored = mw->diff ? mw->diff->pages : NULL;
 	bool has_data = false;
 	int rc, fd = m->buffered_fd;
 
@@ -576,14 +598,18 @@ static int write_chunk(struct mem_writer *m, XXH3_state_t *st, uint64_t c, struc
 	for (int k = 0; k < np; k++) {
 		const uint8_t *host = pieces[k].host;
 		uint64_t pages = pieces[k].len / SNAP_PAGE_SIZE, i = 0;
+		uint64_t first = pieces[k].file_off / SNAP_PAGE_SIZE;
 
 		while (i < pages) {
 			uint64_t start;
 
-			while (i < pages && page_is_zero(host + i * SNAP_PAGE_SIZE))
+			/* A diff stores only its own pages: the others are holes here. */
+			while (i < pages && (!page_stored(stored, first + i) ||
+					     page_is_zero(host + i * SNAP_PAGE_SIZE)))
 				i++;
 			start = i;
-			while (i < pages && !page_is_zero(host + i * SNAP_PAGE_SIZE))
+			while (i < pages && page_stored(stored, first + i) &&
+			       !page_is_zero(host + i * SNAP_PAGE_SIZE))
 				i++;
 			if (i > start) {
 				rc = mem_pwrite(m, fd, host + start * SNAP_PAGE_SIZE,
@@ -601,8 +627,21 @@ static int write_chunk(struct mem_writer *m, XXH3_state_t *st, uint64_t c, struc
 	}
 	t0 = now_us();
 	XXH3_64bits_reset(st);
-	for (int k = 0; k < np; k++)
-		XXH3_64bits_update(st, pieces[k].host, (size_t)pieces[k].len);
+	for (int k = 0; k < np; k++) {
+		uint64_t first = pieces[k].file_off / SNAP_PAGE_SIZE;
+
+		if (!stored) {
+			XXH3_64bits_update(st, pieces[k].host, (size_t)pieces[k].len);
+			continue;
+		}
+		/* What the file holds: the pages not stored read as zeros. */
+		for (uint64_t i = 0; i < pieces[k].len / SNAP_PAGE_SIZE; i++)
+			XXH3_64bits_update(st,
+					   page_stored(stored, first + i)
+					       ? pieces[k].host + i * SNAP_PAGE_SIZE
+					       : zero_page,
+					   SNAP_PAGE_SIZE);
+	}
 	mw->hashes[c] = XXH3_64bits_digest(st);
 	atomic_fetch_add(&m->hashed, len);
 	atomic_fetch_add(&m->hash_us, now_us() - t0);
@@ -805,6 +844,57 @@ static void encode_mem_hashes(uint8_t *p, const struct mem_write *mw)
 		put_le64(p + SNAP_MH_FIXED_LEN + c * 8, mw->hashes[c]);
 }
 
+/* PARENT payload: le32 version, le32 depth, le64 identity, le64 mem_size, le32 path_len, le32 0,
+ * then the path (no NUL). */
+#define SNAP_PARENT_VERSION	 1u
+#define SNAP_PARENT_OFF_DEPTH	 4
+#define SNAP_PARENT_OFF_IDENTITY 8
+#define SNAP_PARENT_OFF_MEM_SIZE 16
+#define SNAP_PARENT_OFF_PATH_LEN 24
+#define SNAP_PARENT_FIXED_LEN	 32
+/* PAGE_MAP payload: le32 version, le32 page shift (12), le64 nr_pages, le64 present, bitmap. */
+#define SNAP_PM_VERSION	    1u
+#define SNAP_PM_OFF_SHIFT   4
+#define SNAP_PM_OFF_NR	    8
+#define SNAP_PM_OFF_PRESENT 16
+#define SNAP_PM_FIXED_LEN   24
+
+static size_t page_map_len(uint64_t nr_pages)
+{
+	return SNAP_PM_FIXED_LEN + (size_t)((nr_pages + 63) / 64) * 8;
+}
+
+static void encode_parent(uint8_t *p, const struct mem_write *mw)
+{
+	size_t n = strlen(mw->diff->parent_dir);
+
+	put_le32(p, SNAP_PARENT_VERSION);
+	put_le32(p + SNAP_PARENT_OFF_DEPTH, mw->parent_depth);
+	put_le64(p + SNAP_PARENT_OFF_IDENTITY, mw->parent_identity);
+	put_le64(p + SNAP_PARENT_OFF_MEM_SIZE, mw->total);
+	put_le32(p + SNAP_PARENT_OFF_PATH_LEN, (uint32_t)n);
+	memcpy(p + SNAP_PARENT_FIXED_LEN, mw->diff->parent_dir, n);
+}
+
+static void encode_page_map(uint8_t *p, const struct snap_diff *d)
+{
+	uint64_t words = (d->nr_pages + 63) / 64, present = 0;
+
+	for (uint64_t i = 0; i < words; i++) {
+		uint64_t word = d->pages[i];
+
+		/* Bits past the last page mean nothing; a reader refuses them. */
+		if (i == words - 1 && d->nr_pages % 64)
+			word &= (1ull << (d->nr_pages % 64)) - 1;
+		put_le64(p + SNAP_PM_FIXED_LEN + i * 8, word);
+		present += (uint64_t)__builtin_popcountll(word);
+	}
+	put_le32(p, SNAP_PM_VERSION);
+	put_le32(p + SNAP_PM_OFF_SHIFT, 12);
+	put_le64(p + SNAP_PM_OFF_NR, d->nr_pages);
+	put_le64(p + SNAP_PM_OFF_PRESENT, present);
+}
+
 /*
  * Lays out header, table (VM_INFO first, then sections in add order, then
  * MEM_HASHES, which commit computes while writing the memory) and payloads.
@@ -813,9 +903,13 @@ static int build_state(const struct snap_writer *w, const struct mem_write *mw, 
 		       uint8_t **out, size_t *out_len, struct fk_err *err)
 {
 	const struct snap_memory_source *mem = mw->mem;
-	uint32_t n = (uint32_t)w->nr_sections + 2;
+	uint32_t n = (uint32_t)w->nr_sections + (mw->diff ? 4 : 2);
 	size_t vmi_len = SNAP_VMI_FIXED_LEN + (size_t)mem->nr_regions * SNAP_VMI_REGION_LEN;
 	size_t mh_len = SNAP_MH_FIXED_LEN + (size_t)mw->nr_chunks * 8;
+	size_t parent_len = mw->diff ? SNAP_PARENT_FIXED_LEN + strlen(mw->diff->parent_dir) : 0;
+	size_t pm_len = mw->diff ? page_map_len(mw->diff->nr_pages) : 0;
+	/* A diff's two sections go last, after MEM_HASHES. */
+	uint32_t n_base = (uint32_t)w->nr_sections + 2;
 	uint64_t table_end = SNAP_HDR_LEN + (uint64_t)n * SNAP_ENT_LEN;
 	uint64_t off = align_up8(table_end);
 	uint8_t *buf;
@@ -824,6 +918,8 @@ static int build_state(const struct snap_writer *w, const struct mem_write *mw, 
 	for (size_t i = 0; i < w->nr_sections; i++)
 		off = align_up8(off + w->sections[i].len);
 	off = align_up8(off + mh_len);
+	if (mw->diff)
+		off = align_up8(align_up8(off + parent_len) + pm_len);
 	if (off > SNAP_STATE_MAX_BYTES)
 		return fk_fail(err, EFBIG, "snapshot %s: state exceeds %llu bytes", dir,
 			       (unsigned long long)SNAP_STATE_MAX_BYTES);
@@ -833,7 +929,7 @@ static int build_state(const struct snap_writer *w, const struct mem_write *mw, 
 			       (unsigned long long)off);
 
 	memcpy(buf + SNAP_HDR_OFF_MAGIC, SNAP_MAGIC, 8);
-	put_le32(buf + SNAP_HDR_OFF_VERSION, SNAP_VERSION);
+	put_le32(buf + SNAP_HDR_OFF_VERSION, mw->diff ? SNAP_VERSION_DIFF : SNAP_VERSION);
 	put_le32(buf + SNAP_HDR_OFF_FLAGS, 0);
 	put_le32(buf + SNAP_HDR_OFF_HEADER_LEN, SNAP_HDR_LEN);
 	put_le32(buf + SNAP_HDR_OFF_NR_SECTIONS, n);
@@ -847,7 +943,15 @@ static int build_state(const struct snap_writer *w, const struct mem_write *mw, 
 
 		if (i == 0) {
 			encode_vm_info(buf + pos, w, mem, mw->total);
-		} else if (i == n - 1) {
+		} else if (i == n_base) {
+			type = SNAP_SEC_PARENT;
+			len = parent_len;
+			encode_parent(buf + pos, mw);
+		} else if (i == n_base + 1) {
+			type = SNAP_SEC_PAGE_MAP;
+			len = pm_len;
+			encode_page_map(buf + pos, mw->diff);
+		} else if (i == n_base - 1) {
 			type = SNAP_SEC_MEM_HASHES;
 			len = mh_len;
 			encode_mem_hashes(buf + pos, mw);
@@ -903,6 +1007,59 @@ static int fsync_dir(const char *path, struct fk_err *err)
 	return rc;
 }
 
+/*
+ * A diff's parent must be a complete snapshot of the same memory layout, not
+ * at the chain's depth limit: its identity and depth go into PARENT.
+ */
+static int diff_parent_check(const struct snap_diff *d, const char *target, struct mem_write *mw,
+			     struct fk_err *err)
+{
+	const struct snap_memory_source *mem = mw->mem;
+	const struct snap_vm_info *info;
+	struct snap_parent_info pinfo;
+	struct snap_reader *pr = NULL;
+	int rc;
+
+	mw->diff = d;
+	if (!d->parent_dir || d->parent_dir[0] != '/' ||
+	    strlen(d->parent_dir) > SNAP_PARENT_PATH_MAX)
+		return fk_fail(err, EINVAL,
+			       "snapshot %s: parent '%s': expected an absolute path of at most %d "
+			       "bytes",
+			       target, d->parent_dir ? d->parent_dir : "", SNAP_PARENT_PATH_MAX);
+	if (d->nr_pages != mw->total / SNAP_PAGE_SIZE || !d->pages)
+		return fk_fail(
+		    err, EINVAL, "snapshot %s: page map of %llu pages for %llu bytes of memory",
+		    target, (unsigned long long)d->nr_pages, (unsigned long long)mw->total);
+	rc = snap_reader_open(d->parent_dir, &pr, err);
+	if (rc)
+		return fk_wrap(err, "snapshot %s: parent", target);
+	info = snap_reader_vm_info(pr);
+	rc = info->mem_size == mw->total && info->nr_regions == mem->nr_regions ? 0 : -EINVAL;
+	for (uint32_t i = 0; !rc && i < mem->nr_regions; i++)
+		if (info->regions[i].gpa != mem->regions[i].gpa ||
+		    info->regions[i].size != mem->regions[i].size)
+			rc = -EINVAL;
+	if (rc) {
+		fk_fail(err, EINVAL,
+			"snapshot %s: parent %s has another memory layout (%llu MiB in %u regions; "
+			"this VM has %llu MiB in %u)",
+			target, d->parent_dir, (unsigned long long)(info->mem_size >> 20),
+			info->nr_regions, (unsigned long long)(mw->total >> 20), mem->nr_regions);
+		goto out;
+	}
+	mw->parent_identity = snap_reader_identity(pr);
+	mw->parent_depth = snap_reader_parent(pr, &pinfo) == 0 ? pinfo.depth + 1 : 1;
+	if (mw->parent_depth > SNAP_DIFF_MAX_DEPTH)
+		rc = fk_fail(err, ELOOP,
+			     "snapshot %s: parent %s is already %u diffs from its full base; a "
+			     "chain is at most %d deep (compact it: forkd snapshot compact)",
+			     target, d->parent_dir, pinfo.depth, SNAP_DIFF_MAX_DEPTH);
+out:
+	snap_reader_close(pr);
+	return rc;
+}
+
 int snap_writer_commit(struct snap_writer *w, const char *dir, const struct snap_memory_source *mem,
 		       struct fk_err *err)
 {
@@ -948,6 +1105,11 @@ int snap_writer_commit(struct snap_writer *w, const char *dir, const struct snap
 		rc = fk_fail(err, ENOMEM, "snapshot %s: out of memory for %llu chunk checksums",
 			     target, (unsigned long long)mw.nr_chunks);
 		goto out;
+	}
+	if (w->diff) {
+		rc = diff_parent_check(w->diff, target, &mw, err);
+		if (rc)
+			goto out;
 	}
 	if (lstat(target, &st) == 0) {
 		rc = fk_fail(err, EEXIST, "snapshot %s: already exists; refusing to overwrite",
@@ -1101,15 +1263,15 @@ static int check_header(const struct snap_reader *r, struct fk_err *err)
 		return fk_fail(err, EINVAL, "state file %s: truncated (%zu bytes, header needs %u)",
 			       path, r->len, SNAP_HDR_LEN);
 	version = get_le32(b + SNAP_HDR_OFF_VERSION);
-	if (version != SNAP_VERSION)
+	if (version != SNAP_VERSION && version != SNAP_VERSION_DIFF)
 		return fk_fail(err, ENOTSUP,
 			       "state file %s: format version %u is not supported (this build "
-			       "reads version %u)",
-			       path, version, SNAP_VERSION);
+			       "reads versions %u and %u)",
+			       path, version, SNAP_VERSION, SNAP_VERSION_DIFF);
 	header_len = get_le32(b + SNAP_HDR_OFF_HEADER_LEN);
 	if (header_len != SNAP_HDR_LEN)
 		return fk_fail(err, EINVAL, "state file %s: header length %u, version %u has %u",
-			       path, header_len, SNAP_VERSION, SNAP_HDR_LEN);
+			       path, header_len, version, SNAP_HDR_LEN);
 	total = get_le64(b + SNAP_HDR_OFF_TOTAL_LEN);
 	if (total > r->len)
 		return fk_fail(err, EINVAL,
@@ -1375,6 +1537,120 @@ static int check_mem_hashes(const struct snap_reader *r, const struct snap_reade
 	return 0;
 }
 
+static int check_parent(const struct snap_reader *r, const struct snap_reader_section *s,
+			struct fk_err *err)
+{
+	const uint8_t *p = r->buf + s->offset;
+	uint32_t depth, path_len;
+
+	if (s->instance != 0 || s->length < SNAP_PARENT_FIXED_LEN)
+		return fk_fail(err, EINVAL, "state file %s: section PARENT %u is malformed",
+			       r->state_path, s->instance);
+	if (get_le32(p) != SNAP_PARENT_VERSION)
+		return fk_fail(err, ENOTSUP,
+			       "state file %s: PARENT version %u (this build reads %u)",
+			       r->state_path, get_le32(p), SNAP_PARENT_VERSION);
+	depth = get_le32(p + SNAP_PARENT_OFF_DEPTH);
+	path_len = get_le32(p + SNAP_PARENT_OFF_PATH_LEN);
+	if (depth < 1 || depth > SNAP_DIFF_MAX_DEPTH)
+		return fk_fail(err, ELOOP,
+			       "state file %s: PARENT depth %u, expected 1..%d (chain too deep)",
+			       r->state_path, depth, SNAP_DIFF_MAX_DEPTH);
+	if (path_len < 1 || path_len > SNAP_PARENT_PATH_MAX ||
+	    s->length != SNAP_PARENT_FIXED_LEN + (uint64_t)path_len ||
+	    get_le32(p + SNAP_PARENT_OFF_PATH_LEN + 4) != 0)
+		return fk_fail(err, EINVAL,
+			       "state file %s: PARENT path of %u bytes in a %llu-byte section, "
+			       "expected 1..%d bytes filling it",
+			       r->state_path, path_len, (unsigned long long)s->length,
+			       SNAP_PARENT_PATH_MAX);
+	if (p[SNAP_PARENT_FIXED_LEN] != '/' || memchr(p + SNAP_PARENT_FIXED_LEN, 0, path_len))
+		return fk_fail(err, EINVAL,
+			       "state file %s: PARENT path is not an absolute path without NUL",
+			       r->state_path);
+	if (get_le64(p + SNAP_PARENT_OFF_MEM_SIZE) != r->vm.mem_size)
+		return fk_fail(err, EINVAL,
+			       "state file %s: PARENT memory size %llu differs from this "
+			       "snapshot's %llu",
+			       r->state_path,
+			       (unsigned long long)get_le64(p + SNAP_PARENT_OFF_MEM_SIZE),
+			       (unsigned long long)r->vm.mem_size);
+	return 0;
+}
+
+static int check_page_map(const struct snap_reader *r, const struct snap_reader_section *s,
+			  struct fk_err *err)
+{
+	const uint8_t *p = r->buf + s->offset;
+	uint64_t nr, want = r->vm.memory_file_size / SNAP_PAGE_SIZE, present = 0, words;
+
+	if (s->instance != 0 || s->length < SNAP_PM_FIXED_LEN)
+		return fk_fail(err, EINVAL, "state file %s: section PAGE_MAP %u is malformed",
+			       r->state_path, s->instance);
+	if (get_le32(p) != SNAP_PM_VERSION || get_le32(p + SNAP_PM_OFF_SHIFT) != 12)
+		return fk_fail(err, ENOTSUP,
+			       "state file %s: PAGE_MAP version %u, page shift %u (this build "
+			       "reads version %u of 4 KiB pages)",
+			       r->state_path, get_le32(p), get_le32(p + SNAP_PM_OFF_SHIFT),
+			       SNAP_PM_VERSION);
+	nr = get_le64(p + SNAP_PM_OFF_NR);
+	if (nr != want || s->length != page_map_len(want))
+		return fk_fail(err, EINVAL,
+			       "state file %s: PAGE_MAP of %llu pages in %llu bytes; a %llu-byte "
+			       "memory file needs %llu pages in %zu bytes",
+			       r->state_path, (unsigned long long)nr, (unsigned long long)s->length,
+			       (unsigned long long)r->vm.memory_file_size, (unsigned long long)want,
+			       page_map_len(want));
+	words = (nr + 63) / 64;
+	for (uint64_t i = 0; i < words; i++) {
+		uint64_t word = get_le64(p + SNAP_PM_FIXED_LEN + i * 8);
+
+		if (i == words - 1 && nr % 64 && (word >> (nr % 64)))
+			return fk_fail(err, EINVAL,
+				       "state file %s: PAGE_MAP has bits set past page %llu",
+				       r->state_path, (unsigned long long)nr);
+		present += (uint64_t)__builtin_popcountll(word);
+	}
+	if (present != get_le64(p + SNAP_PM_OFF_PRESENT))
+		return fk_fail(
+		    err, EINVAL,
+		    "state file %s: PAGE_MAP says %llu pages present, its bitmap has %llu",
+		    r->state_path, (unsigned long long)get_le64(p + SNAP_PM_OFF_PRESENT),
+		    (unsigned long long)present);
+	return 0;
+}
+
+/* Version 2 is a diff: PARENT and PAGE_MAP both, and only there. */
+static int check_diff_sections(const struct snap_reader *r, struct fk_err *err)
+{
+	const struct snap_reader_section *parent = lookup(r, SNAP_SEC_PARENT, 0);
+	const struct snap_reader_section *map = lookup(r, SNAP_SEC_PAGE_MAP, 0);
+	uint32_t version = get_le32(r->buf + SNAP_HDR_OFF_VERSION);
+	int rc;
+
+	for (uint32_t i = 0; i < r->nr_sections; i++)
+		if ((r->sections[i].type == SNAP_SEC_PARENT ||
+		     r->sections[i].type == SNAP_SEC_PAGE_MAP) &&
+		    r->sections[i].instance != 0)
+			return fk_fail(err, EINVAL, "state file %s: section %s %u is malformed",
+				       r->state_path, snap_section_type_name(r->sections[i].type),
+				       r->sections[i].instance);
+	if (version == SNAP_VERSION) {
+		if (parent || map)
+			return fk_fail(err, EINVAL,
+				       "state file %s: version 1 (a full snapshot) with a %s "
+				       "section",
+				       r->state_path, parent ? "PARENT" : "PAGE_MAP");
+		return 0;
+	}
+	if (!parent || !map)
+		return fk_fail(err, EINVAL,
+			       "state file %s: version 2 (a diff snapshot) without its %s section",
+			       r->state_path, !parent ? "PARENT" : "PAGE_MAP");
+	rc = check_parent(r, parent, err);
+	return rc ? rc : check_page_map(r, map, err);
+}
+
 static int check_section_contents(const struct snap_reader *r, struct fk_err *err)
 {
 	for (uint32_t i = 0; i < r->nr_sections; i++) {
@@ -1391,7 +1667,7 @@ static int check_section_contents(const struct snap_reader *r, struct fk_err *er
 		if (s->type == SNAP_SEC_MEM_HASHES && check_mem_hashes(r, s, err) < 0)
 			return -err->code;
 	}
-	return 0;
+	return check_diff_sections(r, err);
 }
 
 static int open_memory(struct snap_reader *r, const char *dir, struct fk_err *err)
@@ -1542,6 +1818,51 @@ void snap_reader_section(const struct snap_reader *r, uint32_t index, uint32_t *
 	*instance = s->instance;
 	*data = r->buf + s->offset;
 	*len = (size_t)s->length;
+}
+
+uint64_t snap_reader_identity(const struct snap_reader *r)
+{
+	return get_le64(r->buf + SNAP_HDR_OFF_CHECKSUM);
+}
+
+uint32_t snap_reader_version(const struct snap_reader *r)
+{
+	return get_le32(r->buf + SNAP_HDR_OFF_VERSION);
+}
+
+int snap_reader_parent(const struct snap_reader *r, struct snap_parent_info *out)
+{
+	const struct snap_reader_section *s = lookup(r, SNAP_SEC_PARENT, 0);
+	const uint8_t *p;
+	uint32_t n;
+
+	memset(out, 0, sizeof(*out));
+	if (!s)
+		return -ENOENT;
+	/* Validated at open (check_parent). */
+	p = r->buf + s->offset;
+	n = get_le32(p + SNAP_PARENT_OFF_PATH_LEN);
+	memcpy(out->path, p + SNAP_PARENT_FIXED_LEN, n);
+	out->path[n] = '\0';
+	out->depth = get_le32(p + SNAP_PARENT_OFF_DEPTH);
+	out->identity = get_le64(p + SNAP_PARENT_OFF_IDENTITY);
+	out->mem_size = get_le64(p + SNAP_PARENT_OFF_MEM_SIZE);
+	return 0;
+}
+
+int snap_reader_page_map(const struct snap_reader *r, const uint8_t **bits, uint64_t *nr_pages,
+			 uint64_t *present)
+{
+	const struct snap_reader_section *s = lookup(r, SNAP_SEC_PAGE_MAP, 0);
+	const uint8_t *p;
+
+	if (!s)
+		return -ENOENT;
+	p = r->buf + s->offset;
+	*bits = p + SNAP_PM_FIXED_LEN;
+	*nr_pages = get_le64(p + SNAP_PM_OFF_NR);
+	*present = get_le64(p + SNAP_PM_OFF_PRESENT);
+	return 0;
 }
 
 const struct snap_vm_info *snap_reader_vm_info(const struct snap_reader *r)

@@ -17,12 +17,14 @@
 
 #include "util/err.h"
 
-#define SNAP_MAGIC	 "FORKDSNP"
-#define SNAP_VERSION	 1u
-#define SNAP_STATE_FILE	 "state"
-#define SNAP_MEMORY_FILE "memory"
-#define SNAP_PAGE_SIZE	 4096u
-#define SNAP_ALIGN	 8u
+#define SNAP_MAGIC   "FORKDSNP"
+#define SNAP_VERSION 1u
+/* A diff snapshot (docs/diff-snapshots.md): PARENT and PAGE_MAP sections; full ones stay 1. */
+#define SNAP_VERSION_DIFF 2u
+#define SNAP_STATE_FILE	  "state"
+#define SNAP_MEMORY_FILE  "memory"
+#define SNAP_PAGE_SIZE	  4096u
+#define SNAP_ALIGN	  8u
 /* A state file holds registers and device state, never memory: anything this big is corrupt. */
 #define SNAP_STATE_MAX_BYTES (256ull << 20)
 
@@ -56,8 +58,15 @@ enum snap_section_type {
 	SNAP_SEC_DEVICE = 7,	   /* instance = device index; u32 device type + opaque */
 	SNAP_SEC_OPAQUE = 8,	   /* anything else */
 	SNAP_SEC_MEM_HASHES = 9,   /* written by snap_writer_commit: XXH3 of each memory chunk */
+	SNAP_SEC_PARENT = 10,	/* version 2, written by commit: the parent's path and identity */
+	SNAP_SEC_PAGE_MAP = 11, /* version 2, written by commit: which pages the file stores */
 };
-#define SNAP_SEC_MAX SNAP_SEC_MEM_HASHES
+#define SNAP_SEC_MAX SNAP_SEC_PAGE_MAP
+
+/* The longest diff chain: a child of a snapshot at this depth is refused (write and read). */
+#define SNAP_DIFF_MAX_DEPTH 16
+/* A parent's path in a PARENT section: absolute, at most this many bytes. */
+#define SNAP_PARENT_PATH_MAX 4095
 
 /* The memory file is checksummed in chunks of this many bytes (MEM_HASHES section). */
 #define SNAP_HASH_CHUNK_SHIFT 20
@@ -131,7 +140,19 @@ struct snap_write_opts {
 	bool no_direct; /* write through the page cache even where O_DIRECT works */
 };
 
+/*
+ * A diff snapshot: set snap_writer.diff before commit. Commit then stores
+ * only the pages whose bit is set (bit i of word i / 64: file page i), names
+ * the parent (its identity is read from it at commit) and writes version 2.
+ */
+struct snap_diff {
+	char *parent_dir; /* absolute path of the parent snapshot; malloc'ed, owned */
+	uint64_t *pages;  /* malloc'ed, owned; nr_pages bits */
+	uint64_t nr_pages;
+};
+
 struct snap_writer {
+	struct snap_diff *diff; /* NULL: a full snapshot; freed by snap_writer_free */
 	struct snap_writer_section *sections;
 	size_t nr_sections;
 	size_t cap_sections;
@@ -212,6 +233,39 @@ void snap_reader_section(const struct snap_reader *r, uint32_t index, uint32_t *
 			 uint32_t *instance, const void **data, size_t *len);
 
 const struct snap_vm_info *snap_reader_vm_info(const struct snap_reader *r);
+
+/*
+ * A snapshot's identity: its state file's checksum (header bytes 8..16),
+ * which covers every section, the memory file's chunk checksums included.
+ * A diff child records its parent's, so a parent replaced or rewritten after
+ * the child was written is noticed.
+ */
+uint64_t snap_reader_identity(const struct snap_reader *r);
+uint32_t snap_reader_version(const struct snap_reader *r);
+
+/* The decoded PARENT section of a diff snapshot (version 2). */
+struct snap_parent_info {
+	char path[SNAP_PARENT_PATH_MAX + 1]; /* absolute, NUL-terminated */
+	uint64_t identity;		     /* the parent's snap_reader_identity */
+	uint64_t mem_size;		     /* the parent's guest RAM, = this one's */
+	uint32_t depth;			     /* links to the full base: 1 if the parent is full */
+};
+
+/* 0 and the parent of a diff snapshot, or -ENOENT for a full one. */
+int snap_reader_parent(const struct snap_reader *r, struct snap_parent_info *out);
+
+/*
+ * The PAGE_MAP of a diff snapshot: nr_pages bits, bit i (byte i / 8, bit
+ * i % 8) set when file page i is stored in this snapshot's memory file;
+ * -ENOENT for a full snapshot (every page is its own).
+ */
+int snap_reader_page_map(const struct snap_reader *r, const uint8_t **bits, uint64_t *nr_pages,
+			 uint64_t *present);
+
+static inline bool snap_page_map_test(const uint8_t *bits, uint64_t page)
+{
+	return (bits[page / 8] >> (page % 8)) & 1;
+}
 /* The open memory file (O_RDONLY), owned by the reader; dup() it to keep it past close. */
 int snap_reader_memory_fd(const struct snap_reader *r);
 const char *snap_reader_memory_path(const struct snap_reader *r);

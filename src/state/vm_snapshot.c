@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "state/vm_snapshot.h"
+#include "state/diff_track.h"
+#include "state/snapshot_diff.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -182,6 +184,13 @@ int vm_snapshot_save_devices(struct vm *vm, struct snap_writer *w, struct fk_err
 int vm_snapshot_take(struct vm *vm, const char *dir, bool resume, struct vm_snapshot_result *res,
 		     struct fk_err *err)
 {
+	return vm_snapshot_take_diff(vm, dir, resume, NULL, res, err);
+}
+
+int vm_snapshot_take_diff(struct vm *vm, const char *dir, bool resume,
+			  const struct diff_request *dreq, struct vm_snapshot_result *res,
+			  struct fk_err *err)
+{
 	struct snap_mem_region regions[GUEST_MEM_MAX_REGIONS];
 	struct snap_memory_source src = {.regions = regions, .nr_regions = 0};
 	bool was_paused = vm_is_paused(vm);
@@ -199,6 +208,8 @@ int vm_snapshot_take(struct vm *vm, const char *dir, bool resume, struct vm_snap
 	t1 = monotonic_us();
 	snap_writer_init(&w, (uint32_t)vm->nr_vcpus);
 	ret = vm_state_save(vm, &w, err);
+	if (ret == 0)
+		ret = diff_track_snapshot(vm, dir, dreq, &w, err);
 	if (ret < 0)
 		goto out;
 	res->inflight = vm_snapshot_inflight(vm);
@@ -643,19 +654,22 @@ int vm_restore_init(struct vm *vm, struct fk_err *err)
 	const struct vmm_config *cfg = vm->cfg;
 	const char *dir = cfg->restore_dir;
 	const struct snap_vm_info *info;
+	struct snap_chain *chain = NULL;
 	struct snap_reader *r = NULL;
 	struct state_source src;
 	struct vm_params params;
 	int ret, fd;
 
-	ret = snap_reader_open(dir, &r, err);
+	/* A diff opens its whole chain: each parent present and unchanged. */
+	ret = snap_chain_open(dir, &chain, err);
 	if (ret < 0)
 		return fk_wrap(err, "restore snapshot %s", dir);
+	r = chain->r[0];
 	/* Opt-in: reading the whole memory file up front is what a lazy restore avoids. */
-	if (cfg->restore_verify) {
+	for (int i = 0; cfg->restore_verify && i < chain->n; i++) {
 		struct snap_verify_stats vs;
 
-		ret = snap_verify_memory(r, &vs, err);
+		ret = snap_verify_memory(chain->r[i], &vs, err);
 		if (ret < 0) {
 			fk_wrap(err, "--verify");
 			goto out;
@@ -664,8 +678,8 @@ int vm_restore_init(struct vm *vm, struct fk_err *err)
 	if (cfg->restore_prewarm) {
 		struct snap_prewarm_stats ps;
 
-		ret =
-		    snap_prewarm_fd(snap_reader_memory_fd(r), snap_reader_memory_path(r), &ps, err);
+		ret = snap_prewarm_fd(snap_chain_base_fd(chain),
+				      snap_reader_memory_path(chain->r[chain->n - 1]), &ps, err);
 		if (ret < 0) {
 			fk_wrap(err, "--prewarm");
 			goto out;
@@ -708,11 +722,22 @@ int vm_restore_init(struct vm *vm, struct fk_err *err)
 	ret = check_cpu(vm, r, err);
 	if (ret < 0)
 		goto out;
-	fd = snap_reader_memory_fd(r);
-	if (cfg->uffd_handler)
+	/* The base copy-on-write, then each diff's pages over it: no full copy. */
+	fd = snap_chain_base_fd(chain);
+	if (cfg->uffd_handler && chain->n > 1)
+		ret =
+		    fk_fail(err, EOPNOTSUPP,
+			    "--restore-mode uffd: %s is a diff snapshot (%d links) and the handler "
+			    "serves one full memory file; compact it (forkd snapshot compact) or "
+			    "restore it with --restore-mode file",
+			    dir, chain->n);
+	else if (cfg->uffd_handler)
 		ret = restore_uffd_memory(vm, info->mem_size, err);
 	else
 		ret = guest_mem_init_file(&vm->mem, fd, info->mem_size, err);
+	if (ret < 0)
+		goto out;
+	ret = snap_chain_overlay(chain, vm->mem.mapping, info->mem_size, NULL, err);
 	if (ret < 0)
 		goto out;
 	ret = kvm_add_memslots(vm, err);
@@ -722,7 +747,7 @@ int vm_restore_init(struct vm *vm, struct fk_err *err)
 out:
 	if (ret < 0 && vm->restored_cfg.nr_disks)
 		remove_overlays(vm, vm->restored_cfg.nr_disks, vm->overlay_dir_created);
-	snap_reader_close(r);
+	snap_chain_close(chain);
 	if (ret < 0 && !strstr(err->msg, dir))
 		fk_wrap(err, "restore snapshot %s", dir);
 	return ret;

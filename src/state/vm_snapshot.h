@@ -24,6 +24,12 @@ struct vm_snapshot_result {
 int vm_snapshot_take(struct vm *vm, const char *dir, bool resume, struct vm_snapshot_result *res,
 		     struct fk_err *err);
 
+struct diff_request;
+/* The same, as a diff against a parent and/or arming dirty tracking (state/diff_track.h). */
+int vm_snapshot_take_diff(struct vm *vm, const char *dir, bool resume,
+			  const struct diff_request *dreq, struct vm_snapshot_result *res,
+			  struct fk_err *err);
+
 /* Virtio requests the guest queued that its devices have not taken yet (call paused). */
 uint32_t vm_snapshot_inflight(const struct vm *vm);
 

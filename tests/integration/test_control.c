@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -147,11 +149,108 @@ static void test_control_path_errors(void **state)
 	unlink(path);
 }
 
+/* Reads the ready pipe until EOF (bounded): what the VMM wrote to it. */
+static void read_all(int fd, char *buf, size_t len, int timeout_ms)
+{
+	size_t used = 0;
+	long long end = now_ms() + timeout_ms;
+
+	buf[0] = '\0';
+	while (used < len - 1 && now_ms() < end) {
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
+		ssize_t n;
+
+		if (poll(&pfd, 1, 100) <= 0)
+			continue;
+		n = read(fd, buf + used, len - 1 - used);
+		if (n <= 0)
+			break;
+		used += (size_t)n;
+	}
+	buf[used] = '\0';
+}
+
+/*
+ * --ready-fd: "ready\n" then EOF once the control socket serves, so status answers on the
+ * first try without polling; a VMM that fails before running closes it without a word; a bad
+ * descriptor is a usage error naming the option.
+ */
+static void test_ready_fd(void **state)
+{
+	char fdnum[16], got[64];
+	struct vmm_proc p;
+	int pfd[2];
+	json_t *r;
+
+	(void)state;
+	snprintf(sock, sizeof(sock), "%s/forkd-ready-%d.sock", harness_tmpdir(), getpid());
+	assert_int_equal(pipe(pfd), 0); /* the write end inherited by the VMM */
+	snprintf(fdnum, sizeof(fdnum), "%d", pfd[1]);
+	char *argv[] = {(char *)harness_vmm(),
+			"--kernel",
+			(char *)harness_probe(),
+			"--append",
+			"work=idle",
+			"--control",
+			sock,
+			"--ready-fd",
+			fdnum,
+			NULL};
+	assert_int_equal(vmm_start(&p, argv), 0);
+	close(pfd[1]);
+	fcntl(pfd[0], F_SETFD, FD_CLOEXEC);
+	read_all(pfd[0], got, sizeof(got), TIMEOUT_MS);
+	close(pfd[0]);
+	if (strcmp(got, "ready\n") != 0)
+		vmm_dump(&p);
+	assert_string_equal(got, "ready\n");
+	r = call("status", true); /* once: no retry */
+	assert_string_equal(str_field(r, "state"), "running");
+	json_decref(r);
+	r = call("shutdown", true);
+	json_decref(r);
+	assert_int_equal(vmm_wait(&p, TIMEOUT_MS), 0);
+	vmm_free(&p);
+
+	/* A kernel that cannot load: the VMM exits, and the pipe closes with nothing in it. */
+	assert_int_equal(pipe(pfd), 0);
+	snprintf(fdnum, sizeof(fdnum), "%d", pfd[1]);
+	char *bad[] = {(char *)harness_vmm(),
+		       "--kernel",
+		       "/nonexistent/forkd-kernel",
+		       "--control",
+		       sock,
+		       "--ready-fd",
+		       fdnum,
+		       NULL};
+	assert_int_equal(vmm_start(&p, bad), 0);
+	close(pfd[1]);
+	fcntl(pfd[0], F_SETFD, FD_CLOEXEC);
+	read_all(pfd[0], got, sizeof(got), TIMEOUT_MS);
+	close(pfd[0]);
+	assert_string_equal(got, "");
+	assert_true(vmm_wait(&p, TIMEOUT_MS) != 0);
+	vmm_free(&p);
+
+	/* Not a descriptor the VMM has: a usage error (2) naming the option. */
+	char *closed[] = {(char *)harness_vmm(), "--kernel", (char *)harness_probe(),
+			  "--ready-fd",		 "999",	     NULL};
+	assert_int_equal(vmm_run_to_exit(&p, closed, TIMEOUT_MS), 2);
+	assert_non_null(strstr(p.err_text, "--ready-fd 999"));
+	vmm_free(&p);
+	char *low[] = {(char *)harness_vmm(), "--kernel", (char *)harness_probe(),
+		       "--ready-fd",	      "1",	  NULL};
+	assert_int_equal(vmm_run_to_exit(&p, low, TIMEOUT_MS), 2);
+	assert_non_null(strstr(p.err_text, "expected a descriptor number >= 3"));
+	vmm_free(&p);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_pause_resume_seen_inside),
 	    cmocka_unit_test(test_control_path_errors),
+	    cmocka_unit_test(test_ready_fd),
 	};
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;

@@ -95,32 +95,24 @@ static void wait_agent(const char *uds)
 	json_decref(resp);
 }
 
-static void start_sandbox(struct sandbox *sb, const char *tag, const char *mem)
+static void start_sandbox_append(struct sandbox *sb, const char *tag, const char *mem,
+				 const char *append)
 {
 	assert_int_equal(harness_tmpdir_create(sb->dir, sizeof(sb->dir), tag), 0);
 	snprintf(sb->vsock, sizeof(sb->vsock), "%s/vsock.sock", sb->dir);
 	snprintf(sb->control, sizeof(sb->control), "%s/control.sock", sb->dir);
-	char *argv[] = {(char *)harness_vmm(),
-			"--kernel",
-			vmlinux,
-			"--initrd",
-			initrd,
-			"--mem",
-			(char *)mem,
-			"--cpus",
-			"2",
-			"--vsock",
-			sb->vsock,
-			"--control",
-			sb->control,
-			"--serial-in",
-			"none",
-			"--append",
-			"console=ttyS0 quiet forkd.agent=1",
-			NULL};
+	char *argv[] = {
+	    (char *)harness_vmm(), "--kernel",	  vmlinux, "--initrd", initrd,	       "--mem",
+	    (char *)mem,	   "--cpus",	  "2",	   "--vsock",  sb->vsock,      "--control",
+	    sb->control,	   "--serial-in", "none",  "--append", (char *)append, NULL};
 	assert_int_equal(vmm_start(&sb->p, argv), 0);
 	assert_non_null(vmm_need_line(&sb->p, "READY", BOOT_TIMEOUT_MS));
 	wait_agent(sb->vsock);
+}
+
+static void start_sandbox(struct sandbox *sb, const char *tag, const char *mem)
+{
+	start_sandbox_append(sb, tag, mem, "console=ttyS0 quiet forkd.agent=1");
 }
 
 static void stop_sandbox(struct sandbox *sb)
@@ -213,7 +205,15 @@ static void test_exec_basics(void **state)
 	struct run r;
 
 	(void)state;
-	start_sandbox(&sb, "sandbox-exec", "512M");
+	/* forkd-init names the guest from forkd.hostname= (test_branch_children: the generated
+	 * name) */
+	start_sandbox_append(&sb, "sandbox-exec", "512M",
+			     "console=ttyS0 quiet forkd.agent=1 forkd.hostname=sbx-exec-1");
+	const char *hostname[] = {"hostname", NULL};
+	run_exec(sb.vsock, hostname, NULL, 0, NULL, &r);
+	assert_int_equal(r.ret, 0);
+	assert_string_equal(r.out, "sbx-exec-1\n");
+	run_free(&r);
 
 	const char *echo[] = {"echo", "hello", "sandbox", NULL};
 	run_exec(sb.vsock, echo, NULL, 0, NULL, &r);
@@ -516,6 +516,12 @@ static void test_branch_children(void **state)
 	(void)state;
 	start_sandbox(&sb, "sandbox-branch", "512M");
 	char *before = sh(sb.vsock, "hostname");
+	/* Booted without forkd.hostname=: forkd-init's "forkd-" and 12 hex digits, not "(none)". */
+	before[strcspn(before, "\n")] = '\0';
+	if (strlen(before) != 18 || strncmp(before, "forkd-", 6) != 0 ||
+	    strspn(before + 6, "0123456789abcdef") != 12)
+		fail_msg("the booted source's hostname is '%s', expected forkd-<12 hex digits>",
+			 before);
 	snprintf(req, sizeof(req), "{\"cmd\":\"branch\",\"n\":%d,\"dir\":\"%s/branch\"}", KIDS,
 		 sb.dir);
 	reply = harness_call_expect(sb.control, req, true);
@@ -557,6 +563,7 @@ static void test_branch_children(void **state)
 	assert_string_equal(out, "mine");
 	/* The source kept its identity and runs on. */
 	char *after = sh(sb.vsock, "hostname");
+	after[strcspn(after, "\n")] = '\0';
 	assert_string_equal(after, before);
 	free(before);
 	free(after);

@@ -520,9 +520,9 @@ static void test_parse_is_repeatable(void **state)
 
 static void test_usage_names_every_option(void **state)
 {
-	static const char *const options[] = {"--kernel", "--initrd", "--append", "--mem",
-					      "--cpus",	  "--disk",   "--serial", "--serial-in",
-					      "--kvm",	  "--vsock",  "--help"};
+	static const char *const options[] = {
+	    "--kernel",	   "--initrd", "--append", "--mem",    "--cpus",       "--disk", "--serial",
+	    "--serial-in", "--kvm",    "--vsock",  "--fanout", "--fanout-dir", "--help"};
 	char *text = NULL;
 	size_t size = 0;
 	FILE *out = open_memstream(&text, &size);
@@ -587,6 +587,46 @@ static void test_image(void **state)
 	snprintf(path, sizeof(path), "%s/base", dir);
 	rmdir(path);
 	rmdir(dir);
+}
+
+/* --fanout N --fanout-dir DIR: only with --restore, both together, N in 1..1024. */
+static void test_fanout(void **state)
+{
+	struct vmm_config cfg;
+	struct fk_err err = {0};
+
+	(void)state;
+	assert_int_equal(
+	    PARSE(&cfg, &err, "--restore", "s", "--fanout", "100", "--fanout-dir", "o"), 0);
+	assert_int_equal(cfg.fanout, 100);
+	assert_string_equal(cfg.fanout_dir, "o");
+	assert_int_equal(PARSE(&cfg, &err, "--restore", "s"), 0);
+	assert_int_equal(cfg.fanout, 0);
+	assert_null(cfg.fanout_dir);
+	EXPECT_PARSE_ERROR(EINVAL, "--fanout '0'", "1 to 1024", "--restore", "s", "--fanout", "0",
+			   "--fanout-dir", "o");
+	EXPECT_PARSE_ERROR(EINVAL, "--fanout '1025'", NULL, "--restore", "s", "--fanout", "1025",
+			   "--fanout-dir", "o");
+	EXPECT_PARSE_ERROR(EINVAL, "--fanout '3x'", NULL, "--restore", "s", "--fanout", "3x",
+			   "--fanout-dir", "o");
+	EXPECT_PARSE_ERROR(EINVAL, "--fanout-dir", NULL, "--restore", "s", "--fanout", "2");
+	EXPECT_PARSE_ERROR(EINVAL, "--fanout-dir only applies", NULL, "--restore", "s",
+			   "--fanout-dir", "o");
+	EXPECT_PARSE_ERROR(EINVAL, "--fanout only applies with --restore", NULL, "--kernel", "k",
+			   "--fanout", "2", "--fanout-dir", "o");
+	EXPECT_PARSE_ERROR(EINVAL, "--control", NULL, "--restore", "s", "--fanout", "2",
+			   "--fanout-dir", "o", "--control", "c.sock");
+	{
+		/* --ready-fd must name an open descriptor to get as far as the --fanout check. */
+		int fd = dup(STDERR_FILENO);
+		char num[16];
+
+		assert_true(fd >= 3);
+		snprintf(num, sizeof(num), "%d", fd);
+		EXPECT_PARSE_ERROR(EINVAL, "--ready-fd", NULL, "--restore", "s", "--fanout", "2",
+				   "--fanout-dir", "o", "--ready-fd", num);
+		close(fd);
+	}
 }
 
 static void test_vsock(void **state)
@@ -667,6 +707,7 @@ int main(void)
 	    T(test_help),
 	    T(test_parse_is_repeatable),
 	    T(test_usage_names_every_option),
+	    T(test_fanout),
 	    T(test_vsock),
 	    T(test_image),
 	};

@@ -171,6 +171,27 @@ static void test_root_device(void **state)
 	assert_int_equal(init_root_device_valid("/tmp/vda"), -EINVAL);
 }
 
+static void test_hostname(void **state)
+{
+	(void)state;
+	assert_int_equal(init_hostname_valid("forkd-0123456789ab"), 0);
+	assert_int_equal(init_hostname_valid("a"), 0);
+	assert_int_equal(init_hostname_valid("Sandbox-7"), 0);
+	assert_int_equal(
+	    init_hostname_valid("a23456789012345678901234567890123456789012345678901234567890123"),
+	    0);
+	assert_int_equal(
+	    init_hostname_valid("a234567890123456789012345678901234567890123456789012345678901234"),
+	    -EINVAL);
+	assert_int_equal(init_hostname_valid(""), -EINVAL);
+	assert_int_equal(init_hostname_valid("-lead"), -EINVAL);
+	assert_int_equal(init_hostname_valid("trail-"), -EINVAL);
+	assert_int_equal(init_hostname_valid("a.b"), -EINVAL);
+	assert_int_equal(init_hostname_valid("a b"), -EINVAL);
+	assert_int_equal(init_hostname_valid("a/b"), -EINVAL);
+	assert_int_equal(init_hostname_valid("caf\xc3\xa9"), -EINVAL);
+}
+
 static void expect_size(const char *value, int ret, const char *option)
 {
 	char out[32];
@@ -287,6 +308,7 @@ static void test_net_parse(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_hostname),
 	    cmocka_unit_test(test_command_after_double_dash),
 	    cmocka_unit_test(test_command_from_param),
 	    cmocka_unit_test(test_command_too_long),
