@@ -149,6 +149,9 @@ static void test_options(void **state)
 	char *jailed[] = {"forkd-vmm",	    "--restore",   "d",	     "--restore-mode", "uffd",
 			  "--uffd-handler", "/tmp/h.sock", "--jail", "/tmp/j",	       NULL};
 	char *memfd_restore[] = {"forkd-vmm", "--restore", "d", "--mem-backend", "memfd", NULL};
+	char *fanout[] = {"forkd-vmm", "--restore",	 "d",		"--restore-mode",
+			  "uffd",      "--uffd-handler", "/tmp/h.sock", "--fanout",
+			  "2",	       "--fanout-dir",	 "/tmp",	NULL};
 
 	(void)state;
 	assert_int_equal(parse(&cfg, &err, memfd), 0);
@@ -162,6 +165,7 @@ static void test_options(void **state)
 	expect_option_error(no_restore, "only applies with --restore");
 	expect_option_error(jailed, "not supported inside --jail");
 	expect_option_error(memfd_restore, "--mem-backend memfd: a restore maps");
+	expect_option_error(fanout, "--restore-mode uffd and --fanout");
 }
 
 int main(void)
