@@ -11,7 +11,7 @@ LIBS     := -lpthread -ljansson -lxxhash -llz4 -lsqlite3 -lmicrohttpd -lseccomp
 TESTLIBS := -lcmocka
 CLI_LIBS := $(LIBS) -lcurl
 
-LIB_SRCS   := $(sort $(filter-out src/core/main.c src/cli/%.c,$(wildcard src/*/*.c)))
+LIB_SRCS   := $(sort $(filter-out src/core/main.c src/uffd/forkd_uffd.c src/cli/%.c,$(wildcard src/*/*.c)))
 # Until src/daemon/daemon.c exists, `forkd serve` links against stubs that fail with ENOSYS.
 ifeq ($(wildcard src/daemon/daemon.c),)
 LIB_SRCS   += src/daemon/stub/daemon_missing.c
@@ -31,6 +31,7 @@ VMM      := $(BUILD)/forkd-vmm
 VMM_ASAN := $(BUILD)/asan/forkd-vmm
 FORKD    := $(BUILD)/forkd
 FORKD_ASAN := $(BUILD)/asan/forkd
+UFFD     := $(BUILD)/forkd-uffd
 
 .PHONY: all bench-tools test unit-test integration-test demo format check-format clean images \
 	test-rootfs
@@ -38,7 +39,7 @@ SANDBOX_BENCH := $(BUILD)/bench/sandbox-bench
 SECCOMP_BENCH := $(BUILD)/bench/seccomp-syscall
 BENCH_TOOLS := $(BUILD)/bench/readytime $(SANDBOX_BENCH) $(SECCOMP_BENCH)
 
-all: $(VMM) $(VMM_ASAN) $(FORKD) $(FORKD_ASAN) $(UNIT_BINS) $(UNIT_ASAN_BINS) $(ITEST_BINS) probe $(BENCH_TOOLS) \
+all: $(VMM) $(VMM_ASAN) $(FORKD) $(FORKD_ASAN) $(UFFD) $(UNIT_BINS) $(UNIT_ASAN_BINS) $(ITEST_BINS) probe $(BENCH_TOOLS) \
 	$(EXTRACT_VMLINUX) $(FORKD_INIT) $(FORKD_PATTERN) $(FORKD_AGENT)
 
 include guest/probe/probe.mk
@@ -65,6 +66,10 @@ $(VMM): $(BUILD)/obj/src/core/main.o $(BUILD)/libforkd.a
 
 $(VMM_ASAN): $(BUILD)/asan/obj/src/core/main.o $(BUILD)/asan/libforkd.a
 	$(CC) $(SANFLAGS) -o $@ $^ $(LIBS)
+
+# The userfaultfd page-fault handler of lazy restores (docs/design/userfaultfd.md).
+$(UFFD): $(BUILD)/obj/src/uffd/forkd_uffd.o $(BUILD)/libforkd.a
+	$(CC) $(OPTFLAGS) -o $@ $^ $(LIBS)
 
 CLI_OBJS := $(sort $(wildcard src/cli/*.c))
 CLI_OBJS := $(CLI_OBJS:%.c=$(BUILD)/obj/%.o)
@@ -146,7 +151,7 @@ TEST_ROOTFS := forkd-test-base
 test-rootfs: $(FORKD) $(FORKD_AGENT)
 	$(FORKD) image build $(TEST_ROOTFS) --packages python3
 
-integration-test: $(VMM) $(VMM_ASAN) $(ITEST_BINS) probe images test-rootfs ts-sdk
+integration-test: $(VMM) $(VMM_ASAN) $(UFFD) $(ITEST_BINS) probe images test-rootfs ts-sdk
 	@FORKD_VMM=$(abspath $(VMM)) FORKD_VMM_ASAN=$(abspath $(VMM_ASAN)) \
 	  FORKD_PROBE=$(abspath $(PROBE_ELF)) FORKD_BUILD=$(abspath $(BUILD)) \
 	  FORKD_IMAGES=$(abspath $(IMAGES_DIR)) tests/run-integration.sh $(ITEST_BINS)

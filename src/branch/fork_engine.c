@@ -1224,7 +1224,9 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 		paused = true;
 	}
 	t1 = monotonic_us();
-	ret = vm_state_save(vm, &w, err);
+	ret = guest_mem_prepare_fork(&vm->mem, err);
+	if (!ret)
+		ret = vm_state_save(vm, &w, err);
 	if (!ret && req->persist) {
 		/* Inside the pause: the diff's pages are exactly those dirtied until now. */
 		struct diff_request dreq = {.parent = req->parent, .track = req->track_dirty};

@@ -109,12 +109,13 @@ void vmm_config_usage(FILE *out)
 	      "  --append STR         kernel command line (at most 4095 bytes)\n"
 	      "  --mem SIZE           guest RAM, e.g. 512M, 4G (32M..1T, multiple of 1M;\n"
 	      "                       default 256M); RAM above 3G is placed above 4G\n"
-	      "  --mem-backend anon|hugetlb\n"
+	      "  --mem-backend anon|hugetlb|memfd\n"
 	      "                       guest RAM as anonymous memory with transparent huge\n"
-	      "                       pages (default), or as 2 MiB hugetlb pages reserved\n"
+	      "                       pages (default), as 2 MiB hugetlb pages reserved\n"
 	      "                       from /proc/sys/vm/nr_hugepages at start (--mem a\n"
 	      "                       multiple of 2M; BRANCH children's writes need free\n"
-	      "                       huge pages too). See docs/branch.md\n"
+	      "                       huge pages too; docs/branch.md), or in a memfd mapped\n"
+	      "                       shared until the first BRANCH (docs/design/userfaultfd.md)\n"
 	      "  --cpus N             vCPUs, 1..254 (default 1)\n"
 	      "  --disk PATH[,ro][,id=STR]\n"
 	      "                       virtio-blk disk on a raw file; repeatable (max 8)\n"
@@ -136,6 +137,10 @@ void vmm_config_usage(FILE *out)
 	      "                       a restore does not read the memory file up front)\n"
 	      "  --prewarm            with --restore: read the memory file's data (not its\n"
 	      "                       holes) into the page cache before running\n"
+	      "  --restore-mode file|uffd, --uffd-handler SOCK\n"
+	      "                       with --restore: map the memory file (default), or\n"
+	      "                       hand a userfaultfd to the handler on SOCK (forkd-uffd)\n"
+	      "                       that fills guest RAM on first touch\n"
 	      "  --fanout N           with --restore: start N children of the snapshot (1..1024)\n"
 	      "                       by forking the restored VM (docs/branch.md); the guest\n"
 	      "                       never runs in this process, which exits once they run\n"
@@ -619,8 +624,11 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_READY_FD,
 		OPT_FANOUT,
 		OPT_FANOUT_DIR,
-		OPT_MEM_BACKEND
+		OPT_MEM_BACKEND,
+		OPT_RESTORE_MODE,
+		OPT_UFFD_HANDLER
 	};
+	bool restore_uffd = false;
 	static const struct option opts[] = {
 	    {"kernel", required_argument, NULL, OPT_KERNEL},
 	    {"initrd", required_argument, NULL, OPT_INITRD},
@@ -651,10 +659,12 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"verify", no_argument, NULL, OPT_VERIFY},
 	    {"prewarm", no_argument, NULL, OPT_PREWARM},
 	    {"seccomp", required_argument, NULL, OPT_SECCOMP},
+	    {"mem-backend", required_argument, NULL, OPT_MEM_BACKEND},
+	    {"restore-mode", required_argument, NULL, OPT_RESTORE_MODE},
+	    {"uffd-handler", required_argument, NULL, OPT_UFFD_HANDLER},
 	    {"ready-fd", required_argument, NULL, OPT_READY_FD},
 	    {"fanout", required_argument, NULL, OPT_FANOUT},
 	    {"fanout-dir", required_argument, NULL, OPT_FANOUT_DIR},
-	    {"mem-backend", required_argument, NULL, OPT_MEM_BACKEND},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -739,14 +749,29 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 
 			if (guest_mem_backend_parse(optarg, &backend) < 0)
 				return fk_fail(err, EINVAL,
-					       "--mem-backend '%s': expected anon (the default) or "
-					       "hugetlb",
+					       "--mem-backend '%s': expected anon (the default), "
+					       "hugetlb or memfd",
 					       optarg);
 			cfg->mem_backend = backend;
+			cfg->mem_memfd = backend == GUEST_MEM_MEMFD;
 			break;
 		}
 		case OPT_PREWARM:
 			cfg->restore_prewarm = true;
+			break;
+		case OPT_RESTORE_MODE:
+			if (strcmp(optarg, "file") && strcmp(optarg, "uffd"))
+				return fk_fail(err, EINVAL,
+					       "--restore-mode '%s': expected file or uffd",
+					       optarg);
+			restore_uffd = !strcmp(optarg, "uffd");
+			break;
+		case OPT_UFFD_HANDLER:
+			if (!*optarg)
+				return fk_fail(
+				    err, EINVAL,
+				    "--uffd-handler: expected the handler's Unix socket");
+			cfg->uffd_handler = optarg;
 			break;
 		case OPT_READY_FD:
 			errno = 0;
@@ -890,6 +915,29 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		if (ret < 0)
 			return ret;
 	}
+	if (restore_uffd != !!cfg->uffd_handler)
+		return fk_fail(err, EINVAL,
+			       "--restore-mode uffd and --uffd-handler SOCK go together");
+	if (cfg->uffd_handler && !cfg->restore_dir)
+		return fk_fail(err, EINVAL, "--restore-mode uffd only applies with --restore");
+	if (cfg->uffd_handler && cfg->jail_dir)
+		return fk_fail(err, EINVAL,
+			       "--restore-mode uffd: not supported inside --jail yet (the VMM "
+			       "creates the userfaultfd after entering it, without the privilege "
+			       "KVM's faults need)");
+	if (cfg->uffd_handler && (cfg->restore_verify || cfg->restore_prewarm))
+		return fk_fail(err, EINVAL,
+			       "--restore-mode uffd: --verify and --prewarm read the memory file, "
+			       "the handler does that");
+	if (cfg->uffd_handler && cfg->fanout)
+		return fk_fail(
+		    err, EINVAL,
+		    "--restore-mode uffd and --fanout: forked children would not inherit "
+		    "the userfaultfd and would read unserved pages as zeros");
+	if (cfg->mem_memfd && cfg->restore_dir)
+		return fk_fail(err, EINVAL,
+			       "--mem-backend memfd: a restore maps the snapshot's memory file "
+			       "(--restore-mode file) or is filled by a handler (uffd)");
 	if (cfg->restore_dir) {
 		if (cfg->kernel || cfg->initrd || cfg->nr_disks || *cfg->cmdline)
 			return fk_fail(

@@ -89,7 +89,13 @@ struct vmm_config {
 	const char *overlay_dir; /* --overlay-dir: where a restored VM's private disk copies go */
 	bool restore_verify;	 /* --verify: check the memory file's chunk checksums first */
 	bool restore_prewarm;	 /* --prewarm: the memory file into the page cache first */
-	unsigned cpuid_hide;	 /* enum vmm_cpuid_hide bits */
+	bool mem_memfd;		 /* --mem-backend memfd: guest RAM in a memfd (else anon) */
+	/*
+	 * --restore-mode uffd --uffd-handler SOCK: guest RAM is filled lazily by
+	 * the handler listening on SOCK (forkd-uffd; docs/design/userfaultfd.md).
+	 */
+	const char *uffd_handler;
+	unsigned cpuid_hide; /* enum vmm_cpuid_hide bits */
 	/* --fanout N --fanout-dir OUT: N BRANCH children of the restore, none run here (0: off) */
 	int fanout;
 	const char *fanout_dir;

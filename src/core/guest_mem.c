@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #ifndef MAP_HUGE_2MB
 #define MAP_HUGE_2MB (21 << 26) /* MAP_HUGE_SHIFT 26: log2(2 MiB) */
@@ -19,6 +20,8 @@ int guest_mem_backend_parse(const char *name, enum guest_mem_backend *out)
 		*out = GUEST_MEM_ANON;
 	else if (strcmp(name, "hugetlb") == 0)
 		*out = GUEST_MEM_HUGETLB;
+	else if (strcmp(name, "memfd") == 0)
+		*out = GUEST_MEM_MEMFD;
 	else
 		return -EINVAL;
 	return 0;
@@ -33,6 +36,10 @@ const char *guest_mem_backend_name(enum guest_mem_backend backend)
 		return "file";
 	case GUEST_MEM_HUGETLB:
 		return "hugetlb";
+	case GUEST_MEM_MEMFD:
+		return "memfd";
+	case GUEST_MEM_UFFD:
+		return "uffd";
 	}
 	return "unknown";
 }
@@ -100,6 +107,7 @@ static void set_layout(struct guest_mem *mem, enum guest_mem_backend backend, ui
 	uint64_t low = size < GUEST_MMIO_HOLE_START ? size : GUEST_MMIO_HOLE_START;
 
 	mem->backend = backend;
+	mem->memfd = -1;
 	mem->total_size = size;
 	mem->mapping = hva;
 	mem->mapping_size = size;
@@ -112,21 +120,73 @@ static void set_layout(struct guest_mem *mem, enum guest_mem_backend backend, ui
 	}
 }
 
+/* Reserves size bytes of address space starting 2 MiB aligned (raw..raw+map_size is returned). */
+static int reserve_aligned(uint64_t size, int prot, uint8_t **raw_out, uint8_t **aligned_out,
+			   struct fk_err *err)
+{
+	size_t map_size = size + HUGE_2M;
+	uint8_t *raw;
+
+	raw = mmap(NULL, map_size, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (raw == MAP_FAILED)
+		return fk_fail_errno(err, errno, "guest memory: cannot map %llu MiB",
+				     (unsigned long long)(size >> 20));
+	*raw_out = raw;
+	*aligned_out = (uint8_t *)(((uintptr_t)raw + HUGE_2M - 1) & ~(uintptr_t)(HUGE_2M - 1));
+	return 0;
+}
+
+/* Unmaps the reservation's slack on both sides of [aligned, aligned+size). */
+static void trim_reservation(uint8_t *raw, uint8_t *aligned, uint64_t size)
+{
+	size_t map_size = size + HUGE_2M;
+
+	if (aligned > raw)
+		munmap(raw, (size_t)(aligned - raw));
+	if (raw + map_size > aligned + size)
+		munmap(aligned + size, (size_t)(raw + map_size - (aligned + size)));
+}
+
+/* A memfd of size bytes mapped MAP_SHARED over the aligned reservation. */
+static int map_memfd(uint8_t *aligned, uint64_t size, int *fd_out, struct fk_err *err)
+{
+	int fd = memfd_create("forkd-guest-ram", MFD_CLOEXEC);
+
+	if (fd < 0)
+		return fk_fail_errno(err, errno, "guest memory: memfd_create");
+	if (ftruncate(fd, (off_t)size) < 0) {
+		int e = errno;
+		close(fd);
+		return fk_fail_errno(err, e, "guest memory: cannot size the memfd to %llu MiB",
+				     (unsigned long long)(size >> 20));
+	}
+	if (mmap(aligned, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED | MAP_NORESERVE, fd,
+		 0) == MAP_FAILED) {
+		int e = errno;
+		close(fd);
+		return fk_fail_errno(err, e, "guest memory: cannot map the memfd");
+	}
+	*fd_out = fd;
+	return 0;
+}
+
 int guest_mem_init(struct guest_mem *mem, enum guest_mem_backend backend, uint64_t size,
 		   struct fk_err *err)
 {
-	size_t map_size;
-	uint8_t *raw, *aligned = NULL;
+	uint8_t *raw = NULL, *aligned = NULL;
+	int ret, memfd = -1;
 
 	memset(mem, 0, sizeof(*mem));
-	if (backend != GUEST_MEM_ANON && backend != GUEST_MEM_HUGETLB)
+	mem->memfd = -1;
+	if (backend != GUEST_MEM_ANON && backend != GUEST_MEM_HUGETLB &&
+	    backend != GUEST_MEM_MEMFD && backend != GUEST_MEM_UFFD)
 		return fk_fail(err, EINVAL, "guest memory: unknown backend %d", (int)backend);
 	if (size == 0 || size % 4096)
 		return fk_fail(err, EINVAL,
 			       "guest memory: size %llu is not a positive multiple of 4 KiB",
 			       (unsigned long long)size);
 	if (backend == GUEST_MEM_HUGETLB) {
-		int ret = map_hugetlb(size, &aligned, err);
+		ret = map_hugetlb(size, &aligned, err);
 
 		if (ret < 0)
 			return ret;
@@ -143,21 +203,27 @@ int guest_mem_init(struct guest_mem *mem, enum guest_mem_backend backend, uint64
 	 * frames then line up with host transparent huge pages, which fork()
 	 * copies one entry at a time (brief §7).
 	 */
-	map_size = size + HUGE_2M;
-	raw = mmap(NULL, map_size, PROT_READ | PROT_WRITE,
-		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (raw == MAP_FAILED)
-		return fk_fail_errno(err, errno, "guest memory: cannot map %llu MiB",
-				     (unsigned long long)(size >> 20));
-	aligned = (uint8_t *)(((uintptr_t)raw + HUGE_2M - 1) & ~(uintptr_t)(HUGE_2M - 1));
-	if (aligned > raw)
-		munmap(raw, (size_t)(aligned - raw));
-	if ((size_t)(raw + map_size - (aligned + size)) > 0)
-		munmap(aligned + size, (size_t)(raw + map_size - (aligned + size)));
-	/* Best effort: without THP the guest still runs, only slower to fork. */
-	madvise(aligned, size, MADV_HUGEPAGE);
+	ret = reserve_aligned(size, PROT_READ | PROT_WRITE, &raw, &aligned, err);
+	if (ret < 0)
+		return ret;
+	if (backend == GUEST_MEM_MEMFD) {
+		ret = map_memfd(aligned, size, &memfd, err);
+		if (ret < 0) {
+			munmap(raw, size + HUGE_2M);
+			return ret;
+		}
+	}
+	trim_reservation(raw, aligned, size);
+	/*
+	 * Best effort: without THP the guest still runs, only slower to fork.
+	 * Not for uffd: its handler fills 4 KiB pages, a huge page would only
+	 * be split again.
+	 */
+	if (backend != GUEST_MEM_UFFD)
+		madvise(aligned, size, MADV_HUGEPAGE);
 
 	set_layout(mem, backend, aligned, size);
+	mem->memfd = memfd;
 	return 0;
 }
 
@@ -195,7 +261,44 @@ void guest_mem_destroy(struct guest_mem *mem)
 {
 	if (mem->mapping)
 		munmap(mem->mapping, mem->mapping_size);
+	if (mem->backend == GUEST_MEM_MEMFD && mem->memfd >= 0)
+		close(mem->memfd);
 	memset(mem, 0, sizeof(*mem));
+	mem->memfd = -1;
+}
+
+int guest_mem_make_private(struct guest_mem *mem, struct fk_err *err)
+{
+	if (mem->backend != GUEST_MEM_MEMFD || mem->memfd_private)
+		return 0;
+	/*
+	 * MAP_FIXED replaces the shared mapping in one step under the mmap
+	 * lock, so a device thread touching guest memory meanwhile sees the old
+	 * mapping or the new one, never a hole; both show the same bytes.
+	 */
+	if (mmap(mem->mapping, mem->mapping_size, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, mem->memfd, 0) == MAP_FAILED)
+		return fk_fail_errno(err, errno,
+				     "guest memory: cannot map the memfd privately for a branch");
+	madvise(mem->mapping, mem->mapping_size, MADV_HUGEPAGE);
+	/*
+	 * The mapping keeps the memfd's pages; the fd itself is closed so that
+	 * children, which copy struct guest_mem, never hold a stale number.
+	 */
+	close(mem->memfd);
+	mem->memfd = -1;
+	mem->memfd_private = true;
+	return 0;
+}
+
+int guest_mem_prepare_fork(struct guest_mem *mem, struct fk_err *err)
+{
+	if (mem->backend == GUEST_MEM_UFFD)
+		return fk_fail(err, EOPNOTSUPP,
+			       "guest memory is filled lazily by a userfaultfd handler "
+			       "(--restore-mode uffd): a forked copy would see its missing pages "
+			       "as zeros; branch it once restored with --restore-mode file");
+	return guest_mem_make_private(mem, err);
 }
 
 /* Conservative: reads mark too (a pointer may be written through later). */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Guest physical memory: one abstraction over several backends (anon now;
- * memfd, file and uffd later). Every host access to guest memory made on
+ * Guest physical memory: one abstraction over several backends (anon, memfd,
+ * file, uffd; docs/design/userfaultfd.md). Every host access to guest memory made on
  * behalf of the guest goes through guest_mem_ptr(), which checks the whole
  * range [gpa, gpa+len) lies inside one RAM region without overflow, the way
  * Solo5's hvt tender checks every guest pointer.
@@ -30,9 +30,16 @@ enum guest_mem_backend {
 	 * stall). Children's first writes need free huge pages too.
 	 */
 	GUEST_MEM_HUGETLB = 2,
+	/*
+	 * MAP_SHARED of a memfd (another process can map fd); the first BRANCH
+	 * turns it MAP_PRIVATE of the same memfd (guest_mem_make_private).
+	 */
+	GUEST_MEM_MEMFD = 3,
+	/* Anonymous, without THP: registered with userfaultfd, filled by a handler. */
+	GUEST_MEM_UFFD = 4,
 };
 
-/* "anon" / "hugetlb" to a backend for a fresh VM; -EINVAL for anything else. */
+/* "anon" / "hugetlb" / "memfd" to a backend for a fresh VM; -EINVAL for anything else. */
 int guest_mem_backend_parse(const char *name, enum guest_mem_backend *out);
 const char *guest_mem_backend_name(enum guest_mem_backend backend);
 
@@ -49,6 +56,8 @@ struct guest_mem {
 	size_t mapping_size;
 	int nr_regions;
 	struct guest_mem_region regions[GUEST_MEM_MAX_REGIONS];
+	int memfd;	    /* GUEST_MEM_MEMFD: the memfd, else -1 */
+	bool memfd_private; /* GUEST_MEM_MEMFD: mapped MAP_PRIVATE since a BRANCH */
 	/*
 	 * Diff snapshots (src/state/diff_track.c): while set, every page a host
 	 * access resolves through guest_mem_ptr is marked here (bit = page
@@ -64,6 +73,23 @@ int guest_mem_init(struct guest_mem *mem, enum guest_mem_backend backend, uint64
 /* The `file` backend: size bytes of fd (laid out like anon RAM) mapped copy-on-write. */
 int guest_mem_init_file(struct guest_mem *mem, int fd, uint64_t size, struct fk_err *err);
 void guest_mem_destroy(struct guest_mem *mem);
+
+/*
+ * Before a fork of the VMM with the memory paused: a MAP_SHARED memfd would
+ * be one memory for source and children, so it is mapped again, MAP_PRIVATE
+ * of the same memfd at the same address. The memfd then holds the branch
+ * point, and the source's later writes are private copy-on-write pages, as
+ * the anon backend's. No-op for other backends or once done.
+ */
+int guest_mem_make_private(struct guest_mem *mem, struct fk_err *err);
+
+/*
+ * Called by a BRANCH with the VM paused, right before fork(): memfd RAM is
+ * made private (above); uffd RAM is refused, since a forked child does not
+ * inherit the userfaultfd registration and would read the pages the handler
+ * has not filled yet as zeros.
+ */
+int guest_mem_prepare_fork(struct guest_mem *mem, struct fk_err *err);
 
 /*
  * Host pointer for guest range [gpa, gpa+len), or NULL if any byte of it is

@@ -26,6 +26,7 @@
 #include "state/vm_snapshot.h"
 #include "state/vm_state.h"
 #include "state/diff_track.h"
+#include "uffd/uffd_vmm.h"
 
 #define SERIAL_FLUSH_INTERVAL_NS (20 * 1000 * 1000)
 
@@ -851,6 +852,13 @@ void vm_destroy(struct vm *vm)
 	}
 	if (vm->serial.out_fd > STDERR_FILENO)
 		close(vm->serial.out_fd);
+	/*
+	 * Before the unmap: with the handler gone, the VMM's copy of the
+	 * userfaultfd would make munmap wait for an UNMAP event no one reads.
+	 */
+	uffd_watch_stop(vm->uffd);
+	free(vm->uffd);
+	vm->uffd = NULL;
 	diff_track_free(vm);
 	guest_mem_destroy(&vm->mem);
 	if (vm->vm_fd >= 0)

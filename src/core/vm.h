@@ -138,6 +138,9 @@ struct vm {
 	/* A restored VM runs from a configuration rebuilt from its snapshot. */
 	struct vmm_config restored_cfg;
 	bool restored;
+	/* --restore-mode uffd: the hold on the page-fault handler (src/uffd/uffd_vmm.h), or NULL.
+	 */
+	struct uffd_watch *uffd;
 	/* Dirty-page tracking for diff snapshots; NULL until armed (src/state/diff_track.c). */
 	struct diff_track *diff;
 	uint8_t genid[16];

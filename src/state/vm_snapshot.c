@@ -14,6 +14,7 @@
 #include "core/layout.h"
 #include "devices/tap.h"
 #include "state/vm_state.h"
+#include "uffd/uffd_vmm.h"
 
 #define VM_PARAMS_VERSION 1
 
@@ -621,6 +622,33 @@ int vm_rebuild(struct vm *vm, const struct state_source *src, struct fk_err *err
 	return 0;
 }
 
+/* The handler exited under the VM: pages it had not served are lost, so the VM stops. */
+static void on_uffd_handler_lost(void *opaque)
+{
+	struct vm *vm = opaque;
+
+	vm_request_exit(vm, VMM_EXIT_ERROR,
+			"uffd handler %s exited before the VM: guest memory it had not served "
+			"yet is lost, stopping the VM",
+			vm->cfg->uffd_handler);
+}
+
+/* --restore-mode uffd: anonymous RAM, registered, handed to the handler, watched. */
+static int restore_uffd_memory(struct vm *vm, uint64_t mem_size, struct fk_err *err)
+{
+	int ret = guest_mem_init(&vm->mem, GUEST_MEM_UFFD, mem_size, err);
+
+	if (ret < 0)
+		return ret;
+	vm->uffd = calloc(1, sizeof(*vm->uffd));
+	if (!vm->uffd)
+		return fk_fail(err, ENOMEM, "uffd: out of memory");
+	ret = uffd_vmm_attach(&vm->mem, vm->cfg->uffd_handler, vm->uffd, err);
+	if (ret < 0)
+		return ret;
+	return uffd_watch_start(vm->uffd, on_uffd_handler_lost, vm, err);
+}
+
 int vm_restore_init(struct vm *vm, struct fk_err *err)
 {
 	const struct vmm_config *cfg = vm->cfg;
@@ -696,7 +724,17 @@ int vm_restore_init(struct vm *vm, struct fk_err *err)
 		goto out;
 	/* The base copy-on-write, then each diff's pages over it: no full copy. */
 	fd = snap_chain_base_fd(chain);
-	ret = guest_mem_init_file(&vm->mem, fd, info->mem_size, err);
+	if (cfg->uffd_handler && chain->n > 1)
+		ret =
+		    fk_fail(err, EOPNOTSUPP,
+			    "--restore-mode uffd: %s is a diff snapshot (%d links) and the handler "
+			    "serves one full memory file; compact it (forkd snapshot compact) or "
+			    "restore it with --restore-mode file",
+			    dir, chain->n);
+	else if (cfg->uffd_handler)
+		ret = restore_uffd_memory(vm, info->mem_size, err);
+	else
+		ret = guest_mem_init_file(&vm->mem, fd, info->mem_size, err);
 	if (ret < 0)
 		goto out;
 	ret = snap_chain_overlay(chain, vm->mem.mapping, info->mem_size, NULL, err);

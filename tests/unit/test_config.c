@@ -695,7 +695,7 @@ static void test_mem_backend(void **state)
 	assert_int_equal(cfg.mem_backend, GUEST_MEM_HUGETLB);
 	assert_int_equal(PARSE(&cfg, &err, "--kernel", "k", "--mem-backend", "anon"), 0);
 	assert_int_equal(cfg.mem_backend, GUEST_MEM_ANON);
-	EXPECT_PARSE_ERROR(EINVAL, "--mem-backend 'file'", "anon (the default) or hugetlb",
+	EXPECT_PARSE_ERROR(EINVAL, "--mem-backend 'file'", "anon (the default), hugetlb or memfd",
 			   "--kernel", "k", "--mem-backend", "file");
 	EXPECT_PARSE_ERROR(EINVAL, "--mem-backend 'HUGETLB'", "hugetlb", "--kernel", "k",
 			   "--mem-backend", "HUGETLB");
