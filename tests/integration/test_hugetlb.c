@@ -383,8 +383,8 @@ static void test_bad_input(void **state)
 	expect_refused_argv(restore, 2,
 			    "--mem-backend: a restored VM maps the snapshot's memory file");
 	expect_refused_argv(unknown, 2,
-			    "--mem-backend 'shm': expected anon (the default) or "
-			    "hugetlb");
+			    "--mem-backend 'shm': expected anon (the default), hugetlb or "
+			    "memfd");
 }
 
 int main(int argc, char **argv)
