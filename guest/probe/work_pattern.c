@@ -28,8 +28,14 @@
 
 #include "forkd/probe_pattern.h"
 
-/* After a generation ID change, how long the BSP waits for every writer to freeze. */
-#define FREEZE_WAIT_US 100000
+/*
+ * After a generation ID change, how long the BSP waits for every writer to freeze before it
+ * says some still run; it goes on waiting, and says pattern.frozen=1 when they do, up to
+ * FREEZE_GIVE_UP_US. A vCPU of a loaded host can go unscheduled for longer than the first
+ * (seen: a child whose writer froze after 100 ms was never reported frozen).
+ */
+#define FREEZE_WAIT_US	  100000
+#define FREEZE_GIVE_UP_US 30000000
 /* pattern-tear's default: it stores a seq this far past S, a page from a later instant. */
 #define TEAR_AHEAD 1000
 
@@ -38,6 +44,7 @@
  * since freeze_wait started. Set and read by service_slow() between polls.
  */
 static bool freeze_waiting;
+static bool freeze_late_said; /* "pattern.frozen=0" said once for this wait */
 static struct stopwatch freeze_wait;
 
 static inline volatile uint64_t *page_ptr(const struct cpu *c, uint64_t page)
@@ -167,6 +174,7 @@ void pattern_report(struct cpu *c)
 void pattern_freeze_start(void)
 {
 	freeze_waiting = true;
+	freeze_late_said = false;
 	stopwatch_start(&freeze_wait);
 }
 
@@ -182,9 +190,12 @@ void pattern_freeze_poll(void)
 	if (running == 0) {
 		freeze_waiting = false;
 		say("pattern.frozen=1");
-	} else if (stopwatch_us(&freeze_wait) >= FREEZE_WAIT_US) {
-		freeze_waiting = false;
+	} else if (!freeze_late_said && stopwatch_us(&freeze_wait) >= FREEZE_WAIT_US) {
+		freeze_late_said = true;
 		say("pattern.frozen=0 running=%u", running);
+	} else if (stopwatch_us(&freeze_wait) >= FREEZE_GIVE_UP_US) {
+		freeze_waiting = false;
+		say("pattern.frozen=0 running=%u gave-up", running);
 	}
 }
 

@@ -234,11 +234,12 @@ static void start_lazy_restore(struct vmm_proc *p, const char *snapshot, const c
 }
 
 /*
- * The probe says "pattern.frozen=1" only if every writer froze within 100 ms
- * of the new generation ID. A lazy restore on a loaded host can be slower
- * (each first touch of a page is a round trip to the handler): the probe then
- * says "pattern.frozen=0 running=N" once and never again, though the writer
- * freezes a moment later. So on 0, ask for reports until each one has.
+ * The probe says "pattern.frozen=0 running=N" when a writer has not frozen
+ * within 100 ms of the new generation ID, as a lazy restore on a loaded host
+ * can be slower (each first touch of a page is a round trip to the handler),
+ * and "pattern.frozen=1" once they all have (guest/probe/work_pattern.c; an
+ * older probe said the 0 once and nothing more). So on 0, ask for reports
+ * until each one has.
  */
 static void wait_writers_frozen(struct vmm_proc *p, int first_writer, int nr_writers)
 {
