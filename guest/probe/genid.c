@@ -27,6 +27,8 @@
 static uint64_t genid_addr;
 /* BSP only: the ID last seen by genid_poll(), to report each change once. */
 static uint8_t genid_seen[GENID_BYTES];
+/* The ID this guest booted with, before any workload started: written once by the BSP. */
+static uint64_t genid_at_boot[GENID_BYTES / 8];
 
 /* One integer term at p: ZeroOp, OneOp or a Byte/Word/DWord/QWord constant. */
 static const uint8_t *aml_integer(const uint8_t *p, const uint8_t *end, uint64_t *v)
@@ -185,6 +187,7 @@ void genid_init(void)
 	}
 	genid_addr = addr;
 	genid_read(genid_seen);
+	memcpy(genid_at_boot, genid_seen, GENID_BYTES);
 	if (cfg.verbose)
 		say("genid.addr=0x%lx source=%s", addr, source);
 }
@@ -206,6 +209,12 @@ void genid_say(void)
 	genid_read(id);
 	genid_hex(id, hex);
 	say("genid=%s", hex);
+}
+
+void genid_boot_words(uint64_t *w0, uint64_t *w1)
+{
+	*w0 = genid_at_boot[0];
+	*w1 = genid_at_boot[1];
 }
 
 const volatile genid_word *genid_words(void)

@@ -292,6 +292,12 @@ bool genid_poll(void);
  */
 typedef uint64_t __attribute__((aligned(1))) genid_word;
 const volatile genid_word *genid_words(void);
+/*
+ * The two words of the ID at boot (genid_init, before the workloads start): what a writer
+ * compares against, so one that starts only after a snapshot or BRANCH (a late vCPU) still
+ * sees the change and freezes, instead of taking the new ID as its own.
+ */
+void genid_boot_words(uint64_t *w0, uint64_t *w1);
 
 /* costs.c */
 void costs_run(void);

@@ -64,7 +64,10 @@ void pattern_run(struct cpu *c)
 {
 	uint64_t pages = c->pattern_pages, tag = PROBE_PATTERN_TAG(c->index);
 	const volatile genid_word *gen = cfg.pattern_freeze ? genid_words() : NULL;
-	uint64_t gen0 = gen ? gen[0] : 0, gen1 = gen ? gen[1] : 0;
+	uint64_t gen0 = 0, gen1 = 0;
+
+	if (gen)
+		genid_boot_words(&gen0, &gen1);
 
 	/*
 	 * A copy made while this still zeroes (a vCPU that started late) freezes
