@@ -254,6 +254,47 @@ static void restore_fails(const char *snap, const char *want, const char *also)
 	vmm_free(&p);
 }
 
+/*
+ * A BRANCH child of a ring VM: a fresh KVM VM with a ring of its own (enabled under the child's
+ * seccomp filter), untracked until its own track_dirty snapshot, whose chain restores strictly.
+ * (Its writers froze at the branch instant, pattern_freeze=genid: its diff is small.)
+ */
+static void child_tracks_with_ring(const char *sock, const char *prefix)
+{
+	char req[1400], bdir[300], csock[600], base[300], d1[300], name[64];
+	json_t *r, *c;
+
+	snprintf(name, sizeof(name), "%s-branch", prefix);
+	path_in(bdir, sizeof(bdir), name);
+	snprintf(name, sizeof(name), "%s-child0", prefix);
+	path_in(base, sizeof(base), name);
+	snprintf(name, sizeof(name), "%s-child1", prefix);
+	path_in(d1, sizeof(d1), name);
+	snprintf(req, sizeof(req), "{\"cmd\":\"branch\",\"n\":1,\"dir\":\"%s\"}", bdir);
+	r = call(sock, req, true);
+	c = json_array_get(json_object_get(r, "children"), 0);
+	assert_non_null(c);
+	snprintf(csock, sizeof(csock), "%s/control.sock",
+		 json_string_value(json_object_get(c, "dir")));
+	json_decref(r);
+
+	/* Not armed: a diff is refused, as on any untracked VM. */
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"parent\":\"%s\"}", d1,
+		 base);
+	json_decref(call(csock, req, false));
+	r = snapshot(csock, base, ",\"track_dirty\":true", true);
+	assert_string_equal(str_of(r, "dirty_tracking"), "ring");
+	json_decref(r);
+	usleep(300 * 1000);
+	r = diff_snapshot(csock, d1, base, "live");
+	fprintf(stderr, "child diff: %lld dirty pages, %lld full-ring exits of its own\n",
+		int_of(r, "dirty_pages"), int_of(r, "ring_full_exits"));
+	assert_string_equal(str_of(r, "dirty_tracking"), "ring");
+	json_decref(r);
+	json_decref(call(csock, "{\"cmd\":\"shutdown\"}", true));
+	restore_verify_strict(d1, 2);
+}
+
 static char chain[4][300]; /* the chain of the first test: full, then three diffs */
 
 /*
@@ -330,6 +371,8 @@ static void three_link_chain(const char *tracking, const char *prefix, char link
 		json_decref(call(sock, req, true));
 	}
 	json_decref(r);
+	if (tracking && !strcmp(tracking, "ring:1024"))
+		child_tracks_with_ring(sock, prefix);
 	stop_vm(&p, sock);
 
 	for (int i = 0; i < 4; i++)
