@@ -627,6 +627,24 @@ int vm_setup_host(struct vm *vm, struct fk_err *err)
 }
 
 /* Serial, power management, serial input and the control socket. */
+/*
+ * --ready-fd: said once the control socket listens (a request sent from then on waits in the
+ * socket and is answered once the VM runs: its launcher need not poll, and its first request
+ * is already queued when the event loop starts), else, without --control, when the VM runs.
+ * A VM already stopping tells nothing: its launcher sees the descriptor close without
+ * "ready", as when the VMM exits early.
+ */
+static void signal_ready(struct vm *vm)
+{
+	if (vm->ready_fd < 0)
+		return;
+	if (!atomic_load(&vm->stopping) && write(vm->ready_fd, "ready\n", 6) != 6) {
+		/* The launcher went away (EPIPE, SIGPIPE ignored): nobody to tell. */
+	}
+	close(vm->ready_fd);
+	vm->ready_fd = -1;
+}
+
 int vm_setup_devices(struct vm *vm, struct fk_err *err)
 {
 	struct irq_line com1_irq;
@@ -649,6 +667,7 @@ int vm_setup_devices(struct vm *vm, struct fk_err *err)
 		ret = vm_control_init(vm, err);
 		if (ret < 0)
 			return ret;
+		signal_ready(vm);
 	}
 	return 0;
 }
@@ -773,22 +792,6 @@ int vm_init(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 	if (ret < 0)
 		return ret;
 	return boot_setup_bsp(vm, err);
-}
-
-/*
- * --ready-fd: the vCPUs run and the control socket (listening since vm_init) is served from
- * the loop's first turn. A VM already stopping tells nothing: its launcher sees the
- * descriptor close without "ready", as when the VMM exits early.
- */
-static void signal_ready(struct vm *vm)
-{
-	if (vm->ready_fd < 0)
-		return;
-	if (!atomic_load(&vm->stopping) && write(vm->ready_fd, "ready\n", 6) != 6) {
-		/* The launcher went away (EPIPE, SIGPIPE ignored): nobody to tell. */
-	}
-	close(vm->ready_fd);
-	vm->ready_fd = -1;
 }
 
 int vm_run(struct vm *vm)

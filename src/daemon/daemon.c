@@ -1136,11 +1136,13 @@ static void net_from_status(json_t *reply, char netns[REG_NETNS_MAX], char addr[
 }
 
 /*
- * One look at s: fails when its VMM has exited; asks `status` once its ready pipe said
- * "ready" (ready), or, without a pipe (it closed without "ready": the VMM is on its way out),
- * once its socket exists. Sets s->up, with the sizes and network of the reply. Lock not held.
+ * One look at s: fails when its VMM has exited; once its ready pipe has spoken (and been
+ * closed: "ready", or nothing from a VMM on its way out), asks `status` if its socket exists.
+ * The VMM says ready once its socket listens, so the request waits there and is answered as
+ * soon as the VM runs (up to STATUS_CALL_MS, then asked again). Sets s->up, with the sizes and
+ * network of the reply. Lock not held.
  */
-static int try_answering(struct daemon *d, struct starting *s, bool ready, bool restore_metric,
+static int try_answering(struct daemon *d, struct starting *s, bool restore_metric,
 			 struct fk_err *err)
 {
 	struct fk_err call_err = {0};
@@ -1164,7 +1166,7 @@ static int try_answering(struct daemon *d, struct starting *s, bool ready, bool 
 			       "socket answered: %s",
 			       s->id, status, line[0] ? line : "(no message)");
 	}
-	if (s->has_ready ? !ready : access(s->sock, F_OK) < 0)
+	if (s->has_ready || access(s->sock, F_OK) < 0)
 		return 0;
 	req = json_pack("{s:s}", "cmd", "status");
 	if (!req)
@@ -1190,16 +1192,15 @@ static int try_answering(struct daemon *d, struct starting *s, bool ready, bool 
 	return 0;
 }
 
-/* "ready" read from s's pipe: 1; the pipe closed without it: 0, and s polls its socket. */
-static int read_ready(struct starting *s)
+/* s's pipe spoke ("ready", or closed without it): from now on s is asked on its socket. */
+static void read_ready(struct starting *s)
 {
 	char buf[16];
-	ssize_t r = read(s->ready_rd, buf, sizeof(buf));
 
-	if (r > 0)
-		return 1;
+	if (read(s->ready_rd, buf, sizeof(buf)) < 0) {
+		/* EOF or an error: the socket check and the exit status tell the rest */
+	}
 	starting_close_ready(s);
-	return 0;
 }
 
 /*
@@ -1216,11 +1217,10 @@ static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool r
 	double deadline = mono_s() + start_timeout_ms() / 1000.0;
 	struct pollfd *pfd = calloc(n ? n : 1, sizeof(*pfd));
 	size_t *idx = calloc(n ? n : 1, sizeof(*idx));
-	bool *ready = calloc(n ? n : 1, sizeof(*ready));
 	size_t up = 0;
 	int ret = 0;
 
-	if (!pfd || !idx || !ready) {
+	if (!pfd || !idx) {
 		ret = fk_fail(err, ENOMEM, "waiting for %zu VMs: out of memory", n);
 		goto out;
 	}
@@ -1231,8 +1231,7 @@ static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool r
 		up = 0;
 		for (size_t i = 0; i < n && ret == 0; i++) {
 			if (!s[i].up)
-				ret = try_answering(d, &s[i], ready[i], restore_metric, err);
-			ready[i] = false;
+				ret = try_answering(d, &s[i], restore_metric, err);
 			if (s[i].up)
 				up++;
 		}
@@ -1262,12 +1261,11 @@ static int wait_answering(struct daemon *d, struct starting *s, size_t n, bool r
 		}
 		for (size_t k = 0; k < np; k++)
 			if (pfd[k].revents)
-				ready[idx[k]] = read_ready(&s[idx[k]]) == 1;
+				read_ready(&s[idx[k]]);
 	}
 out:
 	free(pfd);
 	free(idx);
-	free(ready);
 	return ret;
 }
 
