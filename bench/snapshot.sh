@@ -122,6 +122,11 @@ print(json.dumps({"bench": "snapshot", "vmm": "forkd", "mode": "stop", "target":
                   "write_mib_per_s": round(mib / (r["write_us"] / 1e6), 1),
                   "hash_ms": round(r["hash_us"] / 1e3, 2),
                   "raw_mib_per_s": float(sys.argv[4])}))
+# The writer row: the snapshot writer against dd to the same directory, same run.
+write_mib_s, dd_mib_s = mib / (r["write_us"] / 1e6), float(sys.argv[4])
+print(json.dumps({"bench": "writer", "target": sys.argv[2], "mem_mib": mib,
+                  "write_mib_per_s": round(write_mib_s, 1), "dd_mib_per_s": dd_mib_s,
+                  "ratio_vs_dd": round(write_mib_s / dd_mib_s, 3) if dd_mib_s > 0 else None}))
 PY
 }
 
