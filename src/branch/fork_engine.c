@@ -725,8 +725,6 @@ zygote_main(struct vm *source, struct snap_writer *w, const char *dir, int sock,
 	for (int i = 0; i < source->nr_vcpus; i++)
 		if (source->vcpus[i].run)
 			munmap(source->vcpus[i].run, source->vcpu_mmap_size);
-	for (int i = 0; i < source->nr_vcpus; i++)
-		diff_track_ring_unmap(source, &source->vcpus[i]);
 
 	for (;;) {
 		struct pollfd p[1 + BRANCH_MAX_POOL];

@@ -183,12 +183,6 @@ static void put_diff(struct vm *vm, const struct diff_request *dreq, json_t *rep
 		return;
 	json_object_set_new(reply, "track_dirty", json_true());
 	json_object_set_new(reply, "collect_us", json_integer((json_int_t)vm->diff->collect_us));
-	json_object_set_new(reply, "dirty_tracking",
-			    json_string(vm->dirty_ring_entries ? "ring" : "log"));
-	if (vm->dirty_ring_entries)
-		json_object_set_new(
-		    reply, "ring_full_exits",
-		    json_integer((json_int_t)atomic_load(&vm->dirty_ring_full_exits)));
 	if (dreq->parent) {
 		json_object_set_new(reply, "parent", json_string(dreq->parent));
 		json_object_set_new(reply, "dirty_pages",

@@ -59,39 +59,6 @@ int parse_size(const char *s, uint64_t *out)
 	return 0;
 }
 
-int parse_dirty_tracking(const char *s, enum vmm_dirty_tracking *mode, uint32_t *entries,
-			 struct fk_err *err)
-{
-	unsigned long n;
-	char *end;
-
-	if (!strcmp(s, "log")) {
-		*mode = VMM_DIRTY_LOG;
-		return 0;
-	}
-	if (!strcmp(s, "ring")) {
-		*mode = VMM_DIRTY_RING;
-		*entries = VMM_DIRTY_RING_DEFAULT_ENTRIES;
-		return 0;
-	}
-	if (strncmp(s, "ring:", 5) != 0)
-		return fk_fail(err, EINVAL,
-			       "--dirty-tracking '%s': expected log (the default), ring or "
-			       "ring:ENTRIES",
-			       s);
-	errno = 0;
-	n = strtoul(s + 5, &end, 10);
-	if (errno || end == s + 5 || *end || s[5] == '-' || n < VMM_DIRTY_RING_MIN_ENTRIES ||
-	    n > VMM_DIRTY_RING_MAX_ENTRIES || (n & (n - 1)))
-		return fk_fail(err, EINVAL,
-			       "--dirty-tracking '%s': expected ring:ENTRIES with ENTRIES a power "
-			       "of two from %d to %d (entries per vCPU)",
-			       s, VMM_DIRTY_RING_MIN_ENTRIES, VMM_DIRTY_RING_MAX_ENTRIES);
-	*mode = VMM_DIRTY_RING;
-	*entries = (uint32_t)n;
-	return 0;
-}
-
 int parse_cpuid_hide(const char *s, unsigned *mask, struct fk_err *err)
 {
 	static const struct {
@@ -142,11 +109,6 @@ void vmm_config_usage(FILE *out)
 	      "  --append STR         kernel command line (at most 4095 bytes)\n"
 	      "  --mem SIZE           guest RAM, e.g. 512M, 4G (32M..1T, multiple of 1M;\n"
 	      "                       default 256M); RAM above 3G is placed above 4G\n"
-	      "  --dirty-tracking log|ring[:ENTRIES]\n"
-	      "                       how diff snapshots learn the guest's writes: KVM's\n"
-	      "                       dirty log read in the pause (default), or KVM's dirty\n"
-	      "                       ring, ENTRIES per vCPU (power of two, 1024..65536,\n"
-	      "                       default 4096). See docs/diff-snapshots.md\n"
 	      "  --mem-backend anon|hugetlb|memfd\n"
 	      "                       guest RAM as anonymous memory with transparent huge\n"
 	      "                       pages (default), as 2 MiB hugetlb pages reserved\n"
@@ -664,8 +626,7 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 		OPT_FANOUT_DIR,
 		OPT_MEM_BACKEND,
 		OPT_RESTORE_MODE,
-		OPT_UFFD_HANDLER,
-		OPT_DIRTY_TRACKING
+		OPT_UFFD_HANDLER
 	};
 	bool restore_uffd = false;
 	static const struct option opts[] = {
@@ -704,7 +665,6 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 	    {"ready-fd", required_argument, NULL, OPT_READY_FD},
 	    {"fanout", required_argument, NULL, OPT_FANOUT},
 	    {"fanout-dir", required_argument, NULL, OPT_FANOUT_DIR},
-	    {"dirty-tracking", required_argument, NULL, OPT_DIRTY_TRACKING},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -714,7 +674,6 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->mem_size = VMM_DEFAULT_MEM;
-	cfg->dirty_ring_entries = VMM_DIRTY_RING_DEFAULT_ENTRIES;
 	cfg->nr_cpus = 1;
 	cfg->cmdline = "";
 	cfg->serial_out = "stdout";
@@ -784,12 +743,6 @@ int vmm_config_parse(struct vmm_config *cfg, int argc, char **argv, struct fk_er
 			break;
 		case OPT_VERIFY:
 			cfg->restore_verify = true;
-			break;
-		case OPT_DIRTY_TRACKING:
-			ret = parse_dirty_tracking(optarg, &cfg->dirty_tracking,
-						   &cfg->dirty_ring_entries, err);
-			if (ret < 0)
-				return ret;
 			break;
 		case OPT_MEM_BACKEND: {
 			enum guest_mem_backend backend;

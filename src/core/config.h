@@ -60,19 +60,6 @@ enum vmm_cpuid_hide {
 /* Parses a comma-separated list of the names above ("xsave,pcid") into a mask. */
 int parse_cpuid_hide(const char *s, unsigned *mask, struct fk_err *err);
 
-/* --dirty-tracking log|ring[:ENTRIES] */
-enum vmm_dirty_tracking {
-	VMM_DIRTY_LOG = 0, /* KVM_GET_DIRTY_LOG in the pause (the default) */
-	VMM_DIRTY_RING,	   /* KVM_CAP_DIRTY_LOG_RING: per-vCPU rings, harvested */
-};
-#define VMM_DIRTY_RING_DEFAULT_ENTRIES 4096
-#define VMM_DIRTY_RING_MIN_ENTRIES     1024 /* above KVM's reserved entries (64 + PML's 512) */
-#define VMM_DIRTY_RING_MAX_ENTRIES     65536
-
-/* Parses "log", "ring" or "ring:ENTRIES" into cfg; -EINVAL naming the value. */
-int parse_dirty_tracking(const char *s, enum vmm_dirty_tracking *mode, uint32_t *entries,
-			 struct fk_err *err);
-
 struct vmm_disk_config {
 	char path[4096];
 	bool readonly;
@@ -85,9 +72,6 @@ struct vmm_config {
 	const char *cmdline;
 	uint64_t mem_size;
 	int mem_backend; /* enum guest_mem_backend: --mem-backend anon|hugetlb */
-	/* --dirty-tracking: how diff snapshots learn the guest's writes (docs/diff-snapshots.md) */
-	enum vmm_dirty_tracking dirty_tracking;
-	uint32_t dirty_ring_entries; /* ring: entries per vCPU, a power of two */
 	int nr_cpus;
 	int nr_disks;
 	struct vmm_disk_config disks[VMM_MAX_DISKS];

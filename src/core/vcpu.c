@@ -19,7 +19,6 @@
 #include "core/layout.h"
 #include "core/vm.h"
 #include "jail/seccomp.h"
-#include "state/diff_track.h"
 
 #define VCPU_KICK_SIGNAL SIGUSR1
 
@@ -123,9 +122,6 @@ int vcpu_create(struct vm *vm, int index, struct fk_err *err)
 		vcpu->run = NULL;
 		return fk_fail_errno(err, errno, "vcpu %d: mmap kvm_run", index);
 	}
-	r = diff_track_ring_map(vcpu, err);
-	if (r < 0)
-		return r;
 	cpuid = cpuid_for_vcpu(vm, index, err);
 	if (!cpuid)
 		return -err->code;
@@ -278,16 +274,6 @@ static bool handle_exit(struct vcpu *vcpu)
 		return true;
 	case KVM_EXIT_INTR:
 		return true;
-	case KVM_EXIT_DIRTY_RING_FULL: {
-		/* KVM will not re-enter until the ring is harvested and reset. */
-		struct fk_err err;
-
-		if (diff_track_ring_full(vcpu, &err) < 0) {
-			vm_request_exit(vm, VMM_EXIT_ERROR, "vcpu %d: %s", vcpu->index, err.msg);
-			return false;
-		}
-		return true;
-	}
 	case KVM_EXIT_HLT:
 		/* With the in-kernel LAPIC KVM handles HLT; seeing it means the guest stopped. */
 		vm_request_exit(vm, VMM_EXIT_GUEST_CRASH, "vcpu %d halted with interrupts off",

@@ -692,10 +692,6 @@ int vm_create_vcpus(struct vm *vm, struct fk_err *err)
 		return fk_fail(err, ENOMEM, "vcpus: out of memory");
 	for (int i = 0; i < vm->nr_vcpus; i++)
 		vm->vcpus[i].fd = -1;
-	/* The dirty ring can only be enabled while the VM has no vCPU. */
-	ret = diff_track_ring_enable(vm, err);
-	if (ret < 0)
-		return ret;
 	for (int i = 0; i < vm->nr_vcpus; i++) {
 		ret = vcpu_create(vm, i, err);
 		if (ret < 0)
@@ -727,8 +723,6 @@ int vm_prepare(struct vm *vm, const struct vmm_config *cfg, struct fk_err *err)
 	vm->ready_fd = cfg->ready_fd;
 	vm->loop.epoll_fd = -1;
 	vm->nr_vcpus = cfg->nr_cpus;
-	vm->dirty_ring_entries =
-	    cfg->dirty_tracking == VMM_DIRTY_RING ? cfg->dirty_ring_entries : 0;
 	pthread_mutex_init(&vm->exit_lock, NULL);
 	pthread_mutex_init(&vm->pause_lock, NULL);
 	pthread_cond_init(&vm->pause_changed, NULL);
@@ -842,7 +836,6 @@ void vm_destroy(struct vm *vm)
 	for (int i = 0; vm->vcpus && i < vm->nr_vcpus; i++) {
 		if (vm->vcpus[i].run)
 			munmap(vm->vcpus[i].run, vm->vcpu_mmap_size);
-		diff_track_ring_unmap(vm, &vm->vcpus[i]);
 		if (vm->vcpus[i].fd >= 0)
 			close(vm->vcpus[i].fd);
 	}

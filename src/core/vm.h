@@ -41,9 +41,6 @@ struct vcpu {
 	struct kvm_run *run;
 	pthread_t thread;
 	bool thread_started;
-	/* --dirty-tracking ring: this vCPU's ring (KVM's mapping) and the next entry to read */
-	struct kvm_dirty_gfn *dirty_ring;
-	uint32_t dirty_ring_next;
 };
 
 struct vm_disk {
@@ -146,12 +143,6 @@ struct vm {
 	struct uffd_watch *uffd;
 	/* Dirty-page tracking for diff snapshots; NULL until armed (src/state/diff_track.c). */
 	struct diff_track *diff;
-	/*
-	 * --dirty-tracking ring: entries per vCPU ring, 0 with the dirty log. Set at start and
-	 * kept by BRANCH children and restores (each enables it on its own fresh KVM VM).
-	 */
-	uint32_t dirty_ring_entries;
-	_Atomic uint64_t dirty_ring_full_exits; /* KVM_EXIT_DIRTY_RING_FULL, all vCPUs */
 	uint8_t genid[16];
 	char overlay_dir[4096];
 	bool overlay_dir_created;

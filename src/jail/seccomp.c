@@ -144,8 +144,6 @@ static const unsigned long vcpu_ioctls[] = {
     KVM_IRQ_LINE,
     KVM_IRQ_LINE_STATUS,
     KVM_SIGNAL_MSI,
-    /* --dirty-tracking ring: a full ring is harvested and reset on its vCPU's thread */
-    KVM_RESET_DIRTY_RINGS,
     /* virtio-net: the guest's feature and status writes are MMIO exits that set the tap's offloads
      */
     TUNSETOFFLOAD,
@@ -237,9 +235,6 @@ static const unsigned long main_ioctls[] = {
     KVM_SET_USER_MEMORY_REGION,
     /* diff snapshots: the dirty log, read and reset in the pause (src/state/diff_track.c) */
     KVM_GET_DIRTY_LOG,
-    /* ...or the dirty ring: enabled on a BRANCH child's or restore's new VM, reset in the pause */
-    KVM_ENABLE_CAP,
-    KVM_RESET_DIRTY_RINGS,
     KVM_SET_TSS_ADDR,
     KVM_SET_IDENTITY_MAP_ADDR,
     KVM_CREATE_IRQCHIP,

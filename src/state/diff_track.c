@@ -9,8 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <unistd.h>
 #include <time.h>
 
 static uint64_t track_now_us(void)
@@ -52,121 +50,6 @@ out:
 	free(copy);
 	free(dir_copy);
 	return ret;
-}
-
-int diff_track_ring_enable(struct vm *vm, struct fk_err *err)
-{
-	uint64_t bytes = (uint64_t)vm->dirty_ring_entries * sizeof(struct kvm_dirty_gfn);
-	struct kvm_enable_cap cap = {.cap = KVM_CAP_DIRTY_LOG_RING_ACQ_REL, .args = {bytes}};
-	int max;
-
-	if (!vm->dirty_ring_entries)
-		return 0;
-	/* Either capability answers with the largest ring it takes, in bytes. */
-	max = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING_ACQ_REL);
-	if (max <= 0) {
-		cap.cap = KVM_CAP_DIRTY_LOG_RING;
-		max = ioctl(vm->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING);
-	}
-	if (max <= 0)
-		return fk_fail(err, ENOTSUP,
-			       "--dirty-tracking ring: this host's KVM has no dirty ring "
-			       "(KVM_CAP_DIRTY_LOG_RING); use --dirty-tracking log");
-	if (bytes > (uint64_t)max)
-		return fk_fail(
-		    err, EINVAL,
-		    "--dirty-tracking ring:%u: this host's KVM takes at most %llu entries "
-		    "per vCPU",
-		    vm->dirty_ring_entries,
-		    (unsigned long long)((uint64_t)max / sizeof(struct kvm_dirty_gfn)));
-	if (ioctl(vm->vm_fd, KVM_ENABLE_CAP, &cap) < 0)
-		return fk_fail_errno(err, errno, "--dirty-tracking ring:%u: KVM_ENABLE_CAP %s",
-				     vm->dirty_ring_entries,
-				     cap.cap == KVM_CAP_DIRTY_LOG_RING
-					 ? "KVM_CAP_DIRTY_LOG_RING"
-					 : "KVM_CAP_DIRTY_LOG_RING_ACQ_REL");
-	return 0;
-}
-
-int diff_track_ring_map(struct vcpu *vcpu, struct fk_err *err)
-{
-	struct vm *vm = vcpu->vm;
-	size_t bytes = (size_t)vm->dirty_ring_entries * sizeof(struct kvm_dirty_gfn);
-	void *ring;
-
-	if (!vm->dirty_ring_entries)
-		return 0;
-	ring = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, vcpu->fd,
-		    (off_t)KVM_DIRTY_LOG_PAGE_OFFSET * sysconf(_SC_PAGESIZE));
-	if (ring == MAP_FAILED)
-		return fk_fail_errno(err, errno, "vcpu %d: mmap its dirty ring (%zu bytes)",
-				     vcpu->index, bytes);
-	vcpu->dirty_ring = ring;
-	vcpu->dirty_ring_next = 0;
-	return 0;
-}
-
-void diff_track_ring_unmap(struct vm *vm, struct vcpu *vcpu)
-{
-	if (!vcpu->dirty_ring)
-		return;
-	munmap(vcpu->dirty_ring, (size_t)vm->dirty_ring_entries * sizeof(struct kvm_dirty_gfn));
-	vcpu->dirty_ring = NULL;
-}
-
-/*
- * Reads one vCPU's ring from where it left off: each entry KVM published
- * (flags DIRTY, read with acquire: KVM writes slot and offset first) sets its
- * page in `bits` (memory-file order, atomic OR: devices and other vCPUs mark
- * the same bitmap) and is handed back (flags RESET, store-release) for
- * KVM_RESET_DIRTY_RINGS. Only this vCPU's thread, or the pause with every
- * vCPU parked, reads its ring, so dirty_ring_next needs no lock. `bits` NULL
- * (tracking not armed): the entries are handed back unrecorded.
- */
-static uint64_t harvest_ring(struct vm *vm, struct vcpu *vcpu, uint64_t *bits)
-{
-	uint32_t mask = vm->dirty_ring_entries - 1;
-	uint64_t harvested = 0;
-
-	for (;;) {
-		struct kvm_dirty_gfn *e = &vcpu->dirty_ring[vcpu->dirty_ring_next & mask];
-		uint32_t flags = __atomic_load_n(&e->flags, __ATOMIC_ACQUIRE);
-		uint32_t slot = e->slot & 0xffff; /* the high half is the address space: 0 */
-
-		if (!(flags & KVM_DIRTY_GFN_F_DIRTY))
-			break;
-		if (bits && (e->slot >> 16) == 0 && slot < (uint32_t)vm->mem.nr_regions &&
-		    e->offset < vm->mem.regions[slot].size / SNAP_PAGE_SIZE) {
-			const struct guest_mem_region *r = &vm->mem.regions[slot];
-			uint64_t page =
-			    (uint64_t)(r->hva - vm->mem.mapping) / SNAP_PAGE_SIZE + e->offset;
-
-			__atomic_fetch_or(&bits[page / 64], 1ull << (page % 64), __ATOMIC_RELAXED);
-		}
-		__atomic_store_n(&e->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
-		vcpu->dirty_ring_next++;
-		harvested++;
-	}
-	return harvested;
-}
-
-static int reset_rings(struct vm *vm, struct fk_err *err)
-{
-	if (ioctl(vm->vm_fd, KVM_RESET_DIRTY_RINGS, 0) < 0)
-		return fk_fail_errno(err, errno, "dirty tracking: KVM_RESET_DIRTY_RINGS");
-	return 0;
-}
-
-int diff_track_ring_full(struct vcpu *vcpu, struct fk_err *err)
-{
-	struct vm *vm = vcpu->vm;
-
-	atomic_fetch_add(&vm->dirty_ring_full_exits, 1);
-	if (!vcpu->dirty_ring)
-		return fk_fail(err, EINVAL, "vcpu %d: a dirty-ring-full exit without a ring",
-			       vcpu->index);
-	harvest_ring(vm, vcpu, vm->mem.host_dirty);
-	return reset_rings(vm, err);
 }
 
 static int set_log_flag(struct vm *vm, bool on, struct fk_err *err)
@@ -224,10 +107,7 @@ static int arm(struct vm *vm, struct fk_err *err)
 }
 
 /*
- * Reads and resets the dirty pages: with the dirty ring, every vCPU's ring
- * into the device bitmap (the ring-full exits put theirs there already), then
- * KVM_RESET_DIRTY_RINGS, which write-protects the harvested pages again. With
- * the dirty log: KVM_GET_DIRTY_LOG (without manual
+ * Reads and resets the dirty pages: KVM_GET_DIRTY_LOG (without manual
  * protect, it returns the slot's bits and clears them atomically,
  * write-protecting the pages again) ORed with the device bitmap, which is
  * swapped to zero word by word. Into `out` (nr_pages bits), or only reset
@@ -237,18 +117,8 @@ static int collect(struct vm *vm, uint64_t *out, struct fk_err *err)
 {
 	struct diff_track *t = vm->diff;
 	uint64_t page0 = 0, dirty = 0, t0 = track_now_us();
-	int ret;
 
-	if (vm->dirty_ring_entries) {
-		/* Every vCPU is parked: all rings are read here, then handed back at once. */
-		for (int i = 0; i < vm->nr_vcpus; i++)
-			if (vm->vcpus[i].dirty_ring)
-				harvest_ring(vm, &vm->vcpus[i], t->host_dirty);
-		ret = reset_rings(vm, err);
-		if (ret < 0)
-			return ret;
-	}
-	for (int i = 0; !vm->dirty_ring_entries && i < vm->mem.nr_regions; i++) {
+	for (int i = 0; i < vm->mem.nr_regions; i++) {
 		const struct guest_mem_region *r = &vm->mem.regions[i];
 		uint64_t pages = r->size / SNAP_PAGE_SIZE;
 		struct kvm_dirty_log log = {.slot = (uint32_t)i, .dirty_bitmap = t->slot_bits};

@@ -44,23 +44,6 @@ int diff_track_snapshot(struct vm *vm, const char *target, const struct diff_req
 /* The absolute form of a snapshot path (which may not exist yet): realpath of its parent dir. */
 int diff_abs_path(const char *path, char *out, size_t size, struct fk_err *err);
 
-/*
- * --dirty-tracking ring (vm->dirty_ring_entries != 0): enables
- * KVM_CAP_DIRTY_LOG_RING(_ACQ_REL when offered) on a VM that has no vCPU yet.
- * A no-op with the dirty log. The ring only records writes to slots with
- * KVM_MEM_LOG_DIRTY_PAGES, so a VM that never arms tracking fills nothing.
- */
-int diff_track_ring_enable(struct vm *vm, struct fk_err *err);
-/* Maps a new vCPU's ring (vcpu->dirty_ring); a no-op with the dirty log. */
-int diff_track_ring_map(struct vcpu *vcpu, struct fk_err *err);
-void diff_track_ring_unmap(struct vm *vm, struct vcpu *vcpu);
-/*
- * KVM_EXIT_DIRTY_RING_FULL, on the vCPU's own thread: harvests its ring into
- * the tracking bitmap (atomic ORs, as the devices mark it) and resets it, so
- * the vCPU can run on. The pause's collect takes the bits with the rest.
- */
-int diff_track_ring_full(struct vcpu *vcpu, struct fk_err *err);
-
 void diff_track_free(struct vm *vm);
 
 #endif

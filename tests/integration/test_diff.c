@@ -146,9 +146,6 @@ static const char *forkd(void)
 	return path;
 }
 
-/* --dirty-tracking for the next source VM (NULL: the default, the dirty log). */
-static const char *source_tracking;
-
 static void start_source_cpus(struct vmm_proc *p, const char *sock, const char *mem,
 			      const char *cpus, const char *append)
 {
@@ -163,8 +160,6 @@ static void start_source_cpus(struct vmm_proc *p, const char *sock, const char *
 			(char *)append,
 			"--control",
 			(char *)sock,
-			source_tracking ? "--dirty-tracking" : NULL,
-			(char *)source_tracking,
 			NULL};
 
 	assert_int_equal(vmm_start(p, argv), 0);
@@ -254,47 +249,6 @@ static void restore_fails(const char *snap, const char *want, const char *also)
 	vmm_free(&p);
 }
 
-/*
- * A BRANCH child of a ring VM: a fresh KVM VM with a ring of its own (enabled under the child's
- * seccomp filter), untracked until its own track_dirty snapshot, whose chain restores strictly.
- * (Its writers froze at the branch instant, pattern_freeze=genid: its diff is small.)
- */
-static void child_tracks_with_ring(const char *sock, const char *prefix)
-{
-	char req[1400], bdir[300], csock[600], base[300], d1[300], name[64];
-	json_t *r, *c;
-
-	snprintf(name, sizeof(name), "%s-branch", prefix);
-	path_in(bdir, sizeof(bdir), name);
-	snprintf(name, sizeof(name), "%s-child0", prefix);
-	path_in(base, sizeof(base), name);
-	snprintf(name, sizeof(name), "%s-child1", prefix);
-	path_in(d1, sizeof(d1), name);
-	snprintf(req, sizeof(req), "{\"cmd\":\"branch\",\"n\":1,\"dir\":\"%s\"}", bdir);
-	r = call(sock, req, true);
-	c = json_array_get(json_object_get(r, "children"), 0);
-	assert_non_null(c);
-	snprintf(csock, sizeof(csock), "%s/control.sock",
-		 json_string_value(json_object_get(c, "dir")));
-	json_decref(r);
-
-	/* Not armed: a diff is refused, as on any untracked VM. */
-	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"parent\":\"%s\"}", d1,
-		 base);
-	json_decref(call(csock, req, false));
-	r = snapshot(csock, base, ",\"track_dirty\":true", true);
-	assert_string_equal(str_of(r, "dirty_tracking"), "ring");
-	json_decref(r);
-	usleep(300 * 1000);
-	r = diff_snapshot(csock, d1, base, "live");
-	fprintf(stderr, "child diff: %lld dirty pages, %lld full-ring exits of its own\n",
-		int_of(r, "dirty_pages"), int_of(r, "ring_full_exits"));
-	assert_string_equal(str_of(r, "dirty_tracking"), "ring");
-	json_decref(r);
-	json_decref(call(csock, "{\"cmd\":\"shutdown\"}", true));
-	restore_verify_strict(d1, 2);
-}
-
 static char chain[4][300]; /* the chain of the first test: full, then three diffs */
 
 /*
@@ -302,39 +256,32 @@ static char chain[4][300]; /* the chain of the first test: full, then three diff
  * diff, a stop-and-save diff and a persisted BRANCH diff. The last restores
  * (base mapped, three diffs overlaid) to a guest whose memory is one instant.
  */
-static void three_link_chain(const char *tracking, const char *prefix, char links[4][300],
-			     bool jailed_too)
+static void test_three_link_chain_restores_strictly(void **state)
 {
-	char sock[300], req[1400], out[4096], name[64];
-	long long full_exits = 0;
+	char sock[300], req[1400], out[4096];
 	struct vmm_proc p;
 	json_t *r;
 
-	source_tracking = tracking;
-	snprintf(name, sizeof(name), "%s.sock", prefix);
-	path_in(sock, sizeof(sock), name);
+	(void)state;
+	path_in(sock, sizeof(sock), "chain.sock");
 	for (int i = 0; i < 4; i++) {
-		snprintf(name, sizeof(name), "%s%d", prefix, i);
-		path_in(links[i], sizeof(links[i]), name);
+		char name[32];
+		snprintf(name, sizeof(name), "link%d", i);
+		path_in(chain[i], sizeof(chain[i]), name);
 	}
 	/* cpu2 touches 64 MiB once at boot: in the base, in no diff. */
 	start_source_cpus(&p, sock, "256M", "3",
 			  "work=pattern,pattern,touch pattern_mib=32 touch_mib=64 "
 			  "pattern_freeze=genid");
 	need_line(&p, "cpu2.touch_ok=1");
-	/* The writers' first pass over their 32 MiB each, so that the base holds it (on a loaded
-	 * machine it once had not: a 96 MiB base). */
-	usleep(500 * 1000);
 
-	r = snapshot(sock, links[0], ",\"track_dirty\":true", true);
+	r = snapshot(sock, chain[0], ",\"track_dirty\":true", true);
 	assert_string_equal(str_of(r, "snapshot"), "ready");
 	assert_true(json_is_true(json_object_get(r, "track_dirty")));
-	assert_string_equal(str_of(r, "dirty_tracking"),
-			    tracking && !strncmp(tracking, "ring", 4) ? "ring" : "log");
 	json_decref(r);
 	usleep(300 * 1000);
 
-	r = diff_snapshot(sock, links[1], links[0], "live");
+	r = diff_snapshot(sock, chain[1], chain[0], "live");
 	assert_string_equal(str_of(r, "snapshot"), "ready");
 	fprintf(stderr, "diff 1 (live): %lld dirty pages, collected in %lld us\n",
 		int_of(r, "dirty_pages"), int_of(r, "collect_us"));
@@ -342,7 +289,7 @@ static void three_link_chain(const char *tracking, const char *prefix, char link
 	json_decref(r);
 	usleep(300 * 1000);
 
-	r = diff_snapshot(sock, links[2], links[1], "stop");
+	r = diff_snapshot(sock, chain[2], chain[1], "stop");
 	fprintf(stderr, "diff 2 (stop): %lld dirty pages\n", int_of(r, "dirty_pages"));
 	assert_true(int_of(r, "dirty_pages") > 0);
 	json_decref(r);
@@ -350,17 +297,10 @@ static void three_link_chain(const char *tracking, const char *prefix, char link
 
 	snprintf(req, sizeof(req),
 		 "{\"cmd\":\"branch\",\"n\":0,\"persist\":\"%s\",\"parent\":\"%s\",\"wait\":true}",
-		 links[3], links[2]);
+		 chain[3], chain[2]);
 	r = call(sock, req, true);
 	assert_string_equal(str_of(r, "persist"), "ready");
 	fprintf(stderr, "diff 3 (persisted BRANCH): %lld dirty pages\n", int_of(r, "dirty_pages"));
-	if (json_object_get(r, "ring_full_exits"))
-		full_exits = int_of(r, "ring_full_exits");
-	fprintf(stderr, "%s: %lld dirty-ring-full exits in the VMM\n", tracking ? tracking : "log",
-		full_exits);
-	/* A 1024-entry ring (4 MiB) fills many times under writers dirtying 64 MiB. */
-	if (tracking && !strcmp(tracking, "ring:1024"))
-		assert_true(full_exits > 0);
 	json_decref(r);
 	r = call(sock, "{\"cmd\":\"zygote\",\"action\":\"list\"}", true);
 	for (size_t i = 0; i < json_array_size(json_object_get(r, "zygotes")); i++) {
@@ -371,23 +311,18 @@ static void three_link_chain(const char *tracking, const char *prefix, char link
 		json_decref(call(sock, req, true));
 	}
 	json_decref(r);
-	if (tracking && !strcmp(tracking, "ring:1024"))
-		child_tracks_with_ring(sock, prefix);
 	stop_vm(&p, sock);
 
 	for (int i = 0; i < 4; i++)
-		fprintf(stderr, "%s: %llu KiB on disk\n", links[i], disk_bytes(links[i]) >> 10);
+		fprintf(stderr, "%s: %llu KiB on disk\n", chain[i], disk_bytes(chain[i]) >> 10);
 	/* Each diff holds what the writers dirtied (64 MiB), not the 64 MiB touched before. */
 	for (int i = 1; i < 4; i++)
-		assert_true(disk_bytes(links[i]) + (48ull << 20) < disk_bytes(links[0]));
+		assert_true(disk_bytes(chain[i]) + (48ull << 20) < disk_bytes(chain[0]));
 	/* A diff's own memory file checks against its own chunk checksums. */
-	assert_int_equal(run(out, sizeof(out), "'%s' snapshot verify '%s'", forkd(), links[3]), 0);
+	assert_int_equal(run(out, sizeof(out), "'%s' snapshot verify '%s'", forkd(), chain[3]), 0);
 
-	restore_verify_strict(links[3], 2);
-	restore_verify_strict(links[1], 2);
-	source_tracking = NULL;
-	if (!jailed_too)
-		return;
+	restore_verify_strict(chain[3], 2);
+	restore_verify_strict(chain[1], 2);
 	/*
 	 * Jailed (as nobody, who must be able to read the files), the restore sees the chain's
 	 * parents too: bound read-only at their paths.
@@ -395,33 +330,10 @@ static void three_link_chain(const char *tracking, const char *prefix, char link
 	assert_int_equal(run(out, sizeof(out),
 			     "mkdir '%s/jrun' && chown -R 65534:65534 '%s/jrun' "
 			     "'%s' '%s' '%s' '%s'",
-			     dir, dir, links[0], links[1], links[2], links[3]),
+			     dir, dir, chain[0], chain[1], chain[2], chain[3]),
 			 0);
 	path_in(out, sizeof(out), "jail");
-	restore_verify_strict_in(links[3], 2, out);
-}
-
-static void test_three_link_chain_restores_strictly(void **state)
-{
-	(void)state;
-	three_link_chain(NULL, "link", chain, true);
-}
-
-/* The same chain with KVM's dirty ring: its default size, and a small one that fills. */
-static void test_three_link_chain_ring(void **state)
-{
-	char links[4][300];
-
-	(void)state;
-	three_link_chain("ring", "ring", links, false);
-}
-
-static void test_three_link_chain_small_ring(void **state)
-{
-	char links[4][300];
-
-	(void)state;
-	three_link_chain("ring:1024", "ring1k", links, false);
+	restore_verify_strict_in(chain[3], 2, out);
 }
 
 /* The compacted chain is a full snapshot that restores strictly, and a killed compaction. */
@@ -572,8 +484,6 @@ int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_three_link_chain_restores_strictly),
-	    cmocka_unit_test(test_three_link_chain_ring),
-	    cmocka_unit_test(test_three_link_chain_small_ring),
 	    cmocka_unit_test(test_compact),
 	    cmocka_unit_test(test_idle_4g_diff_is_small),
 	    cmocka_unit_test(test_broken_chains),

@@ -522,9 +522,9 @@ static void test_parse_is_repeatable(void **state)
 static void test_usage_names_every_option(void **state)
 {
 	static const char *const options[] = {
-	    "--kernel",	     "--initrd",	 "--append", "--mem",	"--cpus",   "--disk",
-	    "--serial",	     "--serial-in",	 "--kvm",    "--vsock", "--fanout", "--fanout-dir",
-	    "--mem-backend", "--dirty-tracking", "--help"};
+	    "--kernel", "--initrd",	"--append",	 "--mem", "--cpus",
+	    "--disk",	"--serial",	"--serial-in",	 "--kvm", "--vsock",
+	    "--fanout", "--fanout-dir", "--mem-backend", "--help"};
 	char *text = NULL;
 	size_t size = 0;
 	FILE *out = open_memstream(&text, &size);
@@ -683,42 +683,6 @@ static void test_vsock(void **state)
 			   "at most 107");
 }
 
-static void test_dirty_tracking(void **state)
-{
-	struct vmm_config cfg;
-	struct fk_err err = {0};
-
-	(void)state;
-	assert_int_equal(PARSE(&cfg, &err, "--kernel", "k"), 0);
-	assert_int_equal(cfg.dirty_tracking, VMM_DIRTY_LOG);
-	assert_int_equal(PARSE(&cfg, &err, "--kernel", "k", "--dirty-tracking", "ring"), 0);
-	assert_int_equal(cfg.dirty_tracking, VMM_DIRTY_RING);
-	assert_int_equal(cfg.dirty_ring_entries, VMM_DIRTY_RING_DEFAULT_ENTRIES);
-	assert_int_equal(PARSE(&cfg, &err, "--kernel", "k", "--dirty-tracking", "ring:1024"), 0);
-	assert_int_equal(cfg.dirty_tracking, VMM_DIRTY_RING);
-	assert_int_equal(cfg.dirty_ring_entries, 1024);
-	assert_int_equal(PARSE(&cfg, &err, "--kernel", "k", "--dirty-tracking", "ring:65536"), 0);
-	assert_int_equal(cfg.dirty_ring_entries, 65536);
-	assert_int_equal(PARSE(&cfg, &err, "--kernel", "k", "--dirty-tracking", "log"), 0);
-	assert_int_equal(cfg.dirty_tracking, VMM_DIRTY_LOG);
-	EXPECT_PARSE_ERROR(EINVAL, "--dirty-tracking 'bitmap'",
-			   "log (the default), ring or ring:ENTRIES", "--kernel", "k",
-			   "--dirty-tracking", "bitmap");
-	EXPECT_PARSE_ERROR(EINVAL, "--dirty-tracking 'ring:1000'",
-			   "power of two from 1024 to 65536", "--kernel", "k", "--dirty-tracking",
-			   "ring:1000");
-	EXPECT_PARSE_ERROR(EINVAL, "--dirty-tracking 'ring:512'", "power of two from 1024 to 65536",
-			   "--kernel", "k", "--dirty-tracking", "ring:512");
-	EXPECT_PARSE_ERROR(EINVAL, "--dirty-tracking 'ring:131072'", "from 1024 to 65536",
-			   "--kernel", "k", "--dirty-tracking", "ring:131072");
-	EXPECT_PARSE_ERROR(EINVAL, "--dirty-tracking 'ring:'", "ring:ENTRIES", "--kernel", "k",
-			   "--dirty-tracking", "ring:");
-	EXPECT_PARSE_ERROR(EINVAL, "--dirty-tracking 'ring:4k'", "ring:ENTRIES", "--kernel", "k",
-			   "--dirty-tracking", "ring:4k");
-	EXPECT_PARSE_ERROR(EINVAL, "--dirty-tracking 'ring:-1024'", "ring:ENTRIES", "--kernel", "k",
-			   "--dirty-tracking", "ring:-1024");
-}
-
 static void test_mem_backend(void **state)
 {
 	struct vmm_config cfg;
@@ -769,7 +733,6 @@ int main(void)
 	    T(test_vsock),
 	    T(test_image),
 	    T(test_mem_backend),
-	    T(test_dirty_tracking),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
