@@ -3136,9 +3136,11 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock,
 	pthread_mutex_unlock(&d->lock);
 	if (ret < 0)
 		return ret;
-	/* The sockets' paths were recorded with the VM (restored_paths). */
 	if ((ret = vm_dir(d, vm.id, NULL, dir, sizeof(dir), err)) < 0 ||
 	    (ret = vm_dir(d, vm.id, "overlay", overlay, sizeof(overlay), err)) < 0 ||
+	    (ret = vm_dir(d, vm.id, "control.sock", vm.control_sock, sizeof(vm.control_sock),
+			  err)) < 0 ||
+	    (ret = vm_dir(d, vm.id, "vsock.sock", vm.vsock_sock, sizeof(vm.vsock_sock), err)) < 0 ||
 	    (ret = vm_dir(d, vm.id, "serial.log", serial, sizeof(serial), err)) < 0 ||
 	    (ret = vm_dir(d, vm.id, "vmm.err", s->err_path, sizeof(s->err_path), err)) < 0)
 		return ret;
@@ -3146,6 +3148,8 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock,
 		return fk_fail_errno(err, errno, "%s: create %s", vm.id, dir);
 	if ((ret = jail_prepare(d, vm.id, uid, dir, &jail_args, err)) < 0)
 		return ret;
+	if (!vsock)
+		vm.vsock_sock[0] = '\0';
 	snprintf(s->sock, sizeof(s->sock), "%s", vm.control_sock);
 	char *argv[32];
 	int a = 0;
@@ -3174,21 +3178,10 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock,
 	add_jail_args(uid, &jail_args, argv, &a);
 	argv[a] = NULL;
 	pthread_mutex_lock(&d->lock);
-	ret = launch_locked(d, s, argv, err);
+	ret = registry_vm_update(d->reg, &vm, err);
+	if (ret == 0)
+		ret = launch_locked(d, s, argv, err);
 	pthread_mutex_unlock(&d->lock);
-	return ret;
-}
-
-/* Where a restored VM will answer: its control socket, and its vsock socket if the snapshot
- * has a vsock device. */
-static int restored_paths(struct daemon *d, struct reg_vm *vm, bool vsock, struct fk_err *err)
-{
-	int ret =
-	    vm_dir(d, vm->id, "control.sock", vm->control_sock, sizeof(vm->control_sock), err);
-
-	vm->vsock_sock[0] = '\0';
-	if (ret == 0 && vsock)
-		ret = vm_dir(d, vm->id, "vsock.sock", vm->vsock_sock, sizeof(vm->vsock_sock), err);
 	return ret;
 }
 
@@ -3221,7 +3214,7 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	long long n = 1;
 	double t0 = mono_s();
 	json_t *vms = NULL;
-	bool vsock, batch;
+	bool vsock;
 	int ret;
 	struct op_timer tm;
 
@@ -3281,11 +3274,6 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	/* A restored VM runs what its snapshot's VM booted, when that is still known. */
 	if (!snap.parent_vm[0] || registry_vm_get(d->reg, snap.parent_vm, &origin, err) < 0)
 		memset(&origin, 0, sizeof(origin));
-	/*
-	 * The VMs and their sockets' paths in one commit (a write-ahead record: each is
-	 * `starting`, with where it will answer, before its VMM exists), not two per VM.
-	 */
-	batch = registry_batch_begin(d->reg, err) == 0;
 	for (long long i = 0; i < n && ret == 0; i++) {
 		struct reg_vm vm = {0};
 		struct tracked *t;
@@ -3300,10 +3288,6 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 		ret = d->jail ? jail_uid_alloc(d, &uids[i], err) : 0;
 		if (ret == 0)
 			ret = registry_vm_add(d->reg, &vm, err);
-		if (ret == 0)
-			ret = restored_paths(d, &vm, vsock, err);
-		if (ret == 0)
-			ret = registry_vm_update(d->reg, &vm, err);
 		if (ret < 0)
 			break;
 		snprintf(s[i].id, sizeof(s[i].id), "%s", vm.id);
@@ -3318,8 +3302,6 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 			t->meta.uid = uids[i];
 		}
 	}
-	if (batch && registry_batch_end(d->reg, err) < 0 && ret == 0)
-		ret = -EIO; /* nothing recorded: abort_started below forgets them */
 	pthread_mutex_unlock(&d->lock);
 	timer_mark(&tm, "register");
 	for (long long i = 0; i < n && ret == 0; i++)
