@@ -18,8 +18,9 @@
  * Prepared statements kept for the life of a handle. Preparing one of the registry's
  * statements costs tens of microseconds (parsing, planning over the schema's foreign keys),
  * about as much as running it: a branch makes a dozen of them. A statement checked out by
- * prep() is busy until done() gives it back; a nested use of the same SQL gets a fresh,
- * uncached statement, so no caller resets another's.
+ * prep() is busy until done() gives it back; a nested use of the same SQL, or one from another
+ * thread sharing the handle, gets a fresh, uncached statement, so no caller resets or steps
+ * another's. stmt_lock guards the slots only (SQLite serializes the connection itself).
  */
 #define REG_STMT_CACHE 48
 
@@ -33,6 +34,7 @@ struct registry {
 	sqlite3 *db;
 	char path[REG_PATH_MAX];
 	bool in_batch; /* registry_batch_begin: each operation is a savepoint inside it */
+	pthread_mutex_t stmt_lock;
 	int nr_stmts;
 	struct reg_stmt_slot stmts[REG_STMT_CACHE];
 };
@@ -192,28 +194,36 @@ static int exec(struct registry *r, const char *sql, struct fk_err *err)
  * done(). */
 static int prep(struct registry *r, sqlite3_stmt **st, const char *sql, struct fk_err *err)
 {
-	struct reg_stmt_slot *slot = NULL;
+	struct reg_stmt_slot *slot;
+	sqlite3_stmt *fresh;
 
+	pthread_mutex_lock(&r->stmt_lock);
 	for (int i = 0; i < r->nr_stmts; i++) {
 		if (!r->stmts[i].busy && strcmp(r->stmts[i].sql, sql) == 0) {
 			r->stmts[i].busy = true;
 			*st = r->stmts[i].st;
+			pthread_mutex_unlock(&r->stmt_lock);
 			return 0;
 		}
 	}
-	if (sqlite3_prepare_v3(r->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) != SQLITE_OK) {
+	pthread_mutex_unlock(&r->stmt_lock);
+	if (sqlite3_prepare_v3(r->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &fresh, NULL) !=
+	    SQLITE_OK) {
 		*st = NULL;
 		return sql_fail(r, err, "prepare");
 	}
+	*st = fresh;
+	pthread_mutex_lock(&r->stmt_lock);
 	if (r->nr_stmts < REG_STMT_CACHE) {
 		slot = &r->stmts[r->nr_stmts];
 		slot->sql = strdup(sql);
 		if (slot->sql) { /* without memory it simply stays uncached */
-			slot->st = *st;
+			slot->st = fresh;
 			slot->busy = true;
 			r->nr_stmts++;
 		}
 	}
+	pthread_mutex_unlock(&r->stmt_lock);
 	return 0;
 }
 
@@ -597,6 +607,7 @@ int registry_open(const char *path, struct registry **out, struct fk_err *err)
 	r = calloc(1, sizeof(*r));
 	if (!r)
 		return fk_fail(err, ENOMEM, "registry %s", path);
+	pthread_mutex_init(&r->stmt_lock, NULL);
 	memcpy(r->path, path, strlen(path) + 1);
 
 	rc = sqlite3_open_v2(path, &r->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
@@ -652,6 +663,7 @@ void registry_close(struct registry *r)
 		sqlite3_finalize(r->stmts[i].st);
 		free(r->stmts[i].sql);
 	}
+	pthread_mutex_destroy(&r->stmt_lock);
 	sqlite3_close_v2(r->db);
 	free(r);
 }

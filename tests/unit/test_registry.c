@@ -12,6 +12,7 @@
 #include <ftw.h>
 #include <signal.h>
 #include <sqlite3.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -258,6 +259,48 @@ static void test_vm_crud(void **state)
 	assert_int_equal(registry_vm_list(f->r, &list, &n, &err), 0);
 	assert_int_equal(n, 1);
 	free(list);
+}
+
+/*
+ * Two threads reading through one handle at once: each gets its own statement (the cache
+ * hands a busy one to nobody), so every read returns its own VM.
+ */
+struct reader_arg {
+	struct registry *r;
+	const struct reg_vm *vm;
+	int bad;
+};
+
+static void *read_many(void *p)
+{
+	struct reader_arg *a = p;
+	struct fk_err err = {0};
+	struct reg_vm got;
+
+	for (int i = 0; i < 2000; i++)
+		if (registry_vm_get(a->r, a->vm->id, &got, &err) != 0 ||
+		    strcmp(got.id, a->vm->id) != 0 ||
+		    strcmp(got.control_sock, a->vm->control_sock) != 0)
+			a->bad++;
+	return NULL;
+}
+
+static void test_statements_shared_by_threads(void **state)
+{
+	struct fixture *f = *state;
+	struct fk_err err = {0};
+	struct reg_vm one = sample_vm("one"), two = sample_vm("two");
+	struct reader_arg a = {.r = f->r, .vm = &one}, b = {.r = f->r, .vm = &two};
+	pthread_t ta, tb;
+
+	assert_int_equal(registry_vm_add(f->r, &one, &err), 0);
+	assert_int_equal(registry_vm_add(f->r, &two, &err), 0);
+	assert_int_equal(pthread_create(&ta, NULL, read_many, &a), 0);
+	assert_int_equal(pthread_create(&tb, NULL, read_many, &b), 0);
+	pthread_join(ta, NULL);
+	pthread_join(tb, NULL);
+	assert_int_equal(a.bad, 0);
+	assert_int_equal(b.bad, 0);
 }
 
 static void test_vm_add_checks(void **state)
@@ -1364,6 +1407,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test_setup_teardown(test_vm_crud, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_statements_shared_by_threads, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_vm_add_checks, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_ids_unique_never_reused, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_zygotes, setup, teardown),
