@@ -10,6 +10,7 @@
 #include "devices/tap.h"
 #include "state/vm_snapshot.h"
 #include "state/diff_track.h"
+#include "uffd/uffd_live.h"
 
 /* The network device: what it is attached to and what the guest (or the host) cost it. */
 static void put_net_status(struct vm *vm, json_t *reply)
@@ -254,7 +255,7 @@ out:
 static int cmd_snapshot(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
 {
 	struct vm *vm = opaque;
-	const char *path, *mode = NULL;
+	const char *path, *mode = NULL, *engine = NULL;
 	bool resume = true, wait = true, live;
 	struct diff_request dreq = {0};
 	int ret;
@@ -270,8 +271,12 @@ static int cmd_snapshot(void *opaque, json_t *request, json_t *reply, struct fk_
 		ret = control_arg_string(request, "mode", false, &mode, err);
 	if (!ret)
 		ret = control_arg_bool(request, "wait", false, &wait, err);
+	if (!ret)
+		ret = control_arg_string(request, "engine", false, &engine, err);
 	if (ret < 0)
 		return ret;
+	if (engine && strcmp(engine, "fork") != 0 && strcmp(engine, "uffd-wp") != 0)
+		return fk_fail(err, EINVAL, "engine '%s': expected fork or uffd-wp", engine);
 	if (mode && strcmp(mode, "live") != 0 && strcmp(mode, "stop") != 0)
 		return fk_fail(err, EINVAL, "mode '%s': expected live or stop", mode);
 	/* A paused VM, or one to stay paused, has no running guest to snapshot live. */
@@ -284,10 +289,21 @@ static int cmd_snapshot(void *opaque, json_t *request, json_t *reply, struct fk_
 	if (!live && !wait)
 		return fk_fail(err, EINVAL,
 			       "wait false: only a live snapshot is written in the background");
-	ret = live ? snapshot_live(vm, path, wait, &dreq, reply, err)
-		   : snapshot_stop(vm, path, resume, &dreq, reply, err);
+	if (engine && strcmp(engine, "fork") != 0) {
+		/* A write-protect engine: docs/design/userfaultfd.md; its own file. */
+		if (!live || dreq.parent || dreq.track)
+			return fk_fail(err, EINVAL,
+				       "engine %s: a live, full snapshot only (expected mode live, "
+				       "no parent or track_dirty)",
+				       engine);
+		ret = uffd_live_snapshot(vm, path, wait, reply, err);
+	} else {
+		ret = live ? snapshot_live(vm, path, wait, &dreq, reply, err)
+			   : snapshot_stop(vm, path, resume, &dreq, reply, err);
+	}
 	if (ret < 0)
 		return ret;
+	json_object_set_new(reply, "engine", json_string(engine ? engine : "fork"));
 	put_diff(vm, &dreq, reply);
 	json_object_set_new(reply, "path", json_string(path));
 	json_object_set_new(reply, "mode", json_string(live ? "live" : "stop"));
@@ -305,6 +321,8 @@ static int cmd_snapshot_status(void *opaque, json_t *request, json_t *reply, str
 	ret = control_arg_string(request, "path", true, &path, err);
 	if (ret < 0)
 		return ret;
+	if (uffd_live_status(path, reply) == 0)
+		return 0;
 	j = branch_snapshot_job(vm, path);
 	if (!j)
 		return fk_fail(err, ENOENT,

@@ -27,6 +27,7 @@
 #include "state/vm_state.h"
 #include "state/diff_track.h"
 #include "uffd/uffd_vmm.h"
+#include "uffd/uffd_live.h"
 
 #define SERIAL_FLUSH_INTERVAL_NS (20 * 1000 * 1000)
 
@@ -860,6 +861,7 @@ void vm_destroy(struct vm *vm)
 	 * userfaultfd would make munmap wait for an UNMAP event no one reads.
 	 */
 	uffd_watch_stop(vm->uffd);
+	uffd_live_end(vm); /* a uffd-wp snapshot's copier reads guest RAM until it ends */
 	free(vm->uffd);
 	vm->uffd = NULL;
 	diff_track_free(vm);

@@ -20,6 +20,7 @@
 #include <sys/syscall.h>
 #include <linux/if_tun.h>
 #include <sys/ioctl.h>
+#include <linux/userfaultfd.h>
 #include <unistd.h>
 
 /* Syscall numbers the SIGSYS line can name; x86-64 has fewer than this. */
@@ -221,6 +222,8 @@ static const int main_syscalls[] = {
     SCMP_SYS(set_tid_address),
     /* Only adds filters: a thread's own role, at its start. */
     SCMP_SYS(seccomp),
+    /* the uffd-wp live snapshot's userfaultfd (src/uffd/uffd_live.c) */
+    SCMP_SYS(userfaultfd),
 };
 
 static const unsigned long main_ioctls[] = {
@@ -289,6 +292,11 @@ static const unsigned long main_ioctls[] = {
     TUNSETIFF,
     TUNSETVNETHDRSZ,
     TUNSETOFFLOAD,
+    /* the uffd-wp live snapshot (src/uffd/uffd_live.c): arm, copy, un-protect */
+    UFFDIO_API,
+    UFFDIO_REGISTER,
+    UFFDIO_UNREGISTER,
+    UFFDIO_WRITEPROTECT,
 };
 
 static const int main_prctls[] = {

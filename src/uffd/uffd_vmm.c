@@ -24,7 +24,7 @@
  * accesses to guest RAM are kernel-mode faults, so UFFD_USER_MODE_ONLY is
  * never an option here.
  */
-static int open_userfaultfd(struct fk_err *err)
+int uffd_open_fd(struct fk_err *err)
 {
 	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 	int dev, e;
@@ -83,7 +83,7 @@ int uffd_vmm_attach(const struct guest_mem *mem, const char *sock_path, struct u
 	conn = connect_handler(sock_path, err);
 	if (conn < 0)
 		return conn;
-	uffd = open_userfaultfd(err);
+	uffd = uffd_open_fd(err);
 	if (uffd < 0) {
 		ret = uffd;
 		goto out;

@@ -29,6 +29,12 @@ struct uffd_watch {
 };
 
 /*
+ * A new userfaultfd (O_CLOEXEC|O_NONBLOCK), never UFFD_USER_MODE_ONLY: the
+ * syscall, else /dev/userfaultfd. Also the uffd-wp live snapshot's.
+ */
+int uffd_open_fd(struct fk_err *err);
+
+/*
  * Connects to the handler listening on sock_path, registers every region of
  * mem (a GUEST_MEM_UFFD mapping) and sends the userfaultfd with the regions
  * (offsets in the memory file: regions packed in order, as the snapshot

@@ -1,0 +1,452 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The uffd-wp live snapshot engine with the probe guest
+ * (docs/design/userfaultfd.md, "Write-protect live snapshots"): a 2-vCPU
+ * pattern guest snapshotted under write load verifies strictly when
+ * restored (file and lazy uffd restore), its source verifies live and runs
+ * on; a guest larger than 4 GiB whose writer lives above 4 GiB; a write-fault
+ * handler that ends or never answers fails the snapshot, un-protects guest
+ * memory, and leaves the source running; bad requests are refused by name.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "probe_cases.h"
+#include "where.h"
+
+#define TIMEOUT_MS 30000
+#define PATTERN	   "work=pattern,pattern pattern_mib=64 pattern_freeze=genid"
+
+static char dir[256];
+
+static int setup(void **state)
+{
+	(void)state;
+	return harness_tmpdir_create(dir, sizeof(dir), "uffd-wp");
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	return harness_tmpdir_remove(dir);
+}
+
+static const char *need_line(struct vmm_proc *p, const char *prefix)
+{
+	const char *line = vmm_need_line(p, prefix, TIMEOUT_MS);
+
+	assert_non_null(line);
+	return line;
+}
+
+static json_t *call(const char *sock, const char *req, bool want_ok)
+{
+	json_t *reply = harness_call_expect(sock, req, want_ok);
+
+	assert_non_null(reply);
+	return reply;
+}
+
+/* Each test's source gets its own socket name: a failed test's VMM never blocks the next. */
+static void start_source(struct vmm_proc *p, char *sock, const char *mem, const char *append)
+{
+	static int counter;
+
+	snprintf(sock, 320, "%s/source%d.sock", dir, ++counter);
+	probe_start(p, NULL, mem, "2", append, "--control", sock, NULL);
+	need_line(p, "DONE");
+	usleep(200 * 1000);
+}
+
+static void stop_vm(struct vmm_proc *p, const char *sock)
+{
+	json_decref(call(sock, "{\"cmd\":\"shutdown\"}", true));
+	assert_int_equal(vmm_wait(p, TIMEOUT_MS), 0);
+	vmm_free(p);
+}
+
+/* The source's own live verification: its writers' memory is consistent now. */
+static void source_verifies_live(struct vmm_proc *p, int first_writer, int nr_writers)
+{
+	char key[32], buf[32];
+	int skip = p->nr_lines;
+
+	vmm_send(p, "verify\n");
+	assert_non_null(vmm_wait_containing(p, "verify.end", NULL, NULL, TIMEOUT_MS));
+	(void)skip;
+	for (int i = first_writer; i < first_writer + nr_writers; i++) {
+		snprintf(key, sizeof(key), "cpu%d.verify", i);
+		if (!vmm_value(p, key, buf, sizeof(buf)) || strcmp(buf, "ok") != 0) {
+			vmm_dump(p);
+			fail_msg("source %s=%s after a uffd-wp snapshot", key, buf);
+		}
+	}
+}
+
+/* Polls snapshot-status until it leaves "writing"; returns the reply. */
+static json_t *wait_status(const char *sock, const char *path)
+{
+	long long end = harness_deadline(TIMEOUT_MS * 4);
+	char req[700];
+
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot-status\",\"path\":\"%s\"}", path);
+	while (now_ms() < end) {
+		json_t *r = call(sock, req, true);
+		const char *s = json_string_value(json_object_get(r, "snapshot"));
+
+		assert_non_null(s);
+		if (strcmp(s, "writing") != 0)
+			return r;
+		json_decref(r);
+		usleep(20 * 1000);
+	}
+	fail_msg("snapshot %s still writing after %d ms", path, TIMEOUT_MS * 4);
+	return NULL;
+}
+
+/* As test_uffd.c: on pattern.frozen=0, ask for reports until every writer froze. */
+static void wait_writers_frozen(struct vmm_proc *p, int first_writer, int nr_writers)
+{
+	const char *line = need_line(p, "pattern.frozen=");
+	long long end = harness_deadline(TIMEOUT_MS);
+	char key[64], buf[32];
+
+	if (strncmp(line, "pattern.frozen=1", 16) == 0)
+		return;
+	while (now_ms() < end) {
+		int frozen = 0;
+
+		vmm_send(p, "report\n");
+		usleep(200 * 1000);
+		for (int i = first_writer; i < first_writer + nr_writers; i++) {
+			snprintf(key, sizeof(key), "cpu%d.pattern_frozen", i);
+			if (vmm_value(p, key, buf, sizeof(buf)) && strcmp(buf, "1") == 0)
+				frozen++;
+		}
+		if (frozen == nr_writers)
+			return;
+	}
+	vmm_dump(p);
+	fail_msg("the restored guest's writers never froze on the new generation ID");
+}
+
+static void verify_strict(struct vmm_proc *p, int first_writer, int nr_writers, const char *how)
+{
+	char want[64], buf[32];
+
+	wait_writers_frozen(p, first_writer, nr_writers);
+	vmm_send(p, "verify strict\n");
+	need_line(p, "verify.end");
+	for (int i = first_writer; i < first_writer + nr_writers; i++) {
+		snprintf(want, sizeof(want), "cpu%d.verify", i);
+		if (!vmm_value(p, want, buf, sizeof(buf)) || strcmp(buf, "ok") != 0) {
+			vmm_dump(p);
+			fail_msg("%s=%s after a %s restore of a uffd-wp snapshot", want, buf, how);
+		}
+	}
+	assert_non_null(vmm_wait_containing(p, "verify.end", "mode=strict", NULL, TIMEOUT_MS));
+}
+
+static void restore_file_and_verify(const char *snap, int first_writer, int nr_writers)
+{
+	struct vmm_proc p;
+	char control[320];
+	char *argv[] = {(char *)harness_vmm(), "--restore", (char *)snap, "--control", control,
+			NULL};
+
+	snprintf(control, sizeof(control), "%s/restored.sock", dir);
+	assert_int_equal(vmm_start(&p, argv), 0);
+	verify_strict(&p, first_writer, nr_writers, "file");
+	stop_vm(&p, control);
+}
+
+/* forkd-uffd next to the VMM under test. */
+static const char *uffd_binary(void)
+{
+	static char path[4200];
+	char vmm[4096];
+
+	snprintf(vmm, sizeof(vmm), "%s", harness_vmm());
+	snprintf(path, sizeof(path), "%s/forkd-uffd", dirname(vmm));
+	return path;
+}
+
+/* A lazy restore served by forkd-uffd from the snapshot's memory file. */
+static void restore_uffd_and_verify(const char *snap, int first_writer, int nr_writers)
+{
+	struct vmm_proc p;
+	char control[320], hsock[320], line[256] = "";
+	char *argv[] = {(char *)harness_vmm(), "--restore", (char *)snap, "--restore-mode", "uffd",
+			"--uffd-handler", hsock, "--control", control, NULL};
+	int out[2], status = 0;
+	pid_t h;
+	ssize_t n = 0;
+
+	snprintf(control, sizeof(control), "%s/lazy.sock", dir);
+	snprintf(hsock, sizeof(hsock), "%s/handler.sock", dir);
+	assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+	h = fork();
+	assert_true(h >= 0);
+	if (h == 0) {
+		dup2(out[1], STDOUT_FILENO);
+		execl(uffd_binary(), uffd_binary(), "--socket", hsock, "--snapshot", snap,
+		      (char *)NULL);
+		_exit(127);
+	}
+	close(out[1]);
+	{
+		struct pollfd pfd = {.fd = out[0], .events = POLLIN};
+		if (poll(&pfd, 1, 10000) > 0)
+			n = read(out[0], line, sizeof(line) - 1);
+	}
+	if (n <= 0 || !strstr(line, "listening on")) {
+		kill(h, SIGKILL);
+		waitpid(h, NULL, 0);
+		fail_msg("forkd-uffd did not start listening: '%s'", line);
+	}
+	assert_int_equal(vmm_start(&p, argv), 0);
+	verify_strict(&p, first_writer, nr_writers, "lazy (uffd)");
+	stop_vm(&p, control);
+	for (int i = 0; i < 500 && waitpid(h, &status, WNOHANG) == 0; i++)
+		usleep(20 * 1000);
+	if (kill(h, 0) == 0) {
+		kill(h, SIGKILL);
+		waitpid(h, &status, 0);
+		fail_msg("forkd-uffd did not exit after its VM");
+	}
+	close(out[0]);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static long long jint(json_t *o, const char *key)
+{
+	json_t *v = json_object_get(o, key);
+
+	if (!json_is_integer(v))
+		fail_msg("reply has no integer %s", key);
+	return json_integer_value(v);
+}
+
+/*
+ * 256 MiB, 2 vCPUs writing: written in the background (wait false), the
+ * status says writing then ready; outside, the writers' writes were write
+ * faults served by copying first; inside, both restores verify strictly.
+ */
+static void test_snapshot_under_write_load(void **state)
+{
+	struct vmm_proc p;
+	char sock[320], snap[320], req[800];
+	json_t *r;
+	const char *s;
+
+	(void)state;
+	snprintf(snap, sizeof(snap), "%s/snap", dir);
+	start_source(&p, sock, "256M", PATTERN);
+	snprintf(req, sizeof(req),
+		 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\",\"wait\":false}",
+		 snap);
+	r = call(sock, req, true);
+	s = json_string_value(json_object_get(r, "snapshot"));
+	assert_non_null(s);
+	if (strcmp(s, "writing") != 0 && strcmp(s, "ready") != 0)
+		fail_msg("snapshot: %s right after the pause", s);
+	assert_string_equal(json_string_value(json_object_get(r, "engine")), "uffd-wp");
+	assert_string_equal(json_string_value(json_object_get(r, "state")), "running");
+	assert_true(jint(r, "pause_us") > 0);
+	json_decref(r);
+	r = wait_status(sock, snap);
+	s = json_string_value(json_object_get(r, "snapshot"));
+	if (strcmp(s, "ready") != 0)
+		fail_msg("snapshot %s: %s", s, json_string_value(json_object_get(r, "error")));
+	/* Outside: the writers' stores after the instant were write faults, copied first. */
+	if (jint(r, "faults") == 0 || jint(r, "fault_copies") + jint(r, "fault_waits") == 0 ||
+	    jint(r, "bulk_copies") == 0 ||
+	    jint(r, "fault_copies") + jint(r, "bulk_copies") != 65536)
+		fail_msg("faults %lld, fault copies %lld, waits %lld, bulk %lld: expected write "
+			 "faults under load and every one of 65536 pages copied once",
+			 jint(r, "faults"), jint(r, "fault_copies"), jint(r, "fault_waits"),
+			 jint(r, "bulk_copies"));
+	json_decref(r);
+	/* The source ran on: it still writes, and its own verification holds. */
+	source_verifies_live(&p, 0, 2);
+	stop_vm(&p, sock);
+	restore_file_and_verify(snap, 0, 2);
+	restore_uffd_and_verify(snap, 0, 2);
+}
+
+/* Two snapshots of one source, waited for: both ready, both restore strictly. */
+static void test_two_snapshots_waited(void **state)
+{
+	struct vmm_proc p;
+	char sock[320], snap[2][320], req[800];
+
+	(void)state;
+	start_source(&p, sock, "256M", PATTERN);
+	for (int i = 0; i < 2; i++) {
+		json_t *r;
+
+		snprintf(snap[i], sizeof(snap[i]), "%s/snap-w%d", dir, i);
+		snprintf(req, sizeof(req),
+			 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\"}", snap[i]);
+		r = call(sock, req, true);
+		assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "ready");
+		json_decref(r);
+	}
+	source_verifies_live(&p, 0, 2);
+	stop_vm(&p, sock);
+	restore_file_and_verify(snap[1], 0, 2);
+}
+
+/* 3 GiB + 256 MiB: cpu0 fills the low region, so cpu1's writer lives above 4 GiB. */
+static void test_guest_above_4g(void **state)
+{
+	struct vmm_proc p;
+	char sock[320], snap[320], req[800], base[64];
+	json_t *r;
+
+	(void)state;
+	snprintf(snap, sizeof(snap), "%s/snap-4g", dir);
+	start_source(&p, sock, "3328M",
+		     "work=touch,pattern touch_mib=3030 pattern_mib=32 pattern_freeze=genid");
+	assert_non_null(vmm_value(&p, "cpu1.pattern_base", base, sizeof(base)));
+	if (strtoull(base, NULL, 16) < 0x100000000ULL)
+		fail_msg("cpu1.pattern_base=%s: the test needs the writer above 4 GiB", base);
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\"}",
+		 snap);
+	r = call(sock, req, true);
+	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "ready");
+	if (jint(r, "fault_copies") + jint(r, "bulk_copies") != 3328LL * 256)
+		fail_msg("%lld pages copied, expected all %lld",
+			 jint(r, "fault_copies") + jint(r, "bulk_copies"), 3328LL * 256);
+	json_decref(r);
+	source_verifies_live(&p, 1, 1);
+	stop_vm(&p, sock);
+	restore_file_and_verify(snap, 1, 1);
+}
+
+/*
+ * The write-fault handler injected to end (or to stop answering): the
+ * snapshot fails naming why, nothing is left at the path, the guest is not
+ * stuck on a protected page: it runs on and verifies.
+ */
+static void handler_fault_case(const char *inject, const char *needle)
+{
+	struct vmm_proc p;
+	char sock[320], snap[320], req[800], before[32], after[32];
+	struct stat st;
+	json_t *r;
+	const char *e;
+
+	snprintf(snap, sizeof(snap), "%s/snap-%s", dir, inject);
+	setenv("FORKD_FAULT_INJECT", inject, 1);
+	setenv("FORKD_UFFD_WP_STALL_MS", "300", 1);
+	start_source(&p, sock, "256M", PATTERN);
+	unsetenv("FORKD_FAULT_INJECT");
+	unsetenv("FORKD_UFFD_WP_STALL_MS");
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\"}",
+		 snap);
+	r = call(sock, req, false);
+	e = json_string_value(json_object_get(r, "error"));
+	if (!e || !strstr(e, needle) || !strstr(e, "un-protected"))
+		fail_msg("%s: error '%s', expected '%s'", inject, e ? e : "(none)", needle);
+	json_decref(r);
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot-status\",\"path\":\"%s\"}", snap);
+	r = call(sock, req, true);
+	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "failed");
+	json_decref(r);
+	assert_int_equal(stat(snap, &st), -1);
+	/* The writers still make progress: its sequence advances, and verify holds. */
+	vmm_send(&p, "report\n");
+	assert_non_null(vmm_wait_containing(&p, "cpu0.pattern_seq", NULL, NULL, TIMEOUT_MS));
+	assert_non_null(vmm_value(&p, "cpu0.pattern_seq", before, sizeof(before)));
+	usleep(300 * 1000);
+	vmm_send(&p, "report\n");
+	for (int i = 0; i < 50; i++) {
+		usleep(100 * 1000);
+		if (vmm_value(&p, "cpu0.pattern_seq", after, sizeof(after)) &&
+		    strcmp(after, before) != 0)
+			break;
+	}
+	if (strcmp(after, before) == 0) {
+		vmm_dump(&p);
+		fail_msg("%s: the source's writer stopped (sequence %s)", inject, before);
+	}
+	source_verifies_live(&p, 0, 2);
+	stop_vm(&p, sock);
+}
+
+static void test_handler_that_ends(void **state)
+{
+	(void)state;
+	handler_fault_case("uffd-wp-handler-exit", "the write-fault handler ended mid-snapshot");
+}
+
+static void test_handler_that_never_answers(void **state)
+{
+	(void)state;
+	handler_fault_case("uffd-wp-handler-stall", "never answered");
+}
+
+/* Bad requests: refused naming the argument and what was expected; the VM runs on. */
+static void test_bad_requests(void **state)
+{
+	struct vmm_proc p;
+	char sock[320], req[800];
+	json_t *r;
+	const char *e;
+
+	(void)state;
+	start_source(&p, sock, "256M", PATTERN);
+	snprintf(req, sizeof(req),
+		 "{\"cmd\":\"snapshot\",\"path\":\"%s/x\",\"engine\":\"bogus\"}", dir);
+	r = call(sock, req, false);
+	e = json_string_value(json_object_get(r, "error"));
+	assert_non_null(e);
+	assert_non_null(strstr(e, "engine 'bogus': expected fork or uffd-wp"));
+	json_decref(r);
+	snprintf(req, sizeof(req),
+		 "{\"cmd\":\"snapshot\",\"path\":\"%s/x\",\"engine\":\"uffd-wp\",\"mode\":\"stop\"}",
+		 dir);
+	r = call(sock, req, false);
+	assert_non_null(strstr(json_string_value(json_object_get(r, "error")), "mode live"));
+	json_decref(r);
+	/* An existing target is refused before the pause. */
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\"}",
+		 dir);
+	r = call(sock, req, false);
+	assert_non_null(strstr(json_string_value(json_object_get(r, "error")), "already exists"));
+	json_decref(r);
+	source_verifies_live(&p, 0, 2);
+	stop_vm(&p, sock);
+}
+
+int main(int argc, char **argv)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_snapshot_under_write_load),
+	    cmocka_unit_test(test_two_snapshots_waited),
+	    cmocka_unit_test(test_handler_that_ends),
+	    cmocka_unit_test(test_handler_that_never_answers),
+	    cmocka_unit_test(test_bad_requests),
+	    cmocka_unit_test(test_guest_above_4g),
+	};
+	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
+		return 1;
+	return cmocka_run_group_tests_name("uffd-wp live snapshots", tests, setup, teardown);
+}
