@@ -4,11 +4,15 @@
 # BRANCH_BACKENDS="anon hugetlb" adds rows on hugetlb guest RAM (the bench raises
 # /proc/sys/vm/nr_hugepages for each such row and puts it back); BRANCH_PARTS
 # ("branch qemu fanout") and BRANCH_QEMU_SIZES ("256 1024 4096") pick the parts.
-# bench/plot.sh draws the stall rows (bench/branch-stall.png).
+# bench/plot.sh draws the stall rows (bench/branch-stall.png). BRANCH_PARTS with "uffd-wp"
+# (in the default) adds live-snapshot rows, fork vs uffd-wp engine (bench/uffd_wp_snapshot.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v qemu-system-x86_64 >/dev/null; then
 	apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends qemu-system-x86 >&2
 fi
 make -s -j2 build/forkd-vmm probe >&2
-exec python3 bench/branch.py "$@"
+python3 bench/branch.py "$@"
+case " ${BRANCH_PARTS:-branch qemu fanout uffd-wp} " in
+*" uffd-wp "*) exec python3 bench/uffd_wp_snapshot.py "${1:-256 1024 4096}" "${2:-2m 4k}" ;;
+esac
