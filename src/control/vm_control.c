@@ -255,7 +255,7 @@ out:
 static int cmd_snapshot(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
 {
 	struct vm *vm = opaque;
-	const char *path, *mode = NULL, *engine = NULL;
+	const char *path, *mode = NULL, *engine = NULL, *serve = NULL;
 	bool resume = true, wait = true, live;
 	struct diff_request dreq = {0};
 	int ret;
@@ -273,10 +273,14 @@ static int cmd_snapshot(void *opaque, json_t *request, json_t *reply, struct fk_
 		ret = control_arg_bool(request, "wait", false, &wait, err);
 	if (!ret)
 		ret = control_arg_string(request, "engine", false, &engine, err);
+	if (!ret)
+		ret = control_arg_string(request, "serve", false, &serve, err);
 	if (ret < 0)
 		return ret;
 	if (engine && strcmp(engine, "fork") != 0 && strcmp(engine, "uffd-wp") != 0)
 		return fk_fail(err, EINVAL, "engine '%s': expected fork or uffd-wp", engine);
+	if (serve && (!engine || strcmp(engine, "uffd-wp") != 0))
+		return fk_fail(err, EINVAL, "serve: only with engine uffd-wp");
 	if (mode && strcmp(mode, "live") != 0 && strcmp(mode, "stop") != 0)
 		return fk_fail(err, EINVAL, "mode '%s': expected live or stop", mode);
 	/* A paused VM, or one to stay paused, has no running guest to snapshot live. */
@@ -296,7 +300,7 @@ static int cmd_snapshot(void *opaque, json_t *request, json_t *reply, struct fk_
 				       "engine %s: a live, full snapshot only (expected mode live, "
 				       "no parent or track_dirty)",
 				       engine);
-		ret = uffd_live_snapshot(vm, path, wait, reply, err);
+		ret = uffd_live_snapshot(vm, path, wait, serve, reply, err);
 	} else {
 		ret = live ? snapshot_live(vm, path, wait, &dreq, reply, err)
 			   : snapshot_stop(vm, path, resume, &dreq, reply, err);

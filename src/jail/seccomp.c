@@ -297,6 +297,10 @@ static const unsigned long main_ioctls[] = {
     UFFDIO_REGISTER,
     UFFDIO_UNREGISTER,
     UFFDIO_WRITEPROTECT,
+    /* ... and its children served before the copy completes: fill their pages */
+    UFFDIO_COPY,
+    UFFDIO_ZEROPAGE,
+    UFFDIO_WAKE,
 };
 
 static const int main_prctls[] = {

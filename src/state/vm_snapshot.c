@@ -14,6 +14,7 @@
 #include "core/layout.h"
 #include "devices/tap.h"
 #include "state/vm_state.h"
+#include "uffd/uffd_live.h"
 #include "uffd/uffd_vmm.h"
 
 #define VM_PARAMS_VERSION 1
@@ -660,6 +661,14 @@ int vm_restore_init(struct vm *vm, struct fk_err *err)
 	struct vm_params params;
 	int ret, fd;
 
+	/* A uffd-wp snapshot still being copied: its memory comes only from that live handler. */
+	if (!cfg->uffd_handler && uffd_live_dir_is_live(dir))
+		return fk_fail(
+		    err, EINVAL,
+		    "restore snapshot %s: still being written by a uffd-wp live snapshot; "
+		    "its memory file is not there yet (expected --restore-mode uffd "
+		    "--uffd-handler with the socket in %s/%s)",
+		    dir, dir, UFFD_LIVE_MARKER);
 	/* A diff opens its whole chain: each parent present and unchanged. */
 	ret = snap_chain_open(dir, &chain, err);
 	if (ret < 0)

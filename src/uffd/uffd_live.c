@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -21,7 +22,9 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "branch/fork_engine.h"
@@ -29,17 +32,35 @@
 #include "state/snapshot_format.h"
 #include "state/vm_snapshot.h"
 #include "state/vm_state.h"
+#include "uffd/uffd_proto.h"
 #include "uffd/uffd_vmm.h"
+#include "util/unix_socket.h"
 
 /* The running kernel has it (6.4+); the headers here predate it. */
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
 #define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
 #endif
 
+/* A write fault unanswered this long (ms) fails the snapshot; a loaded host starves threads. */
+#define WP_DEFAULT_STALL 10000
 #define WP_PAGE		 4096ull
 #define WP_BATCH_PAGES	 512 /* the bulk copier's step: 2 MiB, one THP */
 #define WP_HISTORY	 16  /* finished snapshots kept for snapshot-status */
-#define WP_DEFAULT_STALL 2000
+
+#define WP_MAX_CHILDREN 16
+
+struct wp_job;
+
+/* A VM restored from PATH.live whose MISSING faults this VMM serves. */
+struct wp_child {
+	struct wp_job *job;
+	bool started;
+	int conn; /* the handshake connection: its end is the child's */
+	int uffd;
+	struct uffd_region regions[UFFD_MAX_REGIONS];
+	int nr_regions;
+	pthread_t thread;
+};
 
 /* What snapshot-status reports, kept after the job's threads are gone. */
 struct wp_record {
@@ -50,6 +71,7 @@ struct wp_record {
 	char error[FK_ERR_MSG_MAX];
 	uint64_t pause_us, arm_us, capture_us, complete_us, commit_us;
 	uint64_t fault_copies, bulk_copies, fault_waits, faults, data_pages;
+	uint64_t child_faults, child_claims;
 };
 
 struct wp_job {
@@ -72,10 +94,22 @@ struct wp_job {
 	atomic_bool handler_alive;
 	atomic_bool abort; /* the VM is going: stop at once */
 	atomic_uint_fast64_t faults, fault_copies, fault_waits, bulk_copies, data_pages;
-	/* Bumped by the handler at every wake-up and every batch served: what the watchdog watches. */
+	/* Bumped by the handler at every wake-up and every batch served: what the watchdog watches.
+	 */
 	atomic_uint_fast64_t heartbeat;
 	pthread_mutex_t err_lock;
 	char fault_error[FK_ERR_MSG_MAX]; /* set by the fault thread; first one wins */
+	/* Item 5: serving children restored from PATH.live (serve_*). */
+	int listen_fd;
+	int serve_stop_fd; /* eventfd: the accept and child threads' end */
+	char serve_path[108];
+	char live_dir[2100];
+	pthread_t accept_thread;
+	bool accept_started;
+	pthread_mutex_t child_lock;
+	struct wp_child children[WP_MAX_CHILDREN];
+	atomic_int children_active;
+	atomic_uint_fast64_t child_faults, child_claims;
 };
 
 /*
@@ -176,7 +210,7 @@ static void unprotect_all(struct wp_job *j)
 }
 
 static void job_fault_error(struct wp_job *j, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 static void job_fault_error(struct wp_job *j, const char *fmt, ...)
 {
 	va_list ap;
@@ -228,8 +262,8 @@ static void serve_fault(struct wp_job *j, const struct uffd_msg *m)
 	}
 	rc = wp_range(j->uffd, addr, WP_PAGE, false);
 	if (rc < 0)
-		job_fault_error(j, "un-protect %#llx: %s", (unsigned long long)addr,
-				strerror(-rc));
+		job_fault_error(j, "un-protect %#llx: %s", (unsigned long long)addr, strerror(-rc));
+	atomic_fetch_add(&j->heartbeat, 1);
 }
 
 /* The handler: reads write faults until told to stop (stop_fd). */
@@ -248,7 +282,8 @@ static void *fault_thread_main(void *arg)
 		if (pfd[1].revents)
 			break;
 		atomic_fetch_add(&j->heartbeat, 1);
-		/* Test hooks (docs/design/userfaultfd.md): a handler that ends, or never answers. */
+		/* Test hooks (docs/design/userfaultfd.md): a handler that ends, or never answers.
+		 */
 		if (fault_injected("uffd-wp-handler-exit"))
 			break;
 		if (fault_injected("uffd-wp-handler-stall")) {
@@ -314,6 +349,8 @@ static void record_finish(struct wp_job *j, enum persist_state state, const char
 	j->rec->fault_waits = atomic_load(&j->fault_waits);
 	j->rec->bulk_copies = atomic_load(&j->bulk_copies);
 	j->rec->data_pages = atomic_load(&j->data_pages);
+	j->rec->child_faults = atomic_load(&j->child_faults);
+	j->rec->child_claims = atomic_load(&j->child_claims);
 	pthread_mutex_unlock(&wp_lock);
 }
 
@@ -351,8 +388,8 @@ static void *copier_thread_main(void *arg)
 	int rc;
 
 	for (uint64_t base = 0; base < j->nr_pages; base += WP_BATCH_PAGES) {
-		uint64_t end = base + WP_BATCH_PAGES < j->nr_pages ? base + WP_BATCH_PAGES
-								     : j->nr_pages;
+		uint64_t end =
+		    base + WP_BATCH_PAGES < j->nr_pages ? base + WP_BATCH_PAGES : j->nr_pages;
 
 		if (atomic_load(&j->abort) || job_failed(j) ||
 		    handler_lost(j, &pending_since, &beat_then))
@@ -363,6 +400,9 @@ static void *copier_thread_main(void *arg)
 				atomic_fetch_add(&j->bulk_copies, 1);
 			}
 		}
+		/* Test hook: a copy slow enough for a child to start before it completes. */
+		if (fault_injected("uffd-wp-slow-copy"))
+			usleep(50 * 1000);
 		/* Un-protected only once every page of the step is in the copy. */
 		for (uint64_t i = base; i < end; i++)
 			wp_page_wait(j->pages, i);
@@ -392,10 +432,10 @@ static void *copier_thread_main(void *arg)
 	if (job_failed(j))
 		goto failed_stopped;
 	for (int i = 0; i < j->nr_regions; i++)
-		regions[i] = (struct snap_mem_region){
-		    .gpa = j->vm->mem.regions[i].gpa,
-		    .size = j->regions[i].size,
-		    .host = j->staging + j->regions[i].first_page * WP_PAGE};
+		regions[i] = (struct snap_mem_region){.gpa = j->vm->mem.regions[i].gpa,
+						      .size = j->regions[i].size,
+						      .host = j->staging +
+							      j->regions[i].first_page * WP_PAGE};
 	src.nr_regions = (uint32_t)j->nr_regions;
 	t_commit = monotonic_us();
 	rc = snap_writer_commit(&j->w, j->path, &src, &err);
@@ -412,21 +452,296 @@ failed:
 	stop_handler(j);
 failed_stopped:
 	pthread_mutex_lock(&j->err_lock);
-	snprintf(err.msg, sizeof(err.msg),
-		 "uffd-wp snapshot %.200s failed: %.230s; guest memory un-protected, the VM runs on",
-		 j->path, j->fault_error[0] ? j->fault_error : "the VM is exiting");
+	snprintf(
+	    err.msg, sizeof(err.msg),
+	    "uffd-wp snapshot %.200s failed: %.230s; guest memory un-protected, the VM runs on",
+	    j->path, j->fault_error[0] ? j->fault_error : "the VM is exiting");
 	pthread_mutex_unlock(&j->err_lock);
 	record_finish(j, PERSIST_FAILED, err.msg);
 	return NULL;
+}
+
+/* ---- Item 5: children restored from PATH.live, served before the copy completes ---- */
+
+bool uffd_live_dir_is_live(const char *dir)
+{
+	char path[4200];
+
+	snprintf(path, sizeof(path), "%s/%s", dir, UFFD_LIVE_MARKER);
+	return access(path, F_OK) == 0;
+}
+
+/* Fills a child's page at addr from the copy, claiming (and copying) it first if need be. */
+static int serve_child_fault(struct wp_job *j, struct wp_child *c, uint64_t addr,
+			     struct fk_err *err)
+{
+	uint64_t page = addr & ~(WP_PAGE - 1), off, idx;
+	int r = uffd_region_find(c->regions, c->nr_regions, page);
+	const uint8_t *src;
+	int rc;
+
+	if (r < 0)
+		return fk_fail(err, ERANGE, "child fault at %#llx: outside every region it sent",
+			       (unsigned long long)addr);
+	off = c->regions[r].offset + (page - c->regions[r].base_host_virt_addr);
+	idx = off / WP_PAGE;
+	if (idx >= j->nr_pages)
+		return fk_fail(err, ERANGE, "child fault at %#llx: file page %llu past the guest",
+			       (unsigned long long)addr, (unsigned long long)idx);
+	atomic_fetch_add(&j->child_faults, 1);
+	/* Not copied yet: still protected in the source, so it is the instant's bytes. */
+	if (wp_page_claim(j->pages, idx)) {
+		copy_page(j, idx);
+		atomic_fetch_add(&j->child_claims, 1);
+	} else {
+		wp_page_wait(j->pages, idx);
+	}
+	src = j->staging + idx * WP_PAGE;
+	for (;;) {
+		if (page_is_zero(src)) {
+			struct uffdio_zeropage z = {.range = {.start = page, .len = WP_PAGE}};
+			rc = ioctl(c->uffd, UFFDIO_ZEROPAGE, &z);
+		} else {
+			struct uffdio_copy cp = {
+			    .dst = page, .src = (uint64_t)src, .len = WP_PAGE, .mode = 0};
+			rc = ioctl(c->uffd, UFFDIO_COPY, &cp);
+		}
+		if (rc == 0)
+			return 0;
+		if (errno == EAGAIN)
+			continue;
+		if (errno == EEXIST) {
+			struct uffdio_range w = {.start = page, .len = WP_PAGE};
+			ioctl(c->uffd, UFFDIO_WAKE, &w);
+			return 0;
+		}
+		if (errno == ESRCH)
+			return -ESRCH; /* the child's mm is gone */
+		return fk_fail_errno(err, errno, "child page %#llx: fill",
+				     (unsigned long long)page);
+	}
+}
+
+static void *child_thread_main(void *arg)
+{
+	struct wp_child *c = arg;
+	struct wp_job *j = c->job;
+	struct uffd_msg msgs[16];
+	struct fk_err err = {0};
+
+	for (;;) {
+		struct pollfd pfd[3] = {{.fd = c->uffd, .events = POLLIN},
+					{.fd = c->conn, .events = POLLIN},
+					{.fd = j->serve_stop_fd, .events = POLLIN}};
+		ssize_t n;
+
+		if (poll(pfd, 3, -1) < 0 && errno != EINTR)
+			break;
+		if (pfd[2].revents || pfd[1].revents)
+			break; /* stopping, or the child's connection ended: it exited */
+		if (!pfd[0].revents)
+			continue;
+		n = read(c->uffd, msgs, sizeof(msgs));
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			continue;
+		if (n < 0)
+			break;
+		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
+			/* REMOVE and UNMAP need only be read: an unmap waits for that. */
+			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+				continue;
+			if (serve_child_fault(j, c, msgs[i].arg.pagefault.address, &err) < 0)
+				goto out;
+		}
+	}
+out:
+	if (err.msg[0])
+		fprintf(stderr, "forkd-vmm: uffd-wp serve %s: %s; dropping that child\n",
+			j->serve_path, err.msg);
+	close(c->uffd);
+	close(c->conn);
+	atomic_fetch_sub(&j->children_active, 1);
+	return NULL;
+}
+
+/* One child's handshake: its regions must tile the guest's memory file in 4 KiB pages. */
+static int accept_child(struct wp_job *j, int conn, struct fk_err *err)
+{
+	struct wp_child *c = NULL;
+	int uffd = -1, n = 0, rc;
+	struct uffd_region regions[UFFD_MAX_REGIONS];
+
+	rc = uffd_handshake_recv(conn, UFFD_HANDSHAKE_WAIT, &uffd, regions, UFFD_MAX_REGIONS, &n,
+				 err);
+	if (rc < 0)
+		return rc;
+	rc = uffd_regions_match_file(regions, n, j->nr_pages * WP_PAGE, err);
+	for (int i = 0; rc == 0 && i < n; i++)
+		if (regions[i].page_size != WP_PAGE)
+			rc = fk_fail(err, EINVAL, "region %d: page_size %llu, expected 4096", i,
+				     (unsigned long long)regions[i].page_size);
+	pthread_mutex_lock(&j->child_lock);
+	for (int i = 0; rc == 0 && i < WP_MAX_CHILDREN && !c; i++)
+		if (!j->children[i].started)
+			c = &j->children[i];
+	if (rc == 0 && !c)
+		rc = fk_fail(err, EBUSY, "%d children served already", WP_MAX_CHILDREN);
+	if (rc == 0) {
+		*c = (struct wp_child){.job = j, .conn = conn, .uffd = uffd, .nr_regions = n};
+		memcpy(c->regions, regions, sizeof(regions));
+		atomic_fetch_add(&j->children_active, 1);
+		if (pthread_create(&c->thread, NULL, child_thread_main, c) != 0) {
+			atomic_fetch_sub(&j->children_active, 1);
+			rc = fk_fail(err, EAGAIN, "cannot start a thread for the child");
+		} else {
+			c->started = true;
+		}
+	}
+	pthread_mutex_unlock(&j->child_lock);
+	if (rc < 0)
+		close(uffd);
+	return rc;
+}
+
+static void *accept_thread_main(void *arg)
+{
+	struct wp_job *j = arg;
+
+	for (;;) {
+		struct pollfd pfd[2] = {{.fd = j->listen_fd, .events = POLLIN},
+					{.fd = j->serve_stop_fd, .events = POLLIN}};
+		struct fk_err err = {0};
+		int conn;
+
+		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+			break;
+		if (pfd[1].revents)
+			break;
+		conn = accept4(j->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (conn < 0)
+			continue;
+		if (accept_child(j, conn, &err) < 0) {
+			fprintf(stderr, "forkd-vmm: uffd-wp serve %s: a child refused: %s\n",
+				j->serve_path, err.msg);
+			close(conn);
+		}
+	}
+	return NULL;
+}
+
+/*
+ * PATH.live: the captured state with an all-hole memory file (a zero
+ * mapping as its source: nothing is allocated) and the marker, committed
+ * atomically like any snapshot, so a restore sees all of it or nothing.
+ */
+static int write_live_dir(struct wp_job *j, struct fk_err *err)
+{
+	struct snap_mem_region regions[GUEST_MEM_MAX_REGIONS];
+	struct snap_memory_source src = {.regions = regions, .nr_regions = 0};
+	struct snap_writer live = j->w; /* shares the sections; only files[] is its own */
+	char parent[2048];
+	uint8_t *zeros;
+	int fd, rc;
+
+	zeros = mmap(NULL, j->staging_size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		     -1, 0);
+	if (zeros == MAP_FAILED)
+		return fk_fail_errno(err, errno, "serve: map zeros");
+	/* An unnamed file beside the snapshot: the writer copies it in as the marker. */
+	snprintf(parent, sizeof(parent), "%s", j->path);
+	fd = open(dirname(parent), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0 || write(fd, j->serve_path, strlen(j->serve_path)) < 0) {
+		rc = fk_fail_errno(err, errno, "serve: marker");
+		goto out;
+	}
+	rc = snap_writer_add_file(&live, UFFD_LIVE_MARKER, fd, err);
+	for (int i = 0; rc == 0 && i < j->nr_regions; i++)
+		regions[i] =
+		    (struct snap_mem_region){.gpa = j->vm->mem.regions[i].gpa,
+					     .size = j->regions[i].size,
+					     .host = zeros + j->regions[i].first_page * WP_PAGE};
+	src.nr_regions = (uint32_t)j->nr_regions;
+	if (rc == 0)
+		rc = snap_writer_commit(&live, j->live_dir, &src, err);
+out:
+	if (fd >= 0)
+		close(fd);
+	munmap(zeros, j->staging_size);
+	return rc;
+}
+
+static int start_serving(struct wp_job *j, const char *serve, struct fk_err *err)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int rc;
+
+	if (strlen(serve) >= sizeof(sa.sun_path))
+		return fk_fail(err, ENAMETOOLONG, "serve %s: longer than %zu bytes", serve,
+			       sizeof(sa.sun_path) - 1);
+	snprintf(j->serve_path, sizeof(j->serve_path), "%s", serve);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", serve);
+	snprintf(j->live_dir, sizeof(j->live_dir), "%s.live", j->path);
+	j->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (j->listen_fd < 0)
+		return fk_fail_errno(err, errno, "serve %s: socket", serve);
+	if (bind(j->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    listen(j->listen_fd, 16) < 0)
+		return fk_fail_errno(err, errno, "serve %s: bind and listen (expected a free path)",
+				     serve);
+	rc = write_live_dir(j, err);
+	if (rc < 0)
+		return fk_wrap(err, "serve: %s", j->live_dir);
+	if (pthread_create(&j->accept_thread, NULL, accept_thread_main, j) != 0)
+		return fk_fail(err, EAGAIN, "serve %s: cannot start the accept thread", serve);
+	j->accept_started = true;
+	return 0;
+}
+
+/* Ends serving: children still running lose their handler (their VMMs stop, saying so). */
+static void stop_serving(struct wp_job *j)
+{
+	uint64_t one = 1;
+	char path[2300];
+
+	if (j->serve_stop_fd >= 0 && write(j->serve_stop_fd, &one, sizeof(one)) < 0) {
+		/* Only on overflow: the threads are woken anyway. */
+	}
+	if (j->accept_started)
+		pthread_join(j->accept_thread, NULL);
+	j->accept_started = false;
+	for (int i = 0; i < WP_MAX_CHILDREN; i++)
+		if (j->children[i].started) {
+			pthread_join(j->children[i].thread, NULL);
+			j->children[i].started = false;
+		}
+	if (j->listen_fd >= 0) {
+		close(j->listen_fd);
+		unlink(j->serve_path);
+	}
+	j->listen_fd = -1;
+	if (j->live_dir[0]) {
+		const char *names[] = {SNAP_MEMORY_FILE, SNAP_STATE_FILE, SNAP_WRITER_FILE,
+				       UFFD_LIVE_MARKER};
+		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+			snprintf(path, sizeof(path), "%s/%s", j->live_dir, names[i]);
+			unlink(path);
+		}
+		rmdir(j->live_dir);
+		j->live_dir[0] = '\0';
+	}
 }
 
 static void job_free(struct wp_job *j)
 {
 	if (!j)
 		return;
+	stop_serving(j);
 	stop_handler(j);
 	if (j->stop_fd >= 0)
 		close(j->stop_fd);
+	if (j->serve_stop_fd >= 0)
+		close(j->serve_stop_fd);
+	pthread_mutex_destroy(&j->child_lock);
 	if (j->staging)
 		munmap(j->staging, j->staging_size);
 	free(j->pages);
@@ -447,6 +762,11 @@ static int reap_previous(bool block, struct fk_err *err)
 	pthread_mutex_unlock(&wp_lock);
 	if (!j)
 		return 0;
+	if (!block && atomic_load(&j->children_active) > 0)
+		return fk_fail(err, EBUSY,
+			       "engine uffd-wp: %d children restored from %s are still served "
+			       "from its copy; stop them first",
+			       atomic_load(&j->children_active), j->live_dir);
 	if (!done && !block)
 		return fk_fail(err, EBUSY,
 			       "engine uffd-wp: the snapshot %s is still being written; one at a "
@@ -511,8 +831,8 @@ static int check_vm(struct vm *vm, const char *path, struct fk_err *err)
 static int setup_uffd(struct wp_job *j, struct fk_err *err)
 {
 	struct uffdio_api api = {.api = UFFD_API,
-				 .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP |
-					     UFFD_FEATURE_WP_UNPOPULATED};
+				 .features =
+				     UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_UNPOPULATED};
 
 	if (j->vm->mem.backend == GUEST_MEM_MEMFD)
 		api.features |= UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
@@ -560,7 +880,9 @@ static struct wp_job *job_new(struct vm *vm, const char *path, struct fk_err *er
 	}
 	j->vm = vm;
 	j->uffd = -1;
+	j->listen_fd = -1;
 	pthread_mutex_init(&j->err_lock, NULL);
+	pthread_mutex_init(&j->child_lock, NULL);
 	snap_writer_init(&j->w, (uint32_t)vm->nr_vcpus);
 	snprintf(j->path, sizeof(j->path), "%s", path);
 	j->stall_limit_ms = limit && atoi(limit) > 0 ? (uint64_t)atoi(limit) : WP_DEFAULT_STALL;
@@ -573,6 +895,7 @@ static struct wp_job *job_new(struct vm *vm, const char *path, struct fk_err *er
 	}
 	j->nr_pages = page;
 	j->stop_fd = eventfd(0, EFD_CLOEXEC);
+	j->serve_stop_fd = eventfd(0, EFD_CLOEXEC);
 	j->pages = calloc(j->nr_pages, 1);
 	j->staging_size = j->nr_pages * WP_PAGE;
 	/* Untouched pages of the copy stay unallocated: zero pages cost nothing. */
@@ -580,7 +903,7 @@ static struct wp_job *job_new(struct vm *vm, const char *path, struct fk_err *er
 			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (j->staging == MAP_FAILED)
 		j->staging = NULL;
-	if (j->stop_fd < 0 || !j->pages || !j->staging) {
+	if (j->stop_fd < 0 || j->serve_stop_fd < 0 || !j->pages || !j->staging) {
 		fk_fail(err, ENOMEM,
 			"engine uffd-wp: out of memory for the copy of %llu MiB of guest RAM",
 			(unsigned long long)(j->staging_size >> 20));
@@ -591,7 +914,7 @@ static struct wp_job *job_new(struct vm *vm, const char *path, struct fk_err *er
 	return j;
 }
 
-int uffd_live_snapshot(struct vm *vm, const char *path, bool wait, json_t *reply,
+int uffd_live_snapshot(struct vm *vm, const char *path, bool wait, const char *serve, json_t *reply,
 		       struct fk_err *err)
 {
 	struct wp_job *j = NULL;
@@ -655,8 +978,24 @@ int uffd_live_snapshot(struct vm *vm, const char *path, bool wait, json_t *reply
 	json_object_set_new(reply, "arm_us", json_integer((json_int_t)j->rec->arm_us));
 	json_object_set_new(reply, "capture_us", json_integer((json_int_t)j->rec->capture_us));
 	json_object_set_new(reply, "mem_bytes", json_integer((json_int_t)vm->mem.total_size));
+	if (serve) {
+		ret = start_serving(j, serve, err);
+		if (ret < 0) {
+			stop_serving(j);
+			stop_handler(j);
+			record_finish(j, PERSIST_FAILED, err->msg);
+			pthread_mutex_lock(&wp_lock);
+			wp_current = NULL;
+			pthread_mutex_unlock(&wp_lock);
+			job_free(j);
+			return ret;
+		}
+		json_object_set_new(reply, "live_dir", json_string(j->live_dir));
+		json_object_set_new(reply, "serve", json_string(j->serve_path));
+	}
 	if (pthread_create(&j->copier_thread, NULL, copier_thread_main, j) != 0) {
-		/* Nothing copies: un-protect now so the guest never waits on a copy that won't come. */
+		/* Nothing copies: un-protect now so the guest never waits on a copy that won't
+		 * come. */
 		stop_handler(j);
 		record_finish(j, PERSIST_FAILED, "engine uffd-wp: cannot start the copier thread");
 		pthread_mutex_lock(&wp_lock);
@@ -669,7 +1008,21 @@ int uffd_live_snapshot(struct vm *vm, const char *path, bool wait, json_t *reply
 	if (wait) {
 		const char *state, *error;
 
-		reap_previous(true, err);
+		if (!serve) {
+			reap_previous(true, err);
+		} else {
+			/* Complete, but the job stays: its children are served from the copy. */
+			for (;;) {
+				enum persist_state st;
+
+				pthread_mutex_lock(&wp_lock);
+				st = j->rec->state;
+				pthread_mutex_unlock(&wp_lock);
+				if (st != PERSIST_WRITING)
+					break;
+				usleep(5 * 1000);
+			}
+		}
 		uffd_live_status(path, reply);
 		state = json_string_value(json_object_get(reply, "snapshot"));
 		error = json_string_value(json_object_get(reply, "error"));
@@ -718,6 +1071,10 @@ int uffd_live_status(const char *path, json_t *reply)
 		json_object_set_new(reply, "fault_waits", json_integer((json_int_t)r.fault_waits));
 		json_object_set_new(reply, "bulk_copies", json_integer((json_int_t)r.bulk_copies));
 		json_object_set_new(reply, "data_pages", json_integer((json_int_t)r.data_pages));
+		json_object_set_new(reply, "child_faults",
+				    json_integer((json_int_t)r.child_faults));
+		json_object_set_new(reply, "child_claims",
+				    json_integer((json_int_t)r.child_claims));
 	}
 	if (r.state == PERSIST_FAILED)
 		json_object_set_new(reply, "error", json_string(r.error));

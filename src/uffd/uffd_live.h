@@ -53,8 +53,19 @@ void wp_page_wait(_Atomic uint8_t *pages, uint64_t idx);
  * (pause_us, arm_us, capture_us, snapshot: writing|ready, ...). With wait,
  * returns once the snapshot is written (or failed: an error).
  */
-int uffd_live_snapshot(struct vm *vm, const char *path, bool wait, json_t *reply,
+int uffd_live_snapshot(struct vm *vm, const char *path, bool wait, const char *serve, json_t *reply,
 		       struct fk_err *err);
+
+/*
+ * With `serve` (item 5: children before the copy completes): the state is
+ * also written at once to PATH.live, with an all-hole memory file and this
+ * marker holding the socket path; the VMM listens there and serves the
+ * MISSING faults of VMs restored from PATH.live with --restore-mode uffd
+ * --uffd-handler SOCK, from the copy, claiming pages not copied yet.
+ */
+#define UFFD_LIVE_MARKER "live-handler"
+/* True when dir is such a PATH.live (any restore but through its handler must refuse it). */
+bool uffd_live_dir_is_live(const char *dir);
 
 /* `snapshot-status` of a uffd-wp snapshot written to path: 0, or -ENOENT if none was. */
 int uffd_live_status(const char *path, json_t *reply);

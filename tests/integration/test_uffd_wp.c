@@ -167,8 +167,8 @@ static void restore_file_and_verify(const char *snap, int first_writer, int nr_w
 {
 	struct vmm_proc p;
 	char control[320];
-	char *argv[] = {(char *)harness_vmm(), "--restore", (char *)snap, "--control", control,
-			NULL};
+	char *argv[] = {(char *)harness_vmm(), "--restore", (char *)snap,
+			"--control",	       control,	    NULL};
 
 	snprintf(control, sizeof(control), "%s/restored.sock", dir);
 	assert_int_equal(vmm_start(&p, argv), 0);
@@ -193,7 +193,7 @@ static void restore_uffd_and_verify(const char *snap, int first_writer, int nr_w
 	struct vmm_proc p;
 	char control[320], hsock[320], line[256] = "";
 	char *argv[] = {(char *)harness_vmm(), "--restore", (char *)snap, "--restore-mode", "uffd",
-			"--uffd-handler", hsock, "--control", control, NULL};
+			"--uffd-handler",      hsock,	    "--control",  control,	    NULL};
 	int out[2], status = 0;
 	pid_t h;
 	ssize_t n = 0;
@@ -413,16 +413,17 @@ static void test_bad_requests(void **state)
 
 	(void)state;
 	start_source(&p, sock, "256M", PATTERN);
-	snprintf(req, sizeof(req),
-		 "{\"cmd\":\"snapshot\",\"path\":\"%s/x\",\"engine\":\"bogus\"}", dir);
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s/x\",\"engine\":\"bogus\"}",
+		 dir);
 	r = call(sock, req, false);
 	e = json_string_value(json_object_get(r, "error"));
 	assert_non_null(e);
 	assert_non_null(strstr(e, "engine 'bogus': expected fork or uffd-wp"));
 	json_decref(r);
-	snprintf(req, sizeof(req),
-		 "{\"cmd\":\"snapshot\",\"path\":\"%s/x\",\"engine\":\"uffd-wp\",\"mode\":\"stop\"}",
-		 dir);
+	snprintf(
+	    req, sizeof(req),
+	    "{\"cmd\":\"snapshot\",\"path\":\"%s/x\",\"engine\":\"uffd-wp\",\"mode\":\"stop\"}",
+	    dir);
 	r = call(sock, req, false);
 	assert_non_null(strstr(json_string_value(json_object_get(r, "error")), "mode live"));
 	json_decref(r);
@@ -436,6 +437,71 @@ static void test_bad_requests(void **state)
 	stop_vm(&p, sock);
 }
 
+/*
+ * Item 5: a child restored lazily from PATH.live while the snapshot is still
+ * writing (the copy slowed by a test hook), its pages served by the source's
+ * live handler, claimed first when not copied yet: it verifies strictly.
+ * PATH.live without that handler is refused. Then the snapshot completes.
+ */
+static void test_child_before_copy_completes(void **state)
+{
+	struct vmm_proc p, kid;
+	char sock[320], snap[320], live[330], serve[320], kid_sock[320], req[1200];
+	char *kid_argv[] = {
+	    (char *)harness_vmm(), "--restore", live,	     "--restore-mode", "uffd",
+	    "--uffd-handler",	   serve,	"--control", kid_sock,	       NULL};
+	char *file_argv[] = {(char *)harness_vmm(), "--restore", live, NULL};
+	json_t *r;
+	int status;
+
+	(void)state;
+	snprintf(snap, sizeof(snap), "%s/snap-live", dir);
+	snprintf(live, sizeof(live), "%s.live", snap);
+	snprintf(serve, sizeof(serve), "%s/serve.sock", dir);
+	snprintf(kid_sock, sizeof(kid_sock), "%s/kid.sock", dir);
+	setenv("FORKD_FAULT_INJECT", "uffd-wp-slow-copy", 1);
+	start_source(&p, sock, "256M", PATTERN);
+	unsetenv("FORKD_FAULT_INJECT");
+	snprintf(req, sizeof(req),
+		 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\",\"wait\":false,"
+		 "\"serve\":\"%s\"}",
+		 snap, serve);
+	r = call(sock, req, true);
+	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "writing");
+	assert_string_equal(json_string_value(json_object_get(r, "live_dir")), live);
+	json_decref(r);
+	/* Without the live handler, PATH.live is refused: its memory file is not there yet. */
+	assert_int_equal(vmm_start(&kid, file_argv), 0);
+	status = vmm_wait(&kid, TIMEOUT_MS);
+	if (status != 2 || !strstr(kid.err_text, "still being written")) {
+		vmm_dump(&kid);
+		fail_msg("restore of %s without its handler: exit %d", live, status);
+	}
+	vmm_free(&kid);
+	/* The child, lazily from the live handler, while the copy is in progress. */
+	assert_int_equal(vmm_start(&kid, kid_argv), 0);
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot-status\",\"path\":\"%s\"}", snap);
+	r = call(sock, req, true);
+	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "writing");
+	json_decref(r);
+	verify_strict(&kid, 0, 2, "lazy (live handler, copy in progress)");
+	stop_vm(&kid, kid_sock);
+	r = wait_status(sock, snap);
+	if (strcmp(json_string_value(json_object_get(r, "snapshot")), "ready") != 0)
+		fail_msg("snapshot: %s", json_string_value(json_object_get(r, "error")));
+	/* Outside: the child's faults were served, some of them pages claimed before the copier. */
+	if (jint(r, "child_faults") == 0 || jint(r, "child_claims") == 0 ||
+	    jint(r, "fault_copies") + jint(r, "bulk_copies") + jint(r, "child_claims") != 65536)
+		fail_msg("child faults %lld, child claims %lld, fault copies %lld, bulk %lld: "
+			 "expected the child served, some pages claimed for it, each page once",
+			 jint(r, "child_faults"), jint(r, "child_claims"), jint(r, "fault_copies"),
+			 jint(r, "bulk_copies"));
+	json_decref(r);
+	source_verifies_live(&p, 0, 2);
+	stop_vm(&p, sock);
+	restore_file_and_verify(snap, 0, 2);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -444,6 +510,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_handler_that_ends),
 	    cmocka_unit_test(test_handler_that_never_answers),
 	    cmocka_unit_test(test_bad_requests),
+	    cmocka_unit_test(test_child_before_copy_completes),
 	    cmocka_unit_test(test_guest_above_4g),
 	};
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
