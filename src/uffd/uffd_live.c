@@ -76,6 +76,7 @@ struct wp_record {
 
 struct wp_job {
 	struct vm *vm;
+	pid_t owner; /* a BRANCH child inherits this struct but none of its threads */
 	struct wp_record *rec;
 	char path[2048];
 	int uffd;
@@ -758,6 +759,11 @@ static int reap_previous(bool block, struct fk_err *err)
 
 	pthread_mutex_lock(&wp_lock);
 	j = wp_current;
+	/* In a forked BRANCH child the job's threads do not exist: forget it, never join. */
+	if (j && j->owner != getpid()) {
+		wp_current = NULL;
+		j = NULL;
+	}
 	done = !j || j->rec->state != PERSIST_WRITING;
 	pthread_mutex_unlock(&wp_lock);
 	if (!j)
@@ -879,6 +885,7 @@ static struct wp_job *job_new(struct vm *vm, const char *path, struct fk_err *er
 		return NULL;
 	}
 	j->vm = vm;
+	j->owner = getpid();
 	j->uffd = -1;
 	j->listen_fd = -1;
 	pthread_mutex_init(&j->err_lock, NULL);
@@ -1088,7 +1095,7 @@ void uffd_live_end(struct vm *vm)
 
 	pthread_mutex_lock(&wp_lock);
 	j = wp_current;
-	if (j && j->vm == vm)
+	if (j && j->vm == vm && j->owner == getpid())
 		atomic_store(&j->abort, true);
 	pthread_mutex_unlock(&wp_lock);
 	if (j && j->vm == vm)

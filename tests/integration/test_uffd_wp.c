@@ -502,6 +502,68 @@ static void test_child_before_copy_completes(void **state)
 	restore_file_and_verify(snap, 0, 2);
 }
 
+/*
+ * A fork-engine BRANCH while a uffd-wp snapshot is being copied: the child
+ * inherits the engine's state but none of its threads; it verifies strictly
+ * and shuts down cleanly, and the snapshot still completes.
+ */
+static void test_branch_while_writing(void **state)
+{
+	struct vmm_proc p;
+	char sock[320], snap[320], req[800], bdir[320], kid_sock[600], log[600], in[600], buf[32];
+	json_t *r, *kid;
+	char *line;
+	int skip, pid;
+
+	(void)state;
+	snprintf(snap, sizeof(snap), "%s/snap-branch", dir);
+	snprintf(bdir, sizeof(bdir), "%s/branch-while", dir);
+	setenv("FORKD_FAULT_INJECT", "uffd-wp-slow-copy", 1);
+	start_source(&p, sock, "256M", PATTERN);
+	unsetenv("FORKD_FAULT_INJECT");
+	snprintf(req, sizeof(req),
+		 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\",\"wait\":false}",
+		 snap);
+	json_decref(call(sock, req, true));
+	snprintf(req, sizeof(req), "{\"cmd\":\"branch\",\"n\":1,\"dir\":\"%s\"}", bdir);
+	r = call(sock, req, true);
+	kid = json_array_get(json_object_get(r, "children"), 0);
+	assert_non_null(kid);
+	snprintf(log, sizeof(log), "%s/serial.log", json_string_value(json_object_get(kid, "dir")));
+	snprintf(in, sizeof(in), "%s/serial.in", json_string_value(json_object_get(kid, "dir")));
+	snprintf(kid_sock, sizeof(kid_sock), "%s/control.sock",
+		 json_string_value(json_object_get(kid, "dir")));
+	pid = (int)json_integer_value(json_object_get(kid, "pid"));
+	json_decref(r);
+	free(file_wait_line(log, "pattern.frozen=1", 0, TIMEOUT_MS));
+	skip = file_count_lines(log);
+	assert_int_equal(fifo_send(in, "verify strict\n"), 0);
+	for (int i = 0; i < 2; i++) {
+		char want[32];
+
+		snprintf(want, sizeof(want), "cpu%d.verify=", i);
+		line = file_wait_line(log, want, skip, TIMEOUT_MS);
+		assert_non_null(line);
+		snprintf(want, sizeof(want), "cpu%d.verify", i);
+		assert_non_null(line_value(line, want, buf, sizeof(buf)));
+		if (strcmp(buf, "ok") != 0 || !strstr(line, "mode=strict"))
+			fail_msg("branch child during a uffd-wp copy: %s", line);
+		free(line);
+	}
+	json_decref(call(kid_sock, "{\"cmd\":\"shutdown\"}", true));
+	for (int i = 0; i < 250 && kill(pid, 0) == 0; i++)
+		usleep(20 * 1000);
+	if (kill(pid, 0) == 0)
+		fail_msg("the branch child (pid %d) did not exit after shutdown", pid);
+	r = wait_status(sock, snap);
+	if (strcmp(json_string_value(json_object_get(r, "snapshot")), "ready") != 0)
+		fail_msg("snapshot: %s", json_string_value(json_object_get(r, "error")));
+	json_decref(r);
+	source_verifies_live(&p, 0, 2);
+	stop_vm(&p, sock);
+	restore_file_and_verify(snap, 0, 2);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -511,6 +573,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_handler_that_never_answers),
 	    cmocka_unit_test(test_bad_requests),
 	    cmocka_unit_test(test_child_before_copy_completes),
+	    cmocka_unit_test(test_branch_while_writing),
 	    cmocka_unit_test(test_guest_above_4g),
 	};
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
