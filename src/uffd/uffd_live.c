@@ -98,6 +98,7 @@ struct wp_job {
 	/* Bumped by the handler at every wake-up and every batch served: what the watchdog watches.
 	 */
 	atomic_uint_fast64_t heartbeat;
+	atomic_bool handler_polling; /* blocked in its poll: idle, nothing unread it knows of */
 	pthread_mutex_t err_lock;
 	char fault_error[FK_ERR_MSG_MAX]; /* set by the fault thread; first one wins */
 	/* Item 5: serving children restored from PATH.live (serve_*). */
@@ -277,8 +278,12 @@ static void *fault_thread_main(void *arg)
 		struct pollfd pfd[2] = {{.fd = j->uffd, .events = POLLIN},
 					{.fd = j->stop_fd, .events = POLLIN}};
 		ssize_t n;
+		int rc;
 
-		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+		atomic_store(&j->handler_polling, true);
+		rc = poll(pfd, 2, -1);
+		atomic_store(&j->handler_polling, false);
+		if (rc < 0 && errno != EINTR)
 			break;
 		if (pfd[1].revents)
 			break;
@@ -322,8 +327,12 @@ static bool handler_lost(struct wp_job *j, uint64_t *pending_since, uint64_t *be
 		job_fault_error(j, "the write-fault handler ended mid-snapshot");
 		return true;
 	}
-	/* The handler woke or served since the last look: whatever was queued then is seen. */
-	if (beat != *beat_then) {
+	/*
+	 * The handler woke or served since the last look, or it waits idle with
+	 * nothing queued (a fault the copier's un-protect woke leaves the queue
+	 * without being read): nothing is waiting on it.
+	 */
+	if (beat != *beat_then || (!readable && atomic_load(&j->handler_polling))) {
 		*beat_then = beat;
 		*pending_since = 0;
 	}

@@ -22,7 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -478,6 +480,18 @@ static void test_child_before_copy_completes(void **state)
 		fail_msg("restore of %s without its handler: exit %d", live, status);
 	}
 	vmm_free(&kid);
+	/* A hostile client on the live handler's socket (no descriptor, bad JSON): refused alone.
+	 */
+	{
+		struct sockaddr_un sa = {.sun_family = AF_UNIX};
+		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+		assert_true(fd >= 0);
+		snprintf(sa.sun_path, sizeof(sa.sun_path), "%.100s", serve);
+		assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+		assert_int_equal(write(fd, "{not json", 9), 9);
+		close(fd);
+	}
 	/* The child, lazily from the live handler, while the copy is in progress. */
 	assert_int_equal(vmm_start(&kid, kid_argv), 0);
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot-status\",\"path\":\"%s\"}", snap);
