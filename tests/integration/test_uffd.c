@@ -559,6 +559,8 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_memfd_vm_branches_strictly),
 	    cmocka_unit_test(test_guest_above_4g),
 	};
+	/* test_guest_above_4g: a 3.25 GiB guest, its snapshot in /tmp, and its lazy restore. */
+	where_set_nested_mem_mib(10240);
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;
 	return cmocka_run_group_tests_name("uffd lazy restore and memfd RAM", tests, setup,
