@@ -58,6 +58,12 @@
 #define SCAN_VEC 1024
 /* Bytes one pwrite copies at most: a huge range is copied in steps, cancellable. */
 #define COPY_STEP (8u << 20)
+/*
+ * In the final pause, written pages are copied to memory (a memcpy, not a
+ * write to the staging file) and written out after the resume; past this
+ * many bytes they go to the file directly, still inside the pause.
+ */
+#define HOLD_MAX (256ull << 20)
 
 enum live_async_state { LA_WRITING, LA_READY, LA_FAILED };
 
@@ -89,6 +95,15 @@ struct live_async {
 	int pagemap_fd;
 	int staging_fd;
 	uint64_t file_off[GUEST_MEM_MAX_REGIONS]; /* region i in the memory file */
+	/* The final pause's pages, held in memory until the resume (HOLD_MAX). */
+	bool hold;
+	uint8_t *held;
+	uint64_t held_len, held_cap;
+	struct held_range {
+		uint64_t off, len;
+	} * held_ranges;
+	size_t nr_held, cap_held;
+	pid_t owner; /* the process whose RAM this is: a fork (zygote) must not join its thread */
 	struct snap_writer w;
 	struct page_region *vec;
 
@@ -158,12 +173,93 @@ static void job_fail(struct live_async *la, const struct fk_err *err)
 	pthread_mutex_unlock(&la->lock);
 }
 
-/* Copies [hva, hva + len) of region r to the staging file. */
+static bool grow_ranges(struct live_async *la)
+{
+	size_t cap = la->cap_held ? 2 * la->cap_held : 1024;
+	struct held_range *n = realloc(la->held_ranges, cap * sizeof(*n));
+
+	if (!n)
+		return false;
+	la->held_ranges = n;
+	la->cap_held = cap;
+	return true;
+}
+
+/* Room for the final pause's pages: twice the last round's, at most HOLD_MAX. */
+static void prepare_hold(struct live_async *la)
+{
+	uint64_t last = la->rounds ? la->round_pages[la->rounds - 1] : 0;
+	uint64_t want = 2 * last * SNAP_PAGE_SIZE + (4ull << 20);
+
+	want = want > HOLD_MAX ? HOLD_MAX : want;
+	if (want > la->held_cap) {
+		uint8_t *b = realloc(la->held, want);
+
+		if (b) {
+			la->held = b;
+			la->held_cap = want;
+		}
+	}
+	la->held_len = 0;
+	la->nr_held = 0;
+	la->hold = la->held != NULL;
+}
+
+static int pwrite_all(int fd, const uint8_t *p, uint64_t len, uint64_t off)
+{
+	while (len) {
+		ssize_t n = pwrite(fd, p, len, (off_t)off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = EIO;
+			return -1;
+		}
+		p += n;
+		off += (uint64_t)n;
+		len -= (uint64_t)n;
+	}
+	return 0;
+}
+
+/* After the resume: the held pages to the staging file. */
+static int flush_held(struct live_async *la, struct fk_err *err)
+{
+	uint64_t pos = 0;
+
+	la->hold = false;
+	for (size_t i = 0; i < la->nr_held; i++) {
+		const struct held_range *h = &la->held_ranges[i];
+
+		if (pwrite_all(la->staging_fd, la->held + pos, h->len, h->off) < 0)
+			return fk_fail_errno(err, errno,
+					     "staging copy of guest memory: write of %llu bytes at "
+					     "offset %llu",
+					     (unsigned long long)h->len,
+					     (unsigned long long)h->off);
+		pos += h->len;
+	}
+	la->nr_held = 0;
+	la->held_len = 0;
+	return 0;
+}
+
+/* Copies [hva, hva + len) of region r to the staging file (or to memory: hold). */
 static int copy_range(struct live_async *la, int r, uint64_t hva, uint64_t len, struct fk_err *err)
 {
 	const struct guest_mem_region *reg = &la->vm->mem.regions[r];
 	uint64_t off = la->file_off[r] + (hva - (uint64_t)(uintptr_t)reg->hva);
 
+	if (la->hold && la->held_len + len <= la->held_cap &&
+	    (la->nr_held < la->cap_held || grow_ranges(la))) {
+		memcpy(la->held + la->held_len, (const void *)(uintptr_t)hva, len);
+		la->held_ranges[la->nr_held++] = (struct held_range){.off = off, .len = len};
+		la->held_len += len;
+		la->copied_bytes += len;
+		return 0;
+	}
 	while (len) {
 		size_t n = len > COPY_STEP ? COPY_STEP : (size_t)len;
 		ssize_t done = pwrite(la->staging_fd, (const void *)(uintptr_t)hva, n, (off_t)off);
@@ -412,10 +508,13 @@ static int run_job(struct live_async *la, struct fk_err *err)
 		if (la->rounds > 1 && pages >= la->round_pages[la->rounds - 2])
 			break;
 	}
+	prepare_hold(la);
 	ret = request_final_step(la, err);
 	/* Closing the userfaultfd unregisters every region and drops the protection. */
 	close(la->uffd);
 	la->uffd = -1;
+	if (ret == 0)
+		ret = flush_held(la, err);
 	if (ret < 0)
 		return ret;
 	return commit(la, err);
@@ -438,6 +537,11 @@ static void *job_thread(void *arg)
 	close(la->staging_fd);
 	la->staging_fd = -1;
 	snap_writer_free(&la->w);
+	/* Up to HOLD_MAX: not kept between snapshots. */
+	free(la->held);
+	la->held = NULL;
+	la->held_cap = la->held_len = 0;
+	la->hold = false;
 	la->complete_us = monotonic_us() - la->start_us;
 	if (ret < 0) {
 		fk_wrap(&err, "snapshot %s (engine %s)", la->path, LIVE_ASYNC_ENGINE);
@@ -467,6 +571,7 @@ static struct live_async *get_or_create(struct vm *vm, struct fk_err *err)
 	pthread_mutex_init(&la->lock, NULL);
 	pthread_cond_init(&la->changed, NULL);
 	la->vm = vm;
+	la->owner = getpid();
 	la->uffd = la->pagemap_fd = la->staging_fd = -1;
 	la->step_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	la->done_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -710,6 +815,11 @@ void live_async_destroy(struct vm *vm)
 
 	if (!la)
 		return;
+	/* A fork of the VMM (the BRANCH zygote) has neither the thread nor the job. */
+	if (la->owner != getpid()) {
+		vm->live_async = NULL;
+		return;
+	}
 	atomic_store(&la->cancel, true);
 	pthread_mutex_lock(&la->lock);
 	pthread_cond_broadcast(&la->changed);
@@ -721,6 +831,8 @@ void live_async_destroy(struct vm *vm)
 	close(la->step_fd);
 	close(la->done_fd);
 	free(la->vec);
+	free(la->held);
+	free(la->held_ranges);
 	pthread_cond_destroy(&la->changed);
 	pthread_mutex_destroy(&la->lock);
 	free(la);
