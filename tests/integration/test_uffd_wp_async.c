@@ -612,6 +612,78 @@ static void test_second_request_and_exit_mid_snapshot(void **state)
 	}
 }
 
+/* Branches sock into one child and checks it strictly inside; returns nothing left running. */
+static void branch_one_strict(const char *sock, int round)
+{
+	char req[700], bdir[400], kid_sock[600], log[600], in[600];
+	json_t *r, *kid;
+	char *line, buf[32];
+	int skip, pid;
+
+	snprintf(bdir, sizeof(bdir), "%s/async-b%d", dir, round);
+	snprintf(req, sizeof(req), "{\"cmd\":\"branch\",\"n\":1,\"dir\":\"%s\"}", bdir);
+	r = call(sock, req, true);
+	kid = json_array_get(json_object_get(r, "children"), 0);
+	assert_non_null(kid);
+	snprintf(log, sizeof(log), "%s/serial.log", json_string_value(json_object_get(kid, "dir")));
+	snprintf(in, sizeof(in), "%s/serial.in", json_string_value(json_object_get(kid, "dir")));
+	snprintf(kid_sock, sizeof(kid_sock), "%s/control.sock",
+		 json_string_value(json_object_get(kid, "dir")));
+	pid = (int)json_integer_value(json_object_get(kid, "pid"));
+	json_decref(r);
+	free(file_wait_line(log, "pattern.frozen=1", 0, TIMEOUT_MS));
+	skip = file_count_lines(log);
+	assert_int_equal(fifo_send(in, "verify strict\n"), 0);
+	for (int i = 0; i < 2; i++) {
+		char want[32];
+
+		snprintf(want, sizeof(want), "cpu%d.verify=", i);
+		line = file_wait_line(log, want, skip, TIMEOUT_MS);
+		assert_non_null(line);
+		snprintf(want, sizeof(want), "cpu%d.verify", i);
+		assert_non_null(line_value(line, want, buf, sizeof(buf)));
+		if (strcmp(buf, "ok") != 0 || !strstr(line, "mode=strict"))
+			fail_msg("child of a BRANCH during a uffd-wp-async snapshot (round %d): %s",
+				 round, line);
+		free(line);
+	}
+	json_decref(call(kid_sock, "{\"cmd\":\"shutdown\"}", true));
+	for (int i = 0; i < 250 && kill(pid, 0) == 0; i++)
+		usleep(20 * 1000);
+}
+
+/*
+ * A BRANCH (the fork engine) while a uffd-wp-async snapshot is written: the
+ * fork neither loses the parent's tracking nor hands it to the zygote; the
+ * child and the snapshot each verify strictly, the source live.
+ */
+static void test_branch_while_writing(void **state)
+{
+	struct vmm_proc p;
+	char sock[320], snap[320];
+	int writing = 0;
+	json_t *r;
+
+	(void)state;
+	snprintf(sock, sizeof(sock), "%s/branching.sock", dir);
+	snprintf(snap, sizeof(snap), "%s/snap-branching", dir);
+	start_source(&p, sock, "256M", PATTERN);
+	if (!supported) {
+		expect_refusal(sock, snap);
+		stop_vm(&p, sock);
+		return;
+	}
+	start_async(sock, snap);
+	branch_one_strict(sock, 1);
+	r = wait_async(sock, snap, &writing);
+	if (strcmp(json_string_value(json_object_get(r, "snapshot")), "ready") != 0)
+		fail_msg("snapshot: %s", json_string_value(json_object_get(r, "error")));
+	json_decref(r);
+	source_verifies_live(&p, 0, 2);
+	restore_file_and_verify(snap, 0, 2);
+	stop_vm(&p, sock);
+}
+
 /*
  * Whatever this kernel has: a VMM told to answer as a kernel without
  * WP_ASYNC would (FORKD_FAULT_INJECT=no-wp-async) refuses the engine with
@@ -645,6 +717,7 @@ int main(int argc, char **argv)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_refused_without_wp_async),
 	    cmocka_unit_test(test_snapshot_under_write_load),
+	    cmocka_unit_test(test_branch_while_writing),
 	    cmocka_unit_test_teardown(test_disk_full, umount_tmpfs),
 	    cmocka_unit_test(test_second_request_and_exit_mid_snapshot),
 	    cmocka_unit_test(test_guest_above_4g),
