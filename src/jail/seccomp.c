@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <linux/if_tun.h>
+#include <linux/userfaultfd.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -223,6 +224,12 @@ static const int main_syscalls[] = {
     SCMP_SYS(seccomp),
 };
 
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+/* PAGEMAP_SCAN (Linux 6.7), newer than these headers: _IOWR('f', 16, struct pm_scan_arg). */
+#define LIVE_ASYNC_PAGEMAP_SCAN _IOC(_IOC_READ | _IOC_WRITE, 'f', 16, 12 * sizeof(uint64_t))
+
 static const unsigned long main_ioctls[] = {
     /* the VM and its vCPUs, created and restored (BRANCH children, --restore) */
     KVM_GET_API_VERSION,
@@ -289,6 +296,16 @@ static const unsigned long main_ioctls[] = {
     TUNSETIFF,
     TUNSETVNETHDRSZ,
     TUNSETOFFLOAD,
+    /*
+     * Live snapshots of engine uffd-wp-async (src/state/live_async.c): a
+     * user-mode-only userfaultfd with WP_ASYNC, and PAGEMAP_SCAN on
+     * /proc/self/pagemap, set up when the snapshot is asked for.
+     */
+    UFFDIO_API,
+    UFFDIO_REGISTER,
+    UFFDIO_UNREGISTER,
+    UFFDIO_WRITEPROTECT,
+    LIVE_ASYNC_PAGEMAP_SCAN,
 };
 
 static const int main_prctls[] = {
@@ -433,6 +450,11 @@ static int add_main_rules(scmp_filter_ctx ctx, struct fk_err *err)
 	if (!r) {
 		a = SCMP_A1(SCMP_CMP_EQ, CLONE_NEWNET);
 		r = add_rule(ctx, SCMP_SYS(setns), 1, &a, err);
+	}
+	/* uffd-wp-async's userfaultfd: user-mode only (WP_ASYNC delivers no fault anyway). */
+	if (!r) {
+		a = SCMP_A0(SCMP_CMP_MASKED_EQ, UFFD_USER_MODE_ONLY, UFFD_USER_MODE_ONLY);
+		r = add_rule(ctx, SCMP_SYS(userfaultfd), 1, &a, err);
 	}
 	/* Signal handlers may change, but never SIGSYS's: that one reports denials. */
 	if (!r) {
