@@ -41,6 +41,10 @@ for bin in "$@"; do
 	info=$("$bin" --needs) || { echo "run-integration: $bin --needs failed" >&2; exit 2; }
 	needs=$(sed -n 's/.*needs=\([a-z0-9]*\).*/\1/p' <<<"$info")
 	defined=$(sed -n 's/.*tests=\([0-9]*\).*/\1/p' <<<"$info")
+	# A binary may ask for a bigger nested host (where.h: where_set_nested_mem_mib).
+	mem_mib=$(sed -n 's/.*nested_mem_mib=\([0-9]*\).*/\1/p' <<<"$info")
+	testhost_args=()
+	[ -n "$mem_mib" ] && testhost_args=(--mem "${mem_mib}M")
 	nested=0
 	case "$needs" in
 	nothing) ;;
@@ -60,7 +64,7 @@ for bin in "$@"; do
 	start=$(date +%s)
 	if [ "$nested" = 1 ]; then
 		echo "== $name ($defined tests, needs $needs: in the nested test host)"
-		"$repo/scripts/testhost.sh" -- "$bin" 2>&1 | tee "$log"
+		"$repo/scripts/testhost.sh" "${testhost_args[@]}" -- "$bin" 2>&1 | tee "$log"
 		status=${PIPESTATUS[0]}
 		# The nested host's own kernel sometimes locks up under QEMU's TCG
 		# (docs/testing.md): that is no verdict on the tests, so run them
@@ -69,7 +73,7 @@ for bin in "$@"; do
 			[ "$status" = 125 ] && grep -q '^testhost: error: the nested host froze' "$log" || break
 			echo "run-integration: $name: the nested host froze (not a test result); attempt $attempt of 3 in a fresh one"
 			freezes=$((freezes + 1))
-			"$repo/scripts/testhost.sh" -- "$bin" 2>&1 | tee "$log"
+			"$repo/scripts/testhost.sh" "${testhost_args[@]}" -- "$bin" 2>&1 | tee "$log"
 			status=${PIPESTATUS[0]}
 		done
 		# A Linux guest's kernel (L2) that panicked inside the nested host, on
@@ -80,7 +84,7 @@ for bin in "$@"; do
 			grep -q '^| \[ *[0-9.]*\] Kernel panic - not syncing' "$log"; then
 			echo "run-integration: $name: a Linux guest's kernel panicked in the nested host (see above); attempt 2 of 2 in a fresh one"
 			panics=$((panics + 1))
-			"$repo/scripts/testhost.sh" -- "$bin" 2>&1 | tee "$log"
+			"$repo/scripts/testhost.sh" "${testhost_args[@]}" -- "$bin" 2>&1 | tee "$log"
 			status=${PIPESTATUS[0]}
 		fi
 	else

@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "state/live_async.h"
 #include "util/kvm_host.h"
 #include "util/sysinfo.h"
 
@@ -164,6 +165,19 @@ static void uffd_api(int fd, json_t *o)
 	json_object_set_new(o, "feature_names", names);
 }
 
+/* The live snapshot engine uffd-wp-async needs UFFD_FEATURE_WP_ASYNC and PAGEMAP_SCAN (6.7+). */
+static json_t *probe_wp_async(void)
+{
+	json_t *o = json_object();
+	struct fk_err err = {0};
+	int r = live_async_supported(&err);
+
+	json_object_set_new(o, "ok", json_boolean(r == 0));
+	if (r < 0)
+		json_object_set_new(o, "error", json_string(err.msg));
+	return o;
+}
+
 static json_t *probe_uffd(int *unpriv, bool *usable)
 {
 	json_t *o = json_object(), *sys = json_object(), *dev = json_object();
@@ -236,6 +250,7 @@ static json_t *probe_uffd(int *unpriv, bool *usable)
 	}
 	*usable = *usable || json_is_true(json_object_get(dev, "ok"));
 	json_object_set_new(o, "dev", dev);
+	json_object_set_new(o, "wp_async", probe_wp_async());
 	return o;
 }
 
@@ -663,6 +678,13 @@ static void print_human(json_t *r)
 		puts("? (" UNPRIV_UFFD_SYSCTL " unreadable)");
 	print_uffd_way("syscall", json_object_get(uffd, "syscall"));
 	print_uffd_way("/dev/userfaultfd", json_object_get(uffd, "dev"));
+	d = json_object_get(uffd, "wp_async");
+	if (json_is_true(json_object_get(d, "ok")))
+		printf("%-13s WP_ASYNC and PAGEMAP_SCAN: yes (snapshot engine uffd-wp-async "
+		       "available)\n",
+		       "");
+	else
+		printf("%-13s WP_ASYNC and PAGEMAP_SCAN: no: %s\n", "", str(d, "error"));
 
 	printf("%-13s", "thp");
 	for (const char *const *f =

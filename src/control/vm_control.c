@@ -10,6 +10,7 @@
 #include "devices/tap.h"
 #include "state/vm_snapshot.h"
 #include "state/diff_track.h"
+#include "state/live_async.h"
 #include "uffd/uffd_live.h"
 
 /* The network device: what it is attached to and what the guest (or the host) cost it. */
@@ -252,6 +253,28 @@ out:
 	return ret;
 }
 
+/* engine uffd-wp-async (src/state/live_async.c): live only, full snapshots only. */
+static int snapshot_live_async(struct vm *vm, const char *path, const char *mode, bool wait,
+			       const struct diff_request *dreq, json_t *reply, struct fk_err *err)
+{
+	int ret;
+
+	if (mode && strcmp(mode, "live") != 0)
+		return fk_fail(err, EINVAL, "mode '%s' with engine %s: expected live", mode,
+			       LIVE_ASYNC_ENGINE);
+	if (dreq->parent || dreq->track)
+		return fk_fail(err, EINVAL,
+			       "engine %s writes full snapshots: expected no parent or track_dirty",
+			       LIVE_ASYNC_ENGINE);
+	ret = live_async_snapshot(vm, path, wait, reply, err);
+	if (ret < 0)
+		return ret;
+	json_object_set_new(reply, "path", json_string(path));
+	json_object_set_new(reply, "mode", json_string("live"));
+	json_object_set_new(reply, "state", json_string(vm_is_paused(vm) ? "paused" : "running"));
+	return 0;
+}
+
 static int cmd_snapshot(void *opaque, json_t *request, json_t *reply, struct fk_err *err)
 {
 	struct vm *vm = opaque;
@@ -277,10 +300,13 @@ static int cmd_snapshot(void *opaque, json_t *request, json_t *reply, struct fk_
 		ret = control_arg_string(request, "serve", false, &serve, err);
 	if (ret < 0)
 		return ret;
-	if (engine && strcmp(engine, "fork") != 0 && strcmp(engine, "uffd-wp") != 0)
-		return fk_fail(err, EINVAL, "engine '%s': expected fork or uffd-wp", engine);
 	if (serve && (!engine || strcmp(engine, "uffd-wp") != 0))
 		return fk_fail(err, EINVAL, "serve: only with engine uffd-wp");
+	if (engine && strcmp(engine, LIVE_ASYNC_ENGINE) == 0)
+		return snapshot_live_async(vm, path, mode, wait, &dreq, reply, err);
+	if (engine && strcmp(engine, "fork") != 0 && strcmp(engine, "uffd-wp") != 0)
+		return fk_fail(err, EINVAL, "engine '%s': expected fork, uffd-wp or %s", engine,
+			       LIVE_ASYNC_ENGINE);
 	if (mode && strcmp(mode, "live") != 0 && strcmp(mode, "stop") != 0)
 		return fk_fail(err, EINVAL, "mode '%s': expected live or stop", mode);
 	/* A paused VM, or one to stay paused, has no running guest to snapshot live. */
@@ -325,7 +351,7 @@ static int cmd_snapshot_status(void *opaque, json_t *request, json_t *reply, str
 	ret = control_arg_string(request, "path", true, &path, err);
 	if (ret < 0)
 		return ret;
-	if (uffd_live_status(path, reply) == 0)
+	if (uffd_live_status(path, reply) == 0 || live_async_status(vm, path, reply))
 		return 0;
 	j = branch_snapshot_job(vm, path);
 	if (!j)

@@ -26,6 +26,7 @@
 #include "state/vm_snapshot.h"
 #include "state/vm_state.h"
 #include "state/diff_track.h"
+#include "state/live_async.h"
 #include "uffd/uffd_vmm.h"
 #include "uffd/uffd_live.h"
 
@@ -830,6 +831,8 @@ int vm_run(struct vm *vm)
 
 void vm_destroy(struct vm *vm)
 {
+	/* First: its thread reads guest RAM and its final pause uses the vCPUs. */
+	live_async_destroy(vm);
 	if (vm->branch_ops)
 		vm->branch_ops->teardown(vm);
 	if (vm->control_ready)

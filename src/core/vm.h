@@ -24,6 +24,7 @@
 
 struct vm;
 struct branch_state; /* src/branch/fork_engine.h */
+struct live_async;   /* src/state/live_async.h */
 
 /*
  * An engine that extends a VM (BRANCH) hooks in here: the core calls these
@@ -150,6 +151,8 @@ struct vm {
 	/* BRANCH's zygotes and state, NULL until the first branch (src/branch/). */
 	struct branch_state *branch;
 	const struct vm_engine_ops *branch_ops;
+	/* Live snapshots of engine uffd-wp-async; NULL until the first (src/state/live_async.c). */
+	struct live_async *live_async;
 };
 
 /* kvm.c */

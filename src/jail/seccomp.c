@@ -19,8 +19,8 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <linux/if_tun.h>
-#include <sys/ioctl.h>
 #include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 /* Syscall numbers the SIGSYS line can name; x86-64 has fewer than this. */
@@ -222,9 +222,18 @@ static const int main_syscalls[] = {
     SCMP_SYS(set_tid_address),
     /* Only adds filters: a thread's own role, at its start. */
     SCMP_SYS(seccomp),
-    /* the uffd-wp live snapshot's userfaultfd (src/uffd/uffd_live.c) */
+    /*
+     * the uffd-wp live snapshot's userfaultfd (src/uffd/uffd_live.c): KVM's
+     * accesses are kernel-mode faults, so not only UFFD_USER_MODE_ONLY ones
+     */
     SCMP_SYS(userfaultfd),
 };
+
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+/* PAGEMAP_SCAN (Linux 6.7), newer than these headers: _IOWR('f', 16, struct pm_scan_arg). */
+#define LIVE_ASYNC_PAGEMAP_SCAN _IOC(_IOC_READ | _IOC_WRITE, 'f', 16, 12 * sizeof(uint64_t))
 
 static const unsigned long main_ioctls[] = {
     /* the VM and its vCPUs, created and restored (BRANCH children, --restore) */
@@ -292,15 +301,22 @@ static const unsigned long main_ioctls[] = {
     TUNSETIFF,
     TUNSETVNETHDRSZ,
     TUNSETOFFLOAD,
-    /* the uffd-wp live snapshot (src/uffd/uffd_live.c): arm, copy, un-protect */
+    /*
+     * Live snapshots: engine uffd-wp (src/uffd/uffd_live.c: arm, copy,
+     * un-protect; a kernel-mode userfaultfd, allowed above) and engine
+     * uffd-wp-async (src/state/live_async.c): a user-mode-only userfaultfd
+     * with WP_ASYNC, and PAGEMAP_SCAN on /proc/self/pagemap, set up when the
+     * snapshot is asked for.
+     */
     UFFDIO_API,
     UFFDIO_REGISTER,
     UFFDIO_UNREGISTER,
     UFFDIO_WRITEPROTECT,
-    /* ... and its children served before the copy completes: fill their pages */
+    /* uffd-wp's children served before the copy completes: fill their pages */
     UFFDIO_COPY,
     UFFDIO_ZEROPAGE,
     UFFDIO_WAKE,
+    LIVE_ASYNC_PAGEMAP_SCAN,
 };
 
 static const int main_prctls[] = {
@@ -445,6 +461,11 @@ static int add_main_rules(scmp_filter_ctx ctx, struct fk_err *err)
 	if (!r) {
 		a = SCMP_A1(SCMP_CMP_EQ, CLONE_NEWNET);
 		r = add_rule(ctx, SCMP_SYS(setns), 1, &a, err);
+	}
+	/* uffd-wp-async's userfaultfd: user-mode only (WP_ASYNC delivers no fault anyway). */
+	if (!r) {
+		a = SCMP_A0(SCMP_CMP_MASKED_EQ, UFFD_USER_MODE_ONLY, UFFD_USER_MODE_ONLY);
+		r = add_rule(ctx, SCMP_SYS(userfaultfd), 1, &a, err);
 	}
 	/* Signal handlers may change, but never SIGSYS's: that one reports denials. */
 	if (!r) {

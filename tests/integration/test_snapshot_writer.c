@@ -48,7 +48,12 @@ static bool dir_takes_direct(const char *d)
 	char path[400];
 	int fd;
 
-	if (statfs(d, &sfs) < 0 || sfs.f_type == TMPFS_MAGIC)
+	/*
+	 * FUSE (virtiofs: the checkout as the nested test host sees it) takes
+	 * O_DIRECT, but its page cache is not a disk's: reads there did not stay
+	 * cached (prewarm found 0 of 384 MiB resident). Not a disk filesystem.
+	 */
+	if (statfs(d, &sfs) < 0 || sfs.f_type == TMPFS_MAGIC || sfs.f_type == FUSE_SUPER_MAGIC)
 		return false;
 	snprintf(path, sizeof(path), "%s/direct-probe", d);
 	fd = open(path, O_WRONLY | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
@@ -332,12 +337,14 @@ static void test_direct_snapshots_restore_strictly(void **state)
 	json_decref(r);
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot-status\",\"path\":\"%s\"}", live_snap);
 	for (long long end = harness_deadline(TIMEOUT_MS);; usleep(5 * 1000)) {
-		json_t *st = call(sock, "{\"cmd\":\"status\"}", true);
-		json_t *w = json_object_get(st, "snapshot_written_bytes");
+		json_t *st, *w;
 		bool writing;
 
+		/* The state first: once it says done, a status asked after it has no progress. */
 		r = call(sock, req, true);
 		writing = strcmp(str_of(r, "snapshot"), "writing") == 0;
+		st = call(sock, "{\"cmd\":\"status\"}", true);
+		w = json_object_get(st, "snapshot_written_bytes");
 		if (writing && json_is_integer(w)) {
 			long long v = json_integer_value(w);
 

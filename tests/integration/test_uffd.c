@@ -380,9 +380,29 @@ static void test_guest_above_4g(void **state)
 	if (strtoull(base, NULL, 16) < 0x100000000ULL)
 		fail_msg("cpu1.pattern_base=%s: the test needs the writer above 4 GiB", base);
 	{
+		/*
+		 * Written in the background and followed with snapshot-status: in the
+		 * nested test host, writing 3.25 GiB takes longer than one control
+		 * call may wait.
+		 */
 		char req[700];
-		snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\"}", snap4g);
+		json_t *r;
+
+		snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"wait\":false}",
+			 snap4g);
 		json_decref(call(control, req, true));
+		snprintf(req, sizeof(req), "{\"cmd\":\"snapshot-status\",\"path\":\"%s\"}", snap4g);
+		for (long long end = harness_deadline(2 * TIMEOUT_MS);;) {
+			r = call(control, req, true);
+			if (strcmp(json_string_value(json_object_get(r, "snapshot")), "writing") !=
+				0 ||
+			    now_ms() > end)
+				break;
+			json_decref(r);
+			usleep(100 * 1000);
+		}
+		assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "ready");
+		json_decref(r);
 	}
 	stop_vm(&p, control);
 	handler_start(&h, "--snapshot", snap4g, NULL);
@@ -539,6 +559,8 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_memfd_vm_branches_strictly),
 	    cmocka_unit_test(test_guest_above_4g),
 	};
+	/* test_guest_above_4g: a 3.25 GiB guest, its snapshot in /tmp, and its lazy restore. */
+	where_set_nested_mem_mib(10240);
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;
 	return cmocka_run_group_tests_name("uffd lazy restore and memfd RAM", tests, setup,

@@ -420,7 +420,7 @@ static void test_bad_requests(void **state)
 	r = call(sock, req, false);
 	e = json_string_value(json_object_get(r, "error"));
 	assert_non_null(e);
-	assert_non_null(strstr(e, "engine 'bogus': expected fork or uffd-wp"));
+	assert_non_null(strstr(e, "engine 'bogus': expected fork, uffd-wp or uffd-wp-async"));
 	json_decref(r);
 	snprintf(
 	    req, sizeof(req),

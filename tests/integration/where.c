@@ -90,6 +90,14 @@ static const char *needs_name(enum test_needs needs)
 	return "?";
 }
 
+/* Set once by main before where_begin, read by it: one value per test binary. */
+static unsigned int nested_mem_mib;
+
+void where_set_nested_mem_mib(unsigned int mib)
+{
+	nested_mem_mib = mib;
+}
+
 int where_begin(int argc, char **argv, enum test_needs needs, size_t nr_tests)
 {
 	const char *name = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
@@ -97,7 +105,10 @@ int where_begin(int argc, char **argv, enum test_needs needs, size_t nr_tests)
 	struct utsname u;
 
 	if (argc > 1 && !strcmp(argv[1], "--needs")) {
-		printf("needs=%s tests=%zu\n", needs_name(needs), nr_tests);
+		printf("needs=%s tests=%zu", needs_name(needs), nr_tests);
+		if (nested_mem_mib)
+			printf(" nested_mem_mib=%u", nested_mem_mib);
+		printf("\n");
 		exit(0);
 	}
 	if (argc > 1) {

@@ -45,4 +45,13 @@ enum kvm_kind where_kvm_kind(void);
  */
 int where_begin(int argc, char **argv, enum test_needs needs, size_t nr_tests);
 
+/*
+ * Call before where_begin: the nested test host this binary runs in needs
+ * mib MiB of memory instead of scripts/testhost.sh's default (--needs then
+ * also prints "nested_mem_mib=<mib>", which tests/run-integration.sh passes
+ * on as --mem). For guests of several GiB whose snapshots go to the nested
+ * host's /tmp, a tmpfs in its own RAM.
+ */
+void where_set_nested_mem_mib(unsigned int mib);
+
 #endif

@@ -265,6 +265,18 @@ static void test_userfaultfd(void **state)
 		assert_int_equal(json_integer_value(json_object_get(u, "unprivileged_userfaultfd")),
 				 unpriv);
 	assert_int_equal(json_is_true(json_object_get(sys, "ok")), fd >= 0);
+	/* The uffd-wp-async engine's check: yes exactly when the kernel lists WP_ASYNC (6.7+). */
+	{
+		json_t *wa = json_object_get(u, "wp_async");
+		const char *feat = fd >= 0 ? get_str(sys, "features") : NULL;
+		bool has = feat && (strtoull(feat, NULL, 16) & (1ull << 15));
+
+		assert_true(json_is_boolean(json_object_get(wa, "ok")));
+		if (feat)
+			assert_int_equal(json_is_true(json_object_get(wa, "ok")), has);
+		if (!json_is_true(json_object_get(wa, "ok")))
+			assert_non_null(get_str(wa, "error"));
+	}
 	if (fd >= 0) {
 		assert_non_null(get_str(sys, "features"));
 		assert_true(strncmp(get_str(sys, "features"), "0x", 2) == 0);
