@@ -11,8 +11,9 @@ a fresh state directory and times, alternating API and raw samples:
               ?cascade=true; raw: the child's `shutdown`), outside the timing.
   spawn       POST /v1/snapshots/{tag}/spawn {"n":1} against starting
               `forkd-vmm --restore SNAP --overlay-dir --control --serial
-              --serial-in none` directly and polling its control socket with
-              `status` every 1 ms until it answers.
+              --serial-in none` directly (os.posix_spawn, as the daemon) until its
+              control socket answers `status`: told by --ready-fd, and polled every
+              1 ms; the row's raw is the faster of the two at p50 ("raw" names it).
   exec        (Linux guest, image forkd-test-base) POST /v1/vms/{id}/exec
               {"argv":["true"]}, NDJSON read to its end, against the same exec
               sent to the agent over the VM's vsock socket from Python
@@ -235,13 +236,44 @@ def bench_branch(d, base, samples, host):
 
 # ---- spawn ----
 
+class RawVmm:
+    """A forkd-vmm started by os.posix_spawn (what the daemon does: no fork of this
+    process, no Python-level child setup), in a session of its own."""
+
+    def __init__(self, argv, err_path, ready_wr=-1):
+        acts = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 2, err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                 0o644)]
+        if ready_wr >= 0:
+            os.set_inheritable(ready_wr, True)  # only this descriptor crosses the exec
+        self.pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=acts, setsid=True)
+        self.status = None
+
+    def poll(self):
+        if self.status is None:
+            pid, st = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = st
+        return self.status
+
+    def wait(self, timeout=10):
+        end = time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() > end:
+                os.kill(self.pid, 9)
+                os.waitpid(self.pid, 0)
+                raise RuntimeError(f"forkd-vmm {self.pid} did not exit within {timeout} s")
+            time.sleep(0.002)
+
+
 def raw_spawn(snap, vdir, ready_fd=False):
-    """forkd-vmm --restore started directly; done when its control socket answers status.
-    Polled every 1 ms, or (ready_fd) asked once `--ready-fd` says it serves, as the daemon
-    does."""
+    """forkd-vmm --restore started directly (os.posix_spawn); done when its control socket
+    answers status. Polled every 1 ms, or (ready_fd) asked once `--ready-fd` says its
+    socket listens, as the daemon does."""
     os.mkdir(vdir)
     ctl = os.path.join(vdir, "control.sock")
-    err = open(os.path.join(vdir, "vmm.err"), "w")
+    err = os.path.join(vdir, "vmm.err")
     argv = [VMM, "--restore", snap, "--overlay-dir", os.path.join(vdir, "overlay"),
             "--control", ctl, "--serial", os.path.join(vdir, "serial.log"), "--serial-in", "none"]
     rd = wr = -1
@@ -249,16 +281,14 @@ def raw_spawn(snap, vdir, ready_fd=False):
         rd, wr = os.pipe()
         argv += ["--ready-fd", str(wr)]
     t0 = time.monotonic()
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-        start_new_session=True, pass_fds=(wr,) if ready_fd else ())
+    proc = RawVmm(argv, err, wr)
     if ready_fd:
         os.close(wr)
         ready, _, _ = select.select([rd], [], [], 30)
         said = os.read(rd, 16) if ready else b""
         os.close(rd)
         if not said:
-            raise RuntimeError(f"raw restore did not say ready (see {err.name})")
+            raise RuntimeError(f"raw restore did not say ready (see {err})")
     end = t0 + 30
     while True:
         try:
@@ -266,10 +296,9 @@ def raw_spawn(snap, vdir, ready_fd=False):
             break
         except (OSError, ValueError):
             if proc.poll() is not None or time.monotonic() > end:
-                raise RuntimeError(f"raw restore did not answer (see {err.name})")
+                raise RuntimeError(f"raw restore did not answer (see {err})")
             time.sleep(0.001)
     t1 = time.monotonic()
-    err.close()
     return (t1 - t0) * 1000, proc, ctl
 
 
@@ -277,7 +306,7 @@ def bench_spawn(d, base, samples, host):
     vm = create_probe(d)
     api(d.sock, "POST", f"/v1/vms/{vm['id']}/snapshot", {"tag": "base"})
     snap = api(d.sock, "GET", "/v1/snapshots/base")["path"]
-    raw, raw_ready, apiv = [], [], []
+    raw_poll, raw_ready, apiv = [], [], []
     for i in range(samples + 1):
         t0 = time.monotonic()
         res = api(d.sock, "POST", "/v1/snapshots/base/spawn", {"n": 1})
@@ -288,7 +317,7 @@ def bench_spawn(d, base, samples, host):
             api(d.sock, "DELETE", f"/v1/vms/{v['id']}?cascade=true")
         time.sleep(GAP_S)
 
-        for ready_fd, into in ((False, raw), (True, raw_ready)):
+        for ready_fd, into in ((False, raw_poll), (True, raw_ready)):
             vdir = os.path.join(base, f"raw-spawn-{i}-{int(ready_fd)}")
             ms, proc, ctl = raw_spawn(snap, vdir, ready_fd)
             if i:
@@ -297,12 +326,17 @@ def bench_spawn(d, base, samples, host):
             proc.wait(timeout=10)
             shutil.rmtree(vdir, ignore_errors=True)
             time.sleep(GAP_S)
-    # raw: the socket polled every 1 ms (what a client of the control socket alone does);
-    # raw_ready: told by --ready-fd, as the daemon is (the fairest peer of its mechanism).
+    # The raw peer is what a user would do by hand, done the best way: of the two ways of
+    # waiting for the control socket to answer (told by --ready-fd, as the daemon is, or
+    # polled every 1 ms), the one faster at p50 in this run ("raw" names it); both kept.
+    best = "ready-fd" if pct(raw_ready, 50) <= pct(raw_poll, 50) else "poll-1ms"
+    raw = raw_ready if best == "ready-fd" else raw_poll
     row("spawn", host, raw, apiv, d.server_ms("POST", "/v1/snapshots/base/spawn"),
-        mem_mib=64, guest="probe", raw_poll_ms=1,
+        mem_mib=64, guest="probe", raw=best,
         raw_ready_ms_p50=r3(pct(raw_ready, 50)), raw_ready_ms_p99=r3(pct(raw_ready, 99)),
-        overhead_vs_ready_ms_p50=r3(pct(apiv, 50) - pct(raw_ready, 50)))
+        raw_poll_ms_p50=r3(pct(raw_poll, 50)), raw_poll_ms_p99=r3(pct(raw_poll, 99)),
+        overhead_vs_ready_ms_p50=r3(pct(apiv, 50) - pct(raw_ready, 50)),
+        overhead_vs_poll_ms_p50=r3(pct(apiv, 50) - pct(raw_poll, 50)))
     api(d.sock, "DELETE", f"/v1/vms/{vm['id']}?cascade=true")
     api(d.sock, "DELETE", "/v1/snapshots/base?cascade=true")
 
