@@ -24,11 +24,13 @@ a fresh state directory and times, alternating API and raw samples:
               GET /v1/tree and a few POST .../branch on VMs of their own.
 
 overhead_ms_pXX = api_ms_pXX - raw_ms_pXX (a difference of percentiles, not a
-percentile of differences). Latencies are client-side wall times, Python's own
-HTTP client included; server_ms_pXX is the daemon's own latency_ms from its
-audit log (request headers in to the answer sent). JSON lines on stdout, progress on stderr.
+percentile of differences). The timed branch and spawn requests go through a client
+as thin as the raw peers' (one sendall, read to Content-Length: "http_client":"thin";
+--http-client stdlib times them with http.client, as the SDK does). Latencies are
+client-side wall times, the client included; server_ms_pXX is the daemon's own
+latency_ms from its audit log (request headers in to the answer sent). JSON lines on stdout, progress on stderr.
 
-  api.py native [--samples N] [--concurrent N] [--host H]
+  api.py native [--samples N] [--concurrent N] [--host H] [--http-client thin|stdlib]
   api.py exec [--samples N] [--host H]
 """
 import argparse, http.client, json, os, shutil, socket, struct, subprocess, sys, tempfile
@@ -96,6 +98,54 @@ def http(sock, method, path, body=None, timeout=120):
         return r.status, r.read()
     finally:
         c.close()
+
+
+def thin_http(sock, method, path, body=None, timeout=120):
+    """The same request as http() with no more client than the raw peers have (one
+    sendall, recv until Content-Length is in, no header parser): what the timed
+    requests use unless --http-client stdlib, so that the overhead is the API's
+    (daemon, libmicrohttpd, HTTP framing) and not Python's http.client."""
+    data = b"" if body is None else json.dumps(body).encode()
+    head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(sock)
+        s.sendall(head.encode() + b"\r\n" + data)
+        buf, need, hdr_end = b"", None, -1
+        while need is None or len(buf) < need:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            if hdr_end < 0 and (hdr_end := buf.find(b"\r\n\r\n")) >= 0:
+                headers = buf[:hdr_end].decode("latin-1").lower()
+                if "transfer-encoding: chunked" in headers:
+                    raise RuntimeError(f"{method} {path}: chunked answer (use --http-client stdlib)")
+                length = [ln.split(":", 1)[1] for ln in headers.split("\r\n")
+                          if ln.startswith("content-length:")]
+                need = hdr_end + 4 + (int(length[0]) if length else 0)
+    finally:
+        s.close()
+    if hdr_end < 0 or need is None or len(buf) < need:
+        raise RuntimeError(f"{method} {path}: short answer {buf[:200]!r}")
+    return int(buf.split(b" ", 2)[1]), buf[hdr_end + 4:need]
+
+
+# Which client times the branch and spawn requests: "thin" (thin_http) or "stdlib"
+# (http.client, as the SDK); set by --http-client.
+HTTP_CLIENT = "thin"
+
+
+def timed_api(sock, method, path, body=None, want=(200, 201)):
+    if HTTP_CLIENT == "stdlib":
+        return api(sock, method, path, body, want)
+    status, data = thin_http(sock, method, path, body)
+    if status not in want:
+        raise RuntimeError(f"{method} {path}: {status} {data[:300]!r}")
+    return json.loads(data) if data else None
 
 
 def api(sock, method, path, body=None, want=(200, 201), timeout=120):
@@ -177,6 +227,8 @@ class Daemon:
 
 
 def row(op, host, rawv, apiv, server=None, **extra):
+    if op in ("branch", "spawn"):
+        extra = {"http_client": HTTP_CLIENT, **extra}
     out = {"bench": "api", "op": op, **host_fields(host), **extra, "samples": len(apiv),
            "raw_ms_p50": r3(pct(rawv, 50)), "raw_ms_p99": r3(pct(rawv, 99)),
            "api_ms_p50": r3(pct(apiv, 50)), "api_ms_p99": r3(pct(apiv, 99)),
@@ -204,7 +256,7 @@ def bench_branch(d, base, samples, host):
     raw, apiv, raw_pause, api_pause = [], [], [], []
     for i in range(samples + 1):  # sample 0 of each: warm-up, not counted
         t0 = time.monotonic()
-        res = api(d.sock, "POST", f"/v1/vms/{vid}/branch", {"n": 1})
+        res = timed_api(d.sock, "POST", f"/v1/vms/{vid}/branch", {"n": 1})
         t1 = time.monotonic()
         if i:
             apiv.append((t1 - t0) * 1000)
@@ -309,7 +361,7 @@ def bench_spawn(d, base, samples, host):
     raw_poll, raw_ready, apiv = [], [], []
     for i in range(samples + 1):
         t0 = time.monotonic()
-        res = api(d.sock, "POST", "/v1/snapshots/base/spawn", {"n": 1})
+        res = timed_api(d.sock, "POST", "/v1/snapshots/base/spawn", {"n": 1})
         t1 = time.monotonic()
         if i:
             apiv.append((t1 - t0) * 1000)
@@ -521,7 +573,10 @@ def main():
     ap.add_argument("--samples", type=int, default=None)
     ap.add_argument("--concurrent", type=int, default=200)
     ap.add_argument("--host", default=os.environ.get("FORKD_TESTHOST_KIND", "native"))
+    ap.add_argument("--http-client", choices=["thin", "stdlib"], default="thin")
     a = ap.parse_args()
+    global HTTP_CLIENT
+    HTTP_CLIENT = a.http_client
     base = tempfile.mkdtemp(prefix="fk-api.", dir="/tmp")  # short: socket paths
     d = None
     try:
