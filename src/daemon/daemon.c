@@ -118,6 +118,11 @@ struct tracked {
 	bool asking;	     /* VMs: a GET is asking its VMM's status (refresh_paused) */
 	double asked_at;     /* VMs: when a GET last asked (mono_s) */
 	struct vm_meta meta; /* VMs */
+	/*
+	 * VMs: the number from which its branches/ directory's next free <k> is looked for (a
+	 * scan from 0 took one lstat per earlier branch of the VM, on every branch's answer).
+	 */
+	int next_branch;
 	/* VMs starting: their namespace and host address as `status` first said (wait_answering) */
 	char net_netns[REG_NETNS_MAX];
 	char net_host_addr[REG_ADDR_MAX];
@@ -2999,6 +3004,7 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	struct reg_snapshot snap = {0};
 	struct reg_zygote z = {0};
 	uint32_t uid = 0;
+	int first_k = 0, k;
 	struct reg_vm src;
 	struct tracked *st, *zt;
 	json_t *req, *reply = NULL, *kids = NULL, *res;
@@ -3043,7 +3049,10 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	if (ret == 0 && persist && (ret = registry_snapshot_add(d->reg, &snap, err)) < 0)
 		find_tracked(d, id)->busy = false;
 	if (ret == 0) {
+		struct tracked *home = find_tracked(d, home_of(d, id));
+
 		uid = find_tracked(d, id)->meta.uid;
+		first_k = home ? home->next_branch : 0;
 		/* A jailed child branches into its home's directory: the one its jail sees. */
 		if ((ret = vm_dir(d, home_of(d, id), "branches", branches, sizeof(branches), err)) <
 			0 ||
@@ -3065,7 +3074,7 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 		ret = fk_fail_errno(err, errno, "%s: give %s to uid %u", what, branches, uid);
 		goto fail;
 	}
-	for (int k = 0;; k++) {
+	for (k = first_k;; k++) {
 		struct stat sb;
 
 		if ((ret = path_fmt(bdir, sizeof(bdir), err, "%s/%d", branches, k)) < 0)
@@ -3073,6 +3082,14 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 		if (lstat(bdir, &sb) < 0)
 			break;
 	}
+	pthread_mutex_lock(&d->lock);
+	{
+		struct tracked *home = find_tracked(d, home_of(d, id));
+
+		if (home && home->next_branch <= k)
+			home->next_branch = k + 1;
+	}
+	pthread_mutex_unlock(&d->lock);
 	req = json_pack("{s:s,s:I,s:s,s:b}", "cmd", "branch", "n", (json_int_t)n, "dir", bdir,
 			"wait", wait);
 	if (req && persist)
