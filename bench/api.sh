@@ -4,7 +4,8 @@
 #   branch      POST /v1/vms/{id}/branch {"n":1} vs {"cmd":"branch"} on the VM's control
 #               socket, the zygote released after the timing on both (probe guest, native)
 #   spawn       POST /v1/snapshots/{tag}/spawn {"n":1} vs forkd-vmm --restore started
-#               directly until its control socket answers status (probe guest, native)
+#               directly (posix_spawn) until its control socket answers status, told by
+#               --ready-fd or polled every 1 ms, the faster at p50 (probe guest, native)
 #   concurrent  N requests at once (GET /v1/vms/{id}, GET /v1/tree, a few branches)
 #   exec        POST /v1/vms/{id}/exec {"argv":["true"]} vs the agent protocol over the
 #               VM's vsock socket from Python (image forkd-test-base, `make test-rootfs`)

@@ -118,6 +118,11 @@ struct tracked {
 	bool asking;	     /* VMs: a GET is asking its VMM's status (refresh_paused) */
 	double asked_at;     /* VMs: when a GET last asked (mono_s) */
 	struct vm_meta meta; /* VMs */
+	/*
+	 * VMs: the number from which its branches/ directory's next free <k> is looked for (a
+	 * scan from 0 took one lstat per earlier branch of the VM, on every branch's answer).
+	 */
+	int next_branch;
 	/* VMs starting: their namespace and host address as `status` first said (wait_answering) */
 	char net_netns[REG_NETNS_MAX];
 	char net_host_addr[REG_ADDR_MAX];
@@ -128,6 +133,27 @@ struct snap_meta {
 	struct snap_meta *next;
 	char tag[REG_TAG_MAX + 1];
 	uint64_t pause_us;
+};
+
+/*
+ * What a spawn learns of a snapshot before starting VMMs from it: its read-only disks are
+ * allowed, whether it has a vsock device, its size. Kept per snapshot while its state file is
+ * the same file unchanged (device, inode, size, mtime, ctime), because reading and parsing
+ * that file twice was ≈ 0.1 ms of every spawn's answer (bench/api.sh) and a ready snapshot is
+ * never rewritten; dropped with the snapshot. Only checks that passed are kept.
+ */
+struct spawn_facts {
+	bool vsock;
+	int mem_mib, cpus; /* 0: unknown */
+};
+
+struct spawn_check {
+	struct spawn_check *next;
+	char tag[REG_TAG_MAX + 1];
+	char path[PATH_MAX];
+	char allowed[PATH_MAX]; /* the read-only image it was checked against */
+	struct stat state;
+	struct spawn_facts facts;
 };
 
 /*
@@ -160,6 +186,7 @@ struct daemon {
 	struct registry *reg;
 	struct tracked *tracked;
 	struct snap_meta *snaps;
+	struct spawn_check *spawn_checks; /* under lock */
 	struct zombie *zombies;
 	uint64_t next_key;
 	int lockfd; /* DIR/daemon.lock, flock'ed: one daemon per state dir */
@@ -420,16 +447,25 @@ static void add_jail_args(uint32_t uid, const struct jail_args *j, char **argv, 
  */
 static void json_write_atomic(json_t *o, const char *path)
 {
-	char tmp[PATH_MAX + 8];
+	char tmp[PATH_MAX + 8], *text;
+	size_t len;
 	bool ok;
 	int fd;
 
 	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
 		return;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
+	/* One write(2): json_dumpfd writes each token with its own (14 for a vm.json). */
+	text = json_dumps(o, 0);
+	if (!text)
 		return;
-	ok = json_dumpfd(o, fd, 0) == 0;
+	len = strlen(text);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0) {
+		free(text);
+		return;
+	}
+	ok = write(fd, text, len) == (ssize_t)len;
+	free(text);
 	if (close(fd) < 0)
 		ok = false;
 	if (!ok || rename(tmp, path) < 0)
@@ -913,6 +949,16 @@ static void snap_meta_drop(struct daemon *d, const char *tag)
 {
 	char path[PATH_MAX];
 
+	for (struct spawn_check **pp = &d->spawn_checks; *pp;) {
+		struct spawn_check *c = *pp;
+
+		if (strcmp(c->tag, tag) == 0) {
+			*pp = c->next;
+			free(c);
+		} else {
+			pp = &c->next;
+		}
+	}
 	if (snap_meta_path(d, tag, path, sizeof(path)) == 0)
 		unlink(path);
 	for (struct snap_meta **pp = &d->snaps; *pp; pp = &(*pp)->next) {
@@ -1028,6 +1074,12 @@ struct starting {
 	/* The read end of the VMM's --ready-fd pipe, while has_ready (zeroed: none). */
 	bool has_ready;
 	int ready_rd;
+	pid_t pid;
+	/* Done while it starts (prepare_started), not after it answers: */
+	bool probed; /* proc: its /proc identity */
+	struct reg_proc proc;
+	bool meta_saved; /* vm.json written with these sizes */
+	int saved_mem_mib, saved_cpus;
 };
 
 static void starting_close_ready(struct starting *s)
@@ -1080,6 +1132,7 @@ static int launch_locked(struct daemon *d, struct starting *s, char *const argv[
 	}
 	s->ready_rd = p[0];
 	s->has_ready = true;
+	s->pid = pid;
 	s->t0 = mono_s();
 	ret = watch(d, t, pid, err);
 	if (ret < 0) {
@@ -1390,14 +1443,18 @@ static int finish_started(struct daemon *d, struct starting *s, size_t n, json_t
 		if (ret < 0)
 			break;
 		if (t && !t->dead) {
-			if (registry_proc_probe(t->pid, &vm.proc, err) < 0)
+			if (s[i].probed && s[i].proc.pid == t->pid)
+				vm.proc = s[i].proc;
+			else if (registry_proc_probe(t->pid, &vm.proc, err) < 0)
 				vm.proc.pid = t->pid;
 			vm.state = REG_VM_RUNNING;
 			snprintf(vm.net_netns, sizeof(vm.net_netns), "%s", t->net_netns);
 			snprintf(vm.net_host_addr, sizeof(vm.net_host_addr), "%s",
 				 t->net_host_addr);
 			ret = registry_vm_update(d->reg, &vm, err);
-			meta_save(d, vm.id, &t->meta);
+			if (!s[i].meta_saved || t->meta.mem_mib != s[i].saved_mem_mib ||
+			    t->meta.cpus != s[i].saved_cpus)
+				meta_save(d, vm.id, &t->meta);
 		}
 		if (t)
 			t->busy = false;
@@ -1406,6 +1463,43 @@ static int finish_started(struct daemon *d, struct starting *s, size_t n, json_t
 	}
 	pthread_mutex_unlock(&d->lock);
 	return ret;
+}
+
+/*
+ * What needs a started VMM's pid but not its answer, done while the VMMs restore (≈ 10 ms in
+ * which this thread would only wait) rather than between their answer and ours: the /proc
+ * identity the registry records with the pid, and vm.json with the size their snapshot says
+ * (mem_mib and cpus, 0: unknown; finish_started writes it again if `status` says otherwise).
+ * Lock not held.
+ */
+static void prepare_started(struct daemon *d, struct starting *s, size_t n, int mem_mib, int cpus)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct fk_err ignored = {0};
+		struct tracked *t;
+		struct vm_meta meta;
+		bool have = false;
+
+		s[i].probed = registry_proc_probe(s[i].pid, &s[i].proc, &ignored) == 0;
+		if (!mem_mib || !cpus)
+			continue;
+		pthread_mutex_lock(&d->lock);
+		t = find_tracked(d, s[i].id);
+		if (t && !t->dead) {
+			t->meta.mem_mib = mem_mib;
+			t->meta.cpus = cpus;
+			meta = t->meta;
+			have = true;
+		}
+		pthread_mutex_unlock(&d->lock);
+		if (!have)
+			continue;
+		/* The VM is busy (being started): no other operation writes its vm.json. */
+		meta_save(d, s[i].id, &meta);
+		s[i].meta_saved = true;
+		s[i].saved_mem_mib = mem_mib;
+		s[i].saved_cpus = cpus;
+	}
 }
 
 /* The image cache, where forkd-vmm --image looks (src/core/config.c). */
@@ -2910,6 +3004,7 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	struct reg_snapshot snap = {0};
 	struct reg_zygote z = {0};
 	uint32_t uid = 0;
+	int first_k = 0, k;
 	struct reg_vm src;
 	struct tracked *st, *zt;
 	json_t *req, *reply = NULL, *kids = NULL, *res;
@@ -2954,7 +3049,10 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	if (ret == 0 && persist && (ret = registry_snapshot_add(d->reg, &snap, err)) < 0)
 		find_tracked(d, id)->busy = false;
 	if (ret == 0) {
+		struct tracked *home = find_tracked(d, home_of(d, id));
+
 		uid = find_tracked(d, id)->meta.uid;
+		first_k = home ? home->next_branch : 0;
 		/* A jailed child branches into its home's directory: the one its jail sees. */
 		if ((ret = vm_dir(d, home_of(d, id), "branches", branches, sizeof(branches), err)) <
 			0 ||
@@ -2976,7 +3074,7 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 		ret = fk_fail_errno(err, errno, "%s: give %s to uid %u", what, branches, uid);
 		goto fail;
 	}
-	for (int k = 0;; k++) {
+	for (k = first_k;; k++) {
 		struct stat sb;
 
 		if ((ret = path_fmt(bdir, sizeof(bdir), err, "%s/%d", branches, k)) < 0)
@@ -2984,6 +3082,14 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 		if (lstat(bdir, &sb) < 0)
 			break;
 	}
+	pthread_mutex_lock(&d->lock);
+	{
+		struct tracked *home = find_tracked(d, home_of(d, id));
+
+		if (home && home->next_branch <= k)
+			home->next_branch = k + 1;
+	}
+	pthread_mutex_unlock(&d->lock);
 	req = json_pack("{s:s,s:I,s:s,s:b}", "cmd", "branch", "n", (json_int_t)n, "dir", bdir,
 			"wait", wait);
 	if (req && persist)
@@ -3104,20 +3210,117 @@ fail:
 
 /* ---- Spawn from a snapshot ---- */
 
-static bool snapshot_has_vsock(const char *path)
+/* vm_snapshot_readonly_images' check that each read-only image is the allowed one. */
+struct ro_image_check {
+	const char *allowed; /* "": none allowed */
+	char bad[4096];
+};
+
+static int ro_image_ok(const char *path, void *opaque)
+{
+	struct ro_image_check *chk = opaque;
+
+	if (chk->allowed[0] && strcmp(path, chk->allowed) == 0)
+		return 0;
+	snprintf(chk->bad, sizeof(chk->bad), "%s", path);
+	return -EPERM;
+}
+
+/* Whether the snapshot at path has a vsock device, and its size; false: it cannot be read. */
+static bool snapshot_facts(const char *path, struct spawn_facts *f)
 {
 	struct fk_err ignored = {0};
+	const struct snap_vm_info *info;
 	struct snap_reader *r;
 	const void *data;
 	uint32_t type;
 	size_t len;
-	bool has;
 
+	memset(f, 0, sizeof(*f));
 	if (snap_reader_open(path, &r, &ignored) < 0)
 		return false;
-	has = snap_reader_find_device(r, VM_DEVICE_INSTANCE_VSOCK, &type, &data, &len) == 0;
+	f->vsock = snap_reader_find_device(r, VM_DEVICE_INSTANCE_VSOCK, &type, &data, &len) == 0;
+	info = snap_reader_vm_info(r);
+	if (info && info->mem_size >> 20 <= MEM_MIB_MAX && info->nr_vcpus <= CPUS_MAX) {
+		f->mem_mib = (int)(info->mem_size >> 20);
+		f->cpus = (int)info->nr_vcpus;
+	}
 	snap_reader_close(r);
-	return has;
+	return true;
+}
+
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+	       a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/*
+ * A spawn's checks of snapshot tag (struct spawn_check): its read-only disks must be its own
+ * image's root file system (allowed, "" for none), else -EINVAL naming the path; fills f.
+ * From the cache when the snapshot's state file is unchanged since they last passed. Lock
+ * not held.
+ */
+static int spawn_check_snapshot(struct daemon *d, const char *what, const char *tag,
+				const struct reg_snapshot *snap, const char *allowed,
+				struct spawn_facts *f, struct fk_err *err)
+{
+	struct ro_image_check chk = {0};
+	struct fk_err why = {0};
+	char state[PATH_MAX];
+	struct stat st;
+	bool cacheable;
+
+	cacheable = (size_t)snprintf(state, sizeof(state), "%s/%s", snap->path, SNAP_STATE_FILE) <
+			sizeof(state) &&
+		    stat(state, &st) == 0;
+	if (cacheable) {
+		bool hit = false;
+
+		pthread_mutex_lock(&d->lock);
+		for (struct spawn_check *c = d->spawn_checks; c && !hit; c = c->next) {
+			hit = strcmp(c->tag, tag) == 0 && strcmp(c->path, snap->path) == 0 &&
+			      strcmp(c->allowed, allowed) == 0 && same_file(&c->state, &st);
+			if (hit)
+				*f = c->facts;
+		}
+		pthread_mutex_unlock(&d->lock);
+		if (hit)
+			return 0;
+	}
+	chk.allowed = allowed;
+	/* One that cannot be read is left to the VMMs, which say why. */
+	if (vm_snapshot_readonly_images(snap->path, ro_image_ok, &chk, &why) < 0 && chk.bad[0])
+		return fk_fail(err, EINVAL,
+			       "%s: snapshot %s names the read-only image %s, not its "
+			       "image's (%s): refused",
+			       what, tag, chk.bad, allowed[0] ? allowed : "none");
+	if (!snapshot_facts(snap->path, f) || !cacheable || why.msg[0])
+		return 0; /* not kept: the VMMs say what is wrong with it */
+	struct spawn_check *c = calloc(1, sizeof(*c));
+	if (!c)
+		return 0;
+	snprintf(c->tag, sizeof(c->tag), "%s", tag);
+	snprintf(c->path, sizeof(c->path), "%s", snap->path);
+	snprintf(c->allowed, sizeof(c->allowed), "%s", allowed);
+	c->state = st;
+	c->facts = *f;
+	pthread_mutex_lock(&d->lock);
+	for (struct spawn_check **pp = &d->spawn_checks; *pp;) {
+		struct spawn_check *old = *pp;
+
+		if (strcmp(old->tag, tag) == 0) { /* an earlier version of it */
+			*pp = old->next;
+			free(old);
+		} else {
+			pp = &old->next;
+		}
+	}
+	c->next = d->spawn_checks;
+	d->spawn_checks = c;
+	pthread_mutex_unlock(&d->lock);
+	return 0;
 }
 
 static int start_restored(struct daemon *d, const char *snap_path, bool vsock,
@@ -3185,22 +3388,6 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock,
 	return ret;
 }
 
-/* vm_snapshot_readonly_images' check that each read-only image is the allowed one. */
-struct ro_image_check {
-	const char *allowed; /* "": none allowed */
-	char bad[4096];
-};
-
-static int ro_image_ok(const char *path, void *opaque)
-{
-	struct ro_image_check *chk = opaque;
-
-	if (chk->allowed[0] && strcmp(path, chk->allowed) == 0)
-		return 0;
-	snprintf(chk->bad, sizeof(chk->bad), "%s", path);
-	return -EPERM;
-}
-
 int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_t **out,
 			  struct fk_err *err)
 {
@@ -3211,6 +3398,8 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	struct starting *s = NULL;
 	struct reg_snapshot snap;
 	struct reg_vm origin;
+	struct spawn_facts facts = {0};
+	char want[PATH_MAX] = "";
 	long long n = 1;
 	double t0 = mono_s();
 	json_t *vms = NULL;
@@ -3233,32 +3422,20 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 		return fk_fail(err, snap.state == REG_SNAP_WRITING ? EBUSY : EINVAL,
 			       "%s: snapshot %s is %s: expected a ready snapshot", what, tag,
 			       reg_snap_state_name(snap.state));
+	/* One written while VMs were not jailed is root's alone: the VMs' group reads it now. */
+	if (d->jail && (ret = share_snapshot(d, snap.path, err)) < 0)
+		return fk_wrap(err, "%s from snapshot %s", what, tag);
 	/*
 	 * A snapshot's read-only disks are reopened from the paths it names: only its
 	 * own image's root file system may be one (a hostile VMM could have written
 	 * any path, and the restored guest would read that file).
 	 */
-	{
-		struct ro_image_check chk = {0};
-		struct fk_err why = {0};
-		char want[PATH_MAX] = "";
-
-		if (snap.image[0])
-			snprintf(want, sizeof(want), "%s/%s/rootfs.ext4", image_cache(),
-				 snap.image);
-		chk.allowed = want;
-		/* One that cannot be read is left to the VMMs, which say why. */
-		if (vm_snapshot_readonly_images(snap.path, ro_image_ok, &chk, &why) < 0 &&
-		    chk.bad[0])
-			return fk_fail(err, EINVAL,
-				       "%s: snapshot %s names the read-only image %s, not its "
-				       "image's (%s): refused",
-				       what, tag, chk.bad, want[0] ? want : "none");
-	}
-	/* One written while VMs were not jailed is root's alone: the VMs' group reads it now. */
-	if (d->jail && (ret = share_snapshot(d, snap.path, err)) < 0)
-		return fk_wrap(err, "%s from snapshot %s", what, tag);
-	vsock = snapshot_has_vsock(snap.path);
+	if (snap.image[0])
+		snprintf(want, sizeof(want), "%s/%s/rootfs.ext4", image_cache(), snap.image);
+	ret = spawn_check_snapshot(d, what, tag, &snap, want, &facts, err);
+	if (ret < 0)
+		return ret;
+	vsock = facts.vsock;
 	timer_mark(&tm, "snapshot");
 	s = calloc((size_t)n, sizeof(*s));
 	lims = calloc((size_t)n, sizeof(*lims));
@@ -3307,8 +3484,11 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	for (long long i = 0; i < n && ret == 0; i++)
 		ret = start_restored(d, snap.path, vsock, &lims[i], uids[i], &s[i], err);
 	timer_mark(&tm, "launch");
-	if (ret == 0)
+	if (ret == 0) {
+		prepare_started(d, s, (size_t)n, facts.mem_mib, facts.cpus);
+		timer_mark(&tm, "prepare");
 		ret = wait_answering(d, s, (size_t)n, true, err);
+	}
 	timer_mark(&tm, "answer");
 	if (ret == 0) {
 		vms = json_array();
@@ -4059,6 +4239,11 @@ void daemon_close(struct daemon *d)
 		d->zombies = z->next;
 		close(z->pidfd);
 		free(z);
+	}
+	while (d->spawn_checks) {
+		struct spawn_check *c = d->spawn_checks;
+		d->spawn_checks = c->next;
+		free(c);
 	}
 	while (d->snaps) {
 		struct snap_meta *m = d->snaps;

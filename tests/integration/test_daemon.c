@@ -26,6 +26,7 @@
 
 #include "daemon/daemon.h"
 #include "daemon/registry.h"
+#include "daemon/vmm_launch.h"
 #include "harness.h"
 #include "probe_cases.h"
 #include "where.h"
@@ -756,6 +757,86 @@ static void test_spawn_refuses_a_foreign_readonly_image(void **state)
 	json_decref(out);
 }
 
+/* A probe VM (with the read-only disk, when given) snapshotted to path and stopped. */
+static void probe_snapshot_to(const char *path, const char *ro_disk)
+{
+	char ctl[400], req[800];
+	struct vmm_proc p;
+
+	snprintf(ctl, sizeof(ctl), "%s/snapper.sock", dir);
+	snprintf(req, sizeof(req), "%s,ro", ro_disk ? ro_disk : "");
+	if (ro_disk)
+		probe_start(&p, NULL, "64M", "1", "work=idle", "--control", ctl, "--disk", req,
+			    NULL);
+	else
+		probe_start(&p, NULL, "64M", "1", "work=idle", "--control", ctl, NULL);
+	probe_need_line(&p, "READY", 30000);
+	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"mode\":\"stop\"}",
+		 path);
+	json_decref(harness_call_expect(ctl, req, true));
+	json_decref(harness_call_expect(ctl, "{\"cmd\":\"shutdown\"}", true));
+	assert_int_equal(vmm_wait(&p, 30000), 0);
+	vmm_free(&p);
+}
+
+/*
+ * The daemon keeps a spawn's checks of a snapshot while its state file is unchanged: a
+ * snapshot whose files are replaced after a spawn (here by one naming a foreign read-only
+ * disk) is checked again and refused, not started from the kept verdict.
+ */
+static void test_spawn_checks_a_replaced_snapshot_again(void **state)
+{
+	char disk[400], live[400], bad[400], aside[400], db[400];
+	struct reg_snapshot rs = {0};
+	struct fk_err err = {0};
+	struct registry *r;
+	json_t *body, *out = NULL, *removed = NULL, *vms;
+
+	(void)state;
+	snprintf(disk, sizeof(disk), "%s/secret2.img", dir);
+	probe_make_disk(disk, 1 << 20, NULL);
+	snprintf(live, sizeof(live), "%s/snapshots/swapped", state_dir);
+	snprintf(bad, sizeof(bad), "%s/swapped-bad", dir);
+	snprintf(aside, sizeof(aside), "%s/swapped-clean", dir);
+	probe_snapshot_to(live, NULL);
+	probe_snapshot_to(bad, disk);
+	snprintf(db, sizeof(db), "%s/registry.db", state_dir);
+	assert_int_equal(registry_open(db, &r, &err), 0);
+	strcpy(rs.tag, "swapped");
+	snprintf(rs.path, sizeof(rs.path), "%s", live);
+	assert_int_equal(registry_snapshot_add(r, &rs, &err), 0);
+	assert_int_equal(registry_snapshot_mark_ready(r, "swapped", &err), 0);
+	registry_close(r);
+
+	/* Twice: the second spawn takes the kept checks. */
+	for (int i = 0; i < 2; i++) {
+		body = json_pack("{s:i}", "n", 1);
+		if (daemon_snapshot_spawn(d, "swapped", body, &out, &err) != 0)
+			fail_msg("spawn %d from the clean snapshot: %s", i, err.msg);
+		json_decref(body);
+		vms = json_object_get(out, "vms");
+		assert_int_equal(json_array_size(vms), 1);
+		assert_int_equal(
+		    daemon_vm_delete(d, sval(json_array_get(vms, 0), "id"), true, &removed, &err),
+		    0);
+		json_decref(removed);
+		json_decref(out);
+		out = NULL;
+	}
+	/* Its files replaced behind the daemon's back. */
+	if (rename(live, aside) < 0 || rename(bad, live) < 0)
+		fail_msg("replacing %s: %s", live, strerror(errno));
+	body = json_pack("{s:i}", "n", 1);
+	assert_int_equal(daemon_snapshot_spawn(d, "swapped", body, &out, &err), -EINVAL);
+	json_decref(body);
+	assert_null(out);
+	if (!strstr(err.msg, "names the read-only image") || !strstr(err.msg, disk))
+		fail_msg("error '%s' does not name the foreign image %s", err.msg, disk);
+	assert_int_equal(daemon_snapshot_delete(d, "swapped", false, &out, &err), 0);
+	json_decref(out);
+	fk_remove_tree(aside);
+}
+
 static void test_bad_bodies(void **state)
 {
 	struct fk_err err = {0};
@@ -840,6 +921,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_concurrent_branch_and_delete),
 	    cmocka_unit_test(test_readopt_after_daemon_died),
 	    cmocka_unit_test(test_spawn_refuses_a_foreign_readonly_image),
+	    cmocka_unit_test(test_spawn_checks_a_replaced_snapshot_again),
 	    cmocka_unit_test(test_bad_bodies),
 	};
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
