@@ -60,6 +60,7 @@
 #define BRANCH_TIMEOUT_MS   120000 /* a branch call (children started, persist waited for) */
 #define SNAPSHOT_TIMEOUT_MS 300000
 #define ZOMBIE_SWEEP_MS	    20
+#define LOCK_WAIT_MS	    3000 /* daemon.lock still held by a killed daemon's spawn child */
 #define PERSIST_POLL_MS	    50
 #define MEM_MIB_MIN	    32
 #define MEM_MIB_MAX	    (1024 * 1024)
@@ -4139,6 +4140,15 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 		ret = fk_fail_errno(err, errno, "%s", path);
 		goto fail;
 	}
+	/*
+	 * A daemon killed while it started a VMM leaves that child between its
+	 * posix_spawn and its exec for a moment (up to ~0.5 s seen on a loaded
+	 * host), holding this descriptor until the exec closes it: wait that out
+	 * before calling the state dir taken.
+	 */
+	for (double until = mono_s() + LOCK_WAIT_MS / 1000.0;
+	     flock(d->lockfd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK && mono_s() < until;)
+		usleep(20 * 1000);
 	if (flock(d->lockfd, LOCK_EX | LOCK_NB) < 0) {
 		ret = errno == EWOULDBLOCK
 			  ? fk_fail(err, EBUSY,
