@@ -47,6 +47,10 @@
 #define WP_BATCH_PAGES	 512 /* the bulk copier's step: 2 MiB, one THP */
 #define WP_HISTORY	 16  /* finished snapshots kept for snapshot-status */
 
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+
 #define WP_MAX_CHILDREN 16
 
 struct wp_job;
@@ -90,6 +94,7 @@ struct wp_job {
 	struct snap_writer w;
 	pthread_t fault_thread, copier_thread;
 	bool fault_started, copier_started;
+	bool populate_first; /* no WP_UNPOPULATED: map every untouched page before arming */
 	uint64_t start_us;
 	uint64_t stall_limit_ms; /* a write fault unanswered this long fails the snapshot */
 	atomic_bool handler_alive;
@@ -849,20 +854,44 @@ static int setup_uffd(struct wp_job *j, struct fk_err *err)
 				 .features =
 				     UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_UNPOPULATED};
 
+	struct uffdio_api offered = {.api = UFFD_API};
+
 	if (j->vm->mem.backend == GUEST_MEM_MEMFD)
 		api.features |= UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+	/* What the kernel offers: a userfaultfd takes one UFFDIO_API, so ask a throwaway one. */
+	j->uffd = uffd_open_fd(err);
+	if (j->uffd < 0)
+		return fk_wrap(err, "engine uffd-wp");
+	if (ioctl(j->uffd, UFFDIO_API, &offered) < 0)
+		return fk_fail_errno(err, errno, "engine uffd-wp: UFFDIO_API");
+	close(j->uffd);
 	j->uffd = uffd_open_fd(err);
 	if (j->uffd < 0)
 		return fk_wrap(err, "engine uffd-wp");
 	/*
-	 * WP_UNPOPULATED: a page the guest never touched has no PTE to carry the
-	 * protection; without it its first write would not fault and the copy
-	 * could read the post-instant bytes.
+	 * WP_UNPOPULATED (6.4+): a page the guest never touched has no PTE to
+	 * carry the protection; without it its first write would not fault and
+	 * the copy could read the post-instant bytes. Older kernels (the nested
+	 * test host's 6.1) protect only present PTEs, so on anonymous RAM every
+	 * untouched page is first mapped to the zero page (MADV_POPULATE_READ,
+	 * before the pause: no memory is allocated), and the zero page's PTE
+	 * carries the protection. Shared memory keeps the protection without a
+	 * page (PTE markers, 6.0+).
 	 */
+	/* Test hook: FORKD_FAULT_INJECT=no-wp-unpopulated answers as a kernel before 6.4. */
+	if (getenv("FORKD_FAULT_INJECT") &&
+	    strcmp(getenv("FORKD_FAULT_INJECT"), "no-wp-unpopulated") == 0)
+		offered.features &= ~(uint64_t)UFFD_FEATURE_WP_UNPOPULATED;
+	if (!(offered.features & UFFD_FEATURE_WP_UNPOPULATED)) {
+		api.features &= ~(uint64_t)UFFD_FEATURE_WP_UNPOPULATED;
+		j->populate_first = j->vm->mem.backend != GUEST_MEM_MEMFD;
+	}
 	if (ioctl(j->uffd, UFFDIO_API, &api) < 0)
 		return fk_fail_errno(err, errno,
-				     "engine uffd-wp: UFFDIO_API with write-protect faults on "
-				     "unpopulated pages (needs Linux 6.4+)");
+				     "engine uffd-wp: UFFDIO_API with write-protect faults "
+				     "(features 0x%llx asked, 0x%llx offered)",
+				     (unsigned long long)api.features,
+				     (unsigned long long)offered.features);
 	for (int i = 0; i < j->nr_regions; i++) {
 		struct uffdio_register reg = {
 		    .range = {.start = j->regions[i].hva, .len = j->regions[i].size},
@@ -956,6 +985,15 @@ int uffd_live_snapshot(struct vm *vm, const char *path, bool wait, const char *s
 		goto fail;
 	}
 	j->fault_started = true;
+	for (int i = 0; j->populate_first && i < j->nr_regions; i++)
+		if (madvise((void *)j->regions[i].hva, j->regions[i].size, MADV_POPULATE_READ) <
+		    0) {
+			ret = fk_fail_errno(err, errno,
+					    "engine uffd-wp: map guest region %d's untouched pages "
+					    "before arming (this kernel has no WP_UNPOPULATED)",
+					    i);
+			goto fail;
+		}
 
 	/* Pause first, then arm: armed before the pause, a vCPU's write would tear the instant. */
 	t0 = monotonic_us();
@@ -990,6 +1028,9 @@ int uffd_live_snapshot(struct vm *vm, const char *path, bool wait, const char *s
 	wp_current = j;
 	pthread_mutex_unlock(&wp_lock);
 	json_object_set_new(reply, "pause_us", json_integer((json_int_t)j->rec->pause_us));
+	/* How untouched pages were protected: by the kernel, or mapped to the zero page first. */
+	json_object_set_new(reply, "unpopulated",
+			    json_string(j->populate_first ? "populate-read" : "wp-unpopulated"));
 	json_object_set_new(reply, "park_us", json_integer((json_int_t)(t_parked - t0)));
 	json_object_set_new(reply, "arm_us", json_integer((json_int_t)j->rec->arm_us));
 	json_object_set_new(reply, "capture_us", json_integer((json_int_t)j->rec->capture_us));
