@@ -409,6 +409,16 @@ static void *copier_thread_main(void *arg)
 		if (atomic_load(&j->abort) || job_failed(j) ||
 		    handler_lost(j, &pending_since, &beat_then))
 			goto failed;
+		/*
+		 * Test hook: before the first step, wait (up to 60 s) for a child to
+		 * fault, so that one starts before the copy however slowly it boots
+		 * (the nested test host).
+		 */
+		for (int waited = 0;
+		     base == 0 && fault_injected("uffd-wp-copy-after-child") &&
+		     atomic_load(&j->child_faults) == 0 && !atomic_load(&j->abort) && waited < 6000;
+		     waited++)
+			usleep(10 * 1000);
 		for (uint64_t i = base; i < end; i++) {
 			if (wp_page_claim(j->pages, i)) {
 				copy_page(j, i);
@@ -416,7 +426,8 @@ static void *copier_thread_main(void *arg)
 			}
 		}
 		/* Test hook: a copy slow enough for a child to start before it completes. */
-		if (fault_injected("uffd-wp-slow-copy"))
+		if (fault_injected("uffd-wp-slow-copy") ||
+		    fault_injected("uffd-wp-copy-after-child"))
 			usleep(50 * 1000);
 		/* Un-protected only once every page of the step is in the copy. */
 		for (uint64_t i = base; i < end; i++)
