@@ -16,27 +16,7 @@
 
 #define LIVE_ASYNC_ENGINE "uffd-wp-async"
 
-/* Newer than the headers here (Linux 6.7): defined by hand, as bench/uffd_wp.c does. */
-#ifndef UFFD_FEATURE_WP_ASYNC
-#define UFFD_FEATURE_WP_ASYNC (1 << 15)
-#endif
-#ifndef PAGEMAP_SCAN
-struct page_region {
-	uint64_t start, end, categories;
-};
-struct pm_scan_arg {
-	uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages, category_inverted,
-	    category_mask, category_anyof_mask, return_mask;
-};
-#define PAGEMAP_SCAN	      _IOWR('f', 16, struct pm_scan_arg)
-#define PM_SCAN_WP_MATCHING   (1 << 0)
-#define PM_SCAN_CHECK_WPASYNC (1 << 1)
-#define PAGE_IS_WPALLOWED     (1 << 0)
-#define PAGE_IS_WRITTEN	      (1 << 1)
-#define PAGE_IS_FILE	      (1 << 2)
-#define PAGE_IS_PRESENT	      (1 << 3)
-#define PAGE_IS_SWAPPED	      (1 << 4)
-#endif
+#include "util/uffd_compat.h"
 
 /*
  * Whether this kernel offers what the engine needs: 0, or -EOPNOTSUPP with

@@ -36,20 +36,13 @@
 #include "uffd/uffd_vmm.h"
 #include "util/unix_socket.h"
 
-/* The running kernel has it (6.4+); the headers here predate it. */
-#ifndef UFFD_FEATURE_WP_UNPOPULATED
-#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
-#endif
+#include "util/uffd_compat.h"
 
 /* A write fault unanswered this long (ms) fails the snapshot; a loaded host starves threads. */
 #define WP_DEFAULT_STALL 10000
 #define WP_PAGE		 4096ull
 #define WP_BATCH_PAGES	 512 /* the bulk copier's step: 2 MiB, one THP */
 #define WP_HISTORY	 16  /* finished snapshots kept for snapshot-status */
-
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22
-#endif
 
 #define WP_MAX_CHILDREN 16
 

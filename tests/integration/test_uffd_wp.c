@@ -626,8 +626,11 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_guest_above_4g),
 	    cmocka_unit_test(test_kernel_without_wp_unpopulated),
 	};
-	/* test_guest_above_4g: a 3.25 GiB guest and its snapshot in the nested host's /tmp. */
-	where_set_nested_mem_mib(10240);
+	/*
+	 * test_guest_above_4g: a 3.25 GiB guest, the engine's copy of its RAM and
+	 * the snapshot in the nested host's /tmp (its RAM): 10 GiB was too few.
+	 */
+	where_set_nested_mem_mib(14336);
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;
 	return cmocka_run_group_tests_name("uffd-wp live snapshots", tests, setup, teardown);
