@@ -275,20 +275,17 @@ static int copy_range(struct live_async *la, int r, uint64_t hva, uint64_t len, 
 		return 0;
 	}
 	while (len) {
-		size_t n = len > COPY_STEP ? COPY_STEP : (size_t)len;
-		ssize_t done = pwrite(la->staging_fd, (const void *)(uintptr_t)hva, n, (off_t)off);
+		uint64_t n = len > COPY_STEP ? COPY_STEP : len;
 
-		if (done < 0 && errno == EINTR)
-			continue;
-		if (done <= 0)
-			return fk_fail_errno(err, done < 0 ? errno : EIO,
-					     "staging copy of guest memory: write of %zu bytes at "
+		if (pwrite_all(la->staging_fd, (const uint8_t *)(uintptr_t)hva, n, off) < 0)
+			return fk_fail_errno(err, errno,
+					     "staging copy of guest memory: write of %llu bytes at "
 					     "offset %llu",
-					     n, (unsigned long long)off);
-		hva += (uint64_t)done;
-		off += (uint64_t)done;
-		len -= (uint64_t)done;
-		la->copied_bytes += (uint64_t)done;
+					     (unsigned long long)n, (unsigned long long)off);
+		hva += n;
+		off += n;
+		len -= n;
+		la->copied_bytes += n;
 		if (atomic_load(&la->cancel))
 			return fk_fail(err, ECANCELED,
 				       "the VM exited before the snapshot was "

@@ -88,6 +88,8 @@ struct wp_job {
 	pthread_t fault_thread, copier_thread;
 	bool fault_started, copier_started;
 	bool populate_first; /* no WP_UNPOPULATED: map every untouched page before arming */
+	/* FORKD_FAULT_INJECT, read once: its test hooks are checked on the fault path. */
+	const char *inject;
 	uint64_t start_us;
 	uint64_t stall_limit_ms; /* a write fault unanswered this long fails the snapshot */
 	atomic_bool handler_alive;
@@ -122,11 +124,9 @@ static struct wp_job *wp_current;
 static struct wp_record wp_records[WP_HISTORY];
 static uint64_t wp_next_seq;
 
-static bool fault_injected(const char *what)
+static bool fault_injected(const struct wp_job *j, const char *what)
 {
-	const char *v = getenv("FORKD_FAULT_INJECT");
-
-	return v && strcmp(v, what) == 0;
+	return j->inject && strcmp(j->inject, what) == 0;
 }
 
 int64_t wp_page_index(const struct wp_region *regions, int nr_regions, uint64_t addr)
@@ -288,9 +288,9 @@ static void *fault_thread_main(void *arg)
 		atomic_fetch_add(&j->heartbeat, 1);
 		/* Test hooks (docs/design/userfaultfd.md): a handler that ends, or never answers.
 		 */
-		if (fault_injected("uffd-wp-handler-exit"))
+		if (fault_injected(j, "uffd-wp-handler-exit"))
 			break;
-		if (fault_injected("uffd-wp-handler-stall")) {
+		if (fault_injected(j, "uffd-wp-handler-stall")) {
 			poll(&pfd[1], 1, -1);
 			break;
 		}
@@ -408,7 +408,7 @@ static void *copier_thread_main(void *arg)
 		 * (the nested test host).
 		 */
 		for (int waited = 0;
-		     base == 0 && fault_injected("uffd-wp-copy-after-child") &&
+		     base == 0 && fault_injected(j, "uffd-wp-copy-after-child") &&
 		     atomic_load(&j->child_faults) == 0 && !atomic_load(&j->abort) && waited < 6000;
 		     waited++)
 			usleep(10 * 1000);
@@ -419,8 +419,8 @@ static void *copier_thread_main(void *arg)
 			}
 		}
 		/* Test hook: a copy slow enough for a child to start before it completes. */
-		if (fault_injected("uffd-wp-slow-copy") ||
-		    fault_injected("uffd-wp-copy-after-child"))
+		if (fault_injected(j, "uffd-wp-slow-copy") ||
+		    fault_injected(j, "uffd-wp-copy-after-child"))
 			usleep(50 * 1000);
 		/* Un-protected only once every page of the step is in the copy. */
 		for (uint64_t i = base; i < end; i++)
@@ -883,8 +883,7 @@ static int setup_uffd(struct wp_job *j, struct fk_err *err)
 	 * page (PTE markers, 6.0+).
 	 */
 	/* Test hook: FORKD_FAULT_INJECT=no-wp-unpopulated answers as a kernel before 6.4. */
-	if (getenv("FORKD_FAULT_INJECT") &&
-	    strcmp(getenv("FORKD_FAULT_INJECT"), "no-wp-unpopulated") == 0)
+	if (fault_injected(j, "no-wp-unpopulated"))
 		offered.features &= ~(uint64_t)UFFD_FEATURE_WP_UNPOPULATED;
 	if (!(offered.features & UFFD_FEATURE_WP_UNPOPULATED)) {
 		api.features &= ~(uint64_t)UFFD_FEATURE_WP_UNPOPULATED;
@@ -930,6 +929,7 @@ static struct wp_job *job_new(struct vm *vm, const char *path, struct fk_err *er
 	j->owner = getpid();
 	j->uffd = -1;
 	j->listen_fd = -1;
+	j->inject = getenv("FORKD_FAULT_INJECT");
 	pthread_mutex_init(&j->err_lock, NULL);
 	pthread_mutex_init(&j->child_lock, NULL);
 	snap_writer_init(&j->w, (uint32_t)vm->nr_vcpus);
