@@ -4146,10 +4146,13 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 	 * host), holding this descriptor until the exec closes it: wait that out
 	 * before calling the state dir taken.
 	 */
-	for (double until = mono_s() + LOCK_WAIT_MS / 1000.0;
-	     flock(d->lockfd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK && mono_s() < until;)
+	for (double until = mono_s() + LOCK_WAIT_MS / 1000.0;;) {
+		ret = flock(d->lockfd, LOCK_EX | LOCK_NB);
+		if (ret == 0 || errno != EWOULDBLOCK || mono_s() >= until)
+			break;
 		usleep(20 * 1000);
-	if (flock(d->lockfd, LOCK_EX | LOCK_NB) < 0) {
+	}
+	if (ret < 0) {
 		ret = errno == EWOULDBLOCK
 			  ? fk_fail(err, EBUSY,
 				    "%s: locked: another forkd serve uses this state dir", path)
