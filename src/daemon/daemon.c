@@ -204,6 +204,12 @@ struct daemon {
 	unsigned next_reader; /* round robin when all readers are busy; atomic */
 	bool jail;	      /* daemon_config.jail: VMs started from now on are jailed */
 	uint32_t uid_first, uid_count;
+	/*
+	 * VM IDs reserved in the registry for VMs whose VMM starts before their row is written
+	 * (take_vm_id: a spawn); under lock.
+	 */
+	char (*vm_ids)[REG_ID_MAX];
+	size_t nr_vm_ids;
 };
 
 static double mono_s(void)
@@ -634,6 +640,54 @@ static const char *home_of(struct daemon *d, const char *id)
 	struct tracked *t = find_tracked(d, id);
 
 	return t && t->meta.home[0] ? t->meta.home : id;
+}
+
+static int vm_dir(struct daemon *d, const char *id, const char *name, char *buf, size_t len,
+		  struct fk_err *err);
+
+/*
+ * Reserves VM IDs until at least want are kept (one registry write), each with its directory
+ * made (vms/<id>, empty: a daemon that stops before using it removes it at its next start,
+ * stop_unrecorded_vms). Lock held.
+ */
+#define VM_ID_RESERVE 16
+static int reserve_vm_ids(struct daemon *d, size_t want, struct fk_err *err)
+{
+	size_t more = want > d->nr_vm_ids ? want - d->nr_vm_ids : 0;
+	char(*ids)[REG_ID_MAX], dir[PATH_MAX];
+	int ret;
+
+	if (!more)
+		return 0;
+	ids = realloc(d->vm_ids, (d->nr_vm_ids + more) * sizeof(*ids));
+	if (!ids)
+		return fk_fail(err, ENOMEM, "out of memory for %zu VM IDs", more);
+	d->vm_ids = ids;
+	ret = registry_vm_ids_reserve(d->reg, more, ids + d->nr_vm_ids, err);
+	for (size_t i = 0; ret == 0 && i < more; i++) {
+		ret = vm_dir(d, ids[d->nr_vm_ids + i], NULL, dir, sizeof(dir), err);
+		if (ret == 0 && mkdir(dir, 0755) < 0 && errno != EEXIST)
+			ret =
+			    fk_fail_errno(err, errno, "%s: create %s", ids[d->nr_vm_ids + i], dir);
+	}
+	if (ret == 0)
+		d->nr_vm_ids += more;
+	return ret;
+}
+
+/*
+ * A reserved VM ID into id, whose directory exists: a spawn neither writes the registry nor
+ * makes a directory before it starts its VMMs (they restore meanwhile: record_started). Lock
+ * held.
+ */
+static int take_vm_id(struct daemon *d, size_t want, char id[REG_ID_MAX], struct fk_err *err)
+{
+	int ret = reserve_vm_ids(d, want, err);
+
+	if (ret < 0)
+		return ret;
+	memcpy(id, d->vm_ids[--d->nr_vm_ids], REG_ID_MAX);
+	return 0;
 }
 
 static int jail_uid_alloc(struct daemon *d, uint32_t *uid, struct fk_err *err)
@@ -1070,7 +1124,11 @@ struct starting {
 	char id[REG_ID_MAX];
 	char sock[REG_SOCK_MAX];
 	char err_path[PATH_MAX];
-	double t0;
+	/*
+	 * t0: just before its VMM is started; start_s: from then to its control socket
+	 * answering (the answer's "start_ms": what a client starting forkd-vmm itself waits).
+	 */
+	double t0, start_s;
 	bool up;
 	/* The read end of the VMM's --ready-fd pipe, while has_ready (zeroed: none). */
 	bool has_ready;
@@ -1125,6 +1183,7 @@ static int launch_locked(struct daemon *d, struct starting *s, char *const argv[
 		close(p[0]);
 		return ret;
 	}
+	s->t0 = mono_s();
 	ret = vmm_launch(args, s->err_path, wr, &pid, err);
 	close(wr);
 	if (ret < 0) {
@@ -1134,7 +1193,6 @@ static int launch_locked(struct daemon *d, struct starting *s, char *const argv[
 	s->ready_rd = p[0];
 	s->has_ready = true;
 	s->pid = pid;
-	s->t0 = mono_s();
 	ret = watch(d, t, pid, err);
 	if (ret < 0) {
 		kill(pid, SIGKILL);
@@ -1228,6 +1286,7 @@ static int try_answering(struct daemon *d, struct starting *s, bool restore_metr
 	if (control_call(s->sock, req, &reply, STATUS_CALL_MS, &call_err) == 0 &&
 	    json_is_true(json_object_get(reply, "ok"))) {
 		s->up = true;
+		s->start_s = mono_s() - s->t0;
 		starting_close_ready(s);
 		pthread_mutex_lock(&d->lock);
 		t = find_tracked(d, s->id);
@@ -1239,7 +1298,7 @@ static int try_answering(struct daemon *d, struct starting *s, bool restore_metr
 		}
 		pthread_mutex_unlock(&d->lock);
 		if (restore_metric)
-			report(d, DAEMON_METRIC_RESTORE, mono_s() - s->t0);
+			report(d, DAEMON_METRIC_RESTORE, s->start_s);
 	}
 	json_decref(req);
 	json_decref(reply);
@@ -1459,8 +1518,15 @@ static int finish_started(struct daemon *d, struct starting *s, size_t n, json_t
 		}
 		if (t)
 			t->busy = false;
-		if (ret == 0 && out)
-			json_array_append_new(out, vm_json(d, &vm));
+		if (ret == 0 && out) {
+			json_t *o = vm_json(d, &vm);
+
+			if (o && s[i].up)
+				json_object_set_new(
+				    o, "start_ms",
+				    json_real((double)(long long)(s[i].start_s * 1e6 + 0.5) / 1e3));
+			json_array_append_new(out, o);
+		}
 	}
 	pthread_mutex_unlock(&d->lock);
 	return ret;
@@ -3324,7 +3390,26 @@ static int spawn_check_snapshot(struct daemon *d, const char *what, const char *
 	return 0;
 }
 
-static int start_restored(struct daemon *d, const char *snap_path, bool vsock,
+/* What a VM restored from a snapshot is named after its ID: its sockets (a reg_vm_namer). */
+struct restored_names {
+	struct daemon *d;
+	bool vsock;
+};
+
+static int name_restored(struct reg_vm *vm, void *opaque, struct fk_err *err)
+{
+	const struct restored_names *n = opaque;
+	int ret =
+	    vm_dir(n->d, vm->id, "control.sock", vm->control_sock, sizeof(vm->control_sock), err);
+
+	if (ret == 0 && n->vsock)
+		ret =
+		    vm_dir(n->d, vm->id, "vsock.sock", vm->vsock_sock, sizeof(vm->vsock_sock), err);
+	return ret;
+}
+
+/* Starts VM vm's VMM (named by name_restored), restoring snap_path. Lock not held. */
+static int start_restored(struct daemon *d, const char *snap_path, const struct reg_vm *vm,
 			  const struct vm_limits *lim, uint32_t uid, struct starting *s,
 			  struct fk_err *err)
 {
@@ -3332,29 +3417,20 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock,
 	struct jail_args jail_args;
 	char overlay[PATH_MAX], serial[PATH_MAX], dir[PATH_MAX];
 	char net_policy[REG_NET_MAX + 4 + REG_ID_MAX];
-	struct reg_vm vm;
+	bool vsock = vm->vsock_sock[0] != '\0';
 	int ret;
 
-	pthread_mutex_lock(&d->lock);
-	ret = registry_vm_get(d->reg, s->id, &vm, err);
-	pthread_mutex_unlock(&d->lock);
-	if (ret < 0)
+	if ((ret = vm_dir(d, vm->id, NULL, dir, sizeof(dir), err)) < 0 ||
+	    (ret = vm_dir(d, vm->id, "overlay", overlay, sizeof(overlay), err)) < 0 ||
+	    (ret = vm_dir(d, vm->id, "serial.log", serial, sizeof(serial), err)) < 0 ||
+	    (ret = vm_dir(d, vm->id, "vmm.err", s->err_path, sizeof(s->err_path), err)) < 0)
 		return ret;
-	if ((ret = vm_dir(d, vm.id, NULL, dir, sizeof(dir), err)) < 0 ||
-	    (ret = vm_dir(d, vm.id, "overlay", overlay, sizeof(overlay), err)) < 0 ||
-	    (ret = vm_dir(d, vm.id, "control.sock", vm.control_sock, sizeof(vm.control_sock),
-			  err)) < 0 ||
-	    (ret = vm_dir(d, vm.id, "vsock.sock", vm.vsock_sock, sizeof(vm.vsock_sock), err)) < 0 ||
-	    (ret = vm_dir(d, vm.id, "serial.log", serial, sizeof(serial), err)) < 0 ||
-	    (ret = vm_dir(d, vm.id, "vmm.err", s->err_path, sizeof(s->err_path), err)) < 0)
+	/* made when its ID was reserved */
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+		return fk_fail_errno(err, errno, "%s: create %s", vm->id, dir);
+	if ((ret = jail_prepare(d, vm->id, uid, dir, &jail_args, err)) < 0)
 		return ret;
-	if (mkdir(dir, 0755) < 0)
-		return fk_fail_errno(err, errno, "%s: create %s", vm.id, dir);
-	if ((ret = jail_prepare(d, vm.id, uid, dir, &jail_args, err)) < 0)
-		return ret;
-	if (!vsock)
-		vm.vsock_sock[0] = '\0';
-	snprintf(s->sock, sizeof(s->sock), "%s", vm.control_sock);
+	snprintf(s->sock, sizeof(s->sock), "%s", vm->control_sock);
 	char *argv[32];
 	int a = 0;
 
@@ -3364,27 +3440,57 @@ static int start_restored(struct daemon *d, const char *snap_path, bool vsock,
 	argv[a++] = "--overlay-dir";
 	argv[a++] = overlay;
 	argv[a++] = "--control";
-	argv[a++] = vm.control_sock;
+	argv[a++] = (char *)vm->control_sock;
 	argv[a++] = "--serial";
 	argv[a++] = serial;
 	argv[a++] = "--serial-in";
 	argv[a++] = "none";
 	/* the restored VM makes a namespace of its own, forkd-<its id> */
-	if (net_args(vm.net, vm.id, net_policy, sizeof(net_policy))) {
+	if (net_args(vm->net, vm->id, net_policy, sizeof(net_policy))) {
 		argv[a++] = "--net-policy";
 		argv[a++] = net_policy;
 	}
 	if (vsock) {
 		argv[a++] = "--vsock";
-		argv[a++] = vm.vsock_sock;
+		argv[a++] = (char *)vm->vsock_sock;
 	}
 	add_limit_args(lim, &lim_args, argv, &a);
 	add_jail_args(uid, &jail_args, argv, &a);
 	argv[a] = NULL;
 	pthread_mutex_lock(&d->lock);
-	ret = registry_vm_update(d->reg, &vm, err);
-	if (ret == 0)
-		ret = launch_locked(d, s, argv, err);
+	ret = launch_locked(d, s, argv, err);
+	pthread_mutex_unlock(&d->lock);
+	return ret;
+}
+
+/*
+ * Writes the rows of n restored VMs whose VMMs already start (one registry write, while they
+ * restore), each with its VMM's pid and /proc identity. A daemon killed before this leaves VMMs
+ * without rows: the next one stops them (sweep_unrecorded). Lock not held.
+ */
+static int record_started(struct daemon *d, const struct starting *s, struct reg_vm *regs, size_t n,
+			  struct fk_err *err)
+{
+	struct fk_err ignored = {0};
+	int ret;
+
+	for (size_t i = 0; i < n; i++) {
+		regs[i].proc.pid = s[i].pid;
+		if (s[i].probed && s[i].proc.pid == s[i].pid)
+			regs[i].proc = s[i].proc;
+	}
+	pthread_mutex_lock(&d->lock);
+	ret = n > 1 ? registry_batch_begin(d->reg, err) : 0;
+	for (size_t i = 0; i < n && ret == 0; i++)
+		ret = registry_vm_add_reserved(d->reg, &regs[i], err);
+	if (n > 1 && ret == 0)
+		ret = registry_batch_end(d->reg, err);
+	else if (n > 1)
+		registry_batch_end(d->reg,
+				   &ignored); /* commits the rows before it; abort removes them */
+	/* The next spawn's IDs and directories, made now rather than in its critical path. */
+	if (ret == 0 && reserve_vm_ids(d, VM_ID_RESERVE, &ignored) < 0)
+		fprintf(stderr, "forkd serve: reserving VM IDs: %s\n", ignored.msg);
 	pthread_mutex_unlock(&d->lock);
 	return ret;
 }
@@ -3397,6 +3503,8 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	struct vm_limits lim, *lims = NULL;
 	uint32_t *uids = NULL;
 	struct starting *s = NULL;
+	struct reg_vm *regs = NULL;
+	struct restored_names names = {.d = d};
 	struct reg_snapshot snap;
 	struct reg_vm origin;
 	struct spawn_facts facts = {0};
@@ -3437,14 +3545,17 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	if (ret < 0)
 		return ret;
 	vsock = facts.vsock;
+	names.vsock = vsock;
 	timer_mark(&tm, "snapshot");
 	s = calloc((size_t)n, sizeof(*s));
 	lims = calloc((size_t)n, sizeof(*lims));
 	uids = calloc((size_t)n, sizeof(*uids));
-	if (!s || !lims || !uids) {
+	regs = calloc((size_t)n, sizeof(*regs));
+	if (!s || !lims || !uids || !regs) {
 		free(s);
 		free(lims);
 		free(uids);
+		free(regs);
 		return fk_fail(err, ENOMEM, "%s: out of memory for %lld VMs", what, n);
 	}
 
@@ -3465,9 +3576,12 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 		uids[i] = 0;
 		ret = d->jail ? jail_uid_alloc(d, &uids[i], err) : 0;
 		if (ret == 0)
-			ret = registry_vm_add(d->reg, &vm, err);
+			ret = take_vm_id(d, (size_t)(n - i), vm.id, err);
+		if (ret == 0)
+			ret = name_restored(&vm, &names, err);
 		if (ret < 0)
 			break;
+		regs[i] = vm;
 		snprintf(s[i].id, sizeof(s[i].id), "%s", vm.id);
 		t = track(d, vm.id, false);
 		lims[i] = lim; /* each VM its own cgroup, vm-<its id> */
@@ -3483,13 +3597,15 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	pthread_mutex_unlock(&d->lock);
 	timer_mark(&tm, "register");
 	for (long long i = 0; i < n && ret == 0; i++)
-		ret = start_restored(d, snap.path, vsock, &lims[i], uids[i], &s[i], err);
+		ret = start_restored(d, snap.path, &regs[i], &lims[i], uids[i], &s[i], err);
 	timer_mark(&tm, "launch");
 	if (ret == 0) {
 		prepare_started(d, s, (size_t)n, facts.mem_mib, facts.cpus);
+		ret = record_started(d, s, regs, (size_t)n, err);
 		timer_mark(&tm, "prepare");
-		ret = wait_answering(d, s, (size_t)n, true, err);
 	}
+	if (ret == 0)
+		ret = wait_answering(d, s, (size_t)n, true, err);
 	timer_mark(&tm, "answer");
 	if (ret == 0) {
 		vms = json_array();
@@ -3502,11 +3618,13 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 		free(s);
 		free(lims);
 		free(uids);
+		free(regs);
 		return fk_wrap(err, "%s %lld from snapshot %s", what, n, tag);
 	}
 	free(s);
 	free(lims);
 	free(uids);
+	free(regs);
 	report(d, DAEMON_METRIC_SPAWN, mono_s() - t0);
 	*out = json_pack("{s:o}", "vms", vms);
 	timer_end(d, &tm, what);
@@ -3905,6 +4023,57 @@ static void kill_vmms_serving(const char *sock, const struct reg_vm *known, size
 		closedir(proc);
 }
 
+/*
+ * VM directories without a registry row: a daemon killed between starting a spawn's VMMs and
+ * recording them (record_started). Their VMMs are stopped (asked on their control socket, then
+ * killed if one still starts) and the directories removed: nothing runs that no daemon manages.
+ * Lock held.
+ */
+static void stop_unrecorded_vms(struct daemon *d)
+{
+	struct reg_vm *vms = NULL;
+	struct fk_err e = {0};
+	char pattern[PATH_MAX], sock[PATH_MAX];
+	glob_t g = {0};
+	size_t n = 0;
+
+	if (snprintf(pattern, sizeof(pattern), "%s/vms/vm-*/", d->state_dir) >=
+		(int)sizeof(pattern) ||
+	    registry_vm_list(d->reg, &vms, &n, &e) < 0)
+		return;
+	if (glob(pattern, GLOB_ONLYDIR | GLOB_MARK, NULL, &g) == 0) {
+		for (size_t i = 0; i < g.gl_pathc; i++) {
+			char *dir = g.gl_pathv[i], *id;
+			size_t len = strlen(dir);
+			json_t *bye = NULL;
+			bool known = false;
+
+			if (len > 1 && dir[len - 1] == '/')
+				dir[--len] = '\0';
+			id = strrchr(dir, '/') + 1;
+			for (size_t k = 0; k < n && !known; k++)
+				known = strcmp(vms[k].id, id) == 0;
+			if (known || snprintf(sock, sizeof(sock), "%s/control.sock", dir) >=
+					 (int)sizeof(sock))
+				continue;
+			/* empty: an ID reserved and never used (reserve_vm_ids) */
+			if (rmdir(dir) == 0)
+				continue;
+			vmm_call("shutdown", sock, json_pack("{s:s}", "cmd", "shutdown"),
+				 STATUS_CALL_MS, &bye, &e);
+			json_decref(bye);
+			kill_vmms_serving(sock, vms, n);
+			fk_remove_tree(dir);
+			fprintf(stderr,
+				"forkd serve: %s was never recorded (a spawn cut short): its "
+				"VMM is stopped and %s removed\n",
+				id, dir);
+		}
+	}
+	globfree(&g);
+	free(vms);
+}
+
 /* Re-adopts the VMMs the registry lists as live; marks the others exited. Lock held. */
 /*
  * Zygotes a previous daemon left held (killed between a branch's answer and
@@ -4191,6 +4360,8 @@ int daemon_open(const struct daemon_config *cfg, struct daemon **out, int *adopt
 	if (ret == 0)
 		stop_unregistered_children(d);
 	if (ret == 0)
+		stop_unrecorded_vms(d);
+	if (ret == 0)
 		release_stray_zygotes(d);
 	pthread_mutex_unlock(&d->lock);
 	if (ret < 0)
@@ -4253,6 +4424,15 @@ void daemon_close(struct daemon *d)
 		close(z->pidfd);
 		free(z);
 	}
+	/* the directories of reserved IDs no VM used: empty */
+	for (size_t i = 0; i < d->nr_vm_ids; i++) {
+		char dir[PATH_MAX];
+		struct fk_err ignored = {0};
+
+		if (vm_dir(d, d->vm_ids[i], NULL, dir, sizeof(dir), &ignored) == 0)
+			rmdir(dir);
+	}
+	free(d->vm_ids);
 	while (d->spawn_checks) {
 		struct spawn_check *c = d->spawn_checks;
 		d->spawn_checks = c->next;

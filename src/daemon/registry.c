@@ -849,12 +849,43 @@ static int check_vm_origin(struct registry *r, const struct reg_vm *vm, struct f
 	return ret;
 }
 
+int registry_vm_ids_reserve(struct registry *r, size_t n, char (*out)[REG_ID_MAX],
+			    struct fk_err *err)
+{
+	int ret = tx_begin(r, true, err);
+
+	for (size_t i = 0; ret == 0 && i < n; i++)
+		ret = new_id(r, "vm", out[i], err);
+	if (ret == 0)
+		ret = tx_commit(r, err);
+	if (ret)
+		tx_rollback(r);
+	return ret;
+}
+
+static int vm_add(struct registry *r, struct reg_vm *vm, bool reserved, struct fk_err *err);
+
 int registry_vm_add(struct registry *r, struct reg_vm *vm, struct fk_err *err)
+{
+	return vm_add(r, vm, false, err);
+}
+
+int registry_vm_add_reserved(struct registry *r, struct reg_vm *vm, struct fk_err *err)
+{
+	int ret = check_len("VM id", vm->id, sizeof(vm->id), err);
+
+	if (ret == 0 && strncmp(vm->id, "vm-", 3) != 0)
+		ret = fk_fail(err, EINVAL, "VM id '%s': expected one reserved (vm-...)", vm->id);
+	return ret ? ret : vm_add(r, vm, true, err);
+}
+
+static int vm_add(struct registry *r, struct reg_vm *vm, bool reserved, struct fk_err *err)
 {
 	sqlite3_stmt *st = NULL;
 	int ret;
 
-	vm->id[0] = '\0';
+	if (!reserved)
+		vm->id[0] = '\0';
 	ret = check_vm(vm, err);
 	if (ret)
 		return ret;
@@ -862,7 +893,7 @@ int registry_vm_add(struct registry *r, struct reg_vm *vm, struct fk_err *err)
 	if (ret)
 		return ret;
 	ret = check_vm_origin(r, vm, err);
-	if (ret == 0)
+	if (ret == 0 && !reserved)
 		ret = new_id(r, "vm", vm->id, err);
 	if (ret == 0)
 		ret = prep(r, &st,
@@ -903,7 +934,8 @@ out:
 	done(r, st);
 	if (ret) {
 		tx_rollback(r);
-		vm->id[0] = '\0';
+		if (!reserved)
+			vm->id[0] = '\0';
 	}
 	return ret;
 }

@@ -164,6 +164,14 @@ int registry_batch_end(struct registry *r, struct fk_err *err);
 /* Adds vm (state, pid, sockets, lineage, ...), filling vm->id and vm->created_us. A parent must
  * exist; a zygote must belong to the parent; a snapshot must exist and be ready. */
 int registry_vm_add(struct registry *r, struct reg_vm *vm, struct fk_err *err);
+/*
+ * Reserves n new VM IDs (out[0..n-1]) in one write: never given by registry_vm_add, never
+ * reused even if not used. For a VM whose VMM starts before its row is written.
+ */
+int registry_vm_ids_reserve(struct registry *r, size_t n, char (*out)[REG_ID_MAX],
+			    struct fk_err *err);
+/* registry_vm_add for vm->id reserved by registry_vm_ids_reserve (kept, not chosen). */
+int registry_vm_add_reserved(struct registry *r, struct reg_vm *vm, struct fk_err *err);
 /* Rewrites the mutable fields of vm->id: proc, sockets, state, pause_us, image, kernel, tag,
  * exit_status, net_netns, net_host_addr. Lineage (parent_vm, zygote, snapshot, branched_us),
  * net and created_us never change. */

@@ -289,6 +289,11 @@ static void test_snapshot_and_spawn(void **state)
 		assert_string_equal(sval(v, "kernel"), probe);
 		assert_int_equal(json_integer_value(json_object_get(v, "mem_mib")), 128);
 		assert_string_equal(sval(v, "state"), "running");
+		/* its VMM's start to its answer: within the spawn's own time */
+		assert_true(json_is_real(json_object_get(v, "start_ms")));
+		assert_true(json_real_value(json_object_get(v, "start_ms")) > 0);
+		assert_true(json_real_value(json_object_get(v, "start_ms")) <
+			    (double)(now_ms() - t0));
 		expect_answers(v);
 		pids[i] = (pid_t)json_integer_value(json_object_get(v, "pid"));
 	}

@@ -436,7 +436,67 @@ static void assert_registry_matches_processes(void)
 	fail_msg("registry and processes disagree: %s", why);
 }
 
-/* SIGKILL of the daemon while it starts 50 VMs: the next daemon has no orphan and no ghost. */
+/*
+ * Every VM directory of the state dir is a VM the registry lists, or empty (an ID the daemon
+ * reserved for a coming spawn): none is left of VMs the registry never recorded.
+ */
+static void assert_no_unrecorded_dirs(void)
+{
+	char path[700];
+	json_t *vms = list_vms(), *vm;
+	struct dirent *e;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/vms", state);
+	d = opendir(path);
+	assert_non_null(d);
+	while ((e = readdir(d))) {
+		bool listed = false;
+		size_t i;
+		DIR *sub;
+		int entries = 0;
+
+		if (strncmp(e->d_name, "vm-", 3) != 0)
+			continue;
+		json_array_foreach(vms, i, vm) listed |=
+		    strcmp(json_string_value(json_object_get(vm, "id")), e->d_name) == 0;
+		if (listed)
+			continue;
+		snprintf(path, sizeof(path), "%s/vms/%s", state, e->d_name);
+		sub = opendir(path);
+		for (struct dirent *f; sub && (f = readdir(sub));)
+			entries += strcmp(f->d_name, ".") != 0 && strcmp(f->d_name, "..") != 0;
+		if (sub)
+			closedir(sub);
+		if (entries)
+			fail_msg("%s: a VM directory with %d entries, and no VM %s is listed", path,
+				 entries, e->d_name);
+	}
+	closedir(d);
+	json_decref(vms);
+}
+
+/* How many lines of this test's daemon log contain s. */
+static int serve_log_count(const char *s)
+{
+	char path[400], line[1024];
+	int n = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/serve.log", dir);
+	f = fopen(path, "r");
+	while (f && fgets(line, sizeof(line), f))
+		n += strstr(line, s) != NULL;
+	if (f)
+		fclose(f);
+	return n;
+}
+
+/*
+ * SIGKILL of the daemon while it starts 50 VMs: the next daemon has no orphan and no ghost.
+ * A spawn starts its VMMs before it records them (they restore meanwhile), so a kill then
+ * leaves VMMs without rows: the next daemon stops them and removes their directories.
+ */
 static void test_daemon_killed_during_spawn(void **state_)
 {
 	char *argv[] = {(char *)cli(), "spawn", "base", "-n", "50", NULL};
@@ -464,6 +524,9 @@ static void test_daemon_killed_during_spawn(void **state_)
 	waitpid(client, &status, 0);
 	start_daemon();
 	assert_registry_matches_processes();
+	assert_no_unrecorded_dirs();
+	print_message("  the restarted daemon stopped %d VMs never recorded\n",
+		      serve_log_count("was never recorded"));
 	/* The snapshot was complete before the spawn: it is still listed ready. */
 	assert_int_equal(forkd(&out, "snapshots", "--json", NULL), 0);
 	assert_non_null(strstr(out, "\"ready\""));

@@ -382,6 +382,45 @@ static void test_ids_unique_never_reused(void **state)
 	assert_int_equal(sql_int(f->db, "SELECT count(*) FROM vms"), 199);
 }
 
+/* A spawn's IDs: reserved first (one write), its rows added later under them. */
+static void test_reserved_ids(void **state)
+{
+	struct fixture *f = *state;
+	struct fk_err err = {0};
+	char ids[20][REG_ID_MAX], other[REG_ID_MAX];
+	struct reg_vm vm, got;
+
+	assert_int_equal(registry_vm_ids_reserve(f->r, 20, ids, &err), 0);
+	for (int i = 0; i < 20; i++) {
+		assert_id_shape(ids[i], "vm-");
+		for (int j = 0; j < i; j++)
+			assert_string_not_equal(ids[i], ids[j]);
+	}
+	assert_int_equal(sql_int(f->db, "SELECT count(*) FROM ids"), 20);
+	assert_int_equal(sql_int(f->db, "SELECT count(*) FROM vms"), 0);
+
+	vm = sample_vm("reserved");
+	strcpy(vm.id, ids[3]);
+	assert_int_equal(registry_vm_add_reserved(f->r, &vm, &err), 0);
+	assert_string_equal(vm.id, ids[3]);
+	assert_int_equal(registry_vm_get(f->r, ids[3], &got, &err), 0);
+	assert_string_equal(got.tag, "reserved");
+	/* an ID used once is not used again, reserved or not */
+	vm = sample_vm("again");
+	strcpy(vm.id, ids[3]);
+	assert_true(registry_vm_add_reserved(f->r, &vm, &err) < 0);
+	assert_int_equal(sql_int(f->db, "SELECT count(*) FROM vms"), 1);
+	vm = sample_vm("bad");
+	strcpy(vm.id, "zy-12345678");
+	assert_int_equal(registry_vm_add_reserved(f->r, &vm, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "zy-12345678"));
+	/* registry_vm_add never hands out a reserved ID (they are all in ids) */
+	add_vm(f->r, "fresh", NULL, NULL, other);
+	for (int i = 0; i < 20; i++)
+		assert_string_not_equal(other, ids[i]);
+	assert_int_equal(sql_int(f->db, "SELECT count(*) FROM ids"), 21);
+}
+
 /* ---- Zygotes ---- */
 
 static void test_zygotes(void **state)
@@ -1410,6 +1449,7 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(test_statements_shared_by_threads, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_vm_add_checks, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_ids_unique_never_reused, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_reserved_ids, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_zygotes, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_lineage_three_levels, setup, teardown),
 	    cmocka_unit_test_setup_teardown(test_lineage_empty, setup, teardown),

@@ -62,6 +62,7 @@ class VM:
     created: Optional[str] = None
     branched_at: Optional[str] = None
     pause_us: Optional[int] = None
+    start_ms: Optional[float] = None  # create and spawn answers: its VMM's start to its answer
     control_socket: Optional[str] = None
     vsock_socket: Optional[str] = None
     exit_status: Optional[int] = None

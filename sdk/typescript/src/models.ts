@@ -47,6 +47,8 @@ export interface VM {
   branchedAt: string | null;
   /** How long the source was paused for the branch that made this VM. */
   pauseUs: number | null;
+  /** Create and spawn answers only: ms from starting its VMM to its control socket answering. */
+  startMs: number | null;
   controlSocket: string | null;
   vsockSocket: string | null;
   exitStatus: number | null;
@@ -157,7 +159,7 @@ function rest(obj: Json, known: readonly string[]): Json {
 
 const VM_FIELDS = [
   "id", "state", "pid", "parent", "zygote", "snapshot", "tag", "image", "kernel", "mem_mib",
-  "cpus", "created", "branched_at", "pause_us", "control_socket", "vsock_socket", "exit_status",
+  "cpus", "created", "branched_at", "pause_us", "start_ms", "control_socket", "vsock_socket", "exit_status",
   "net", "net_netns", "net_host_addr", "limits",
 ] as const;
 
@@ -193,6 +195,7 @@ export function vmFromJson(obj: unknown): VM {
     created: s("created"),
     branchedAt: s("branched_at"),
     pauseUs: n("pause_us"),
+    startMs: n("start_ms"),
     controlSocket: s("control_socket"),
     vsockSocket: s("vsock_socket"),
     exitStatus: n("exit_status"),
