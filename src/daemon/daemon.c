@@ -3078,6 +3078,7 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 	int64_t branched_us;
 	int zygote_num, ret;
 	struct op_timer tm;
+	double vmm_s = 0;
 	bool batch;
 
 	*out = NULL;
@@ -3163,7 +3164,9 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 		json_object_set_new(req, "persist", json_string(outbox));
 	branched_us = wall_us();
 	timer_mark(&tm, "dir");
+	vmm_s = mono_s();
 	ret = vmm_call(what, src.control_sock, req, BRANCH_TIMEOUT_MS, &reply, err);
+	vmm_s = mono_s() - vmm_s;
 	timer_mark(&tm, "vmm");
 	if (ret < 0) {
 		stop_children_of_failed_branch(bdir);
@@ -3248,8 +3251,9 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 		json_array_foreach(kids, i, k) net_ask(d, k);
 		timer_mark(&tm, "net");
 	}
-	res = json_pack("{s:s,s:I,s:o}", "zygote", z.id, "pause_us", (json_int_t)z.pause_us,
-			"children", kids);
+	/* vmm_ms: the source VMM's branch call, what a client sending it itself would wait */
+	res = json_pack("{s:s,s:I,s:f,s:o}", "zygote", z.id, "pause_us", (json_int_t)z.pause_us,
+			"vmm_ms", (double)(long long)(vmm_s * 1e6 + 0.5) / 1e3, "children", kids);
 	if (persist) {
 		pthread_mutex_lock(&d->lock);
 		json_object_set_new(res, "snapshot", snap_json(d, &snap));
@@ -3980,7 +3984,8 @@ static void stop_unregistered_children(struct daemon *d)
  * cannot be adopted may have a VMM still starting (no socket yet, no pid
  * recorded: the daemon died mid-spawn), which would run on as an orphan.
  */
-static void kill_vmms_serving(const char *sock, const struct reg_vm *known, size_t nr_known)
+static void kill_vmms_serving_any(char *const *socks, size_t nr_socks, const struct reg_vm *known,
+				  size_t nr_known)
 {
 	DIR *proc = opendir("/proc");
 	struct dirent *e;
@@ -3989,6 +3994,7 @@ static void kill_vmms_serving(const char *sock, const struct reg_vm *known, size
 		char path[64], cmd[8192];
 		pid_t pid = (pid_t)atoi(e->d_name);
 		bool is_vmm = false, has_sock = false;
+		const char *sock = NULL;
 		ssize_t len;
 		int fd;
 
@@ -4006,9 +4012,13 @@ static void kill_vmms_serving(const char *sock, const struct reg_vm *known, size
 		/* argv is NUL-separated: argv[0] first, then "--control" and the path. */
 		is_vmm = strlen(cmd) >= 9 && strcmp(cmd + strlen(cmd) - 9, "forkd-vmm") == 0;
 		for (ssize_t i = 0; is_vmm && i < len; i += (ssize_t)strlen(cmd + i) + 1)
-			if (strcmp(cmd + i, "--control") == 0 && i + 10 < len &&
-			    strcmp(cmd + i + 10, sock) == 0)
-				has_sock = true;
+			for (size_t k = 0; k < nr_socks && strcmp(cmd + i, "--control") == 0 &&
+					   i + 10 < len && !has_sock;
+			     k++)
+				if (strcmp(cmd + i + 10, socks[k]) == 0) {
+					has_sock = true;
+					sock = socks[k];
+				}
 		/* BRANCH children carry their source's argv: a VM the registry knows is spared. */
 		for (size_t k = 0; has_sock && k < nr_known; k++)
 			if (known[k].proc.pid == pid)
@@ -4023,25 +4033,34 @@ static void kill_vmms_serving(const char *sock, const struct reg_vm *known, size
 		closedir(proc);
 }
 
+static void kill_vmms_serving(const char *sock, const struct reg_vm *known, size_t nr_known)
+{
+	char *socks[1] = {(char *)sock};
+
+	kill_vmms_serving_any(socks, 1, known, nr_known);
+}
+
 /*
  * VM directories without a registry row: a daemon killed between starting a spawn's VMMs and
  * recording them (record_started). Their VMMs are stopped (asked on their control socket, then
  * killed if one still starts) and the directories removed: nothing runs that no daemon manages.
  * Lock held.
  */
+#define UNRECORDED_SHUTDOWN_MS 200
 static void stop_unrecorded_vms(struct daemon *d)
 {
 	struct reg_vm *vms = NULL;
 	struct fk_err e = {0};
-	char pattern[PATH_MAX], sock[PATH_MAX];
+	char pattern[PATH_MAX], **socks = NULL;
 	glob_t g = {0};
-	size_t n = 0;
+	size_t n = 0, nr_socks = 0;
 
 	if (snprintf(pattern, sizeof(pattern), "%s/vms/vm-*/", d->state_dir) >=
 		(int)sizeof(pattern) ||
 	    registry_vm_list(d->reg, &vms, &n, &e) < 0)
 		return;
-	if (glob(pattern, GLOB_ONLYDIR | GLOB_MARK, NULL, &g) == 0) {
+	if (glob(pattern, GLOB_ONLYDIR | GLOB_MARK, NULL, &g) == 0 &&
+	    (socks = calloc(g.gl_pathc, sizeof(*socks)))) {
 		for (size_t i = 0; i < g.gl_pathc; i++) {
 			char *dir = g.gl_pathv[i], *id;
 			size_t len = strlen(dir);
@@ -4053,23 +4072,30 @@ static void stop_unrecorded_vms(struct daemon *d)
 			id = strrchr(dir, '/') + 1;
 			for (size_t k = 0; k < n && !known; k++)
 				known = strcmp(vms[k].id, id) == 0;
-			if (known || snprintf(sock, sizeof(sock), "%s/control.sock", dir) >=
-					 (int)sizeof(sock))
-				continue;
 			/* empty: an ID reserved and never used (reserve_vm_ids) */
-			if (rmdir(dir) == 0)
+			if (known || rmdir(dir) == 0 ||
+			    asprintf(&socks[nr_socks], "%s/control.sock", dir) < 0)
 				continue;
-			vmm_call("shutdown", sock, json_pack("{s:s}", "cmd", "shutdown"),
-				 STATUS_CALL_MS, &bye, &e);
+			/* bounded: a VMM that does not answer at once is killed below */
+			vmm_call("shutdown", socks[nr_socks], json_pack("{s:s}", "cmd", "shutdown"),
+				 UNRECORDED_SHUTDOWN_MS, &bye, &e);
 			json_decref(bye);
-			kill_vmms_serving(sock, vms, n);
-			fk_remove_tree(dir);
+			nr_socks++;
 			fprintf(stderr,
 				"forkd serve: %s was never recorded (a spawn cut short): its "
 				"VMM is stopped and %s removed\n",
 				id, dir);
 		}
 	}
+	/* one pass over /proc for all of them: a VMM still starting has no socket yet */
+	if (nr_socks)
+		kill_vmms_serving_any(socks, nr_socks, vms, n);
+	for (size_t i = 0; i < nr_socks; i++) {
+		*strrchr(socks[i], '/') = '\0';
+		fk_remove_tree(socks[i]);
+		free(socks[i]);
+	}
+	free(socks);
 	globfree(&g);
 	free(vms);
 }

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,9 +32,18 @@ const char *serve_cli(void)
 	return path;
 }
 
+/*
+ * 1 once a daemon answers GET /healthz on sock. A connect alone is not enough: a daemon
+ * killed during a posix_spawn leaves its listening socket open in the child until that
+ * child's exec, so a connect can reach a socket nobody will answer, while the next daemon
+ * is still re-adopting and not yet listening.
+ */
 static int try_connect(const char *sock)
 {
+	static const char req[] = "GET /healthz HTTP/1.0\r\n\r\n";
 	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	struct timeval tv = {.tv_sec = 2};
+	char buf[16] = "";
 	int fd, ok;
 
 	if (strlen(sock) >= sizeof(a.sun_path))
@@ -42,7 +52,10 @@ static int try_connect(const char *sock)
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return 0;
-	ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+	     write(fd, req, sizeof(req) - 1) == (ssize_t)(sizeof(req) - 1) &&
+	     read(fd, buf, sizeof(buf) - 1) >= 7 && strncmp(buf, "HTTP/1.", 7) == 0;
 	close(fd);
 	return ok;
 }

@@ -122,6 +122,7 @@ class BranchResult:
     source's pause, the children and, with persist, the snapshot."""
     zygote: Optional[str] = None
     pause_us: Optional[int] = None
+    vmm_ms: Optional[float] = None  # the source VMM's branch call
     children: List[VM] = field(default_factory=list)
     snapshot: Optional[Snapshot] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)

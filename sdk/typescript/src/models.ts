@@ -80,6 +80,8 @@ export interface Snapshot {
 export interface BranchResult {
   zygote: string | null;
   pauseUs: number | null;
+  /** ms of the source VMM's branch call. */
+  vmmMs: number | null;
   children: VM[];
   snapshot: Snapshot | null;
   raw: Record<string, unknown>;
@@ -232,9 +234,10 @@ export function branchResultFromJson(obj: unknown): BranchResult {
   return {
     zygote: opt<string>("BranchResult", o, "zygote", "string"),
     pauseUs: opt<number>("BranchResult", o, "pause_us", "number"),
+    vmmMs: opt<number>("BranchResult", o, "vmm_ms", "number"),
     children: children.map(vmFromJson),
     snapshot: o.snapshot === undefined || o.snapshot === null ? null : snapshotFromJson(o.snapshot),
-    raw: rest(o, ["zygote", "pause_us", "children", "snapshot"]),
+    raw: rest(o, ["zygote", "pause_us", "vmm_ms", "children", "snapshot"]),
   };
 }
 
