@@ -853,6 +853,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
 	(void)version;
 	if (!c) {
+		daemon_defer_begin();
 		c = calloc(1, sizeof(*c));
 		if (!c)
 			return MHD_NO;
@@ -924,6 +925,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	struct api_call *c = *con_cls;
 
 	(void)conn;
+	/* the answer is out (or the client gone): what the handler left for now starts */
+	daemon_defer_end();
 	if (!c)
 		return;
 	if (c->upload_cancel)

@@ -141,4 +141,13 @@ enum daemon_metric {
 typedef void (*daemon_metric_fn)(void *opaque, enum daemon_metric m, double seconds);
 void daemon_set_metrics(struct daemon *d, daemon_metric_fn fn, void *opaque);
 
+/*
+ * Work a request leaves until its answer is sent (a BRANCH's zygote release): between
+ * daemon_defer_begin and daemon_defer_end on one thread it waits for daemon_defer_end; without
+ * them it starts at once. The API calls them around each request (libmicrohttpd's completion
+ * callback runs on the connection's thread once the answer is out).
+ */
+void daemon_defer_begin(void);
+void daemon_defer_end(void);
+
 #endif

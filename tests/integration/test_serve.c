@@ -1387,9 +1387,24 @@ static void test_jailed_vms(void **state_)
 	pa = vm_pid(a);
 	assert_jailed(pa, JAIL_UID0);
 
-	/* --no-jail: new VMs run as root; the jailed ones, re-adopted, stay as they are. */
+	/*
+	 * --no-jail: new VMs run as root; the jailed ones, re-adopted, stay as they are. A BRANCH
+	 * child has no vm.json: re-adopted, it takes its source's uid and home along the lineage,
+	 * so its snapshot still goes through the outbox its jail can write (its source's).
+	 */
+	free(c);
+	c = branch_one(b);
+	snprintf(path, sizeof(path), "%s/vms/%s/vm.json", state, c);
+	assert_false(exists(path));
 	kill_daemon(SIGTERM);
 	start_daemon_with(no_jail);
+	assert_jailed(vm_pid(c), JAIL_UID0 + 1);
+	assert_int_equal(forkd(NULL, "snapshot", c, "--tag", "jc", NULL), 0);
+	/* out of the VM's reach as ever: root's, and the group of this daemon's (default) range */
+	snprintf(path, sizeof(path), "%s/snapshots/jc", state);
+	assert_owner(path, 0, 1879048192LL, 0750);
+	snprintf(path, sizeof(path), "%s/vms/%s/.snapshot-jc", state, b);
+	assert_false(exists(path));
 	free(c);
 	c = create_probe();
 	assert_int_equal(status_field(vm_pid(c), "Uid"), 0);

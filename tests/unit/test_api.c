@@ -22,6 +22,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -263,6 +264,22 @@ int daemon_health(struct daemon *d, json_t **health, struct fk_err *err)
 	if (ret == 0)
 		*health = json_pack("{s:b,s:i}", "ok", 1, "vms", 2);
 	return ret;
+}
+
+/*
+ * The API brackets each request with these (the daemon's deferred work waits for the answer):
+ * counted, so that a test can see every begin has its end.
+ */
+static atomic_int defer_begins, defer_ends;
+
+void daemon_defer_begin(void)
+{
+	atomic_fetch_add(&defer_begins, 1);
+}
+
+void daemon_defer_end(void)
+{
+	atomic_fetch_add(&defer_ends, 1);
 }
 
 void daemon_set_metrics(struct daemon *d, daemon_metric_fn fn, void *opaque)
@@ -581,6 +598,13 @@ static void test_routes(void **state)
 	resp_free(&r);
 	assert_int_equal(http("POST", "/v1/images", "{}", &r), 405);
 	resp_free(&r);
+
+	/* Each request's deferred work was started once its answer was out (the completion
+	 * callback runs just after the client has the answer: waited for, briefly). */
+	for (int i = 0; i < 200 && atomic_load(&defer_ends) < atomic_load(&defer_begins); i++)
+		usleep(5 * 1000);
+	assert_true(atomic_load(&defer_begins) >= 8);
+	assert_int_equal(atomic_load(&defer_ends), atomic_load(&defer_begins));
 }
 
 /* Image names become directories of the cache: nothing but a name reaches the daemon. */
