@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -380,6 +381,78 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
 	(void)ftw;
 	remove(path);
 	return 0;
+}
+
+/* 1 if a Unix socket at path accepts a connection (or its path is too long to tell). */
+static bool socket_answers(const char *path)
+{
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	bool ok;
+	int fd;
+
+	if (strlen(path) >= sizeof(a.sun_path))
+		return true;
+	memcpy(a.sun_path, path, strlen(path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return true;
+	ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+	close(fd);
+	return ok;
+}
+
+/* A branch directory some BRANCH child still serves from: a child-N/control.sock answers. */
+static bool branch_dir_served(const char *path)
+{
+	DIR *d = opendir(path);
+	char sock[PATH_MAX];
+	struct dirent *e;
+	bool served = !d;
+
+	while (d && !served && (e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		if ((size_t)snprintf(sock, sizeof(sock), "%s/%s/control.sock", path, e->d_name) >=
+		    sizeof(sock))
+			served = true;
+		else
+			served = access(sock, F_OK) == 0 && socket_answers(sock);
+	}
+	if (d)
+		closedir(d);
+	return served;
+}
+
+/*
+ * Default branch directories ($TMPDIR/forkd-branch-PID-N) of VMMs that are gone: one killed
+ * (SIGKILL) before it released a zygote leaves its directory (the zygote's log, children's
+ * files) behind, and nothing else would remove it. Swept when this VMM first makes one: only
+ * this user's, only of a PID no process has, and only if no child below answers on its control
+ * socket (BRANCH children outlive their source and serve from there).
+ */
+static void sweep_stale_branch_dirs(const char *tmp, pid_t self)
+{
+	DIR *d = opendir(tmp);
+	char path[PATH_MAX];
+	struct dirent *e;
+	struct stat st;
+
+	while (d && (e = readdir(d))) {
+		int pid, n, end = 0;
+
+		if (sscanf(e->d_name, "forkd-branch-%d-%d%n", &pid, &n, &end) != 2 ||
+		    e->d_name[end] || pid <= 0 || pid == (int)self || n <= 0)
+			continue;
+		if (kill(pid, 0) == 0 || errno != ESRCH)
+			continue;
+		if ((size_t)snprintf(path, sizeof(path), "%s/%s", tmp, e->d_name) >= sizeof(path) ||
+		    lstat(path, &st) < 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid() ||
+		    branch_dir_served(path))
+			continue;
+		nftw(path, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+	}
+	if (d)
+		closedir(d);
 }
 
 /* A pooled child never handed out leaves nothing: its directory and error log go. */
@@ -1189,12 +1262,17 @@ int branch_vm(struct vm *vm, const struct branch_request *req, struct branch_res
 	memset(z, 0, sizeof(*z));
 	z->id = ++vm->branch->next_zygote_id;
 	z->vm = vm;
-	if (req->dir)
+	if (req->dir) {
 		snprintf(z->dir, sizeof(z->dir), "%s", req->dir);
-	else
-		snprintf(z->dir, sizeof(z->dir), "%s/forkd-branch-%d-%d",
-			 getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
-			 (int)self, z->id);
+	} else {
+		const char *tmp = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+
+		if (!vm->branch->swept_tmp) {
+			sweep_stale_branch_dirs(tmp, self);
+			vm->branch->swept_tmp = true;
+		}
+		snprintf(z->dir, sizeof(z->dir), "%s/forkd-branch-%d-%d", tmp, (int)self, z->id);
+	}
 	if (req->dir_exists) {
 		struct stat st;
 

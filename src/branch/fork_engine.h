@@ -136,6 +136,7 @@ void branch_release_all(struct vm *vm);
 struct branch_state {
 	struct zygote zygotes[BRANCH_MAX_ZYGOTES];
 	int next_zygote_id;
+	bool swept_tmp; /* default branch directories of gone VMMs removed (first default one) */
 	struct recollapse recollapse;
 	struct snapshot_job snapshot_jobs[BRANCH_MAX_SNAPSHOT_JOBS];
 	uint64_t next_snapshot_seq;

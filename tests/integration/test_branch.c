@@ -20,7 +20,10 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -617,6 +620,82 @@ static void test_zygote_death_is_noticed(void **state)
 	stop_source(&s);
 }
 
+static bool exists(const char *path)
+{
+	struct stat st;
+
+	return lstat(path, &st) == 0;
+}
+
+/*
+ * A VMM SIGKILLed before it released a zygote leaves $TMPDIR/forkd-branch-PID-N behind: the next
+ * VMM's first default branch directory sweeps those of gone PIDs, and only those (not one a
+ * child still serves from, not one of a live PID, not other names).
+ */
+static void test_stale_branch_dirs_swept(void **state)
+{
+	char tmp[300], stale[400], served[400], live[400], other[400], path[600], mine[400];
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	struct source s;
+	struct kid kid;
+	json_t *r, *c;
+	pid_t dead;
+	int lfd, fd;
+
+	(void)state;
+	snprintf(tmp, sizeof(tmp), "%s/tmp", dir);
+	assert_int_equal(mkdir(tmp, 0700), 0);
+	dead = fork();
+	assert_true(dead >= 0);
+	if (dead == 0)
+		_exit(0);
+	assert_int_equal(waitpid(dead, NULL, 0), dead);
+	/* gone: a zygote's log and a dead child's files */
+	snprintf(stale, sizeof(stale), "%s/forkd-branch-%d-1", tmp, (int)dead);
+	assert_int_equal(mkdir(stale, 0700), 0);
+	snprintf(path, sizeof(path), "%s/zygote.log", stale);
+	fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+	assert_true(fd >= 0);
+	close(fd);
+	snprintf(path, sizeof(path), "%s/child-0", stale);
+	assert_int_equal(mkdir(path, 0700), 0);
+	/* its source gone, a child still serving from it (this test listens for it) */
+	snprintf(served, sizeof(served), "%s/forkd-branch-%d-2", tmp, (int)dead);
+	assert_int_equal(mkdir(served, 0700), 0);
+	snprintf(path, sizeof(path), "%s/child-0", served);
+	assert_int_equal(mkdir(path, 0700), 0);
+	snprintf(path, sizeof(path), "%s/child-0/control.sock", served);
+	assert_true(strlen(path) < sizeof(a.sun_path));
+	memcpy(a.sun_path, path, strlen(path) + 1);
+	lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(lfd >= 0);
+	assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(lfd, 4), 0);
+	snprintf(live, sizeof(live), "%s/forkd-branch-%d-3", tmp, (int)getpid());
+	assert_int_equal(mkdir(live, 0700), 0);
+	snprintf(other, sizeof(other), "%s/forkd-branch-x", tmp);
+	assert_int_equal(mkdir(other, 0700), 0);
+
+	setenv("TMPDIR", tmp, 1);
+	start_source(&s, "128M", "1", "work=idle", NULL);
+	unsetenv("TMPDIR");
+	r = call(s.sock, "{\"cmd\":\"branch\",\"n\":1}", true);
+	c = json_array_get(json_object_get(r, "children"), 0);
+	assert_non_null(c);
+	snprintf(kid.dir, sizeof(kid.dir), "%s", json_string_value(json_object_get(c, "dir")));
+	kid.pid = (int)json_integer_value(json_object_get(c, "pid"));
+	json_decref(r);
+	snprintf(mine, sizeof(mine), "%s/forkd-branch-%d-1", tmp, (int)s.p.pid);
+	assert_true(exists(mine));
+	assert_false(exists(stale));
+	assert_true(exists(served));
+	assert_true(exists(live));
+	assert_true(exists(other));
+	kid_shutdown(&kid);
+	stop_source(&s);
+	close(lfd);
+}
+
 int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
@@ -631,6 +710,7 @@ int main(int argc, char **argv)
 	    cmocka_unit_test(test_bad_branch_requests),
 	    cmocka_unit_test(test_branch_failures_leave_nothing),
 	    cmocka_unit_test(test_zygote_death_is_noticed),
+	    cmocka_unit_test(test_stale_branch_dirs_swept),
 	};
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;
