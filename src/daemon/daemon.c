@@ -3069,16 +3069,17 @@ static void record_children(struct daemon *d, const struct reg_vm *src, const st
 			t->meta = st->meta; /* sizes, the family's cgroup, uid and home */
 			if (t->meta.uid && !t->meta.home[0])
 				snprintf(t->meta.home, sizeof(t->meta.home), "%s", src->id);
-			if (vm.state == REG_VM_RUNNING && watch(d, t, pid, &err) < 0)
-				registry_vm_set_state(d->reg, vm.id, REG_VM_EXITED, REG_NO_EXIT,
-						      &err);
+			if (vm.state == REG_VM_RUNNING && watch(d, t, pid, &err) < 0 &&
+			    registry_vm_set_state(d->reg, vm.id, REG_VM_EXITED, REG_NO_EXIT,
+						  &err) == 0)
+				vm.state = REG_VM_EXITED;
 		}
 		timer_mark(tm, "c.add+watch");
 		/*
 		 * No vm.json: a child's is its source's (meta_load derives it from the lineage),
-		 * and a file of its own was ~0.3 ms of every branch's answer.
+		 * and a file of its own was ~0.3 ms of every branch's answer. Its JSON from the
+		 * row just written (vm: registry_vm_add_reserved set its created time).
 		 */
-		registry_vm_get(d->reg, vm.id, &vm, &err);
 		json_array_append_new(kids, vm_json(d, &vm));
 		timer_mark(tm, "c.json");
 	}
