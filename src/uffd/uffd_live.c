@@ -51,8 +51,9 @@ struct wp_job;
 /* A VM restored from PATH.live whose MISSING faults this VMM serves. */
 struct wp_child {
 	struct wp_job *job;
-	bool started;
-	int conn; /* the handshake connection: its end is the child's */
+	bool started;	      /* its thread runs or ran: joined before the slot is reused */
+	atomic_bool finished; /* its thread is done (refused, or the child ended) */
+	int conn;	      /* the handshake connection: its end is the child's */
 	int uffd;
 	struct uffd_region regions[UFFD_MAX_REGIONS];
 	int nr_regions;
@@ -541,6 +542,12 @@ static int serve_child_fault(struct wp_job *j, struct wp_child *c, uint64_t addr
 	}
 }
 
+static int child_handshake(struct wp_job *j, struct wp_child *c, struct fk_err *err);
+
+/*
+ * One child: its handshake here, not on the accepting thread, so that a client that sends
+ * nothing (or sends slowly, up to UFFD_HANDSHAKE_WAIT) holds up only itself; then its faults.
+ */
 static void *child_thread_main(void *arg)
 {
 	struct wp_child *c = arg;
@@ -548,6 +555,14 @@ static void *child_thread_main(void *arg)
 	struct uffd_msg msgs[16];
 	struct fk_err err = {0};
 
+	if (child_handshake(j, c, &err) < 0) {
+		fprintf(stderr, "forkd-vmm: uffd-wp serve %s: a child refused: %s\n", j->serve_path,
+			err.msg);
+		close(c->conn);
+		atomic_store(&c->finished, true);
+		return NULL;
+	}
+	atomic_fetch_add(&j->children_active, 1);
 	for (;;) {
 		struct pollfd pfd[3] = {{.fd = c->uffd, .events = POLLIN},
 					{.fd = c->conn, .events = POLLIN},
@@ -580,45 +595,56 @@ out:
 	close(c->uffd);
 	close(c->conn);
 	atomic_fetch_sub(&j->children_active, 1);
+	atomic_store(&c->finished, true);
 	return NULL;
 }
 
-/* One child's handshake: its regions must tile the guest's memory file in 4 KiB pages. */
+/* A child's handshake: its regions must tile the guest's memory file in 4 KiB pages. */
+static int child_handshake(struct wp_job *j, struct wp_child *c, struct fk_err *err)
+{
+	int rc = uffd_handshake_recv(c->conn, UFFD_HANDSHAKE_WAIT, &c->uffd, c->regions,
+				     UFFD_MAX_REGIONS, &c->nr_regions, err);
+
+	if (rc == 0)
+		rc = uffd_regions_match_file(c->regions, c->nr_regions, j->nr_pages * WP_PAGE, err);
+	for (int i = 0; rc == 0 && i < c->nr_regions; i++)
+		if (c->regions[i].page_size != WP_PAGE)
+			rc = fk_fail(err, EINVAL, "region %d: page_size %llu, expected 4096", i,
+				     (unsigned long long)c->regions[i].page_size);
+	if (rc < 0 && c->uffd >= 0) {
+		close(c->uffd);
+		c->uffd = -1;
+	}
+	return rc;
+}
+
+/* A connection gets a slot (a finished one's is reused, its thread joined) and a thread. */
 static int accept_child(struct wp_job *j, int conn, struct fk_err *err)
 {
 	struct wp_child *c = NULL;
-	int uffd = -1, n = 0, rc;
-	struct uffd_region regions[UFFD_MAX_REGIONS];
+	int rc = 0;
 
-	rc = uffd_handshake_recv(conn, UFFD_HANDSHAKE_WAIT, &uffd, regions, UFFD_MAX_REGIONS, &n,
-				 err);
-	if (rc < 0)
-		return rc;
-	rc = uffd_regions_match_file(regions, n, j->nr_pages * WP_PAGE, err);
-	for (int i = 0; rc == 0 && i < n; i++)
-		if (regions[i].page_size != WP_PAGE)
-			rc = fk_fail(err, EINVAL, "region %d: page_size %llu, expected 4096", i,
-				     (unsigned long long)regions[i].page_size);
 	pthread_mutex_lock(&j->child_lock);
-	for (int i = 0; rc == 0 && i < WP_MAX_CHILDREN && !c; i++)
-		if (!j->children[i].started)
-			c = &j->children[i];
-	if (rc == 0 && !c)
-		rc = fk_fail(err, EBUSY, "%d children served already", WP_MAX_CHILDREN);
-	if (rc == 0) {
-		*c = (struct wp_child){.job = j, .conn = conn, .uffd = uffd, .nr_regions = n};
-		memcpy(c->regions, regions, sizeof(regions));
-		atomic_fetch_add(&j->children_active, 1);
-		if (pthread_create(&c->thread, NULL, child_thread_main, c) != 0) {
-			atomic_fetch_sub(&j->children_active, 1);
-			rc = fk_fail(err, EAGAIN, "cannot start a thread for the child");
-		} else {
-			c->started = true;
+	for (int i = 0; i < WP_MAX_CHILDREN && !c; i++) {
+		struct wp_child *s = &j->children[i];
+
+		if (s->started && atomic_load(&s->finished)) {
+			pthread_join(s->thread, NULL);
+			s->started = false;
 		}
+		if (!s->started)
+			c = s;
+	}
+	if (!c)
+		rc = fk_fail(err, EBUSY, "%d children are served already", WP_MAX_CHILDREN);
+	if (rc == 0) {
+		*c = (struct wp_child){.job = j, .conn = conn, .uffd = -1};
+		if (pthread_create(&c->thread, NULL, child_thread_main, c) != 0)
+			rc = fk_fail(err, EAGAIN, "cannot start a thread for the child");
+		else
+			c->started = true;
 	}
 	pthread_mutex_unlock(&j->child_lock);
-	if (rc < 0)
-		close(uffd);
 	return rc;
 }
 
