@@ -38,16 +38,7 @@ static char dir[256], snap[300], record[300];
 static int setup(void **state)
 {
 	(void)state;
-	if (harness_tmpdir_create(dir, sizeof(dir), "uffd") < 0)
-		return -1;
-	uffd_helpers_init(dir, TIMEOUT_MS);
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	return harness_tmpdir_remove(dir);
+	return uffd_helpers_setup(dir, sizeof(dir), "uffd", TIMEOUT_MS);
 }
 
 /* Boots a pattern guest and writes its live snapshot to path. */
@@ -274,5 +265,5 @@ int main(int argc, char **argv)
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;
 	return cmocka_run_group_tests_name("uffd lazy restore and memfd RAM", tests, setup,
-					   teardown);
+					   uffd_helpers_teardown);
 }

@@ -36,16 +36,7 @@ static char dir[256];
 static int setup(void **state)
 {
 	(void)state;
-	if (harness_tmpdir_create(dir, sizeof(dir), "uffd-wp") < 0)
-		return -1;
-	uffd_helpers_init(dir, TIMEOUT_MS);
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	return harness_tmpdir_remove(dir);
+	return uffd_helpers_setup(dir, sizeof(dir), "uffd-wp", TIMEOUT_MS);
 }
 
 /* Each test's source gets its own socket name: a failed test's VMM never blocks the next. */
@@ -417,5 +408,6 @@ int main(int argc, char **argv)
 	where_set_nested_mem_mib(14336);
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;
-	return cmocka_run_group_tests_name("uffd-wp live snapshots", tests, setup, teardown);
+	return cmocka_run_group_tests_name("uffd-wp live snapshots", tests, setup,
+					   uffd_helpers_teardown);
 }

@@ -50,16 +50,7 @@ static int setup(void **state)
 			 : "the kernel refuses variant B; checking the refusal:");
 	if (!supported)
 		printf("# %s\n", refusal);
-	if (harness_tmpdir_create(dir, sizeof(dir), "uffdwpasync") < 0)
-		return -1;
-	uffd_helpers_init(dir, TIMEOUT_MS);
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	return harness_tmpdir_remove(dir);
+	return uffd_helpers_setup(dir, sizeof(dir), "uffdwpasync", TIMEOUT_MS);
 }
 
 /* The engine runs in the source: under ASan+UBSan except for the big guest (speed). */
@@ -108,6 +99,23 @@ static void expect_refusal(const char *sock, const char *path)
 	json_decref(r);
 }
 
+/*
+ * On a kernel without variant B, each test checks the refusal instead: a
+ * 256 MiB source on sock refuses a snapshot to path, naming the missing
+ * feature. Returns true when that was checked (the test is done).
+ */
+static bool refusal_checked(const char *sock, const char *path)
+{
+	struct vmm_proc p;
+
+	if (supported)
+		return false;
+	start_source_sanitized(&p, sock, "256M", PATTERN);
+	expect_refusal(sock, path);
+	stop_vm(&p, sock);
+	return true;
+}
+
 /* Outside the source: no userfaultfd left among its descriptors once the snapshot ended. */
 static void expect_no_uffd(pid_t pid)
 {
@@ -144,12 +152,9 @@ static void test_snapshot_under_write_load(void **state)
 	(void)state;
 	snprintf(sock, sizeof(sock), "%s/source.sock", dir);
 	snprintf(snap, sizeof(snap), "%s/snap", dir);
-	start_source_sanitized(&p, sock, "256M", PATTERN);
-	if (!supported) {
-		expect_refusal(sock, snap);
-		stop_vm(&p, sock);
+	if (refusal_checked(sock, snap))
 		return;
-	}
+	start_source_sanitized(&p, sock, "256M", PATTERN);
 	start_async(sock, snap);
 	r = wait_snapshot(sock, snap, &writing);
 	if (strcmp(json_string_value(json_object_get(r, "snapshot")), "ready") != 0)
@@ -196,12 +201,9 @@ static void test_guest_above_4g(void **state)
 	(void)state;
 	snprintf(sock, sizeof(sock), "%s/big.sock", dir);
 	snprintf(snap, sizeof(snap), "%s/snap-4g", dir);
-	if (!supported) { /* the refusal does not need 4.5 GiB (nor does a nested host have it) */
-		start_source_sanitized(&p, sock, "256M", PATTERN);
-		expect_refusal(sock, snap);
-		stop_vm(&p, sock);
+	/* The refusal does not need 4.5 GiB (nor does a nested host have it). */
+	if (refusal_checked(sock, snap))
 		return;
-	}
 	start_source_sanitized(
 	    &p, sock, "4608M",
 	    "work=touch,pattern touch_mib=3030 pattern_mib=64 pattern_freeze=genid");
@@ -265,12 +267,9 @@ static void test_disk_full(void **state)
 	assert_int_equal(mkdir(tmpfs_dir, 0700), 0);
 	if (mount("forkd-test", tmpfs_dir, "tmpfs", MS_NOSUID | MS_NODEV, "size=48m") < 0)
 		fail_msg("mount a 48 MiB tmpfs on %s: %s", tmpfs_dir, strerror(errno));
-	start_source_sanitized(&p, sock, "256M", PATTERN);
-	if (!supported) {
-		expect_refusal(sock, snap);
-		stop_vm(&p, sock);
+	if (refusal_checked(sock, snap))
 		return;
-	}
+	start_source_sanitized(&p, sock, "256M", PATTERN);
 	start_async(sock, snap);
 	r = wait_snapshot(sock, snap, &writing);
 	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "failed");
@@ -307,12 +306,8 @@ static void test_second_request_and_exit_mid_snapshot(void **state)
 	snprintf(snap, sizeof(snap), "%s/one", parent);
 	snprintf(snap2, sizeof(snap2), "%s/two", parent);
 	assert_int_equal(mkdir(parent, 0700), 0);
-	if (!supported) {
-		start_source_sanitized(&p, sock, "256M", PATTERN);
-		expect_refusal(sock, snap);
-		stop_vm(&p, sock);
+	if (refusal_checked(sock, snap))
 		return;
-	}
 	/* 2 GiB touched: the pre-copy takes long enough to be caught writing. */
 	start_source_sanitized(
 	    &p, sock, "2304M",
@@ -362,12 +357,9 @@ static void test_branch_while_writing(void **state)
 	(void)state;
 	snprintf(sock, sizeof(sock), "%s/branching.sock", dir);
 	snprintf(snap, sizeof(snap), "%s/snap-branching", dir);
-	start_source_sanitized(&p, sock, "256M", PATTERN);
-	if (!supported) {
-		expect_refusal(sock, snap);
-		stop_vm(&p, sock);
+	if (refusal_checked(sock, snap))
 		return;
-	}
+	start_source_sanitized(&p, sock, "256M", PATTERN);
 	start_async(sock, snap);
 	snprintf(bdir, sizeof(bdir), "%s/async-b1", dir);
 	branch_one_strict(sock, bdir,
@@ -421,5 +413,6 @@ int main(int argc, char **argv)
 	};
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;
-	return cmocka_run_group_tests_name("uffd-wp-async live snapshots", tests, setup, teardown);
+	return cmocka_run_group_tests_name("uffd-wp-async live snapshots", tests, setup,
+					   uffd_helpers_teardown);
 }

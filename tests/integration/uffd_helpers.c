@@ -23,17 +23,26 @@
 #define SNAPSHOT_WAIT_MS 120000
 
 /*
- * Set once by uffd_helpers_init from the test group's setup: every helper
+ * Set once by uffd_helpers_setup from the test group's setup: every helper
  * works in the one scratch directory of the test binary and waits its one
  * timeout, so passing them to each call would only repeat them.
  */
 static char scratch_dir[256];
 static int timeout_ms = 30000;
 
-void uffd_helpers_init(const char *dir, int timeout)
+int uffd_helpers_setup(char *dir, size_t len, const char *tag, int timeout)
 {
+	if (harness_tmpdir_create(dir, len, tag) < 0)
+		return -1;
 	snprintf(scratch_dir, sizeof(scratch_dir), "%s", dir);
 	timeout_ms = timeout;
+	return 0;
+}
+
+int uffd_helpers_teardown(void **state)
+{
+	(void)state;
+	return harness_tmpdir_remove(scratch_dir);
 }
 
 const char *need_line(struct vmm_proc *p, const char *prefix)

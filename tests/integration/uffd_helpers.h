@@ -19,10 +19,13 @@
 #include "harness.h"
 
 /*
- * Once, from the test group's setup: the test's scratch directory (sockets
- * and handler logs go there) and its timeout for each wait.
+ * From the test group's setup: creates the test's scratch directory
+ * $TMPDIR/forkd-TAG-XXXXXX into dir (sockets and handler logs go there)
+ * and sets the timeout of each wait. Returns 0 or -1.
  */
-void uffd_helpers_init(const char *dir, int timeout_ms);
+int uffd_helpers_setup(char *dir, size_t len, const char *tag, int timeout_ms);
+/* The group teardown: removes the scratch directory. */
+int uffd_helpers_teardown(void **state);
 
 /* The console line starting with prefix (within the timeout), or the test fails. */
 const char *need_line(struct vmm_proc *p, const char *prefix);
