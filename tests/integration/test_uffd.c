@@ -131,9 +131,7 @@ static void test_guest_above_4g(void **state)
 	start_source(&p, NULL, control, "3328M",
 		     "work=touch,pattern touch_mib=3030 pattern_mib=32 pattern_freeze=genid",
 		     "anon");
-	assert_non_null(vmm_value(&p, "cpu1.pattern_base", base, sizeof(base)));
-	if (strtoull(base, NULL, 16) < 0x100000000ULL)
-		fail_msg("cpu1.pattern_base=%s: the test needs the writer above 4 GiB", base);
+	expect_writer_above_4g(&p, base, sizeof(base));
 	/*
 	 * Written in the background and followed with snapshot-status: in the
 	 * nested test host, writing 3.25 GiB takes longer than one control

@@ -164,9 +164,7 @@ static void test_guest_above_4g(void **state)
 	start_source_on_new_socket(
 	    &p, sock, "3328M",
 	    "work=touch,pattern touch_mib=3030 pattern_mib=32 pattern_freeze=genid");
-	assert_non_null(vmm_value(&p, "cpu1.pattern_base", base, sizeof(base)));
-	if (strtoull(base, NULL, 16) < 0x100000000ULL)
-		fail_msg("cpu1.pattern_base=%s: the test needs the writer above 4 GiB", base);
+	expect_writer_above_4g(&p, base, sizeof(base));
 	/* In the background: in the nested host 3.25 GiB outlasts one control call's 60 s. */
 	snprintf(req, sizeof(req),
 		 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\",\"wait\":false}",

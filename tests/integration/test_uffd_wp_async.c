@@ -207,9 +207,7 @@ static void test_guest_above_4g(void **state)
 	start_source_sanitized(
 	    &p, sock, "4608M",
 	    "work=touch,pattern touch_mib=3030 pattern_mib=64 pattern_freeze=genid");
-	assert_non_null(vmm_value(&p, "cpu1.pattern_base", base, sizeof(base)));
-	if (strtoull(base, NULL, 16) < 0x100000000ULL)
-		fail_msg("cpu1.pattern_base=%s: the test needs the writer above 4 GiB", base);
+	expect_writer_above_4g(&p, base, sizeof(base));
 	start_async(sock, snap);
 	r = wait_snapshot(sock, snap, &writing);
 	if (strcmp(json_string_value(json_object_get(r, "snapshot")), "ready") != 0)

@@ -196,6 +196,13 @@ void start_source(struct vmm_proc *p, const char *vmm, const char *sock, const c
 	usleep(200 * 1000);
 }
 
+void expect_writer_above_4g(struct vmm_proc *p, char *base, size_t len)
+{
+	assert_non_null(vmm_value(p, "cpu1.pattern_base", base, len));
+	if (strtoull(base, NULL, 16) < 0x100000000ULL)
+		fail_msg("cpu1.pattern_base=%s: the test needs the writer above 4 GiB", base);
+}
+
 void stop_vm(struct vmm_proc *p, const char *sock)
 {
 	json_decref(call(sock, "{\"cmd\":\"shutdown\"}", true));

@@ -70,6 +70,11 @@ long long handler_count(const struct handler *h, const char *key);
  */
 void start_source(struct vmm_proc *p, const char *vmm, const char *sock, const char *mem,
 		  const char *append, const char *mem_backend);
+/*
+ * The 4 GiB tests: cpu0 touches the low region, so cpu1's pattern writer
+ * must live above 4 GiB; its base address goes to base (len bytes).
+ */
+void expect_writer_above_4g(struct vmm_proc *p, char *base, size_t len);
 /* Shuts the VM down through its control socket: it exits 0, its sanitizers (if any) silent. */
 void stop_vm(struct vmm_proc *p, const char *sock);
 
