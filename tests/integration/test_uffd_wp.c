@@ -15,21 +15,17 @@
 #include <cmocka.h>
 
 #include <errno.h>
-#include <fcntl.h>
-#include <libgen.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
 #include "probe_cases.h"
+#include "uffd_helpers.h"
 #include "where.h"
 
 #define TIMEOUT_MS 30000
@@ -40,209 +36,17 @@ static char dir[256];
 static int setup(void **state)
 {
 	(void)state;
-	return harness_tmpdir_create(dir, sizeof(dir), "uffd-wp");
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	return harness_tmpdir_remove(dir);
-}
-
-static const char *need_line(struct vmm_proc *p, const char *prefix)
-{
-	const char *line = vmm_need_line(p, prefix, TIMEOUT_MS);
-
-	assert_non_null(line);
-	return line;
-}
-
-static json_t *call(const char *sock, const char *req, bool want_ok)
-{
-	json_t *reply = harness_call_expect(sock, req, want_ok);
-
-	assert_non_null(reply);
-	return reply;
+	return uffd_helpers_setup(dir, sizeof(dir), "uffd-wp", TIMEOUT_MS);
 }
 
 /* Each test's source gets its own socket name: a failed test's VMM never blocks the next. */
-static void start_source(struct vmm_proc *p, char *sock, const char *mem, const char *append)
+static void start_source_on_new_socket(struct vmm_proc *p, char *sock, const char *mem,
+				       const char *append)
 {
 	static int counter;
 
 	snprintf(sock, 320, "%s/source%d.sock", dir, ++counter);
-	probe_start(p, NULL, mem, "2", append, "--control", sock, NULL);
-	need_line(p, "DONE");
-	usleep(200 * 1000);
-}
-
-static void stop_vm(struct vmm_proc *p, const char *sock)
-{
-	json_decref(call(sock, "{\"cmd\":\"shutdown\"}", true));
-	assert_int_equal(vmm_wait(p, TIMEOUT_MS), 0);
-	vmm_free(p);
-}
-
-/* The source's own live verification: its writers' memory is consistent now. */
-static void source_verifies_live(struct vmm_proc *p, int first_writer, int nr_writers)
-{
-	char key[32], buf[32];
-	int skip = p->nr_lines;
-
-	vmm_send(p, "verify\n");
-	assert_non_null(vmm_wait_containing(p, "verify.end", NULL, NULL, TIMEOUT_MS));
-	(void)skip;
-	for (int i = first_writer; i < first_writer + nr_writers; i++) {
-		snprintf(key, sizeof(key), "cpu%d.verify", i);
-		if (!vmm_value(p, key, buf, sizeof(buf)) || strcmp(buf, "ok") != 0) {
-			vmm_dump(p);
-			fail_msg("source %s=%s after a uffd-wp snapshot", key, buf);
-		}
-	}
-}
-
-/* Polls snapshot-status until it leaves "writing"; returns the reply. */
-static json_t *wait_status(const char *sock, const char *path)
-{
-	long long end = harness_deadline(TIMEOUT_MS * 4);
-	char req[700];
-
-	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot-status\",\"path\":\"%s\"}", path);
-	while (now_ms() < end) {
-		json_t *r = call(sock, req, true);
-		const char *s = json_string_value(json_object_get(r, "snapshot"));
-
-		assert_non_null(s);
-		if (strcmp(s, "writing") != 0)
-			return r;
-		json_decref(r);
-		usleep(20 * 1000);
-	}
-	fail_msg("snapshot %s still writing after %d ms", path, TIMEOUT_MS * 4);
-	return NULL;
-}
-
-/* As test_uffd.c: on pattern.frozen=0, ask for reports until every writer froze. */
-static void wait_writers_frozen(struct vmm_proc *p, int first_writer, int nr_writers)
-{
-	const char *line = need_line(p, "pattern.frozen=");
-	long long end = harness_deadline(TIMEOUT_MS);
-	char key[64], buf[32];
-
-	if (strncmp(line, "pattern.frozen=1", 16) == 0)
-		return;
-	while (now_ms() < end) {
-		int frozen = 0;
-
-		vmm_send(p, "report\n");
-		usleep(200 * 1000);
-		for (int i = first_writer; i < first_writer + nr_writers; i++) {
-			snprintf(key, sizeof(key), "cpu%d.pattern_frozen", i);
-			if (vmm_value(p, key, buf, sizeof(buf)) && strcmp(buf, "1") == 0)
-				frozen++;
-		}
-		if (frozen == nr_writers)
-			return;
-	}
-	vmm_dump(p);
-	fail_msg("the restored guest's writers never froze on the new generation ID");
-}
-
-static void verify_strict(struct vmm_proc *p, int first_writer, int nr_writers, const char *how)
-{
-	char want[64], buf[32];
-
-	wait_writers_frozen(p, first_writer, nr_writers);
-	vmm_send(p, "verify strict\n");
-	need_line(p, "verify.end");
-	for (int i = first_writer; i < first_writer + nr_writers; i++) {
-		snprintf(want, sizeof(want), "cpu%d.verify", i);
-		if (!vmm_value(p, want, buf, sizeof(buf)) || strcmp(buf, "ok") != 0) {
-			vmm_dump(p);
-			fail_msg("%s=%s after a %s restore of a uffd-wp snapshot", want, buf, how);
-		}
-	}
-	assert_non_null(vmm_wait_containing(p, "verify.end", "mode=strict", NULL, TIMEOUT_MS));
-}
-
-static void restore_file_and_verify(const char *snap, int first_writer, int nr_writers)
-{
-	struct vmm_proc p;
-	char control[320];
-	char *argv[] = {(char *)harness_vmm(), "--restore", (char *)snap,
-			"--control",	       control,	    NULL};
-
-	snprintf(control, sizeof(control), "%s/restored.sock", dir);
-	assert_int_equal(vmm_start(&p, argv), 0);
-	verify_strict(&p, first_writer, nr_writers, "file");
-	stop_vm(&p, control);
-}
-
-/* forkd-uffd next to the VMM under test. */
-static const char *uffd_binary(void)
-{
-	static char path[4200];
-	char vmm[4096];
-
-	snprintf(vmm, sizeof(vmm), "%s", harness_vmm());
-	snprintf(path, sizeof(path), "%s/forkd-uffd", dirname(vmm));
-	return path;
-}
-
-/* A lazy restore served by forkd-uffd from the snapshot's memory file. */
-static void restore_uffd_and_verify(const char *snap, int first_writer, int nr_writers)
-{
-	struct vmm_proc p;
-	char control[320], hsock[320], line[256] = "";
-	char *argv[] = {(char *)harness_vmm(), "--restore", (char *)snap, "--restore-mode", "uffd",
-			"--uffd-handler",      hsock,	    "--control",  control,	    NULL};
-	int out[2], status = 0;
-	pid_t h;
-	ssize_t n = 0;
-
-	snprintf(control, sizeof(control), "%s/lazy.sock", dir);
-	snprintf(hsock, sizeof(hsock), "%s/handler.sock", dir);
-	assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-	h = fork();
-	assert_true(h >= 0);
-	if (h == 0) {
-		dup2(out[1], STDOUT_FILENO);
-		execl(uffd_binary(), uffd_binary(), "--socket", hsock, "--snapshot", snap,
-		      (char *)NULL);
-		_exit(127);
-	}
-	close(out[1]);
-	{
-		struct pollfd pfd = {.fd = out[0], .events = POLLIN};
-		if (poll(&pfd, 1, 10000) > 0)
-			n = read(out[0], line, sizeof(line) - 1);
-	}
-	if (n <= 0 || !strstr(line, "listening on")) {
-		kill(h, SIGKILL);
-		waitpid(h, NULL, 0);
-		fail_msg("forkd-uffd did not start listening: '%s'", line);
-	}
-	assert_int_equal(vmm_start(&p, argv), 0);
-	verify_strict(&p, first_writer, nr_writers, "lazy (uffd)");
-	stop_vm(&p, control);
-	for (int i = 0; i < 500 && waitpid(h, &status, WNOHANG) == 0; i++)
-		usleep(20 * 1000);
-	if (kill(h, 0) == 0) {
-		kill(h, SIGKILL);
-		waitpid(h, &status, 0);
-		fail_msg("forkd-uffd did not exit after its VM");
-	}
-	close(out[0]);
-	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-}
-
-static long long jint(json_t *o, const char *key)
-{
-	json_t *v = json_object_get(o, key);
-
-	if (!json_is_integer(v))
-		fail_msg("reply has no integer %s", key);
-	return json_integer_value(v);
+	start_source(p, NULL, sock, mem, append, NULL);
 }
 
 /*
@@ -259,7 +63,7 @@ static void test_snapshot_under_write_load(void **state)
 
 	(void)state;
 	snprintf(snap, sizeof(snap), "%s/snap", dir);
-	start_source(&p, sock, "256M", PATTERN);
+	start_source_on_new_socket(&p, sock, "256M", PATTERN);
 	snprintf(req, sizeof(req),
 		 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\",\"wait\":false}",
 		 snap);
@@ -270,30 +74,31 @@ static void test_snapshot_under_write_load(void **state)
 		fail_msg("snapshot: %s right after the pause", s);
 	assert_string_equal(json_string_value(json_object_get(r, "engine")), "uffd-wp");
 	assert_string_equal(json_string_value(json_object_get(r, "state")), "running");
-	assert_true(jint(r, "pause_us") > 0);
+	assert_true(reply_int(r, "pause_us") > 0);
 	/* Which way this kernel protects untouched pages (WP_UNPOPULATED is 6.4+). */
 	s = json_string_value(json_object_get(r, "unpopulated"));
 	assert_non_null(s);
 	fprintf(stderr, "uffd-wp variant on this kernel: untouched pages by %s\n", s);
 	json_decref(r);
-	r = wait_status(sock, snap);
+	r = wait_snapshot(sock, snap, NULL);
 	s = json_string_value(json_object_get(r, "snapshot"));
 	if (strcmp(s, "ready") != 0)
 		fail_msg("snapshot %s: %s", s, json_string_value(json_object_get(r, "error")));
 	/* Outside: the writers' stores after the instant were write faults, copied first. */
-	if (jint(r, "faults") == 0 || jint(r, "fault_copies") + jint(r, "fault_waits") == 0 ||
-	    jint(r, "bulk_copies") == 0 ||
-	    jint(r, "fault_copies") + jint(r, "bulk_copies") != 65536)
+	if (reply_int(r, "faults") == 0 ||
+	    reply_int(r, "fault_copies") + reply_int(r, "fault_waits") == 0 ||
+	    reply_int(r, "bulk_copies") == 0 ||
+	    reply_int(r, "fault_copies") + reply_int(r, "bulk_copies") != 65536)
 		fail_msg("faults %lld, fault copies %lld, waits %lld, bulk %lld: expected write "
 			 "faults under load and every one of 65536 pages copied once",
-			 jint(r, "faults"), jint(r, "fault_copies"), jint(r, "fault_waits"),
-			 jint(r, "bulk_copies"));
+			 reply_int(r, "faults"), reply_int(r, "fault_copies"),
+			 reply_int(r, "fault_waits"), reply_int(r, "bulk_copies"));
 	json_decref(r);
 	/* The source ran on: it still writes, and its own verification holds. */
-	source_verifies_live(&p, 0, 2);
+	source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
 	stop_vm(&p, sock);
-	restore_file_and_verify(snap, 0, 2);
-	restore_uffd_and_verify(snap, 0, 2);
+	restore_file_and_verify(snap, 0, 2, "uffd-wp");
+	restore_uffd_and_verify(snap, 0, 2, "uffd-wp");
 }
 
 /* Two snapshots of one source, waited for: both ready, both restore strictly. */
@@ -303,7 +108,7 @@ static void test_two_snapshots_waited(void **state)
 	char sock[320], snap[2][320], req[800];
 
 	(void)state;
-	start_source(&p, sock, "256M", PATTERN);
+	start_source_on_new_socket(&p, sock, "256M", PATTERN);
 	for (int i = 0; i < 2; i++) {
 		json_t *r;
 
@@ -314,9 +119,9 @@ static void test_two_snapshots_waited(void **state)
 		assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "ready");
 		json_decref(r);
 	}
-	source_verifies_live(&p, 0, 2);
+	source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
 	stop_vm(&p, sock);
-	restore_file_and_verify(snap[1], 0, 2);
+	restore_file_and_verify(snap[1], 0, 2, "uffd-wp");
 }
 
 /*
@@ -333,7 +138,7 @@ static void test_kernel_without_wp_unpopulated(void **state)
 	(void)state;
 	snprintf(snap, sizeof(snap), "%s/snap-populate", dir);
 	setenv("FORKD_FAULT_INJECT", "no-wp-unpopulated", 1);
-	start_source(&p, sock, "256M", PATTERN);
+	start_source_on_new_socket(&p, sock, "256M", PATTERN);
 	unsetenv("FORKD_FAULT_INJECT");
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\"}",
 		 snap);
@@ -341,10 +146,10 @@ static void test_kernel_without_wp_unpopulated(void **state)
 	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "ready");
 	assert_string_equal(json_string_value(json_object_get(r, "unpopulated")), "populate-read");
 	json_decref(r);
-	source_verifies_live(&p, 0, 2);
+	source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
 	stop_vm(&p, sock);
-	restore_file_and_verify(snap, 0, 2);
-	restore_uffd_and_verify(snap, 0, 2);
+	restore_file_and_verify(snap, 0, 2, "uffd-wp");
+	restore_uffd_and_verify(snap, 0, 2, "uffd-wp");
 }
 
 /* 3 GiB + 256 MiB: cpu0 fills the low region, so cpu1's writer lives above 4 GiB. */
@@ -356,25 +161,24 @@ static void test_guest_above_4g(void **state)
 
 	(void)state;
 	snprintf(snap, sizeof(snap), "%s/snap-4g", dir);
-	start_source(&p, sock, "3328M",
-		     "work=touch,pattern touch_mib=3030 pattern_mib=32 pattern_freeze=genid");
-	assert_non_null(vmm_value(&p, "cpu1.pattern_base", base, sizeof(base)));
-	if (strtoull(base, NULL, 16) < 0x100000000ULL)
-		fail_msg("cpu1.pattern_base=%s: the test needs the writer above 4 GiB", base);
+	start_source_on_new_socket(
+	    &p, sock, "3328M",
+	    "work=touch,pattern touch_mib=3030 pattern_mib=32 pattern_freeze=genid");
+	expect_writer_above_4g(&p, base, sizeof(base));
 	/* In the background: in the nested host 3.25 GiB outlasts one control call's 60 s. */
 	snprintf(req, sizeof(req),
 		 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\",\"wait\":false}",
 		 snap);
 	json_decref(call(sock, req, true));
-	r = wait_status(sock, snap);
+	r = wait_snapshot(sock, snap, NULL);
 	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "ready");
-	if (jint(r, "fault_copies") + jint(r, "bulk_copies") != 3328LL * 256)
+	if (reply_int(r, "fault_copies") + reply_int(r, "bulk_copies") != 3328LL * 256)
 		fail_msg("%lld pages copied, expected all %lld",
-			 jint(r, "fault_copies") + jint(r, "bulk_copies"), 3328LL * 256);
+			 reply_int(r, "fault_copies") + reply_int(r, "bulk_copies"), 3328LL * 256);
 	json_decref(r);
-	source_verifies_live(&p, 1, 1);
+	source_verifies_live(&p, 1, 1, "a uffd-wp snapshot");
 	stop_vm(&p, sock);
-	restore_file_and_verify(snap, 1, 1);
+	restore_file_and_verify(snap, 1, 1, "uffd-wp");
 }
 
 /*
@@ -393,7 +197,7 @@ static void handler_fault_case(const char *inject, const char *needle)
 	snprintf(snap, sizeof(snap), "%s/snap-%s", dir, inject);
 	setenv("FORKD_FAULT_INJECT", inject, 1);
 	setenv("FORKD_UFFD_WP_STALL_MS", "300", 1);
-	start_source(&p, sock, "256M", PATTERN);
+	start_source_on_new_socket(&p, sock, "256M", PATTERN);
 	unsetenv("FORKD_FAULT_INJECT");
 	unsetenv("FORKD_UFFD_WP_STALL_MS");
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\"}",
@@ -424,7 +228,7 @@ static void handler_fault_case(const char *inject, const char *needle)
 		vmm_dump(&p);
 		fail_msg("%s: the source's writer stopped (sequence %s)", inject, before);
 	}
-	source_verifies_live(&p, 0, 2);
+	source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
 	stop_vm(&p, sock);
 }
 
@@ -449,7 +253,7 @@ static void test_bad_requests(void **state)
 	const char *e;
 
 	(void)state;
-	start_source(&p, sock, "256M", PATTERN);
+	start_source_on_new_socket(&p, sock, "256M", PATTERN);
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s/x\",\"engine\":\"bogus\"}",
 		 dir);
 	r = call(sock, req, false);
@@ -470,7 +274,7 @@ static void test_bad_requests(void **state)
 	r = call(sock, req, false);
 	assert_non_null(strstr(json_string_value(json_object_get(r, "error")), "already exists"));
 	json_decref(r);
-	source_verifies_live(&p, 0, 2);
+	source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
 	stop_vm(&p, sock);
 }
 
@@ -484,9 +288,6 @@ static void test_child_before_copy_completes(void **state)
 {
 	struct vmm_proc p, kid;
 	char sock[320], snap[320], live[330], serve[320], kid_sock[320], req[1200];
-	char *kid_argv[] = {
-	    (char *)harness_vmm(), "--restore", live,	     "--restore-mode", "uffd",
-	    "--uffd-handler",	   serve,	"--control", kid_sock,	       NULL};
 	char *file_argv[] = {(char *)harness_vmm(), "--restore", live, NULL};
 	json_t *r;
 	int status;
@@ -497,7 +298,7 @@ static void test_child_before_copy_completes(void **state)
 	snprintf(serve, sizeof(serve), "%s/serve.sock", dir);
 	snprintf(kid_sock, sizeof(kid_sock), "%s/kid.sock", dir);
 	setenv("FORKD_FAULT_INJECT", "uffd-wp-copy-after-child", 1);
-	start_source(&p, sock, "256M", PATTERN);
+	start_source_on_new_socket(&p, sock, "256M", PATTERN);
 	unsetenv("FORKD_FAULT_INJECT");
 	snprintf(req, sizeof(req),
 		 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\",\"wait\":false,"
@@ -528,27 +329,30 @@ static void test_child_before_copy_completes(void **state)
 		close(fd);
 	}
 	/* The child, lazily from the live handler, while the copy is in progress. */
-	assert_int_equal(vmm_start(&kid, kid_argv), 0);
+	start_lazy_restore(&kid, live, serve, kid_sock);
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot-status\",\"path\":\"%s\"}", snap);
 	r = call(sock, req, true);
 	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "writing");
 	json_decref(r);
-	verify_strict(&kid, 0, 2, "lazy (live handler, copy in progress)");
+	verify_strict(&kid, 0, 2,
+		      "a lazy (live handler, copy in progress) restore of a uffd-wp snapshot");
 	stop_vm(&kid, kid_sock);
-	r = wait_status(sock, snap);
+	r = wait_snapshot(sock, snap, NULL);
 	if (strcmp(json_string_value(json_object_get(r, "snapshot")), "ready") != 0)
 		fail_msg("snapshot: %s", json_string_value(json_object_get(r, "error")));
 	/* Outside: the child's faults were served, some of them pages claimed before the copier. */
-	if (jint(r, "child_faults") == 0 || jint(r, "child_claims") == 0 ||
-	    jint(r, "fault_copies") + jint(r, "bulk_copies") + jint(r, "child_claims") != 65536)
+	if (reply_int(r, "child_faults") == 0 || reply_int(r, "child_claims") == 0 ||
+	    reply_int(r, "fault_copies") + reply_int(r, "bulk_copies") +
+		    reply_int(r, "child_claims") !=
+		65536)
 		fail_msg("child faults %lld, child claims %lld, fault copies %lld, bulk %lld: "
 			 "expected the child served, some pages claimed for it, each page once",
-			 jint(r, "child_faults"), jint(r, "child_claims"), jint(r, "fault_copies"),
-			 jint(r, "bulk_copies"));
+			 reply_int(r, "child_faults"), reply_int(r, "child_claims"),
+			 reply_int(r, "fault_copies"), reply_int(r, "bulk_copies"));
 	json_decref(r);
-	source_verifies_live(&p, 0, 2);
+	source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
 	stop_vm(&p, sock);
-	restore_file_and_verify(snap, 0, 2);
+	restore_file_and_verify(snap, 0, 2, "uffd-wp");
 }
 
 /*
@@ -559,58 +363,27 @@ static void test_child_before_copy_completes(void **state)
 static void test_branch_while_writing(void **state)
 {
 	struct vmm_proc p;
-	char sock[320], snap[320], req[800], bdir[320], kid_sock[600], log[600], in[600], buf[32];
-	json_t *r, *kid;
-	char *line;
-	int skip, pid;
+	char sock[320], snap[320], req[800], bdir[320];
+	json_t *r;
 
 	(void)state;
 	snprintf(snap, sizeof(snap), "%s/snap-branch", dir);
 	snprintf(bdir, sizeof(bdir), "%s/branch-while", dir);
 	setenv("FORKD_FAULT_INJECT", "uffd-wp-slow-copy", 1);
-	start_source(&p, sock, "256M", PATTERN);
+	start_source_on_new_socket(&p, sock, "256M", PATTERN);
 	unsetenv("FORKD_FAULT_INJECT");
 	snprintf(req, sizeof(req),
 		 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\",\"wait\":false}",
 		 snap);
 	json_decref(call(sock, req, true));
-	snprintf(req, sizeof(req), "{\"cmd\":\"branch\",\"n\":1,\"dir\":\"%s\"}", bdir);
-	r = call(sock, req, true);
-	kid = json_array_get(json_object_get(r, "children"), 0);
-	assert_non_null(kid);
-	snprintf(log, sizeof(log), "%s/serial.log", json_string_value(json_object_get(kid, "dir")));
-	snprintf(in, sizeof(in), "%s/serial.in", json_string_value(json_object_get(kid, "dir")));
-	snprintf(kid_sock, sizeof(kid_sock), "%s/control.sock",
-		 json_string_value(json_object_get(kid, "dir")));
-	pid = (int)json_integer_value(json_object_get(kid, "pid"));
-	json_decref(r);
-	free(file_wait_line(log, "pattern.frozen=1", 0, TIMEOUT_MS));
-	skip = file_count_lines(log);
-	assert_int_equal(fifo_send(in, "verify strict\n"), 0);
-	for (int i = 0; i < 2; i++) {
-		char want[32];
-
-		snprintf(want, sizeof(want), "cpu%d.verify=", i);
-		line = file_wait_line(log, want, skip, TIMEOUT_MS);
-		assert_non_null(line);
-		snprintf(want, sizeof(want), "cpu%d.verify", i);
-		assert_non_null(line_value(line, want, buf, sizeof(buf)));
-		if (strcmp(buf, "ok") != 0 || !strstr(line, "mode=strict"))
-			fail_msg("branch child during a uffd-wp copy: %s", line);
-		free(line);
-	}
-	json_decref(call(kid_sock, "{\"cmd\":\"shutdown\"}", true));
-	for (int i = 0; i < 250 && kill(pid, 0) == 0; i++)
-		usleep(20 * 1000);
-	if (kill(pid, 0) == 0)
-		fail_msg("the branch child (pid %d) did not exit after shutdown", pid);
-	r = wait_status(sock, snap);
+	branch_one_strict(sock, bdir, "branch child during a uffd-wp copy");
+	r = wait_snapshot(sock, snap, NULL);
 	if (strcmp(json_string_value(json_object_get(r, "snapshot")), "ready") != 0)
 		fail_msg("snapshot: %s", json_string_value(json_object_get(r, "error")));
 	json_decref(r);
-	source_verifies_live(&p, 0, 2);
+	source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
 	stop_vm(&p, sock);
-	restore_file_and_verify(snap, 0, 2);
+	restore_file_and_verify(snap, 0, 2, "uffd-wp");
 }
 
 int main(int argc, char **argv)
@@ -633,5 +406,6 @@ int main(int argc, char **argv)
 	where_set_nested_mem_mib(14336);
 	if (where_begin(argc, argv, NEEDS_KVM, sizeof(tests) / sizeof(tests[0])) < 0)
 		return 1;
-	return cmocka_run_group_tests_name("uffd-wp live snapshots", tests, setup, teardown);
+	return cmocka_run_group_tests_name("uffd-wp live snapshots", tests, setup,
+					   uffd_helpers_teardown);
 }
