@@ -48,10 +48,10 @@ static void make_snapshot(const char *path, const char *mem, const char *append)
 	char sock[320], req[700];
 
 	snprintf(sock, sizeof(sock), "%s/source.sock", dir);
-	start_source(&p, NULL, sock, mem, append, "anon");
+	uffd_start_source(&p, NULL, sock, mem, append, "anon");
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\"}", path);
-	json_decref(call(sock, req, true));
-	stop_vm(&p, sock);
+	json_decref(uffd_call(sock, req, true));
+	uffd_stop_vm(&p, sock);
 }
 
 static void test_lazy_restore_verifies_strictly(void **state)
@@ -65,7 +65,7 @@ static void test_lazy_restore_verifies_strictly(void **state)
 	snprintf(record, sizeof(record), "%s/first-touch", dir);
 	make_snapshot(snap, "256M", PATTERN);
 	handler_start(&h, "--snapshot", snap, "--record", record, NULL);
-	lazy_restore_and_verify(&h, snap, 0, 2, "a lazy restore");
+	uffd_lazy_restore_and_verify(&h, snap, 0, 2, "a lazy restore");
 	copied = handler_count(&h, "copied");
 	zeroed = handler_count(&h, "zeroed");
 	/* Outside: both writers' pages came from the file, and only touched pages did. */
@@ -89,7 +89,7 @@ static void test_lazy_restore_with_prefetch(void **state)
 
 	(void)state;
 	handler_start(&h, "--snapshot", snap, "--prefetch", record, NULL);
-	lazy_restore_and_verify(&h, snap, 0, 2, "a lazy restore");
+	uffd_lazy_restore_and_verify(&h, snap, 0, 2, "a lazy restore");
 	prefetched = handler_count(&h, "prefetched");
 	/* The recorded working set went in bulk; faults only for what prefetch had not reached. */
 	if (prefetched == 0 || handler_count(&h, "faults") >= 2 * WRITER_PAGES)
@@ -104,7 +104,7 @@ static void test_lazy_restore_with_fault_around(void **state)
 
 	(void)state;
 	handler_start(&h, "--snapshot", snap, "--fault-around", "64", NULL);
-	lazy_restore_and_verify(&h, snap, 0, 2, "a lazy restore");
+	uffd_lazy_restore_and_verify(&h, snap, 0, 2, "a lazy restore");
 	faults = handler_count(&h, "faults");
 	served =
 	    handler_count(&h, "copied") + handler_count(&h, "zeroed") + handler_count(&h, "around");
@@ -128,23 +128,23 @@ static void test_guest_above_4g(void **state)
 	(void)state;
 	snprintf(snap4g, sizeof(snap4g), "%s/snap-4g", dir);
 	snprintf(control, sizeof(control), "%s/source.sock", dir);
-	start_source(&p, NULL, control, "3328M",
-		     "work=touch,pattern touch_mib=3030 pattern_mib=32 pattern_freeze=genid",
-		     "anon");
-	expect_writer_above_4g(&p, base, sizeof(base));
+	uffd_start_source(&p, NULL, control, "3328M",
+			  "work=touch,pattern touch_mib=3030 pattern_mib=32 pattern_freeze=genid",
+			  "anon");
+	uffd_expect_writer_above_4g(&p, base, sizeof(base));
 	/*
 	 * Written in the background and followed with snapshot-status: in the
 	 * nested test host, writing 3.25 GiB takes longer than one control
 	 * call may wait.
 	 */
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"wait\":false}", snap4g);
-	json_decref(call(control, req, true));
-	r = wait_snapshot(control, snap4g, NULL);
+	json_decref(uffd_call(control, req, true));
+	r = uffd_wait_snapshot(control, snap4g, NULL);
 	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "ready");
 	json_decref(r);
-	stop_vm(&p, control);
+	uffd_stop_vm(&p, control);
 	handler_start(&h, "--snapshot", snap4g, NULL);
-	lazy_restore_and_verify(&h, snap4g, 1, 1, "a lazy restore");
+	uffd_lazy_restore_and_verify(&h, snap4g, 1, 1, "a lazy restore");
 	/* The writer's pages, all in the second region, came from the file. */
 	assert_true(handler_count(&h, "copied") >= 32 * 256);
 }
@@ -175,8 +175,8 @@ static void test_handler_that_dies(void **state)
 	(void)state;
 	snprintf(control, sizeof(control), "%s/restored.sock", dir);
 	handler_start(&h, "--snapshot", snap, NULL);
-	start_lazy_restore(&p, snap, h.sock, control);
-	wait_writers_frozen(&p, 0, 2);
+	uffd_start_lazy_restore(&p, snap, h.sock, control);
+	uffd_wait_writers_frozen(&p, 0, 2);
 	kill(h.pid, SIGKILL);
 	expect_vmm_fails(&p, 1, "uffd handler");
 	assert_non_null(strstr(p.err_text, "exited before the VM"));
@@ -184,7 +184,7 @@ static void test_handler_that_dies(void **state)
 
 	/* No handler at all: refused at start, naming the socket. */
 	snprintf(missing, sizeof(missing), "%s/nobody.sock", dir);
-	start_lazy_restore(&p, snap, missing, control);
+	uffd_start_lazy_restore(&p, snap, missing, control);
 	expect_vmm_fails(&p, 2, "cannot connect");
 	assert_non_null(strstr(p.err_text, missing));
 }
@@ -202,7 +202,7 @@ static void test_memory_file_shorter_than_the_guest(void **state)
 	assert_int_equal(system(cmd), 0);
 	snprintf(control, sizeof(control), "%s/restored.sock", dir);
 	handler_start(&h, "--memory", short_mem, NULL);
-	start_lazy_restore(&p, snap, h.sock, control);
+	uffd_start_lazy_restore(&p, snap, h.sock, control);
 	expect_vmm_fails(&p, 1, "exited before the VM");
 	assert_int_equal(handler_wait(&h), 1);
 	if (!strstr(handler_stderr(&h), "ends past the memory file's 134217728 bytes"))
@@ -217,7 +217,7 @@ static void test_memfd_vm_branches_strictly(void **state)
 
 	(void)state;
 	snprintf(sock, sizeof(sock), "%s/memfd.sock", dir);
-	start_source(&p, NULL, sock, "256M", PATTERN, "memfd");
+	uffd_start_source(&p, NULL, sock, "256M", PATTERN, "memfd");
 	/* Outside: the VMM's guest RAM is a memfd. */
 	for (int fd = 3; fd < 64 && !found; fd++) {
 		char link[64];
@@ -239,11 +239,11 @@ static void test_memfd_vm_branches_strictly(void **state)
 
 		snprintf(bdir, sizeof(bdir), "%s/memfd-b%d", dir, round);
 		snprintf(child, sizeof(child), "memfd child (round %d)", round);
-		branch_one_strict(sock, bdir, child);
+		uffd_branch_one_strict(sock, bdir, child);
 	}
 	/* The source ran on, its own (live) verification holds. */
-	source_verifies_live(&p, 0, 2, "two branches");
-	stop_vm(&p, sock);
+	uffd_source_verifies_live(&p, 0, 2, "two branches");
+	uffd_stop_vm(&p, sock);
 }
 
 int main(int argc, char **argv)

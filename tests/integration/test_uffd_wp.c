@@ -46,7 +46,7 @@ static void start_source_on_new_socket(struct vmm_proc *p, char *sock, const cha
 	static int counter;
 
 	snprintf(sock, 320, "%s/source%d.sock", dir, ++counter);
-	start_source(p, NULL, sock, mem, append, NULL);
+	uffd_start_source(p, NULL, sock, mem, append, NULL);
 }
 
 /*
@@ -67,38 +67,38 @@ static void test_snapshot_under_write_load(void **state)
 	snprintf(req, sizeof(req),
 		 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\",\"wait\":false}",
 		 snap);
-	r = call(sock, req, true);
+	r = uffd_call(sock, req, true);
 	s = json_string_value(json_object_get(r, "snapshot"));
 	assert_non_null(s);
 	if (strcmp(s, "writing") != 0 && strcmp(s, "ready") != 0)
 		fail_msg("snapshot: %s right after the pause", s);
 	assert_string_equal(json_string_value(json_object_get(r, "engine")), "uffd-wp");
 	assert_string_equal(json_string_value(json_object_get(r, "state")), "running");
-	assert_true(reply_int(r, "pause_us") > 0);
+	assert_true(uffd_reply_int(r, "pause_us") > 0);
 	/* Which way this kernel protects untouched pages (WP_UNPOPULATED is 6.4+). */
 	s = json_string_value(json_object_get(r, "unpopulated"));
 	assert_non_null(s);
 	fprintf(stderr, "uffd-wp variant on this kernel: untouched pages by %s\n", s);
 	json_decref(r);
-	r = wait_snapshot(sock, snap, NULL);
+	r = uffd_wait_snapshot(sock, snap, NULL);
 	s = json_string_value(json_object_get(r, "snapshot"));
 	if (strcmp(s, "ready") != 0)
 		fail_msg("snapshot %s: %s", s, json_string_value(json_object_get(r, "error")));
 	/* Outside: the writers' stores after the instant were write faults, copied first. */
-	if (reply_int(r, "faults") == 0 ||
-	    reply_int(r, "fault_copies") + reply_int(r, "fault_waits") == 0 ||
-	    reply_int(r, "bulk_copies") == 0 ||
-	    reply_int(r, "fault_copies") + reply_int(r, "bulk_copies") != 65536)
+	if (uffd_reply_int(r, "faults") == 0 ||
+	    uffd_reply_int(r, "fault_copies") + uffd_reply_int(r, "fault_waits") == 0 ||
+	    uffd_reply_int(r, "bulk_copies") == 0 ||
+	    uffd_reply_int(r, "fault_copies") + uffd_reply_int(r, "bulk_copies") != 65536)
 		fail_msg("faults %lld, fault copies %lld, waits %lld, bulk %lld: expected write "
 			 "faults under load and every one of 65536 pages copied once",
-			 reply_int(r, "faults"), reply_int(r, "fault_copies"),
-			 reply_int(r, "fault_waits"), reply_int(r, "bulk_copies"));
+			 uffd_reply_int(r, "faults"), uffd_reply_int(r, "fault_copies"),
+			 uffd_reply_int(r, "fault_waits"), uffd_reply_int(r, "bulk_copies"));
 	json_decref(r);
 	/* The source ran on: it still writes, and its own verification holds. */
-	source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
-	stop_vm(&p, sock);
-	restore_file_and_verify(snap, 0, 2, "uffd-wp");
-	restore_uffd_and_verify(snap, 0, 2, "uffd-wp");
+	uffd_source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
+	uffd_stop_vm(&p, sock);
+	uffd_restore_file_and_verify(snap, 0, 2, "uffd-wp");
+	uffd_restore_uffd_and_verify(snap, 0, 2, "uffd-wp");
 }
 
 /* Two snapshots of one source, waited for: both ready, both restore strictly. */
@@ -115,13 +115,13 @@ static void test_two_snapshots_waited(void **state)
 		snprintf(snap[i], sizeof(snap[i]), "%s/snap-w%d", dir, i);
 		snprintf(req, sizeof(req),
 			 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\"}", snap[i]);
-		r = call(sock, req, true);
+		r = uffd_call(sock, req, true);
 		assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "ready");
 		json_decref(r);
 	}
-	source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
-	stop_vm(&p, sock);
-	restore_file_and_verify(snap[1], 0, 2, "uffd-wp");
+	uffd_source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
+	uffd_stop_vm(&p, sock);
+	uffd_restore_file_and_verify(snap[1], 0, 2, "uffd-wp");
 }
 
 /*
@@ -142,14 +142,14 @@ static void test_kernel_without_wp_unpopulated(void **state)
 	unsetenv("FORKD_FAULT_INJECT");
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\"}",
 		 snap);
-	r = call(sock, req, true);
+	r = uffd_call(sock, req, true);
 	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "ready");
 	assert_string_equal(json_string_value(json_object_get(r, "unpopulated")), "populate-read");
 	json_decref(r);
-	source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
-	stop_vm(&p, sock);
-	restore_file_and_verify(snap, 0, 2, "uffd-wp");
-	restore_uffd_and_verify(snap, 0, 2, "uffd-wp");
+	uffd_source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
+	uffd_stop_vm(&p, sock);
+	uffd_restore_file_and_verify(snap, 0, 2, "uffd-wp");
+	uffd_restore_uffd_and_verify(snap, 0, 2, "uffd-wp");
 }
 
 /* 3 GiB + 256 MiB: cpu0 fills the low region, so cpu1's writer lives above 4 GiB. */
@@ -164,21 +164,22 @@ static void test_guest_above_4g(void **state)
 	start_source_on_new_socket(
 	    &p, sock, "3328M",
 	    "work=touch,pattern touch_mib=3030 pattern_mib=32 pattern_freeze=genid");
-	expect_writer_above_4g(&p, base, sizeof(base));
+	uffd_expect_writer_above_4g(&p, base, sizeof(base));
 	/* In the background: in the nested host 3.25 GiB outlasts one control call's 60 s. */
 	snprintf(req, sizeof(req),
 		 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\",\"wait\":false}",
 		 snap);
-	json_decref(call(sock, req, true));
-	r = wait_snapshot(sock, snap, NULL);
+	json_decref(uffd_call(sock, req, true));
+	r = uffd_wait_snapshot(sock, snap, NULL);
 	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "ready");
-	if (reply_int(r, "fault_copies") + reply_int(r, "bulk_copies") != 3328LL * 256)
+	if (uffd_reply_int(r, "fault_copies") + uffd_reply_int(r, "bulk_copies") != 3328LL * 256)
 		fail_msg("%lld pages copied, expected all %lld",
-			 reply_int(r, "fault_copies") + reply_int(r, "bulk_copies"), 3328LL * 256);
+			 uffd_reply_int(r, "fault_copies") + uffd_reply_int(r, "bulk_copies"),
+			 3328LL * 256);
 	json_decref(r);
-	source_verifies_live(&p, 1, 1, "a uffd-wp snapshot");
-	stop_vm(&p, sock);
-	restore_file_and_verify(snap, 1, 1, "uffd-wp");
+	uffd_source_verifies_live(&p, 1, 1, "a uffd-wp snapshot");
+	uffd_stop_vm(&p, sock);
+	uffd_restore_file_and_verify(snap, 1, 1, "uffd-wp");
 }
 
 /*
@@ -202,13 +203,13 @@ static void handler_fault_case(const char *inject, const char *needle)
 	unsetenv("FORKD_UFFD_WP_STALL_MS");
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\"}",
 		 snap);
-	r = call(sock, req, false);
+	r = uffd_call(sock, req, false);
 	e = json_string_value(json_object_get(r, "error"));
 	if (!e || !strstr(e, needle) || !strstr(e, "un-protected"))
 		fail_msg("%s: error '%s', expected '%s'", inject, e ? e : "(none)", needle);
 	json_decref(r);
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot-status\",\"path\":\"%s\"}", snap);
-	r = call(sock, req, true);
+	r = uffd_call(sock, req, true);
 	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "failed");
 	json_decref(r);
 	assert_int_equal(stat(snap, &st), -1);
@@ -228,8 +229,8 @@ static void handler_fault_case(const char *inject, const char *needle)
 		vmm_dump(&p);
 		fail_msg("%s: the source's writer stopped (sequence %s)", inject, before);
 	}
-	source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
-	stop_vm(&p, sock);
+	uffd_source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
+	uffd_stop_vm(&p, sock);
 }
 
 static void test_handler_that_ends(void **state)
@@ -256,7 +257,7 @@ static void test_bad_requests(void **state)
 	start_source_on_new_socket(&p, sock, "256M", PATTERN);
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s/x\",\"engine\":\"bogus\"}",
 		 dir);
-	r = call(sock, req, false);
+	r = uffd_call(sock, req, false);
 	e = json_string_value(json_object_get(r, "error"));
 	assert_non_null(e);
 	assert_non_null(strstr(e, "engine 'bogus': expected fork, uffd-wp or uffd-wp-async"));
@@ -265,17 +266,17 @@ static void test_bad_requests(void **state)
 	    req, sizeof(req),
 	    "{\"cmd\":\"snapshot\",\"path\":\"%s/x\",\"engine\":\"uffd-wp\",\"mode\":\"stop\"}",
 	    dir);
-	r = call(sock, req, false);
+	r = uffd_call(sock, req, false);
 	assert_non_null(strstr(json_string_value(json_object_get(r, "error")), "mode live"));
 	json_decref(r);
 	/* An existing target is refused before the pause. */
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\"}",
 		 dir);
-	r = call(sock, req, false);
+	r = uffd_call(sock, req, false);
 	assert_non_null(strstr(json_string_value(json_object_get(r, "error")), "already exists"));
 	json_decref(r);
-	source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
-	stop_vm(&p, sock);
+	uffd_source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
+	uffd_stop_vm(&p, sock);
 }
 
 /*
@@ -304,7 +305,7 @@ static void test_child_before_copy_completes(void **state)
 		 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\",\"wait\":false,"
 		 "\"serve\":\"%s\"}",
 		 snap, serve);
-	r = call(sock, req, true);
+	r = uffd_call(sock, req, true);
 	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "writing");
 	assert_string_equal(json_string_value(json_object_get(r, "live_dir")), live);
 	json_decref(r);
@@ -329,30 +330,30 @@ static void test_child_before_copy_completes(void **state)
 		close(fd);
 	}
 	/* The child, lazily from the live handler, while the copy is in progress. */
-	start_lazy_restore(&kid, live, serve, kid_sock);
+	uffd_start_lazy_restore(&kid, live, serve, kid_sock);
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot-status\",\"path\":\"%s\"}", snap);
-	r = call(sock, req, true);
+	r = uffd_call(sock, req, true);
 	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "writing");
 	json_decref(r);
-	verify_strict(&kid, 0, 2,
-		      "a lazy (live handler, copy in progress) restore of a uffd-wp snapshot");
-	stop_vm(&kid, kid_sock);
-	r = wait_snapshot(sock, snap, NULL);
+	uffd_verify_strict(&kid, 0, 2,
+			   "a lazy (live handler, copy in progress) restore of a uffd-wp snapshot");
+	uffd_stop_vm(&kid, kid_sock);
+	r = uffd_wait_snapshot(sock, snap, NULL);
 	if (strcmp(json_string_value(json_object_get(r, "snapshot")), "ready") != 0)
 		fail_msg("snapshot: %s", json_string_value(json_object_get(r, "error")));
 	/* Outside: the child's faults were served, some of them pages claimed before the copier. */
-	if (reply_int(r, "child_faults") == 0 || reply_int(r, "child_claims") == 0 ||
-	    reply_int(r, "fault_copies") + reply_int(r, "bulk_copies") +
-		    reply_int(r, "child_claims") !=
+	if (uffd_reply_int(r, "child_faults") == 0 || uffd_reply_int(r, "child_claims") == 0 ||
+	    uffd_reply_int(r, "fault_copies") + uffd_reply_int(r, "bulk_copies") +
+		    uffd_reply_int(r, "child_claims") !=
 		65536)
 		fail_msg("child faults %lld, child claims %lld, fault copies %lld, bulk %lld: "
 			 "expected the child served, some pages claimed for it, each page once",
-			 reply_int(r, "child_faults"), reply_int(r, "child_claims"),
-			 reply_int(r, "fault_copies"), reply_int(r, "bulk_copies"));
+			 uffd_reply_int(r, "child_faults"), uffd_reply_int(r, "child_claims"),
+			 uffd_reply_int(r, "fault_copies"), uffd_reply_int(r, "bulk_copies"));
 	json_decref(r);
-	source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
-	stop_vm(&p, sock);
-	restore_file_and_verify(snap, 0, 2, "uffd-wp");
+	uffd_source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
+	uffd_stop_vm(&p, sock);
+	uffd_restore_file_and_verify(snap, 0, 2, "uffd-wp");
 }
 
 /*
@@ -375,15 +376,15 @@ static void test_branch_while_writing(void **state)
 	snprintf(req, sizeof(req),
 		 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp\",\"wait\":false}",
 		 snap);
-	json_decref(call(sock, req, true));
-	branch_one_strict(sock, bdir, "branch child during a uffd-wp copy");
-	r = wait_snapshot(sock, snap, NULL);
+	json_decref(uffd_call(sock, req, true));
+	uffd_branch_one_strict(sock, bdir, "branch child during a uffd-wp copy");
+	r = uffd_wait_snapshot(sock, snap, NULL);
 	if (strcmp(json_string_value(json_object_get(r, "snapshot")), "ready") != 0)
 		fail_msg("snapshot: %s", json_string_value(json_object_get(r, "error")));
 	json_decref(r);
-	source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
-	stop_vm(&p, sock);
-	restore_file_and_verify(snap, 0, 2, "uffd-wp");
+	uffd_source_verifies_live(&p, 0, 2, "a uffd-wp snapshot");
+	uffd_stop_vm(&p, sock);
+	uffd_restore_file_and_verify(snap, 0, 2, "uffd-wp");
 }
 
 int main(int argc, char **argv)

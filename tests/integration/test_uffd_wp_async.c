@@ -59,7 +59,7 @@ static void start_source_sanitized(struct vmm_proc *p, const char *sock, const c
 {
 	bool big = strtoull(mem, NULL, 10) > 1024;
 
-	start_source(p, big ? NULL : harness_vmm_asan(), sock, mem, append, NULL);
+	uffd_start_source(p, big ? NULL : harness_vmm_asan(), sock, mem, append, NULL);
 }
 
 /* Starts the snapshot (wait false): the reply says "writing", the path does not exist yet. */
@@ -73,7 +73,7 @@ static void start_async(const char *sock, const char *path)
 	    req, sizeof(req),
 	    "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp-async\",\"wait\":false}",
 	    path);
-	r = call(sock, req, true);
+	r = uffd_call(sock, req, true);
 	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "writing");
 	assert_string_equal(json_string_value(json_object_get(r, "state")), "running");
 	json_decref(r);
@@ -90,7 +90,7 @@ static void expect_refusal(const char *sock, const char *path)
 
 	snprintf(req, sizeof(req),
 		 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp-async\"}", path);
-	r = call(sock, req, false);
+	r = uffd_call(sock, req, false);
 	e = json_string_value(json_object_get(r, "error"));
 	assert_non_null(e);
 	if (!strstr(e, "WP_ASYNC") && !strstr(e, "PAGEMAP_SCAN"))
@@ -112,7 +112,7 @@ static bool refusal_checked(const char *sock, const char *path)
 		return false;
 	start_source_sanitized(&p, sock, "256M", PATTERN);
 	expect_refusal(sock, path);
-	stop_vm(&p, sock);
+	uffd_stop_vm(&p, sock);
 	return true;
 }
 
@@ -156,39 +156,39 @@ static void test_snapshot_under_write_load(void **state)
 		return;
 	start_source_sanitized(&p, sock, "256M", PATTERN);
 	start_async(sock, snap);
-	r = wait_snapshot(sock, snap, &writing);
+	r = uffd_wait_snapshot(sock, snap, &writing);
 	if (strcmp(json_string_value(json_object_get(r, "snapshot")), "ready") != 0)
 		fail_msg("snapshot: %s", json_string_value(json_object_get(r, "error")));
 	printf("# 256 MiB under write load: rounds %lld, final dirty pages %lld, pause %lld us, "
 	       "complete %lld ms (status 'writing' seen %d times)\n",
-	       reply_int(r, "rounds"), reply_int(r, "final_dirty_pages"), reply_int(r, "pause_us"),
-	       reply_int(r, "complete_us") / 1000, writing);
+	       uffd_reply_int(r, "rounds"), uffd_reply_int(r, "final_dirty_pages"),
+	       uffd_reply_int(r, "pause_us"), uffd_reply_int(r, "complete_us") / 1000, writing);
 	/* The pattern writers dirty pages all the time: the pre-copy saw them, and copied all. */
-	assert_true(reply_int(r, "precopy_pages") > 2 * 64 * 256);
-	assert_true(reply_int(r, "rounds") >= 1);
-	assert_true(reply_int(r, "final_dirty_pages") > 0);
+	assert_true(uffd_reply_int(r, "precopy_pages") > 2 * 64 * 256);
+	assert_true(uffd_reply_int(r, "rounds") >= 1);
+	assert_true(uffd_reply_int(r, "final_dirty_pages") > 0);
 	json_decref(r);
 	/* Outside: the VM ran on, its protection dropped with the userfaultfd. */
-	r = call(sock, "{\"cmd\":\"status\"}", true);
+	r = uffd_call(sock, "{\"cmd\":\"status\"}", true);
 	assert_string_equal(json_string_value(json_object_get(r, "state")), "running");
 	json_decref(r);
 	expect_no_uffd(p.pid);
-	source_verifies_live(&p, 0, 2, "a uffd-wp-async snapshot");
-	restore_file_and_verify(snap, 0, 2, "uffd-wp-async");
-	restore_uffd_and_verify(snap, 0, 2, "uffd-wp-async");
+	uffd_source_verifies_live(&p, 0, 2, "a uffd-wp-async snapshot");
+	uffd_restore_file_and_verify(snap, 0, 2, "uffd-wp-async");
+	uffd_restore_uffd_and_verify(snap, 0, 2, "uffd-wp-async");
 	/* A second one after the first completed is fine (one at a time, not one ever). */
 	{
 		char snap2[340];
 
 		snprintf(snap2, sizeof(snap2), "%s/snap-again", dir);
 		start_async(sock, snap2);
-		r = wait_snapshot(sock, snap2, &writing);
+		r = uffd_wait_snapshot(sock, snap2, &writing);
 		assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "ready");
 		json_decref(r);
-		restore_file_and_verify(snap2, 0, 2, "uffd-wp-async");
+		uffd_restore_file_and_verify(snap2, 0, 2, "uffd-wp-async");
 	}
-	source_verifies_live(&p, 0, 2, "a uffd-wp-async snapshot");
-	stop_vm(&p, sock);
+	uffd_source_verifies_live(&p, 0, 2, "a uffd-wp-async snapshot");
+	uffd_stop_vm(&p, sock);
 }
 
 static void test_guest_above_4g(void **state)
@@ -207,21 +207,21 @@ static void test_guest_above_4g(void **state)
 	start_source_sanitized(
 	    &p, sock, "4608M",
 	    "work=touch,pattern touch_mib=3030 pattern_mib=64 pattern_freeze=genid");
-	expect_writer_above_4g(&p, base, sizeof(base));
+	uffd_expect_writer_above_4g(&p, base, sizeof(base));
 	start_async(sock, snap);
-	r = wait_snapshot(sock, snap, &writing);
+	r = uffd_wait_snapshot(sock, snap, &writing);
 	if (strcmp(json_string_value(json_object_get(r, "snapshot")), "ready") != 0)
 		fail_msg("snapshot: %s", json_string_value(json_object_get(r, "error")));
 	printf("# 4608 MiB, writer at %s: rounds %lld, final dirty pages %lld, pause %lld us, "
 	       "complete %lld ms\n",
-	       base, reply_int(r, "rounds"), reply_int(r, "final_dirty_pages"),
-	       reply_int(r, "pause_us"), reply_int(r, "complete_us") / 1000);
+	       base, uffd_reply_int(r, "rounds"), uffd_reply_int(r, "final_dirty_pages"),
+	       uffd_reply_int(r, "pause_us"), uffd_reply_int(r, "complete_us") / 1000);
 	/* Pass 0 copied the low region's touched pages and the writer's above 4 GiB. */
-	assert_true(reply_int(r, "precopy_pages") >= (3030 + 64) * 256);
+	assert_true(uffd_reply_int(r, "precopy_pages") >= (3030 + 64) * 256);
 	json_decref(r);
-	source_verifies_live(&p, 1, 1, "a uffd-wp-async snapshot");
-	stop_vm(&p, sock);
-	restore_file_and_verify(snap, 1, 1, "uffd-wp-async");
+	uffd_source_verifies_live(&p, 1, 1, "a uffd-wp-async snapshot");
+	uffd_stop_vm(&p, sock);
+	uffd_restore_file_and_verify(snap, 1, 1, "uffd-wp-async");
 }
 
 static int umount_tmpfs(void **state)
@@ -269,7 +269,7 @@ static void test_disk_full(void **state)
 		return;
 	start_source_sanitized(&p, sock, "256M", PATTERN);
 	start_async(sock, snap);
-	r = wait_snapshot(sock, snap, &writing);
+	r = uffd_wait_snapshot(sock, snap, &writing);
 	assert_string_equal(json_string_value(json_object_get(r, "snapshot")), "failed");
 	e = json_string_value(json_object_get(r, "error"));
 	assert_non_null(e);
@@ -279,12 +279,12 @@ static void test_disk_full(void **state)
 	json_decref(r);
 	/* Outside: no snapshot, no temp dir, no staging file (O_TMPFILE) on the tmpfs. */
 	assert_int_equal(dir_entries(tmpfs_dir), 0);
-	r = call(sock, "{\"cmd\":\"status\"}", true);
+	r = uffd_call(sock, "{\"cmd\":\"status\"}", true);
 	assert_string_equal(json_string_value(json_object_get(r, "state")), "running");
 	json_decref(r);
 	expect_no_uffd(p.pid);
-	source_verifies_live(&p, 0, 2, "a uffd-wp-async snapshot");
-	stop_vm(&p, sock);
+	uffd_source_verifies_live(&p, 0, 2, "a uffd-wp-async snapshot");
+	uffd_stop_vm(&p, sock);
 }
 
 /*
@@ -313,7 +313,7 @@ static void test_second_request_and_exit_mid_snapshot(void **state)
 	start_async(sock, snap);
 	snprintf(req, sizeof(req),
 		 "{\"cmd\":\"snapshot\",\"path\":\"%s\",\"engine\":\"uffd-wp-async\"}", snap2);
-	r = call(sock, req, false);
+	r = uffd_call(sock, req, false);
 	e = json_string_value(json_object_get(r, "error"));
 	assert_non_null(e);
 	if (!strstr(e, "being written to") || !strstr(e, snap))
@@ -321,12 +321,12 @@ static void test_second_request_and_exit_mid_snapshot(void **state)
 	json_decref(r);
 	/* Mid-snapshot, the VM exits: it ends cleanly, and nothing stays in the directory. */
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot-status\",\"path\":\"%s\"}", snap);
-	r = call(sock, req, true);
+	r = uffd_call(sock, req, true);
 	if (strcmp(json_string_value(json_object_get(r, "snapshot")), "writing") != 0)
 		printf("# note: the snapshot was %s before the shutdown\n",
 		       json_string_value(json_object_get(r, "snapshot")));
 	json_decref(r);
-	stop_vm(&p, sock);
+	uffd_stop_vm(&p, sock);
 	{
 		struct dirent *de;
 		DIR *d = opendir(parent);
@@ -360,15 +360,15 @@ static void test_branch_while_writing(void **state)
 	start_source_sanitized(&p, sock, "256M", PATTERN);
 	start_async(sock, snap);
 	snprintf(bdir, sizeof(bdir), "%s/async-b1", dir);
-	branch_one_strict(sock, bdir,
-			  "child of a BRANCH during a uffd-wp-async snapshot (round 1)");
-	r = wait_snapshot(sock, snap, &writing);
+	uffd_branch_one_strict(sock, bdir,
+			       "child of a BRANCH during a uffd-wp-async snapshot (round 1)");
+	r = uffd_wait_snapshot(sock, snap, &writing);
 	if (strcmp(json_string_value(json_object_get(r, "snapshot")), "ready") != 0)
 		fail_msg("snapshot: %s", json_string_value(json_object_get(r, "error")));
 	json_decref(r);
-	source_verifies_live(&p, 0, 2, "a uffd-wp-async snapshot");
-	restore_file_and_verify(snap, 0, 2, "uffd-wp-async");
-	stop_vm(&p, sock);
+	uffd_source_verifies_live(&p, 0, 2, "a uffd-wp-async snapshot");
+	uffd_restore_file_and_verify(snap, 0, 2, "uffd-wp-async");
+	uffd_stop_vm(&p, sock);
 }
 
 /*
@@ -391,12 +391,12 @@ static void test_refused_without_wp_async(void **state)
 	unsetenv("FORKD_FAULT_INJECT");
 	expect_refusal(sock, snap);
 	assert_int_not_equal(stat(snap, &st), 0);
-	r = call(sock, "{\"cmd\":\"status\"}", true);
+	r = uffd_call(sock, "{\"cmd\":\"status\"}", true);
 	assert_string_equal(json_string_value(json_object_get(r, "state")), "running");
 	json_decref(r);
 	expect_no_uffd(p.pid);
-	source_verifies_live(&p, 0, 2, "a uffd-wp-async snapshot");
-	stop_vm(&p, sock);
+	uffd_source_verifies_live(&p, 0, 2, "a uffd-wp-async snapshot");
+	uffd_stop_vm(&p, sock);
 }
 
 int main(int argc, char **argv)

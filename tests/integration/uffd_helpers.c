@@ -45,7 +45,7 @@ int uffd_helpers_teardown(void **state)
 	return harness_tmpdir_remove(scratch_dir);
 }
 
-const char *need_line(struct vmm_proc *p, const char *prefix)
+const char *uffd_need_line(struct vmm_proc *p, const char *prefix)
 {
 	const char *line = vmm_need_line(p, prefix, timeout_ms);
 
@@ -53,7 +53,7 @@ const char *need_line(struct vmm_proc *p, const char *prefix)
 	return line;
 }
 
-json_t *call(const char *sock, const char *req, bool want_ok)
+json_t *uffd_call(const char *sock, const char *req, bool want_ok)
 {
 	json_t *reply = harness_call_expect(sock, req, want_ok);
 
@@ -61,7 +61,7 @@ json_t *call(const char *sock, const char *req, bool want_ok)
 	return reply;
 }
 
-long long reply_int(json_t *reply, const char *key)
+long long uffd_reply_int(json_t *reply, const char *key)
 {
 	json_t *v = json_object_get(reply, key);
 
@@ -184,28 +184,28 @@ long long handler_count(const struct handler *h, const char *key)
 	return n;
 }
 
-void start_source(struct vmm_proc *p, const char *vmm, const char *sock, const char *mem,
-		  const char *append, const char *mem_backend)
+void uffd_start_source(struct vmm_proc *p, const char *vmm, const char *sock, const char *mem,
+		       const char *append, const char *mem_backend)
 {
 	if (mem_backend)
 		probe_start(p, vmm, mem, "2", append, "--control", sock, "--mem-backend",
 			    mem_backend, NULL);
 	else
 		probe_start(p, vmm, mem, "2", append, "--control", sock, NULL);
-	need_line(p, "DONE");
+	uffd_need_line(p, "DONE");
 	usleep(200 * 1000);
 }
 
-void expect_writer_above_4g(struct vmm_proc *p, char *base, size_t len)
+void uffd_expect_writer_above_4g(struct vmm_proc *p, char *base, size_t len)
 {
 	assert_non_null(vmm_value(p, "cpu1.pattern_base", base, len));
 	if (strtoull(base, NULL, 16) < 0x100000000ULL)
 		fail_msg("cpu1.pattern_base=%s: the test needs the writer above 4 GiB", base);
 }
 
-void stop_vm(struct vmm_proc *p, const char *sock)
+void uffd_stop_vm(struct vmm_proc *p, const char *sock)
 {
-	json_decref(call(sock, "{\"cmd\":\"shutdown\"}", true));
+	json_decref(uffd_call(sock, "{\"cmd\":\"shutdown\"}", true));
 	assert_int_equal(vmm_wait(p, timeout_ms), 0);
 	if (strstr(p->err_text, "AddressSanitizer") || strstr(p->err_text, "runtime error")) {
 		vmm_dump(p);
@@ -214,8 +214,8 @@ void stop_vm(struct vmm_proc *p, const char *sock)
 	vmm_free(p);
 }
 
-void start_lazy_restore(struct vmm_proc *p, const char *snapshot, const char *handler_sock,
-			const char *control)
+void uffd_start_lazy_restore(struct vmm_proc *p, const char *snapshot, const char *handler_sock,
+			     const char *control)
 {
 	char *argv[] = {
 	    (char *)harness_vmm(), "--restore",		 (char *)snapshot, "--restore-mode", "uffd",
@@ -232,9 +232,9 @@ void start_lazy_restore(struct vmm_proc *p, const char *snapshot, const char *ha
  * older probe said the 0 once and nothing more). So on 0, ask for reports
  * until each one has.
  */
-void wait_writers_frozen(struct vmm_proc *p, int first_writer, int nr_writers)
+void uffd_wait_writers_frozen(struct vmm_proc *p, int first_writer, int nr_writers)
 {
-	const char *line = need_line(p, "pattern.frozen=");
+	const char *line = uffd_need_line(p, "pattern.frozen=");
 	long long end = harness_deadline(timeout_ms);
 	char key[64], buf[32];
 
@@ -257,13 +257,13 @@ void wait_writers_frozen(struct vmm_proc *p, int first_writer, int nr_writers)
 	fail_msg("the restored guest's writers never froze on the new generation ID");
 }
 
-void verify_strict(struct vmm_proc *p, int first_writer, int nr_writers, const char *after)
+void uffd_verify_strict(struct vmm_proc *p, int first_writer, int nr_writers, const char *after)
 {
 	char want[64], buf[32];
 
-	wait_writers_frozen(p, first_writer, nr_writers);
+	uffd_wait_writers_frozen(p, first_writer, nr_writers);
 	vmm_send(p, "verify strict\n");
-	need_line(p, "verify.end");
+	uffd_need_line(p, "verify.end");
 	for (int i = first_writer; i < first_writer + nr_writers; i++) {
 		snprintf(want, sizeof(want), "cpu%d.verify", i);
 		if (!vmm_value(p, want, buf, sizeof(buf)) || strcmp(buf, "ok") != 0) {
@@ -274,23 +274,23 @@ void verify_strict(struct vmm_proc *p, int first_writer, int nr_writers, const c
 	assert_non_null(vmm_wait_containing(p, "verify.end", "mode=strict", NULL, timeout_ms));
 }
 
-void lazy_restore_and_verify(struct handler *h, const char *snapshot, int first_writer,
-			     int nr_writers, const char *after)
+void uffd_lazy_restore_and_verify(struct handler *h, const char *snapshot, int first_writer,
+				  int nr_writers, const char *after)
 {
 	struct vmm_proc p;
 	char control[320];
 
 	snprintf(control, sizeof(control), "%s/restored-uffd.sock", scratch_dir);
-	start_lazy_restore(&p, snapshot, h->sock, control);
-	verify_strict(&p, first_writer, nr_writers, after);
-	stop_vm(&p, control);
+	uffd_start_lazy_restore(&p, snapshot, h->sock, control);
+	uffd_verify_strict(&p, first_writer, nr_writers, after);
+	uffd_stop_vm(&p, control);
 	if (handler_wait(h) != 0)
 		fail_msg("forkd-uffd: exit %d, stderr: %s", WEXITSTATUS(h->status),
 			 handler_stderr(h));
 }
 
-void restore_file_and_verify(const char *snapshot, int first_writer, int nr_writers,
-			     const char *engine)
+void uffd_restore_file_and_verify(const char *snapshot, int first_writer, int nr_writers,
+				  const char *engine)
 {
 	struct vmm_proc p;
 	char control[320], after[128];
@@ -300,26 +300,27 @@ void restore_file_and_verify(const char *snapshot, int first_writer, int nr_writ
 	snprintf(control, sizeof(control), "%s/restored.sock", scratch_dir);
 	snprintf(after, sizeof(after), "a file restore of a %s snapshot", engine);
 	assert_int_equal(vmm_start(&p, argv), 0);
-	verify_strict(&p, first_writer, nr_writers, after);
-	stop_vm(&p, control);
+	uffd_verify_strict(&p, first_writer, nr_writers, after);
+	uffd_stop_vm(&p, control);
 }
 
-void restore_uffd_and_verify(const char *snapshot, int first_writer, int nr_writers,
-			     const char *engine)
+void uffd_restore_uffd_and_verify(const char *snapshot, int first_writer, int nr_writers,
+				  const char *engine)
 {
 	struct handler h;
 	char after[128];
 
 	snprintf(after, sizeof(after), "a lazy (uffd) restore of a %s snapshot", engine);
 	handler_start(&h, "--snapshot", snapshot, NULL);
-	lazy_restore_and_verify(&h, snapshot, first_writer, nr_writers, after);
+	uffd_lazy_restore_and_verify(&h, snapshot, first_writer, nr_writers, after);
 }
 
 /*
  * Waits for a verify.end newer than the ones already seen: the values read
  * then are this verification's, not an earlier one's.
  */
-void source_verifies_live(struct vmm_proc *p, int first_writer, int nr_writers, const char *after)
+void uffd_source_verifies_live(struct vmm_proc *p, int first_writer, int nr_writers,
+			       const char *after)
 {
 	char key[32], buf[32];
 	int seen = vmm_count_lines(p, "verify.end");
@@ -342,14 +343,14 @@ void source_verifies_live(struct vmm_proc *p, int first_writer, int nr_writers, 
 	}
 }
 
-json_t *wait_snapshot(const char *sock, const char *path, int *writing_seen)
+json_t *uffd_wait_snapshot(const char *sock, const char *path, int *writing_seen)
 {
 	long long end = harness_deadline(SNAPSHOT_WAIT_MS);
 	char req[800];
 
 	snprintf(req, sizeof(req), "{\"cmd\":\"snapshot-status\",\"path\":\"%s\"}", path);
 	while (now_ms() < end) {
-		json_t *r = call(sock, req, true);
+		json_t *r = uffd_call(sock, req, true);
 		const char *s = json_string_value(json_object_get(r, "snapshot"));
 
 		assert_non_null(s);
@@ -364,7 +365,7 @@ json_t *wait_snapshot(const char *sock, const char *path, int *writing_seen)
 	return NULL;
 }
 
-void branch_one_strict(const char *sock, const char *bdir, const char *child)
+void uffd_branch_one_strict(const char *sock, const char *bdir, const char *child)
 {
 	char req[700], kid_sock[600], log[600], in[600];
 	json_t *r, *kid;
@@ -372,7 +373,7 @@ void branch_one_strict(const char *sock, const char *bdir, const char *child)
 	int skip, pid;
 
 	snprintf(req, sizeof(req), "{\"cmd\":\"branch\",\"n\":1,\"dir\":\"%s\"}", bdir);
-	r = call(sock, req, true);
+	r = uffd_call(sock, req, true);
 	kid = json_array_get(json_object_get(r, "children"), 0);
 	assert_non_null(kid);
 	snprintf(log, sizeof(log), "%s/serial.log", json_string_value(json_object_get(kid, "dir")));
@@ -396,7 +397,7 @@ void branch_one_strict(const char *sock, const char *bdir, const char *child)
 			fail_msg("%s: %s", child, line);
 		free(line);
 	}
-	json_decref(call(kid_sock, "{\"cmd\":\"shutdown\"}", true));
+	json_decref(uffd_call(kid_sock, "{\"cmd\":\"shutdown\"}", true));
 	for (int i = 0; i < 250 && kill(pid, 0) == 0; i++)
 		usleep(20 * 1000);
 	if (kill(pid, 0) == 0)

@@ -28,11 +28,11 @@ int uffd_helpers_setup(char *dir, size_t len, const char *tag, int timeout_ms);
 int uffd_helpers_teardown(void **state);
 
 /* The console line starting with prefix (within the timeout), or the test fails. */
-const char *need_line(struct vmm_proc *p, const char *prefix);
+const char *uffd_need_line(struct vmm_proc *p, const char *prefix);
 /* The reply of a control request whose "ok" is want_ok (caller decrefs), or the test fails. */
-json_t *call(const char *sock, const char *req, bool want_ok);
+json_t *uffd_call(const char *sock, const char *req, bool want_ok);
 /* An integer member of a reply, or the test fails naming it. */
-long long reply_int(json_t *reply, const char *key);
+long long uffd_reply_int(json_t *reply, const char *key);
 
 /* forkd-uffd next to the VMM under test. */
 const char *uffd_binary(void);
@@ -68,54 +68,55 @@ long long handler_count(const struct handler *h, const char *key);
  * on control socket sock, and waits for its "DONE". vmm NULL: the plain VMM;
  * mem_backend NULL: the VMM's default.
  */
-void start_source(struct vmm_proc *p, const char *vmm, const char *sock, const char *mem,
-		  const char *append, const char *mem_backend);
+void uffd_start_source(struct vmm_proc *p, const char *vmm, const char *sock, const char *mem,
+		       const char *append, const char *mem_backend);
 /*
  * The 4 GiB tests: cpu0 touches the low region, so cpu1's pattern writer
  * must live above 4 GiB; its base address goes to base (len bytes).
  */
-void expect_writer_above_4g(struct vmm_proc *p, char *base, size_t len);
+void uffd_expect_writer_above_4g(struct vmm_proc *p, char *base, size_t len);
 /* Shuts the VM down through its control socket: it exits 0, its sanitizers (if any) silent. */
-void stop_vm(struct vmm_proc *p, const char *sock);
+void uffd_stop_vm(struct vmm_proc *p, const char *sock);
 
 /* Starts a lazy restore of snapshot served by the handler on handler_sock. */
-void start_lazy_restore(struct vmm_proc *p, const char *snapshot, const char *handler_sock,
-			const char *control);
+void uffd_start_lazy_restore(struct vmm_proc *p, const char *snapshot, const char *handler_sock,
+			     const char *control);
 /* Waits until each pattern writer in [first_writer, +nr_writers) froze on the new generation ID. */
-void wait_writers_frozen(struct vmm_proc *p, int first_writer, int nr_writers);
+void uffd_wait_writers_frozen(struct vmm_proc *p, int first_writer, int nr_writers);
 /*
  * Inside a restored guest: each writer's memory is the snapshot instant.
  * `after` names the restore for the failure message ("a lazy restore").
  */
-void verify_strict(struct vmm_proc *p, int first_writer, int nr_writers, const char *after);
+void uffd_verify_strict(struct vmm_proc *p, int first_writer, int nr_writers, const char *after);
 /* A lazy restore of snapshot served by the started handler h, verified strictly; h exits 0. */
-void lazy_restore_and_verify(struct handler *h, const char *snapshot, int first_writer,
-			     int nr_writers, const char *after);
+void uffd_lazy_restore_and_verify(struct handler *h, const char *snapshot, int first_writer,
+				  int nr_writers, const char *after);
 /* A restore from the files of an `engine` snapshot, verified strictly. */
-void restore_file_and_verify(const char *snapshot, int first_writer, int nr_writers,
-			     const char *engine);
+void uffd_restore_file_and_verify(const char *snapshot, int first_writer, int nr_writers,
+				  const char *engine);
 /* A lazy restore served by forkd-uffd from the snapshot's memory file, verified strictly. */
-void restore_uffd_and_verify(const char *snapshot, int first_writer, int nr_writers,
-			     const char *engine);
+void uffd_restore_uffd_and_verify(const char *snapshot, int first_writer, int nr_writers,
+				  const char *engine);
 
 /*
  * The source's own live verification: its writers' memory holds as it
  * runs. `after` says after what, for the failure message.
  */
-void source_verifies_live(struct vmm_proc *p, int first_writer, int nr_writers, const char *after);
+void uffd_source_verifies_live(struct vmm_proc *p, int first_writer, int nr_writers,
+			       const char *after);
 
 /*
  * Polls snapshot-status for path until it is no longer "writing"; returns
  * that reply (caller decrefs). writing_seen (if not NULL) counts the
  * "writing" answers.
  */
-json_t *wait_snapshot(const char *sock, const char *path, int *writing_seen);
+json_t *uffd_wait_snapshot(const char *sock, const char *path, int *writing_seen);
 
 /*
  * BRANCHes the VM on sock into one child in bdir, verifies it strictly
  * through its console files, shuts it down and waits for it to be gone.
  * `child` names it in failure messages.
  */
-void branch_one_strict(const char *sock, const char *bdir, const char *child);
+void uffd_branch_one_strict(const char *sock, const char *bdir, const char *child);
 
 #endif
