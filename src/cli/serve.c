@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -195,7 +196,11 @@ int cli_serve(int argc, char **argv)
 				     .jail = !a.no_jail,
 				     .jail_uid_first = a.uid_first,
 				     .jail_uid_count = a.uid_count};
+	struct timespec t0, t1;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	ret = daemon_open(&dcfg, &d, &adopted, &err);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
 	if (ret < 0) {
 		fprintf(stderr, "forkd serve: %s\n", err.msg);
 		goto out;
@@ -213,9 +218,11 @@ int cli_serve(int argc, char **argv)
 		fprintf(stderr, "forkd serve: %s\n", err.msg);
 		goto out;
 	}
-	json_t *ready =
-	    json_pack("{s:b,s:s,s:i,s:b,s:i}", "ready", 1, "socket", a.socket, "tcp_port",
-		      api_tcp_port(api), "tls", a.tls_cert != NULL, "adopted", adopted);
+	/* open_ms: the registry, re-adoption and the sweeps, before the API listens */
+	json_t *ready = json_pack(
+	    "{s:b,s:s,s:i,s:b,s:i,s:I}", "ready", 1, "socket", a.socket, "tcp_port",
+	    api_tcp_port(api), "tls", a.tls_cert != NULL, "adopted", adopted, "open_ms",
+	    (json_int_t)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000));
 	char *line = ready ? json_dumps(ready, JSON_COMPACT) : NULL;
 	printf("%s\n", line ? line : "{\"ready\":true}");
 	fflush(stdout);

@@ -42,7 +42,7 @@ static int try_connect(const char *sock)
 {
 	static const char req[] = "GET /healthz HTTP/1.0\r\n\r\n";
 	struct sockaddr_un a = {.sun_family = AF_UNIX};
-	struct timeval tv = {.tv_sec = 2};
+	struct timeval tv = {.tv_sec = 10};
 	char buf[16] = "";
 	int fd, ok;
 
@@ -58,6 +58,27 @@ static int try_connect(const char *sock)
 	     read(fd, buf, sizeof(buf) - 1) >= 7 && strncmp(buf, "HTTP/1.", 7) == 0;
 	close(fd);
 	return ok;
+}
+
+/* The daemon log's last lines on stderr: in the nested test host the file is gone after. */
+static void print_log_tail(const char *log)
+{
+	char buf[4096];
+	ssize_t n = 0;
+	off_t size;
+	int fd = open(log, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	size = lseek(fd, 0, SEEK_END);
+	if (size > 0)
+		n = pread(fd, buf, sizeof(buf) - 1,
+			  size > (off_t)sizeof(buf) - 1 ? size - (off_t)sizeof(buf) + 1 : 0);
+	close(fd);
+	if (n > 0) {
+		buf[n] = '\0';
+		fprintf(stderr, "--- the end of %s:\n%s\n---\n", log, buf);
+	}
 }
 
 pid_t serve_start(const char *state, const char *sock, const char *log, char *const extra[])
@@ -79,13 +100,20 @@ pid_t serve_start(const char *state, const char *sock, const char *log, char *co
 					 0600);
 	assert_int_equal(posix_spawn(&pid, argv[0], &fa, NULL, argv, environ), 0);
 	posix_spawn_file_actions_destroy(&fa);
-	for (long long end = harness_deadline(30000); now_ms() < end; usleep(20 * 1000)) {
+	/*
+	 * Re-adopting tens of VMs (itest_serve restarts a daemon with 54) takes well under a
+	 * second natively, and minutes in the nested test host's TCG.
+	 */
+	for (long long end = harness_deadline(60000); now_ms() < end; usleep(20 * 1000)) {
 		if (try_connect(sock))
 			return pid;
-		if (waitpid(pid, &status, WNOHANG) == pid)
+		if (waitpid(pid, &status, WNOHANG) == pid) {
+			print_log_tail(log);
 			fail_msg("forkd serve exited (status 0x%x) before answering on %s (see %s)",
 				 status, sock, log);
+		}
 	}
+	print_log_tail(log);
 	fail_msg("forkd serve did not answer on %s (see %s)", sock, log);
 	return -1;
 }
