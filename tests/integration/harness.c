@@ -25,6 +25,11 @@ long long now_ms(void)
 	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+bool harness_in_nested_host(void)
+{
+	return getenv("FORKD_TESTHOST_KIND") != NULL;
+}
+
 long long harness_deadline(int timeout_ms)
 {
 	/* Guests in the nested test host run emulated, and a second one may share its cores. */

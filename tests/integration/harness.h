@@ -63,6 +63,8 @@ long long now_ms(void);
  */
 #define HARNESS_NESTED_SLOWDOWN 4
 long long harness_deadline(int timeout_ms);
+/* true inside the nested test host (QEMU TCG, one emulated CPU). */
+bool harness_in_nested_host(void);
 
 /*
  * Sets FORKD_VMM_START_TIMEOUT_MS for a forkd serve this process starts (or
