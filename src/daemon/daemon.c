@@ -212,6 +212,12 @@ struct daemon {
 	size_t nr_vm_ids;
 };
 
+/* Seconds as milliseconds rounded to the microsecond, for an answer's *_ms field. */
+static json_t *json_ms(double seconds)
+{
+	return json_real((double)(long long)(seconds * 1e6 + 0.5) / 1e3);
+}
+
 static double mono_s(void)
 {
 	struct timespec ts;
@@ -1531,9 +1537,7 @@ static int finish_started(struct daemon *d, struct starting *s, size_t n, json_t
 			json_t *o = vm_json(d, &vm);
 
 			if (o && s[i].up)
-				json_object_set_new(
-				    o, "start_ms",
-				    json_real((double)(long long)(s[i].start_s * 1e6 + 0.5) / 1e3));
+				json_object_set_new(o, "start_ms", json_ms(s[i].start_s));
 			json_array_append_new(out, o);
 		}
 	}
@@ -3251,8 +3255,13 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 		memset(&z.proc, 0, sizeof(z.proc));
 	timer_mark(&tm, "zprobe");
 	/* The children's IDs, reserved outside the batch (one that fails must not undo them). */
-	if (reserve_vm_ids(d, json_array_size(json_object_get(reply, "children")), err) < 0)
-		fprintf(stderr, "forkd serve: branch of %s: reserving IDs: %s\n", id, err->msg);
+	{
+		struct fk_err e = {0};
+
+		if (reserve_vm_ids(d, json_array_size(json_object_get(reply, "children")), &e) < 0)
+			fprintf(stderr, "forkd serve: branch of %s: reserving IDs: %s\n", id,
+				e.msg);
+	}
 	/* The zygote and its children in one commit: a daemon killed before it leaves none of
 	 * them recorded, and re-adoption stops the unrecorded children
 	 * (stop_unregistered_children). */
@@ -3318,8 +3327,8 @@ int daemon_vm_branch(struct daemon *d, const char *id, json_t *body, json_t **ou
 		timer_mark(&tm, "net");
 	}
 	/* vmm_ms: the source VMM's branch call, what a client sending it itself would wait */
-	res = json_pack("{s:s,s:I,s:f,s:o}", "zygote", z.id, "pause_us", (json_int_t)z.pause_us,
-			"vmm_ms", (double)(long long)(vmm_s * 1e6 + 0.5) / 1e3, "children", kids);
+	res = json_pack("{s:s,s:I,s:o,s:o}", "zygote", z.id, "pause_us", (json_int_t)z.pause_us,
+			"vmm_ms", json_ms(vmm_s), "children", kids);
 	if (persist) {
 		pthread_mutex_lock(&d->lock);
 		json_object_set_new(res, "snapshot", snap_json(d, &snap));
@@ -3460,21 +3469,14 @@ static int spawn_check_snapshot(struct daemon *d, const char *what, const char *
 	return 0;
 }
 
-/* What a VM restored from a snapshot is named after its ID: its sockets (a reg_vm_namer). */
-struct restored_names {
-	struct daemon *d;
-	bool vsock;
-};
-
-static int name_restored(struct reg_vm *vm, void *opaque, struct fk_err *err)
+/* The sockets of a VM restored from a snapshot, named after its ID (vsock: it has the device). */
+static int name_restored(struct daemon *d, struct reg_vm *vm, bool vsock, struct fk_err *err)
 {
-	const struct restored_names *n = opaque;
 	int ret =
-	    vm_dir(n->d, vm->id, "control.sock", vm->control_sock, sizeof(vm->control_sock), err);
+	    vm_dir(d, vm->id, "control.sock", vm->control_sock, sizeof(vm->control_sock), err);
 
-	if (ret == 0 && n->vsock)
-		ret =
-		    vm_dir(n->d, vm->id, "vsock.sock", vm->vsock_sock, sizeof(vm->vsock_sock), err);
+	if (ret == 0 && vsock)
+		ret = vm_dir(d, vm->id, "vsock.sock", vm->vsock_sock, sizeof(vm->vsock_sock), err);
 	return ret;
 }
 
@@ -3536,7 +3538,7 @@ static int start_restored(struct daemon *d, const char *snap_path, const struct 
 /*
  * Writes the rows of n restored VMs whose VMMs already start (one registry write, while they
  * restore), each with its VMM's pid and /proc identity. A daemon killed before this leaves VMMs
- * without rows: the next one stops them (sweep_unrecorded). Lock not held.
+ * without rows: the next one stops them (stop_unrecorded_vms). Lock not held.
  */
 static int record_started(struct daemon *d, const struct starting *s, struct reg_vm *regs, size_t n,
 			  struct fk_err *err)
@@ -3574,7 +3576,6 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	uint32_t *uids = NULL;
 	struct starting *s = NULL;
 	struct reg_vm *regs = NULL;
-	struct restored_names names = {.d = d};
 	struct reg_snapshot snap;
 	struct reg_vm origin;
 	struct spawn_facts facts = {0};
@@ -3615,7 +3616,6 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 	if (ret < 0)
 		return ret;
 	vsock = facts.vsock;
-	names.vsock = vsock;
 	timer_mark(&tm, "snapshot");
 	s = calloc((size_t)n, sizeof(*s));
 	lims = calloc((size_t)n, sizeof(*lims));
@@ -3648,7 +3648,7 @@ int daemon_snapshot_spawn(struct daemon *d, const char *tag, json_t *body, json_
 		if (ret == 0)
 			ret = take_vm_id(d, (size_t)(n - i), vm.id, err);
 		if (ret == 0)
-			ret = name_restored(&vm, &names, err);
+			ret = name_restored(d, &vm, vsock, err);
 		if (ret < 0)
 			break;
 		regs[i] = vm;
@@ -4077,14 +4077,16 @@ static void kill_vmms_serving_any(char *const *socks, size_t nr_socks, const str
 		cmd[len] = '\0';
 		/* argv is NUL-separated: argv[0] first, then "--control" and the path. */
 		is_vmm = strlen(cmd) >= 9 && strcmp(cmd + strlen(cmd) - 9, "forkd-vmm") == 0;
-		for (ssize_t i = 0; is_vmm && i < len; i += (ssize_t)strlen(cmd + i) + 1)
-			for (size_t k = 0; k < nr_socks && strcmp(cmd + i, "--control") == 0 &&
-					   i + 10 < len && !has_sock;
-			     k++)
+		for (ssize_t i = 0; is_vmm && !has_sock && i < len;
+		     i += (ssize_t)strlen(cmd + i) + 1) {
+			if (strcmp(cmd + i, "--control") != 0 || i + 10 >= len)
+				continue;
+			for (size_t k = 0; k < nr_socks && !has_sock; k++)
 				if (strcmp(cmd + i + 10, socks[k]) == 0) {
 					has_sock = true;
 					sock = socks[k];
 				}
+		}
 		/* BRANCH children carry their source's argv: a VM the registry knows is spared. */
 		for (size_t k = 0; has_sock && k < nr_known; k++)
 			if (known[k].proc.pid == pid)

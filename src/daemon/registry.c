@@ -874,8 +874,6 @@ int registry_vm_add_reserved(struct registry *r, struct reg_vm *vm, struct fk_er
 {
 	int ret = check_len("VM id", vm->id, sizeof(vm->id), err);
 
-	if (ret == 0 && strncmp(vm->id, "vm-", 3) != 0)
-		ret = fk_fail(err, EINVAL, "VM id '%s': expected one reserved (vm-...)", vm->id);
 	return ret ? ret : vm_add(r, vm, true, err);
 }
 
@@ -895,6 +893,13 @@ static int vm_add(struct registry *r, struct reg_vm *vm, bool reserved, struct f
 	ret = check_vm_origin(r, vm, err);
 	if (ret == 0 && !reserved)
 		ret = new_id(r, "vm", vm->id, err);
+	/* a reserved ID is in ids (registry_vm_ids_reserve); one in vms already fails the insert */
+	if (ret == 0 && reserved &&
+	    (ret = exists(r, "SELECT 1 FROM ids WHERE id = ?1", vm->id, err)) >= 0)
+		ret =
+		    ret ? 0
+			: fk_fail(err, EINVAL,
+				  "VM id '%s': expected one registry_vm_ids_reserve gave", vm->id);
 	if (ret == 0)
 		ret = prep(r, &st,
 			   "INSERT INTO vms (" VM_COLS

@@ -414,6 +414,11 @@ static void test_reserved_ids(void **state)
 	strcpy(vm.id, "zy-12345678");
 	assert_int_equal(registry_vm_add_reserved(f->r, &vm, &err), -EINVAL);
 	assert_non_null(strstr(err.msg, "zy-12345678"));
+	/* of the right shape but never reserved */
+	vm = sample_vm("unreserved");
+	strcpy(vm.id, "vm-0badc0de");
+	assert_int_equal(registry_vm_add_reserved(f->r, &vm, &err), -EINVAL);
+	assert_non_null(strstr(err.msg, "vm-0badc0de"));
 	/* registry_vm_add never hands out a reserved ID (they are all in ids) */
 	add_vm(f->r, "fresh", NULL, NULL, other);
 	for (int i = 0; i < 20; i++)
